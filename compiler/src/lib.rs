@@ -1,0 +1,4 @@
+//! Tessera compiler: frontends (ONNX), and later the pipeline, cost model, partitioner and
+//! artifact writer.
+
+pub mod onnx;

@@ -1,0 +1,249 @@
+//! The graph: values in SSA form (each defined once), nodes in a valid execution order,
+//! constants out of line, named inputs and outputs, and optional placement and buffer slots.
+
+use crate::constant::ConstData;
+use crate::entity::{ConstId, Node, Value};
+use crate::op::Op;
+use crate::types::TensorType;
+use std::fmt;
+
+/// Where a value comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValueDef {
+    /// The graph input at this position.
+    Input(usize),
+    /// A constant.
+    Const(ConstId),
+    /// Result `index` of a node.
+    Result(Node, usize),
+}
+
+/// The compute unit a node is placed on (`@cpu`, `@gpu`, `@npu` in the text format).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Gpu,
+    Npu,
+}
+
+impl Device {
+    pub const ALL: [Device; 3] = [Device::Cpu, Device::Gpu, Device::Npu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+            Device::Npu => "npu",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Device> {
+        Device::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A value's place in an activation arena, set by a buffer planner (`mem(arena=0, offset=64)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemSlot {
+    pub arena: u32,
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueData {
+    pub ty: TensorType,
+    pub def: ValueDef,
+    pub mem: Option<MemSlot>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeData {
+    pub op: Op,
+    pub inputs: Vec<Value>,
+    pub outputs: Vec<Value>,
+    pub placement: Option<Device>,
+    /// The body of a `kernel` node.
+    pub body: Option<Box<Graph>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConstantData {
+    pub value: Value,
+    pub data: ConstData,
+}
+
+/// A line and column (both from 1) in a text file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Span {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// Where each value and node was defined in the parsed text, with the line's text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceMap {
+    pub values: Vec<Option<Span>>,
+    pub nodes: Vec<Option<Span>>,
+    pub lines: Vec<String>,
+}
+
+impl SourceMap {
+    pub fn line_text(&self, span: Span) -> Option<&str> {
+        self.lines.get(span.line as usize - 1).map(|s| s.trim())
+    }
+}
+
+/// A dataflow graph.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    pub name: String,
+    values: Vec<ValueData>,
+    nodes: Vec<NodeData>,
+    constants: Vec<ConstantData>,
+    inputs: Vec<(String, Value)>,
+    outputs: Vec<(String, Value)>,
+    /// Present when the graph came from text.
+    pub source: Option<SourceMap>,
+}
+
+impl Graph {
+    pub fn new(name: &str) -> Graph {
+        Graph { name: name.to_string(), ..Graph::default() }
+    }
+
+    fn new_value(&mut self, ty: TensorType, def: ValueDef) -> Value {
+        let v = Value::from_index(self.values.len());
+        self.values.push(ValueData { ty, def, mem: None });
+        v
+    }
+
+    /// Adds a named graph input.
+    pub fn add_input(&mut self, name: &str, ty: TensorType) -> Value {
+        let v = self.new_value(ty, ValueDef::Input(self.inputs.len()));
+        self.inputs.push((name.to_string(), v));
+        v
+    }
+
+    /// Adds a constant holding packed bytes of its type (see `dtype.rs` for the layout).
+    pub fn add_const(&mut self, ty: TensorType, data: ConstData) -> Value {
+        let id = ConstId::from_index(self.constants.len());
+        let v = self.new_value(ty, ValueDef::Const(id));
+        self.constants.push(ConstantData { value: v, data });
+        v
+    }
+
+    /// Appends a node with declared result types; the verifier checks them.
+    pub fn add_node(&mut self, op: Op, inputs: Vec<Value>, result_types: Vec<TensorType>) -> Node {
+        let node = Node::from_index(self.nodes.len());
+        let outputs =
+            result_types.into_iter().enumerate().map(|(i, ty)| self.new_value(ty, ValueDef::Result(node, i))).collect();
+        self.nodes.push(NodeData { op, inputs, outputs, placement: None, body: None });
+        node
+    }
+
+    /// Appends a node whose result types are inferred; fails with the inference error.
+    pub fn add_op(&mut self, op: Op, inputs: Vec<Value>) -> Result<Vec<Value>, String> {
+        let types = crate::infer::infer_types(self, &op, &inputs, None)?;
+        let node = self.add_node(op, inputs, types);
+        Ok(self.node(node).outputs.clone())
+    }
+
+    /// Marks a value as a graph output.
+    pub fn add_output(&mut self, name: &str, value: Value) {
+        self.outputs.push((name.to_string(), value));
+    }
+
+    pub fn value(&self, v: Value) -> &ValueData {
+        &self.values[v.index()]
+    }
+
+    pub fn value_mut(&mut self, v: Value) -> &mut ValueData {
+        &mut self.values[v.index()]
+    }
+
+    /// The type of a value.
+    pub fn ty(&self, v: Value) -> &TensorType {
+        &self.values[v.index()].ty
+    }
+
+    pub fn node(&self, n: Node) -> &NodeData {
+        &self.nodes[n.index()]
+    }
+
+    pub fn node_mut(&mut self, n: Node) -> &mut NodeData {
+        &mut self.nodes[n.index()]
+    }
+
+    /// Nodes in execution order.
+    pub fn nodes(&self) -> impl Iterator<Item = (Node, &NodeData)> {
+        self.nodes.iter().enumerate().map(|(i, n)| (Node::from_index(i), n))
+    }
+
+    pub fn n_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn n_values(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = (Value, &ValueData)> {
+        self.values.iter().enumerate().map(|(i, v)| (Value::from_index(i), v))
+    }
+
+    pub fn constants(&self) -> &[ConstantData] {
+        &self.constants
+    }
+
+    pub fn constant(&self, id: ConstId) -> &ConstantData {
+        &self.constants[id.index()]
+    }
+
+    /// The constant behind a value, if it is one.
+    pub fn const_data(&self, v: Value) -> Option<&ConstData> {
+        match self.value(v).def {
+            ValueDef::Const(id) => Some(&self.constant(id).data),
+            _ => None,
+        }
+    }
+
+    pub fn inputs(&self) -> &[(String, Value)] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[(String, Value)] {
+        &self.outputs
+    }
+
+    /// Whether `v` is a valid value of this graph.
+    pub fn contains(&self, v: Value) -> bool {
+        v.index() < self.values.len()
+    }
+
+    /// Total bytes of constant data, as stored (packed).
+    pub fn constant_bytes(&self) -> u64 {
+        self.constants.iter().map(|c| c.data.byte_len()).sum()
+    }
+
+    /// Where a node was defined in the text it was parsed from.
+    pub fn node_span(&self, n: Node) -> Option<Span> {
+        self.source.as_ref()?.nodes.get(n.index()).copied().flatten()
+    }
+
+    /// Where a value was defined in the text it was parsed from.
+    pub fn value_span(&self, v: Value) -> Option<Span> {
+        self.source.as_ref()?.values.get(v.index()).copied().flatten()
+    }
+}

@@ -1,0 +1,445 @@
+//! The op set. Each op's exact semantics is written where it is defined; the reference
+//! interpreter (`interp/`) implements exactly this text, and every pass and target is tested
+//! against it.
+//!
+//! Conventions that hold for every op:
+//! - Broadcasting is numpy's: shapes align at the right, a dim of 1 stretches.
+//! - Float math runs in f32. Results of f16/bf16 type are rounded to that type after the op.
+//!   Transcendental functions come from the `libm` crate so results do not depend on the host.
+//!   Sums accumulate in f32 in row-major order of the reduced elements.
+//! - Integer math is exact in i64 and the result wraps into the result dtype (two's complement,
+//!   as C and numpy do); quantization saturates instead (see `Quantize`).
+//! - Axes may be negative (counted from the end).
+
+use crate::dtype::DType;
+use crate::shape::Dim;
+use std::fmt;
+
+/// Elementwise functions of one operand. The result has the operand's type unless noted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// `-x`.
+    Neg,
+    /// `|x|`.
+    Abs,
+    /// `e^x`.
+    Exp,
+    /// Natural log; `log(0) = -inf`, negative gives NaN.
+    Log,
+    /// Square root.
+    Sqrt,
+    /// `1 / sqrt(x)`.
+    Rsqrt,
+    /// `1 / x`.
+    Reciprocal,
+    Tanh,
+    /// The error function.
+    Erf,
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `max(x, 0)`.
+    Relu,
+    /// Exact GELU: `0.5 * x * (1 + erf(x / sqrt(2)))`.
+    Gelu,
+    /// Tanh GELU: `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`.
+    GeluTanh,
+    /// `x * sigmoid(x)`.
+    Silu,
+    Sin,
+    Cos,
+    /// Round down.
+    Floor,
+    /// Round up.
+    Ceil,
+    /// Round half to even.
+    Round,
+    /// -1, 0 or +1 (0 for NaN).
+    Sign,
+    /// Logical not (bool only).
+    Not,
+    /// Bool result: whether the element is NaN.
+    IsNan,
+    /// Bool result: whether the element is +inf or -inf.
+    IsInf,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 23] = [
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Reciprocal,
+        UnaryOp::Tanh,
+        UnaryOp::Erf,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Silu,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Floor,
+        UnaryOp::Ceil,
+        UnaryOp::Round,
+        UnaryOp::Sign,
+        UnaryOp::Not,
+        UnaryOp::IsNan,
+        UnaryOp::IsInf,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Reciprocal => "reciprocal",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Erf => "erf",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Floor => "floor",
+            UnaryOp::Ceil => "ceil",
+            UnaryOp::Round => "round",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Not => "not",
+            UnaryOp::IsNan => "is_nan",
+            UnaryOp::IsInf => "is_inf",
+        }
+    }
+
+    /// Ops defined on floats only (integers are rejected by the verifier).
+    pub fn float_only(self) -> bool {
+        !matches!(self, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Sign | UnaryOp::Not)
+    }
+
+    /// Ops whose result is bool.
+    pub fn returns_bool(self) -> bool {
+        matches!(self, UnaryOp::IsNan | UnaryOp::IsInf | UnaryOp::Not)
+    }
+}
+
+/// Elementwise functions of two broadcast operands of one dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    /// Floats: IEEE division. Integers: truncating division; dividing by zero is an error.
+    Div,
+    /// `a^b`; for integers, `b` must be non-negative.
+    Pow,
+    /// Larger of the two (NaN if either is NaN).
+    Max,
+    /// Smaller of the two (NaN if either is NaN).
+    Min,
+    /// Logical and (bool only).
+    And,
+    /// Logical or (bool only).
+    Or,
+    /// Logical exclusive or (bool only).
+    Xor,
+    /// Bool result `a == b`.
+    Equal,
+    /// Bool result `a < b`.
+    Less,
+    /// Bool result `a <= b`.
+    LessEqual,
+    /// Bool result `a > b`.
+    Greater,
+    /// Bool result `a >= b`.
+    GreaterEqual,
+}
+
+impl BinaryOp {
+    pub const ALL: [BinaryOp; 15] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::And,
+        BinaryOp::Or,
+        BinaryOp::Xor,
+        BinaryOp::Equal,
+        BinaryOp::Less,
+        BinaryOp::LessEqual,
+        BinaryOp::Greater,
+        BinaryOp::GreaterEqual,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Max => "max",
+            BinaryOp::Min => "min",
+            BinaryOp::And => "and",
+            BinaryOp::Or => "or",
+            BinaryOp::Xor => "xor",
+            BinaryOp::Equal => "equal",
+            BinaryOp::Less => "less",
+            BinaryOp::LessEqual => "less_equal",
+            BinaryOp::Greater => "greater",
+            BinaryOp::GreaterEqual => "greater_equal",
+        }
+    }
+
+    pub fn is_logical(self) -> bool {
+        matches!(self, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor)
+    }
+
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Equal | BinaryOp::Less | BinaryOp::LessEqual | BinaryOp::Greater | BinaryOp::GreaterEqual
+        )
+    }
+}
+
+/// How a reduction combines elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    /// Sum divided by the count of reduced elements (floats only).
+    Mean,
+    Max,
+    Min,
+    Prod,
+}
+
+impl ReduceOp {
+    pub const ALL: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min, ReduceOp::Prod];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "reduce_sum",
+            ReduceOp::Mean => "reduce_mean",
+            ReduceOp::Max => "reduce_max",
+            ReduceOp::Min => "reduce_min",
+            ReduceOp::Prod => "reduce_prod",
+        }
+    }
+}
+
+/// A dim in a `reshape` or `expand` target: a size, a symbol, `0` (copy the input's dim at
+/// this position, reshape only) or `-1` (infer from the element count, reshape only).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TargetDim {
+    Int(i64),
+    Sym(std::sync::Arc<str>),
+}
+
+impl fmt::Display for TargetDim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetDim::Int(n) => write!(f, "{n}"),
+            TargetDim::Sym(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&Dim> for TargetDim {
+    fn from(d: &Dim) -> TargetDim {
+        match d {
+            Dim::Static(n) => TargetDim::Int(*n as i64),
+            Dim::Sym(s) => TargetDim::Sym(s.clone()),
+            Dim::Unknown => TargetDim::Int(-1),
+        }
+    }
+}
+
+/// An operation. Operand lists are positional; optional operands may only be left off the end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Elementwise function of one operand (see `UnaryOp`).
+    Unary(UnaryOp),
+    /// Elementwise function of two operands of one dtype, broadcast (see `BinaryOp`).
+    Binary(BinaryOp),
+    /// `where cond, a, b`: `a` where `cond` (bool) is true, else `b`; all three broadcast.
+    Where,
+    /// `cast x {to}`: float to int truncates toward zero and saturates (NaN gives 0); int to int
+    /// wraps (ternary saturates, binary takes the sign with 0 as +1); to bool tests `!= 0`;
+    /// bool gives 0 or 1; float to f16/bf16 rounds to nearest even.
+    Cast { to: DType },
+    /// `matmul a, b`: numpy matmul. Rank-1 operands are promoted (a to `[1, k]`, b to `[k, 1]`)
+    /// and the added dim removed again; leading dims broadcast. Floats accumulate in f32 in
+    /// increasing `k`; integers accumulate exactly and wrap into the result dtype.
+    MatMul,
+    /// `gemm a, b[, c] {alpha, beta, trans_a, trans_b}`: `alpha * op(a) @ op(b) + beta * c`
+    /// with 2-D `a` and `b` (transposed when asked) and `c` broadcast to the result.
+    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    /// `matmul_integer a, b[, a_zero, b_zero]`: `(a - a_zero) @ (b - b_zero)` on 8-bit or 4-bit
+    /// integers, exact, result i32 (ONNX MatMulInteger). `a_zero` is a scalar or one per row of
+    /// `a`; `b_zero` is a scalar or one per column of `b`. Missing zero points are 0.
+    MatMulInteger,
+    /// `qmatmul x, w`: float `x` times a quantized weight `w` whose type carries its `quant`;
+    /// defined as `matmul x, (dequantize w)`, without materializing the dequantized weight in
+    /// targets. The result is f32.
+    QMatMul,
+    /// `quantize x, scale[, zero] {axis, block, to}`: `saturate(round_half_even(x / scale) + zero)`
+    /// into `to` (the zero point's dtype when there is one). Granularity follows the scale's
+    /// shape: a scalar is per tensor; 1-D with `block = 0` is per `axis`; with `block > 0` the
+    /// scale has x's rank and dim `axis` is `ceil(n / block)`.
+    Quantize { axis: i64, block: u64, to: DType },
+    /// `dequantize x[, scale[, zero]] {axis, block}`: `(x - zero) * scale` as f32 (or the scale's
+    /// float type), with granularity as in `Quantize`. With only `x`, its type's `quant`
+    /// supplies scale, zero point and offset (`real = (q - zero) * scale + offset`).
+    Dequantize { axis: i64, block: u64 },
+    /// `dynamic_quantize x` -> `(y: u8, scale: f32[], zero: u8[])`, ONNX DynamicQuantizeLinear:
+    /// `lo = min(0, min(x))`, `hi = max(0, max(x))`, `scale = (hi - lo) / 255` (1.0 when that
+    /// is 0), `zero = saturate(round_half_even(-lo / scale))`, `y = quantize(x, scale, zero)`.
+    DynamicQuantize,
+    /// `reduce_* x {axes, keepdims}`: reduce over `axes` (all axes when empty).
+    Reduce { op: ReduceOp, axes: Vec<i64>, keepdims: bool },
+    /// `argmax x {axis, keepdims}`: i64 index of the first maximum along `axis`.
+    ArgMax { axis: i64, keepdims: bool },
+    /// `softmax x {axis}`: `exp(x - max) / sum(exp(x - max))` along `axis`.
+    Softmax { axis: i64 },
+    /// `log_softmax x {axis}`: `x - max - log(sum(exp(x - max)))` along `axis`.
+    LogSoftmax { axis: i64 },
+    /// `layer_norm x, scale[, bias] {axis, epsilon}`: over the dims from `axis` to the end,
+    /// `mean = sum(x)/n`, `var = sum((x - mean)^2)/n`, `(x - mean) / sqrt(var + epsilon) * scale + bias`.
+    LayerNorm { axis: i64, epsilon: f32 },
+    /// `rms_norm x, scale {axis, epsilon}`: over the dims from `axis` to the end,
+    /// `x / sqrt(sum(x^2)/n + epsilon) * scale`.
+    RmsNorm { axis: i64, epsilon: f32 },
+    /// `attention q, k, v[, mask] {scale, causal}`: `softmax(q @ k^T * scale + mask) @ v` over
+    /// the last two dims (`q: [.., sq, d]`, `k: [.., sk, d]`, `v: [.., sk, dv]`), leading dims
+    /// broadcast. A bool mask keeps where true (others get -inf); a float mask is added. With
+    /// `causal`, query `i` sees keys `j <= i + (sk - sq)`. A row that sees no key is all zero.
+    Attention { scale: f32, causal: bool },
+    /// `gather data, indices {axis}`: picks slices of `data` along `axis`; the result shape is
+    /// `data[..axis] ++ indices ++ data[axis+1..]`. Negative indices count from the end; an
+    /// index out of range is an error.
+    Gather { axis: i64 },
+    /// `concat a, b, .. {axis}`: joins along `axis`; other dims must agree.
+    Concat { axis: i64 },
+    /// `slice x {starts, ends, axes, steps}`: ONNX Slice with constant bounds (clamped to the
+    /// dim, negative counts from the end, steps non-zero and possibly negative).
+    Slice { starts: Vec<i64>, ends: Vec<i64>, axes: Vec<i64>, steps: Vec<i64> },
+    /// `split x {axis, sizes}`: one result per size, in order; sizes sum to the dim.
+    Split { axis: i64, sizes: Vec<u64> },
+    /// `reshape x {shape}` (or `reshape x, shape` with an i64 tensor): row-major reinterpretation.
+    /// Target dims: a size, a symbol, `0` copies the input dim, one `-1` is inferred.
+    Reshape { shape: Option<Vec<TargetDim>> },
+    /// `transpose x {perm}`: result dim `i` is input dim `perm[i]`.
+    Transpose { perm: Vec<usize> },
+    /// `expand x {shape}` (or `expand x, shape`): broadcast to `shape` (numpy rules both ways,
+    /// as ONNX Expand).
+    Expand { shape: Option<Vec<TargetDim>> },
+    /// `squeeze x {axes}`: removes the listed dims of size 1 (all of them when empty).
+    Squeeze { axes: Vec<i64> },
+    /// `unsqueeze x {axes}`: inserts dims of size 1 at the listed result positions.
+    Unsqueeze { axes: Vec<i64> },
+    /// `shape x`: the dims of `x` as an i64 vector.
+    ShapeOf,
+    /// `range start, limit, delta`: scalars of one dtype; `ceil((limit - start) / delta)` elements
+    /// `start + i * delta` (0 when negative).
+    Range,
+    /// `constant_of_shape shape {value, dtype}`: a tensor of the shape held by the i64 operand,
+    /// every element `value`.
+    ConstantOfShape { value: f64, dtype: DType },
+    /// `identity x`: `x`.
+    Identity,
+    /// `kernel x, .. {name}` with a region: a fused kernel whose body is a graph of its own.
+    /// Body input `i` is operand `i`; body output `j` is result `j`. Targets lower a kernel as
+    /// one unit; the interpreter runs the body.
+    Kernel { name: String },
+}
+
+impl Op {
+    /// The op's name in the text format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Where => "where",
+            Op::Cast { .. } => "cast",
+            Op::MatMul => "matmul",
+            Op::Gemm { .. } => "gemm",
+            Op::MatMulInteger => "matmul_integer",
+            Op::QMatMul => "qmatmul",
+            Op::Quantize { .. } => "quantize",
+            Op::Dequantize { .. } => "dequantize",
+            Op::DynamicQuantize => "dynamic_quantize",
+            Op::Reduce { op, .. } => op.name(),
+            Op::ArgMax { .. } => "argmax",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::Attention { .. } => "attention",
+            Op::Gather { .. } => "gather",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Split { .. } => "split",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Expand { .. } => "expand",
+            Op::Squeeze { .. } => "squeeze",
+            Op::Unsqueeze { .. } => "unsqueeze",
+            Op::ShapeOf => "shape",
+            Op::Range => "range",
+            Op::ConstantOfShape { .. } => "constant_of_shape",
+            Op::Identity => "identity",
+            Op::Kernel { .. } => "kernel",
+        }
+    }
+
+    /// The allowed operand counts, inclusive (None: any count from the minimum up).
+    pub fn arity(&self) -> (usize, Option<usize>) {
+        match self {
+            Op::Unary(_) | Op::Cast { .. } | Op::DynamicQuantize | Op::Reduce { .. } | Op::ArgMax { .. } => {
+                (1, Some(1))
+            }
+            Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Slice { .. } | Op::Split { .. } => (1, Some(1)),
+            Op::Transpose { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::ShapeOf | Op::Identity => {
+                (1, Some(1))
+            }
+            Op::Binary(_) | Op::MatMul | Op::QMatMul | Op::Gather { .. } | Op::RmsNorm { .. } => (2, Some(2)),
+            Op::Where | Op::Range => (3, Some(3)),
+            Op::Gemm { .. } => (2, Some(3)),
+            Op::MatMulInteger => (2, Some(4)),
+            Op::Quantize { .. } => (2, Some(3)),
+            Op::Dequantize { .. } => (1, Some(3)),
+            Op::LayerNorm { .. } => (2, Some(3)),
+            Op::Attention { .. } => (3, Some(4)),
+            Op::Concat { .. } => (1, None),
+            Op::Reshape { shape } | Op::Expand { shape } => {
+                if shape.is_some() {
+                    (1, Some(1))
+                } else {
+                    (2, Some(2))
+                }
+            }
+            Op::ConstantOfShape { .. } => (1, Some(1)),
+            Op::Kernel { .. } => (0, None),
+        }
+    }
+
+    /// How many results the op defines (None: as many as its region or attributes say).
+    pub fn result_count(&self) -> Option<usize> {
+        match self {
+            Op::DynamicQuantize => Some(3),
+            Op::Split { sizes, .. } => Some(sizes.len()),
+            Op::Kernel { .. } => None,
+            _ => Some(1),
+        }
+    }
+}

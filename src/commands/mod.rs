@@ -1,0 +1,25 @@
+//! One module per subcommand.
+
+pub mod demo;
+pub mod ir;
+pub mod run;
+
+use anyhow::{bail, Context};
+use std::path::Path;
+use tessera_ir::{parse_file, verify, Graph};
+
+/// Loads and verifies a graph from a file, choosing the reader by extension.
+pub fn load_graph(path: &Path) -> anyhow::Result<Graph> {
+    crate::must_exist(&path.to_path_buf(), "the model file")?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("tir") => {}
+        Some(ext @ ("onnx" | "gguf")) => bail!(
+            "{} is a .{ext} model: this build reads Tessera IR (.tir) only; the .{ext} importer is not built yet",
+            path.display()
+        ),
+        _ => bail!("{}: unknown file type (expected a .tir file)", path.display()),
+    }
+    let g = parse_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    verify(&g).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())).context("the graph does not verify")?;
+    Ok(g)
+}

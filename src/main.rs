@@ -1,0 +1,59 @@
+//! `tessera`: the command-line front of the Tessera graph compiler.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Tessera compiles transformer graphs for phone SoCs (CPU, GPU, NPU).
+///
+/// Today it reads Tessera IR (`.tir` text), verifies it, prints it and runs it on the
+/// reference interpreter. Model import, optimization and the device targets come next.
+#[derive(Parser)]
+#[command(name = "tessera", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, verify and print a graph.
+    ///
+    /// Reads a `.tir` file (a filetest's `test` lines are skipped), checks every type and
+    /// shape, and prints the graph in canonical form. Verifier errors are all listed, each
+    /// with its line and column.
+    Ir(commands::ir::IrArgs),
+    /// Run a graph on the reference interpreter.
+    ///
+    /// Inputs are ONNX TensorProto files in the backend-test layout: `DIR/input_0.pb`, ...
+    /// in the graph's input order. With `--check`, outputs are compared against
+    /// `DIR/output_0.pb`, ... and the exit code is 1 on any mismatch. DIR may also hold
+    /// `test_data_set_N/` folders, each run in turn.
+    Run(commands::run::RunArgs),
+    /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ir(args) => commands::ir::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Demo => commands::demo::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The paths a command reads.
+pub(crate) fn must_exist(path: &PathBuf, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(path.exists(), "{what} {} does not exist", path.display());
+    Ok(())
+}
