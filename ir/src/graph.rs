@@ -96,6 +96,8 @@ impl fmt::Display for Span {
 pub struct SourceMap {
     pub values: Vec<Option<Span>>,
     pub nodes: Vec<Option<Span>>,
+    /// Where each `output` line is, by output position.
+    pub outputs: Vec<Span>,
     pub lines: Vec<String>,
 }
 

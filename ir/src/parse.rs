@@ -67,7 +67,7 @@ pub enum ParseFileError {
 /// filetests): the parser skips them, keeping line numbers.
 pub fn parse_with(text: &str, opts: &ParseOptions) -> Result<Graph, ParseError> {
     let mut in_header = true;
-    let stripped: String = text
+    let mut stripped: String = text
         .lines()
         .map(|line| {
             let t = line.trim_start();
@@ -75,12 +75,16 @@ pub fn parse_with(text: &str, opts: &ParseOptions) -> Result<Graph, ParseError> 
                 in_header = false;
             }
             if in_header && (t == "test" || t.starts_with("test ")) {
-                "\n".to_string()
+                ""
             } else {
-                format!("{line}\n")
+                line
             }
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .join("\n");
+    if text.ends_with('\n') {
+        stripped.push('\n');
+    }
     let text = stripped.as_str();
     let tokens = lex(text)?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -392,6 +396,7 @@ impl Parser<'_> {
                 break;
             }
             if self.is_word("output") {
+                source.outputs.push(self.span());
                 self.next();
                 let out_name = self.string("the output name")?;
                 self.punct('=')?;

@@ -14,6 +14,8 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Location {
     Graph,
+    /// The graph output at this position.
+    Output(usize),
     Node(Node),
     Value(Value),
     /// An error inside the body of a kernel node: the kernel, then the location in its body.
@@ -101,14 +103,24 @@ fn verify_into(g: &Graph, errors: &mut Vec<VerifyError>) {
             value_err(errors, *v, format!("input name {name:?} is used twice"));
         }
     }
+    let output_err = |errors: &mut Vec<VerifyError>, i: usize, message: String| {
+        let span = g.source.as_ref().and_then(|s| s.outputs.get(i).copied());
+        let context = span
+            .and_then(|s| g.source.as_ref()?.line_text(s).map(str::to_string))
+            .unwrap_or_else(|| format!("output {:?}", g.outputs()[i].0));
+        errors.push(VerifyError { location: Location::Output(i), span, context, message });
+    };
     let mut seen = HashSet::new();
-    for (name, v) in g.outputs() {
+    for (i, (name, v)) in g.outputs().iter().enumerate() {
         if !seen.insert(name.as_str()) {
-            graph_err(errors, format!("output name {name:?} is used twice"));
+            output_err(errors, i, format!("output name {name:?} is used twice"));
         }
         if !g.contains(*v) {
-            graph_err(errors, format!("output {name:?} names {v}, which does not exist"));
+            output_err(errors, i, format!("output {name:?} names {v}, which does not exist"));
         }
+    }
+    if g.outputs().is_empty() {
+        graph_err(errors, "the graph has no outputs".into());
     }
 
     // Types of every value: quant annotations and constants.

@@ -1,0 +1,161 @@
+//! End-to-end tests of the `tessera` command line: good input works, bad input gives a clear
+//! error naming the place and a non-zero exit code, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()).output().expect("tessera runs")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Asserts failure with every `needle` in stderr and no panic.
+fn fails_with(o: &Output, needles: &[&str]) {
+    let (out, err) = text(o);
+    assert!(!o.status.success(), "expected failure, got success\nstdout: {out}\nstderr: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n) || out.contains(n), "missing {n:?} in\nstdout: {out}\nstderr: {err}");
+    }
+}
+
+const BLOCK: &str = "tests/filetests/run/transformer_block.tir";
+const BLOCK_DATA: &str = "tests/filetests/run/transformer_block";
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn ir_prints_a_graph_that_parses_back() {
+    let o = tessera(&["ir", BLOCK]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("graph @transformer_block {"), "{out}");
+    assert!(out.contains("= attention v"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let again = write(dir.path(), "again.tir", &out);
+    let o2 = tessera(&["ir", &again]);
+    assert_eq!(text(&o2).0, out);
+}
+
+#[test]
+fn run_check_passes_on_the_transformer_block() {
+    let o = tessera(&["run", BLOCK, "--inputs", BLOCK_DATA, "--check"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("output 0 \"y\": f32[1, 5, 8] ok"), "{out}");
+}
+
+#[test]
+fn sidecar_dump_runs_like_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("block.tir");
+    let o = tessera(&["ir", BLOCK, "--weights", "sidecar", "-o", dump.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(dir.path().join("block.tir.weights").exists());
+    let o = tessera(&["run", dump.to_str().unwrap(), "--inputs", BLOCK_DATA, "--check"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    // A summary dump is readable but refuses to run, saying why.
+    let summary = dir.path().join("summary.tir");
+    let big = "graph @g {\n  v0: f32[1, 5, 8] = input \"x\"\n  v1: f32[1, 5, 8] = const splat(1.0)\n  v2: f32[1, 5, 8] = add v0, v1\n  output \"y\" = v2\n}\n";
+    let src = write(dir.path(), "big.tir", big);
+    let o = tessera(&["ir", &src, "-o", summary.to_str().unwrap()]);
+    assert!(o.status.success());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(root().join(BLOCK_DATA).join("test_data_set_0/input_0.pb"), data.join("input_0.pb")).unwrap();
+    let o = tessera(&["run", summary.to_str().unwrap(), "--inputs", data.to_str().unwrap()]);
+    fails_with(&o, &["holds only a summary"]);
+}
+
+#[test]
+fn malformed_text_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "bad.tir",
+        "graph @g {\n  v0: f32[2] = input \"x\"\n  v1: f32[2] = nge v0\n  output \"y\" = v1\n}\n",
+    );
+    fails_with(&tessera(&["ir", &f]), &["bad.tir:3:", "unknown op `nge`"]);
+    let f = write(dir.path(), "cut.tir", "graph @g {\n  v0: f32[2] = input \"x\"\n  v1: f32[2] = neg");
+    fails_with(&tessera(&["ir", &f]), &["cut.tir:3:"]);
+}
+
+#[test]
+fn ill_typed_graph_lists_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "typed.tir",
+        "graph @g {\n  v0: f32[2, 3] = input \"x\"\n  v1: f32[3, 3] = add v0, v0\n  v2: f32[2, 3] = matmul v0, v0\n  output \"y\" = v2\n}\n",
+    );
+    fails_with(&tessera(&["ir", &f]), &["2 errors", "3:3: result type f32[3, 3]", "4:3:", "inner dims differ"]);
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // Missing input file.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    fails_with(&tessera(&["run", BLOCK, "--inputs", empty.to_str().unwrap()]), &["neither input_0.pb"]);
+    // Wrong shape: a [1, 2, 3] input for x: f32[1, seq, 8].
+    let shape_dir = dir.path().join("shape");
+    std::fs::create_dir(&shape_dir).unwrap();
+    let wrong = tessera_ir::Tensor::from_f32(tessera_ir::DType::F32, &[1, 2, 3], vec![0.0; 6]).unwrap();
+    tessera_compiler::onnx::write_tensor_pb(&shape_dir.join("input_0.pb"), "x", &wrong).unwrap();
+    fails_with(
+        &tessera(&["run", BLOCK, "--inputs", shape_dir.to_str().unwrap()]),
+        &["input \"x\" has shape [1, 2, 3]", "dim 2 is 3 where 8 was declared"],
+    );
+    // Wrong dtype.
+    let dtype_dir = dir.path().join("dtype");
+    std::fs::create_dir(&dtype_dir).unwrap();
+    let ints = tessera_ir::Tensor::from_i64(tessera_ir::DType::I32, &[1, 2, 8], vec![0; 16]).unwrap();
+    tessera_compiler::onnx::write_tensor_pb(&dtype_dir.join("input_0.pb"), "x", &ints).unwrap();
+    fails_with(
+        &tessera(&["run", BLOCK, "--inputs", dtype_dir.to_str().unwrap()]),
+        &["input \"x\" is i32 but the graph takes f32"],
+    );
+    // A corrupt input file.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(corrupt.join("input_0.pb"), [0xff, 0xff, 0xff]).unwrap();
+    fails_with(&tessera(&["run", BLOCK, "--inputs", corrupt.to_str().unwrap()]), &["input_0.pb"]);
+}
+
+#[test]
+fn check_reports_mismatch_with_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join(BLOCK_DATA).join("test_data_set_0/input_0.pb"), dir.path().join("input_0.pb")).unwrap();
+    let wrong = tessera_ir::Tensor::from_f32(tessera_ir::DType::F32, &[1, 5, 8], vec![0.5; 40]).unwrap();
+    tessera_compiler::onnx::write_tensor_pb(&dir.path().join("output_0.pb"), "y", &wrong).unwrap();
+    let o = tessera(&["run", BLOCK, "--inputs", dir.path().to_str().unwrap(), "--check"]);
+    fails_with(&o, &["MISMATCH", "40 of 40 elements differ", "did not match"]);
+}
+
+#[test]
+fn unsupported_formats_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "model.onnx", "not really");
+    fails_with(&tessera(&["ir", &f]), &["importer is not built yet"]);
+    fails_with(&tessera(&["ir", "no/such/file.tir"]), &["does not exist"]);
+}
+
+#[test]
+fn demo_runs_and_checks() {
+    let o = tessera(&["demo"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("0 of 40 elements differ"), "{out}");
+}
