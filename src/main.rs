@@ -3,7 +3,6 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Tessera compiles transformer graphs for phone SoCs (CPU, GPU, NPU).
@@ -53,7 +52,7 @@ fn main() -> ExitCode {
 }
 
 /// The paths a command reads.
-pub(crate) fn must_exist(path: &PathBuf, what: &str) -> anyhow::Result<()> {
+pub(crate) fn must_exist(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
     anyhow::ensure!(path.exists(), "{what} {} does not exist", path.display());
     Ok(())
 }

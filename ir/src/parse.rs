@@ -267,6 +267,9 @@ type PResult<T> = Result<T, ParseError>;
 
 const PLACEHOLDER: Value = Value(u32::MAX);
 
+/// Quant parameters named in a type: (field: 0 scale, 1 zero, 2 offset; value number; where).
+type QuantRefs = Vec<(u8, u32, Span)>;
+
 impl Parser<'_> {
     fn peek(&self) -> &Tok {
         &self.tokens[self.pos].0
@@ -438,7 +441,7 @@ impl Parser<'_> {
     ) -> PResult<()> {
         let stmt_span = self.span();
         // Result definitions: vN: type [mem(..)] (, ...)*
-        let mut defs: Vec<(u32, Span, TensorType, Vec<(u8, u32, Span)>, Option<MemSlot>)> = Vec::new();
+        let mut defs: Vec<(u32, Span, TensorType, QuantRefs, Option<MemSlot>)> = Vec::new();
         loop {
             let (n, span) = self.value_name()?;
             if names.contains_key(&n) || defs.iter().any(|(m, ..)| *m == n) {
@@ -544,7 +547,7 @@ impl Parser<'_> {
     }
 
     /// `dtype[dims] [quant(..)]`; quant parameter names are returned for later resolution.
-    fn tensor_type(&mut self) -> PResult<(TensorType, Vec<(u8, u32, Span)>)> {
+    fn tensor_type(&mut self) -> PResult<(TensorType, QuantRefs)> {
         let (d, span) = self.ident("a dtype")?;
         let Some(dtype) = DType::from_name(&d) else {
             return self.error(span, format!("unknown dtype `{d}`"));

@@ -10,7 +10,7 @@ use tessera_ir::{parse_file, verify, Graph};
 
 /// Loads and verifies a graph from a file, choosing the reader by extension.
 pub fn load_graph(path: &Path) -> anyhow::Result<Graph> {
-    crate::must_exist(&path.to_path_buf(), "the model file")?;
+    crate::must_exist(path, "the model file")?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("tir") => {}
         Some(ext @ ("onnx" | "gguf")) => bail!(

@@ -31,7 +31,7 @@ pub struct RunArgs {
 
 /// The test-data folders to run: DIR itself, or its test_data_set_N children.
 fn data_sets(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    crate::must_exist(&dir.to_path_buf(), "the inputs folder")?;
+    crate::must_exist(dir, "the inputs folder")?;
     if dir.join("input_0.pb").exists() {
         return Ok(vec![dir.to_path_buf()]);
     }

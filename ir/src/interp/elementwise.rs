@@ -22,9 +22,7 @@ pub(crate) fn unary_f32(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Erf => libm::erff(x),
         UnaryOp::Sigmoid => 1.0 / (1.0 + libm::expf(-x)),
         UnaryOp::Relu => {
-            if x > 0.0 {
-                x
-            } else if x.is_nan() {
+            if x > 0.0 || x.is_nan() {
                 x
             } else {
                 0.0

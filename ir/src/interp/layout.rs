@@ -140,7 +140,7 @@ fn resolve_target(x: &Tensor, target: &[TargetDim], bindings: &Bindings, reshape
     }
     if let Some(at) = infer_at {
         let known: usize = dims.iter().product();
-        if known == 0 || x.numel() % known != 0 {
+        if known == 0 || !x.numel().is_multiple_of(known) {
             return Err(format!("cannot reshape {:?} to {target:?}", x.shape()));
         }
         dims[at] = x.numel() / known;
@@ -225,7 +225,7 @@ pub(crate) fn range(args: &[&Tensor]) -> OpResult<Tensor> {
                 return Err("`range` delta is 0".into());
             }
             let n = ((limit - start) / delta).ceil().max(0.0);
-            if !(n <= MAX_ELEMENTS as f32) {
+            if n.is_nan() || n > MAX_ELEMENTS as f32 {
                 return Err(format!("`range` would make {n} elements"));
             }
             let out: Vec<f32> = (0..n as usize).map(|i| start + i as f32 * delta).collect();

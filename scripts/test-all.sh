@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. CI runs exactly this (through .ci/run).
+# Installs what the tests need first; today that is only the Rust toolchain, which the machine has.
+# The last line sums every test binary's counts: `tests: N passed, M failed`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.95 (rustup)" >&2; exit 1; }
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+# cargo's lines read `test result: ok. 9 passed; 0 failed; ...`; the filetest runner's `filetests: 22 passed, 0 failed`.
+read -r passed failed < <(sed -nE 's/^(test result: [a-zA-Z]+\.|filetests:) ([0-9]+) passed[;,] ([0-9]+) failed.*/\2 \3/p' "$log" |
+  awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+echo "tests: $passed passed, $failed failed"
+exit "$status"
