@@ -31,6 +31,11 @@ enum Command {
     /// `DIR/output_0.pb`, ... and the exit code is 1 on any mismatch. DIR may also hold
     /// `test_data_set_N/` folders, each run in turn.
     Run(commands::run::RunArgs),
+    /// Run the ONNX backend node tests and print a per-op table.
+    ///
+    /// The last line reads `N passed, M failed, K unsupported`; a test needing an op, opset or
+    /// dtype Tessera lacks counts as unsupported, never as passed. Exit code 1 when any fails.
+    Conformance(commands::conformance::ConformanceArgs),
     /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
     Demo,
 }
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ir(args) => commands::ir::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Conformance(args) => commands::conformance::run(args),
         Command::Demo => commands::demo::run(),
     };
     match result {

@@ -148,7 +148,9 @@ fn check_reports_mismatch_with_exit_code() {
 fn unsupported_formats_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "model.onnx", "not really");
-    fails_with(&tessera(&["ir", &f]), &["importer is not built yet"]);
+    fails_with(&tessera(&["ir", &f]), &["model.onnx is not a valid ONNX model"]);
+    let f = write(dir.path(), "model.gguf", "GGUF");
+    fails_with(&tessera(&["ir", &f]), &["GGUF importer is not built yet"]);
     fails_with(&tessera(&["ir", "no/such/file.tir"]), &["does not exist"]);
 }
 

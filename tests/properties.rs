@@ -83,7 +83,15 @@ fn build(seed: u64, steps: &[(u8, u8, u8)]) -> (Graph, Vec<Tensor>) {
             9 => g.add_op(Op::Concat { axis: 0 }, vec![va, vb]),
             10 if !da.is_empty() && da[da.len() - 1] > 1 => {
                 let last = da[da.len() - 1] as i64;
-                g.add_op(Op::Slice { starts: vec![1], ends: vec![last], axes: vec![-1], steps: vec![1] }, vec![va])
+                g.add_op(
+                    Op::Slice {
+                        starts: vec![tessera_ir::TargetDim::Int(1)],
+                        ends: vec![tessera_ir::TargetDim::Int(last)],
+                        axes: vec![-1],
+                        steps: vec![1],
+                    },
+                    vec![va],
+                )
             }
             11 => {
                 // Quantize then dequantize with a per-tensor scale.

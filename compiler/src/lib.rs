@@ -1,4 +1,5 @@
 //! Tessera compiler: frontends (ONNX), and later the pipeline, cost model, partitioner and
 //! artifact writer.
 
+pub mod conformance;
 pub mod onnx;

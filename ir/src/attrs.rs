@@ -76,16 +76,20 @@ pub fn op_attrs(op: &Op) -> Vec<(&'static str, Attr)> {
         }
         Op::Dequantize { axis, block } => vec![("axis", Attr::Int(*axis)), ("block", Attr::Int(*block as i64))],
         Op::Reduce { axes, keepdims, .. } => vec![("axes", ints(axes)), ("keepdims", word(*keepdims))],
-        Op::ArgMax { axis, keepdims } => vec![("axis", Attr::Int(*axis)), ("keepdims", word(*keepdims))],
+        Op::ArgMax { axis, keepdims, last } => {
+            vec![("axis", Attr::Int(*axis)), ("keepdims", word(*keepdims)), ("last", word(*last))]
+        }
         Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Gather { axis } | Op::Concat { axis } => {
             vec![("axis", Attr::Int(*axis))]
         }
         Op::LayerNorm { axis, epsilon } | Op::RmsNorm { axis, epsilon } => {
             vec![("axis", Attr::Int(*axis)), ("epsilon", Attr::Float(*epsilon as f64))]
         }
+        Op::GatherNd { batch_dims } => vec![("batch_dims", Attr::Int(*batch_dims as i64))],
         Op::Attention { scale, causal } => vec![("scale", Attr::Float(*scale as f64)), ("causal", word(*causal))],
+        Op::Slice { starts, .. } if starts.is_empty() => vec![],
         Op::Slice { starts, ends, axes, steps } => {
-            vec![("starts", ints(starts)), ("ends", ints(ends)), ("axes", ints(axes)), ("steps", ints(steps))]
+            vec![("starts", dims(starts)), ("ends", dims(ends)), ("axes", ints(axes)), ("steps", ints(steps))]
         }
         Op::Split { axis, sizes } => {
             vec![
@@ -233,7 +237,9 @@ pub fn op_from_text(name: &str, mut a: AttrReader) -> Result<Op, String> {
             }
             "dequantize" => Op::Dequantize { axis: a.int("axis", Some(1))?, block: a.uint("block", 0)? },
             "dynamic_quantize" => Op::DynamicQuantize,
-            "argmax" => Op::ArgMax { axis: a.int("axis", Some(0))?, keepdims: a.bool("keepdims", true)? },
+            "argmax" => {
+                Op::ArgMax { axis: a.int("axis", Some(0))?, keepdims: a.bool("keepdims", true)?, last: a.bool("last", false)? }
+            }
             "softmax" => Op::Softmax { axis: a.int("axis", Some(-1))? },
             "log_softmax" => Op::LogSoftmax { axis: a.int("axis", Some(-1))? },
             "layer_norm" => {
@@ -244,12 +250,13 @@ pub fn op_from_text(name: &str, mut a: AttrReader) -> Result<Op, String> {
             }
             "attention" => Op::Attention { scale: a.float("scale", None)? as f32, causal: a.bool("causal", false)? },
             "gather" => Op::Gather { axis: a.int("axis", Some(0))? },
+            "gather_nd" => Op::GatherNd { batch_dims: a.uint("batch_dims", 0)? },
             "concat" => Op::Concat { axis: a.int("axis", None)? },
             "slice" => {
-                let starts = a.ints("starts", None)?;
+                let starts = a.dims("starts")?.unwrap_or_default();
                 let n = starts.len();
                 Op::Slice {
-                    ends: a.ints("ends", None)?,
+                    ends: a.dims("ends")?.unwrap_or_default(),
                     axes: a.ints("axes", Some((0..n as i64).collect()))?,
                     steps: a.ints("steps", Some(vec![1; n]))?,
                     starts,

@@ -178,6 +178,15 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
             if xt.dtype == DType::Bool || (*r == crate::op::ReduceOp::Mean && !xt.dtype.is_float()) {
                 return Err(format!("`{}` is not defined on {}", r.name(), xt.dtype));
             }
+            if let Some(at) = inputs.get(1) {
+                // Axes known only at run time: which dims go is unknown, how many is the operand's length.
+                if !axes.is_empty() || at.dtype != DType::I64 || at.rank() != 1 {
+                    return Err(format!("the axes operand of `{}` must be 1-D i64 (with no `axes` attribute)", r.name()));
+                }
+                let k = at.shape.0[0].as_static().ok_or("the axes operand needs a static length")? as usize;
+                let rank = if *keepdims || k == 0 { if *keepdims { xt.rank() } else { 0 } } else { xt.rank().saturating_sub(k) };
+                return one(xt.dtype, Shape(vec![Dim::Unknown; rank]));
+            }
             let axes = norm_axes(axes, xt.rank())?;
             let all = axes.is_empty();
             let dims = xt
@@ -193,7 +202,7 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
                 .collect();
             one(xt.dtype, Shape(dims))
         }
-        Op::ArgMax { axis, keepdims } => {
+        Op::ArgMax { axis, keepdims, .. } => {
             let xt = x.expect("arity");
             let a = axis_of(*axis, xt.rank())?;
             let mut dims = xt.shape.0.clone();
@@ -270,6 +279,43 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
             let dims = [&data.shape.0[..a], &idx.shape.0[..], &data.shape.0[a + 1..]].concat();
             one(data.dtype, Shape(dims))
         }
+        Op::GatherNd { batch_dims } => {
+            let (data, idx) = (inputs[0], inputs[1]);
+            if idx.dtype != DType::I64 {
+                return Err(format!("`gather_nd` indices must be i64, got {}", idx.dtype));
+            }
+            let (r, q, b) = (data.rank(), idx.rank(), *batch_dims as usize);
+            if r == 0 || q == 0 {
+                return Err(format!(
+                    "`gather_nd` needs data and indices of rank >= 1, got {} and {}",
+                    data.shape, idx.shape
+                ));
+            }
+            if b >= r.min(q) {
+                return Err(format!("`gather_nd` batch_dims {b} must be less than the ranks {r} and {q}"));
+            }
+            let k = match idx.shape.0[q - 1] {
+                Dim::Static(k) => k as usize,
+                ref d => return Err(format!("the last dim of `gather_nd` indices must be static, got {d}")),
+            };
+            if k == 0 || k > r - b {
+                return Err(format!(
+                    "`gather_nd` index tuples have {k} entries; data {} allows 1 to {}",
+                    data.shape,
+                    r - b
+                ));
+            }
+            let mut dims = Vec::with_capacity(q - 1 + r - b - k);
+            for (i, (d, e)) in idx.shape.0[..q - 1].iter().zip(&data.shape.0).enumerate() {
+                dims.push(if i < b {
+                    merge_dim(d, e).map_err(|_| format!("`gather_nd` batch dim {i} differs: indices {d}, data {e}"))?
+                } else {
+                    d.clone()
+                });
+            }
+            dims.extend_from_slice(&data.shape.0[b + k..]);
+            one(data.dtype, Shape(dims))
+        }
         Op::Concat { axis } => {
             let first = inputs[0];
             let a = axis_of(*axis, first.rank())?;
@@ -295,6 +341,15 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
             };
             one(first.dtype, Shape(dims))
         }
+        Op::Slice { starts, .. } if starts.is_empty() => {
+            let xt = inputs[0];
+            for (i, t) in inputs.iter().enumerate().skip(1) {
+                if !matches!(t.dtype, DType::I64 | DType::I32) || t.rank() != 1 {
+                    return Err(format!("`slice` operand {i} must be a 1-D integer tensor, got {t}"));
+                }
+            }
+            one(xt.dtype, Shape(vec![Dim::Unknown; xt.rank()]))
+        }
         Op::Slice { starts, ends, axes, steps } => {
             let xt = x.expect("arity");
             if starts.len() != ends.len() || axes.len() != starts.len() || steps.len() != starts.len() {
@@ -311,9 +366,11 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
                 if steps[i] == 0 {
                     return Err("`slice` steps must not be 0".into());
                 }
-                dims[a] = match &dims[a] {
-                    Dim::Static(n) => Dim::Static(slice_len(*n as i64, starts[i], ends[i], steps[i]) as u64),
-                    d if starts[i] == 0 && ends[i] >= i64::MAX / 2 && steps[i] == 1 => d.clone(),
+                dims[a] = match (&dims[a], &starts[i], &ends[i]) {
+                    (Dim::Static(n), TargetDim::Int(s), TargetDim::Int(e)) => Dim::Static(slice_len(*n as i64, *s, *e, steps[i]) as u64),
+                    (d, TargetDim::Int(0), TargetDim::Int(e)) if *e >= i64::MAX / 2 && steps[i] == 1 => d.clone(),
+                    // `x[0:sym]` has the symbol's size (the interpreter checks it fits the dim).
+                    (_, TargetDim::Int(0), TargetDim::Sym(s)) if steps[i] == 1 => Dim::Sym(s.clone()),
                     _ => Dim::Unknown,
                 };
             }
@@ -378,6 +435,15 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
                 });
             }
             one(xt.dtype, broadcast(&xt.shape, &Shape(dims))?)
+        }
+        Op::Squeeze { axes } | Op::Unsqueeze { axes } if inputs.len() == 2 => {
+            let (xt, at) = (inputs[0], inputs[1]);
+            if !axes.is_empty() || at.dtype != DType::I64 || at.rank() != 1 {
+                return Err(format!("the axes operand of `{}` must be 1-D i64 (with no `axes` attribute)", op.name()));
+            }
+            let k = at.shape.0[0].as_static().ok_or("the axes operand needs a static length")? as usize;
+            let rank = if matches!(op, Op::Squeeze { .. }) { xt.rank().checked_sub(k).ok_or("more axes than dims")? } else { xt.rank() + k };
+            one(xt.dtype, Shape(vec![Dim::Unknown; rank]))
         }
         Op::Squeeze { axes } => {
             let xt = x.expect("arity");
@@ -547,11 +613,9 @@ pub fn matmul_shape(a: &Shape, b: &Shape) -> R<Shape> {
 /// The length ONNX Slice gives for one axis.
 pub fn slice_len(n: i64, start: i64, end: i64, step: i64) -> i64 {
     let (s, e) = slice_bounds(n, start, end, step);
-    if step > 0 {
-        ((e - s).max(0) + step - 1) / step
-    } else {
-        ((s - e).max(0) + (-step) - 1) / (-step)
-    }
+    let span = if step > 0 { e - s } else { s - e };
+    // In u64, so that steps near i64::MIN and i64::MAX do not overflow.
+    (span.max(0) as u64).div_ceil(step.unsigned_abs()) as i64
 }
 
 /// ONNX Slice's clamped start and end for one axis.
@@ -560,6 +624,9 @@ pub fn slice_bounds(n: i64, start: i64, end: i64, step: i64) -> (i64, i64) {
     let (s, e) = (fix(start), fix(end));
     if step > 0 {
         (s.clamp(0, n), e.clamp(0, n))
+    } else if n == 0 {
+        // Nothing to pick (and `0..=n - 1` is no range to clamp to).
+        (-1, -1)
     } else {
         (s.clamp(0, n - 1), e.clamp(-1, n - 1))
     }

@@ -273,7 +273,8 @@ pub enum Op {
     Binary(BinaryOp),
     /// `where cond, a, b`: `a` where `cond` (bool) is true, else `b`; all three broadcast.
     Where,
-    /// `cast x {to}`: float to int truncates toward zero and saturates (NaN gives 0); int to int
+    /// `cast x {to}`: float to int truncates toward zero and then wraps like int to int (as numpy
+    /// and the ONNX reference do; NaN gives 0, values beyond i64 saturate first); int to int
     /// wraps (ternary saturates, binary takes the sign with 0 as +1); to bool tests `!= 0`;
     /// bool gives 0 or 1; float to f16/bf16 rounds to nearest even.
     Cast { to: DType },
@@ -306,9 +307,12 @@ pub enum Op {
     /// is 0), `zero = saturate(round_half_even(-lo / scale))`, `y = quantize(x, scale, zero)`.
     DynamicQuantize,
     /// `reduce_* x {axes, keepdims}`: reduce over `axes` (all axes when empty).
+    /// `reduce_* x, axes {keepdims}` takes the axes as a 1-D i64 operand known only at run
+    /// time (the attribute is then empty); an empty operand reduces all axes.
     Reduce { op: ReduceOp, axes: Vec<i64>, keepdims: bool },
-    /// `argmax x {axis, keepdims}`: i64 index of the first maximum along `axis`.
-    ArgMax { axis: i64, keepdims: bool },
+    /// `argmax x {axis, keepdims, last}`: i64 index of the first maximum along `axis` (the
+    /// last one with `last = true`).
+    ArgMax { axis: i64, keepdims: bool, last: bool },
     /// `softmax x {axis}`: `exp(x - max) / sum(exp(x - max))` along `axis`.
     Softmax { axis: i64 },
     /// `log_softmax x {axis}`: `x - max - log(sum(exp(x - max)))` along `axis`.
@@ -328,11 +332,22 @@ pub enum Op {
     /// `data[..axis] ++ indices ++ data[axis+1..]`. Negative indices count from the end; an
     /// index out of range is an error.
     Gather { axis: i64 },
+    /// `gather_nd data, indices {batch_dims}` (ONNX GatherND): with `b = batch_dims`, i64
+    /// `indices` of shape `[i_0, .., i_{q-2}, k]` and `data` of rank `r`, where `1 <= k <= r - b`,
+    /// `b < min(q, r)` and the first `b` dims of both agree: the result has shape
+    /// `indices[..q-1] ++ data[b+k..]` and
+    /// `result[n_0, .., n_{q-2}, ..rest] = data[n_0, .., n_{b-1}, t_0, .., t_{k-1}, ..rest]` with
+    /// `t = indices[n_0, .., n_{q-2}, :]`. Negative indices count from the end of their dim; an
+    /// index out of range is an error.
+    GatherNd { batch_dims: u64 },
     /// `concat a, b, .. {axis}`: joins along `axis`; other dims must agree.
     Concat { axis: i64 },
-    /// `slice x {starts, ends, axes, steps}`: ONNX Slice with constant bounds (clamped to the
-    /// dim, negative counts from the end, steps non-zero and possibly negative).
-    Slice { starts: Vec<i64>, ends: Vec<i64>, axes: Vec<i64>, steps: Vec<i64> },
+    /// `slice x {starts, ends, axes, steps}`: ONNX Slice with bounds fixed when the graph runs
+    /// (clamped to the dim, negative counts from the end, steps non-zero and possibly negative).
+    /// A bound may be a symbol (`ends = [seq]`), which takes the symbol's bound size.
+    /// `slice x, starts, ends[, axes[, steps]]` takes them as 1-D i64 operands instead (the
+    /// attributes are then empty), known only at run time.
+    Slice { starts: Vec<TargetDim>, ends: Vec<TargetDim>, axes: Vec<i64>, steps: Vec<i64> },
     /// `split x {axis, sizes}`: one result per size, in order; sizes sum to the dim.
     Split { axis: i64, sizes: Vec<u64> },
     /// `reshape x {shape}` (or `reshape x, shape` with an i64 tensor): row-major reinterpretation.
@@ -344,8 +359,10 @@ pub enum Op {
     /// as ONNX Expand).
     Expand { shape: Option<Vec<TargetDim>> },
     /// `squeeze x {axes}`: removes the listed dims of size 1 (all of them when empty).
+    /// `squeeze x, axes` takes them as a 1-D i64 operand known only at run time.
     Squeeze { axes: Vec<i64> },
     /// `unsqueeze x {axes}`: inserts dims of size 1 at the listed result positions.
+    /// `unsqueeze x, axes` takes them as a 1-D i64 operand known only at run time.
     Unsqueeze { axes: Vec<i64> },
     /// `shape x`: the dims of `x` as an i64 vector.
     ShapeOf,
@@ -386,6 +403,7 @@ impl Op {
             Op::RmsNorm { .. } => "rms_norm",
             Op::Attention { .. } => "attention",
             Op::Gather { .. } => "gather",
+            Op::GatherNd { .. } => "gather_nd",
             Op::Concat { .. } => "concat",
             Op::Slice { .. } => "slice",
             Op::Split { .. } => "split",
@@ -405,14 +423,14 @@ impl Op {
     /// The allowed operand counts, inclusive (None: any count from the minimum up).
     pub fn arity(&self) -> (usize, Option<usize>) {
         match self {
-            Op::Unary(_) | Op::Cast { .. } | Op::DynamicQuantize | Op::Reduce { .. } | Op::ArgMax { .. } => {
-                (1, Some(1))
-            }
+            Op::Unary(_) | Op::Cast { .. } | Op::DynamicQuantize | Op::ArgMax { .. } => (1, Some(1)),
+            Op::Reduce { .. } => (1, Some(2)),
+            Op::Slice { starts, .. } if starts.is_empty() => (3, Some(5)),
             Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Slice { .. } | Op::Split { .. } => (1, Some(1)),
-            Op::Transpose { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::ShapeOf | Op::Identity => {
-                (1, Some(1))
-            }
+            Op::Squeeze { .. } | Op::Unsqueeze { .. } => (1, Some(2)),
+            Op::Transpose { .. } | Op::ShapeOf | Op::Identity => (1, Some(1)),
             Op::Binary(_) | Op::MatMul | Op::QMatMul | Op::Gather { .. } | Op::RmsNorm { .. } => (2, Some(2)),
+            Op::GatherNd { .. } => (2, Some(2)),
             Op::Where | Op::Range => (3, Some(3)),
             Op::Gemm { .. } => (2, Some(3)),
             Op::MatMulInteger => (2, Some(4)),

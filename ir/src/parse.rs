@@ -210,6 +210,9 @@ fn lex(text: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
                         match chars.get(i + 1) {
                             Some('n') => s.push('\n'),
                             Some('t') => s.push('\t'),
+                            // The printer writes strings with `{:?}`, which also escapes these two.
+                            Some('r') => s.push('\r'),
+                            Some('0') => s.push('\0'),
                             Some(&e @ ('"' | '\\')) => s.push(e),
                             Some('u') if chars.get(i + 2) == Some(&'{') => {
                                 let close = (i + 3..chars.len())

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod conformance;
 pub mod demo;
 pub mod ir;
 pub mod run;
@@ -13,11 +14,9 @@ pub fn load_graph(path: &Path) -> anyhow::Result<Graph> {
     crate::must_exist(path, "the model file")?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("tir") => {}
-        Some(ext @ ("onnx" | "gguf")) => bail!(
-            "{} is a .{ext} model: this build reads Tessera IR (.tir) only; the .{ext} importer is not built yet",
-            path.display()
-        ),
-        _ => bail!("{}: unknown file type (expected a .tir file)", path.display()),
+        Some("onnx") => return tessera_compiler::onnx::import_file(path).map_err(|e| anyhow::anyhow!("{e}")),
+        Some("gguf") => bail!("{} is a .gguf model: the GGUF importer is not built yet", path.display()),
+        _ => bail!("{}: unknown file type (expected .tir or .onnx)", path.display()),
     }
     let g = parse_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     verify(&g).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())).context("the graph does not verify")?;

@@ -181,7 +181,7 @@ fn encode_at(name: &str, t: &Tensor, path: Option<&Path>) -> Result<Vec<u8>, Ten
         dims: t.shape().iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect(),
         data_type: Some(code),
         name: (!name.is_empty()).then(|| name.to_owned()),
-        raw_data: Some(t.to_bytes()),
+        raw_data: Some(t.to_bytes().into()),
         ..TensorProto::default()
     };
     Ok(proto.encode_to_vec())
@@ -214,10 +214,26 @@ impl Field {
 }
 
 fn decode_at(bytes: &[u8], path: Option<&Path>) -> Result<NamedTensor, TensorIoError> {
+    let proto = TensorProto::decode(bytes)
+        .map_err(|e| TensorIoError::Decode { path: path.map(Path::to_path_buf), message: e.to_string() })?;
+    from_proto_at(&proto, path)
+}
+
+/// A tensor's dtype, shape and packed byte count, checked: a supported dtype, data stored in
+/// the file itself (not external, not segmented), and a shape whose size fits in memory.
+pub struct TensorMeta {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub n_elements: usize,
+    pub n_bytes: usize,
+}
+
+/// Checks a `TensorProto`'s header; `allow_external` lets external data through for the
+/// model importer, which resolves it itself.
+pub fn tensor_meta(proto: &TensorProto, path: Option<&Path>, allow_external: bool) -> Result<TensorMeta, TensorIoError> {
     let path_buf = || path.map(Path::to_path_buf);
     let decode_err = |message: String| TensorIoError::Decode { path: path_buf(), message };
-
-    let proto = TensorProto::decode(bytes).map_err(|e| decode_err(e.to_string()))?;
     let name = proto.name.clone().unwrap_or_default();
     let shape_err = |message: String| TensorIoError::Shape { path: path_buf(), name: name.clone(), message };
 
@@ -236,6 +252,7 @@ fn decode_at(bytes: &[u8], path: Option<&Path>) -> Result<NamedTensor, TensorIoE
     match proto.data_location {
         None => {}
         Some(loc) if loc == tensor_proto::DataLocation::Default as i32 => {}
+        Some(loc) if loc == tensor_proto::DataLocation::External as i32 && allow_external => {}
         Some(loc) if loc == tensor_proto::DataLocation::External as i32 => {
             return Err(TensorIoError::ExternalData { path: path_buf(), name });
         }
@@ -258,6 +275,20 @@ fn decode_at(bytes: &[u8], path: Option<&Path>) -> Result<NamedTensor, TensorIoE
         return Err(too_large());
     }
     let n_bytes = n.checked_mul(dtype.bits()).map(|b| b.div_ceil(8)).ok_or_else(too_large)?;
+    Ok(TensorMeta { name, dtype, shape, n_elements: n, n_bytes })
+}
+
+/// Decodes the data of a `TensorProto` held in memory (raw or typed fields).
+pub fn tensor_from_proto(proto: &TensorProto) -> Result<NamedTensor, TensorIoError> {
+    from_proto_at(proto, None)
+}
+
+fn from_proto_at(proto: &TensorProto, path: Option<&Path>) -> Result<NamedTensor, TensorIoError> {
+    let path_buf = || path.map(Path::to_path_buf);
+    let decode_err = |message: String| TensorIoError::Decode { path: path_buf(), message };
+    let TensorMeta { name, dtype, shape, n_elements: n, n_bytes } = tensor_meta(proto, path, false)?;
+    let shape_err = |message: String| TensorIoError::Shape { path: path_buf(), name: name.clone(), message };
+    let code = proto.data_type.unwrap_or_default();
 
     // Exactly one place holds the data: raw_data, or the dtype's typed field.
     let field = Field::of(dtype);
@@ -311,8 +342,8 @@ fn decode_at(bytes: &[u8], path: Option<&Path>) -> Result<NamedTensor, TensorIoE
             )));
         }
         match field {
-            Field::Float => Tensor::from_f32(dtype, &shape, proto.float_data),
-            Field::Int64 => Tensor::from_i64(dtype, &shape, proto.int64_data),
+            Field::Float => Tensor::from_f32(dtype, &shape, proto.float_data.clone()),
+            Field::Int64 => Tensor::from_i64(dtype, &shape, proto.int64_data.clone()),
             Field::Int32 => {
                 let raw = int32_data_bytes(dtype, &proto.int32_data).map_err(decode_err)?;
                 Tensor::from_bytes(dtype, &shape, &raw)
@@ -590,7 +621,7 @@ mod tests {
 
         let mut p = proto("x", tensor_proto::DataType::Float, &[2]);
         p.float_data = vec![1.0, 2.0];
-        p.raw_data = Some(vec![0; 8]);
+        p.raw_data = Some(vec![0; 8].into());
         assert!(matches!(decode(&p), Err(TensorIoError::Decode { .. })));
 
         let mut p = proto("x", tensor_proto::DataType::Int64, &[1]);
@@ -614,7 +645,7 @@ mod tests {
     #[test]
     fn data_that_does_not_match_the_shape_is_an_error() {
         let mut p = proto("x", tensor_proto::DataType::Float, &[2]);
-        p.raw_data = Some(vec![0; 7]);
+        p.raw_data = Some(vec![0; 7].into());
         let err = decode(&p).unwrap_err();
         assert!(matches!(err, TensorIoError::Shape { .. }), "{err}");
         assert_eq!(err.to_string(), "tensor \"x\": f32 dims [2] need 8 bytes of raw_data, got 7");
@@ -629,7 +660,7 @@ mod tests {
 
         // int4 raw_data: 5 elements take 3 bytes.
         let mut p = proto("q", tensor_proto::DataType::Int4, &[5]);
-        p.raw_data = Some(vec![0; 2]);
+        p.raw_data = Some(vec![0; 2].into());
         assert!(matches!(decode(&p), Err(TensorIoError::Shape { .. })));
     }
 
@@ -646,7 +677,7 @@ mod tests {
         ];
         for dims in cases {
             let mut p = proto("x", tensor_proto::DataType::Float, dims);
-            p.raw_data = Some(vec![0; 16]);
+            p.raw_data = Some(vec![0; 16].into());
             let err = decode(&p).unwrap_err();
             assert!(matches!(err, TensorIoError::Shape { .. }), "{dims:?}: {err}");
         }
@@ -655,7 +686,7 @@ mod tests {
         p.int64_data = vec![1, 2];
         assert!(matches!(decode(&p), Err(TensorIoError::Shape { .. })));
         let mut p = proto("x", tensor_proto::DataType::Int4, &[1 << 40]);
-        p.raw_data = Some(vec![0; 3]);
+        p.raw_data = Some(vec![0; 3].into());
         assert!(matches!(decode(&p), Err(TensorIoError::Shape { .. })));
     }
 
@@ -680,7 +711,7 @@ mod tests {
             (tensor_proto::DataType::Complex64, "COMPLEX64"),
         ] {
             let mut p = proto("z", dtype, &[1]);
-            p.raw_data = Some(vec![0; 8]);
+            p.raw_data = Some(vec![0; 8].into());
             assert!(
                 matches!(decode(&p), Err(TensorIoError::UnsupportedDtype { dtype_name: n, .. }) if n == dtype_name)
             );
@@ -705,12 +736,12 @@ mod tests {
         assert!(matches!(err, TensorIoError::ExternalData { .. }), "{err}");
 
         let mut p = proto("s", tensor_proto::DataType::Float, &[1]);
-        p.raw_data = Some(vec![0; 4]);
+        p.raw_data = Some(vec![0; 4].into());
         p.segment = Some(tensor_proto::Segment { begin: Some(0), end: Some(1) });
         assert!(matches!(decode(&p), Err(TensorIoError::Segmented { .. })));
 
         let mut p = proto("s", tensor_proto::DataType::Float, &[1]);
-        p.raw_data = Some(vec![0; 4]);
+        p.raw_data = Some(vec![0; 4].into());
         p.data_location = Some(7);
         assert!(matches!(decode(&p), Err(TensorIoError::Decode { .. })));
         p.data_location = Some(tensor_proto::DataLocation::Default as i32);
@@ -720,7 +751,7 @@ mod tests {
     #[test]
     fn bool_bytes_other_than_zero_read_as_true() {
         let mut p = proto("b", tensor_proto::DataType::Bool, &[2]);
-        p.raw_data = Some(vec![0, 2]);
+        p.raw_data = Some(vec![0, 2].into());
         assert_eq!(decode(&p).unwrap().tensor, Tensor::from_bool(&[2], vec![false, true]).unwrap());
     }
 
@@ -798,7 +829,7 @@ mod tests {
     fn error_messages_are_lowercase_without_a_final_period() {
         let mut errors = Vec::new();
         let mut p = proto("x", tensor_proto::DataType::Float, &[2]);
-        p.raw_data = Some(vec![0; 7]);
+        p.raw_data = Some(vec![0; 7].into());
         errors.push(decode(&p).unwrap_err());
         errors.push(decode_tensor(&[0xFF]).unwrap_err());
         p.data_location = Some(1);

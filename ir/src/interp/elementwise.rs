@@ -193,10 +193,9 @@ pub(crate) fn where_(cond: &Tensor, a: &Tensor, b: &Tensor) -> OpResult<Tensor> 
     Ok(Tensor::from_data(a.dtype(), data))
 }
 
-/// Float to integer: truncate toward zero, saturate, NaN gives 0 (Rust's `as`).
+/// Float to integer: truncate toward zero (NaN gives 0 and values beyond i64 saturate, as
+/// Rust's `as` does), then wrap into the dtype like an integer cast.
 fn float_to_int(to: DType, x: f32) -> i64 {
-    let (lo, hi) = to.int_range().expect("integer dtype");
-    let t = x.trunc() as i64;
     match to {
         DType::Binary => {
             if x < 0.0 {
@@ -205,7 +204,7 @@ fn float_to_int(to: DType, x: f32) -> i64 {
                 1
             }
         }
-        _ => t.clamp(lo, hi),
+        _ => to.wrap_int(x.trunc() as i64),
     }
 }
 

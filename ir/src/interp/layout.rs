@@ -55,6 +55,54 @@ pub(crate) fn gather(data: &Tensor, indices: &Tensor, ax: i64) -> OpResult<Tenso
     Ok(per_domain!(data, x => reshaped(&x.select(Axis(a), flat_ref), shape_ref)?))
 }
 
+/// ONNX GatherND: each index tuple in the last dim of `indices` picks a slice of `data` below
+/// the first `batch_dims` dims, which `data` and `indices` share.
+pub(crate) fn gather_nd(data: &Tensor, indices: &Tensor, batch_dims: u64) -> OpResult<Tensor> {
+    let (ds, is) = (data.shape(), indices.shape());
+    let (r, q, b) = (ds.len(), is.len(), batch_dims as usize);
+    if r == 0 || q == 0 || b >= r.min(q) {
+        return Err(format!("batch_dims {b} must be less than the ranks of data {ds:?} and indices {is:?}"));
+    }
+    let k = is[q - 1];
+    if k == 0 || k > r - b {
+        return Err(format!("index tuples of {k} entries do not fit data {ds:?} below {b} batch dims"));
+    }
+    if ds[..b] != is[..b] {
+        return Err(format!("the batch dims of data {ds:?} and indices {is:?} differ"));
+    }
+    let slice: usize = ds[b + k..].iter().product();
+    let per_batch: usize = ds[b..].iter().product();
+    let tuples_per_batch: usize = is[b..q - 1].iter().product();
+    // The flat offset of each picked slice in row-major `data`.
+    let mut offsets = Vec::with_capacity(indices.numel() / k);
+    for (t, tuple) in ints(indices)?.as_standard_layout().as_slice().expect("standard layout").chunks(k).enumerate() {
+        let mut off = 0usize;
+        for (j, &i) in tuple.iter().enumerate() {
+            let n = ds[b + j] as i64;
+            let w = if i < 0 { i + n } else { i };
+            if !(0..n).contains(&w) {
+                return Err(format!("index {i} is out of range for dim {} of size {n}", b + j));
+            }
+            off = off * ds[b + j] + w as usize;
+        }
+        let batch = if tuples_per_batch == 0 { 0 } else { t / tuples_per_batch };
+        offsets.push(batch * per_batch + off * slice);
+    }
+    let mut shape = is[..q - 1].to_vec();
+    shape.extend_from_slice(&ds[b + k..]);
+    fn pick<T: Clone>(x: &ArrayD<T>, offsets: &[usize], slice: usize, shape: &[usize]) -> OpResult<ArrayD<T>> {
+        let flat = x.as_standard_layout();
+        let flat = flat.as_slice().expect("standard layout");
+        let mut out = Vec::with_capacity(offsets.len() * slice);
+        for &o in offsets {
+            out.extend_from_slice(&flat[o..o + slice]);
+        }
+        ArrayD::from_shape_vec(IxDyn(shape), out).map_err(|e| e.to_string())
+    }
+    let (offsets_ref, shape_ref) = (&offsets, &shape);
+    Ok(per_domain!(data, x => pick(x, offsets_ref, slice, shape_ref)?))
+}
+
 pub(crate) fn concat(args: &[&Tensor], ax: i64) -> OpResult<Tensor> {
     let first = args[0];
     let a = axis(ax, first.shape().len())?;
@@ -94,7 +142,10 @@ pub(crate) fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], step
         let mut j = s;
         while (step > 0 && j < e) || (step < 0 && j > e) {
             picks.push(j as usize);
-            j += step;
+            j = match j.checked_add(step) {
+                Some(next) => next,
+                None => break,
+            };
         }
         let picks_ref = &picks;
         out = per_domain!(&out, v => v.select(Axis(a), picks_ref));

