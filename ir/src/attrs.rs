@@ -237,9 +237,11 @@ pub fn op_from_text(name: &str, mut a: AttrReader) -> Result<Op, String> {
             }
             "dequantize" => Op::Dequantize { axis: a.int("axis", Some(1))?, block: a.uint("block", 0)? },
             "dynamic_quantize" => Op::DynamicQuantize,
-            "argmax" => {
-                Op::ArgMax { axis: a.int("axis", Some(0))?, keepdims: a.bool("keepdims", true)?, last: a.bool("last", false)? }
-            }
+            "argmax" => Op::ArgMax {
+                axis: a.int("axis", Some(0))?,
+                keepdims: a.bool("keepdims", true)?,
+                last: a.bool("last", false)?,
+            },
             "softmax" => Op::Softmax { axis: a.int("axis", Some(-1))? },
             "log_softmax" => Op::LogSoftmax { axis: a.int("axis", Some(-1))? },
             "layer_norm" => {

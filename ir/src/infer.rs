@@ -181,10 +181,21 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
             if let Some(at) = inputs.get(1) {
                 // Axes known only at run time: which dims go is unknown, how many is the operand's length.
                 if !axes.is_empty() || at.dtype != DType::I64 || at.rank() != 1 {
-                    return Err(format!("the axes operand of `{}` must be 1-D i64 (with no `axes` attribute)", r.name()));
+                    return Err(format!(
+                        "the axes operand of `{}` must be 1-D i64 (with no `axes` attribute)",
+                        r.name()
+                    ));
                 }
                 let k = at.shape.0[0].as_static().ok_or("the axes operand needs a static length")? as usize;
-                let rank = if *keepdims || k == 0 { if *keepdims { xt.rank() } else { 0 } } else { xt.rank().saturating_sub(k) };
+                let rank = if *keepdims || k == 0 {
+                    if *keepdims {
+                        xt.rank()
+                    } else {
+                        0
+                    }
+                } else {
+                    xt.rank().saturating_sub(k)
+                };
                 return one(xt.dtype, Shape(vec![Dim::Unknown; rank]));
             }
             let axes = norm_axes(axes, xt.rank())?;
@@ -367,7 +378,9 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
                     return Err("`slice` steps must not be 0".into());
                 }
                 dims[a] = match (&dims[a], &starts[i], &ends[i]) {
-                    (Dim::Static(n), TargetDim::Int(s), TargetDim::Int(e)) => Dim::Static(slice_len(*n as i64, *s, *e, steps[i]) as u64),
+                    (Dim::Static(n), TargetDim::Int(s), TargetDim::Int(e)) => {
+                        Dim::Static(slice_len(*n as i64, *s, *e, steps[i]) as u64)
+                    }
                     (d, TargetDim::Int(0), TargetDim::Int(e)) if *e >= i64::MAX / 2 && steps[i] == 1 => d.clone(),
                     // `x[0:sym]` has the symbol's size (the interpreter checks it fits the dim).
                     (_, TargetDim::Int(0), TargetDim::Sym(s)) if steps[i] == 1 => Dim::Sym(s.clone()),
@@ -442,7 +455,11 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
                 return Err(format!("the axes operand of `{}` must be 1-D i64 (with no `axes` attribute)", op.name()));
             }
             let k = at.shape.0[0].as_static().ok_or("the axes operand needs a static length")? as usize;
-            let rank = if matches!(op, Op::Squeeze { .. }) { xt.rank().checked_sub(k).ok_or("more axes than dims")? } else { xt.rank() + k };
+            let rank = if matches!(op, Op::Squeeze { .. }) {
+                xt.rank().checked_sub(k).ok_or("more axes than dims")?
+            } else {
+                xt.rank() + k
+            };
             one(xt.dtype, Shape(vec![Dim::Unknown; rank]))
         }
         Op::Squeeze { axes } => {

@@ -143,6 +143,11 @@ pub enum BinaryOp {
     Max,
     /// Smaller of the two (NaN if either is NaN).
     Min,
+    /// Remainder with the sign of the divisor (Python's `%`, ONNX Mod with fmod = 0);
+    /// integers only; a zero divisor is an error.
+    Mod,
+    /// Remainder with the sign of the dividend (C's `fmod`, ONNX Mod with fmod = 1).
+    Fmod,
     /// Logical and (bool only).
     And,
     /// Logical or (bool only).
@@ -162,7 +167,7 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
-    pub const ALL: [BinaryOp; 15] = [
+    pub const ALL: [BinaryOp; 17] = [
         BinaryOp::Add,
         BinaryOp::Sub,
         BinaryOp::Mul,
@@ -170,6 +175,8 @@ impl BinaryOp {
         BinaryOp::Pow,
         BinaryOp::Max,
         BinaryOp::Min,
+        BinaryOp::Mod,
+        BinaryOp::Fmod,
         BinaryOp::And,
         BinaryOp::Or,
         BinaryOp::Xor,
@@ -189,6 +196,8 @@ impl BinaryOp {
             BinaryOp::Pow => "pow",
             BinaryOp::Max => "max",
             BinaryOp::Min => "min",
+            BinaryOp::Mod => "mod",
+            BinaryOp::Fmod => "fmod",
             BinaryOp::And => "and",
             BinaryOp::Or => "or",
             BinaryOp::Xor => "xor",

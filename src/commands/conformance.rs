@@ -52,7 +52,8 @@ impl Row {
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     let Target::Interp = args.target;
     crate::must_exist(&args.dir, "the node-test folder")?;
-    let dirs = cases(&args.dir, args.filter.as_deref()).map_err(|e| anyhow::anyhow!("cannot list {}: {e}", args.dir.display()))?;
+    let dirs = cases(&args.dir, args.filter.as_deref())
+        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", args.dir.display()))?;
     anyhow::ensure!(!dirs.is_empty(), "{} holds no test folders with a model.onnx", args.dir.display());
     let results: Vec<CaseResult> = dirs.iter().map(|d| run_case(d)).collect();
     let mut table: BTreeMap<String, Row> = BTreeMap::new();

@@ -8,6 +8,6 @@ pub mod tensor_io;
 
 pub use import::{import_file, import_model, ImportError};
 pub use tensor_io::{
-    decode_tensor, encode_tensor, onnx_code, onnx_dtype, read_tensor_pb, tensor_from_proto, tensor_meta, write_tensor_pb,
-    NamedTensor, TensorIoError, TensorMeta, UnsupportedOnnxType,
+    decode_tensor, encode_tensor, onnx_code, onnx_dtype, read_tensor_pb, tensor_from_proto, tensor_meta,
+    write_tensor_pb, NamedTensor, TensorIoError, TensorMeta, UnsupportedOnnxType,
 };

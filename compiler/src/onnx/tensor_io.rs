@@ -231,7 +231,11 @@ pub struct TensorMeta {
 
 /// Checks a `TensorProto`'s header; `allow_external` lets external data through for the
 /// model importer, which resolves it itself.
-pub fn tensor_meta(proto: &TensorProto, path: Option<&Path>, allow_external: bool) -> Result<TensorMeta, TensorIoError> {
+pub fn tensor_meta(
+    proto: &TensorProto,
+    path: Option<&Path>,
+    allow_external: bool,
+) -> Result<TensorMeta, TensorIoError> {
     let path_buf = || path.map(Path::to_path_buf);
     let decode_err = |message: String| TensorIoError::Decode { path: path_buf(), message };
     let name = proto.name.clone().unwrap_or_default();

@@ -97,6 +97,15 @@ fn float_binary(op: BinaryOp, x: f32, y: f32) -> f32 {
                 x.min(y)
             }
         }
+        BinaryOp::Fmod => libm::fmodf(x, y),
+        BinaryOp::Mod => {
+            let r = libm::fmodf(x, y);
+            if r != 0.0 && (r < 0.0) != (y < 0.0) {
+                r + y
+            } else {
+                r
+            }
+        }
         _ => unreachable!("not arithmetic"),
     }
 }
@@ -120,6 +129,16 @@ fn int_binary(op: BinaryOp, x: i64, y: i64) -> OpResult<i64> {
         }
         BinaryOp::Max => x.max(y),
         BinaryOp::Min => x.min(y),
+        BinaryOp::Mod | BinaryOp::Fmod => {
+            if y == 0 {
+                return Err("integer remainder by zero".into());
+            }
+            if op == BinaryOp::Mod {
+                x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 }
+            } else {
+                x.wrapping_rem(y)
+            }
+        }
         _ => unreachable!("not arithmetic"),
     })
 }

@@ -85,7 +85,7 @@ pub(crate) fn gather_nd(data: &Tensor, indices: &Tensor, batch_dims: u64) -> OpR
             }
             off = off * ds[b + j] + w as usize;
         }
-        let batch = if tuples_per_batch == 0 { 0 } else { t / tuples_per_batch };
+        let batch = t.checked_div(tuples_per_batch).unwrap_or(0);
         offsets.push(batch * per_batch + off * slice);
     }
     let mut shape = is[..q - 1].to_vec();

@@ -199,7 +199,9 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &Bindings) -> OpResult<Vec<Tensor>>
         Op::GatherNd { batch_dims } => one(layout::gather_nd(args[0], args[1], *batch_dims)?),
         Op::Concat { axis } => one(layout::concat(args, *axis)?),
         Op::Slice { starts, .. } if starts.is_empty() => {
-            let v = |i: usize| -> OpResult<Option<Vec<i64>>> { args.get(i).map(|t| ints(t).map(|a| a.iter().copied().collect())).transpose() };
+            let v = |i: usize| -> OpResult<Option<Vec<i64>>> {
+                args.get(i).map(|t| ints(t).map(|a| a.iter().copied().collect())).transpose()
+            };
             let (s, e) = (v(1)?.unwrap_or_default(), v(2)?.unwrap_or_default());
             let axes = v(3)?.unwrap_or_else(|| (0..s.len() as i64).collect());
             let steps = v(4)?.unwrap_or_else(|| vec![1; s.len()]);
@@ -213,7 +215,9 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &Bindings) -> OpResult<Vec<Tensor>>
                 ds.iter()
                     .map(|d| match d {
                         crate::op::TargetDim::Int(n) => Ok(*n),
-                        crate::op::TargetDim::Sym(s) => bindings.get(s).map(|v| v as i64).ok_or_else(|| format!("symbol `{s}` is not bound")),
+                        crate::op::TargetDim::Sym(s) => {
+                            bindings.get(s).map(|v| v as i64).ok_or_else(|| format!("symbol `{s}` is not bound"))
+                        }
                     })
                     .collect()
             };

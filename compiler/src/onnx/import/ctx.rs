@@ -276,18 +276,25 @@ impl Ctx {
             parts.push(match e {
                 SymInt::Int(n) => self.i64s(&[*n]),
                 SymInt::Dim(d) => {
-                    let &(src, axis) = self.sym_sources.get(d).ok_or_else(|| format!("no value carries the symbolic dim `{d}`"))?;
+                    let &(src, axis) =
+                        self.sym_sources.get(d).ok_or_else(|| format!("no value carries the symbolic dim `{d}`"))?;
                     let shape = self.op(Op::ShapeOf, vec![src])?;
                     let a = axis as i64;
                     self.op(
-                        Op::Slice { starts: vec![TargetDim::Int(a)], ends: vec![TargetDim::Int(a + 1)], axes: vec![0], steps: vec![1] },
+                        Op::Slice {
+                            starts: vec![TargetDim::Int(a)],
+                            ends: vec![TargetDim::Int(a + 1)],
+                            axes: vec![0],
+                            steps: vec![1],
+                        },
                         vec![shape],
                     )?
                 }
             });
         }
         let flat = if parts.len() == 1 { parts[0] } else { self.op(Op::Concat { axis: 0 }, parts)? };
-        let shaped = self.op(Op::Reshape { shape: Some(s.shape.iter().map(|&d| TargetDim::Int(d as i64)).collect()) }, vec![flat])?;
+        let shaped = self
+            .op(Op::Reshape { shape: Some(s.shape.iter().map(|&d| TargetDim::Int(d as i64)).collect()) }, vec![flat])?;
         if s.dtype == DType::I64 {
             Ok(shaped)
         } else {

@@ -10,13 +10,14 @@ use tessera_ir::{BinaryOp, DType, Op, Tensor, UnaryOp};
 
 pub fn lookup(op: &str) -> Option<LowerFn> {
     Some(match op {
-        "Neg" | "Abs" | "Exp" | "Log" | "Sqrt" | "Reciprocal" | "Tanh" | "Erf" | "Sigmoid" | "Relu" | "Floor" | "Ceil" | "Round"
-        | "Sign" | "Sin" | "Cos" | "Not" | "IsNaN" => unary,
+        "Neg" | "Abs" | "Exp" | "Log" | "Sqrt" | "Reciprocal" | "Tanh" | "Erf" | "Sigmoid" | "Relu" | "Floor"
+        | "Ceil" | "Round" | "Sign" | "Sin" | "Cos" | "Not" | "IsNaN" => unary,
         "IsInf" => is_inf,
         "Gelu" => gelu,
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "And" | "Or" | "Xor" | "Equal" | "Less" | "LessOrEqual" | "Greater"
         | "GreaterOrEqual" => binary,
         "Max" | "Min" | "Sum" | "Mean" => variadic,
+        "Mod" => modulo,
         "Where" => where_,
         "Cast" | "CastLike" => cast,
         "Clip" => clip,
@@ -108,7 +109,9 @@ fn binary_sym(ctx: &Ctx, op: &str, a: &str, b: &str) -> Option<Val> {
     }
     let out = match op {
         "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" => sym::binary(&sa, &sb, sa.dtype, |x, y| sym::arith(op, x, y))?,
-        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" => sym::binary(&sa, &sb, DType::Bool, |x, y| sym::compare(op, x, y))?,
+        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" => {
+            sym::binary(&sa, &sb, DType::Bool, |x, y| sym::compare(op, x, y))?
+        }
         _ => return None,
     };
     // Keep the element values inside the dtype (i32 shape math wraps like the real op).
@@ -158,6 +161,17 @@ fn variadic(ctx: &mut Ctx, n: &Node) -> Lowered {
         acc = ctx.op(Op::Identity, vec![acc])?;
     }
     Ok(vec![Val::Ir(acc)])
+}
+
+fn modulo(ctx: &mut Ctx, n: &Node) -> Lowered {
+    let (a, b) = (n.req(0)?, n.req(1)?);
+    let fmod = n.int("fmod", 0) != 0;
+    let (va, vb) = (ctx.value(a)?, ctx.value(b)?);
+    if !fmod && ctx.g.ty(va).dtype.is_float() {
+        return Err("Mod of floats needs fmod = 1".into());
+    }
+    let op = if fmod { BinaryOp::Fmod } else { BinaryOp::Mod };
+    Ok(vec![Val::Ir(ctx.op(Op::Binary(op), vec![va, vb])?)])
 }
 
 fn where_(ctx: &mut Ctx, n: &Node) -> Lowered {

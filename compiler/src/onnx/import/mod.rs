@@ -74,8 +74,12 @@ impl ImportError {
     pub fn is_unsupported(&self) -> bool {
         match self {
             ImportError::Unsupported { .. } | ImportError::Opset { .. } => true,
-            ImportError::Initializer { message, .. } | ImportError::Input { message, .. } | ImportError::Node { message, .. } => {
-                message.contains("not supported") || message.contains("does not support") || message.contains("unsupported")
+            ImportError::Initializer { message, .. }
+            | ImportError::Input { message, .. }
+            | ImportError::Node { message, .. } => {
+                message.contains("not supported")
+                    || message.contains("does not support")
+                    || message.contains("unsupported")
             }
             _ => false,
         }
@@ -115,7 +119,10 @@ pub fn import_model(blob: Blob, path: &str, name: &str, base_dir: Option<&Path>)
         opsets.insert(domain.to_string(), o.version.unwrap_or(1));
     }
     let default_opset = *opsets.get("").unwrap_or(&0);
-    let graph = model.graph.as_ref().ok_or_else(|| ImportError::Decode { path: p(), message: "the model has no graph".into() })?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| ImportError::Decode { path: p(), message: "the model has no graph".into() })?;
     let uses_default = graph.node.iter().any(|n| matches!(n.domain.as_deref().unwrap_or(""), "" | "ai.onnx"));
     if uses_default && !OPSET_RANGE.contains(&default_opset) {
         return Err(ImportError::Opset {
@@ -125,7 +132,8 @@ pub fn import_model(blob: Blob, path: &str, name: &str, base_dir: Option<&Path>)
             supported: format!("versions {} to {}", OPSET_RANGE.start(), OPSET_RANGE.end()),
         });
     }
-    let graph_name = graph.name.clone().filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !n.is_empty());
+    let graph_name =
+        graph.name.clone().filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !n.is_empty());
     let mut ctx = Ctx::new(&graph_name.unwrap_or_else(|| sanitize(name)));
 
     // Initializers: zero-copy slices of the model map, or decoded typed fields, or external files.
@@ -147,7 +155,11 @@ pub fn import_model(blob: Blob, path: &str, name: &str, base_dir: Option<&Path>)
         if initializer_names.contains(&name) {
             continue;
         }
-        let ty = input_type(input, &name).map_err(|message| ImportError::Input { path: p(), name: name.clone(), message })?;
+        let ty = input_type(input, &name).map_err(|message| ImportError::Input {
+            path: p(),
+            name: name.clone(),
+            message,
+        })?;
         let v = ctx.g.add_input(&name, ty);
         ctx.define(&name, Val::Ir(v));
     }
@@ -170,7 +182,12 @@ pub fn import_model(blob: Blob, path: &str, name: &str, base_dir: Option<&Path>)
                         u.nodes.push(node_name);
                     }
                 }
-                None => unsupported.push(UnsupportedOp { domain: domain.into(), op_type: op.into(), count: 1, nodes: vec![node_name] }),
+                None => unsupported.push(UnsupportedOp {
+                    domain: domain.into(),
+                    op_type: op.into(),
+                    count: 1,
+                    nodes: vec![node_name],
+                }),
             }
         }
     }
@@ -212,7 +229,9 @@ pub fn import_model(blob: Blob, path: &str, name: &str, base_dir: Option<&Path>)
     // Outputs.
     for out in &graph.output {
         let name = out.name.clone().unwrap_or_default();
-        let v = ctx.value(&name).map_err(|message| ImportError::Graph { path: p(), message: format!("output {name:?}: {message}") })?;
+        let v = ctx
+            .value(&name)
+            .map_err(|message| ImportError::Graph { path: p(), message: format!("output {name:?}: {message}") })?;
         ctx.g.add_output(&name, v);
     }
     verify(&ctx.g).map_err(|e| ImportError::Verify { path: p(), message: e.to_string() })?;
@@ -292,29 +311,48 @@ fn initializer(t: &TensorProto, model: &Blob, base_dir: Option<&Path>) -> Result
     let ty = TensorType::with_static(meta.dtype, &meta.shape);
     let external = t.data_location == Some(DataLocation::External as i32);
     if external {
-        let kv: HashMap<&str, &str> =
-            t.external_data.iter().map(|e| (e.key.as_deref().unwrap_or(""), e.value.as_deref().unwrap_or(""))).collect();
+        let kv: HashMap<&str, &str> = t
+            .external_data
+            .iter()
+            .map(|e| (e.key.as_deref().unwrap_or(""), e.value.as_deref().unwrap_or("")))
+            .collect();
         let location = kv.get("location").ok_or("external data without a location")?;
         let rel = Path::new(location);
         if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(format!("external data location {location:?} must be a relative path inside the model's folder"));
+            return Err(format!(
+                "external data location {location:?} must be a relative path inside the model's folder"
+            ));
         }
         let dir = base_dir.ok_or("external data needs the model's folder (import from a file)")?;
-        let file = Blob::map_file(&dir.join(rel)).map_err(|e| format!("cannot map external data {}: {e}", dir.join(rel).display()))?;
-        let parse = |k: &str| kv.get(k).map(|v| v.parse::<usize>().map_err(|_| format!("external data {k} {v:?} is not a number"))).transpose();
+        let file = Blob::map_file(&dir.join(rel))
+            .map_err(|e| format!("cannot map external data {}: {e}", dir.join(rel).display()))?;
+        let parse = |k: &str| {
+            kv.get(k)
+                .map(|v| v.parse::<usize>().map_err(|_| format!("external data {k} {v:?} is not a number")))
+                .transpose()
+        };
         let offset = parse("offset")?.unwrap_or(0);
         let length = parse("length")?.unwrap_or(meta.n_bytes);
         if length != meta.n_bytes {
-            return Err(format!("external data length {length} does not match the {} bytes of its dims {:?}", meta.n_bytes, meta.shape));
+            return Err(format!(
+                "external data length {length} does not match the {} bytes of its dims {:?}",
+                meta.n_bytes, meta.shape
+            ));
         }
-        let data = file
-            .slice(offset, length)
-            .ok_or_else(|| format!("external data [{offset}, +{length}) lies outside {location:?} ({} bytes)", file.len()))?;
+        let data = file.slice(offset, length).ok_or_else(|| {
+            format!("external data [{offset}, +{length}) lies outside {location:?} ({} bytes)", file.len())
+        })?;
         return Ok((ty, data));
     }
     if let Some(raw) = &t.raw_data {
         if raw.len() != meta.n_bytes {
-            return Err(format!("{} dims {:?} need {} bytes of raw_data, got {}", meta.dtype, meta.shape, meta.n_bytes, raw.len()));
+            return Err(format!(
+                "{} dims {:?} need {} bytes of raw_data, got {}",
+                meta.dtype,
+                meta.shape,
+                meta.n_bytes,
+                raw.len()
+            ));
         }
         // raw_data points into the model's map when decoded from it: share, do not copy.
         let base = model.as_ptr() as usize;
@@ -337,7 +375,10 @@ fn topological_order(graph: &crate::onnx::proto::GraphProto, ctx: &Ctx) -> Resul
     for (i, n) in graph.node.iter().enumerate() {
         for o in n.output.iter().filter(|o| !o.is_empty()) {
             if producer.insert(o.as_str(), i).is_some() || ctx.is_defined(o) {
-                return Err(format!("value {o:?} is defined more than once (node {:?})", n.name.as_deref().unwrap_or("")));
+                return Err(format!(
+                    "value {o:?} is defined more than once (node {:?})",
+                    n.name.as_deref().unwrap_or("")
+                ));
             }
         }
     }

@@ -134,7 +134,10 @@ fn reduce(ctx: &mut Ctx, n: &Node) -> Lowered {
 
 fn argmax(ctx: &mut Ctx, n: &Node) -> Lowered {
     let x = ctx.value(n.req(0)?)?;
-    let op =
-        Op::ArgMax { axis: n.int("axis", 0), keepdims: n.int("keepdims", 1) != 0, last: n.int("select_last_index", 0) != 0 };
+    let op = Op::ArgMax {
+        axis: n.int("axis", 0),
+        keepdims: n.int("keepdims", 1) != 0,
+        last: n.int("select_last_index", 0) != 0,
+    };
     Ok(vec![Val::Ir(ctx.op(op, vec![x])?)])
 }

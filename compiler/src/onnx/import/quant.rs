@@ -319,7 +319,7 @@ fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Lowered {
     if n.int("weight_prepacked", 0) != 0 {
         return Err("prepacked weights (weight_prepacked != 0) are not supported".into());
     }
-    if (bs * bits) % 8 != 0 {
+    if !(bs * bits).is_multiple_of(8) {
         return Err(format!("block_size {bs} does not fill whole bytes at {bits} bits"));
     }
     let k_blocks = k.div_ceil(bs);
@@ -643,6 +643,7 @@ mod tests {
     /// f16 x and f16 scale divide in f16 (numpy's promotion), per axis: 123.5625 / 0.203003 is
     /// 608.5 in f16, which rounds to 608, but 608.67 in f32, which would round to 609.
     #[test]
+    #[allow(clippy::excessive_precision)] // 0.2030029296875 is an exact f16 value, written in full
     fn quantize_f16_divides_in_f16() {
         let f16s = |v: &[f32]| Tensor::from_f32(DType::F16, &[v.len()], v.to_vec()).unwrap().to_bytes();
         let g = import(

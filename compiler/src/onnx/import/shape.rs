@@ -48,7 +48,12 @@ fn shape(ctx: &mut Ctx, n: &Node) -> Lowered {
     let mut out = ctx.op(Op::ShapeOf, vec![v])?;
     if (start, end) != (0, rank as usize) {
         out = ctx.op(
-            Op::Slice { starts: vec![TargetDim::Int(start as i64)], ends: vec![TargetDim::Int(end as i64)], axes: vec![0], steps: vec![1] },
+            Op::Slice {
+                starts: vec![TargetDim::Int(start as i64)],
+                ends: vec![TargetDim::Int(end as i64)],
+                axes: vec![0],
+                steps: vec![1],
+            },
             vec![out],
         )?;
     }
@@ -59,7 +64,9 @@ fn size(ctx: &mut Ctx, n: &Node) -> Lowered {
     let x = n.req(0)?;
     let ty = ctx.ty(x)?;
     if let Some(numel) = ty.shape.static_numel() {
-        return Ok(vec![Val::Known(Rc::new(Tensor::from_i64(DType::I64, &[], vec![numel as i64]).map_err(|e| e.to_string())?))]);
+        return Ok(vec![Val::Known(Rc::new(
+            Tensor::from_i64(DType::I64, &[], vec![numel as i64]).map_err(|e| e.to_string())?,
+        ))]);
     }
     let v = ctx.value(x)?;
     let s = ctx.op(Op::ShapeOf, vec![v])?;
@@ -89,7 +96,7 @@ fn static_reshape(input: &[usize], target: &[i64], allowzero: bool) -> Option<Ve
     let total: usize = input.iter().product();
     if let Some(i) = infer {
         let known: usize = dims.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         dims[i] = total / known;
@@ -140,7 +147,8 @@ fn slice(ctx: &mut Ctx, n: &Node) -> Lowered {
     let rank = ctx.rank(x)?;
     if n.opset < 10 {
         // Before opset 10 the bounds are attributes.
-        let starts: Vec<TargetDim> = n.ints("starts").ok_or("starts are required")?.into_iter().map(TargetDim::Int).collect();
+        let starts: Vec<TargetDim> =
+            n.ints("starts").ok_or("starts are required")?.into_iter().map(TargetDim::Int).collect();
         let ends: Vec<TargetDim> = n.ints("ends").ok_or("ends are required")?.into_iter().map(TargetDim::Int).collect();
         let axes = n.ints("axes").unwrap_or_else(|| (0..starts.len() as i64).collect());
         let axes: Vec<i64> = axes.iter().map(|&a| axis_of(a, rank).map(|a| a as i64)).collect::<Result<_, _>>()?;
@@ -149,7 +157,12 @@ fn slice(ctx: &mut Ctx, n: &Node) -> Lowered {
         return Ok(vec![Val::Ir(ctx.op(Op::Slice { starts, ends, axes, steps }, vec![v])?)]);
     }
     let (starts, ends) = match (ctx.sym(n.req(1)?), ctx.sym(n.req(2)?)) {
-        (Some(s), Some(e)) if n.input(3).is_none_or(|a| ctx.known_ints(a).is_some()) && n.input(4).is_none_or(|a| ctx.known_ints(a).is_some()) => (s, e),
+        (Some(s), Some(e))
+            if n.input(3).is_none_or(|a| ctx.known_ints(a).is_some())
+                && n.input(4).is_none_or(|a| ctx.known_ints(a).is_some()) =>
+        {
+            (s, e)
+        }
         _ => {
             // Bounds known only at run time: x, starts, ends[, axes[, steps]] as operands.
             let mut inputs = vec![ctx.value(x)?, ctx.value(n.req(1)?)?, ctx.value(n.req(2)?)?];
@@ -274,8 +287,13 @@ fn squeeze(ctx: &mut Ctx, n: &Node) -> Lowered {
     if let Some(s) = ctx.sym(x) {
         let rank = s.shape.len();
         let norm: Vec<usize> = axes.iter().map(|&a| axis_of(a, rank)).collect::<Result<_, _>>()?;
-        let shape: Vec<usize> =
-            s.shape.iter().enumerate().filter(|(i, d)| if norm.is_empty() { **d != 1 } else { !norm.contains(i) }).map(|(_, d)| *d).collect();
+        let shape: Vec<usize> = s
+            .shape
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| if norm.is_empty() { **d != 1 } else { !norm.contains(i) })
+            .map(|(_, d)| *d)
+            .collect();
         if let Some(r) = sym_reshape(s, shape) {
             return Ok(vec![Val::Sym(r)]);
         }
@@ -297,7 +315,8 @@ fn unsqueeze(ctx: &mut Ctx, n: &Node) -> Lowered {
         let rank = s.shape.len() + axes.len();
         let norm: Vec<usize> = axes.iter().map(|&a| axis_of(a, rank)).collect::<Result<_, _>>()?;
         let mut rest = s.shape.iter();
-        let shape: Vec<usize> = (0..rank).map(|i| if norm.contains(&i) { 1 } else { *rest.next().unwrap_or(&1) }).collect();
+        let shape: Vec<usize> =
+            (0..rank).map(|i| if norm.contains(&i) { 1 } else { *rest.next().unwrap_or(&1) }).collect();
         if let Some(r) = sym_reshape(s, shape) {
             return Ok(vec![Val::Sym(r)]);
         }
@@ -326,8 +345,11 @@ fn gather(ctx: &mut Ctx, n: &Node) -> Lowered {
         if sd.shape.len() == 1 {
             let len = sd.shape[0] as i64;
             let ints = ctx.known_ints(idx).ok_or("indices must be integers")?;
-            let picked: Option<Vec<SymInt>> =
-                ints.iter().map(|&i| if i < 0 { i + len } else { i }).map(|i| (0..len).contains(&i).then(|| sd.elems[i as usize].clone())).collect();
+            let picked: Option<Vec<SymInt>> = ints
+                .iter()
+                .map(|&i| if i < 0 { i + len } else { i })
+                .map(|i| (0..len).contains(&i).then(|| sd.elems[i as usize].clone()))
+                .collect();
             let picked = picked.ok_or_else(|| format!("index out of range for a shape of length {len}"))?;
             if let Some(t) = SymTensor::new(sd.dtype, ids.shape().to_vec(), picked) {
                 return Ok(vec![Val::Sym(t)]);
@@ -343,10 +365,13 @@ fn range(ctx: &mut Ctx, n: &Node) -> Lowered {
     // Known bounds fold at import (shape arithmetic such as `Range(0, rank)`).
     if let (Some(ks), Some(kl), Some(kd)) = (ctx.known(s), ctx.known(l), ctx.known(d)) {
         let mut g = tessera_ir::Graph::new("range");
-        let ins: Vec<_> = [&ks, &kl, &kd].iter().map(|t| {
-            let ty = tessera_ir::TensorType::with_static(t.dtype(), t.shape());
-            g.add_const(ty, tessera_ir::ConstData::from_vec(t.to_bytes()))
-        }).collect();
+        let ins: Vec<_> = [&ks, &kl, &kd]
+            .iter()
+            .map(|t| {
+                let ty = tessera_ir::TensorType::with_static(t.dtype(), t.shape());
+                g.add_const(ty, tessera_ir::ConstData::from_vec(t.to_bytes()))
+            })
+            .collect();
         if let Ok(out) = g.add_op(Op::Range, ins) {
             g.add_output("r", out[0]);
             if let Ok(mut r) = tessera_ir::run(&g, vec![]) {
@@ -373,7 +398,10 @@ fn constant_of_shape(ctx: &mut Ctx, n: &Node) -> Lowered {
     let dtype = value.dtype();
     let x = value.to_f64_vec()[0];
     if let Some(dims) = ctx.known_ints(s) {
-        let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dim {d}"))).collect::<Result<_, _>>()?;
+        let dims: Vec<usize> = dims
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| format!("negative dim {d}")))
+            .collect::<Result<_, _>>()?;
         let numel = tessera_ir::tensor::checked_numel(&dims).map_err(|e| e.to_string())?;
         if numel <= 1 << 16 {
             let t = match dtype.domain() {

@@ -43,7 +43,11 @@ pub struct SymTensor {
 
 impl SymTensor {
     pub fn new(dtype: DType, shape: Vec<usize>, elems: Vec<SymInt>) -> Option<SymTensor> {
-        (shape.iter().product::<usize>() == elems.len() && elems.len() <= MAX_SYM_ELEMENTS).then_some(SymTensor { dtype, shape, elems })
+        (shape.iter().product::<usize>() == elems.len() && elems.len() <= MAX_SYM_ELEMENTS).then_some(SymTensor {
+            dtype,
+            shape,
+            elems,
+        })
     }
 
     pub fn ints(&self) -> Option<Vec<i64>> {
@@ -107,9 +111,15 @@ fn broadcast_all(tensors: &[&SymTensor]) -> Option<(Vec<usize>, Vec<Vec<usize>>)
 
 /// Elementwise binary ops on symbolic integers, with numpy broadcasting; None when an element
 /// cannot be known at import (the caller then emits real ops).
-pub fn binary(a: &SymTensor, b: &SymTensor, out_dtype: DType, f: impl Fn(&SymInt, &SymInt) -> Option<SymInt>) -> Option<SymTensor> {
+pub fn binary(
+    a: &SymTensor,
+    b: &SymTensor,
+    out_dtype: DType,
+    f: impl Fn(&SymInt, &SymInt) -> Option<SymInt>,
+) -> Option<SymTensor> {
     let (shape, maps) = broadcast_all(&[a, b])?;
-    let elems = (0..maps[0].len()).map(|i| f(&a.elems[maps[0][i]], &b.elems[maps[1][i]])).collect::<Option<Vec<_>>>()?;
+    let elems =
+        (0..maps[0].len()).map(|i| f(&a.elems[maps[0][i]], &b.elems[maps[1][i]])).collect::<Option<Vec<_>>>()?;
     SymTensor::new(out_dtype, shape, elems)
 }
 
@@ -117,7 +127,13 @@ pub fn binary(a: &SymTensor, b: &SymTensor, out_dtype: DType, f: impl Fn(&SymInt
 pub fn select(c: &SymTensor, a: &SymTensor, b: &SymTensor) -> Option<SymTensor> {
     let (shape, maps) = broadcast_all(&[c, a, b])?;
     let elems = (0..maps[0].len())
-        .map(|i| Some(if c.elems[maps[0][i]].as_int()? != 0 { a.elems[maps[1][i]].clone() } else { b.elems[maps[2][i]].clone() }))
+        .map(|i| {
+            Some(if c.elems[maps[0][i]].as_int()? != 0 {
+                a.elems[maps[1][i]].clone()
+            } else {
+                b.elems[maps[2][i]].clone()
+            })
+        })
         .collect::<Option<Vec<_>>>()?;
     SymTensor::new(a.dtype, shape, elems)
 }

@@ -1,0 +1,136 @@
+//! The ONNX frontend against real references: onnx 1.22.0's backend node tests, and the real
+//! models of ../shared/MODELS.md against onnxruntime's outputs. Both need the data that
+//! `scripts/fetch_models.sh` puts in `.cache/` (the README's test command runs it first).
+
+use std::path::{Path, PathBuf};
+use tessera_compiler::conformance::{cases, run_case, Outcome};
+use tessera_compiler::onnx::{import_file, read_tensor_pb};
+use tessera_ir::compare::compare;
+
+fn cache() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache");
+    if dir.join("models/MANIFEST.txt").exists() && dir.join("onnx-node-tests").exists() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok() {
+        panic!("{} lacks the models and node tests: CI must run scripts/fetch_models.sh first", dir.display());
+    }
+    eprintln!("\n*** SKIPPED: no .cache/models or .cache/onnx-node-tests; run scripts/fetch_models.sh ***\n");
+    None
+}
+
+/// Transformer-set node tests that are expected to be unsupported, with the reason.
+fn exceptions() -> Vec<(String, String)> {
+    include_str!("conformance/transformer_exceptions.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, why) = l.split_once(' ').unwrap_or((l, ""));
+            (name.to_string(), why.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn conformance_node_tests_on_the_interpreter() {
+    let Some(cache) = cache() else { return };
+    let dirs = cases(&cache.join("onnx-node-tests"), None).unwrap();
+    assert!(dirs.len() > 1700, "only {} node tests found", dirs.len());
+    let exceptions = exceptions();
+    let (mut passed, mut failed, mut unsupported) = (0, Vec::new(), 0);
+    let mut transformer_problems = Vec::new();
+    for d in &dirs {
+        let r = run_case(d);
+        let listed = exceptions.iter().any(|(n, _)| *n == r.name);
+        match &r.outcome {
+            Outcome::Passed => {
+                passed += 1;
+                if listed {
+                    transformer_problems
+                        .push(format!("{} passes now: remove it from transformer_exceptions.txt", r.name));
+                }
+            }
+            Outcome::Failed(why) => failed.push(format!("{}: {why}", r.name)),
+            Outcome::Unsupported(why) => {
+                unsupported += 1;
+                if r.is_transformer() && !listed {
+                    transformer_problems.push(format!("{} is unsupported ({why}) but not a listed exception", r.name));
+                }
+            }
+        }
+    }
+    println!("node tests: {passed} passed, {} failed, {unsupported} unsupported", failed.len());
+    assert!(failed.is_empty(), "{} node tests failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(transformer_problems.is_empty(), "{}", transformer_problems.join("\n"));
+}
+
+/// Runs every data set of a model and checks each output: max abs error and cosine.
+fn check_model(name: &str, max_abs: f64, min_cosine: f64) {
+    let Some(cache) = cache() else { return };
+    let model = cache.join(format!("models/{name}.onnx"));
+    let g = import_file(&model).unwrap_or_else(|e| panic!("{e}"));
+    let mut sets: Vec<PathBuf> =
+        std::fs::read_dir(cache.join(format!("models/{name}"))).unwrap().flatten().map(|e| e.path()).collect();
+    sets.sort();
+    assert!(!sets.is_empty(), "no data sets for {name}");
+    for set in sets {
+        let inputs =
+            (0..g.inputs().len()).map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).unwrap().tensor).collect();
+        let outputs = tessera_ir::run(&g, inputs).unwrap_or_else(|e| panic!("{name} {}: {e}", set.display()));
+        for (j, actual) in outputs.iter().enumerate() {
+            let expected = read_tensor_pb(&set.join(format!("output_{j}.pb"))).unwrap().tensor;
+            let c = compare(actual, &expected, 0.0, max_abs).unwrap_or_else(|e| panic!("{name} output {j}: {e}"));
+            println!(
+                "{name} {} output {j}: max abs error {:.2e}, cosine {:.8}",
+                set.file_name().unwrap().to_string_lossy(),
+                c.max_abs_error,
+                c.cosine
+            );
+            assert!(c.passed() && c.cosine >= min_cosine, "{name} {} output {j}: {c}", set.display());
+        }
+    }
+}
+
+#[test]
+fn minilm_fp32_matches_onnxruntime() {
+    check_model("minilm-l3-fp32", 1e-4, 0.99999);
+}
+
+#[test]
+fn minilm_static64_matches_onnxruntime() {
+    check_model("minilm-l3-static64", 1e-4, 0.99999);
+}
+
+#[test]
+fn minilm_pruned_matches_onnxruntime() {
+    check_model("minilm-l3-pruned", 1e-4, 0.99999);
+}
+
+/// Not within 1e-4 of onnxruntime, for a reason on onnxruntime's side: its x86 u8 x s8
+/// MatMulInteger kernel sums pairs of products in saturating int16 (vpmaddubsw), so its outputs
+/// are not the exact integer products the ONNX spec defines and Tessera computes. Emulating that
+/// kernel in the onnx reference evaluator moves the reference to within 5e-4 of onnxruntime; the
+/// rest is dynamic quantization turning last-bit float differences into whole quantization steps.
+/// The bounds here are the measured ones, so a regression still fails.
+#[test]
+fn minilm_int8_dynamic_is_close_to_onnxruntime() {
+    check_model("minilm-l3-int8-dynamic", 0.25, 0.995);
+}
+
+/// One data set differs from onnxruntime by up to 1.8e-3 on 700 of 49,152 token-state elements:
+/// a last-bit float difference flips a dynamically quantized activation by one step (the onnx
+/// reference evaluator differs from onnxruntime by the same amount there).
+#[test]
+fn minilm_uint8_dynamic_perchannel_is_close_to_onnxruntime() {
+    check_model("minilm-l3-uint8-dynamic-perchannel", 5e-3, 0.9999);
+}
+
+#[test]
+fn minilm_matmulnbits_q4_matches_onnxruntime() {
+    check_model("minilm-l3-matmulnbits-q4-b32", 1e-4, 0.99999);
+}
+
+#[test]
+fn minilm_qdq_int4_matches_onnxruntime() {
+    check_model("minilm-l3-qdq-int4-b32", 1e-4, 0.99999);
+}
