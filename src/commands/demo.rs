@@ -1,48 +1,77 @@
 //! `tessera demo`: runs the committed int4 transformer block on the interpreter and checks it
-//! against outputs computed independently with numpy (scripts/gen_transformer_block.py).
+//! against outputs computed independently with numpy (scripts/gen_transformer_block.py), then
+//! imports the real paraphrase-MiniLM-L3-v2 (fp32 and its int4 QDQ variant, fetched by
+//! scripts/fetch_models.sh) and checks it against onnxruntime.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::ExitCode;
-use tessera_compiler::onnx::decode_tensor;
+use tessera_compiler::onnx::{decode_tensor, import_file, read_tensor_pb};
 use tessera_ir::compare::compare;
-use tessera_ir::{parse, verify, Op};
+use tessera_ir::{parse, verify, Graph, Op};
 
 const BLOCK: &str = include_str!("../../tests/filetests/run/transformer_block.tir");
 const INPUT: &[u8] = include_bytes!("../../tests/filetests/run/transformer_block/test_data_set_0/input_0.pb");
 const OUTPUT: &[u8] = include_bytes!("../../tests/filetests/run/transformer_block/test_data_set_0/output_0.pb");
 
-pub fn run() -> anyhow::Result<ExitCode> {
-    println!("Tessera demo: a transformer block with int4 block-quantized weights\n");
-    let g = parse(BLOCK).map_err(|e| anyhow::anyhow!("the built-in block does not parse: {e}"))?;
-    verify(&g).map_err(|e| anyhow::anyhow!("the built-in block does not verify: {e}"))?;
+fn describe(g: &Graph) {
     let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, n) in g.nodes() {
         *ops.entry(n.op.name()).or_default() += 1;
     }
-    let packed: u64 = g.constant_bytes();
-    let unpacked: usize = g.constants().iter().map(|c| g.ty(c.value).shape.static_numel().unwrap_or(0) * 4).sum();
     let quantized = g.values().filter(|(_, v)| v.ty.quant.is_some()).count();
-    println!(
-        "graph @{}: {} nodes, {} constants ({} int4 weight matrices)",
-        g.name,
-        g.n_nodes(),
-        g.constants().len(),
-        quantized
-    );
+    println!("graph @{}: {} nodes, {} constants ({} quantized weights), {:.1} MB of weights as stored", g.name, g.n_nodes(), g.constants().len(), quantized, g.constant_bytes() as f64 / 1e6);
     println!("  ops: {}", ops.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
-    println!("  weights: {packed} bytes as stored (packed), {unpacked} bytes if every constant were f32");
-    let attn = g.nodes().filter(|(_, n)| matches!(n.op, Op::Attention { .. })).count();
-    println!("  attention nodes: {attn}; sequence length symbolic (`seq`)\n");
+    let inputs: Vec<String> = g.inputs().iter().map(|(n, v)| format!("{n}: {}", g.ty(*v))).collect();
+    println!("  inputs: {}", inputs.join(", "));
+}
 
+pub fn run() -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    println!("Tessera demo\n\n1. a transformer block with int4 block-quantized weights (tests/filetests/run/transformer_block.tir)");
+    let g = parse(BLOCK).map_err(|e| anyhow::anyhow!("the built-in block does not parse: {e}"))?;
+    verify(&g).map_err(|e| anyhow::anyhow!("the built-in block does not verify: {e}"))?;
+    describe(&g);
+    let attn = g.nodes().filter(|(_, n)| matches!(n.op, Op::Attention { .. })).count();
+    println!("  attention nodes: {attn}; the sequence length is symbolic (`seq`)");
     let x = decode_tensor(INPUT)?.tensor;
     let expected = decode_tensor(OUTPUT)?.tensor;
     let start = std::time::Instant::now();
     let out = tessera_ir::run(&g, vec![x.clone()])?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    println!("ran on the reference interpreter: input x {x} -> output y {} in {ms:.2} ms", out[0]);
+    println!("  ran on the reference interpreter: x {x} -> y {} in {ms:.2} ms", out[0]);
     let c = compare(&out[0], &expected, 1e-4, 1e-5).map_err(|e| anyhow::anyhow!(e))?;
-    println!("checked against numpy's float32 forward pass: {c}");
-    println!("\nnext: `tessera ir tests/filetests/run/transformer_block.tir` prints the graph;");
-    println!("      `tessera run tests/filetests/run/transformer_block.tir --inputs tests/filetests/run/transformer_block --check` runs and checks it.");
-    Ok(if c.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!("  against numpy's float32 forward pass: {c}");
+    ok &= c.passed();
+
+    let models = Path::new(".cache/models");
+    println!("\n2. paraphrase-MiniLM-L3-v2 imported from ONNX and run on the interpreter, against onnxruntime");
+    if !models.join("minilm-l3-fp32.onnx").exists() {
+        println!("  skipped: run scripts/fetch_models.sh first (it downloads the models and onnxruntime's reference outputs)");
+    }
+    for name in ["minilm-l3-fp32", "minilm-l3-qdq-int4-b32"] {
+        let path = models.join(format!("{name}.onnx"));
+        if !path.exists() {
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let g = import_file(&path)?;
+        println!("\n{} (imported in {:.0} ms)", path.display(), start.elapsed().as_secs_f64() * 1e3);
+        describe(&g);
+        // The real sentences: batch 3, padded to 17 tokens.
+        let set = models.join(name).join("test_data_set_3");
+        let inputs = (0..g.inputs().len()).map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).map(|t| t.tensor)).collect::<Result<Vec<_>, _>>()?;
+        let start = std::time::Instant::now();
+        let outputs = tessera_ir::run(&g, inputs)?;
+        println!("  ran 3 real sentences (batch 3, seq 17) in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
+        for (j, ((out_name, _), t)) in g.outputs().iter().zip(&outputs).enumerate() {
+            let expected = read_tensor_pb(&set.join(format!("output_{j}.pb")))?.tensor;
+            let c = compare(t, &expected, 0.0, 1e-4).map_err(|e| anyhow::anyhow!(e))?;
+            println!("  output {out_name:?} {t}: max abs error {:.2e}, cosine {:.7} vs onnxruntime", c.max_abs_error, c.cosine);
+            ok &= c.passed();
+        }
+    }
+    println!("\nnext: `tessera ir .cache/models/minilm-l3-fp32.onnx` prints the imported graph;");
+    println!("      `tessera conformance .cache/onnx-node-tests` runs the ONNX backend node tests.");
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
