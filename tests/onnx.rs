@@ -96,6 +96,23 @@ fn minilm_fp32_matches_onnxruntime() {
     check_model("minilm-l3-fp32", 1e-4, 0.99999);
 }
 
+/// Importing keeps the weights in the memory-mapped file: no initializer is copied.
+#[test]
+fn minilm_weights_stay_memory_mapped() {
+    let Some(cache) = cache() else { return };
+    let g = import_file(&cache.join("models/minilm-l3-fp32.onnx")).unwrap();
+    let (mut mapped, mut copied) = (0u64, 0u64);
+    for c in g.constants() {
+        match &c.data {
+            tessera_ir::ConstData::Bytes(b) if b.is_mapped() => mapped += b.len() as u64,
+            other => copied += other.byte_len(),
+        }
+    }
+    println!("mapped {mapped} bytes, copied {copied} bytes");
+    assert!(mapped > 60_000_000, "only {mapped} bytes of weights are mapped");
+    assert!(copied < 100_000, "{copied} bytes of constants were copied (only small folded constants may be)");
+}
+
 #[test]
 fn minilm_static64_matches_onnxruntime() {
     check_model("minilm-l3-static64", 1e-4, 0.99999);

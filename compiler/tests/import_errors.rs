@@ -195,3 +195,40 @@ fn lowering_errors_name_the_node() {
     let e = err(&model(vec![concat], vec![w], 17));
     assert!(e.contains("node \"cat0\" (Concat)"), "{e}");
 }
+
+#[test]
+fn external_data_beside_the_model_is_mapped_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2x3 f32 weights at offset 8 of weights.bin.
+    let values: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let mut file = vec![0xAAu8; 8];
+    file.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(dir.path().join("weights.bin"), &file).unwrap();
+    let kv = |k: &str, v: &str| tessera_compiler::onnx::proto::StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) };
+    let ext = TensorProto {
+        name: Some("w".into()),
+        dims: vec![2, 3],
+        data_type: Some(tensor_proto::DataType::Float as i32),
+        data_location: Some(tensor_proto::DataLocation::External as i32),
+        external_data: vec![kv("location", "weights.bin"), kv("offset", "8"), kv("length", "24")],
+        ..Default::default()
+    };
+    let m = model(vec![node("Add", "add0", &["x", "w"], &["y"])], vec![ext], 17);
+    let path = dir.path().join("model.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let g = tessera_compiler::onnx::import_file(&path).unwrap();
+    let w = g.constants()[0].data.clone();
+    match &w {
+        tessera_ir::ConstData::Bytes(b) => assert!(b.is_mapped(), "external data should stay mapped"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let x = tessera_ir::Tensor::from_f32(tessera_ir::DType::F32, &[2, 3], vec![0.5; 6]).unwrap();
+    let y = tessera_ir::run(&g, vec![x]).unwrap();
+    assert_eq!(y[0].to_f64_vec(), vec![1.5, 2.5, 3.5, 4.5, 5.5, 6.5]);
+    // Past the end of the file: a typed error, not a read out of bounds.
+    let short = TensorProto { external_data: vec![kv("location", "weights.bin"), kv("offset", "16"), kv("length", "24")], ..m.graph.as_ref().unwrap().initializer[0].clone() };
+    let m2 = model(vec![node("Add", "add0", &["x", "w"], &["y"])], vec![short], 17);
+    std::fs::write(&path, m2.encode_to_vec()).unwrap();
+    let e = tessera_compiler::onnx::import_file(&path).unwrap_err().to_string();
+    assert!(e.contains("lies outside \"weights.bin\""), "{e}");
+}
