@@ -3,7 +3,7 @@
 //! `scripts/fetch_models.sh` puts in `.cache/` (the README's test command runs it first).
 
 use std::path::{Path, PathBuf};
-use tessera_compiler::conformance::{cases, run_case, Outcome};
+use tessera_compiler::conformance::{cases, run_case, run_case_with, Outcome};
 use tessera_compiler::onnx::{import_file, read_tensor_pb};
 use tessera_ir::compare::compare;
 
@@ -64,11 +64,43 @@ fn conformance_node_tests_on_the_interpreter() {
     assert!(transformer_problems.is_empty(), "{}", transformer_problems.join("\n"));
 }
 
+/// Every pass preserves semantics: the node tests that pass as imported also pass after the
+/// default pipeline.
+#[test]
+fn conformance_node_tests_after_the_default_pipeline() {
+    let Some(cache) = cache() else { return };
+    let mut problems = Vec::new();
+    let mut passed = 0;
+    for d in cases(&cache.join("onnx-node-tests"), None).unwrap() {
+        if run_case(&d).outcome != Outcome::Passed {
+            continue;
+        }
+        match run_case_with(&d, Some(tessera_compiler::passes::DEFAULT_PIPELINE)).outcome {
+            Outcome::Passed => passed += 1,
+            other => problems.push(format!("{}: {other:?}", d.display())),
+        }
+    }
+    println!("{passed} node tests pass after the default pipeline");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn minilm_fp32_after_the_default_pipeline_matches_onnxruntime() {
+    check_model_with("minilm-l3-fp32", 1e-4, 0.99999, Some(tessera_compiler::passes::DEFAULT_PIPELINE));
+}
+
 /// Runs every data set of a model and checks each output: max abs error and cosine.
 fn check_model(name: &str, max_abs: f64, min_cosine: f64) {
+    check_model_with(name, max_abs, min_cosine, None)
+}
+
+fn check_model_with(name: &str, max_abs: f64, min_cosine: f64, pipeline: Option<&str>) {
     let Some(cache) = cache() else { return };
     let model = cache.join(format!("models/{name}.onnx"));
-    let g = import_file(&model).unwrap_or_else(|e| panic!("{e}"));
+    let mut g = import_file(&model).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(p) = pipeline {
+        tessera_compiler::passes::Pipeline::parse(p).unwrap().run(&mut g, &mut |_| {}).unwrap();
+    }
     let mut sets: Vec<PathBuf> =
         std::fs::read_dir(cache.join(format!("models/{name}"))).unwrap().flatten().map(|e| e.path()).collect();
     sets.sort();

@@ -172,6 +172,26 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Passes preserve semantics: the default pipeline keeps every output (within float tolerance).
+    #[test]
+    fn the_default_pipeline_preserves_results(seed in any::<u64>(), steps in prop::collection::vec(any::<(u8, u8, u8)>(), 1..14)) {
+        let (g, inputs) = build(seed, &steps);
+        let before = run(&g, inputs.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut after = g.clone();
+        let mut pipeline = tessera_compiler::passes::Pipeline::default_pipeline();
+        pipeline.verify_each = true;
+        pipeline.run(&mut after, &mut |_| {}).map_err(|e| TestCaseError::fail(format!("{e}\n{}", print(&g))))?;
+        let out = run(&after, inputs).map_err(|e| TestCaseError::fail(format!("{e}\n{}", print(&after))))?;
+        for (x, y) in before.iter().zip(&out) {
+            let c = tessera_ir::compare::compare(y, x, 1e-5, 1e-5).map_err(TestCaseError::fail)?;
+            prop_assert!(c.passed(), "{c}\nbefore:\n{}after:\n{}", print(&g), print(&after));
+        }
+    }
+}
+
 /// Guards the generator against going vacuous: over fixed seeds it must make graphs of real
 /// size that use every op family it knows.
 #[test]

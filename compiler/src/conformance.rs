@@ -134,10 +134,16 @@ fn model_ops(path: &Path) -> BTreeSet<String> {
 
 /// Runs one test on the reference interpreter.
 pub fn run_case(dir: &Path) -> CaseResult {
+    run_case_with(dir, None)
+}
+
+/// Runs one test on the reference interpreter after the passes of `pipeline` (text such as
+/// `canonicalize`), so every pass is checked against the same references.
+pub fn run_case_with(dir: &Path, pipeline: Option<&str>) -> CaseResult {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let model = dir.join("model.onnx");
     let ops = model_ops(&model);
-    let outcome = std::panic::catch_unwind(|| run_model(dir, &model)).unwrap_or_else(|p| {
+    let outcome = std::panic::catch_unwind(|| run_model(dir, &model, pipeline)).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -148,12 +154,21 @@ pub fn run_case(dir: &Path) -> CaseResult {
     CaseResult { name, ops, outcome }
 }
 
-fn run_model(dir: &Path, model: &Path) -> Outcome {
-    let g: Graph = match import_file(model) {
+fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>) -> Outcome {
+    let mut g: Graph = match import_file(model) {
         Ok(g) => g,
         Err(e) if e.is_unsupported() => return Outcome::Unsupported(short(&e)),
         Err(e) => return Outcome::Failed(format!("import: {}", short(&e))),
     };
+    if let Some(p) = pipeline {
+        let result = tessera_passes::Pipeline::parse(p).and_then(|mut pl| {
+            pl.verify_each = true;
+            pl.run(&mut g, &mut |_| {})
+        });
+        if let Err(e) = result {
+            return Outcome::Failed(format!("passes: {e}"));
+        }
+    }
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();

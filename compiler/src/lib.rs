@@ -2,4 +2,5 @@
 //! artifact writer.
 
 pub mod conformance;
+pub use tessera_passes as passes;
 pub mod onnx;

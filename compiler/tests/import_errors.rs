@@ -204,7 +204,10 @@ fn external_data_beside_the_model_is_mapped_and_used() {
     let mut file = vec![0xAAu8; 8];
     file.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     std::fs::write(dir.path().join("weights.bin"), &file).unwrap();
-    let kv = |k: &str, v: &str| tessera_compiler::onnx::proto::StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) };
+    let kv = |k: &str, v: &str| tessera_compiler::onnx::proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v.into()),
+    };
     let ext = TensorProto {
         name: Some("w".into()),
         dims: vec![2, 3],
@@ -226,7 +229,10 @@ fn external_data_beside_the_model_is_mapped_and_used() {
     let y = tessera_ir::run(&g, vec![x]).unwrap();
     assert_eq!(y[0].to_f64_vec(), vec![1.5, 2.5, 3.5, 4.5, 5.5, 6.5]);
     // Past the end of the file: a typed error, not a read out of bounds.
-    let short = TensorProto { external_data: vec![kv("location", "weights.bin"), kv("offset", "16"), kv("length", "24")], ..m.graph.as_ref().unwrap().initializer[0].clone() };
+    let short = TensorProto {
+        external_data: vec![kv("location", "weights.bin"), kv("offset", "16"), kv("length", "24")],
+        ..m.graph.as_ref().unwrap().initializer[0].clone()
+    };
     let m2 = model(vec![node("Add", "add0", &["x", "w"], &["y"])], vec![short], 17);
     std::fs::write(&path, m2.encode_to_vec()).unwrap();
     let e = tessera_compiler::onnx::import_file(&path).unwrap_err().to_string();

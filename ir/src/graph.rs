@@ -249,3 +249,139 @@ impl Graph {
         self.source.as_ref()?.values.get(v.index()).copied().flatten()
     }
 }
+
+/// Mutation, for passes. Each keeps the graph well formed as long as the caller keeps the
+/// order valid (the verifier checks).
+impl Graph {
+    /// Makes every use of `from` (node operands, outputs, quant parameters) use `to` instead.
+    pub fn replace_uses(&mut self, from: Value, to: Value) {
+        for n in &mut self.nodes {
+            for v in &mut n.inputs {
+                if *v == from {
+                    *v = to;
+                }
+            }
+        }
+        for (_, v) in &mut self.outputs {
+            if *v == from {
+                *v = to;
+            }
+        }
+        for d in &mut self.values {
+            if let Some(q) = &mut d.ty.quant {
+                for p in [Some(&mut q.scale), q.zero_point.as_mut(), q.offset.as_mut()].into_iter().flatten() {
+                    if *p == from {
+                        *p = to;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reorders the nodes: `order` lists every node exactly once, in the new execution order.
+    pub fn set_order(&mut self, order: &[Node]) {
+        assert_eq!(order.len(), self.nodes.len(), "set_order needs every node once");
+        let mut new_index = vec![usize::MAX; self.nodes.len()];
+        for (i, n) in order.iter().enumerate() {
+            new_index[n.index()] = i;
+        }
+        let mut old: Vec<Option<NodeData>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
+        self.nodes = order.iter().map(|n| old[n.index()].take().expect("each node once")).collect();
+        for d in &mut self.values {
+            if let ValueDef::Result(n, i) = d.def {
+                d.def = ValueDef::Result(Node::from_index(new_index[n.index()]), i);
+            }
+        }
+        if let Some(src) = &mut self.source {
+            let nodes = std::mem::take(&mut src.nodes);
+            src.nodes = order.iter().map(|n| nodes.get(n.index()).copied().flatten()).collect();
+        }
+    }
+
+    /// A copy with only the kept nodes and the constants still in use, renumbered densely, in
+    /// the same order. Values the kept nodes, outputs or quant annotations use must stay defined.
+    pub fn compacted(&self, keep: impl Fn(Node) -> bool) -> Graph {
+        let kept: Vec<Node> = self.nodes().map(|(n, _)| n).filter(|&n| keep(n)).collect();
+        let mut used = vec![false; self.values.len()];
+        for &n in &kept {
+            for &v in &self.node(n).inputs {
+                used[v.index()] = true;
+            }
+        }
+        for (_, v) in &self.outputs {
+            used[v.index()] = true;
+        }
+        // Quant parameters of used values are used too.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (i, d) in self.values.iter().enumerate() {
+                let node_result = matches!(d.def, ValueDef::Result(n, _) if kept.contains(&n));
+                if !(used[i] || node_result) {
+                    continue;
+                }
+                if let Some(q) = &d.ty.quant {
+                    for p in [Some(q.scale), q.zero_point, q.offset].into_iter().flatten() {
+                        if !used[p.index()] {
+                            used[p.index()] = true;
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        let mut g = Graph::new(&self.name);
+        let mut map: Vec<Option<Value>> = vec![None; self.values.len()];
+        for (name, v) in &self.inputs {
+            let nv = g.add_input(name, self.ty(*v).clone());
+            map[v.index()] = Some(nv);
+        }
+        for c in &self.constants {
+            if used[c.value.index()] {
+                let nv = g.add_const(self.ty(c.value).clone(), c.data.clone());
+                map[c.value.index()] = Some(nv);
+            }
+        }
+        for &n in &kept {
+            let nd = self.node(n);
+            let inputs = nd.inputs.iter().map(|v| map[v.index()].expect("kept nodes read defined values")).collect();
+            let types = nd.outputs.iter().map(|v| self.ty(*v).clone()).collect();
+            let new = g.add_node(nd.op.clone(), inputs, types);
+            let new_node = g.node_mut(new);
+            new_node.placement = nd.placement;
+            new_node.body = nd.body.clone();
+            let outs = g.node(new).outputs.clone();
+            for (old, nv) in nd.outputs.iter().zip(outs) {
+                map[old.index()] = Some(nv);
+            }
+        }
+        for (name, v) in &self.outputs {
+            g.add_output(name, map[v.index()].expect("outputs are defined"));
+        }
+        // Quant references and buffer slots follow the renumbering.
+        for (old, new) in map.iter().enumerate().filter_map(|(i, m)| m.map(|m| (i, m))) {
+            let mut ty = self.values[old].ty.clone();
+            if let Some(q) = &mut ty.quant {
+                q.scale = map[q.scale.index()].expect("quant parameters are kept");
+                q.zero_point = q.zero_point.map(|z| map[z.index()].expect("kept"));
+                q.offset = q.offset.map(|o| map[o.index()].expect("kept"));
+            }
+            g.values[new.index()].ty = ty;
+            g.values[new.index()].mem = self.values[old].mem;
+        }
+        g
+    }
+
+    /// The nodes that read each value.
+    pub fn users(&self) -> Vec<Vec<Node>> {
+        let mut users = vec![Vec::new(); self.values.len()];
+        for (n, nd) in self.nodes() {
+            for &v in &nd.inputs {
+                if !users[v.index()].contains(&n) {
+                    users[v.index()].push(n);
+                }
+            }
+        }
+        users
+    }
+}

@@ -1,5 +1,17 @@
-//! Tessera's graph passes: canonicalization, equality saturation, fusion into kernel regions,
-//! scheduling and buffer planning. Empty until the optimizer issue fills it; it already sits
-//! in the dependency chain `ir` <- `passes` <- `targets/*`.
+//! Tessera's graph passes, one per file: each file's `//!` header says what the pass does, what
+//! it assumes and what it refuses. `manager.rs` registers them by name and runs pipelines.
 
+pub mod canonicalize;
+pub mod cse;
+pub mod dce;
+pub mod fold_constants;
+pub mod manager;
+pub mod memory;
+pub mod plan_memory;
+pub mod refine_types;
+pub mod schedule;
+pub mod simplify_layout;
+pub mod stats;
+
+pub use manager::{lookup, registry, Event, Pass, PassError, PassReport, Pipeline, DEFAULT_PIPELINE};
 pub use tessera_ir as ir;

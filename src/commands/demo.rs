@@ -20,7 +20,14 @@ fn describe(g: &Graph) {
         *ops.entry(n.op.name()).or_default() += 1;
     }
     let quantized = g.values().filter(|(_, v)| v.ty.quant.is_some()).count();
-    println!("graph @{}: {} nodes, {} constants ({} quantized weights), {:.1} MB of weights as stored", g.name, g.n_nodes(), g.constants().len(), quantized, g.constant_bytes() as f64 / 1e6);
+    println!(
+        "graph @{}: {} nodes, {} constants ({} quantized weights), {:.1} MB of weights as stored",
+        g.name,
+        g.n_nodes(),
+        g.constants().len(),
+        quantized,
+        g.constant_bytes() as f64 / 1e6
+    );
     println!("  ops: {}", ops.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
     let inputs: Vec<String> = g.inputs().iter().map(|(n, v)| format!("{n}: {}", g.ty(*v))).collect();
     println!("  inputs: {}", inputs.join(", "));
@@ -60,14 +67,19 @@ pub fn run() -> anyhow::Result<ExitCode> {
         describe(&g);
         // The real sentences: batch 3, padded to 17 tokens.
         let set = models.join(name).join("test_data_set_3");
-        let inputs = (0..g.inputs().len()).map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).map(|t| t.tensor)).collect::<Result<Vec<_>, _>>()?;
+        let inputs = (0..g.inputs().len())
+            .map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).map(|t| t.tensor))
+            .collect::<Result<Vec<_>, _>>()?;
         let start = std::time::Instant::now();
         let outputs = tessera_ir::run(&g, inputs)?;
         println!("  ran 3 real sentences (batch 3, seq 17) in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
         for (j, ((out_name, _), t)) in g.outputs().iter().zip(&outputs).enumerate() {
             let expected = read_tensor_pb(&set.join(format!("output_{j}.pb")))?.tensor;
             let c = compare(t, &expected, 0.0, 1e-4).map_err(|e| anyhow::anyhow!(e))?;
-            println!("  output {out_name:?} {t}: max abs error {:.2e}, cosine {:.7} vs onnxruntime", c.max_abs_error, c.cosine);
+            println!(
+                "  output {out_name:?} {t}: max abs error {:.2e}, cosine {:.7} vs onnxruntime",
+                c.max_abs_error, c.cosine
+            );
             ok &= c.passed();
         }
     }

@@ -25,10 +25,87 @@ pub struct IrArgs {
     /// Write the printed graph here instead of stdout (required for `--weights sidecar`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// How to choose and watch the passes.
+#[derive(Args)]
+pub struct PipelineArgs {
+    /// Passes to run, comma-separated (`canonicalize,cse`), or `none` for the graph as read.
+    #[arg(long, default_value = tessera_compiler::passes::DEFAULT_PIPELINE)]
+    pub passes: String,
+    /// Print the graph before the named pass (or `all`), to stderr.
+    #[arg(long, value_name = "PASS")]
+    pub print_ir_before: Option<String>,
+    /// Print the graph after the named pass (or `all`), to stderr.
+    #[arg(long, value_name = "PASS")]
+    pub print_ir_after: Option<String>,
+    /// Write the graph as read and after each pass to numbered files in DIR (00-input.tir,
+    /// 01-canonicalize.tir, ...), to diff what each pass did.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+    /// Print each pass's time and report to stderr.
+    #[arg(long)]
+    pub time_passes: bool,
+    /// List the registered passes and exit.
+    #[arg(long)]
+    pub list_passes: bool,
+}
+
+impl PipelineArgs {
+    /// Runs the chosen passes with the requested printing, dumping and timing.
+    pub fn apply(&self, g: &mut tessera_ir::Graph) -> anyhow::Result<()> {
+        use tessera_compiler::passes::{Event, Pipeline};
+        let pipeline = Pipeline::parse(&self.passes)?;
+        if let Some(dir) = &self.dump_dir {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            std::fs::write(dir.join("00-input.tir"), tessera_ir::print(g))?;
+        }
+        let wants = |sel: &Option<String>, pass: &str| sel.as_deref().is_some_and(|s| s == "all" || s == pass);
+        let mut io_error = None;
+        let reports = pipeline.run(g, &mut |e| match e {
+            Event::Before { pass, graph, .. } if wants(&self.print_ir_before, pass) => {
+                eprintln!("; IR before {pass}\n{}", tessera_ir::print(graph));
+            }
+            Event::After { pass, index, graph, report, elapsed } => {
+                if wants(&self.print_ir_after, pass) {
+                    eprintln!("; IR after {pass}\n{}", tessera_ir::print(graph));
+                }
+                if let Some(dir) = &self.dump_dir {
+                    let text = format!(
+                        "; after {pass} ({:.3} ms): {}\n{}",
+                        elapsed.as_secs_f64() * 1e3,
+                        report.notes.join("; "),
+                        tessera_ir::print(graph)
+                    );
+                    if let Err(e) = std::fs::write(dir.join(format!("{:02}-{pass}.tir", index + 1)), text) {
+                        io_error = Some(e);
+                    }
+                }
+                if self.time_passes {
+                    eprintln!("{pass:<20} {:>9.3} ms  {}", elapsed.as_secs_f64() * 1e3, report.notes.join("; "));
+                }
+            }
+            _ => {}
+        })?;
+        if let Some(e) = io_error {
+            anyhow::bail!("cannot write the dump: {e}");
+        }
+        let _ = reports;
+        Ok(())
+    }
 }
 
 pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
-    let g = super::load_graph(&args.file)?;
+    if args.pipeline.list_passes {
+        for p in tessera_compiler::passes::registry() {
+            println!("{:<18} {}", p.name(), p.description());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut g = super::load_graph(&args.file)?;
+    args.pipeline.apply(&mut g)?;
     let mut opts = PrintOptions {
         weights: match args.weights {
             Weights::Summary => WeightMode::Summary,

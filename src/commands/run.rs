@@ -27,6 +27,9 @@ pub struct RunArgs {
     /// Absolute tolerance for float outputs (ONNX's backend tests use 1e-7).
     #[arg(long, default_value_t = 1e-7)]
     pub atol: f64,
+    /// Passes to run before interpreting, comma-separated (`canonicalize`), or `none`.
+    #[arg(long, default_value = "none")]
+    pub passes: String,
 }
 
 /// The test-data folders to run: DIR itself, or its test_data_set_N children.
@@ -65,7 +68,8 @@ fn read_inputs(g: &Graph, dir: &Path) -> anyhow::Result<Vec<Tensor>> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let g = super::load_graph(&args.file)?;
+    let mut g = super::load_graph(&args.file)?;
+    tessera_compiler::passes::Pipeline::parse(&args.passes)?.run(&mut g, &mut |_| {})?;
     let mut failed = 0;
     for set in data_sets(&args.inputs)? {
         let inputs = read_inputs(&g, &set)?;

@@ -18,6 +18,9 @@
 //! - `verify`: every error of the parser or verifier must be announced by `; error: TEXT` on
 //!   the line it points at (TEXT is a substring of the message), and every announcement met.
 //! - `run`: inputs come from `; input` lines; the expectation is every output's values.
+//! - `pass NAMES`: runs the comma-separated passes (verifying after each); the expectation is
+//!   the printed result. With `; input` lines, the outputs before and after must also agree
+//!   (within 1e-5, relative 1e-5).
 //!
 //! Every test also checks the text round trip `print(parse(print(g))) == print(g)`.
 
@@ -60,7 +63,8 @@ pub fn run_file(path: &Path, bless: bool) -> Outcome {
         "print" => check_print(&graph_text, &options),
         "verify" => return check_verify(&graph_text),
         "run" => check_run(&graph_text, &lines[..close]),
-        other => Err(format!("unknown test kind `{other}` (expected print, verify or run)")),
+        "pass" => check_pass(&graph_text, &lines[..close], &options),
+        other => Err(format!("unknown test kind `{other}` (expected print, verify, run or pass)")),
     };
     let actual = match actual {
         Ok(a) => a,
@@ -196,6 +200,30 @@ fn check_run(text: &str, lines: &[&str]) -> Result<String, String> {
         s.push_str(&format_values(t));
     }
     Ok(s)
+}
+
+fn check_pass(text: &str, lines: &[&str], options: &[&str]) -> Result<String, String> {
+    let names = options.first().ok_or("`test pass` needs the pass names (`test pass canonicalize`)")?;
+    let before = parse_verified(text)?;
+    let mut after = before.clone();
+    let mut pipeline = tessera_compiler::passes::Pipeline::parse(names).map_err(|e| e.to_string())?;
+    pipeline.verify_each = true;
+    pipeline.run(&mut after, &mut |_| {}).map_err(|e| e.to_string())?;
+    round_trip(&after)?;
+    let inputs = inputs_from_header(lines)?;
+    if !inputs.is_empty() {
+        let run = |g: &Graph| {
+            tessera_ir::run_named(g, inputs.clone().into_iter().collect()).map_err(|e| format!("run failed: {e}"))
+        };
+        let (a, b) = (run(&before)?, run(&after)?);
+        for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+            let c = tessera_ir::compare::compare(y, x, 1e-5, 1e-5).map_err(|e| format!("output {j}: {e}"))?;
+            if !c.passed() {
+                return Err(format!("output {j} changed under the passes: {c}"));
+            }
+        }
+    }
+    Ok(print(&after))
 }
 
 /// One line per row of the last dim (at most 8 values a line).

@@ -1,0 +1,103 @@
+//! `simplify-layout`: removes layout ops that do nothing and merges chains: `identity`;
+//! `cast` to the same dtype; `reshape`/`expand` to the operand's own type; `transpose` of a
+//! `transpose` (one perm, or none when they cancel); `reshape` of a `reshape` (one reshape to the
+//! final type, when that type has no `?` dims); a reshape or expand by a constant shape operand
+//! becomes the attribute form. Run `dce` after it.
+
+use crate::manager::{Pass, PassError, PassReport};
+use tessera_ir::{Dim, Graph, Node, Op, TargetDim, ValueDef};
+
+pub struct SimplifyLayout;
+
+fn producer(g: &Graph, v: tessera_ir::Value) -> Option<Node> {
+    match g.value(v).def {
+        ValueDef::Result(n, 0) if g.node(n).outputs.len() == 1 => Some(n),
+        _ => None,
+    }
+}
+
+impl Pass for SimplifyLayout {
+    fn name(&self) -> &'static str {
+        "simplify-layout"
+    }
+
+    fn description(&self) -> &'static str {
+        "drop no-op reshapes, transposes, casts and identities; merge reshape and transpose chains"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<PassReport, PassError> {
+        let mut rewrites = 0;
+        let nodes: Vec<Node> = g.nodes().map(|(n, _)| n).collect();
+        for n in nodes {
+            let nd = g.node(n).clone();
+            let (x, y) = (nd.inputs.first().copied(), nd.outputs.first().copied());
+            let (Some(x), Some(y)) = (x, y) else { continue };
+            let same_type = g.ty(x).dtype == g.ty(y).dtype
+                && g.ty(x).shape == g.ty(y).shape
+                && !g.ty(y).shape.0.contains(&Dim::Unknown);
+            let noop = match &nd.op {
+                Op::Identity => true,
+                Op::Cast { to } => *to == g.ty(x).dtype,
+                Op::Reshape { shape: Some(_) }
+                | Op::Expand { shape: Some(_) }
+                | Op::Squeeze { .. }
+                | Op::Unsqueeze { .. } => nd.inputs.len() == 1 && same_type,
+                Op::Transpose { perm } => perm.iter().enumerate().all(|(i, &p)| i == p),
+                _ => false,
+            };
+            if noop && g.ty(x).quant.is_none() {
+                g.replace_uses(y, x);
+                rewrites += 1;
+                continue;
+            }
+            // A reshape or expand by a constant shape operand takes the attribute form.
+            if let (Op::Reshape { shape: None } | Op::Expand { shape: None }, Some(&s)) = (&nd.op, nd.inputs.get(1)) {
+                if let Some(t) = tessera_ir::infer::const_tensor(g, s) {
+                    if let Some(ints) = t.as_int() {
+                        let target: Vec<TargetDim> = ints.iter().map(|&d| TargetDim::Int(d)).collect();
+                        let node = g.node_mut(n);
+                        node.op = if matches!(nd.op, Op::Reshape { .. }) {
+                            Op::Reshape { shape: Some(target) }
+                        } else {
+                            Op::Expand { shape: Some(target) }
+                        };
+                        node.inputs.truncate(1);
+                        rewrites += 1;
+                        continue;
+                    }
+                }
+            }
+            match (&nd.op, producer(g, x)) {
+                (Op::Transpose { perm: outer }, Some(m)) => {
+                    if let Op::Transpose { perm: inner } = &g.node(m).op {
+                        let composed: Vec<usize> = outer.iter().map(|&p| inner[p]).collect();
+                        let src = g.node(m).inputs[0];
+                        if composed.iter().enumerate().all(|(i, &p)| i == p) {
+                            g.replace_uses(y, src);
+                        } else {
+                            let node = g.node_mut(n);
+                            node.op = Op::Transpose { perm: composed };
+                            node.inputs[0] = src;
+                        }
+                        rewrites += 1;
+                    }
+                }
+                (Op::Reshape { shape: Some(_) }, Some(m)) => {
+                    let inner_is_reshape =
+                        matches!(&g.node(m).op, Op::Reshape { shape: Some(_) }) && g.node(m).inputs.len() == 1;
+                    let target: Option<Vec<TargetDim>> =
+                        g.ty(y).shape.0.iter().map(|d| (*d != Dim::Unknown).then(|| TargetDim::from(d))).collect();
+                    if let (true, Some(target)) = (inner_is_reshape, target) {
+                        let src = g.node(m).inputs[0];
+                        let node = g.node_mut(n);
+                        node.op = Op::Reshape { shape: Some(target) };
+                        node.inputs[0] = src;
+                        rewrites += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(PassReport::changed(rewrites > 0).note(format!("{rewrites} rewrites")))
+    }
+}
