@@ -5,6 +5,7 @@ pub mod canonicalize;
 pub mod cse;
 pub mod dce;
 pub mod fold_constants;
+pub mod fold_dequantize;
 pub mod fuse;
 pub mod manager;
 pub mod memory;

@@ -55,6 +55,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(crate::dce::Dce),
         Box::new(crate::refine_types::RefineTypes),
         Box::new(crate::canonicalize::Canonicalize),
+        Box::new(crate::fold_dequantize::FoldDequantize),
         Box::new(crate::fuse::Fuse),
         Box::new(crate::schedule::Schedule::default()),
         Box::new(crate::plan_memory::PlanMemory::default()),
