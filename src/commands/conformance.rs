@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tessera_compiler::conformance::{cases, run_case, CaseResult, Outcome};
+use tessera_compiler::conformance::{cases, run_case_with, CaseResult, Outcome};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Target {
@@ -27,6 +27,10 @@ pub struct ConformanceArgs {
     /// Print every failed (and, with -v -v, unsupported) test with the reason.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Passes to run on each imported model before interpreting it (`canonicalize`), so the
+    /// node tests check the passes too.
+    #[arg(long, default_value = "none")]
+    pub passes: String,
     /// Exit 1 if any test of the transformer op set fails or is unsupported.
     #[arg(long)]
     pub require_transformer_set: bool,
@@ -55,7 +59,9 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     let dirs = cases(&args.dir, args.filter.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", args.dir.display()))?;
     anyhow::ensure!(!dirs.is_empty(), "{} holds no test folders with a model.onnx", args.dir.display());
-    let results: Vec<CaseResult> = dirs.iter().map(|d| run_case(d)).collect();
+    tessera_compiler::passes::Pipeline::parse(&args.passes)?;
+    let pipeline = (args.passes != "none").then_some(args.passes.as_str());
+    let results: Vec<CaseResult> = dirs.iter().map(|d| run_case_with(d, pipeline)).collect();
     let mut table: BTreeMap<String, Row> = BTreeMap::new();
     let (mut all, mut transformer) = (Row::default(), Row::default());
     for r in &results {
