@@ -5,7 +5,8 @@
 //! and is not quantized. Groups of one node are left alone. The kernel's body is the group's
 //! nodes; its operands are the values the group reads from outside; its one result is the last
 //! node's. It takes the place of the group's last node, so every operand is already defined.
-//! Layout ops, constants and existing kernels are never fused.
+//! Layout ops, constants and existing kernels are never fused, nor (for now) nodes that read a
+//! value of quantized type, whose parameters live in the outer graph.
 
 use crate::manager::{Pass, PassError, PassReport};
 use std::collections::HashMap;
@@ -33,7 +34,10 @@ pub fn find_groups(g: &Graph) -> Vec<Vec<Node>> {
     let mut group_of: HashMap<Node, usize> = HashMap::new();
     let mut groups: Vec<Vec<Node>> = Vec::new();
     for (n, nd) in g.nodes() {
-        if nd.body.is_some() || nd.outputs.len() != 1 {
+        // A kernel body is a graph of its own, without the outer constants that quantized types
+        // name: nodes reading a quantized value stay outside kernels (for now).
+        let reads_quantized = nd.inputs.iter().any(|&v| g.ty(v).quant.is_some());
+        if nd.body.is_some() || nd.outputs.len() != 1 || reads_quantized {
             continue;
         }
         // Join the group of an operand's producer when that operand flows only here.

@@ -11,6 +11,7 @@ pub mod manager;
 pub mod memory;
 pub mod plan_memory;
 pub mod refine_types;
+pub mod saturate;
 pub mod schedule;
 pub mod simplify_layout;
 pub mod stats;

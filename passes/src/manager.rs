@@ -55,6 +55,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(crate::dce::Dce),
         Box::new(crate::refine_types::RefineTypes),
         Box::new(crate::canonicalize::Canonicalize),
+        Box::new(crate::saturate::Saturate::default()),
         Box::new(crate::fold_dequantize::FoldDequantize),
         Box::new(crate::fuse::Fuse),
         Box::new(crate::schedule::Schedule::default()),
@@ -63,7 +64,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
 }
 
 /// The pipeline `tessera ir` runs when none is named.
-pub const DEFAULT_PIPELINE: &str = "canonicalize";
+pub const DEFAULT_PIPELINE: &str = "canonicalize,fold-dequantize,fuse,schedule,plan-memory";
 
 /// Looks a pass up by name.
 pub fn lookup(name: &str) -> Result<Box<dyn Pass>, PassError> {

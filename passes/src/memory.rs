@@ -543,3 +543,280 @@ pub fn planned_bytes(g: &Graph, sizes: &[u64]) -> Option<u64> {
     }
     Some(per_arena.iter().map(|(_, b)| b).sum())
 }
+
+/// Helpers shared by the tests of the memory passes: random DAGs and a tiny deterministic RNG.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use tessera_ir::{BinaryOp, DType, Graph, Op, TargetDim, Tensor, TensorType, UnaryOp, Value};
+
+    /// xorshift64*: deterministic, no dependency.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn len(g: &Graph, v: Value) -> usize {
+        g.ty(v).shape.as_static().expect("static")[0]
+    }
+
+    /// A random DAG of f32 vectors: unary and binary elementwise ops, softmax, concat, slice,
+    /// split, reshape round trips; a few outputs, possibly dead nodes.
+    pub fn random_dag(seed: u64, n_nodes: usize) -> Graph {
+        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut g = Graph::new("random");
+        let mut pool: Vec<Value> = Vec::new();
+        for i in 0..1 + r.below(3) {
+            let n = [4, 8, 16, 32, 64][r.below(5)];
+            pool.push(g.add_input(&format!("x{i}"), TensorType::with_static(DType::F32, &[n])));
+        }
+        let unary = [UnaryOp::Neg, UnaryOp::Relu, UnaryOp::Abs, UnaryOp::Tanh, UnaryOp::Sigmoid];
+        let binary = [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Max];
+        while g.n_nodes() < n_nodes {
+            // Prefer recent values so chains form, sometimes reach far back.
+            let pick = |r: &mut Rng, pool: &[Value]| {
+                if r.below(3) == 0 {
+                    pool[r.below(pool.len())]
+                } else {
+                    pool[pool.len() - 1 - r.below(pool.len().min(4))]
+                }
+            };
+            let a = pick(&mut r, &pool);
+            let la = len(&g, a);
+            let res = match r.below(8) {
+                0 | 1 => g.add_op(Op::Unary(unary[r.below(unary.len())]), vec![a]),
+                2 | 3 => {
+                    let same: Vec<Value> = pool.iter().copied().filter(|&v| len(&g, v) == la).collect();
+                    let b = same[r.below(same.len())];
+                    g.add_op(Op::Binary(binary[r.below(binary.len())]), vec![a, b])
+                }
+                4 => g.add_op(Op::Softmax { axis: 0 }, vec![a]),
+                5 if la < 128 => {
+                    let b = pick(&mut r, &pool);
+                    if la + len(&g, b) <= 128 {
+                        g.add_op(Op::Concat { axis: 0 }, vec![a, b])
+                    } else {
+                        g.add_op(Op::Unary(UnaryOp::Neg), vec![a])
+                    }
+                }
+                6 if la >= 8 => {
+                    let h = (la / 2) as u64;
+                    if r.below(2) == 0 {
+                        g.add_op(Op::Split { axis: 0, sizes: vec![h, la as u64 - h] }, vec![a])
+                    } else {
+                        g.add_op(
+                            Op::Slice {
+                                starts: vec![TargetDim::Int(0)],
+                                ends: vec![TargetDim::Int(h as i64)],
+                                axes: vec![0],
+                                steps: vec![1],
+                            },
+                            vec![a],
+                        )
+                    }
+                }
+                7 if la.is_multiple_of(2) => {
+                    let m = g
+                        .add_op(
+                            Op::Reshape { shape: Some(vec![TargetDim::Int(2), TargetDim::Int(la as i64 / 2)]) },
+                            vec![a],
+                        )
+                        .expect("reshape");
+                    let m = g.add_op(Op::Unary(UnaryOp::Relu), m).expect("relu");
+                    g.add_op(Op::Reshape { shape: Some(vec![TargetDim::Int(la as i64)]) }, m)
+                }
+                _ => g.add_op(Op::Unary(UnaryOp::Abs), vec![a]),
+            };
+            pool.extend(res.expect("random ops are well typed"));
+        }
+        let n_out = 1 + r.below(3);
+        for i in 0..n_out {
+            let v = if i == 0 { *pool.last().expect("nodes") } else { pool[r.below(pool.len())] };
+            g.add_output(&format!("y{i}"), v);
+        }
+        g
+    }
+
+    /// Random inputs for a graph of static f32 inputs.
+    pub fn random_inputs(g: &Graph, seed: u64) -> Vec<Tensor> {
+        let mut r = Rng(seed | 1);
+        g.inputs()
+            .iter()
+            .map(|(_, v)| {
+                let shape = g.ty(*v).shape.as_static().expect("static");
+                let n: usize = shape.iter().product();
+                let vals = (0..n).map(|_| (r.below(2001) as f32 - 1000.0) / 250.0).collect();
+                Tensor::from_f32(DType::F32, &shape, vals).expect("tensor")
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::random_dag;
+    use super::*;
+
+    const CHAIN: &str = r#"
+graph @chain {
+  v0: f32[batch, seq, 8] = input "x"
+  v1: f32[8] = const [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+  v2: f32[batch, seq, 8] = relu v0
+  v3: f32[batch, seq, 8] = exp v2
+  v4: f32[batch, seq, 8] = add v2, v3
+  v5: f32[batch, seq, 8] = mul v4, v1
+  v6: f32[batch, seq, 16] = concat v5, v4 {axis = 2}
+  output "y" = v6
+}
+"#;
+
+    fn plan_and_check(g: &mut Graph, sizes: &[u64]) -> (Plan, Plan) {
+        let order = current_order(g);
+        let base = greedy_by_size(g, &order, sizes);
+        let best = best_plan(g, &order, sizes);
+        base.apply(g);
+        check_plan(g, sizes).unwrap_or_else(|e| panic!("greedy-by-size is invalid: {e}"));
+        best.apply(g);
+        check_plan(g, sizes).unwrap_or_else(|e| panic!("{} is invalid: {e}", best.strategy));
+        assert!(best.arena_bytes <= base.arena_bytes);
+        assert!(best.arena_bytes >= lower_bound(g, &order, sizes, true));
+        assert!(base.arena_bytes >= lower_bound(g, &order, sizes, false));
+        (base, best)
+    }
+
+    #[test]
+    fn sizes_bind_symbols_and_reject_unknown_dims() {
+        let g = tessera_ir::parse(CHAIN).unwrap();
+        let b = PlanOptions::default().bindings_for(&g);
+        assert_eq!(b.get("batch"), Some(1));
+        assert_eq!(b.get("seq"), Some(128));
+        let s = sizes(&g, &b).unwrap();
+        assert_eq!(s[2], 128 * 8 * 4);
+        assert_eq!(s[6], 128 * 16 * 4);
+        let b2 = PlanOptions::default().with("seq", 3).with("batch", 2).bindings_for(&g);
+        assert_eq!(sizes(&g, &b2).unwrap()[2], 2 * 3 * 8 * 4);
+        assert!(matches!(sizes(&g, &Bindings::default()), Err(SizeError::Unbound { .. })));
+        let t = TensorType::with_static(tessera_ir::DType::I4, &[5]);
+        assert_eq!(type_bytes(Value(0), &t, &Bindings::default()).unwrap(), 3);
+        let t = TensorType::new(tessera_ir::DType::F32, tessera_ir::Shape(vec![Dim::Unknown]));
+        assert!(matches!(type_bytes(Value(0), &t, &Bindings::default()), Err(SizeError::Unknown { .. })));
+    }
+
+    #[test]
+    fn liveness_and_lower_bound_of_a_chain() {
+        let g = tessera_ir::parse(CHAIN).unwrap();
+        let s = sizes_with(&g, &PlanOptions::default()).unwrap();
+        let order = current_order(&g);
+        let ivs = intervals(&g, &order, &s);
+        let spans: Vec<(usize, usize)> = ivs.iter().map(|i| (i.start, i.end)).collect();
+        // v2 read by v3 and v4; v4 read by v5 and v6; v6 is the output.
+        assert_eq!(spans, vec![(0, 2), (1, 2), (2, 4), (3, 4), (4, 5)]);
+        let a = 4096; // 128 x 8 x f32
+        assert_eq!(peak(&ivs, order.len()), 4 * a); // step 4: v4, v5, v6 (2a)
+        assert_eq!(lower_bound(&g, &order, &s, false), 4 * a);
+        // In place: v3 (exp) cannot take v2 (still read by v4); v4 (add) takes v3; v5 cannot
+        // take v4 (read by v6). The peak stays at step 4.
+        let bufs = buffers(&g, &order, &s, true);
+        assert_eq!(bufs.len(), 4);
+        assert_eq!(lower_bound(&g, &order, &s, true), 4 * a);
+    }
+
+    #[test]
+    fn plans_of_hand_written_graphs_are_valid() {
+        let texts = [
+            CHAIN,
+            r#"
+graph @inplace {
+  v0: f32[64] = input "x"
+  v1: f32[64] = neg v0
+  v2: f32[64] = relu v1
+  v3: f32[64] = tanh v2
+  v4: f32[8, 8] = reshape v3 {shape = [8, 8]}
+  v5: f32[64] = reshape v4 {shape = [64]}
+  output "y" = v5
+}
+"#,
+            r#"
+graph @diamond {
+  v0: f32[1, 16] = input "x"
+  v1: f32[16, 32] = const splat(0.5)
+  v2: f32[1, 32] = matmul v0, v1
+  v3: f32[1, 16], v4: f32[1, 16] = split v2 {axis = 1, sizes = [16, 16]}
+  v5: f32[1, 16] = sigmoid v3
+  v6: f32[1, 16] = mul v4, v5
+  v7: f32[1, 16] = softmax v6 {axis = -1}
+  v8: f32[1, 16] = add v7, v0
+  v9: f32[1, 16] = relu v6
+  output "y" = v8
+}
+"#,
+        ];
+        for text in texts {
+            let mut g = tessera_ir::parse(text).unwrap_or_else(|e| panic!("{e}"));
+            let s = sizes_with(&g, &PlanOptions::default()).unwrap();
+            plan_and_check(&mut g, &s);
+        }
+        // A pure in-place chain needs a single buffer.
+        let mut g = tessera_ir::parse(texts[1]).unwrap();
+        let s = sizes_with(&g, &PlanOptions::default()).unwrap();
+        let (base, best) = plan_and_check(&mut g, &s);
+        assert_eq!(best.arena_bytes, 256);
+        assert_eq!(base.arena_bytes, 512);
+    }
+
+    #[test]
+    fn the_checker_rejects_overlaps_and_missing_slots() {
+        let mut g = tessera_ir::parse(CHAIN).unwrap();
+        let s = sizes_with(&g, &PlanOptions::default()).unwrap();
+        assert!(check_plan(&g, &s).unwrap_err().contains("no mem slot"));
+        // Everything at offset 0: v2 and v3 are live together and v3 (exp) is not in place
+        // over v2 (v2 is read again by v4).
+        let results: Vec<Value> = g.nodes().flat_map(|(_, nd)| nd.outputs.clone()).collect();
+        for &r in &results {
+            g.value_mut(r).mem = Some(MemSlot { arena: 0, offset: 0 });
+        }
+        assert!(check_plan(&g, &s).unwrap_err().contains("overlaps"));
+        // Misaligned.
+        let best = best_plan(&g, &current_order(&g), &s);
+        best.apply(&mut g);
+        check_plan(&g, &s).unwrap();
+        g.value_mut(results[0]).mem = Some(MemSlot { arena: 0, offset: 8 });
+        assert!(check_plan(&g, &s).is_err());
+    }
+
+    #[test]
+    fn random_dags_get_valid_plans_no_larger_than_greedy_by_size() {
+        let mut wins = 0;
+        for seed in 0..150u64 {
+            let mut g = random_dag(seed, 5 + (seed as usize % 40));
+            tessera_ir::verify(&g).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let s = sizes_with(&g, &PlanOptions::default()).unwrap();
+            let (base, best) = plan_and_check(&mut g, &s);
+            wins += (best.arena_bytes < base.arena_bytes) as usize;
+        }
+        assert!(wins > 0, "the better heuristics never beat greedy-by-size");
+    }
+
+    #[test]
+    fn placement_first_fit_and_best_fit() {
+        let bufs = vec![
+            Buffer { values: vec![Value(0)], start: 0, end: 0, bytes: 64 },
+            Buffer { values: vec![Value(1)], start: 0, end: 2, bytes: 128 },
+            Buffer { values: vec![Value(2)], start: 1, end: 2, bytes: 64 },
+        ];
+        let (off, arena) = place(&bufs, &[0, 1, 2], Fit::First);
+        assert_eq!(off, vec![0, 64, 0]);
+        assert_eq!(arena, 192);
+        let (_, arena) = place(&bufs, &[1, 0, 2], Fit::Best);
+        assert_eq!(arena, 192);
+    }
+}

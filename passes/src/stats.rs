@@ -121,3 +121,85 @@ impl fmt::Display for Stats {
         writeln!(f, "  greedy-by-size:     {}", opt(self.greedy_by_size))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::Pass;
+    use crate::plan_memory::PlanMemory;
+    use crate::schedule::Schedule;
+
+    const BLOCK: &str = r#"
+graph @block {
+  v0: f32[batch, seq, 8] = input "x"
+  v1: f32[8, 8] = const splat(0.5)
+  v2: f32[batch, seq, 8] = matmul v0, v1
+  v3: f32[batch, seq, 8] = relu v2
+  v4: f32[batch, seq, 8] = kernel v3, v0 {name = "add"} region {
+    v0: f32[batch, seq, 8] = input "a"
+    v1: f32[batch, seq, 8] = input "b"
+    v2: f32[batch, seq, 8] = add v0, v1
+    output "r" = v2
+  }
+  output "y" = v4
+}
+"#;
+
+    #[test]
+    fn counts_bytes_and_memory() {
+        let mut g = tessera_ir::parse(BLOCK).unwrap();
+        let opts = PlanOptions::default().with("seq", 4);
+        let s = stats(&g, &opts);
+        assert_eq!(s.nodes, 3);
+        assert_eq!(s.kernels, 1);
+        assert_eq!(s.op_counts.get("matmul"), Some(&1));
+        assert_eq!(s.op_counts.get("kernel"), Some(&1));
+        let a = 4 * 8 * 4; // [1, 4, 8] f32
+        assert_eq!(s.weight_bytes_read, 256);
+        assert_eq!(s.activation_bytes_read, 4 * a); // x, v2, v3, x
+        assert_eq!(s.activation_bytes_written, 3 * a);
+        assert_eq!(s.bytes_moved(), 256 + 7 * a);
+        assert_eq!(s.planned_peak, None);
+        // Step 2: v3 and v4 live (v2 died at step 1).
+        assert_eq!(s.lower_bound, Some(2 * a));
+        assert_eq!(s.greedy_by_size, Some(2 * a));
+        let text = s.to_string();
+        assert!(text.contains("no plan"), "{text}");
+        assert!(text.contains("seq=4"), "{text}");
+        PlanMemory { opts: opts.clone() }.run(&mut g).unwrap();
+        let s = stats(&g, &opts);
+        assert!(s.planned_peak.unwrap() <= s.greedy_by_size.unwrap());
+        assert!(s.planned_peak.unwrap() >= s.lower_bound_inplace.unwrap());
+        assert!(s.to_string().contains("planned arena"));
+    }
+
+    #[test]
+    fn unknown_sizes_leave_the_byte_figures_out() {
+        let text = "graph @u {\n  v0: f32[?] = input \"x\"\n  v1: f32[?] = relu v0\n  output \"y\" = v1\n}\n";
+        let g = tessera_ir::parse(text).unwrap();
+        let s = stats(&g, &PlanOptions::default());
+        assert_eq!(s.op_counts.get("relu"), Some(&1));
+        assert!(s.size_error.is_some() && s.lower_bound.is_none());
+        assert!(s.to_string().contains("unknown"));
+    }
+
+    /// Measures a real graph: `tessera ir MODEL.onnx --passes canonicalize --weights sidecar -o
+    /// /tmp/minilm.tir`, then `TESSERA_STATS_GRAPH=/tmp/minilm.tir cargo test -p tessera-passes
+    /// measure_graph -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_graph() {
+        let path = std::env::var("TESSERA_STATS_GRAPH").unwrap_or_else(|_| "/tmp/minilm.tir".to_string());
+        let mut g = tessera_ir::parse_file(std::path::Path::new(&path)).unwrap();
+        let opts = PlanOptions::default();
+        println!("== {path}, as read\n{}", stats(&g, &opts));
+        let r = PlanMemory::default().run(&mut g).unwrap();
+        println!("plan-memory: {}\n{}", r.notes.join("; "), stats(&g, &opts));
+        let r = Schedule::default().run(&mut g).unwrap();
+        println!("schedule: {}", r.notes.join("; "));
+        let r = PlanMemory::default().run(&mut g).unwrap();
+        println!("plan-memory: {}\n== after schedule,plan-memory\n{}", r.notes.join("; "), stats(&g, &opts));
+        crate::memory::check_plan(&g, &crate::memory::sizes_with(&g, &opts).unwrap()).unwrap();
+        tessera_ir::verify(&g).unwrap();
+    }
+}

@@ -27,6 +27,15 @@ pub struct IrArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Print a report instead of the graph: ops and kernels before and after the passes, bytes
+    /// moved per inference, planned peak activation memory, the lower bound for the order and
+    /// what greedy-by-size (TFLite's arena planner) gives. Symbols take `--bind` sizes.
+    #[arg(long)]
+    pub stats: bool,
+    /// Sizes for symbolic dims in `--stats`, e.g. `--bind sequence_length=128`
+    /// (defaults: batch dims 1, others 128).
+    #[arg(long, value_name = "NAME=SIZE")]
+    pub bind: Vec<String>,
 }
 
 /// How to choose and watch the passes.
@@ -105,6 +114,19 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut g = super::load_graph(&args.file)?;
+    if args.stats {
+        let mut opts = tessera_compiler::passes::memory::PlanOptions::default();
+        for b in &args.bind {
+            let (name, size) = b.split_once('=').ok_or_else(|| anyhow::anyhow!("--bind takes NAME=SIZE, got {b:?}"))?;
+            let size: usize = size.parse().map_err(|_| anyhow::anyhow!("--bind {name}: {size:?} is not a size"))?;
+            opts = opts.with(name, size);
+        }
+        let before = tessera_compiler::passes::stats::stats(&g, &opts);
+        args.pipeline.apply(&mut g)?;
+        let after = tessera_compiler::passes::stats::stats(&g, &opts);
+        println!("== as read\n{before}\n== after the passes ({})\n{after}", args.pipeline.passes);
+        return Ok(ExitCode::SUCCESS);
+    }
     args.pipeline.apply(&mut g)?;
     let mut opts = PrintOptions {
         weights: match args.weights {

@@ -1,0 +1,328 @@
+//! The e-graph language of `saturate`: the IR ops the rules need, attribute leaves that carry
+//! exactly what an IR op needs besides its operands (so extraction rebuilds exact IR ops), leaves
+//! for graph values (inputs, constants and results of ops not modelled here), scalar literals made
+//! by rules, and marker nodes (`gelu-erf-factor`, `attn-qk`, ..) that name partial matches of a
+//! fusion pattern. Markers are never extracted (their cost is infinite).
+//!
+//! Every e-class carries a type analysis: the IR tensor type (inferred with `tessera_ir::infer`
+//! from the children's types, so it is exactly what `Graph::add_op` would infer), the value of a
+//! splat float constant (for matching constants by value), and the attribute of an attribute leaf.
+
+use egg::{define_language, Analysis, DidMerge, EGraph, Id};
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use tessera_ir::{BinaryOp, DType, Graph, Op, TensorType, UnaryOp};
+
+/// A graph value used as a leaf (`%12` is value 12 of the source graph).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ValueRef(pub u32);
+
+impl fmt::Display for ValueRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+impl FromStr for ValueRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.strip_prefix('%').and_then(|n| n.parse().ok()).map(ValueRef).ok_or_else(|| format!("not a value: {s}"))
+    }
+}
+
+/// An f32 scalar literal made by a rule (`#0x3f000000`); it becomes an `f32[]` constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Scalar(pub u32);
+
+impl Scalar {
+    pub fn new(x: f32) -> Scalar {
+        Scalar(x.to_bits())
+    }
+
+    pub fn value(self) -> f32 {
+        f32::from_bits(self.0)
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{:#010x}", self.0)
+    }
+}
+
+impl FromStr for Scalar {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.strip_prefix("#0x")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .map(Scalar)
+            .ok_or_else(|| format!("not a scalar: {s}"))
+    }
+}
+
+/// An attribute of an IR op, held as a leaf child of that op's e-node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Attr {
+    /// `transpose {perm}`: `perm=0,2,1,3`.
+    Perm(Vec<usize>),
+    /// `softmax {axis}`: `axis=-1`.
+    Axis(i64),
+    /// `attention {scale}` (f32 bits; `causal` is always false here): `scale=0x3e3504f3`.
+    Scale(u32),
+}
+
+impl fmt::Display for Attr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attr::Perm(p) => {
+                write!(f, "perm=")?;
+                let parts: Vec<String> = p.iter().map(|x| x.to_string()).collect();
+                f.write_str(&parts.join(","))
+            }
+            Attr::Axis(a) => write!(f, "axis={a}"),
+            Attr::Scale(s) => write!(f, "scale={s:#010x}"),
+        }
+    }
+}
+
+impl FromStr for Attr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("not an attribute: {s}");
+        if let Some(p) = s.strip_prefix("perm=") {
+            let perm: Result<Vec<usize>, _> =
+                if p.is_empty() { Ok(vec![]) } else { p.split(',').map(|x| x.parse::<usize>()).collect() };
+            return perm.map(Attr::Perm).map_err(|_| bad());
+        }
+        if let Some(a) = s.strip_prefix("axis=") {
+            return a.parse().map(Attr::Axis).map_err(|_| bad());
+        }
+        if let Some(h) = s.strip_prefix("scale=0x") {
+            return u32::from_str_radix(h, 16).map(Attr::Scale).map_err(|_| bad());
+        }
+        Err(bad())
+    }
+}
+
+define_language! {
+    /// The tensor-graph language.
+    pub enum TensorLang {
+        "add" = Add([Id; 2]),
+        "sub" = Sub([Id; 2]),
+        "mul" = Mul([Id; 2]),
+        "div" = Div([Id; 2]),
+        "pow" = Pow([Id; 2]),
+        "neg" = Neg(Id),
+        "reciprocal" = Reciprocal(Id),
+        "sqrt" = Sqrt(Id),
+        "exp" = Exp(Id),
+        "erf" = Erf(Id),
+        "tanh" = Tanh(Id),
+        "sigmoid" = Sigmoid(Id),
+        "gelu" = Gelu(Id),
+        "gelu_tanh" = GeluTanh(Id),
+        "silu" = Silu(Id),
+        "matmul" = MatMul([Id; 2]),
+        // [axis, x]
+        "softmax" = Softmax([Id; 2]),
+        // [perm, x]
+        "transpose" = Transpose([Id; 2]),
+        // [scale, q, k, v, mask]
+        "attention" = Attention([Id; 5]),
+        // [scale, q, k, v]
+        "attention" = AttentionNoMask([Id; 4]),
+        // Markers (partial fusion matches; never extracted).
+        // `1 + erf(x / sqrt(2))`
+        "gelu-erf-factor" = GeluErfFactor(Id),
+        // `x + 0.044715 * x^3`
+        "gelu-tanh-poly" = GeluTanhPoly(Id),
+        // `1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))`
+        "gelu-tanh-factor" = GeluTanhFactor(Id),
+        // [q, k]: `q @ k^T` with `k` untransposed.
+        "attn-qk" = AttnQk([Id; 2]),
+        // [scale, q, k]: `q @ k^T * scale`.
+        "attn-scores" = AttnScores([Id; 3]),
+        // [scale, q, k, mask]: `softmax(q @ k^T * scale + mask)` over the last dim.
+        "attn-probs" = AttnProbs([Id; 4]),
+        // [scale, q, k]: `softmax(q @ k^T * scale)` over the last dim.
+        "attn-probs" = AttnProbsNoMask([Id; 3]),
+        Attr(Attr),
+        Scalar(Scalar),
+        Leaf(ValueRef),
+    }
+}
+
+impl TensorLang {
+    /// Whether the node only names a partial match (never extracted).
+    pub fn is_marker(&self) -> bool {
+        matches!(
+            self,
+            TensorLang::GeluErfFactor(_)
+                | TensorLang::GeluTanhPoly(_)
+                | TensorLang::GeluTanhFactor(_)
+                | TensorLang::AttnQk(_)
+                | TensorLang::AttnScores(_)
+                | TensorLang::AttnProbs(_)
+                | TensorLang::AttnProbsNoMask(_)
+        )
+    }
+
+    /// The IR op of a modelled op node and its operand classes (attribute children resolved with
+    /// `attr`); None for leaves, attributes and markers.
+    pub fn to_ir(&self, attr: impl Fn(Id) -> Option<Attr>) -> Option<(Op, Vec<Id>)> {
+        use TensorLang as T;
+        let bin = |b: BinaryOp, c: &[Id; 2]| Some((Op::Binary(b), c.to_vec()));
+        let un = |u: UnaryOp, c: Id| Some((Op::Unary(u), vec![c]));
+        match self {
+            T::Add(c) => bin(BinaryOp::Add, c),
+            T::Sub(c) => bin(BinaryOp::Sub, c),
+            T::Mul(c) => bin(BinaryOp::Mul, c),
+            T::Div(c) => bin(BinaryOp::Div, c),
+            T::Pow(c) => bin(BinaryOp::Pow, c),
+            T::Neg(c) => un(UnaryOp::Neg, *c),
+            T::Reciprocal(c) => un(UnaryOp::Reciprocal, *c),
+            T::Sqrt(c) => un(UnaryOp::Sqrt, *c),
+            T::Exp(c) => un(UnaryOp::Exp, *c),
+            T::Erf(c) => un(UnaryOp::Erf, *c),
+            T::Tanh(c) => un(UnaryOp::Tanh, *c),
+            T::Sigmoid(c) => un(UnaryOp::Sigmoid, *c),
+            T::Gelu(c) => un(UnaryOp::Gelu, *c),
+            T::GeluTanh(c) => un(UnaryOp::GeluTanh, *c),
+            T::Silu(c) => un(UnaryOp::Silu, *c),
+            T::MatMul(c) => Some((Op::MatMul, c.to_vec())),
+            T::Softmax([a, x]) => match attr(*a)? {
+                Attr::Axis(axis) => Some((Op::Softmax { axis }, vec![*x])),
+                _ => None,
+            },
+            T::Transpose([p, x]) => match attr(*p)? {
+                Attr::Perm(perm) => Some((Op::Transpose { perm }, vec![*x])),
+                _ => None,
+            },
+            T::Attention([s, q, k, v, m]) => match attr(*s)? {
+                Attr::Scale(bits) => Some((Op::Attention { scale: f32::from_bits(bits), causal: false }, vec![*q, *k, *v, *m])),
+                _ => None,
+            },
+            T::AttentionNoMask([s, q, k, v]) => match attr(*s)? {
+                Attr::Scale(bits) => Some((Op::Attention { scale: f32::from_bits(bits), causal: false }, vec![*q, *k, *v])),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The e-node of an IR op (attribute leaves made with `add_attr`), when the op is modelled.
+    pub fn from_ir(op: &Op, inputs: &[Id], mut add_attr: impl FnMut(Attr) -> Id) -> Option<TensorLang> {
+        use TensorLang as T;
+        let one = |f: fn(Id) -> TensorLang| (inputs.len() == 1).then(|| f(inputs[0]));
+        let two = |f: fn([Id; 2]) -> TensorLang| (inputs.len() == 2).then(|| f([inputs[0], inputs[1]]));
+        match op {
+            Op::Binary(BinaryOp::Add) => two(T::Add),
+            Op::Binary(BinaryOp::Sub) => two(T::Sub),
+            Op::Binary(BinaryOp::Mul) => two(T::Mul),
+            Op::Binary(BinaryOp::Div) => two(T::Div),
+            Op::Binary(BinaryOp::Pow) => two(T::Pow),
+            Op::Unary(UnaryOp::Neg) => one(T::Neg),
+            Op::Unary(UnaryOp::Reciprocal) => one(T::Reciprocal),
+            Op::Unary(UnaryOp::Sqrt) => one(T::Sqrt),
+            Op::Unary(UnaryOp::Exp) => one(T::Exp),
+            Op::Unary(UnaryOp::Erf) => one(T::Erf),
+            Op::Unary(UnaryOp::Tanh) => one(T::Tanh),
+            Op::Unary(UnaryOp::Sigmoid) => one(T::Sigmoid),
+            Op::Unary(UnaryOp::Gelu) => one(T::Gelu),
+            Op::Unary(UnaryOp::GeluTanh) => one(T::GeluTanh),
+            Op::Unary(UnaryOp::Silu) => one(T::Silu),
+            Op::MatMul => two(T::MatMul),
+            Op::Softmax { axis } if inputs.len() == 1 => Some(T::Softmax([add_attr(Attr::Axis(*axis)), inputs[0]])),
+            Op::Transpose { perm } if inputs.len() == 1 => {
+                Some(T::Transpose([add_attr(Attr::Perm(perm.clone())), inputs[0]]))
+            }
+            Op::Attention { scale, causal: false } => {
+                let s = add_attr(Attr::Scale(scale.to_bits()));
+                match inputs {
+                    [q, k, v] => Some(T::AttentionNoMask([s, *q, *k, *v])),
+                    [q, k, v, m] => Some(T::Attention([s, *q, *k, *v, *m])),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What the analysis knows about an e-class.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassData {
+    /// The tensor type (None for attributes, markers, and ops whose type cannot be inferred).
+    pub ty: Option<TensorType>,
+    /// The value of a float constant whose elements are all equal.
+    pub splat: Option<f32>,
+    /// The attribute, for an attribute leaf.
+    pub attr: Option<Attr>,
+}
+
+/// The type analysis; `leaves` holds what the source graph says of its leaf values.
+#[derive(Debug, Default)]
+pub struct TypeAnalysis {
+    pub leaves: HashMap<u32, (TensorType, Option<f32>)>,
+}
+
+pub type TensorEGraph = EGraph<TensorLang, TypeAnalysis>;
+
+/// The type `Graph::add_op` would infer for `op` on operands of these types.
+pub fn infer(op: &Op, types: &[TensorType]) -> Option<TensorType> {
+    let mut scratch = Graph::new("infer");
+    let inputs: Vec<_> = types.iter().enumerate().map(|(i, t)| scratch.add_input(&format!("i{i}"), t.plain())).collect();
+    let mut out = tessera_ir::infer::infer_types(&scratch, op, &inputs, None).ok()?;
+    (out.len() == 1).then(|| out.remove(0))
+}
+
+impl Analysis<TensorLang> for TypeAnalysis {
+    type Data = ClassData;
+
+    fn make(egraph: &mut TensorEGraph, enode: &TensorLang, _id: Id) -> ClassData {
+        match enode {
+            TensorLang::Attr(a) => ClassData { attr: Some(a.clone()), ..ClassData::default() },
+            TensorLang::Scalar(s) => ClassData {
+                ty: Some(TensorType::scalar(DType::F32)),
+                splat: Some(s.value()),
+                attr: None,
+            },
+            TensorLang::Leaf(v) => match egraph.analysis.leaves.get(&v.0) {
+                Some((ty, splat)) => ClassData { ty: Some(ty.clone()), splat: *splat, attr: None },
+                None => ClassData::default(),
+            },
+            _ => {
+                let Some((op, kids)) = enode.to_ir(|c| egraph[c].data.attr.clone()) else {
+                    return ClassData::default();
+                };
+                let types: Option<Vec<TensorType>> = kids.iter().map(|&c| egraph[c].data.ty.clone()).collect();
+                ClassData { ty: types.and_then(|t| infer(&op, &t)), splat: None, attr: None }
+            }
+        }
+    }
+
+    fn merge(&mut self, a: &mut ClassData, b: ClassData) -> DidMerge {
+        let mut changed_a = false;
+        let mut b_differs = false;
+        if a.ty.is_none() && b.ty.is_some() {
+            a.ty = b.ty.clone();
+            changed_a = true;
+        } else if b.ty.is_none() && a.ty.is_some() {
+            b_differs = true;
+        }
+        if a.splat.is_none() && b.splat.is_some() {
+            a.splat = b.splat;
+            changed_a = true;
+        } else if b.splat.is_none() && a.splat.is_some() {
+            b_differs = true;
+        }
+        if a.attr.is_none() && b.attr.is_some() {
+            a.attr = b.attr.clone();
+            changed_a = true;
+        } else if b.attr.is_none() && a.attr.is_some() {
+            b_differs = true;
+        }
+        DidMerge(changed_a, b_differs || *a != b)
+    }
+}

@@ -1,0 +1,105 @@
+//! `saturate`: equality saturation with egg. The modelled part of the graph (elementwise
+//! arithmetic, activations, matmul, softmax, transpose, attention; see `lang.rs`) becomes an
+//! e-graph, the rule groups in `rules/` (algebra, layout, fusion) run to saturation or to a bound
+//! (iterations, e-nodes, time), and the cheapest equivalent of every value read outside the
+//! e-graph is extracted with a pluggable cost model (`cost.rs`: FLOPs plus bytes moved) and
+//! written back (`convert.rs`). Nodes the language does not model are left as they are.
+//!
+//! Assumes: a verified graph. Refuses nothing: when extraction cannot rebuild a value with
+//! exactly its original type, the graph is left unchanged and the report says why.
+//! Fusions (GELU, tanh GELU, SiLU, attention) and `x / c -> x * (1/c)` are exact up to float
+//! rounding (a few ulps), not bit-exact.
+//! The report's notes give the stop reason, iterations, e-graph size, and the fused ops in the
+//! result.
+
+pub mod convert;
+pub mod cost;
+pub mod lang;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+use crate::manager::{Pass, PassError, PassReport};
+use std::time::Duration;
+use tessera_ir::Graph;
+
+/// The pass, with its bounds.
+#[derive(Clone, Debug)]
+pub struct Saturate {
+    pub iter_limit: usize,
+    pub node_limit: usize,
+    pub time_limit: Duration,
+}
+
+impl Default for Saturate {
+    fn default() -> Self {
+        Saturate { iter_limit: 30, node_limit: 50_000, time_limit: Duration::from_secs(10) }
+    }
+}
+
+/// The fused ops counted in the report.
+pub const FUSED_OPS: [&str; 4] = ["gelu", "gelu_tanh", "silu", "attention"];
+
+/// How many nodes of each fused op the graph has.
+pub fn fused_counts(g: &Graph) -> [usize; 4] {
+    let mut counts = [0; 4];
+    for (_, nd) in g.nodes() {
+        if let Some(i) = FUSED_OPS.iter().position(|&name| name == nd.op.name()) {
+            counts[i] += 1;
+        }
+    }
+    counts
+}
+
+impl Pass for Saturate {
+    fn name(&self) -> &'static str {
+        "saturate"
+    }
+
+    fn description(&self) -> &'static str {
+        "equality saturation (egg): algebra, layout and fusion rules (GELU, SiLU, attention), bounded"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<PassReport, PassError> {
+        let nodes_before = g.n_nodes();
+        let fused_before = fused_counts(g);
+        let converted = convert::to_egraph(g);
+        if converted.roots.is_empty() {
+            return Ok(PassReport::changed(false).note("no modelled nodes"));
+        }
+        let rules = rules::all();
+        let runner = egg::Runner::default()
+            .with_egraph(converted.egraph)
+            .with_iter_limit(self.iter_limit)
+            .with_node_limit(self.node_limit)
+            .with_time_limit(self.time_limit)
+            .run(&rules);
+        let stop = match &runner.stop_reason {
+            Some(egg::StopReason::Saturated) => "saturated".to_string(),
+            Some(egg::StopReason::IterationLimit(n)) => format!("iteration limit ({n})"),
+            Some(egg::StopReason::NodeLimit(n)) => format!("node limit ({n})"),
+            Some(egg::StopReason::TimeLimit(t)) => format!("time limit ({t:.1} s)"),
+            Some(egg::StopReason::Other(s)) => s.clone(),
+            None => "not run".to_string(),
+        };
+        let mut report = PassReport::changed(false).note(format!(
+            "stop: {stop}; {} iterations, {} e-nodes, {} e-classes, {} rules, {} of {nodes_before} nodes modelled",
+            runner.iterations.len(),
+            runner.egraph.total_size(),
+            runner.egraph.number_of_classes(),
+            rules.len(),
+            converted.modelled,
+        ));
+        match convert::from_egraph(g, &runner.egraph, &converted.roots, &cost::FlopsBytes::default()) {
+            Ok(changed) => report.changed = changed,
+            Err(e) => return Ok(report.note(format!("extraction failed, graph left unchanged: {e}"))),
+        }
+        let after = fused_counts(g);
+        let fused: Vec<String> = FUSED_OPS
+            .iter()
+            .zip(after.iter().zip(fused_before))
+            .map(|(name, (&a, b))| format!("{name} {a} (+{})", a as i64 - b as i64))
+            .collect();
+        Ok(report.note(format!("extracted: {}", fused.join(", "))).note(format!("{nodes_before} -> {} nodes", g.n_nodes())))
+    }
+}
