@@ -4,6 +4,7 @@
 //! scale=.., zero=..)`), and each such `matmul x, dequantize(w)` becomes `qmatmul x, w`. By the
 //! definition of `qmatmul` the results are identical; targets then keep the weight packed and
 //! dequantize in registers. Dequantizes with other users, or of non-constant data, are left alone.
+//! It runs `dce` afterwards to drop the folded dequantizes.
 
 use crate::manager::{Pass, PassError, PassReport};
 use tessera_ir::{Graph, Node, Op, Quant, QuantGranularity, TensorType, Value, ValueDef};
@@ -64,6 +65,10 @@ impl Pass for FoldDequantize {
                 node.inputs[1] = qw;
             }
             folded += 1;
+        }
+        if folded > 0 {
+            // The dequantizes and float-typed weight copies are dead now.
+            crate::dce::Dce.run(g)?;
         }
         Ok(PassReport::changed(folded > 0).note(format!("{folded} weights kept packed")))
     }

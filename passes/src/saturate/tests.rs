@@ -1,1 +1,279 @@
+//! `start => goal` tests, one group of rules at a time: each start graph is written in the text
+//! format, the pass runs, the printed result must contain the goal ops (and lose the ops the rules
+//! remove), and the reference interpreter must give the same outputs before and after on
+//! pseudo-random inputs (tolerance 1e-5).
 
+use super::Saturate;
+use crate::manager::{Pass, PassReport};
+use tessera_ir::{parse, print, run, verify, DType, Graph, Tensor};
+
+/// Deterministic inputs in [-3, 3] (masks of `mask` inputs in {0, -10000}).
+fn inputs(g: &Graph) -> Vec<Tensor> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as f64 / (1u64 << 31) as f64) as f32
+    };
+    g.inputs()
+        .iter()
+        .map(|(name, v)| {
+            let shape = g.ty(*v).shape.as_static().expect("tests use static shapes");
+            let n = shape.iter().product();
+            let values: Vec<f32> = if name == "mask" {
+                (0..n).map(|_| if next() < 0.25 { -10000.0 } else { 0.0 }).collect()
+            } else {
+                (0..n).map(|_| next() * 6.0 - 3.0).collect()
+            };
+            Tensor::from_f32(DType::F32, &shape, values).unwrap()
+        })
+        .collect()
+}
+
+fn assert_close(before: &[Tensor], after: &[Tensor]) {
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(after) {
+        assert_eq!(b.shape(), a.shape());
+        for (i, (x, y)) in b.to_f64_vec().iter().zip(a.to_f64_vec()).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "element {i}: {x} before, {y} after");
+        }
+    }
+}
+
+/// Runs `saturate` on `start`; the printed result must contain every `goal` string and none of
+/// `gone`, and compute the same outputs.
+fn rewrites(start: &str, goal: &[&str], gone: &[&str]) -> (Graph, PassReport) {
+    let g0 = parse(start).unwrap();
+    verify(&g0).unwrap();
+    let mut g = g0.clone();
+    let report = Saturate::default().run(&mut g).unwrap();
+    verify(&g).unwrap_or_else(|e| panic!("{e}\n{}", print(&g)));
+    let text = print(&g);
+    for s in goal {
+        assert!(text.contains(s), "`{s}` missing from\n{text}\n{report:?}");
+    }
+    for s in gone {
+        assert!(!text.contains(s), "`{s}` still in\n{text}\n{report:?}");
+    }
+    let ins = inputs(&g0);
+    assert_close(&run(&g0, ins.clone()).unwrap(), &run(&g, ins).unwrap());
+    assert!(report.notes[0].starts_with("stop: "), "{report:?}");
+    (g, report)
+}
+
+#[test]
+fn registered() {
+    assert_eq!(crate::lookup("saturate").unwrap().name(), "saturate");
+}
+
+#[test]
+fn algebra() {
+    // ((0 + x * 1) negated twice) / 4 => x * 0.25
+    let start = "graph @algebra {
+  v0: f32[4, 8] = input \"x\"
+  v1: f32[] = const [1.0]
+  v2: f32[] = const [0.0]
+  v3: f32[] = const [4.0]
+  v4: f32[4, 8] = mul v0, v1
+  v5: f32[4, 8] = add v2, v4
+  v6: f32[4, 8] = neg v5
+  v7: f32[4, 8] = neg v6
+  v8: f32[4, 8] = div v7, v3
+  output \"y\" = v8
+}";
+    let (g, _) = rewrites(start, &["= mul v0, v1", "const [0.25]"], &["neg", "add", "div"]);
+    assert_eq!(g.n_nodes(), 1);
+}
+
+#[test]
+fn algebra_keeps_broadcasts() {
+    // x * ones broadcasts x from [8] to [4, 8]: not an identity.
+    let start = "graph @bcast {
+  v0: f32[8] = input \"x\"
+  v1: f32[4, 8] = const splat(1.0)
+  v2: f32[4, 8] = mul v0, v1
+  output \"y\" = v2
+}";
+    let (g, report) = rewrites(start, &["mul v0, v1"], &[]);
+    assert_eq!(g.n_nodes(), 1);
+    assert!(!report.changed);
+}
+
+#[test]
+fn layout() {
+    // (a^T @ b^T)^T => b @ a, and transpose(transpose(x)) => one transpose.
+    let start = "graph @layout {
+  v0: f32[3, 5] = input \"a\"
+  v1: f32[4, 3] = input \"b\"
+  v2: f32[2, 3, 4] = input \"x\"
+  v3: f32[5, 3] = transpose v0 {perm = [1, 0]}
+  v4: f32[3, 4] = transpose v1 {perm = [1, 0]}
+  v5: f32[5, 4] = matmul v3, v4
+  v6: f32[4, 5] = transpose v5 {perm = [1, 0]}
+  v7: f32[3, 2, 4] = transpose v2 {perm = [1, 0, 2]}
+  v8: f32[3, 4, 2] = transpose v7 {perm = [0, 2, 1]}
+  output \"y\" = v6
+  output \"z\" = v8
+}";
+    let (g, _) = rewrites(start, &["= matmul v1, v0", "transpose v2 {perm = [1, 2, 0]}"], &[]);
+    assert_eq!(g.n_nodes(), 2);
+}
+
+#[test]
+fn fusion_gelu_erf_minilm_order() {
+    // As MiniLM's exporter writes it: mul(mul(x, add(erf(div(x, 1.4142135)), 1)), 0.5).
+    let start = "graph @gelu {
+  v0: f32[2, 16] = input \"a\"
+  v1: f32[16] = const splat(0.25)
+  v2: f32[] = const [1.4142135]
+  v3: f32[] = const [1.0]
+  v4: f32[] = const [0.5]
+  v5: f32[2, 16] = add v1, v0
+  v6: f32[2, 16] = div v5, v2
+  v7: f32[2, 16] = erf v6
+  v8: f32[2, 16] = add v7, v3
+  v9: f32[2, 16] = mul v5, v8
+  v10: f32[2, 16] = mul v9, v4
+  output \"y\" = v10
+}";
+    let (g, report) = rewrites(start, &["gelu v"], &["erf", "div", "mul"]);
+    assert_eq!(g.n_nodes(), 2);
+    assert!(report.notes.iter().any(|n| n.contains("gelu 1 (+1)")), "{report:?}");
+}
+
+#[test]
+fn fusion_gelu_erf_other_orders() {
+    // (0.5 * x) * (1 + erf(x * 0.70710677)) and x * (0.5 * (erf(0.70710677 * x) + 1)).
+    let start = "graph @gelu2 {
+  v0: f32[3, 8] = input \"x\"
+  v1: f32[] = const [0.70710677]
+  v2: f32[] = const [1.0]
+  v3: f32[] = const [0.5]
+  v4: f32[3, 8] = mul v3, v0
+  v5: f32[3, 8] = mul v0, v1
+  v6: f32[3, 8] = erf v5
+  v7: f32[3, 8] = add v2, v6
+  v8: f32[3, 8] = mul v4, v7
+  v9: f32[3, 8] = mul v1, v0
+  v10: f32[3, 8] = erf v9
+  v11: f32[3, 8] = add v10, v2
+  v12: f32[3, 8] = mul v3, v11
+  v13: f32[3, 8] = mul v0, v12
+  output \"y\" = v8
+  output \"z\" = v13
+}";
+    let (g, _) = rewrites(start, &["gelu v0"], &["erf", "mul"]);
+    // Both outputs read the same gelu node.
+    assert_eq!(g.n_nodes(), 1);
+}
+
+#[test]
+fn fusion_gelu_tanh() {
+    // As the static64 export writes it (pow 3, Gemm-free).
+    let start = "graph @gelu_tanh {
+  v0: f32[4, 8] = input \"x\"
+  v1: f32[] = const [0.5]
+  v2: f32[] = const [3.0]
+  v3: f32[] = const [0.044715]
+  v4: f32[] = const [0.7978846]
+  v5: f32[] = const [1.0]
+  v6: f32[4, 8] = mul v0, v1
+  v7: f32[4, 8] = pow v0, v2
+  v8: f32[4, 8] = mul v7, v3
+  v9: f32[4, 8] = add v0, v8
+  v10: f32[4, 8] = mul v9, v4
+  v11: f32[4, 8] = tanh v10
+  v12: f32[4, 8] = add v11, v5
+  v13: f32[4, 8] = mul v6, v12
+  output \"y\" = v13
+}";
+    let (g, _) = rewrites(start, &["gelu_tanh v0"], &["pow", "= tanh", "mul"]);
+    assert_eq!(g.n_nodes(), 1);
+}
+
+#[test]
+fn fusion_silu() {
+    let start = "graph @silu {
+  v0: f32[4, 8] = input \"x\"
+  v1: f32[4, 8] = sigmoid v0
+  v2: f32[4, 8] = mul v1, v0
+  output \"y\" = v2
+}";
+    rewrites(start, &["silu v0"], &["sigmoid"]);
+}
+
+#[test]
+fn fusion_attention_minilm_form() {
+    // matmul(softmax(add(div(matmul(q, transpose(k', [0,2,3,1])), sqrt(d)), mask)), v).
+    let start = "graph @attn {
+  v0: f32[2, 6, 4, 8] = input \"q\"
+  v1: f32[2, 6, 4, 8] = input \"k\"
+  v2: f32[2, 6, 4, 8] = input \"v\"
+  v3: f32[2, 1, 1, 6] = input \"mask\"
+  v4: f32[] = const [2.828427]
+  v5: f32[2, 4, 6, 8] = transpose v0 {perm = [0, 2, 1, 3]}
+  v6: f32[2, 4, 8, 6] = transpose v1 {perm = [0, 2, 3, 1]}
+  v7: f32[2, 4, 6, 8] = transpose v2 {perm = [0, 2, 1, 3]}
+  v8: f32[2, 4, 6, 6] = matmul v5, v6
+  v9: f32[2, 4, 6, 6] = div v8, v4
+  v10: f32[2, 4, 6, 6] = add v9, v3
+  v11: f32[2, 4, 6, 6] = softmax v10 {axis = -1}
+  v12: f32[2, 4, 6, 8] = matmul v11, v7
+  output \"y\" = v12
+}";
+    let (g, report) = rewrites(start, &["attention v", "transpose v1 {perm = [0, 2, 1, 3]}"], &["softmax", "matmul"]);
+    assert!(report.notes.iter().any(|n| n.contains("attention 1 (+1)")), "{report:?}");
+    assert!(print(&g).contains("causal = false"));
+}
+
+#[test]
+fn fusion_attention_mul_scale_no_mask() {
+    // softmax(mul(c, q @ k^T)) @ v with k given as [.., d, sk] already.
+    let start = "graph @attn2 {
+  v0: f32[3, 5, 8] = input \"q\"
+  v1: f32[3, 8, 7] = input \"kt\"
+  v2: f32[3, 7, 4] = input \"v\"
+  v3: f32[] = const [0.35355338]
+  v4: f32[3, 7, 8] = transpose v1 {perm = [0, 2, 1]}
+  v5: f32[3, 8, 7] = transpose v4 {perm = [0, 2, 1]}
+  v6: f32[3, 5, 7] = matmul v0, v5
+  v7: f32[3, 5, 7] = mul v3, v6
+  v8: f32[3, 5, 7] = softmax v7 {axis = 2}
+  v9: f32[3, 5, 4] = matmul v8, v2
+  output \"y\" = v9
+}";
+    rewrites(start, &["attention v0, v"], &["softmax", "matmul"]);
+}
+
+#[test]
+fn fusion_attention_rejects_softmax_over_other_axis() {
+    let start = "graph @attn3 {
+  v0: f32[5, 8] = input \"q\"
+  v1: f32[7, 8] = input \"k\"
+  v2: f32[7, 4] = input \"v\"
+  v3: f32[8, 7] = transpose v1 {perm = [1, 0]}
+  v4: f32[5, 7] = matmul v0, v3
+  v5: f32[5, 7] = softmax v4 {axis = 0}
+  v6: f32[5, 4] = matmul v5, v2
+  output \"y\" = v6
+}";
+    rewrites(start, &["softmax", "matmul"], &["attention"]);
+}
+
+#[test]
+fn opaque_nodes_round_trip() {
+    // Nodes the language does not model stay as they are; the graph is unchanged.
+    let start = "graph @opaque {
+  v0: f32[2, 8] = input \"x\"
+  v1: f32[8] = const splat(1.0)
+  v2: f32[2, 8] = layer_norm v0, v1 {axis = -1, epsilon = 1e-5}
+  v3: f32[2, 8] = erf v2
+  v4: f32[16] = reshape v3 {shape = [16]}
+  v5: f32[] = reduce_sum v4 {axes = [], keepdims = false}
+  output \"y\" = v5
+  output \"z\" = v3
+}";
+    let g0 = parse(start).unwrap();
+    let (g, report) = rewrites(start, &["layer_norm", "erf", "reshape", "reduce_sum"], &[]);
+    assert!(!report.changed);
+    assert_eq!(print(&g), print(&g0));
+}
