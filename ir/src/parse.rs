@@ -270,6 +270,9 @@ type PResult<T> = Result<T, ParseError>;
 
 const PLACEHOLDER: Value = Value(u32::MAX);
 
+/// Largest `splat(..)` constant (16M elements, at most 128 MB while parsing).
+const MAX_SPLAT_ELEMENTS: usize = 1 << 24;
+
 /// Quant parameters named in a type: (field: 0 scale, 1 zero, 2 offset; value number; where).
 type QuantRefs = Vec<(u8, u32, Span)>;
 
@@ -713,10 +716,26 @@ impl Parser<'_> {
                 }
             }
             if splat {
-                if numel > (1 << 28) {
-                    return self.error(span, "splat constant is too large");
+                // A splat is for small test graphs; larger weights belong in a sidecar file.
+                if numel > MAX_SPLAT_ELEMENTS {
+                    return self.error(span, format!("splat constant of {numel} elements is too large (at most {MAX_SPLAT_ELEMENTS}; use a weights file)"));
                 }
-                literals = vec![literals[0]; numel];
+                let one = literals[0];
+                let tensor = match ty.dtype.domain() {
+                    Domain::Float => Tensor::from_f32(ty.dtype, &dims, vec![one.as_f64() as f32; numel]),
+                    Domain::Int => match one.as_int() {
+                        Some(v) => Tensor::from_i64(ty.dtype, &dims, vec![v; numel]),
+                        None => return self.error(span, format!("{} constants take integers", ty.dtype)),
+                    },
+                    Domain::Bool => match one.as_bool() {
+                        Some(b) => Tensor::from_bool(&dims, vec![b; numel]),
+                        None => return self.error(span, "bool constants take `true` and `false`"),
+                    },
+                };
+                return match tensor {
+                    Ok(t) => Ok(ConstData::from_vec(t.to_bytes())),
+                    Err(e) => self.error(span, e.to_string()),
+                };
             }
             let tensor = match ty.dtype.domain() {
                 Domain::Float => {

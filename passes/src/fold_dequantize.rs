@@ -41,7 +41,9 @@ impl Pass for FoldDequantize {
             let out = nd.outputs[0];
             let readers = &users[out.index()];
             let only_matmul_weights = !readers.is_empty()
-                && readers.iter().all(|&u| matches!(g.node(u).op, Op::MatMul) && g.node(u).inputs[1] == out && g.node(u).inputs[0] != out)
+                && readers.iter().all(|&u| {
+                    matches!(g.node(u).op, Op::MatMul) && g.node(u).inputs[1] == out && g.node(u).inputs[0] != out
+                })
                 && !g.outputs().iter().any(|(_, v)| *v == out);
             if !only_matmul_weights {
                 continue;

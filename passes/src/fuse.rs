@@ -22,8 +22,17 @@ fn can_start(op: &Op) -> bool {
     is_elementwise(op)
         || matches!(
             op,
-            Op::MatMul | Op::Gemm { .. } | Op::QMatMul | Op::MatMulInteger | Op::Dequantize { .. } | Op::LayerNorm { .. }
-                | Op::RmsNorm { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Reduce { .. } | Op::Attention { .. }
+            Op::MatMul
+                | Op::Gemm { .. }
+                | Op::QMatMul
+                | Op::MatMulInteger
+                | Op::Dequantize { .. }
+                | Op::LayerNorm { .. }
+                | Op::RmsNorm { .. }
+                | Op::Softmax { .. }
+                | Op::LogSoftmax { .. }
+                | Op::Reduce { .. }
+                | Op::Attention { .. }
         )
 }
 

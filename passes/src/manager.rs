@@ -64,7 +64,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
 }
 
 /// The pipeline `tessera ir` runs when none is named.
-pub const DEFAULT_PIPELINE: &str = "canonicalize,fold-dequantize,fuse,schedule,plan-memory";
+pub const DEFAULT_PIPELINE: &str = "canonicalize,saturate,fold-dequantize,fuse,schedule,plan-memory";
 
 /// Looks a pass up by name.
 pub fn lookup(name: &str) -> Result<Box<dyn Pass>, PassError> {

@@ -12,7 +12,7 @@
 //! the type the analysis gave its class; otherwise nothing is changed.
 
 use super::cost::{CostModel, Extract};
-use super::lang::{TensorEGraph, TensorLang, TypeAnalysis, ValueRef};
+use super::lang::{compatible, TensorEGraph, TensorLang, TypeAnalysis, ValueRef};
 use egg::{EGraph, Extractor, Id};
 use std::collections::HashMap;
 use tessera_ir::{ConstData, DType, Graph, Node, Tensor, TensorType, Value, ValueDef};
@@ -85,6 +85,8 @@ pub fn to_egraph(g: &Graph) -> Converted {
         }
         let node = TensorLang::from_ir(&nd.op, &ids, |a| eg.add(TensorLang::Attr(a))).expect("modelled");
         let id = eg.add(node);
+        // The declared type is the authority: it may know more than inference (`refine-types`).
+        eg[id].data.ty = Some(g.ty(nd.outputs[0]).plain());
         class.insert(nd.outputs[0], id);
     }
     eg.rebuild();
@@ -113,6 +115,8 @@ struct Materializer<'a, 'b, M: CostModel> {
     reuse: HashMap<(String, Vec<Value>), Value>,
     memo: HashMap<Id, Value>,
     g: Graph,
+    /// How many values the graph had before extraction.
+    original: std::ops::Range<Value>,
 }
 
 impl<M: CostModel> Materializer<'_, '_, M> {
@@ -143,9 +147,14 @@ impl<M: CostModel> Materializer<'_, '_, M> {
                 }
             }
         };
-        let want = self.eg[id].data.ty.as_ref();
-        if want != Some(&self.g.ty(v).plain()) {
-            return Err(format!("`{node}` has type {} where its class has {want:?}", self.g.ty(v)));
+        let have = self.g.ty(v).plain();
+        match self.eg[id].data.ty.as_ref() {
+            Some(want) if *want == have => {}
+            // A new node whose inferred type has `?` where the class's type knows the size.
+            Some(want) if compatible(want, &have) && !self.original.contains(&v) => {
+                self.g.value_mut(v).ty = want.clone()
+            }
+            want => return Err(format!("`{node}` has type {have} where its class has {want:?}")),
         }
         self.memo.insert(id, v);
         Ok(v)
@@ -195,7 +204,14 @@ pub fn from_egraph<M: CostModel>(
         }
     }
     let extractor = Extractor::new(eg, Extract { egraph: eg, model });
-    let mut m = Materializer { eg, extractor, reuse, memo: HashMap::new(), g: g.clone() };
+    let mut m = Materializer {
+        eg,
+        extractor,
+        reuse,
+        memo: HashMap::new(),
+        g: g.clone(),
+        original: Value::from_index(0)..Value::from_index(g.n_values()),
+    };
     let mut replaced = Vec::new();
     for &(root, id) in roots {
         let v = m.value(id)?;

@@ -55,11 +55,12 @@ impl CostModel for FlopsBytes {
         let n = self.numel(result);
         let flops_per_element = match node {
             T::Add(_) | T::Sub(_) | T::Mul(_) | T::Neg(_) => 1.0,
-            T::Div(_) | T::Reciprocal(_) | T::Sqrt(_) => 4.0,
+            T::Div(_) | T::Reciprocal(_) | T::Sqrt(_) | T::Rsqrt(_) => 4.0,
             T::Pow(_) | T::Exp(_) | T::Erf(_) | T::Tanh(_) | T::Sigmoid(_) => 8.0,
             T::Silu(_) => 9.0,
             T::Gelu(_) | T::GeluTanh(_) => 12.0,
             T::Softmax(_) => 5.0,
+            T::RmsNorm(_) => 4.0,
             T::Transpose(_) => 0.0,
             _ => 0.0,
         };
@@ -76,9 +77,12 @@ impl CostModel for FlopsBytes {
                 let scores = n / dv * sk;
                 2.0 * scores * d + 2.0 * scores * dv + 6.0 * scores
             }
+            // One add per reduced element.
+            T::ReduceMean(_) => operands.get(1).map_or(n, |t| self.numel(*t)),
             _ => flops_per_element * n,
         };
-        let moved: f64 = operands.iter().filter(|t| t.is_some()).map(|t| self.bytes(*t)).sum::<f64>() + self.bytes(result);
+        let moved: f64 =
+            operands.iter().filter(|t| t.is_some()).map(|t| self.bytes(*t)).sum::<f64>() + self.bytes(result);
         1.0 + flops + moved
     }
 }
@@ -103,7 +107,8 @@ impl<M: CostModel> CostFunction<TensorLang> for Extract<'_, M> {
             return 0.0;
         }
         let result = self.egraph.lookup(enode.clone()).and_then(|id| self.egraph[id].data.ty.as_ref());
-        let operands: Vec<Option<&TensorType>> = enode.children().iter().map(|&c| self.egraph[c].data.ty.as_ref()).collect();
+        let operands: Vec<Option<&TensorType>> =
+            enode.children().iter().map(|&c| self.egraph[c].data.ty.as_ref()).collect();
         let own = self.model.op_cost(enode, result, &operands);
         enode.fold(own, |sum, id| sum + costs(id))
     }

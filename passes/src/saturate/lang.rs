@@ -12,7 +12,7 @@ use egg::{define_language, Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use tessera_ir::{BinaryOp, DType, Graph, Op, TensorType, UnaryOp};
+use tessera_ir::{BinaryOp, DType, Dim, Graph, Op, ReduceOp, TensorType, UnaryOp};
 
 /// A graph value used as a leaf (`%12` is value 12 of the source graph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,6 +70,10 @@ pub enum Attr {
     Axis(i64),
     /// `attention {scale}` (f32 bits; `causal` is always false here): `scale=0x3e3504f3`.
     Scale(u32),
+    /// `reduce_mean {axes, keepdims}`: `mean=-1;keep` (or `;drop`; no axes: all axes).
+    Mean(Vec<i64>, bool),
+    /// `rms_norm {axis, epsilon}` (f32 bits): `norm=-1;0x358637bd`.
+    Norm(i64, u32),
 }
 
 impl fmt::Display for Attr {
@@ -82,6 +86,11 @@ impl fmt::Display for Attr {
             }
             Attr::Axis(a) => write!(f, "axis={a}"),
             Attr::Scale(s) => write!(f, "scale={s:#010x}"),
+            Attr::Mean(axes, keep) => {
+                let parts: Vec<String> = axes.iter().map(|x| x.to_string()).collect();
+                write!(f, "mean={};{}", parts.join(","), if *keep { "keep" } else { "drop" })
+            }
+            Attr::Norm(axis, eps) => write!(f, "norm={axis};{eps:#010x}"),
         }
     }
 }
@@ -101,6 +110,22 @@ impl FromStr for Attr {
         if let Some(h) = s.strip_prefix("scale=0x") {
             return u32::from_str_radix(h, 16).map(Attr::Scale).map_err(|_| bad());
         }
+        if let Some((axes, keep)) = s.strip_prefix("mean=").and_then(|m| m.split_once(';')) {
+            let axes: Result<Vec<i64>, _> =
+                if axes.is_empty() { Ok(vec![]) } else { axes.split(',').map(|x| x.parse::<i64>()).collect() };
+            let keep = match keep {
+                "keep" => true,
+                "drop" => false,
+                _ => return Err(bad()),
+            };
+            return axes.map(|a| Attr::Mean(a, keep)).map_err(|_| bad());
+        }
+        if let Some((axis, eps)) = s.strip_prefix("norm=").and_then(|m| m.split_once(";0x")) {
+            return match (axis.parse(), u32::from_str_radix(eps, 16)) {
+                (Ok(a), Ok(e)) => Ok(Attr::Norm(a, e)),
+                _ => Err(bad()),
+            };
+        }
         Err(bad())
     }
 }
@@ -116,6 +141,7 @@ define_language! {
         "neg" = Neg(Id),
         "reciprocal" = Reciprocal(Id),
         "sqrt" = Sqrt(Id),
+        "rsqrt" = Rsqrt(Id),
         "exp" = Exp(Id),
         "erf" = Erf(Id),
         "tanh" = Tanh(Id),
@@ -132,9 +158,15 @@ define_language! {
         "attention" = Attention([Id; 5]),
         // [scale, q, k, v]
         "attention" = AttentionNoMask([Id; 4]),
+        // [axes and keepdims, x]
+        "reduce_mean" = ReduceMean([Id; 2]),
+        // [axis and epsilon, x, scale]
+        "rms_norm" = RmsNorm([Id; 3]),
         // Markers (partial fusion matches; never extracted).
         // `1 + erf(x / sqrt(2))`
         "gelu-erf-factor" = GeluErfFactor(Id),
+        // `x * x * x`
+        "cube" = Cube(Id),
         // `x + 0.044715 * x^3`
         "gelu-tanh-poly" = GeluTanhPoly(Id),
         // `1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))`
@@ -147,6 +179,10 @@ define_language! {
         "attn-probs" = AttnProbs([Id; 4]),
         // [scale, q, k]: `softmax(q @ k^T * scale)` over the last dim.
         "attn-probs" = AttnProbsNoMask([Id; 3]),
+        // [norm, x]: `mean(x^2) + epsilon` over the dims from `axis` (kept as size 1).
+        "rms-ms" = RmsMeanSquare([Id; 2]),
+        // [norm, x]: `x / sqrt(mean(x^2) + epsilon)`.
+        "rms-normed" = RmsNormed([Id; 2]),
         Attr(Attr),
         Scalar(Scalar),
         Leaf(ValueRef),
@@ -159,12 +195,15 @@ impl TensorLang {
         matches!(
             self,
             TensorLang::GeluErfFactor(_)
+                | TensorLang::Cube(_)
                 | TensorLang::GeluTanhPoly(_)
                 | TensorLang::GeluTanhFactor(_)
                 | TensorLang::AttnQk(_)
                 | TensorLang::AttnScores(_)
                 | TensorLang::AttnProbs(_)
                 | TensorLang::AttnProbsNoMask(_)
+                | TensorLang::RmsMeanSquare(_)
+                | TensorLang::RmsNormed(_)
         )
     }
 
@@ -183,6 +222,7 @@ impl TensorLang {
             T::Neg(c) => un(UnaryOp::Neg, *c),
             T::Reciprocal(c) => un(UnaryOp::Reciprocal, *c),
             T::Sqrt(c) => un(UnaryOp::Sqrt, *c),
+            T::Rsqrt(c) => un(UnaryOp::Rsqrt, *c),
             T::Exp(c) => un(UnaryOp::Exp, *c),
             T::Erf(c) => un(UnaryOp::Erf, *c),
             T::Tanh(c) => un(UnaryOp::Tanh, *c),
@@ -200,11 +240,23 @@ impl TensorLang {
                 _ => None,
             },
             T::Attention([s, q, k, v, m]) => match attr(*s)? {
-                Attr::Scale(bits) => Some((Op::Attention { scale: f32::from_bits(bits), causal: false }, vec![*q, *k, *v, *m])),
+                Attr::Scale(bits) => {
+                    Some((Op::Attention { scale: f32::from_bits(bits), causal: false }, vec![*q, *k, *v, *m]))
+                }
                 _ => None,
             },
             T::AttentionNoMask([s, q, k, v]) => match attr(*s)? {
-                Attr::Scale(bits) => Some((Op::Attention { scale: f32::from_bits(bits), causal: false }, vec![*q, *k, *v])),
+                Attr::Scale(bits) => {
+                    Some((Op::Attention { scale: f32::from_bits(bits), causal: false }, vec![*q, *k, *v]))
+                }
+                _ => None,
+            },
+            T::ReduceMean([a, x]) => match attr(*a)? {
+                Attr::Mean(axes, keepdims) => Some((Op::Reduce { op: ReduceOp::Mean, axes, keepdims }, vec![*x])),
+                _ => None,
+            },
+            T::RmsNorm([a, x, w]) => match attr(*a)? {
+                Attr::Norm(axis, eps) => Some((Op::RmsNorm { axis, epsilon: f32::from_bits(eps) }, vec![*x, *w])),
                 _ => None,
             },
             _ => None,
@@ -225,6 +277,7 @@ impl TensorLang {
             Op::Unary(UnaryOp::Neg) => one(T::Neg),
             Op::Unary(UnaryOp::Reciprocal) => one(T::Reciprocal),
             Op::Unary(UnaryOp::Sqrt) => one(T::Sqrt),
+            Op::Unary(UnaryOp::Rsqrt) => one(T::Rsqrt),
             Op::Unary(UnaryOp::Exp) => one(T::Exp),
             Op::Unary(UnaryOp::Erf) => one(T::Erf),
             Op::Unary(UnaryOp::Tanh) => one(T::Tanh),
@@ -233,6 +286,12 @@ impl TensorLang {
             Op::Unary(UnaryOp::GeluTanh) => one(T::GeluTanh),
             Op::Unary(UnaryOp::Silu) => one(T::Silu),
             Op::MatMul => two(T::MatMul),
+            Op::Reduce { op: ReduceOp::Mean, axes, keepdims } if inputs.len() == 1 => {
+                Some(T::ReduceMean([add_attr(Attr::Mean(axes.clone(), *keepdims)), inputs[0]]))
+            }
+            Op::RmsNorm { axis, epsilon } if inputs.len() == 2 => {
+                Some(T::RmsNorm([add_attr(Attr::Norm(*axis, epsilon.to_bits())), inputs[0], inputs[1]]))
+            }
             Op::Softmax { axis } if inputs.len() == 1 => Some(T::Softmax([add_attr(Attr::Axis(*axis)), inputs[0]])),
             Op::Transpose { perm } if inputs.len() == 1 => {
                 Some(T::Transpose([add_attr(Attr::Perm(perm.clone())), inputs[0]]))
@@ -269,10 +328,18 @@ pub struct TypeAnalysis {
 
 pub type TensorEGraph = EGraph<TensorLang, TypeAnalysis>;
 
+/// Same dtype and rank, and every dim equal or unknown (`?`) on one side.
+pub fn compatible(a: &TensorType, b: &TensorType) -> bool {
+    a.dtype == b.dtype
+        && a.rank() == b.rank()
+        && a.shape.dims().iter().zip(b.shape.dims()).all(|(x, y)| x == y || *x == Dim::Unknown || *y == Dim::Unknown)
+}
+
 /// The type `Graph::add_op` would infer for `op` on operands of these types.
 pub fn infer(op: &Op, types: &[TensorType]) -> Option<TensorType> {
     let mut scratch = Graph::new("infer");
-    let inputs: Vec<_> = types.iter().enumerate().map(|(i, t)| scratch.add_input(&format!("i{i}"), t.plain())).collect();
+    let inputs: Vec<_> =
+        types.iter().enumerate().map(|(i, t)| scratch.add_input(&format!("i{i}"), t.plain())).collect();
     let mut out = tessera_ir::infer::infer_types(&scratch, op, &inputs, None).ok()?;
     (out.len() == 1).then(|| out.remove(0))
 }
@@ -283,11 +350,9 @@ impl Analysis<TensorLang> for TypeAnalysis {
     fn make(egraph: &mut TensorEGraph, enode: &TensorLang, _id: Id) -> ClassData {
         match enode {
             TensorLang::Attr(a) => ClassData { attr: Some(a.clone()), ..ClassData::default() },
-            TensorLang::Scalar(s) => ClassData {
-                ty: Some(TensorType::scalar(DType::F32)),
-                splat: Some(s.value()),
-                attr: None,
-            },
+            TensorLang::Scalar(s) => {
+                ClassData { ty: Some(TensorType::scalar(DType::F32)), splat: Some(s.value()), attr: None }
+            }
             TensorLang::Leaf(v) => match egraph.analysis.leaves.get(&v.0) {
                 Some((ty, splat)) => ClassData { ty: Some(ty.clone()), splat: *splat, attr: None },
                 None => ClassData::default(),

@@ -1,5 +1,6 @@
 //! `saturate`: equality saturation with egg. The modelled part of the graph (elementwise
-//! arithmetic, activations, matmul, softmax, transpose, attention; see `lang.rs`) becomes an
+//! arithmetic, activations, matmul, softmax, transpose, reduce_mean, attention, rms_norm; see
+//! `lang.rs`) becomes an
 //! e-graph, the rule groups in `rules/` (algebra, layout, fusion) run to saturation or to a bound
 //! (iterations, e-nodes, time), and the cheapest equivalent of every value read outside the
 //! e-graph is extracted with a pluggable cost model (`cost.rs`: FLOPs plus bytes moved) and
@@ -7,7 +8,7 @@
 //!
 //! Assumes: a verified graph. Refuses nothing: when extraction cannot rebuild a value with
 //! exactly its original type, the graph is left unchanged and the report says why.
-//! Fusions (GELU, tanh GELU, SiLU, attention) and `x / c -> x * (1/c)` are exact up to float
+//! Fusions (GELU, tanh GELU, SiLU, attention, RMSNorm) and `x / c -> x * (1/c)` are exact up to float
 //! rounding (a few ulps), not bit-exact.
 //! The report's notes give the stop reason, iterations, e-graph size, and the fused ops in the
 //! result.
@@ -38,11 +39,11 @@ impl Default for Saturate {
 }
 
 /// The fused ops counted in the report.
-pub const FUSED_OPS: [&str; 4] = ["gelu", "gelu_tanh", "silu", "attention"];
+pub const FUSED_OPS: [&str; 5] = ["gelu", "gelu_tanh", "silu", "attention", "rms_norm"];
 
 /// How many nodes of each fused op the graph has.
-pub fn fused_counts(g: &Graph) -> [usize; 4] {
-    let mut counts = [0; 4];
+pub fn fused_counts(g: &Graph) -> [usize; 5] {
+    let mut counts = [0; 5];
     for (_, nd) in g.nodes() {
         if let Some(i) = FUSED_OPS.iter().position(|&name| name == nd.op.name()) {
             counts[i] += 1;
@@ -51,16 +52,9 @@ pub fn fused_counts(g: &Graph) -> [usize; 4] {
     counts
 }
 
-impl Pass for Saturate {
-    fn name(&self) -> &'static str {
-        "saturate"
-    }
-
-    fn description(&self) -> &'static str {
-        "equality saturation (egg): algebra, layout and fusion rules (GELU, SiLU, attention), bounded"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<PassReport, PassError> {
+impl Saturate {
+    /// Runs with another extraction cost model.
+    pub fn run_with<M: cost::CostModel>(&self, g: &mut Graph, model: &M) -> Result<PassReport, PassError> {
         let nodes_before = g.n_nodes();
         let fused_before = fused_counts(g);
         let converted = convert::to_egraph(g);
@@ -90,7 +84,7 @@ impl Pass for Saturate {
             rules.len(),
             converted.modelled,
         ));
-        match convert::from_egraph(g, &runner.egraph, &converted.roots, &cost::FlopsBytes::default()) {
+        match convert::from_egraph(g, &runner.egraph, &converted.roots, model) {
             Ok(changed) => report.changed = changed,
             Err(e) => return Ok(report.note(format!("extraction failed, graph left unchanged: {e}"))),
         }
@@ -98,8 +92,24 @@ impl Pass for Saturate {
         let fused: Vec<String> = FUSED_OPS
             .iter()
             .zip(after.iter().zip(fused_before))
-            .map(|(name, (&a, b))| format!("{name} {a} (+{})", a as i64 - b as i64))
+            .map(|(name, (&a, b))| format!("{name} {a} ({:+})", a as i64 - b as i64))
             .collect();
-        Ok(report.note(format!("extracted: {}", fused.join(", "))).note(format!("{nodes_before} -> {} nodes", g.n_nodes())))
+        Ok(report
+            .note(format!("extracted: {}", fused.join(", ")))
+            .note(format!("{nodes_before} -> {} nodes", g.n_nodes())))
+    }
+}
+
+impl Pass for Saturate {
+    fn name(&self) -> &'static str {
+        "saturate"
+    }
+
+    fn description(&self) -> &'static str {
+        "equality saturation (egg): algebra, layout and fusion rules (GELU, SiLU, attention, RMSNorm), bounded"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<PassReport, PassError> {
+        self.run_with(g, &cost::FlopsBytes::default())
     }
 }

@@ -277,3 +277,127 @@ fn opaque_nodes_round_trip() {
     assert!(!report.changed);
     assert_eq!(print(&g), print(&g0));
 }
+
+#[test]
+fn fusion_rms_norm() {
+    // LLaMA's export: w * (x * rsqrt(reduce_mean(pow(x, 2)) + eps)), and x / sqrt(mean(x * x) + eps) * w.
+    let start = "graph @rms {
+  v0: f32[2, 5, 8] = input \"x\"
+  v1: f32[8] = input \"w\"
+  v2: f32[] = const [2.0]
+  v3: f32[] = const [1e-6]
+  v4: f32[2, 5, 8] = pow v0, v2
+  v5: f32[2, 5, 1] = reduce_mean v4 {axes = [-1], keepdims = true}
+  v6: f32[2, 5, 1] = add v5, v3
+  v7: f32[2, 5, 1] = rsqrt v6
+  v8: f32[2, 5, 8] = mul v0, v7
+  v9: f32[2, 5, 8] = mul v1, v8
+  v10: f32[2, 5, 8] = mul v0, v0
+  v11: f32[2, 5, 1] = reduce_mean v10 {axes = [2], keepdims = true}
+  v12: f32[2, 5, 1] = add v3, v11
+  v13: f32[2, 5, 1] = sqrt v12
+  v14: f32[2, 5, 8] = div v0, v13
+  v15: f32[2, 5, 8] = mul v14, v1
+  output \"y\" = v9
+  output \"z\" = v15
+}";
+    let (g, report) =
+        rewrites(start, &["rms_norm v0, v1 {axis = -1, epsilon = 1e-6}"], &["reduce_mean", "sqrt", "pow"]);
+    assert_eq!(g.n_nodes(), 1);
+    assert!(report.notes.iter().any(|n| n.contains("rms_norm 1 (+1)")), "{report:?}");
+}
+
+#[test]
+fn fusion_rms_norm_rejects_reduction_over_leading_dims() {
+    let start = "graph @rms2 {
+  v0: f32[4, 8] = input \"x\"
+  v1: f32[8] = input \"w\"
+  v2: f32[] = const [1e-6]
+  v3: f32[4, 8] = mul v0, v0
+  v4: f32[1, 8] = reduce_mean v3 {axes = [0], keepdims = true}
+  v5: f32[1, 8] = add v4, v2
+  v6: f32[1, 8] = rsqrt v5
+  v7: f32[4, 8] = mul v0, v6
+  v8: f32[4, 8] = mul v7, v1
+  output \"y\" = v8
+}";
+    rewrites(start, &["reduce_mean", "rsqrt"], &["rms_norm"]);
+}
+
+const GELU: &str = "graph @gelu {
+  v0: f32[2, 16] = input \"x\"
+  v1: f32[] = const [1.4142135]
+  v2: f32[] = const [1.0]
+  v3: f32[] = const [0.5]
+  v4: f32[2, 16] = div v0, v1
+  v5: f32[2, 16] = erf v4
+  v6: f32[2, 16] = add v5, v2
+  v7: f32[2, 16] = mul v0, v6
+  v8: f32[2, 16] = mul v7, v3
+  output \"y\" = v8
+}";
+
+#[test]
+fn bounded_run_reports_the_limit() {
+    // One iteration only marks `1 + erf(..)`: no gelu yet, the graph stays correct.
+    let g0 = parse(GELU).unwrap();
+    let mut g = g0.clone();
+    let report = Saturate { iter_limit: 1, ..Saturate::default() }.run(&mut g).unwrap();
+    verify(&g).unwrap();
+    assert!(report.notes[0].starts_with("stop: iteration limit (1); 1 iterations"), "{report:?}");
+    assert!(!print(&g).contains("= gelu"));
+    let ins = inputs(&g0);
+    assert_close(&run(&g0, ins.clone()).unwrap(), &run(&g, ins).unwrap());
+}
+
+#[test]
+fn cost_model_is_pluggable() {
+    use super::cost::{CostModel, FlopsBytes};
+    use super::lang::TensorLang;
+    /// Makes fused GELU prohibitively expensive: extraction keeps the original ops.
+    struct NoGelu;
+    impl CostModel for NoGelu {
+        fn op_cost(
+            &self,
+            node: &TensorLang,
+            result: Option<&tessera_ir::TensorType>,
+            operands: &[Option<&tessera_ir::TensorType>],
+        ) -> f64 {
+            let base = FlopsBytes::default().op_cost(node, result, operands);
+            if matches!(node, TensorLang::Gelu(_)) {
+                base * 1e6
+            } else {
+                base
+            }
+        }
+    }
+    let mut g = parse(GELU).unwrap();
+    let report = Saturate::default().run_with(&mut g, &NoGelu).unwrap();
+    assert!(!print(&g).contains("= gelu"), "{report:?}");
+    let report = Saturate::default().run(&mut g).unwrap();
+    assert!(print(&g).contains("= gelu v0"), "{report:?}");
+}
+
+#[test]
+fn fusion_gelu_tanh_cube_by_muls() {
+    // x * (0.5 * (1 + tanh((0.044715 * (x * x * x) + x) * 0.7978846))).
+    let start = "graph @gt2 {
+  v0: f32[4, 8] = input \"x\"
+  v1: f32[] = const [0.5]
+  v2: f32[] = const [0.044715]
+  v3: f32[] = const [0.7978846]
+  v4: f32[] = const [1.0]
+  v5: f32[4, 8] = mul v0, v0
+  v6: f32[4, 8] = mul v5, v0
+  v7: f32[4, 8] = mul v2, v6
+  v8: f32[4, 8] = add v7, v0
+  v9: f32[4, 8] = mul v3, v8
+  v10: f32[4, 8] = tanh v9
+  v11: f32[4, 8] = add v4, v10
+  v12: f32[4, 8] = mul v1, v11
+  v13: f32[4, 8] = mul v0, v12
+  output \"y\" = v13
+}";
+    let (g, _) = rewrites(start, &["gelu_tanh v0"], &["= tanh", "mul"]);
+    assert_eq!(g.n_nodes(), 1);
+}

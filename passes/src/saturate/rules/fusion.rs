@@ -6,7 +6,8 @@
 //! - exact GELU `0.5 * x * (1 + erf(x / sqrt(2)))`: `1 + erf(x / sqrt(2))` (or `erf(x * 1/sqrt(2))`,
 //!   either operand order of the add and mul) is marked `gelu-erf-factor x`; then any product tree
 //!   of `x`, the factor and `0.5` is `gelu x`;
-//! - tanh GELU `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))` with `pow x, 3`:
+//! - tanh GELU `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))` with `pow x, 3` or
+//!   `x * x * x` (marked `cube x`):
 //!   `x + 0.044715 * x^3` is marked `gelu-tanh-poly x`, `1 + tanh(c * poly)` is marked
 //!   `gelu-tanh-factor x`, and the same product trees give `gelu_tanh x`;
 //! - SiLU `x * sigmoid(x)` either way round;
@@ -15,8 +16,13 @@
 //!   with `p` swapping the last two dims of some perm `p'` is marked `attn-qk q, k` with
 //!   `k = transpose(x, p')` (or `x` itself when `p'` is the identity), then `attn-scores`,
 //!   `attn-probs`, and finally the IR `attention q, k, v[, mask] {scale, causal = false}` (f32 only).
+//! - RMSNorm `x * rsqrt(mean(x^2) + eps) * w` (`pow x, 2` or `x * x`; `rsqrt`, `reciprocal(sqrt)`,
+//!   `1 / sqrt` or `x / sqrt(..)`; `w` on either side), with `reduce_mean` over trailing dims with
+//!   `keepdims`: `mean(x^2) + eps` is marked `rms-ms`, `x / sqrt(..)` is marked `rms-normed`, and
+//!   `rms-normed * w` is the IR `rms_norm x, w {axis, epsilon}` (f32 only).
+//!
 //! Constants are matched by value with a relative tolerance of 1e-4. Every fused op is unioned
-//! only when its inferred type equals the matched class's type.
+//! only when its inferred type agrees with the matched class's type (see `Build`).
 
 use super::{add_attr, attr, is_f32, is_scalar_const, pattern, splat, splat_near, ty, var, Build, Rule};
 use crate::saturate::lang::{Attr, TensorEGraph, TensorLang};
@@ -30,6 +36,7 @@ pub fn rules() -> Vec<Rule> {
     rules.extend(product_rules("gelu-tanh", "gelu-tanh-factor", TensorLang::GeluTanh));
     rules.extend(silu());
     rules.extend(attention());
+    rules.extend(rms_norm());
     rules
 }
 
@@ -74,15 +81,20 @@ fn gelu_erf_factor() -> Vec<Rule> {
 fn gelu_tanh_factor() -> Vec<Rule> {
     let x = var("?x");
     let mut rules = Vec::new();
-    let cubes = ["(mul (pow ?x ?three) ?c)", "(mul ?c (pow ?x ?three))"];
+    rules.push(rewrite!("cube"; "(mul (mul ?x ?x) ?x)" => { Build::marker(move |eg, _, s| Some(eg.add(TensorLang::Cube(s[x])))) }));
+    rules.push(rewrite!("cube-right"; "(mul ?x (mul ?x ?x))" => { Build::marker(move |eg, _, s| Some(eg.add(TensorLang::Cube(s[x])))) }));
     let mut k = 0;
-    for cube in cubes {
-        for text in [format!("(add ?x {cube})"), format!("(add {cube} ?x)")] {
-            let name = format!("gelu-tanh-poly-{k}");
-            k += 1;
-            rules.push(rewrite!(name; { pattern(&text) } => { Build::marker(move |eg, _, s| {
-                condition_ok(eg, s, &[("?three", 3.0), ("?c", 0.044715)]).then(|| eg.add(TensorLang::GeluTanhPoly(s[x])))
-            }) }));
+    for (cube, is_pow) in [("(pow ?x ?three)", true), ("(cube ?x)", false)] {
+        for scaled in [format!("(mul {cube} ?c)"), format!("(mul ?c {cube})")] {
+            for text in [format!("(add ?x {scaled})"), format!("(add {scaled} ?x)")] {
+                let name = format!("gelu-tanh-poly-{k}");
+                k += 1;
+                let checks: &'static [(&'static str, f64)] =
+                    if is_pow { &[("?three", 3.0), ("?c", 0.044715)] } else { &[("?c", 0.044715)] };
+                rules.push(rewrite!(name; { pattern(&text) } => { Build::marker(move |eg, _, s| {
+                    condition_ok(eg, s, checks).then(|| eg.add(TensorLang::GeluTanhPoly(s[x])))
+                }) }));
+            }
         }
     }
     let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
@@ -207,5 +219,67 @@ fn attention() -> Vec<Rule> {
         rewrite!("attn-probs"; "(softmax ?a (attn-scores ?s ?q ?k))" => { probs(false) }),
         rewrite!("attention"; "(matmul (attn-probs ?s ?q ?k ?m) ?v)" => { fuse(true) }),
         rewrite!("attention-nomask"; "(matmul (attn-probs ?s ?q ?k) ?v)" => { fuse(false) }),
+    ]
+}
+
+/// `reduce_mean {axes, keepdims = true}` over the trailing dims of a rank-`rank` tensor: the
+/// first reduced dim, counted from the end (`-1` for the last dim alone).
+fn trailing_axis(a: &Attr, rank: usize) -> Option<i64> {
+    let Attr::Mean(axes, true) = a else { return None };
+    let mut norm: Vec<i64> = if axes.is_empty() {
+        (0..rank as i64).collect()
+    } else {
+        axes.iter().map(|&x| if x < 0 { x + rank as i64 } else { x }).collect()
+    };
+    norm.sort_unstable();
+    norm.dedup();
+    let start = *norm.first()?;
+    let trailing =
+        norm.iter().enumerate().all(|(i, &x)| x == start + i as i64) && norm.last() == Some(&(rank as i64 - 1));
+    (start >= 0 && trailing).then_some(start - rank as i64)
+}
+
+fn rms_norm() -> Vec<Rule> {
+    let (x, r, e, w, n) = (var("?x"), var("?r"), var("?e"), var("?w"), var("?n"));
+    // `mean(x^2) + eps` -> `rms-ms {axis, eps} x`.
+    let mean_square = move |square_is_pow: bool| {
+        Build::marker(move |eg, _, s| {
+            if square_is_pow && !splat_near(eg, s[var("?two")], 2.0) {
+                return None;
+            }
+            let xt = ty(eg, s[x])?;
+            if xt.dtype != tessera_ir::DType::F32 || !is_scalar_const(eg, s[e]) {
+                return None;
+            }
+            let axis = trailing_axis(&attr(eg, s[r])?, xt.rank())?;
+            let eps = splat(eg, s[e])?;
+            let a = add_attr(eg, Attr::Norm(axis, eps.to_bits()));
+            Some(eg.add(TensorLang::RmsMeanSquare([a, s[x]])))
+        })
+    };
+    let normed = || Build::marker(move |eg, _, s| Some(eg.add(TensorLang::RmsNormed([s[n], s[x]]))));
+    let one_over = || {
+        Build::marker(move |eg, _, s| {
+            if splat(eg, s[var("?one")]) != Some(1.0) {
+                return None;
+            }
+            Some(eg.add(TensorLang::RmsNormed([s[n], s[x]])))
+        })
+    };
+    let fuse = || Build::op(move |eg, _, s| Some(eg.add(TensorLang::RmsNorm([s[n], s[x], s[w]]))));
+    vec![
+        rewrite!("rms-ms-pow"; "(add (reduce_mean ?r (pow ?x ?two)) ?e)" => { mean_square(true) }),
+        rewrite!("rms-ms-pow-left"; "(add ?e (reduce_mean ?r (pow ?x ?two)))" => { mean_square(true) }),
+        rewrite!("rms-ms-mul"; "(add (reduce_mean ?r (mul ?x ?x)) ?e)" => { mean_square(false) }),
+        rewrite!("rms-ms-mul-left"; "(add ?e (reduce_mean ?r (mul ?x ?x)))" => { mean_square(false) }),
+        rewrite!("rms-normed-rsqrt"; "(mul ?x (rsqrt (rms-ms ?n ?x)))" => { normed() }),
+        rewrite!("rms-normed-rsqrt-left"; "(mul (rsqrt (rms-ms ?n ?x)) ?x)" => { normed() }),
+        rewrite!("rms-normed-recip"; "(mul ?x (reciprocal (sqrt (rms-ms ?n ?x))))" => { normed() }),
+        rewrite!("rms-normed-recip-left"; "(mul (reciprocal (sqrt (rms-ms ?n ?x))) ?x)" => { normed() }),
+        rewrite!("rms-normed-div"; "(div ?x (sqrt (rms-ms ?n ?x)))" => { normed() }),
+        rewrite!("rms-normed-one-over"; "(mul ?x (div ?one (sqrt (rms-ms ?n ?x))))" => { one_over() }),
+        rewrite!("rms-normed-one-over-left"; "(mul (div ?one (sqrt (rms-ms ?n ?x))) ?x)" => { one_over() }),
+        rewrite!("rms-norm"; "(mul (rms-normed ?n ?x) ?w)" => { fuse() }),
+        rewrite!("rms-norm-left"; "(mul ?w (rms-normed ?n ?x))" => { fuse() }),
     ]
 }

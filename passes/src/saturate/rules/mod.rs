@@ -3,14 +3,14 @@
 //! Rules that only union a pattern with one of its own variables are plain `rewrite!` rules with
 //! conditions. Rules that build new nodes (a computed attribute or constant, a fused op) use
 //! `Build`: a function makes the new e-node and, for real ops, `Build` unions it with the matched
-//! class only when the two types agree exactly (so a broadcast that changed a shape can never be
-//! rewritten away). Marker rules (`Build::marker`) skip the type check: markers have no type.
+//! class only when the two types agree (same dtype and rank, each dim equal or `?` on one side),
+//! so a broadcast that changed a shape can never be rewritten away. Marker rules (`Build::marker`) skip the type check: markers have no type.
 
 pub mod algebra;
 pub mod fusion;
 pub mod layout;
 
-use super::lang::{Attr, TensorEGraph, TensorLang, TypeAnalysis};
+use super::lang::{compatible, Attr, TensorEGraph, TensorLang, TypeAnalysis};
 use egg::{Applier, Id, PatternAst, Rewrite, Subst, Symbol, Var};
 use tessera_ir::{DType, TensorType};
 
@@ -100,9 +100,9 @@ impl Applier<TensorLang, TypeAnalysis> for Build {
     ) -> Vec<Id> {
         let Some(new) = (self.f)(eg, eclass, subst) else { return vec![] };
         if self.check_types {
-            let (a, b) = (ty(eg, eclass), ty(eg, new));
-            if a.is_none() || a != b {
-                return vec![];
+            match (ty(eg, eclass), ty(eg, new)) {
+                (Some(a), Some(b)) if compatible(a, b) => {}
+                _ => return vec![],
             }
         }
         if eg.union(eclass, new) {
