@@ -2,7 +2,9 @@
 # Fills the git-ignored fuzz/corpus/ from what the repository already has:
 # - parse_text and run_graph: fuzz/seeds/*.tir, every .tir under tests/filetests/, and the
 #   graph texts written as raw strings (r#"..."#) in ir/tests/*.rs;
-# - decode_tensor: every TensorProto file (*.pb) under tests/filetests/ and compiler/tests/.
+# - decode_tensor: every TensorProto file (*.pb) under tests/filetests/ and compiler/tests/;
+# - import_onnx: the model.onnx of every ONNX node test in .cache/onnx-node-tests (when
+#   scripts/fetch_models.sh has fetched them).
 # Run it from anywhere; rerunning it only overwrites these copies, never what the fuzzer added.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,3 +45,11 @@ find tests/filetests compiler/tests -name '*.pb' | sort | while read -r f; do
     cp "$f" "$dir/$name"
 done
 echo "$dir: $(find "$dir" -type f | wc -l) files"
+
+# import_onnx: the node tests' models (small, one op each, every op type Tessera knows).
+if [ -d .cache/onnx-node-tests ]; then
+    mkdir -p fuzz/corpus/import_onnx
+    for d in .cache/onnx-node-tests/*/; do
+        cp "$d/model.onnx" "fuzz/corpus/import_onnx/$(basename "$d").onnx"
+    done
+fi

@@ -183,3 +183,42 @@ fn minilm_matmulnbits_q4_matches_onnxruntime() {
 fn minilm_qdq_int4_matches_onnxruntime() {
     check_model("minilm-l3-qdq-int4-b32", 1e-4, 0.99999);
 }
+
+/// Counts op names in a graph and inside its kernel regions.
+fn op_counts(g: &tessera_ir::Graph, counts: &mut std::collections::BTreeMap<String, usize>) {
+    for (_, n) in g.nodes() {
+        *counts.entry(n.op.name().to_string()).or_default() += 1;
+        if let Some(body) = &n.body {
+            op_counts(body, counts);
+        }
+    }
+}
+
+/// The optimizer finds every fused pattern in every MiniLM variant: 3 attention blocks, 3 GELUs,
+/// 7 LayerNorms, and no leftover erf / softmax / tanh / pow chains.
+#[test]
+fn the_default_pipeline_fuses_every_pattern_of_minilm() {
+    let Some(cache) = cache() else { return };
+    for name in [
+        "minilm-l3-fp32",
+        "minilm-l3-static64",
+        "minilm-l3-pruned",
+        "minilm-l3-int8-dynamic",
+        "minilm-l3-uint8-dynamic-perchannel",
+        "minilm-l3-matmulnbits-q4-b32",
+        "minilm-l3-qdq-int4-b32",
+    ] {
+        let mut g = import_file(&cache.join(format!("models/{name}.onnx"))).unwrap();
+        tessera_compiler::passes::Pipeline::default_pipeline().run(&mut g, &mut |_| {}).unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        op_counts(&g, &mut counts);
+        let n = |op: &str| counts.get(op).copied().unwrap_or(0);
+        println!("{name}: {counts:?}");
+        assert_eq!(n("attention"), 3, "{name}: {counts:?}");
+        assert_eq!(n("gelu") + n("gelu_tanh"), 3, "{name}: {counts:?}");
+        assert_eq!(n("layer_norm"), 7, "{name}: {counts:?}");
+        for leftover in ["erf", "softmax", "tanh", "pow"] {
+            assert_eq!(n(leftover), 0, "{name}: unfused {leftover} left: {counts:?}");
+        }
+    }
+}

@@ -238,3 +238,21 @@ fn external_data_beside_the_model_is_mapped_and_used() {
     let e = tessera_compiler::onnx::import_file(&path).unwrap_err().to_string();
     assert!(e.contains("lies outside \"weights.bin\""), "{e}");
 }
+
+/// Found by the `import_onnx` fuzz target: a reshape of a shape tensor to a huge target must not
+/// overflow while it is evaluated at import.
+#[test]
+fn huge_reshape_targets_do_not_overflow() {
+    let ints = |name: &str, dims: Vec<i64>, vals: Vec<i64>| TensorProto {
+        name: Some(name.into()),
+        dims,
+        data_type: Some(tensor_proto::DataType::Int64 as i32),
+        int64_data: vals,
+        ..Default::default()
+    };
+    let data = ints("d", vec![2], vec![3, 4]);
+    let target = ints("t", vec![3], vec![i64::MAX / 2, i64::MAX / 2, 4]);
+    let m = model(vec![node("Reshape", "r0", &["d", "t"], &["s"]), node("Add", "add0", &["x", "x"], &["y"])], vec![data, target], 17);
+    // The reshape result is unused; importing must simply not panic.
+    let _ = import(&m);
+}

@@ -93,15 +93,17 @@ fn static_reshape(input: &[usize], target: &[i64], allowzero: bool) -> Option<Ve
             _ => return None,
         });
     }
-    let total: usize = input.iter().product();
+    // Products are checked: a hostile target must not overflow.
+    let product = |ds: &[usize]| ds.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let total = product(input)?;
     if let Some(i) = infer {
-        let known: usize = dims.iter().product();
+        let known = product(&dims)?;
         if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         dims[i] = total / known;
     }
-    (dims.iter().product::<usize>() == total).then_some(dims)
+    (product(&dims)? == total).then_some(dims)
 }
 
 fn reshape(ctx: &mut Ctx, n: &Node) -> Lowered {
