@@ -358,6 +358,8 @@ pub enum Op {
     /// attributes are then empty), known only at run time.
     Slice { starts: Vec<TargetDim>, ends: Vec<TargetDim>, axes: Vec<i64>, steps: Vec<i64> },
     /// `split x {axis, sizes}`: one result per size, in order; sizes sum to the dim.
+    /// `split x, sizes {axis, sizes}` reads the sizes from a 1-D i64 operand at run time; the
+    /// attribute then only says how many results there are (its values must be 0).
     Split { axis: i64, sizes: Vec<u64> },
     /// `reshape x {shape}` (or `reshape x, shape` with an i64 tensor): row-major reinterpretation.
     /// Target dims: a size, a symbol, `0` copies the input dim, one `-1` is inferred.
@@ -435,7 +437,8 @@ impl Op {
             Op::Unary(_) | Op::Cast { .. } | Op::DynamicQuantize | Op::ArgMax { .. } => (1, Some(1)),
             Op::Reduce { .. } => (1, Some(2)),
             Op::Slice { starts, .. } if starts.is_empty() => (3, Some(5)),
-            Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Slice { .. } | Op::Split { .. } => (1, Some(1)),
+            Op::Split { .. } => (1, Some(2)),
+            Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::Slice { .. } => (1, Some(1)),
             Op::Squeeze { .. } | Op::Unsqueeze { .. } => (1, Some(2)),
             Op::Transpose { .. } | Op::ShapeOf | Op::Identity => (1, Some(1)),
             Op::Binary(_) | Op::MatMul | Op::QMatMul | Op::Gather { .. } | Op::RmsNorm { .. } => (2, Some(2)),

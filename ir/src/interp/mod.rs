@@ -223,7 +223,16 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &Bindings) -> OpResult<Vec<Tensor>>
             };
             one(layout::slice(args[0], &resolve(starts)?, &resolve(ends)?, axes, steps)?)
         }
-        Op::Split { axis, sizes } => layout::split(args[0], *axis, sizes),
+        Op::Split { axis, sizes } => match args.get(1) {
+            Some(s) => {
+                let given: Vec<u64> = ints(s)?.iter().map(|&v| u64::try_from(v).map_err(|_| format!("negative split size {v}"))).collect::<OpResult<_>>()?;
+                if given.len() != sizes.len() {
+                    return Err(format!("{} split sizes for {} results", given.len(), sizes.len()));
+                }
+                layout::split(args[0], *axis, &given)
+            }
+            None => layout::split(args[0], *axis, sizes),
+        },
         Op::Reshape { shape } => one(layout::reshape(args, shape.as_deref(), bindings)?),
         Op::Transpose { perm } => one(layout::transpose(args[0], perm)?),
         Op::Expand { shape } => one(layout::expand(args, shape.as_deref(), bindings)?),

@@ -248,8 +248,15 @@ fn split(ctx: &mut Ctx, n: &Node) -> Lowered {
     let axis = axis_of(n.int("axis", 0), ty.rank())?;
     let n_out = n.proto.output.len();
     let sizes: Vec<u64> = if let Some(sizes) = n.input(1) {
-        let known = ctx.known_ints(sizes).ok_or("split sizes known only at run time are not supported")?;
-        known.into_iter().map(|s| s.max(0) as u64).collect()
+        match ctx.known_ints(sizes) {
+            Some(known) => known.into_iter().map(|s| s.max(0) as u64).collect(),
+            None => {
+                // Sizes known only at run time: one result per node output.
+                let (v, sv) = (ctx.value(x)?, ctx.value(sizes)?);
+                let outs = ctx.ops(Op::Split { axis: axis as i64, sizes: vec![0; n_out] }, vec![v, sv])?;
+                return Ok(outs.into_iter().map(Val::Ir).collect());
+            }
+        }
     } else if let Some(s) = n.ints("split") {
         s.into_iter().map(|s| s.max(0) as u64).collect()
     } else {
