@@ -20,20 +20,26 @@ impl Pass for Cse {
 
     fn run(&self, g: &mut Graph) -> Result<PassReport, PassError> {
         let mut merged = 0;
-        // Constants: same type and same bytes.
-        let mut seen_consts: HashMap<(String, u64), Vec<Value>> = HashMap::new();
-        let consts: Vec<(Value, u64)> =
-            g.constants().iter().filter(|c| c.data.bytes().is_some()).map(|c| (c.value, c.data.hash())).collect();
-        for (v, hash) in consts {
-            let key = (format!("{:?}", g.ty(v)), hash);
-            let same =
-                seen_consts.get(&key).and_then(|vs| vs.iter().copied().find(|&o| g.const_data(o) == g.const_data(v)));
-            match same {
-                Some(first) => {
-                    g.replace_uses(v, first);
-                    merged += 1;
+        // Constants: same type and same bytes. Only constants that share their type with another
+        // are hashed, so a model's big unique weights (an embedding table) are never read.
+        let mut by_type: HashMap<String, Vec<Value>> = HashMap::new();
+        for c in g.constants().iter().filter(|c| c.data.bytes().is_some()) {
+            by_type.entry(format!("{:?}", g.ty(c.value))).or_default().push(c.value);
+        }
+        let mut groups: Vec<Vec<Value>> = by_type.into_values().filter(|vs| vs.len() > 1).collect();
+        groups.sort();
+        for group in groups {
+            let mut seen: HashMap<u64, Vec<Value>> = HashMap::new();
+            for v in group {
+                let hash = g.const_data(v).and_then(|d| d.bytes()).map(sample_hash).unwrap_or_default();
+                let same = seen.get(&hash).and_then(|vs| vs.iter().copied().find(|&o| g.const_data(o) == g.const_data(v)));
+                match same {
+                    Some(first) => {
+                        g.replace_uses(v, first);
+                        merged += 1;
+                    }
+                    None => seen.entry(hash).or_default().push(v),
                 }
-                None => seen_consts.entry(key).or_default().push(v),
             }
         }
         // Nodes, in order, so an earlier equal node is always defined before the later one.
@@ -61,4 +67,12 @@ impl Pass for Cse {
         }
         Ok(PassReport::changed(merged > 0).note(format!("merged {merged} duplicates")))
     }
+}
+
+/// A cheap bucket key for constant bytes: the length and the first and last 256 bytes. Equal
+/// constants always share it; the byte comparison that follows decides.
+fn sample_hash(bytes: &[u8]) -> u64 {
+    let head = &bytes[..bytes.len().min(256)];
+    let tail = &bytes[bytes.len().saturating_sub(256)..];
+    tessera_ir::constant::fnv1a64(head) ^ tessera_ir::constant::fnv1a64(tail).rotate_left(17) ^ bytes.len() as u64
 }
