@@ -120,12 +120,22 @@ impl ConstData {
     }
 }
 
-/// FNV-1a, 64-bit: the content hash printed in dumps (not a cryptographic checksum).
+/// The content hash printed in dumps and checked for sidecar blobs (not a cryptographic
+/// checksum): FNV-1a with 64-bit steps, over the bytes as little-endian 64-bit words, then each
+/// remaining byte, then the length. Word steps make it fast enough to hash every weight of a
+/// model on each dump.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h ^= u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        h = h.wrapping_mul(PRIME);
     }
-    h
+    for &b in words.remainder() {
+        h ^= b as u64;
+        h = h.wrapping_mul(PRIME);
+    }
+    h ^= bytes.len() as u64;
+    h.wrapping_mul(PRIME)
 }
