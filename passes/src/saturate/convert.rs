@@ -9,10 +9,13 @@
 //! Back: the cheapest term of each root's class is materialized (an op equal to an original node
 //! on the same operands reuses that node), every use of the root is redirected to it, the nodes
 //! are put back in a valid order and dead nodes removed. Each materialized value must have exactly
-//! the type the analysis gave its class; otherwise nothing is changed.
+//! the type the analysis gave its class; otherwise nothing is changed. A `gated_ffn` e-node, which
+//! no single IR op expresses, becomes a `kernel` node named by its attribute whose region holds
+//! its five ops (`lang::gated_ffn_body`); kernel nodes are never modelled, so the result
+//! round-trips.
 
 use super::cost::{CostModel, Extract};
-use super::lang::{compatible, TensorEGraph, TensorLang, TypeAnalysis, ValueRef};
+use super::lang::{compatible, gated_ffn_act, gated_ffn_body, Attr, TensorEGraph, TensorLang, TypeAnalysis, ValueRef};
 use egg::{EGraph, Extractor, Id};
 use std::collections::HashMap;
 use tessera_ir::{ConstData, DType, Graph, Node, Tensor, TensorType, Value, ValueDef};
@@ -132,6 +135,13 @@ impl<M: CostModel> Materializer<'_, '_, M> {
                 let bytes = s.value().to_le_bytes().to_vec();
                 self.g.add_const(TensorType::scalar(DType::F32), ConstData::from_vec(bytes))
             }
+            TensorLang::GatedFfn([a, kids @ ..]) => {
+                let Some(Attr::Kernel(name)) = self.eg[*a].data.attr.clone() else {
+                    return Err(format!("`{node}` has no kernel name"));
+                };
+                let inputs = kids.iter().map(|&k| self.value(k)).collect::<Result<Vec<_>, _>>()?;
+                self.gated_ffn(&name, inputs)?
+            }
             _ => {
                 let (op, kids) =
                     node.to_ir(|c| self.eg[c].data.attr.clone()).ok_or_else(|| format!("cannot extract `{node}`"))?;
@@ -158,6 +168,29 @@ impl<M: CostModel> Materializer<'_, '_, M> {
         }
         self.memo.insert(id, v);
         Ok(v)
+    }
+}
+
+impl<M: CostModel> Materializer<'_, '_, M> {
+    /// A `kernel` region named `name` computing a gated FFN of `x, w1, w3, w2`.
+    fn gated_ffn(&mut self, name: &str, inputs: Vec<Value>) -> Result<Value, String> {
+        let act = gated_ffn_act(name).ok_or_else(|| format!("unknown kernel `{name}`"))?;
+        let mut body = Graph::new("body");
+        let mut vals: Vec<Value> = ["x", "w1", "w3", "w2"]
+            .iter()
+            .zip(&inputs)
+            .map(|(n, &v)| body.add_input(n, self.g.ty(v).plain()))
+            .collect();
+        for (op, [a, b]) in gated_ffn_body(act) {
+            let operands = if matches!(op, tessera_ir::Op::Unary(_)) { vec![vals[a]] } else { vec![vals[a], vals[b]] };
+            vals.push(body.add_op(op, operands)?[0]);
+        }
+        let result = *vals.last().expect("a result");
+        body.add_output("y", result);
+        let ty = body.ty(result).clone();
+        let kn = self.g.add_node(tessera_ir::Op::Kernel { name: name.to_string() }, inputs, vec![ty]);
+        self.g.node_mut(kn).body = Some(Box::new(body));
+        Ok(self.g.node(kn).outputs[0])
     }
 }
 

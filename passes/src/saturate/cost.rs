@@ -61,6 +61,8 @@ impl CostModel for FlopsBytes {
             T::Gelu(_) | T::GeluTanh(_) => 12.0,
             T::Softmax(_) => 5.0,
             T::RmsNorm(_) => 4.0,
+            T::LayerNorm(_) | T::LayerNormNoBias(_) => 8.0,
+            T::Quantize(_) | T::QuantizeNoZero(_) | T::Dequantize(_) | T::DequantizeNoZero(_) => 4.0,
             T::Transpose(_) => 0.0,
             _ => 0.0,
         };
@@ -77,8 +79,22 @@ impl CostModel for FlopsBytes {
                 let scores = n / dv * sk;
                 2.0 * scores * d + 2.0 * scores * dv + 6.0 * scores
             }
-            // One add per reduced element.
-            T::ReduceMean(_) => operands.get(1).map_or(n, |t| self.numel(*t)),
+            // One add (or compare) per reduced element.
+            T::ReduceMean(_) | T::ReduceSum(_) | T::ReduceMax(_) => operands.get(1).map_or(n, |t| self.numel(*t)),
+            // operands: name, x, w1, w3, w2. The three matmuls, the gate and the product; only
+            // the operands and the result move (the intermediates stay in the kernel).
+            T::GatedFfn(_) => {
+                let (x, w1, w2) = (
+                    operands.get(1).copied().flatten(),
+                    operands.get(2).copied().flatten(),
+                    operands.get(4).copied().flatten(),
+                );
+                let rows = self.numel(x) / self.last_dim(x).max(1.0);
+                let hidden = self.last_dim(w1);
+                let k = self.last_dim(x);
+                let out = self.last_dim(w2);
+                2.0 * rows * k * hidden * 2.0 + 2.0 * rows * hidden * out + 11.0 * rows * hidden
+            }
             _ => flops_per_element * n,
         };
         let moved: f64 =

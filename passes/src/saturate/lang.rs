@@ -2,7 +2,8 @@
 //! exactly what an IR op needs besides its operands (so extraction rebuilds exact IR ops), leaves
 //! for graph values (inputs, constants and results of ops not modelled here), scalar literals made
 //! by rules, and marker nodes (`gelu-erf-factor`, `attn-qk`, ..) that name partial matches of a
-//! fusion pattern. Markers are never extracted (their cost is infinite).
+//! fusion pattern. Markers are never extracted (their cost is infinite). One e-node is not an IR
+//! op: `gated_ffn` (a gated FFN, no IR op), which extraction writes as a `kernel` region.
 //!
 //! Every e-class carries a type analysis: the IR tensor type (inferred with `tessera_ir::infer`
 //! from the children's types, so it is exactly what `Graph::add_op` would infer), the value of a
@@ -70,10 +71,15 @@ pub enum Attr {
     Axis(i64),
     /// `attention {scale}` (f32 bits; `causal` is always false here): `scale=0x3e3504f3`.
     Scale(u32),
-    /// `reduce_mean {axes, keepdims}`: `mean=-1;keep` (or `;drop`; no axes: all axes).
+    /// `reduce_mean`, `reduce_sum`, `reduce_max {axes, keepdims}`: `mean=-1;keep` (or `;drop`;
+    /// no axes: all axes).
     Mean(Vec<i64>, bool),
-    /// `rms_norm {axis, epsilon}` (f32 bits): `norm=-1;0x358637bd`.
+    /// `rms_norm`, `layer_norm {axis, epsilon}` (f32 bits): `norm=-1;0x358637bd`.
     Norm(i64, u32),
+    /// `quantize {axis, block, to}` (`to` absent for `dequantize`): `quant=1;0;i8` (`quant=1;0;`).
+    Quant(i64, u64, Option<DType>),
+    /// The name of a kernel region built by extraction (`kernel=silu_gated_ffn`).
+    Kernel(String),
 }
 
 impl fmt::Display for Attr {
@@ -91,6 +97,8 @@ impl fmt::Display for Attr {
                 write!(f, "mean={};{}", parts.join(","), if *keep { "keep" } else { "drop" })
             }
             Attr::Norm(axis, eps) => write!(f, "norm={axis};{eps:#010x}"),
+            Attr::Quant(axis, block, to) => write!(f, "quant={axis};{block};{}", to.map_or("", |d| d.name())),
+            Attr::Kernel(name) => write!(f, "kernel={name}"),
         }
     }
 }
@@ -126,6 +134,18 @@ impl FromStr for Attr {
                 _ => Err(bad()),
             };
         }
+        if let Some(q) = s.strip_prefix("quant=") {
+            let parts: Vec<&str> = q.split(';').collect();
+            let [axis, block, to] = parts[..] else { return Err(bad()) };
+            let to = if to.is_empty() { None } else { Some(DType::from_name(to).ok_or_else(bad)?) };
+            return match (axis.parse(), block.parse()) {
+                (Ok(a), Ok(b)) => Ok(Attr::Quant(a, b, to)),
+                _ => Err(bad()),
+            };
+        }
+        if let Some(name) = s.strip_prefix("kernel=") {
+            return Ok(Attr::Kernel(name.to_string()));
+        }
         Err(bad())
     }
 }
@@ -160,8 +180,27 @@ define_language! {
         "attention" = AttentionNoMask([Id; 4]),
         // [axes and keepdims, x]
         "reduce_mean" = ReduceMean([Id; 2]),
+        // [axes and keepdims, x]
+        "reduce_sum" = ReduceSum([Id; 2]),
+        // [axes and keepdims, x]
+        "reduce_max" = ReduceMax([Id; 2]),
         // [axis and epsilon, x, scale]
         "rms_norm" = RmsNorm([Id; 3]),
+        // [axis and epsilon, x, scale, bias]
+        "layer_norm" = LayerNorm([Id; 4]),
+        // [axis and epsilon, x, scale]
+        "layer_norm" = LayerNormNoBias([Id; 3]),
+        // [axis, block and to, x, scale, zero]
+        "quantize" = Quantize([Id; 4]),
+        // [axis, block and to, x, scale]
+        "quantize" = QuantizeNoZero([Id; 3]),
+        // [axis and block, q, scale, zero]
+        "dequantize" = Dequantize([Id; 4]),
+        // [axis and block, q, scale]
+        "dequantize" = DequantizeNoZero([Id; 3]),
+        // [kernel name, x, w1, w3, w2]: `matmul(mul(act(matmul(x, w1)), matmul(x, w3)), w2)`,
+        // extracted as a `kernel` region (see `gated_ffn_act` and `convert.rs`).
+        "gated_ffn" = GatedFfn([Id; 5]),
         // Markers (partial fusion matches; never extracted).
         // `1 + erf(x / sqrt(2))`
         "gelu-erf-factor" = GeluErfFactor(Id),
@@ -183,6 +222,8 @@ define_language! {
         "rms-ms" = RmsMeanSquare([Id; 2]),
         // [norm, x]: `x / sqrt(mean(x^2) + epsilon)`.
         "rms-normed" = RmsNormed([Id; 2]),
+        // [mean, x]: `x - reduce_mean(x)` over trailing dims (kept as size 1).
+        "ln-centered" = LnCentered([Id; 2]),
         Attr(Attr),
         Scalar(Scalar),
         Leaf(ValueRef),
@@ -204,6 +245,7 @@ impl TensorLang {
                 | TensorLang::AttnProbsNoMask(_)
                 | TensorLang::RmsMeanSquare(_)
                 | TensorLang::RmsNormed(_)
+                | TensorLang::LnCentered(_)
         )
     }
 
@@ -255,8 +297,40 @@ impl TensorLang {
                 Attr::Mean(axes, keepdims) => Some((Op::Reduce { op: ReduceOp::Mean, axes, keepdims }, vec![*x])),
                 _ => None,
             },
+            T::ReduceSum([a, x]) => match attr(*a)? {
+                Attr::Mean(axes, keepdims) => Some((Op::Reduce { op: ReduceOp::Sum, axes, keepdims }, vec![*x])),
+                _ => None,
+            },
+            T::ReduceMax([a, x]) => match attr(*a)? {
+                Attr::Mean(axes, keepdims) => Some((Op::Reduce { op: ReduceOp::Max, axes, keepdims }, vec![*x])),
+                _ => None,
+            },
             T::RmsNorm([a, x, w]) => match attr(*a)? {
                 Attr::Norm(axis, eps) => Some((Op::RmsNorm { axis, epsilon: f32::from_bits(eps) }, vec![*x, *w])),
+                _ => None,
+            },
+            T::LayerNorm([a, x, w, b]) => match attr(*a)? {
+                Attr::Norm(axis, eps) => Some((Op::LayerNorm { axis, epsilon: f32::from_bits(eps) }, vec![*x, *w, *b])),
+                _ => None,
+            },
+            T::LayerNormNoBias([a, x, w]) => match attr(*a)? {
+                Attr::Norm(axis, eps) => Some((Op::LayerNorm { axis, epsilon: f32::from_bits(eps) }, vec![*x, *w])),
+                _ => None,
+            },
+            T::Quantize([a, x, s, z]) => match attr(*a)? {
+                Attr::Quant(axis, block, Some(to)) => Some((Op::Quantize { axis, block, to }, vec![*x, *s, *z])),
+                _ => None,
+            },
+            T::QuantizeNoZero([a, x, s]) => match attr(*a)? {
+                Attr::Quant(axis, block, Some(to)) => Some((Op::Quantize { axis, block, to }, vec![*x, *s])),
+                _ => None,
+            },
+            T::Dequantize([a, q, s, z]) => match attr(*a)? {
+                Attr::Quant(axis, block, None) => Some((Op::Dequantize { axis, block }, vec![*q, *s, *z])),
+                _ => None,
+            },
+            T::DequantizeNoZero([a, q, s]) => match attr(*a)? {
+                Attr::Quant(axis, block, None) => Some((Op::Dequantize { axis, block }, vec![*q, *s])),
                 _ => None,
             },
             _ => None,
@@ -289,8 +363,39 @@ impl TensorLang {
             Op::Reduce { op: ReduceOp::Mean, axes, keepdims } if inputs.len() == 1 => {
                 Some(T::ReduceMean([add_attr(Attr::Mean(axes.clone(), *keepdims)), inputs[0]]))
             }
+            Op::Reduce { op: ReduceOp::Sum, axes, keepdims } if inputs.len() == 1 => {
+                Some(T::ReduceSum([add_attr(Attr::Mean(axes.clone(), *keepdims)), inputs[0]]))
+            }
+            Op::Reduce { op: ReduceOp::Max, axes, keepdims } if inputs.len() == 1 => {
+                Some(T::ReduceMax([add_attr(Attr::Mean(axes.clone(), *keepdims)), inputs[0]]))
+            }
             Op::RmsNorm { axis, epsilon } if inputs.len() == 2 => {
                 Some(T::RmsNorm([add_attr(Attr::Norm(*axis, epsilon.to_bits())), inputs[0], inputs[1]]))
+            }
+            Op::LayerNorm { axis, epsilon } => {
+                let a = add_attr(Attr::Norm(*axis, epsilon.to_bits()));
+                match inputs {
+                    [x, w] => Some(T::LayerNormNoBias([a, *x, *w])),
+                    [x, w, b] => Some(T::LayerNorm([a, *x, *w, *b])),
+                    _ => None,
+                }
+            }
+            Op::Quantize { axis, block, to } => {
+                let a = add_attr(Attr::Quant(*axis, *block, Some(*to)));
+                match inputs {
+                    [x, s] => Some(T::QuantizeNoZero([a, *x, *s])),
+                    [x, s, z] => Some(T::Quantize([a, *x, *s, *z])),
+                    _ => None,
+                }
+            }
+            // With one operand the parameters come from a quantized type: not modelled.
+            Op::Dequantize { axis, block } => {
+                let a = add_attr(Attr::Quant(*axis, *block, None));
+                match inputs {
+                    [q, s] => Some(T::DequantizeNoZero([a, *q, *s])),
+                    [q, s, z] => Some(T::Dequantize([a, *q, *s, *z])),
+                    _ => None,
+                }
             }
             Op::Softmax { axis } if inputs.len() == 1 => Some(T::Softmax([add_attr(Attr::Axis(*axis)), inputs[0]])),
             Op::Transpose { perm } if inputs.len() == 1 => {
@@ -344,6 +449,50 @@ pub fn infer(op: &Op, types: &[TensorType]) -> Option<TensorType> {
     (out.len() == 1).then(|| out.remove(0))
 }
 
+/// The gate activation of a gated-FFN kernel, by the kernel's name.
+pub fn gated_ffn_act(name: &str) -> Option<UnaryOp> {
+    match name {
+        "silu_gated_ffn" => Some(UnaryOp::Silu),
+        "gelu_gated_ffn" => Some(UnaryOp::GeluTanh),
+        "gelu_erf_gated_ffn" => Some(UnaryOp::Gelu),
+        _ => None,
+    }
+}
+
+/// The kernel name of a gated FFN with this gate activation.
+pub fn gated_ffn_name(act: UnaryOp) -> Option<&'static str> {
+    ["silu_gated_ffn", "gelu_gated_ffn", "gelu_erf_gated_ffn"].into_iter().find(|n| gated_ffn_act(n) == Some(act))
+}
+
+/// The ops of a gated FFN's body on operands `x, w1, w3, w2` (values 0..4), each as (op, operand
+/// indices): value 4 is `x @ w1`, 5 `x @ w3`, 6 `act(4)`, 7 `6 * 5`, 8 `7 @ w2` (the result).
+pub fn gated_ffn_body(act: UnaryOp) -> [(Op, [usize; 2]); 5] {
+    [
+        (Op::MatMul, [0, 1]),
+        (Op::MatMul, [0, 2]),
+        (Op::Unary(act), [4, 4]),
+        (Op::Binary(BinaryOp::Mul), [6, 5]),
+        (Op::MatMul, [7, 3]),
+    ]
+}
+
+/// The result type of a gated FFN (None when some op of its body does not type-check).
+pub fn gated_ffn_type(
+    act: UnaryOp,
+    x: &TensorType,
+    w1: &TensorType,
+    w3: &TensorType,
+    w2: &TensorType,
+) -> Option<TensorType> {
+    let mut types = vec![x.clone(), w1.clone(), w3.clone(), w2.clone()];
+    for (op, [a, b]) in gated_ffn_body(act) {
+        let operands =
+            if matches!(op, Op::Unary(_)) { vec![types[a].clone()] } else { vec![types[a].clone(), types[b].clone()] };
+        types.push(infer(&op, &operands)?);
+    }
+    types.pop()
+}
+
 impl Analysis<TensorLang> for TypeAnalysis {
     type Data = ClassData;
 
@@ -357,6 +506,18 @@ impl Analysis<TensorLang> for TypeAnalysis {
                 Some((ty, splat)) => ClassData { ty: Some(ty.clone()), splat: *splat, attr: None },
                 None => ClassData::default(),
             },
+            TensorLang::GatedFfn([a, x, w1, w3, w2]) => {
+                let ty = |c: &Id| egraph[*c].data.ty.clone();
+                let act = match &egraph[*a].data.attr {
+                    Some(Attr::Kernel(name)) => gated_ffn_act(name),
+                    _ => None,
+                };
+                let t = match (act, ty(x), ty(w1), ty(w3), ty(w2)) {
+                    (Some(act), Some(x), Some(w1), Some(w3), Some(w2)) => gated_ffn_type(act, &x, &w1, &w3, &w2),
+                    _ => None,
+                };
+                ClassData { ty: t, splat: None, attr: None }
+            }
             _ => {
                 let Some((op, kids)) = enode.to_ir(|c| egraph[c].data.attr.clone()) else {
                     return ClassData::default();

@@ -1,15 +1,17 @@
 //! `saturate`: equality saturation with egg. The modelled part of the graph (elementwise
-//! arithmetic, activations, matmul, softmax, transpose, reduce_mean, attention, rms_norm; see
-//! `lang.rs`) becomes an
-//! e-graph, the rule groups in `rules/` (algebra, layout, fusion) run to saturation or to a bound
+//! arithmetic, activations, matmul, softmax, transpose, reduce_mean/sum/max, attention, rms_norm,
+//! layer_norm, quantize/dequantize with explicit parameters; see `lang.rs`) becomes an
+//! e-graph, the rule groups in `rules/` (algebra, layout, fusion, norms, quant) run to saturation or to a bound
 //! (iterations, e-nodes, time), and the cheapest equivalent of every value read outside the
 //! e-graph is extracted with a pluggable cost model (`cost.rs`: FLOPs plus bytes moved) and
 //! written back (`convert.rs`). Nodes the language does not model are left as they are.
 //!
 //! Assumes: a verified graph. Refuses nothing: when extraction cannot rebuild a value with
 //! exactly its original type, the graph is left unchanged and the report says why.
-//! Fusions (GELU, tanh GELU, SiLU, attention, RMSNorm) and `x / c -> x * (1/c)` are exact up to float
-//! rounding (a few ulps), not bit-exact.
+//! Fusions (GELU, tanh GELU, SiLU, attention, RMSNorm, LayerNorm, softmax) and `x / c -> x * (1/c)`
+//! are exact up to float rounding (a few ulps), not bit-exact. The gated FFN (SwiGLU, GeGLU) has no
+//! IR op: it is extracted as a `kernel` region named `silu_gated_ffn` / `gelu_gated_ffn` whose body
+//! is the same ops (bit-exact). Requantize folding is exact.
 //! The report's notes give the stop reason, iterations, e-graph size, and the fused ops in the
 //! result.
 
@@ -38,14 +40,19 @@ impl Default for Saturate {
     }
 }
 
-/// The fused ops counted in the report.
-pub const FUSED_OPS: [&str; 5] = ["gelu", "gelu_tanh", "silu", "attention", "rms_norm"];
+/// The fused ops counted in the report (`gated_ffn`: kernels named `*_gated_ffn`).
+pub const FUSED_OPS: [&str; 8] =
+    ["gelu", "gelu_tanh", "silu", "attention", "rms_norm", "layer_norm", "softmax", "gated_ffn"];
 
 /// How many nodes of each fused op the graph has.
-pub fn fused_counts(g: &Graph) -> [usize; 5] {
-    let mut counts = [0; 5];
+pub fn fused_counts(g: &Graph) -> [usize; 8] {
+    let mut counts = [0; 8];
     for (_, nd) in g.nodes() {
-        if let Some(i) = FUSED_OPS.iter().position(|&name| name == nd.op.name()) {
+        let name = match &nd.op {
+            tessera_ir::Op::Kernel { name } if name.ends_with("_gated_ffn") => "gated_ffn",
+            op => op.name(),
+        };
+        if let Some(i) = FUSED_OPS.iter().position(|&f| f == name) {
             counts[i] += 1;
         }
     }
@@ -106,7 +113,7 @@ impl Pass for Saturate {
     }
 
     fn description(&self) -> &'static str {
-        "equality saturation (egg): algebra, layout and fusion rules (GELU, SiLU, attention, RMSNorm), bounded"
+        "equality saturation (egg): algebra, layout, fusion (GELU, SiLU, attention, RMSNorm, LayerNorm, softmax, gated FFN) and requantize rules, bounded"
     }
 
     fn run(&self, g: &mut Graph) -> Result<PassReport, PassError> {

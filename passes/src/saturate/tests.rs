@@ -401,3 +401,215 @@ fn fusion_gelu_tanh_cube_by_muls() {
     let (g, _) = rewrites(start, &["gelu_tanh v0"], &["= tanh", "mul"]);
     assert_eq!(g.n_nodes(), 1);
 }
+
+#[test]
+fn norms_layer_norm() {
+    // BERT's export: (x - mean) / sqrt(mean(pow(x - mean, 2)) + eps) * gamma + beta; and
+    // gamma * ((x - mean) * rsqrt(mean(d * d) + eps)) without beta.
+    let start = "graph @ln {
+  v0: f32[2, 5, 8] = input \"x\"
+  v1: f32[8] = input \"gamma\"
+  v2: f32[8] = input \"beta\"
+  v3: f32[] = const [2.0]
+  v4: f32[] = const [1e-5]
+  v5: f32[2, 5, 1] = reduce_mean v0 {axes = [-1], keepdims = true}
+  v6: f32[2, 5, 8] = sub v0, v5
+  v7: f32[2, 5, 8] = pow v6, v3
+  v8: f32[2, 5, 1] = reduce_mean v7 {axes = [-1], keepdims = true}
+  v9: f32[2, 5, 1] = add v8, v4
+  v10: f32[2, 5, 1] = sqrt v9
+  v11: f32[2, 5, 8] = div v6, v10
+  v12: f32[2, 5, 8] = mul v11, v1
+  v13: f32[2, 5, 8] = add v12, v2
+  v14: f32[2, 5, 8] = mul v6, v6
+  v15: f32[2, 5, 1] = reduce_mean v14 {axes = [2], keepdims = true}
+  v16: f32[2, 5, 1] = add v4, v15
+  v17: f32[2, 5, 1] = rsqrt v16
+  v18: f32[2, 5, 8] = mul v6, v17
+  v19: f32[2, 5, 8] = mul v1, v18
+  v20: f32[2, 5, 1] = reciprocal v10
+  v21: f32[2, 5, 8] = mul v20, v6
+  v22: f32[2, 5, 8] = mul v21, v1
+  v23: f32[2, 5, 8] = add v2, v22
+  output \"y\" = v13
+  output \"z\" = v19
+  output \"w\" = v23
+}";
+    let (g, report) = rewrites(
+        start,
+        &["layer_norm v0, v1, v2 {axis = -1, epsilon = 1e-5}", "layer_norm v0, v1 {axis = -1, epsilon = 1e-5}"],
+        &["reduce_mean", "sqrt", "pow", "sub", "reciprocal"],
+    );
+    // `y` and `w` read the same layer_norm.
+    assert_eq!(g.n_nodes(), 2);
+    assert!(report.notes.iter().any(|n| n.contains("layer_norm 2 (+2)")), "{report:?}");
+}
+
+#[test]
+fn norms_layer_norm_rejects_other_dims() {
+    // The variance over the last dim, the mean over the last two: not a LayerNorm.
+    let start = "graph @ln2 {
+  v0: f32[2, 5, 8] = input \"x\"
+  v1: f32[8] = input \"gamma\"
+  v2: f32[] = const [1e-5]
+  v3: f32[2, 1, 1] = reduce_mean v0 {axes = [1, 2], keepdims = true}
+  v4: f32[2, 5, 8] = sub v0, v3
+  v5: f32[2, 5, 8] = mul v4, v4
+  v6: f32[2, 5, 1] = reduce_mean v5 {axes = [-1], keepdims = true}
+  v7: f32[2, 5, 1] = add v6, v2
+  v8: f32[2, 5, 1] = rsqrt v7
+  v9: f32[2, 5, 8] = mul v4, v8
+  v10: f32[2, 5, 8] = mul v9, v1
+  output \"y\" = v10
+}";
+    rewrites(start, &["reduce_mean v0 {axes = [1, 2]"], &["layer_norm"]);
+}
+
+#[test]
+fn norms_softmax() {
+    // exp(x - max) / sum(exp(x - max)) over axis 1, and exp(x) / sum(exp(x)) over the last axis.
+    let start = "graph @sm {
+  v0: f32[3, 6, 4] = input \"x\"
+  v1: f32[3, 1, 4] = reduce_max v0 {axes = [1], keepdims = true}
+  v2: f32[3, 6, 4] = sub v0, v1
+  v3: f32[3, 6, 4] = exp v2
+  v4: f32[3, 1, 4] = reduce_sum v3 {axes = [1], keepdims = true}
+  v5: f32[3, 6, 4] = div v3, v4
+  v6: f32[3, 6, 4] = exp v0
+  v7: f32[3, 6, 1] = reduce_sum v6 {axes = [-1], keepdims = true}
+  v8: f32[3, 6, 4] = div v6, v7
+  output \"y\" = v5
+  output \"z\" = v8
+}";
+    let (g, _) = rewrites(
+        start,
+        &["softmax v0 {axis = 1}", "softmax v0 {axis = -1}"],
+        &["exp", "reduce_max", "reduce_sum", "div"],
+    );
+    assert_eq!(g.n_nodes(), 2);
+}
+
+#[test]
+fn norms_softmax_mixed_axes() {
+    // The max over another axis than the sum: not softmax(x), but still softmax over axis 1 of
+    // the shifted value `x - max` (the unshifted rule), which the interpreter check confirms.
+    let start = "graph @sm2 {
+  v0: f32[3, 4, 4] = input \"x\"
+  v1: f32[3, 4, 1] = reduce_max v0 {axes = [2], keepdims = true}
+  v2: f32[3, 4, 4] = sub v0, v1
+  v3: f32[3, 4, 4] = exp v2
+  v4: f32[3, 1, 4] = reduce_sum v3 {axes = [1], keepdims = true}
+  v5: f32[3, 4, 4] = div v3, v4
+  output \"y\" = v5
+}";
+    rewrites(start, &["reduce_max v0 {axes = [2]", "softmax v2 {axis = 1}"], &["softmax v0", "reduce_sum"]);
+}
+
+#[test]
+fn fusion_silu_gated_ffn() {
+    // LLaMA's MLP: down(silu(gate(x)) * up(x)), SiLU written out as x * sigmoid(x).
+    let start = "graph @swiglu {
+  v0: f32[2, 3, 8] = input \"x\"
+  v1: f32[8, 16] = input \"w1\"
+  v2: f32[8, 16] = input \"w3\"
+  v3: f32[16, 8] = input \"w2\"
+  v4: f32[2, 3, 16] = matmul v0, v1
+  v5: f32[2, 3, 16] = sigmoid v4
+  v6: f32[2, 3, 16] = mul v4, v5
+  v7: f32[2, 3, 16] = matmul v0, v2
+  v8: f32[2, 3, 16] = mul v6, v7
+  v9: f32[2, 3, 8] = matmul v8, v3
+  output \"y\" = v9
+}";
+    let (g, report) = rewrites(
+        start,
+        &["kernel v0, v1, v2, v3 {name = \"silu_gated_ffn\"} region", "= silu v", "= mul v"],
+        &["sigmoid"],
+    );
+    assert_eq!(g.n_nodes(), 1);
+    assert!(report.notes.iter().any(|n| n.contains("gated_ffn 1 (+1)")), "{report:?}");
+}
+
+#[test]
+fn fusion_gelu_gated_ffn() {
+    // Gemma's GeGLU with the product the other way round.
+    let start = "graph @geglu {
+  v0: f32[4, 8] = input \"x\"
+  v1: f32[8, 12] = input \"w1\"
+  v2: f32[8, 12] = input \"w3\"
+  v3: f32[12, 8] = input \"w2\"
+  v4: f32[4, 12] = matmul v0, v1
+  v5: f32[4, 12] = gelu_tanh v4
+  v6: f32[4, 12] = matmul v0, v2
+  v7: f32[4, 12] = mul v6, v5
+  v8: f32[4, 8] = matmul v7, v3
+  output \"y\" = v8
+}";
+    let (g, _) = rewrites(start, &["{name = \"gelu_gated_ffn\"} region", "= gelu_tanh v"], &[]);
+    assert_eq!(g.n_nodes(), 1);
+}
+
+#[test]
+fn quant_requantize() {
+    // quantize(dequantize(q, s, z), s, z) is q; dequantize(quantize(x, s, z), s, z) stays (lossy).
+    let start = "graph @rq {
+  v0: f32[4] = input \"x\"
+  v1: i8[4] = const [-128, -3, 5, 127]
+  v2: f32[] = const [0.05]
+  v3: i8[] = const [3]
+  v4: f32[4] = dequantize v1, v2, v3 {axis = 0, block = 0}
+  v5: i8[4] = quantize v4, v2, v3 {axis = 0, block = 0, to = i8}
+  v6: f32[4] = dequantize v5, v2, v3 {axis = 0, block = 0}
+  v7: f32[4] = mul v0, v6
+  v8: i8[4] = quantize v0, v2, v3 {axis = 0, block = 0, to = i8}
+  v9: f32[4] = dequantize v8, v2, v3 {axis = 0, block = 0}
+  output \"y\" = v7
+  output \"z\" = v9
+}";
+    let (g, _) = rewrites(
+        start,
+        &["dequantize v1, v2, v3", "quantize v0, v2, v3 {axis = 0, block = 0, to = i8}", "mul v0, v"],
+        &[],
+    );
+    assert_eq!(g.n_nodes(), 4);
+    assert_eq!(print(&g).matches("= quantize").count(), 1, "{}", print(&g));
+}
+
+#[test]
+fn quant_requantize_needs_same_params() {
+    // Another scale for the requantize: not folded.
+    let start = "graph @rq2 {
+  v0: i8[4] = const [-128, -3, 5, 127]
+  v1: f32[] = const [0.05]
+  v2: f32[] = const [0.1]
+  v3: f32[4] = dequantize v0, v1 {axis = 0, block = 0}
+  v4: i8[4] = quantize v3, v2 {axis = 0, block = 0, to = i8}
+  v5: f32[4] = dequantize v4, v2 {axis = 0, block = 0}
+  output \"y\" = v5
+}";
+    let (g, _) = rewrites(start, &["= quantize v"], &[]);
+    assert_eq!(g.n_nodes(), 3);
+}
+
+#[test]
+fn norms_softmax_feeds_attention() {
+    // Attention whose softmax is written out: the softmax rule lets the attention rules fire.
+    let start = "graph @attn_sm {
+  v0: f32[2, 5, 8] = input \"q\"
+  v1: f32[2, 7, 8] = input \"k\"
+  v2: f32[2, 7, 4] = input \"v\"
+  v3: f32[] = const [0.35355338]
+  v4: f32[2, 8, 7] = transpose v1 {perm = [0, 2, 1]}
+  v5: f32[2, 5, 7] = matmul v0, v4
+  v6: f32[2, 5, 7] = mul v5, v3
+  v7: f32[2, 5, 1] = reduce_max v6 {axes = [-1], keepdims = true}
+  v8: f32[2, 5, 7] = sub v6, v7
+  v9: f32[2, 5, 7] = exp v8
+  v10: f32[2, 5, 1] = reduce_sum v9 {axes = [-1], keepdims = true}
+  v11: f32[2, 5, 7] = div v9, v10
+  v12: f32[2, 5, 4] = matmul v11, v2
+  output \"y\" = v12
+}";
+    let (g, _) = rewrites(start, &["attention v0, v1, v2"], &["exp", "softmax", "matmul"]);
+    assert_eq!(g.n_nodes(), 1);
+}

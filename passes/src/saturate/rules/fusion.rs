@@ -21,12 +21,20 @@
 //!   `keepdims`: `mean(x^2) + eps` is marked `rms-ms`, `x / sqrt(..)` is marked `rms-normed`, and
 //!   `rms-normed * w` is the IR `rms_norm x, w {axis, epsilon}` (f32 only).
 //!
+//! - gated FFN (LLaMA's SwiGLU, Gemma's GeGLU) `matmul(mul(act(matmul(x, w1)), matmul(x, w3)), w2)`
+//!   with `act` one of `silu`, `gelu_tanh` or `gelu` (as fused by the rules above; the product
+//!   either way round): there is no IR op for it, so it becomes the e-node `gated_ffn` that
+//!   extraction writes as a `kernel` region named `silu_gated_ffn`, `gelu_gated_ffn` (tanh GELU)
+//!   or `gelu_erf_gated_ffn`, whose body is the five ops (`convert.rs`); f32 only. Its cost is
+//!   the ops' FLOPs with only the operands and the result moved, so it wins over the open form.
+//!
 //! Constants are matched by value with a relative tolerance of 1e-4. Every fused op is unioned
 //! only when its inferred type agrees with the matched class's type (see `Build`).
 
 use super::{add_attr, attr, is_f32, is_scalar_const, pattern, splat, splat_near, ty, var, Build, Rule};
-use crate::saturate::lang::{Attr, TensorEGraph, TensorLang};
+use crate::saturate::lang::{gated_ffn_name, Attr, TensorEGraph, TensorLang};
 use egg::{rewrite, Id, Subst};
+use tessera_ir::UnaryOp;
 
 pub fn rules() -> Vec<Rule> {
     let mut rules = Vec::new();
@@ -37,6 +45,32 @@ pub fn rules() -> Vec<Rule> {
     rules.extend(silu());
     rules.extend(attention());
     rules.extend(rms_norm());
+    rules.extend(gated_ffn());
+    rules
+}
+
+/// `matmul(mul(act(x @ w1), x @ w3), w2)` -> `gated_ffn {act's kernel} x, w1, w3, w2`.
+fn gated_ffn() -> Vec<Rule> {
+    let (x, w1, w3, w2) = (var("?x"), var("?w1"), var("?w3"), var("?w2"));
+    let mut rules = Vec::new();
+    for (act, op) in [("silu", UnaryOp::Silu), ("gelu_tanh", UnaryOp::GeluTanh), ("gelu", UnaryOp::Gelu)] {
+        let name = gated_ffn_name(op).expect("a gated FFN kernel");
+        let gate = format!("({act} (matmul ?x ?w1))");
+        let texts = [
+            format!("(matmul (mul {gate} (matmul ?x ?w3)) ?w2)"),
+            format!("(matmul (mul (matmul ?x ?w3) {gate}) ?w2)"),
+        ];
+        for (i, text) in texts.into_iter().enumerate() {
+            let rule_name = format!("{}-gated-ffn{}", act.replace('_', "-"), if i == 0 { "" } else { "-left" });
+            rules.push(rewrite!(rule_name; { pattern(&text) } => { Build::op(move |eg, _, s| {
+                if ![x, w1, w3, w2].iter().all(|&v| is_f32(eg, s[v])) {
+                    return None;
+                }
+                let k = add_attr(eg, Attr::Kernel(name.to_string()));
+                Some(eg.add(TensorLang::GatedFfn([k, s[x], s[w1], s[w3], s[w2]])))
+            }) }));
+        }
+    }
     rules
 }
 
@@ -224,7 +258,7 @@ fn attention() -> Vec<Rule> {
 
 /// `reduce_mean {axes, keepdims = true}` over the trailing dims of a rank-`rank` tensor: the
 /// first reduced dim, counted from the end (`-1` for the last dim alone).
-fn trailing_axis(a: &Attr, rank: usize) -> Option<i64> {
+pub fn trailing_axis(a: &Attr, rank: usize) -> Option<i64> {
     let Attr::Mean(axes, true) = a else { return None };
     let mut norm: Vec<i64> = if axes.is_empty() {
         (0..rank as i64).collect()

@@ -1,4 +1,4 @@
-//! Rule groups (`algebra`, `layout`, `fusion`) and the helpers their conditions and appliers use.
+//! Rule groups (`algebra`, `layout`, `fusion`, `norms`, `quant`) and the helpers their conditions and appliers use.
 //!
 //! Rules that only union a pattern with one of its own variables are plain `rewrite!` rules with
 //! conditions. Rules that build new nodes (a computed attribute or constant, a fused op) use
@@ -9,6 +9,8 @@
 pub mod algebra;
 pub mod fusion;
 pub mod layout;
+pub mod norms;
+pub mod quant;
 
 use super::lang::{compatible, Attr, TensorEGraph, TensorLang, TypeAnalysis};
 use egg::{Applier, Id, PatternAst, Rewrite, Subst, Symbol, Var};
@@ -21,6 +23,8 @@ pub fn all() -> Vec<Rule> {
     let mut rules = algebra::rules();
     rules.extend(layout::rules());
     rules.extend(fusion::rules());
+    rules.extend(norms::rules());
+    rules.extend(quant::rules());
     rules
 }
 
