@@ -252,7 +252,11 @@ fn huge_reshape_targets_do_not_overflow() {
     };
     let data = ints("d", vec![2], vec![3, 4]);
     let target = ints("t", vec![3], vec![i64::MAX / 2, i64::MAX / 2, 4]);
-    let m = model(vec![node("Reshape", "r0", &["d", "t"], &["s"]), node("Add", "add0", &["x", "x"], &["y"])], vec![data, target], 17);
+    let m = model(
+        vec![node("Reshape", "r0", &["d", "t"], &["s"]), node("Add", "add0", &["x", "x"], &["y"])],
+        vec![data, target],
+        17,
+    );
     // The reshape result is unused; importing must simply not panic.
     let _ = import(&m);
 }

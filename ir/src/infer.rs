@@ -397,11 +397,20 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
             }
             if let Some(st) = inputs.get(1) {
                 // Sizes known only at run time: each result's dim along the axis is unknown.
-                if st.dtype != DType::I64 || st.rank() != 1 || st.shape.0[0].as_static().is_some_and(|k| k as usize != sizes.len()) {
-                    return Err(format!("the sizes operand of `split` must be 1-D i64 with {} entries, got {st}", sizes.len()));
+                if st.dtype != DType::I64
+                    || st.rank() != 1
+                    || st.shape.0[0].as_static().is_some_and(|k| k as usize != sizes.len())
+                {
+                    return Err(format!(
+                        "the sizes operand of `split` must be 1-D i64 with {} entries, got {st}",
+                        sizes.len()
+                    ));
                 }
                 if sizes.iter().any(|&s| s != 0) {
-                    return Err("with a sizes operand, the `sizes` attribute only counts the results and must hold zeros".into());
+                    return Err(
+                        "with a sizes operand, the `sizes` attribute only counts the results and must hold zeros"
+                            .into(),
+                    );
                 }
                 let mut dims = xt.shape.0.clone();
                 dims[a] = Dim::Unknown;

@@ -32,7 +32,8 @@ impl Pass for Cse {
             let mut seen: HashMap<u64, Vec<Value>> = HashMap::new();
             for v in group {
                 let hash = g.const_data(v).and_then(|d| d.bytes()).map(sample_hash).unwrap_or_default();
-                let same = seen.get(&hash).and_then(|vs| vs.iter().copied().find(|&o| g.const_data(o) == g.const_data(v)));
+                let same =
+                    seen.get(&hash).and_then(|vs| vs.iter().copied().find(|&o| g.const_data(o) == g.const_data(v)));
                 match same {
                     Some(first) => {
                         g.replace_uses(v, first);

@@ -225,7 +225,10 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &Bindings) -> OpResult<Vec<Tensor>>
         }
         Op::Split { axis, sizes } => match args.get(1) {
             Some(s) => {
-                let given: Vec<u64> = ints(s)?.iter().map(|&v| u64::try_from(v).map_err(|_| format!("negative split size {v}"))).collect::<OpResult<_>>()?;
+                let given: Vec<u64> = ints(s)?
+                    .iter()
+                    .map(|&v| u64::try_from(v).map_err(|_| format!("negative split size {v}")))
+                    .collect::<OpResult<_>>()?;
                 if given.len() != sizes.len() {
                     return Err(format!("{} split sizes for {} results", given.len(), sizes.len()));
                 }
