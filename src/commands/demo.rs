@@ -62,7 +62,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             continue;
         }
         let start = std::time::Instant::now();
-        let g = import_file(&path)?;
+        let mut g = import_file(&path)?;
         println!("\n{} (imported in {:.0} ms)", path.display(), start.elapsed().as_secs_f64() * 1e3);
         describe(&g);
         // The real sentences: batch 3, padded to 17 tokens.
@@ -82,8 +82,47 @@ pub fn run() -> anyhow::Result<ExitCode> {
             );
             ok &= c.passed();
         }
+        ok &= optimize_and_check(&mut g, &set)?;
     }
-    println!("\nnext: `tessera ir .cache/models/minilm-l3-fp32.onnx` prints the imported graph;");
+    println!("\nnext: `tessera ir .cache/models/minilm-l3-fp32.onnx --stats` shows what the optimizer does;");
     println!("      `tessera conformance .cache/onnx-node-tests` runs the ONNX backend node tests.");
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Runs the default pipeline, prints what it saved, and checks the optimized graph against
+/// onnxruntime's outputs in `set` again.
+fn optimize_and_check(g: &mut Graph, set: &Path) -> anyhow::Result<bool> {
+    use tessera_compiler::passes::{memory::PlanOptions, stats::stats, stats::Stats, Pipeline, DEFAULT_PIPELINE};
+    let opts = PlanOptions::default();
+    let before = stats(g, &opts);
+    let start = std::time::Instant::now();
+    Pipeline::default_pipeline().run(g, &mut |_| {})?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let after = stats(g, &opts);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let moved = |s: &Stats| mib(s.activation_bytes_read + s.activation_bytes_written);
+    println!(
+        "  optimized in {ms:.0} ms ({DEFAULT_PIPELINE}): {} -> {} nodes, {} kernels",
+        before.nodes, after.nodes, after.kernels
+    );
+    println!(
+        "    at seq 128: activation bytes moved per inference {:.1} -> {:.1} MiB; activation arena {:.2} MiB (greedy-by-size before: {:.2} MiB)",
+        moved(&before),
+        moved(&after),
+        mib(after.planned_peak.unwrap_or(0)),
+        mib(before.greedy_by_size.unwrap_or(0))
+    );
+    let inputs = (0..g.inputs().len())
+        .map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).map(|t| t.tensor))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = tessera_ir::run(g, inputs)?;
+    let (mut worst, mut ok) = (0f64, true);
+    for (j, t) in outputs.iter().enumerate() {
+        let expected = read_tensor_pb(&set.join(format!("output_{j}.pb")))?.tensor;
+        let c = compare(t, &expected, 0.0, 1e-4).map_err(|e| anyhow::anyhow!(e))?;
+        worst = worst.max(c.max_abs_error);
+        ok &= c.passed();
+    }
+    println!("    the optimized graph still matches onnxruntime: max abs error {worst:.2e}");
+    Ok(ok)
 }
