@@ -187,14 +187,11 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
                     ));
                 }
                 let k = at.shape.0[0].as_static().ok_or("the axes operand needs a static length")? as usize;
-                let rank = if *keepdims || k == 0 {
-                    if *keepdims {
-                        xt.rank()
-                    } else {
-                        0
-                    }
-                } else {
-                    xt.rank().saturating_sub(k)
+                // An empty axes operand reduces every axis.
+                let rank = match (*keepdims, k) {
+                    (true, _) => xt.rank(),
+                    (false, 0) => 0,
+                    (false, k) => xt.rank().saturating_sub(k),
                 };
                 return one(xt.dtype, Shape(vec![Dim::Unknown; rank]));
             }

@@ -85,13 +85,14 @@ pub fn run_named(g: &Graph, mut inputs: HashMap<String, Tensor>) -> Result<Vec<T
             last_use.insert(v, i);
         }
     }
-    let keep: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
-    let needed_by_quant: Vec<Value> = g
-        .values()
-        .filter_map(|(_, d)| d.ty.quant.as_ref())
-        .flat_map(|q| [Some(q.scale), q.zero_point, q.offset])
-        .flatten()
-        .collect();
+    // Outputs and quant parameters are never freed.
+    let mut keep: std::collections::HashSet<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
+    keep.extend(
+        g.values()
+            .filter_map(|(_, d)| d.ty.quant.as_ref())
+            .flat_map(|q| [Some(q.scale), q.zero_point, q.offset])
+            .flatten(),
+    );
     for (i, (n, node)) in g.nodes().enumerate() {
         let args: Vec<&Tensor> = node
             .inputs
@@ -130,7 +131,7 @@ pub fn run_named(g: &Graph, mut inputs: HashMap<String, Tensor>) -> Result<Vec<T
             env[v.index()] = Some(t);
         }
         for &v in &node.inputs {
-            if last_use.get(&v) == Some(&i) && !keep.contains(&v) && !needed_by_quant.contains(&v) {
+            if last_use.get(&v) == Some(&i) && !keep.contains(&v) {
                 env[v.index()] = None;
             }
         }

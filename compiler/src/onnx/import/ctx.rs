@@ -2,7 +2,7 @@
 //! helpers that lowering functions share (operands, attributes, constants).
 
 use super::sym::{SymInt, SymTensor, MAX_SYM_ELEMENTS};
-use crate::onnx::proto::{attribute_proto::AttributeType, NodeProto, TensorProto};
+use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::onnx::tensor_io::tensor_from_proto;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -88,11 +88,6 @@ impl Node<'_> {
 
     pub fn tensor(&self, name: &str) -> Option<&TensorProto> {
         self.attr(name).and_then(|a| a.t.as_ref())
-    }
-
-    /// The attribute names this node sets that are not in `known` (for "unsupported attribute" errors).
-    pub fn attr_type(&self, name: &str) -> Option<AttributeType> {
-        self.attr(name).and_then(|a| a.r#type).and_then(|t| AttributeType::try_from(t).ok())
     }
 }
 
