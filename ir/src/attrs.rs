@@ -107,7 +107,8 @@ pub fn op_attrs(op: &Op) -> Vec<(&'static str, Attr)> {
             vec![("value", Attr::Float(*value)), ("dtype", Attr::Word(dtype.name().into()))]
         }
         Op::Kernel { name } => vec![("name", Attr::Str(name.clone()))],
-        Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul | Op::MatMulInteger | Op::QMatMul => vec![],
+        Op::MatMulInteger { pair_saturate } => vec![("pair_saturate", word(*pair_saturate))],
+        Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul | Op::QMatMul => vec![],
         Op::DynamicQuantize | Op::ShapeOf | Op::Range | Op::Identity => vec![],
     }
 }
@@ -230,7 +231,7 @@ pub fn op_from_text(name: &str, mut a: AttrReader) -> Result<Op, String> {
                 trans_a: a.bool("trans_a", false)?,
                 trans_b: a.bool("trans_b", false)?,
             },
-            "matmul_integer" => Op::MatMulInteger,
+            "matmul_integer" => Op::MatMulInteger { pair_saturate: a.bool("pair_saturate", false)? },
             "qmatmul" => Op::QMatMul,
             "quantize" => {
                 Op::Quantize { axis: a.int("axis", Some(1))?, block: a.uint("block", 0)?, to: a.dtype("to", None)? }

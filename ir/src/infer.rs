@@ -97,8 +97,18 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
             }
             one(a.dtype, out)
         }
-        Op::MatMulInteger => {
+        Op::MatMulInteger { pair_saturate } => {
             let (a, b) = (inputs[0], inputs[1]);
+            if *pair_saturate
+                && (a.dtype != DType::U8
+                    || b.dtype != DType::I8
+                    || b.rank() != 2
+                    || inputs[2..].iter().any(|z| z.shape.static_numel() != Some(1)))
+            {
+                return Err(format!(
+                    "`matmul_integer` with pair_saturate needs u8 a, 2-D i8 b and scalar zero points, got {a} and {b}"
+                ));
+            }
             for (what, t) in [("a", a), ("b", b)] {
                 if !matches!(t.dtype, DType::I8 | DType::U8 | DType::I4 | DType::U4) {
                     return Err(format!("`matmul_integer` needs 8-bit or 4-bit integers, got {} for {what}", t.dtype));

@@ -297,7 +297,14 @@ pub enum Op {
     /// `matmul_integer a, b[, a_zero, b_zero]`: `(a - a_zero) @ (b - b_zero)` on 8-bit or 4-bit
     /// integers, exact, result i32 (ONNX MatMulInteger). `a_zero` is a scalar or one per row of
     /// `a`; `b_zero` is a scalar or one per column of `b`. Missing zero points are 0.
-    MatMulInteger,
+    ///
+    /// With `pair_saturate` (u8 `a`, i8 2-D `b`, scalar zero points only) the op computes what
+    /// onnxruntime's x86 u8 x s8 kernel computes instead of the exact product: the raw products
+    /// of each pair of consecutive `k` (`2j`, `2j + 1`; an odd last `k` pairs with 0) are summed
+    /// in saturating int16 before the int32 sum, and the zero points are corrected after, exactly:
+    /// `sum_j sat16(a[2j] b[2j] + a[2j+1] b[2j+1]) - a_zero * colsum(b) - b_zero * rowsum(a)
+    /// + k * a_zero * b_zero`. Only for matching onnxruntime's outputs; the ONNX spec is the default.
+    MatMulInteger { pair_saturate: bool },
     /// `qmatmul x, w`: float `x` times a quantized weight `w` whose type carries its `quant`;
     /// defined as `matmul x, (dequantize w)`, without materializing the dequantized weight in
     /// targets. The result is f32.
@@ -401,7 +408,7 @@ impl Op {
             Op::Cast { .. } => "cast",
             Op::MatMul => "matmul",
             Op::Gemm { .. } => "gemm",
-            Op::MatMulInteger => "matmul_integer",
+            Op::MatMulInteger { .. } => "matmul_integer",
             Op::QMatMul => "qmatmul",
             Op::Quantize { .. } => "quantize",
             Op::Dequantize { .. } => "dequantize",
@@ -445,7 +452,7 @@ impl Op {
             Op::GatherNd { .. } => (2, Some(2)),
             Op::Where | Op::Range => (3, Some(3)),
             Op::Gemm { .. } => (2, Some(3)),
-            Op::MatMulInteger => (2, Some(4)),
+            Op::MatMulInteger { .. } => (2, Some(4)),
             Op::Quantize { .. } => (2, Some(3)),
             Op::Dequantize { .. } => (1, Some(3)),
             Op::LayerNorm { .. } => (2, Some(3)),

@@ -25,7 +25,7 @@ fn can_start(op: &Op) -> bool {
             Op::MatMul
                 | Op::Gemm { .. }
                 | Op::QMatMul
-                | Op::MatMulInteger
+                | Op::MatMulInteger { .. }
                 | Op::Dequantize { .. }
                 | Op::LayerNorm { .. }
                 | Op::RmsNorm { .. }

@@ -11,10 +11,17 @@ use tessera_ir::{parse_file, verify, Graph};
 
 /// Loads and verifies a graph from a file, choosing the reader by extension.
 pub fn load_graph(path: &Path) -> anyhow::Result<Graph> {
+    load_graph_with(path, &tessera_compiler::onnx::ImportOptions::default())
+}
+
+/// `load_graph` with ONNX import options.
+pub fn load_graph_with(path: &Path, options: &tessera_compiler::onnx::ImportOptions) -> anyhow::Result<Graph> {
     crate::must_exist(path, "the model file")?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("tir") => {}
-        Some("onnx") => return tessera_compiler::onnx::import_file(path).map_err(|e| anyhow::anyhow!("{e}")),
+        Some("onnx") => {
+            return tessera_compiler::onnx::import_file_with(path, options).map_err(|e| anyhow::anyhow!("{e}"))
+        }
         Some("gguf") => bail!("{} is a .gguf model: the GGUF importer is not built yet", path.display()),
         _ => bail!("{}: unknown file type (expected .tir or .onnx)", path.display()),
     }

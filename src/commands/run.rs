@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// Absolute tolerance for float outputs (ONNX's backend tests use 1e-7).
     #[arg(long, default_value_t = 1e-7)]
     pub atol: f64,
+    /// Compute u8 x i8 MatMulInteger the way onnxruntime's x86 kernel does (adjacent products
+    /// summed in saturating int16) instead of exactly, to compare with onnxruntime's outputs.
+    #[arg(long)]
+    pub match_onnxruntime: bool,
     /// Passes to run before interpreting, comma-separated (`canonicalize`), or `none`.
     #[arg(long, default_value = "none")]
     pub passes: String,
@@ -68,7 +72,8 @@ fn read_inputs(g: &Graph, dir: &Path) -> anyhow::Result<Vec<Tensor>> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut g = super::load_graph(&args.file)?;
+    let options = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
+    let mut g = super::load_graph_with(&args.file, &options)?;
     tessera_compiler::passes::Pipeline::parse(&args.passes)?.run(&mut g, &mut |_| {})?;
     let mut failed = 0;
     for set in data_sets(&args.inputs)? {

@@ -139,6 +139,50 @@ pub(crate) fn matmul_integer(args: &[&Tensor]) -> OpResult<Tensor> {
     Ok(int_result(DType::I32, ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())?))
 }
 
+/// onnxruntime's x86 u8 x s8 MatMulInteger (see `Op::MatMulInteger`'s `pair_saturate`).
+pub(crate) fn matmul_integer_pair_saturate(args: &[&Tensor]) -> OpResult<Tensor> {
+    let a = ints(args[0])?;
+    let b = ints(args[1])?;
+    let scalar = |i: usize| -> OpResult<i64> {
+        Ok(match args.get(i) {
+            Some(t) => ints(t)?.iter().next().copied().ok_or("empty zero point")?,
+            None => 0,
+        })
+    };
+    let (za, zb) = (scalar(2)?, scalar(3)?);
+    if b.ndim() != 2 || a.ndim() == 0 {
+        return Err("pair_saturate needs a 2-D b".into());
+    }
+    let (k, n) = (b.shape()[0], b.shape()[1]);
+    if a.shape()[a.ndim() - 1] != k {
+        return Err(format!("inner dims differ: {:?} and {:?}", a.shape(), b.shape()));
+    }
+    let av: Vec<i64> = a.iter().copied().collect();
+    let bv: Vec<i64> = b.iter().copied().collect();
+    let m = av.len() / k.max(1);
+    let colsum: Vec<i64> = (0..n).map(|j| (0..k).map(|p| bv[p * n + j]).sum()).collect();
+    let sat16 = |v: i64| v.clamp(i16::MIN as i64, i16::MAX as i64);
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        let row = &av[i * k..(i + 1) * k];
+        let rowsum: i64 = row.iter().sum();
+        for j in 0..n {
+            let mut s = 0i64;
+            let mut p = 0;
+            while p < k {
+                let first = row[p] * bv[p * n + j];
+                let second = if p + 1 < k { row[p + 1] * bv[(p + 1) * n + j] } else { 0 };
+                s += sat16(first + second);
+                p += 2;
+            }
+            out.push(s - za * colsum[j] - zb * rowsum + k as i64 * za * zb);
+        }
+    }
+    let mut shape = a.shape()[..a.ndim() - 1].to_vec();
+    shape.push(n);
+    Ok(int_result(DType::I32, ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())?))
+}
+
 /// `softmax(q @ k^T * scale + mask) @ v`, causal if asked; rows that see no key are zero.
 pub(crate) fn attention(args: &[&Tensor], scale: f32, causal: bool) -> OpResult<Tensor> {
     let (q, k, v) = (args[0], args[1], args[2]);

@@ -176,7 +176,8 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &Bindings) -> OpResult<Vec<Tensor>>
         Op::Cast { to } => one(elementwise::cast(args[0], *to)?),
         Op::MatMul => one(linalg::matmul(args[0], args[1], args[0].dtype())?),
         Op::Gemm { alpha, beta, trans_a, trans_b } => one(linalg::gemm(args, *alpha, *beta, *trans_a, *trans_b)?),
-        Op::MatMulInteger => one(linalg::matmul_integer(args)?),
+        Op::MatMulInteger { pair_saturate: false } => one(linalg::matmul_integer(args)?),
+        Op::MatMulInteger { pair_saturate: true } => one(linalg::matmul_integer_pair_saturate(args)?),
         Op::QMatMul => Err("the weight of `qmatmul` has no quantized type".into()),
         Op::Quantize { axis, block, to } => one(quant::quantize(args, *axis, *block, *to)?),
         Op::Dequantize { axis, block } => {

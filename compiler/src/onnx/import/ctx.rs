@@ -98,11 +98,18 @@ pub struct Ctx {
     realized: HashMap<String, Value>,
     /// Where each symbol can be read at run time: a value and the axis whose size it is.
     sym_sources: HashMap<Arc<str>, (Value, usize)>,
+    pub options: super::ImportOptions,
 }
 
 impl Ctx {
     pub fn new(name: &str) -> Ctx {
-        Ctx { g: Graph::new(name), vals: HashMap::new(), realized: HashMap::new(), sym_sources: HashMap::new() }
+        Ctx {
+            g: Graph::new(name),
+            vals: HashMap::new(),
+            realized: HashMap::new(),
+            sym_sources: HashMap::new(),
+            options: super::ImportOptions::default(),
+        }
     }
 
     pub fn define(&mut self, name: &str, val: Val) {

@@ -97,16 +97,41 @@ fn fmt_unsupported(ops: &[UnsupportedOp]) -> String {
         .join("\n")
 }
 
+/// Choices that change what the imported graph computes.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Lower u8 x i8 MatMulInteger the way onnxruntime's x86 kernel computes it (adjacent
+    /// products summed in saturating int16: `matmul_integer {pair_saturate = true}`), to compare
+    /// with onnxruntime's outputs. Off by default: the exact product the ONNX spec defines.
+    pub onnxruntime_x86_matmul_integer: bool,
+}
+
 /// Imports an ONNX file, memory-mapping it and any external data beside it.
 pub fn import_file(path: &Path) -> Result<Graph, ImportError> {
+    import_file_with(path, &ImportOptions::default())
+}
+
+/// `import_file` with options.
+pub fn import_file_with(path: &Path, options: &ImportOptions) -> Result<Graph, ImportError> {
     let blob = Blob::map_file(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    import_model(blob, &path.display().to_string(), &name, path.parent())
+    import_model_with(blob, &path.display().to_string(), &name, path.parent(), options)
 }
 
 /// Imports an ONNX model held in `blob`; `path` names it in errors, `base_dir` holds its
 /// external data files.
 pub fn import_model(blob: Blob, path: &str, name: &str, base_dir: Option<&Path>) -> Result<Graph, ImportError> {
+    import_model_with(blob, path, name, base_dir, &ImportOptions::default())
+}
+
+/// `import_model` with options.
+pub fn import_model_with(
+    blob: Blob,
+    path: &str,
+    name: &str,
+    base_dir: Option<&Path>,
+    options: &ImportOptions,
+) -> Result<Graph, ImportError> {
     let p = || path.to_string();
     let bytes = bytes::Bytes::from_owner(blob.clone());
     let model = ModelProto::decode(bytes).map_err(|e| ImportError::Decode { path: p(), message: e.to_string() })?;
@@ -135,6 +160,7 @@ pub fn import_model(blob: Blob, path: &str, name: &str, base_dir: Option<&Path>)
     let graph_name =
         graph.name.clone().filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !n.is_empty());
     let mut ctx = Ctx::new(&graph_name.unwrap_or_else(|| sanitize(name)));
+    ctx.options = options.clone();
 
     // Initializers: zero-copy slices of the model map, or decoded typed fields, or external files.
     let mut initializer_names = HashSet::new();

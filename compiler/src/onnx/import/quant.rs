@@ -235,7 +235,14 @@ fn integer_product(ctx: &mut Ctx, a: Value, b: Value, za: Option<Value>, zb: Opt
             inputs.extend([za, zb]);
         }
     }
-    ctx.op(Op::MatMulInteger, inputs)
+    let (ta, tb) = (ctx.g.ty(inputs[0]).clone(), ctx.g.ty(inputs[1]).clone());
+    let scalar_zeros = inputs[2..].iter().all(|&z| ctx.g.ty(z).shape.static_numel() == Some(1));
+    let pair_saturate = ctx.options.onnxruntime_x86_matmul_integer
+        && ta.dtype == tessera_ir::DType::U8
+        && tb.dtype == tessera_ir::DType::I8
+        && tb.rank() == 2
+        && scalar_zeros;
+    ctx.op(Op::MatMulInteger { pair_saturate }, inputs)
 }
 
 fn matmul_integer(ctx: &mut Ctx, n: &Node) -> Lowered {
