@@ -132,18 +132,32 @@ fn model_ops(path: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// Where a conformance case runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter.
+    Interp,
+    /// The CPU target (Cranelift JIT), single-threaded.
+    Cpu,
+}
+
 /// Runs one test on the reference interpreter.
 pub fn run_case(dir: &Path) -> CaseResult {
     run_case_with(dir, None)
 }
 
+/// Runs one test on the reference interpreter after the passes of `pipeline`.
+pub fn run_case_with(dir: &Path, pipeline: Option<&str>) -> CaseResult {
+    run_case_on(dir, pipeline, Backend::Interp)
+}
+
 /// Runs one test on the reference interpreter after the passes of `pipeline` (text such as
 /// `canonicalize`), so every pass is checked against the same references.
-pub fn run_case_with(dir: &Path, pipeline: Option<&str>) -> CaseResult {
+pub fn run_case_on(dir: &Path, pipeline: Option<&str>, backend: Backend) -> CaseResult {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let model = dir.join("model.onnx");
     let ops = model_ops(&model);
-    let outcome = std::panic::catch_unwind(|| run_model(dir, &model, pipeline)).unwrap_or_else(|p| {
+    let outcome = std::panic::catch_unwind(|| run_model(dir, &model, pipeline, backend)).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -154,7 +168,7 @@ pub fn run_case_with(dir: &Path, pipeline: Option<&str>) -> CaseResult {
     CaseResult { name, ops, outcome }
 }
 
-fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>) -> Outcome {
+fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend) -> Outcome {
     let mut g: Graph = match import_file(model) {
         Ok(g) => g,
         Err(e) if e.is_unsupported() => return Outcome::Unsupported(short(&e)),
@@ -169,6 +183,17 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>) -> Outcome {
             return Outcome::Failed(format!("passes: {e}"));
         }
     }
+    let program = match backend {
+        Backend::Interp => None,
+        Backend::Cpu => {
+            let opts = tessera_target_cpu::CpuOptions { threads: 1, ..Default::default() };
+            match tessera_target_cpu::compile(&g, &opts) {
+                Ok(p) => Some(p),
+                Err(e) if e.is_unsupported() => return Outcome::Unsupported(format!("cpu: {e}")),
+                Err(e) => return Outcome::Failed(format!("cpu compile: {e}")),
+            }
+        }
+    };
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
@@ -185,9 +210,15 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>) -> Outcome {
                 Err(e) => return Outcome::Failed(format!("input {i}: {e}")),
             }
         }
-        let outputs = match tessera_ir::run(&g, inputs) {
-            Ok(o) => o,
-            Err(e) => return Outcome::Failed(format!("run: {e}")),
+        let outputs = match &program {
+            None => match tessera_ir::run(&g, inputs) {
+                Ok(o) => o,
+                Err(e) => return Outcome::Failed(format!("run: {e}")),
+            },
+            Some(p) => match p.run(&inputs) {
+                Ok(o) => o,
+                Err(e) => return Outcome::Failed(format!("cpu run: {e}")),
+            },
         };
         for (j, actual) in outputs.iter().enumerate() {
             let expected = match read_tensor_pb(&set.join(format!("output_{j}.pb"))) {

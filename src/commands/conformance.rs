@@ -4,12 +4,14 @@ use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tessera_compiler::conformance::{cases, run_case_with, CaseResult, Outcome};
+use tessera_compiler::conformance::{cases, run_case_on, Backend, CaseResult, Outcome};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Target {
     /// The reference interpreter.
     Interp,
+    /// The CPU target: every kernel JIT-compiled with Cranelift (one thread per test).
+    Cpu,
 }
 
 #[derive(Args)]
@@ -54,14 +56,17 @@ impl Row {
 }
 
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
-    let Target::Interp = args.target;
+    let backend = match args.target {
+        Target::Interp => Backend::Interp,
+        Target::Cpu => Backend::Cpu,
+    };
     crate::must_exist(&args.dir, "the node-test folder")?;
     let dirs = cases(&args.dir, args.filter.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", args.dir.display()))?;
     anyhow::ensure!(!dirs.is_empty(), "{} holds no test folders with a model.onnx", args.dir.display());
     tessera_compiler::passes::Pipeline::parse(&args.passes)?;
     let pipeline = (args.passes != "none").then_some(args.passes.as_str());
-    let results: Vec<CaseResult> = dirs.iter().map(|d| run_case_with(d, pipeline)).collect();
+    let results: Vec<CaseResult> = dirs.iter().map(|d| run_case_on(d, pipeline, backend)).collect();
     let mut table: BTreeMap<String, Row> = BTreeMap::new();
     let (mut all, mut transformer) = (Row::default(), Row::default());
     for r in &results {

@@ -1,5 +1,115 @@
-//! Tessera's the CPU target: kernel regions lowered to Cranelift IR and JIT-compiled.
-//! Empty until its issue fills it. Targets depend on `passes` (and through it on `ir`) and
-//! never on each other.
+//! Tessera's CPU target: every IR op and every fused kernel region of a graph is lowered to
+//! Cranelift IR and JIT-compiled for the host (ISA flags from `cranelift-native`), then run over
+//! one activation arena planned by `tessera-passes`' memory planner.
+//!
+//! - [`compile`] turns a verified graph into a [`Program`]: one JIT kernel per node (a node's
+//!   kernel region becomes one fused kernel), constant weights packed for the kernels that read
+//!   them. Nodes the target cannot lower are all listed in one [`CpuError::Unsupported`].
+//! - [`Program::run`] validates inputs against the graph's signature (names, dtypes, shapes
+//!   with symbolic dims), binds the symbols, plans the arena for those sizes (cached per size),
+//!   and calls the kernels in order; kernels with a parallel range are split across the
+//!   program's thread pool (the split is fixed when the kernel is compiled).
+//!
+//! Kernels never see an unchecked shape: every dim they read is a constant or a symbol bound
+//! from a validated input, and every data-dependent index (gather) is bounds-checked in the
+//! kernel, which returns a [`KernelFault`] instead of reading out of bounds.
 
-pub use tessera_passes as passes;
+mod ew;
+mod fx;
+mod gemm;
+mod jit;
+mod layout;
+mod lower;
+mod math;
+mod nn;
+mod program;
+
+pub use program::{Program, ProgramStats, RunOptions};
+
+/// Options for [`compile`].
+#[derive(Clone, Debug)]
+pub struct CpuOptions {
+    /// Threads the program's kernels may use (1 = the calling thread only).
+    pub threads: usize,
+    /// Keep each kernel's Cranelift IR text (for `--emit clif`).
+    pub keep_clif: bool,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions { threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), keep_clif: false }
+    }
+}
+
+/// A fault a kernel detected at run time (kernels return its code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum KernelFault {
+    DivisionByZero = 1,
+    NegativeExponent = 2,
+    IndexOutOfRange = 3,
+}
+
+impl KernelFault {
+    fn from_code(c: i32) -> Option<KernelFault> {
+        Some(match c {
+            1 => KernelFault::DivisionByZero,
+            2 => KernelFault::NegativeExponent,
+            3 => KernelFault::IndexOutOfRange,
+            _ => return None,
+        })
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            KernelFault::DivisionByZero => "integer division or remainder by zero",
+            KernelFault::NegativeExponent => "integer power with a negative exponent",
+            KernelFault::IndexOutOfRange => "an index is out of range",
+        }
+    }
+}
+
+/// Why a graph could not be compiled or run on the CPU target.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CpuError {
+    #[error("the CPU target cannot compile {count} node(s):\n{list}")]
+    UnsupportedNodes { count: usize, list: String },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("host ISA: {0}")]
+    Isa(String),
+    #[error("code generation: {0}")]
+    Codegen(String),
+    #[error("missing input {name:?} (the graph takes {expected})")]
+    MissingInput { name: String, expected: String },
+    #[error("unknown input {name:?} (the graph takes {expected})")]
+    UnknownInput { name: String, expected: String },
+    #[error("input {name:?} is {actual} but the graph takes {expected}")]
+    InputDtype { name: String, expected: tessera_ir::DType, actual: tessera_ir::DType },
+    #[error("input {name:?} has shape {actual:?}: {message}")]
+    InputShape { name: String, actual: Vec<usize>, message: String },
+    #[error("the graph takes {expected} inputs, {actual} were given")]
+    InputCount { expected: usize, actual: usize },
+    #[error("{node} ({op}): {message}")]
+    Kernel { node: tessera_ir::Node, op: &'static str, message: String },
+    #[error("memory: {0}")]
+    Memory(String),
+}
+
+impl CpuError {
+    /// Whether the error says the target does not support something (rather than a bug or bad input).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, CpuError::UnsupportedNodes { .. } | CpuError::Unsupported(_))
+    }
+}
+
+/// Compiles a verified graph for the host CPU.
+pub fn compile(g: &tessera_ir::Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
+    program::compile(g, opts)
+}
+
+/// The host's ISA as Cranelift sees it (triple and flags summary).
+pub fn host_isa_name() -> Result<String, CpuError> {
+    let isa = jit::host_isa()?;
+    Ok(format!("{} ({})", isa.triple(), isa.name()))
+}

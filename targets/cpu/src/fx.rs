@@ -1,0 +1,289 @@
+//! `Fx`: a thin layer over Cranelift's `FunctionBuilder` for writing kernels: the kernel ABI's
+//! parameters, run-time dims, counted loops, typed loads and stores, error exits and calls into
+//! the host's math library.
+
+use std::sync::Arc;
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, MemFlagsData, Signature, Type, Value};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use tessera_ir::{DType, Dim};
+
+use crate::CpuError;
+
+/// f32x4: the vector type every float kernel is written for (128-bit, as NEON).
+pub const F4: Type = types::F32X4;
+
+pub struct Fx<'a> {
+    pub b: FunctionBuilder<'a>,
+    bufs: Value,
+    syms_ptr: Value,
+    pub lo: Value,
+    pub hi: Value,
+    syms: &'a [Arc<str>],
+    err: Block,
+    err_used: bool,
+    cc: CallConv,
+}
+
+/// Loads and stores: never trapping by construction (shapes are checked before kernels run),
+/// not assumed aligned.
+pub fn mem() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+impl<'a> Fx<'a> {
+    pub fn new(mut b: FunctionBuilder<'a>, syms: &'a [Arc<str>], cc: CallConv) -> Fx<'a> {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let err = b.create_block();
+        b.append_block_param(err, types::I32);
+        Fx { b, bufs: p[0], syms_ptr: p[1], lo: p[2], hi: p[3], syms, err, err_used: false, cc }
+    }
+
+    /// Returns 0 from the current position and seals the function.
+    pub fn finish(mut self, cfg: TargetFrontendConfig) {
+        let zero = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().return_(&[zero]);
+        self.b.switch_to_block(self.err);
+        self.b.set_cold_block(self.err);
+        let code = self.b.block_params(self.err)[0];
+        if !self.err_used {
+            // Unreachable, but every block needs a terminator.
+        }
+        self.b.ins().return_(&[code]);
+        self.b.seal_all_blocks();
+        self.b.finalize(cfg);
+    }
+
+    pub fn iconst(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    pub fn fconst(&mut self, v: f32) -> Value {
+        self.b.ins().f32const(v)
+    }
+
+    pub fn fsplat(&mut self, v: f32) -> Value {
+        let s = self.b.ins().f32const(v);
+        self.b.ins().splat(F4, s)
+    }
+
+    /// The pointer to operand or result `i` of the kernel.
+    pub fn buf(&mut self, i: usize) -> Value {
+        self.b.ins().load(types::I64, mem(), self.bufs, (i * 8) as i32)
+    }
+
+    /// A dim as a run-time value: a constant when static, else read from the symbol table.
+    pub fn dim(&mut self, d: &Dim) -> Result<Value, CpuError> {
+        match d {
+            Dim::Static(n) => Ok(self.iconst(*n as i64)),
+            Dim::Sym(s) => {
+                let i = self
+                    .syms
+                    .iter()
+                    .position(|x| x == s)
+                    .ok_or_else(|| CpuError::Codegen(format!("symbol {s} is not bound by any graph input")))?;
+                Ok(self.b.ins().load(types::I64, mem(), self.syms_ptr, (i * 8) as i32))
+            }
+            Dim::Unknown => Err(CpuError::Codegen("a data-dependent dim `?` reached code generation".into())),
+        }
+    }
+
+    /// Run-time parameter `j` of this kernel (computed by the executor, after the symbols).
+    pub fn param(&mut self, j: usize) -> Value {
+        self.b.ins().load(types::I64, mem(), self.syms_ptr, ((self.syms.len() + j) * 8) as i32)
+    }
+
+    /// Product of dims (1 for none).
+    pub fn numel(&mut self, dims: &[Dim]) -> Result<Value, CpuError> {
+        let mut acc = self.iconst(1);
+        for d in dims {
+            let v = self.dim(d)?;
+            acc = self.b.ins().imul(acc, v);
+        }
+        Ok(acc)
+    }
+
+    pub fn imul_imm(&mut self, x: Value, k: i64) -> Value {
+        let c = self.iconst(k);
+        self.b.ins().imul(x, c)
+    }
+
+    pub fn iadd_imm(&mut self, x: Value, k: i64) -> Value {
+        self.b.ins().iadd_imm_s(x, k)
+    }
+
+    /// `base + index * scale` (byte address of element `index`).
+    pub fn addr(&mut self, base: Value, index: Value, scale: i64) -> Value {
+        let off = if scale == 1 { index } else { self.imul_imm(index, scale) };
+        self.b.ins().iadd(base, off)
+    }
+
+    pub fn var(&mut self, ty: Type, init: Value) -> Variable {
+        let v = self.b.declare_var(ty);
+        self.b.def_var(v, init);
+        v
+    }
+
+    /// `for i in (start..end).step_by(step)` while `i + step <= end` when `whole`, else `i < end`.
+    /// Returns the loop counter's final value (the first index not done).
+    pub fn for_range(
+        &mut self,
+        start: Value,
+        end: Value,
+        step: i64,
+        whole: bool,
+        body: impl FnOnce(&mut Self, Value) -> Result<(), CpuError>,
+    ) -> Result<Value, CpuError> {
+        let header = self.b.create_block();
+        let body_block = self.b.create_block();
+        let exit = self.b.create_block();
+        let counter = self.b.declare_var(types::I64);
+        self.b.def_var(counter, start);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let i = self.b.use_var(counter);
+        let cond = if whole && step > 1 {
+            let last = self.iadd_imm(i, step);
+            self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, end)
+        } else {
+            self.b.ins().icmp(IntCC::SignedLessThan, i, end)
+        };
+        self.b.ins().brif(cond, body_block, &[], exit, &[]);
+        self.b.switch_to_block(body_block);
+        body(self, i)?;
+        let i = self.b.use_var(counter);
+        let next = self.iadd_imm(i, step);
+        self.b.def_var(counter, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+        Ok(self.b.use_var(counter))
+    }
+
+    /// `for i in 0..n`.
+    pub fn for_n(
+        &mut self,
+        n: Value,
+        body: impl FnOnce(&mut Self, Value) -> Result<(), CpuError>,
+    ) -> Result<(), CpuError> {
+        let zero = self.iconst(0);
+        self.for_range(zero, n, 1, false, body).map(|_| ())
+    }
+
+    /// Runs `then` when `cond` (an i8) is true.
+    pub fn if_then(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self) -> Result<(), CpuError>,
+    ) -> Result<(), CpuError> {
+        let t = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(cond, t, &[], done, &[]);
+        self.b.switch_to_block(t);
+        then(self)?;
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        Ok(())
+    }
+
+    /// Returns `code` from the kernel when `cond` (an i8) is true.
+    pub fn fail_if(&mut self, cond: Value, code: crate::KernelFault) {
+        let cont = self.b.create_block();
+        let c = self.b.ins().iconst(types::I32, code as i64);
+        self.err_used = true;
+        self.b.ins().brif(cond, self.err, &[c.into()], cont, &[]);
+        self.b.switch_to_block(cont);
+    }
+
+    /// Calls a host function `fn(args) -> ret` by address.
+    pub fn call_host(&mut self, f: usize, params: &[Type], ret: Option<Type>, args: &[Value]) -> Option<Value> {
+        let mut sig = Signature::new(self.cc);
+        sig.params.extend(params.iter().map(|t| AbiParam::new(*t)));
+        if let Some(r) = ret {
+            sig.returns.push(AbiParam::new(r));
+        }
+        let sref = self.b.import_signature(sig);
+        let fp = self.iconst(f as i64);
+        let call = self.b.ins().call_indirect(sref, fp, args);
+        ret.map(|_| self.b.inst_results(call)[0])
+    }
+
+    /// Applies a host `f32 -> f32` function to each lane of an f32x4.
+    pub fn map_lanes1(&mut self, f: extern "C" fn(f32) -> f32, x: Value) -> Value {
+        let mut out = x;
+        for lane in 0..4u8 {
+            let e = self.b.ins().extractlane(x, lane);
+            let r = self.call_host(f as usize, &[types::F32], Some(types::F32), &[e]).expect("returns");
+            out = self.b.ins().insertlane(out, r, lane);
+        }
+        out
+    }
+
+    /// Applies a host `(f32, f32) -> f32` function to each lane.
+    pub fn map_lanes2(&mut self, f: extern "C" fn(f32, f32) -> f32, x: Value, y: Value) -> Value {
+        let mut out = x;
+        for lane in 0..4u8 {
+            let a = self.b.ins().extractlane(x, lane);
+            let c = self.b.ins().extractlane(y, lane);
+            let r = self.call_host(f as usize, &[types::F32, types::F32], Some(types::F32), &[a, c]).expect("returns");
+            out = self.b.ins().insertlane(out, r, lane);
+        }
+        out
+    }
+
+    /// Reinterprets a vector's bits as another vector type.
+    pub fn vcast(&mut self, to: Type, x: Value) -> Value {
+        self.b.ins().bitcast(to, MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), x)
+    }
+
+    /// `mask ? a : b` lane-wise, for a float-compare mask.
+    pub fn vselect(&mut self, mask: Value, a: Value, b: Value) -> Value {
+        let m = self.vcast(F4, mask);
+        self.b.ins().bitselect(m, a, b)
+    }
+
+    pub fn vfcmp(&mut self, cc: FloatCC, a: Value, b: Value) -> Value {
+        self.b.ins().fcmp(cc, a, b)
+    }
+
+    /// Horizontal sum of an f32x4.
+    pub fn hsum(&mut self, v: Value) -> Value {
+        let mut acc = self.b.ins().extractlane(v, 0);
+        for l in 1..4u8 {
+            let e = self.b.ins().extractlane(v, l);
+            acc = self.b.ins().fadd(acc, e);
+        }
+        acc
+    }
+
+    /// Horizontal max of an f32x4.
+    pub fn hmax(&mut self, v: Value) -> Value {
+        let mut acc = self.b.ins().extractlane(v, 0);
+        for l in 1..4u8 {
+            let e = self.b.ins().extractlane(v, l);
+            acc = self.b.ins().fmax(acc, e);
+        }
+        acc
+    }
+}
+
+/// The storage type of a dtype's elements in buffers (sub-byte types have none).
+pub fn storage_type(d: DType) -> Option<Type> {
+    Some(match d {
+        DType::F32 => types::F32,
+        DType::F16 | DType::BF16 | DType::I16 => types::I16,
+        DType::I64 => types::I64,
+        DType::I32 => types::I32,
+        DType::I8 | DType::U8 | DType::Bool => types::I8,
+        DType::I4 | DType::U4 | DType::Ternary | DType::Binary => return None,
+    })
+}
+
+/// Bytes per element of a byte-addressable dtype.
+pub fn elem_bytes(d: DType) -> Option<i64> {
+    storage_type(d).map(|t| t.bytes() as i64)
+}

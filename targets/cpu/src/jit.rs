@@ -1,0 +1,130 @@
+//! The Cranelift JIT module: one per compiled program, with the host's ISA flags.
+
+use cranelift_codegen::ir::{types, AbiParam, Signature, UserFuncName};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module};
+
+use crate::fx::Fx;
+use crate::CpuError;
+
+/// The signature of every kernel: `fn(bufs: *const *mut u8, syms: *const i64, lo: i64, hi: i64) -> i32`.
+/// `bufs` holds one pointer per operand and result, `syms` the run-time sizes of the graph's
+/// symbolic dims, `[lo, hi)` the part of the kernel's parallel range this call does. The return
+/// value is 0, or an error code (see [`crate::KernelFault`]).
+pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64) -> i32;
+
+pub(crate) struct Jit {
+    pub module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    pub isa_name: String,
+    pub funcs: Vec<(FuncId, String)>,
+    /// Cranelift IR text of each kernel, kept when asked for (`--emit clif`).
+    pub keep_clif: bool,
+    pub clif: Vec<(String, String)>,
+    /// Machine code bytes per kernel.
+    pub code_bytes: usize,
+}
+
+pub(crate) fn host_isa() -> Result<OwnedTargetIsa, CpuError> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v).map_err(|e| CpuError::Isa(format!("setting {k}={v}: {e}")))
+    };
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let isa_builder = cranelift_native::builder().map_err(|e| CpuError::Isa(e.to_string()))?;
+    isa_builder.finish(settings::Flags::new(flags)).map_err(|e| CpuError::Isa(e.to_string()))
+}
+
+impl Jit {
+    pub fn new(keep_clif: bool) -> Result<Jit, CpuError> {
+        let isa = host_isa()?;
+        let isa_name = format!("{} ({})", isa.triple(), isa.name());
+        let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        let module = JITModule::new(builder);
+        Ok(Jit {
+            ctx: module.make_context(),
+            module,
+            fctx: FunctionBuilderContext::new(),
+            isa_name,
+            funcs: Vec::new(),
+            keep_clif,
+            clif: Vec::new(),
+            code_bytes: 0,
+        })
+    }
+
+    pub fn signature(&self) -> Signature {
+        let mut sig = Signature::new(self.module.isa().default_call_conv());
+        let ptr = types::I64;
+        sig.params.extend([
+            AbiParam::new(ptr),
+            AbiParam::new(ptr),
+            AbiParam::new(types::I64),
+            AbiParam::new(types::I64),
+        ]);
+        sig.returns.push(AbiParam::new(types::I32));
+        sig
+    }
+
+    /// Builds one kernel; `body` emits its code and must end every path with a return.
+    pub fn define(
+        &mut self,
+        name: &str,
+        syms: &[std::sync::Arc<str>],
+        body: crate::lower::Emit<'_>,
+    ) -> Result<usize, CpuError> {
+        let sig = self.signature();
+        let index = self.funcs.len();
+        let symbol = format!("k{index}_{name}");
+        let id = self
+            .module
+            .declare_function(&symbol, Linkage::Local, &sig)
+            .map_err(|e| CpuError::Codegen(format!("declaring {symbol}: {e}")))?;
+        let cc = self.module.isa().default_call_conv();
+        self.ctx.func.signature = sig;
+        self.ctx.func.name = UserFuncName::user(0, index as u32);
+        {
+            let b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let mut fx = Fx::new(b, syms, cc);
+            body(&mut fx)?;
+            fx.finish(self.module.isa().frontend_config());
+        }
+        if self.keep_clif {
+            self.clif.push((symbol.clone(), self.ctx.func.display().to_string()));
+        }
+        if let Err(e) = self.module.define_function(id, &mut self.ctx) {
+            let mut msg = format!("{symbol}: {e:?}");
+            msg.truncate(400);
+            self.module.clear_context(&mut self.ctx);
+            return Err(CpuError::Codegen(msg));
+        }
+        if let Some(code) = self.ctx.compiled_code() {
+            self.code_bytes += code.code_buffer().len();
+        }
+        self.module.clear_context(&mut self.ctx);
+        self.funcs.push((id, symbol));
+        Ok(index)
+    }
+
+    /// Finalizes the code and returns one function pointer per defined kernel.
+    pub fn finish(mut self) -> Result<(JITModule, Vec<KernelFn>), CpuError> {
+        self.module.finalize_definitions().map_err(|e| CpuError::Codegen(format!("finalizing: {e}")))?;
+        let ptrs = self
+            .funcs
+            .iter()
+            .map(|(id, _)| {
+                let p = self.module.get_finalized_function(*id);
+                // SAFETY: every function was declared with `signature()`, which is KernelFn's ABI.
+                unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
+            })
+            .collect();
+        Ok((self.module, ptrs))
+    }
+}

@@ -1,0 +1,465 @@
+//! A compiled program and its executor: input validation, symbol binding, arena planning per
+//! set of sizes, and kernel calls split across the thread pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cranelift_jit::JITModule;
+use tessera_ir::{Bindings, DType, Dim, Graph, Node, Tensor, Value, ValueDef};
+use tessera_passes::memory;
+
+use crate::jit::{Jit, KernelFn};
+use crate::lower::{self, BufRef, Lowered};
+use crate::{CpuError, CpuOptions, KernelFault};
+
+/// Computes a kernel's run-time parameters from the bound symbol sizes.
+pub(crate) type ParamFn = Arc<dyn Fn(&Bindings) -> Vec<i64> + Send + Sync>;
+
+pub(crate) struct Step {
+    pub node: Node,
+    pub op: &'static str,
+    pub kernel: KernelFn,
+    pub bufs: Vec<BufRef>,
+    /// Parallel range: `ceil(prod(dims) / div)` units, split evenly across threads.
+    pub par: Option<(Vec<Dim>, u64)>,
+    pub params: Option<ParamFn>,
+    /// Scratch bytes each parallel chunk needs (f32 rows for attention scores).
+    pub scratch: Option<ParamFn>,
+    /// Nanoseconds spent in this step, summed over runs (when profiling).
+    pub name: String,
+}
+
+struct Code(#[allow(dead_code)] JITModule);
+// SAFETY: the module is only kept alive (its memory holds the finalized code); nothing mutates it
+// after `finalize_definitions`, and the kernels it holds are plain functions of their arguments.
+unsafe impl Send for Code {}
+unsafe impl Sync for Code {}
+
+/// Figures about a compiled program.
+#[derive(Clone, Debug, Default)]
+pub struct ProgramStats {
+    pub kernels: usize,
+    pub code_bytes: usize,
+    pub packed_weight_bytes: usize,
+    pub compile_ms: f64,
+    pub isa: String,
+}
+
+/// Options for one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Collect per-step times into the returned profile.
+    pub profile: bool,
+}
+
+/// A graph compiled for the host CPU; runs any number of times, from any number of threads.
+pub struct Program {
+    _code: Code,
+    graph: Graph,
+    steps: Vec<Step>,
+    owned: Vec<Vec<u8>>,
+    syms: Vec<Arc<str>>,
+    plans: Mutex<HashMap<Vec<usize>, Arc<RunPlan>>>,
+    arenas: Mutex<Vec<Vec<Chunk>>>,
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+    pub stats: ProgramStats,
+    pub clif: Vec<(String, String)>,
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Chunk([u8; 64]);
+
+struct RunPlan {
+    bindings: Bindings,
+    offsets: Vec<Option<u64>>,
+    arena_bytes: u64,
+    shapes: Vec<Vec<usize>>,
+}
+
+pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
+    let t0 = Instant::now();
+    // Symbols: every symbolic dim must be bound by a graph input.
+    let mut syms: Vec<Arc<str>> = Vec::new();
+    for (_, v) in g.inputs() {
+        for d in g.ty(*v).shape.dims() {
+            if let Dim::Sym(s) = d {
+                if !syms.contains(s) {
+                    syms.push(s.clone());
+                }
+            }
+        }
+    }
+    let mut problems: Vec<String> = Vec::new();
+    for (v, vd) in g.values() {
+        for d in vd.ty.shape.dims() {
+            match d {
+                Dim::Unknown => {
+                    problems.push(format!("{v}: a dim `?` known only from data (the CPU target needs shapes that follow from the input shapes)"));
+                    break;
+                }
+                Dim::Sym(s) if !syms.contains(s) => {
+                    problems.push(format!("{v}: symbol `{s}` is not bound by any input"));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CpuError::UnsupportedNodes { count: problems.len(), list: list(&problems) });
+    }
+    let mut jit = Jit::new(opts.keep_clif)?;
+    let mut owned: Vec<Vec<u8>> = Vec::new();
+    let mut pending: Vec<(Node, &'static str, usize, Meta)> = Vec::new();
+    let mut unsupported: Vec<String> = Vec::new();
+    for (n, nd) in g.nodes() {
+        match lower::lower(g, n, &mut owned) {
+            Ok(lw) => {
+                let Lowered { name, bufs, par, params, scratch, emit } = lw;
+                match jit.define(&name, &syms, emit) {
+                    Ok(k) => pending.push((n, nd.op.name(), k, Meta { name, bufs, par, params, scratch })),
+                    Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
+                    Err(e) => return Err(CpuError::Codegen(format!("{n} ({}): {e}", nd.op.name()))),
+                }
+            }
+            Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
+            Err(e) => return Err(e),
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(CpuError::UnsupportedNodes { count: unsupported.len(), list: list(&unsupported) });
+    }
+    let code_bytes = jit.code_bytes;
+    let isa = jit.isa_name.clone();
+    let clif = std::mem::take(&mut jit.clif);
+    let (module, fns) = jit.finish()?;
+    let steps: Vec<Step> = pending
+        .into_iter()
+        .map(|(node, op, k, lw)| Step {
+            node,
+            op,
+            kernel: fns[k],
+            bufs: lw.bufs,
+            par: lw.par,
+            params: lw.params,
+            scratch: lw.scratch,
+            name: lw.name,
+        })
+        .collect();
+    let threads = opts.threads.max(1);
+    let pool = if threads > 1 {
+        Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("tessera-cpu-{i}"))
+                .build()
+                .map_err(|e| CpuError::Codegen(format!("thread pool: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let stats = ProgramStats {
+        kernels: steps.len(),
+        code_bytes,
+        packed_weight_bytes: owned.iter().map(|o| o.len()).sum(),
+        compile_ms: t0.elapsed().as_secs_f64() * 1e3,
+        isa,
+    };
+    Ok(Program {
+        _code: Code(module),
+        graph: g.clone(),
+        steps,
+        owned,
+        syms,
+        plans: Mutex::new(HashMap::new()),
+        arenas: Mutex::new(Vec::new()),
+        pool,
+        threads,
+        stats,
+        clif,
+    })
+}
+
+struct Meta {
+    name: String,
+    bufs: Vec<BufRef>,
+    par: Option<(Vec<Dim>, u64)>,
+    params: Option<ParamFn>,
+    scratch: Option<ParamFn>,
+}
+
+fn inner(e: CpuError) -> String {
+    match e {
+        CpuError::Unsupported(m) => m,
+        other => other.to_string(),
+    }
+}
+
+fn list(items: &[String]) -> String {
+    items.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A raw pointer the kernels write through; chunks of one step never overlap.
+#[derive(Clone, Copy)]
+struct Ptrs<'a>(&'a [*mut u8]);
+// SAFETY: the pointers address buffers that outlive the step; parallel chunks of a kernel write
+// disjoint parts of its results (each kernel's parallel range partitions its output).
+unsafe impl Send for Ptrs<'_> {}
+unsafe impl Sync for Ptrs<'_> {}
+
+impl<'a> Ptrs<'a> {
+    fn get(self) -> &'a [*mut u8] {
+        self.0
+    }
+}
+
+impl Program {
+    /// The graph this program was compiled from.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Kernel names in execution order (for profiles).
+    pub fn step_names(&self) -> Vec<String> {
+        self.steps.iter().map(|s| format!("{} {}", s.node, s.name)).collect()
+    }
+
+    fn bind(&self, inputs: &[Tensor]) -> Result<Bindings, CpuError> {
+        let g = &self.graph;
+        if inputs.len() != g.inputs().len() {
+            return Err(CpuError::InputCount { expected: g.inputs().len(), actual: inputs.len() });
+        }
+        let mut b = Bindings::default();
+        for ((name, v), t) in g.inputs().iter().zip(inputs) {
+            let ty = g.ty(*v);
+            if t.dtype() != ty.dtype {
+                return Err(CpuError::InputDtype { name: name.clone(), expected: ty.dtype, actual: t.dtype() });
+            }
+            ty.shape.bind(t.shape(), &mut b).map_err(|message| CpuError::InputShape {
+                name: name.clone(),
+                actual: t.shape().to_vec(),
+                message,
+            })?;
+        }
+        Ok(b)
+    }
+
+    fn plan(&self, b: &Bindings) -> Result<Arc<RunPlan>, CpuError> {
+        let key: Vec<usize> = self.syms.iter().map(|s| b.get(s).unwrap_or(0)).collect();
+        if let Some(p) = self.plans.lock().expect("plan cache").get(&key) {
+            return Ok(p.clone());
+        }
+        let g = &self.graph;
+        let mut shapes = vec![Vec::new(); g.n_values()];
+        for (v, vd) in g.values() {
+            shapes[v.index()] = vd
+                .ty
+                .shape
+                .dims()
+                .iter()
+                .map(|d| b.resolve(d).ok_or_else(|| CpuError::Memory(format!("{v}: dim {d} is not bound"))))
+                .collect::<Result<_, _>>()?;
+        }
+        let sizes = memory::sizes(g, b).map_err(|e| CpuError::Memory(e.to_string()))?;
+        let order = memory::current_order(g);
+        let plan = memory::best_plan(g, &order, &sizes);
+        let mut offsets = vec![None; g.n_values()];
+        for (v, off) in plan.offsets {
+            offsets[v.index()] = Some(off);
+        }
+        let rp = Arc::new(RunPlan { bindings: b.clone(), offsets, arena_bytes: plan.arena_bytes, shapes });
+        self.plans.lock().expect("plan cache").insert(key, rp.clone());
+        Ok(rp)
+    }
+
+    /// Bytes of the activation arena for the sizes `inputs` bind (plans and caches it).
+    pub fn arena_bytes(&self, inputs: &[Tensor]) -> Result<u64, CpuError> {
+        let b = self.bind(inputs)?;
+        Ok(self.plan(&b)?.arena_bytes)
+    }
+
+    /// Runs the program on inputs in the graph's input order; returns outputs in its output order.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CpuError> {
+        self.run_profiled(inputs, &RunOptions::default()).map(|(o, _)| o)
+    }
+
+    /// Runs, and with `opts.profile` returns the seconds each step took.
+    pub fn run_profiled(&self, inputs: &[Tensor], opts: &RunOptions) -> Result<(Vec<Tensor>, Vec<f64>), CpuError> {
+        let g = &self.graph;
+        let b = self.bind(inputs)?;
+        let plan = self.plan(&b)?;
+        let syms: Vec<i64> = self.syms.iter().map(|s| b.get(s).unwrap_or(0) as i64).collect();
+        // Input bytes.
+        let input_bytes: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_bytes()).collect();
+        let mut arena = self.take_arena(plan.arena_bytes as usize);
+        let arena_ptr = arena.as_mut_ptr() as *mut u8;
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::NonNull::<u8>::dangling().as_ptr(); g.n_values()];
+        for ((_, v), bytes) in g.inputs().iter().zip(&input_bytes) {
+            if !bytes.is_empty() {
+                ptrs[v.index()] = bytes.as_ptr() as *mut u8;
+            }
+        }
+        for c in g.constants() {
+            if let Some(bytes) = c.data.bytes() {
+                if !bytes.is_empty() {
+                    ptrs[c.value.index()] = bytes.as_ptr() as *mut u8;
+                }
+            } else {
+                self.put_arena(arena);
+                return Err(CpuError::Memory(format!(
+                    "constant {} holds only a summary of its data: load the graph with its weights",
+                    c.value
+                )));
+            }
+        }
+        for (v, off) in plan.offsets.iter().enumerate() {
+            if let Some(off) = off {
+                // SAFETY: offsets come from the plan, which sizes the arena to hold every slot.
+                ptrs[v] = unsafe { arena_ptr.add(*off as usize) };
+            }
+        }
+        let mut times = Vec::new();
+        let result = self.run_steps(&plan, &syms, &ptrs, opts.profile.then_some(&mut times));
+        let outputs = result.and_then(|()| {
+            g.outputs()
+                .iter()
+                .map(|(_, v)| {
+                    let ty = g.ty(*v);
+                    let shape = &plan.shapes[v.index()];
+                    let n: usize = shape.iter().product();
+                    let len = ty.dtype.storage_bytes(n);
+                    let bytes: &[u8] = if len == 0 {
+                        &[]
+                    } else {
+                        // SAFETY: the value's buffer holds `len` bytes (planned from the same shape).
+                        unsafe { std::slice::from_raw_parts(ptrs[v.index()], len) }
+                    };
+                    Tensor::from_bytes(ty.dtype, shape, bytes).map_err(|e| CpuError::Memory(format!("output {v}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        self.put_arena(arena);
+        outputs.map(|o| (o, times))
+    }
+
+    fn take_arena(&self, bytes: usize) -> Vec<Chunk> {
+        let chunks = bytes.div_ceil(64).max(1);
+        let mut pool = self.arenas.lock().expect("arena pool");
+        match pool.iter().position(|a| a.len() >= chunks) {
+            Some(i) => pool.swap_remove(i),
+            None => vec![Chunk([0; 64]); chunks],
+        }
+    }
+
+    fn put_arena(&self, a: Vec<Chunk>) {
+        let mut pool = self.arenas.lock().expect("arena pool");
+        if pool.len() < 4 {
+            pool.push(a);
+        }
+    }
+
+    fn run_steps(
+        &self,
+        plan: &RunPlan,
+        syms: &[i64],
+        ptrs: &[*mut u8],
+        mut times: Option<&mut Vec<f64>>,
+    ) -> Result<(), CpuError> {
+        let mut bufs: Vec<*mut u8> = Vec::with_capacity(16);
+        let mut args: Vec<i64> = Vec::with_capacity(syms.len() + 8);
+        let mut scratch: Vec<Chunk> = Vec::new();
+        for step in &self.steps {
+            let t0 = times.as_ref().map(|_| Instant::now());
+            bufs.clear();
+            for r in &step.bufs {
+                bufs.push(match r {
+                    BufRef::Value(v) => ptrs[v.index()],
+                    BufRef::Owned(i) => self.owned[*i].as_ptr() as *mut u8,
+                });
+            }
+            args.clear();
+            args.extend_from_slice(syms);
+            if let Some(p) = &step.params {
+                args.extend(p(&plan.bindings));
+            }
+            let units = match &step.par {
+                Some((dims, div)) => {
+                    let n: u64 = dims.iter().map(|d| plan.bindings.resolve(d).unwrap_or(0) as u64).product();
+                    n.div_ceil((*div).max(1)) as i64
+                }
+                None => 1,
+            };
+            let chunks =
+                if step.par.is_some() && self.pool.is_some() { (self.threads as i64).min(units).max(1) } else { 1 };
+            let scratch_per = step.scratch.as_ref().map(|f| f(&plan.bindings)[0] as usize).unwrap_or(0);
+            let code = if chunks <= 1 {
+                if scratch_per > 0 {
+                    ensure(&mut scratch, scratch_per);
+                    bufs.push(scratch.as_mut_ptr() as *mut u8);
+                }
+                // SAFETY: buffers and sizes were checked against the plan; the kernel reads and
+                // writes only inside them for the bound sizes.
+                unsafe { (step.kernel)(bufs.as_ptr(), args.as_ptr(), 0, units) }
+            } else {
+                let per = scratch_per.div_ceil(64) * 64;
+                ensure(&mut scratch, per * chunks as usize);
+                let base = scratch.as_mut_ptr() as *mut u8;
+                let pool = self.pool.as_ref().expect("pool");
+                let bufs_ref = Ptrs(&bufs);
+                let base = base as usize;
+                let codes: Vec<i32> = pool.install(|| {
+                    use rayon::prelude::*;
+                    (0..chunks)
+                        .into_par_iter()
+                        .map(|c| {
+                            let lo = units * c / chunks;
+                            let hi = units * (c + 1) / chunks;
+                            let mut local: Vec<*mut u8> = bufs_ref.get().to_vec();
+                            if per > 0 {
+                                local.push((base + per * c as usize) as *mut u8);
+                            }
+                            // SAFETY: as above; chunks cover disjoint parts of the parallel range.
+                            unsafe { (step.kernel)(local.as_ptr(), args.as_ptr(), lo, hi) }
+                        })
+                        .collect()
+                });
+                codes.into_iter().find(|&c| c != 0).unwrap_or(0)
+            };
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                t.push(t0.elapsed().as_secs_f64());
+            }
+            if code != 0 {
+                let message = KernelFault::from_code(code)
+                    .map(|f| f.message().to_string())
+                    .unwrap_or_else(|| format!("kernel returned code {code}"));
+                return Err(CpuError::Kernel { node: step.node, op: step.op, message });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ensure(v: &mut Vec<Chunk>, bytes: usize) {
+    let chunks = bytes.div_ceil(64);
+    if v.len() < chunks {
+        v.resize(chunks, Chunk([0; 64]));
+    }
+}
+
+/// Whether a value lives in the activation arena.
+#[allow(dead_code)]
+pub(crate) fn is_activation(g: &Graph, v: Value) -> bool {
+    matches!(g.value(v).def, ValueDef::Result(..))
+}
+
+#[allow(dead_code)]
+pub(crate) fn dtype_of(g: &Graph, v: Value) -> DType {
+    g.ty(v).dtype
+}
