@@ -24,7 +24,7 @@ enum Command {
     /// shape, and prints the graph in canonical form. Verifier errors are all listed, each
     /// with its line and column.
     Ir(commands::ir::IrArgs),
-    /// Run a graph on the reference interpreter.
+    /// Run a model on the CPU target (default) or the reference interpreter.
     ///
     /// Inputs are ONNX TensorProto files in the backend-test layout: `DIR/input_0.pb`, ...
     /// in the graph's input order. With `--check`, outputs are compared against
@@ -36,6 +36,13 @@ enum Command {
     /// The last line reads `N passed, M failed, K unsupported`; a test needing an op, opset or
     /// dtype Tessera lacks counts as unsupported, never as passed. Exit code 1 when any fails.
     Conformance(commands::conformance::ConformanceArgs),
+    /// Time a model on Tessera's CPU target against onnxruntime, in the same run.
+    ///
+    /// Alternating rounds on the same deterministic inputs (batch 1, `--seq` tokens), for each
+    /// thread count; prints medians, the ratio tessera / onnxruntime, and startup times (import +
+    /// passes + JIT compile against onnxruntime's session creation). Needs the Python
+    /// environment scripts/fetch_models.sh makes (.cache/venv with onnxruntime).
+    Bench(commands::bench::BenchArgs),
     /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
     Demo,
 }
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
         Command::Ir(args) => commands::ir::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Conformance(args) => commands::conformance::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Demo => commands::demo::run(),
     };
     match result {

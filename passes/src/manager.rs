@@ -90,7 +90,10 @@ pub struct Pipeline {
 impl Pipeline {
     /// Parses `a,b,c`; `none` or the empty string is the empty pipeline. Unknown names are an
     /// error that lists the known passes.
+    /// Parses `a,b,c`; `none` (or nothing) is the empty pipeline and `default` is
+    /// [`DEFAULT_PIPELINE`].
     pub fn parse(text: &str) -> Result<Pipeline, PassError> {
+        let text = if text.trim() == "default" { DEFAULT_PIPELINE } else { text };
         let names: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").collect();
         let passes = names.into_iter().map(lookup).collect::<Result<Vec<_>, _>>()?;
         Ok(Pipeline { passes, verify_each: cfg!(debug_assertions) })

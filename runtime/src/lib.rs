@@ -1,5 +1,239 @@
-//! Tessera's runtime: the public API that loads a model or an ahead-of-time artifact, compiles
-//! it, and runs it on the chosen units. Empty until the CPU-target issue fills it; today the CLI
-//! runs graphs on the reference interpreter in `tessera-ir`.
+//! Tessera's runtime: the public Rust API for compiling a model when an app starts and running
+//! it many times.
+//!
+//! ```no_run
+//! use tessera_runtime::{Session, SessionOptions, Tensor, DType};
+//!
+//! // Import, optimize and JIT-compile (CPU target, all cores).
+//! let session = Session::from_file("model.onnx", &SessionOptions::default())?;
+//! for (name, ty) in session.inputs() {
+//!     println!("input {name}: {ty}");
+//! }
+//! let ids = Tensor::from_i64(DType::I64, &[1, 4], vec![101, 7592, 2088, 102])?;
+//! let mask = Tensor::from_i64(DType::I64, &[1, 4], vec![1, 1, 1, 1])?;
+//! let outputs = session.run_named(&[("input_ids", ids), ("attention_mask", mask)])?;
+//! println!("{}", outputs[0]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A [`Session`] is `Send + Sync`: share it across threads (`Arc<Session>`); each call to
+//! [`Session::run`] uses its own activation arena from a small pool, and kernels split across
+//! the session's thread pool. Inputs are checked against the model's signature (names, dtypes,
+//! shapes with symbolic dims such as `sequence_length`) before any kernel runs.
+
+use std::path::Path;
+use std::time::Instant;
 
 pub use tessera_compiler as compiler;
+pub use tessera_ir::{DType, Tensor, TensorType};
+pub use tessera_target_cpu::{CpuError, RunOptions};
+
+/// Where a session runs its kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Target {
+    /// The CPU target: Cranelift JIT code for the host.
+    #[default]
+    Cpu,
+    /// The reference interpreter (slow; the semantics every target is checked against).
+    Interpreter,
+}
+
+/// Options for [`Session::from_file`] and [`Session::from_graph`].
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub target: Target,
+    /// Threads for the CPU target's kernels (default: all cores).
+    pub threads: usize,
+    /// Passes to run before code generation (`default`, `none`, or `a,b,c`).
+    pub passes: String,
+    /// ONNX import options.
+    pub import: tessera_compiler::onnx::ImportOptions,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            target: Target::Cpu,
+            threads: tessera_target_cpu::CpuOptions::default().threads,
+            passes: "default".into(),
+            import: Default::default(),
+        }
+    }
+}
+
+/// Why a session could not be made or run.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Import(String),
+    #[error("passes: {0}")]
+    Passes(String),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error("interpreter: {0}")]
+    Interpreter(#[from] tessera_ir::InterpError),
+    #[error("input {name:?} given twice")]
+    DuplicateInput { name: String },
+}
+
+/// How long each stage of making a session took.
+#[derive(Clone, Debug, Default)]
+pub struct StartupTimes {
+    pub import_ms: f64,
+    pub passes_ms: f64,
+    pub codegen_ms: f64,
+}
+
+impl StartupTimes {
+    pub fn total_ms(&self) -> f64 {
+        self.import_ms + self.passes_ms + self.codegen_ms
+    }
+}
+
+enum Engine {
+    Cpu(Box<tessera_target_cpu::Program>),
+    Interpreter,
+}
+
+/// A compiled model, ready to run many times.
+pub struct Session {
+    graph: tessera_ir::Graph,
+    engine: Engine,
+    pub startup: StartupTimes,
+}
+
+impl Session {
+    /// Loads a model (`.onnx`, or Tessera's text IR `.tir`), optimizes and compiles it.
+    pub fn from_file(path: impl AsRef<Path>, opts: &SessionOptions) -> Result<Session, SessionError> {
+        let path = path.as_ref();
+        let t0 = Instant::now();
+        let g = match path.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => tessera_compiler::onnx::import_file_with(path, &opts.import)
+                .map_err(|e| SessionError::Import(e.to_string()))?,
+            Some("tir") => {
+                let g = tessera_ir::parse_file(path).map_err(|e| SessionError::Import(e.to_string()))?;
+                tessera_ir::verify(&g).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?;
+                g
+            }
+            _ => {
+                return Err(SessionError::Import(format!(
+                    "{}: unknown model type (expected .onnx or .tir)",
+                    path.display()
+                )))
+            }
+        };
+        let import_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut s = Session::from_graph(g, opts)?;
+        s.startup.import_ms = import_ms;
+        Ok(s)
+    }
+
+    /// Optimizes and compiles a graph.
+    pub fn from_graph(mut g: tessera_ir::Graph, opts: &SessionOptions) -> Result<Session, SessionError> {
+        let t0 = Instant::now();
+        let mut pipeline =
+            tessera_compiler::passes::Pipeline::parse(&opts.passes).map_err(|e| SessionError::Passes(e.to_string()))?;
+        pipeline.verify_each = false;
+        pipeline.run(&mut g, &mut |_| {}).map_err(|e| SessionError::Passes(e.to_string()))?;
+        let passes_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let engine = match opts.target {
+            Target::Cpu => {
+                let copts = tessera_target_cpu::CpuOptions { threads: opts.threads.max(1), keep_clif: false };
+                Engine::Cpu(Box::new(tessera_target_cpu::compile(&g, &copts)?))
+            }
+            Target::Interpreter => Engine::Interpreter,
+        };
+        let codegen_ms = t1.elapsed().as_secs_f64() * 1e3;
+        Ok(Session { graph: g, engine, startup: StartupTimes { import_ms: 0.0, passes_ms, codegen_ms } })
+    }
+
+    /// The model's inputs: names and types (dims may be symbols bound at run time).
+    pub fn inputs(&self) -> Vec<(String, TensorType)> {
+        self.graph.inputs().iter().map(|(n, v)| (n.clone(), self.graph.ty(*v).clone())).collect()
+    }
+
+    /// The model's outputs: names and types.
+    pub fn outputs(&self) -> Vec<(String, TensorType)> {
+        self.graph.outputs().iter().map(|(n, v)| (n.clone(), self.graph.ty(*v).clone())).collect()
+    }
+
+    /// The optimized graph the session runs.
+    pub fn graph(&self) -> &tessera_ir::Graph {
+        &self.graph
+    }
+
+    /// The CPU program, when the target is the CPU.
+    pub fn cpu_program(&self) -> Option<&tessera_target_cpu::Program> {
+        match &self.engine {
+            Engine::Cpu(p) => Some(p),
+            Engine::Interpreter => None,
+        }
+    }
+
+    /// Runs on inputs in the model's input order; returns owned outputs in its output order.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, SessionError> {
+        match &self.engine {
+            Engine::Cpu(p) => Ok(p.run(inputs)?),
+            Engine::Interpreter => Ok(tessera_ir::run(&self.graph, inputs.to_vec())?),
+        }
+    }
+
+    /// Runs on named inputs (any order); every input must be given exactly once.
+    pub fn run_named(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, SessionError> {
+        let mut ordered: Vec<Option<Tensor>> = vec![None; self.graph.inputs().len()];
+        let expected = || self.graph.inputs().iter().map(|(n, _)| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+        for (name, t) in inputs {
+            let i = self.graph.inputs().iter().position(|(n, _)| n == name).ok_or_else(|| {
+                SessionError::Cpu(CpuError::UnknownInput { name: name.to_string(), expected: expected() })
+            })?;
+            if ordered[i].replace(t.clone()).is_some() {
+                return Err(SessionError::DuplicateInput { name: name.to_string() });
+            }
+        }
+        let mut all = Vec::new();
+        for (slot, (name, _)) in ordered.into_iter().zip(self.graph.inputs()) {
+            all.push(slot.ok_or_else(|| {
+                SessionError::Cpu(CpuError::MissingInput { name: name.clone(), expected: expected() })
+            })?);
+        }
+        self.run(&all)
+    }
+
+    /// Runs and writes each output's bytes (its dtype's packed layout, row-major) into the
+    /// caller's buffers, which must have exactly the output's byte size.
+    pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [&mut [u8]]) -> Result<(), SessionError> {
+        let outs = self.run(inputs)?;
+        if outs.len() != outputs.len() {
+            return Err(SessionError::Cpu(CpuError::Memory(format!(
+                "{} output buffers given for {} outputs",
+                outputs.len(),
+                outs.len()
+            ))));
+        }
+        for (j, (t, buf)) in outs.iter().zip(outputs.iter_mut()).enumerate() {
+            let bytes = t.to_bytes();
+            if bytes.len() != buf.len() {
+                return Err(SessionError::Cpu(CpuError::Memory(format!(
+                    "output {j} needs {} bytes, its buffer has {}",
+                    bytes.len(),
+                    buf.len()
+                ))));
+            }
+            buf.copy_from_slice(&bytes);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn session_is_send_and_sync() {
+        assert_send_sync::<Session>();
+    }
+}

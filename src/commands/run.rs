@@ -1,4 +1,5 @@
-//! `tessera run`: run a graph on the interpreter with ONNX TensorProto inputs, and check outputs.
+//! `tessera run`: run a model on the CPU target (or the interpreter) with ONNX TensorProto inputs,
+//! and check outputs.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -31,9 +32,27 @@ pub struct RunArgs {
     /// summed in saturating int16) instead of exactly, to compare with onnxruntime's outputs.
     #[arg(long)]
     pub match_onnxruntime: bool,
-    /// Passes to run before interpreting, comma-separated (`canonicalize`), or `none`.
-    #[arg(long, default_value = "none")]
+    /// Passes to run before code generation: `default` (the optimizer), `none`, or a
+    /// comma-separated list (`canonicalize,fuse`).
+    #[arg(long, default_value = "default")]
     pub passes: String,
+    /// Where to run: the CPU target (JIT-compiled with Cranelift) or the reference interpreter.
+    #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
+    pub target: RunTarget,
+    /// Threads for the CPU target (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the time each kernel took (CPU target), slowest first.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RunTarget {
+    /// The CPU target: every kernel JIT-compiled for this machine with Cranelift.
+    Cpu,
+    /// The reference interpreter (slow, the semantics every target is checked against).
+    Interp,
 }
 
 /// The test-data folders to run: DIR itself, or its test_data_set_N children.
@@ -73,15 +92,52 @@ fn read_inputs(g: &Graph, dir: &Path) -> anyhow::Result<Vec<Tensor>> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
-    let mut g = super::load_graph_with(&args.file, &options)?;
-    tessera_compiler::passes::Pipeline::parse(&args.passes)?.run(&mut g, &mut |_| {})?;
+    let g = super::load_graph_with(&args.file, &options)?;
+    let mut sopts = tessera_runtime::SessionOptions { passes: args.passes.clone(), ..Default::default() };
+    sopts.target = match args.target {
+        RunTarget::Cpu => tessera_runtime::Target::Cpu,
+        RunTarget::Interp => tessera_runtime::Target::Interpreter,
+    };
+    if let Some(t) = args.threads {
+        sopts.threads = t;
+    }
+    let session =
+        tessera_runtime::Session::from_graph(g, &sopts).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let where_ = match args.target {
+        RunTarget::Cpu => format!("the CPU target ({} threads)", sopts.threads),
+        RunTarget::Interp => "the interpreter".to_string(),
+    };
+    if let Some(p) = session.cpu_program() {
+        println!(
+            "compiled {} kernels ({} KiB of code) for {} in {:.1} ms (passes {:.1} ms)",
+            p.stats.kernels,
+            p.stats.code_bytes / 1024,
+            p.stats.isa,
+            session.startup.codegen_ms,
+            session.startup.passes_ms
+        );
+    }
+    let g = session.graph().clone();
     let mut failed = 0;
     for set in data_sets(&args.inputs)? {
         let inputs = read_inputs(&g, &set)?;
         let start = std::time::Instant::now();
-        let outputs = tessera_ir::run(&g, inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+        let outputs = session.run(&inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
         let elapsed = start.elapsed();
-        println!("{}: ran on the interpreter in {:.2} ms", set.display(), elapsed.as_secs_f64() * 1e3);
+        if args.profile {
+            if let Some(p) = session.cpu_program() {
+                let (_, times) = p.run_profiled(&inputs, &tessera_runtime::RunOptions { profile: true })?;
+                let names = p.step_names();
+                let total: f64 = times.iter().sum();
+                let mut rows: Vec<(f64, &String)> = times.iter().copied().zip(&names).collect();
+                rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+                println!("profile (one run, {:.2} ms in kernels):", total * 1e3);
+                for (t, n) in rows.iter().take(15) {
+                    println!("  {:7.3} ms {:5.1}%  {n}", t * 1e3, 100.0 * t / total.max(1e-12));
+                }
+            }
+        }
+        println!("{}: ran on {where_} in {:.2} ms", set.display(), elapsed.as_secs_f64() * 1e3);
         for (j, ((name, _), t)) in g.outputs().iter().zip(&outputs).enumerate() {
             let expected_path = set.join(format!("output_{j}.pb"));
             let line = format!("  output {j} {name:?}: {t}");

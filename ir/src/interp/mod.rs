@@ -139,6 +139,21 @@ pub fn run_named(g: &Graph, mut inputs: HashMap<String, Tensor>) -> Result<Vec<T
     Ok(g.outputs().iter().map(|(_, v)| env[v.index()].clone().expect("outputs are defined")).collect())
 }
 
+/// A constant's value, decoded; for a constant of a quantized type, its dequantized (real) value
+/// exactly as the interpreter computes it. Targets use this to pack weights at compile time.
+pub fn const_value(g: &Graph, v: Value, dequantized: bool) -> Result<Tensor, InterpError> {
+    if !matches!(g.value(v).def, ValueDef::Const(_)) {
+        return Err(InterpError::BadConstant { value: v, message: "not a constant".into() });
+    }
+    let t = decode_const(g, v)?;
+    let Some(q) = g.ty(v).quant.as_ref().filter(|_| dequantized) else { return Ok(t) };
+    let scale = decode_const(g, q.scale)?;
+    let zero = q.zero_point.map(|z| decode_const(g, z)).transpose()?;
+    let offset = q.offset.map(|o| decode_const(g, o)).transpose()?;
+    let params = quant::TypeQuant { quant: q, scale: &scale, zero: zero.as_ref(), offset: offset.as_ref() };
+    quant::dequantize_typed(&t, &params).map_err(|message| InterpError::BadConstant { value: v, message })
+}
+
 fn decode_const(g: &Graph, v: Value) -> Result<Tensor, InterpError> {
     let ValueDef::Const(id) = g.value(v).def else { unreachable!("called on constants") };
     let bytes = g.constant(id).data.bytes().ok_or(InterpError::SummaryConstant { value: v })?;

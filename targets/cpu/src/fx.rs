@@ -25,6 +25,9 @@ pub struct Fx<'a> {
     err: Block,
     err_used: bool,
     cc: CallConv,
+    /// Added to every `buf(i)`: lets two kernels' code share one function (a region's head
+    /// and its epilogue) with their own buffer numbering.
+    pub buf_base: usize,
 }
 
 /// Loads and stores: never trapping by construction (shapes are checked before kernels run),
@@ -41,7 +44,7 @@ impl<'a> Fx<'a> {
         let p = b.block_params(entry).to_vec();
         let err = b.create_block();
         b.append_block_param(err, types::I32);
-        Fx { b, bufs: p[0], syms_ptr: p[1], lo: p[2], hi: p[3], syms, err, err_used: false, cc }
+        Fx { b, bufs: p[0], syms_ptr: p[1], lo: p[2], hi: p[3], syms, err, err_used: false, cc, buf_base: 0 }
     }
 
     /// Returns 0 from the current position and seals the function.
@@ -74,7 +77,7 @@ impl<'a> Fx<'a> {
 
     /// The pointer to operand or result `i` of the kernel.
     pub fn buf(&mut self, i: usize) -> Value {
-        self.b.ins().load(types::I64, mem(), self.bufs, (i * 8) as i32)
+        self.b.ins().load(types::I64, mem(), self.bufs, ((self.buf_base + i) * 8) as i32)
     }
 
     /// A dim as a run-time value: a constant when static, else read from the symbol table.

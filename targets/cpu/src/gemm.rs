@@ -1,18 +1,660 @@
-//! Matrix products.
-use tessera_ir::{Graph, Node};
+//! Matrix products with fused epilogues.
+//!
+//! - Packed path: a constant 2-D right operand (f32 `matmul`/`gemm` weights, and `qmatmul`
+//!   weights dequantized once at compile time) is packed into panels of 8 columns
+//!   (`[ceil(N/8)][K][8]`, zero-padded). A register-blocked 6x8 micro-kernel (12 f32x4
+//!   accumulators, 2 B vectors, 1 broadcast A) walks K with FMAs; rows of the output are split
+//!   across threads in blocks of 6. Panels are the outer loop of each thread, so one panel
+//!   (K x 32 bytes) stays in L1/L2 while the thread's rows stream past it.
+//! - General path: any strides (run-time right operand, batch broadcast, transposed gemm
+//!   operands), one row at a time, 8 columns at a time when the right operand's rows are
+//!   contiguous, scalar otherwise; parallel over rows.
+//! - Integer path (`matmul_integer` with a constant 8-bit right operand): see [`crate::qgemm`].
+//!
+//! The epilogue (the elementwise ops of a fused region after the product, or gemm's
+//! `alpha`/`beta * c`) runs on the accumulators before they are stored: bias, activation and
+//! residual never make a round trip through memory.
 
-use crate::lower::Lowered;
+use std::borrow::Cow;
+
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use tessera_ir::{DType, Dim, Graph, Node, Op, ValueDef};
+
+use crate::ew::{self, Sv};
+use crate::fx::{elem_bytes, mem, Fx, F4};
+use crate::lower::{dims, BufRef, Lowered};
 use crate::CpuError;
 
-pub(crate) fn lower_region<'g>(
-    _g: &'g Graph,
-    _n: Node,
-    _body: &'g Graph,
-    _name: &str,
-    _owned: &mut Vec<Vec<u8>>,
-) -> Result<Lowered<'g>, CpuError> {
-    Err(CpuError::Unsupported("todo".into()))
+const MR: usize = 6;
+
+/// The elementwise tail of a matmul region, evaluated per (row, 4 columns).
+pub(crate) struct Epilogue<'g> {
+    pub body: Cow<'g, Graph>,
+    /// The body value holding the product (None for a single op: the product is the result).
+    pub product: Option<tessera_ir::Value>,
+    /// Body nodes to evaluate after the product (in order).
+    pub nodes: Vec<Node>,
+    /// Kernel operands the epilogue reads: (kernel buffer index, dtype, dims, body value).
+    pub operands: Vec<(usize, DType, Vec<Dim>, Option<tessera_ir::Value>)>,
+    /// gemm: `alpha * product + beta * c` (c is `operands[i]`).
+    pub alpha: f32,
+    pub c: Option<(usize, f32)>,
+    pub out_dims: Vec<Dim>,
+    /// Body casts of an integer product to f32 that the kernel folds (the product enters as f32).
+    pub folded_casts: Vec<tessera_ir::Value>,
 }
-pub(crate) fn lower_single<'g>(_g: &'g Graph, _n: Node, _owned: &mut Vec<Vec<u8>>) -> Result<Lowered<'g>, CpuError> {
-    Err(CpuError::Unsupported("todo".into()))
+
+/// Per-kernel precomputed addressing of the epilogue operands.
+pub(crate) struct EpiAddr {
+    bases: Vec<Value>,
+    /// Byte stride per leading output axis (None when broadcast).
+    row_strides: Vec<Vec<Option<Value>>>,
+    col_moves: Vec<bool>,
+    lead: Vec<Value>,
+}
+
+impl Epilogue<'_> {
+    pub fn prepare(&self, fx: &mut Fx) -> Result<EpiAddr, CpuError> {
+        let r = self.out_dims.len();
+        let lead_dims = &self.out_dims[..r.saturating_sub(1)];
+        let lead: Vec<Value> = lead_dims.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
+        let mut bases = Vec::new();
+        let mut row_strides = Vec::new();
+        let mut col_moves = Vec::new();
+        for (buf, dtype, od, _) in &self.operands {
+            let eb = elem_bytes(*dtype).ok_or_else(|| CpuError::Unsupported(format!("{dtype} epilogue operand")))?;
+            bases.push(fx.buf(*buf));
+            let pad = r
+                .checked_sub(od.len())
+                .ok_or_else(|| CpuError::Unsupported("epilogue operand of higher rank".into()))?;
+            let mut acc = fx.iconst(eb);
+            let mut st = vec![None; r];
+            for j in (0..r).rev() {
+                let d = j.checked_sub(pad).map(|i| &od[i]);
+                let moves = match d {
+                    None => false,
+                    Some(Dim::Static(1)) if self.out_dims[j] != Dim::Static(1) => false,
+                    Some(x) if *x == self.out_dims[j] => true,
+                    Some(x) => {
+                        return Err(CpuError::Unsupported(format!(
+                            "epilogue operand dim {x} against {}",
+                            self.out_dims[j]
+                        )))
+                    }
+                };
+                if moves {
+                    st[j] = Some(acc);
+                    let dv = fx.dim(d.expect("moves"))?;
+                    acc = fx.b.ins().imul(acc, dv);
+                }
+            }
+            col_moves.push(r > 0 && st[r - 1].is_some());
+            st.truncate(r.saturating_sub(1));
+            row_strides.push(st);
+        }
+        Ok(EpiAddr { bases, row_strides, col_moves, lead })
+    }
+
+    /// Byte offsets of row `row` (flattened over the output's leading dims) in each operand.
+    pub fn row_offsets(&self, fx: &mut Fx, a: &EpiAddr, row: Value) -> Vec<Value> {
+        let mut offs = vec![fx.iconst(0); self.operands.len()];
+        if self.operands.is_empty() {
+            return offs;
+        }
+        let mut rest = row;
+        for j in (0..a.lead.len()).rev() {
+            let (idx, next) = if j == 0 {
+                (rest, rest)
+            } else {
+                let q = fx.b.ins().udiv(rest, a.lead[j]);
+                let m = fx.b.ins().imul(q, a.lead[j]);
+                (fx.b.ins().isub(rest, m), q)
+            };
+            for k in 0..self.operands.len() {
+                if let Some(s) = a.row_strides[k][j] {
+                    let o = fx.b.ins().imul(idx, s);
+                    offs[k] = fx.b.ins().iadd(offs[k], o);
+                }
+            }
+            rest = next;
+        }
+        offs
+    }
+
+    /// Applies the epilogue to `acc` (f32x4; lane 0 only when `!vector`) at columns `col..`.
+    pub fn apply(
+        &self,
+        fx: &mut Fx,
+        a: &EpiAddr,
+        row_offs: &[Value],
+        col: Value,
+        acc: Value,
+        vector: bool,
+    ) -> Result<Value, CpuError> {
+        let mut loaded: Vec<Sv> = Vec::new();
+        for (k, (_, dtype, _, _)) in self.operands.iter().enumerate() {
+            let mut addr = fx.b.ins().iadd(a.bases[k], row_offs[k]);
+            if a.col_moves[k] {
+                let eb = elem_bytes(*dtype).unwrap_or(4);
+                let o = fx.imul_imm(col, eb);
+                addr = fx.b.ins().iadd(addr, o);
+            }
+            loaded.push(ew::load(fx, *dtype, addr, vector, !a.col_moves[k]));
+        }
+        let mut x = acc;
+        if self.alpha != 1.0 {
+            let al = fx.fsplat(self.alpha);
+            x = fx.b.ins().fmul(x, al);
+        }
+        if let Some((ci, beta)) = self.c {
+            let Sv::F(c) = loaded[ci] else { return Err(CpuError::Unsupported("non-float gemm c".into())) };
+            let bv = fx.fsplat(beta);
+            x = fx.b.ins().fma(c, bv, x);
+        }
+        let Some(product) = self.product else { return Ok(x) };
+        let body = &*self.body;
+        let mut env: Vec<Option<Sv>> = vec![None; body.n_values()];
+        env[product.index()] = Some(Sv::F(x));
+        for v in &self.folded_casts {
+            env[v.index()] = Some(Sv::F(x));
+        }
+        for ((_, _, _, bv), val) in self.operands.iter().zip(&loaded) {
+            if let Some(bv) = bv {
+                env[bv.index()] = Some(*val);
+            }
+        }
+        for &n in &self.nodes {
+            let nd = body.node(n);
+            if self.folded_casts.contains(&nd.outputs[0]) {
+                continue;
+            }
+            let args: Vec<Sv> = nd
+                .inputs
+                .iter()
+                .map(|v| {
+                    env[v.index()].ok_or_else(|| CpuError::Codegen(format!("epilogue reads {v} before it is set")))
+                })
+                .collect::<Result<_, _>>()?;
+            let r = ew::eval_op(fx, body, &nd.op, &nd.inputs, &args, body.ty(nd.outputs[0]).dtype)?;
+            env[nd.outputs[0].index()] = Some(r);
+        }
+        let out = body.outputs()[0].1;
+        match env[out.index()] {
+            Some(Sv::F(v)) => Ok(v),
+            _ => Err(CpuError::Unsupported("a matmul region whose result is not f32".into())),
+        }
+    }
+
+    /// Stores the epilogue's result for 4 columns (or lane 0) at `out + (row*N + col)*4`.
+    pub fn store(fx: &mut Fx, out: Value, row: Value, n: Value, col: Value, v: Value, vector: bool) {
+        let rn = fx.b.ins().imul(row, n);
+        let i = fx.b.ins().iadd(rn, col);
+        let addr = fx.addr(out, i, 4);
+        if vector {
+            fx.b.ins().store(mem(), v, addr, 0);
+        } else {
+            let s = fx.b.ins().extractlane(v, 0);
+            fx.b.ins().store(mem(), s, addr, 0);
+        }
+    }
+}
+
+/// Which operand roles the product node has.
+struct Product {
+    a: usize,
+    b: usize,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+pub(crate) fn lower_region<'g>(
+    g: &'g Graph,
+    n: Node,
+    body: &'g Graph,
+    name: &str,
+    owned: &mut Vec<Vec<u8>>,
+) -> Result<Lowered<'g>, CpuError> {
+    lower_mm(g, n, Cow::Borrowed(body), true, name.to_string(), owned)
+}
+
+pub(crate) fn lower_single<'g>(g: &'g Graph, n: Node, owned: &mut Vec<Vec<u8>>) -> Result<Lowered<'g>, CpuError> {
+    let nd = g.node(n);
+    if matches!(nd.op, Op::Dequantize { .. }) {
+        return Err(CpuError::Unsupported(
+            "dequantize of a quantized type or blocked parameters outside a matmul".into(),
+        ));
+    }
+    let mut body = Graph::new("single");
+    let ins: Vec<tessera_ir::Value> =
+        nd.inputs.iter().enumerate().map(|(i, v)| body.add_input(&format!("p{i}"), g.ty(*v).plain())).collect();
+    let node = body.add_node(nd.op.clone(), ins, vec![g.ty(nd.outputs[0]).clone()]);
+    let r = body.node(node).outputs[0];
+    body.add_output("r", r);
+    lower_mm(g, n, Cow::Owned(body), false, nd.op.name().to_string(), owned)
+}
+
+fn lower_mm<'g>(
+    g: &'g Graph,
+    n: Node,
+    body: Cow<'g, Graph>,
+    region: bool,
+    name: String,
+    owned: &mut Vec<Vec<u8>>,
+) -> Result<Lowered<'g>, CpuError> {
+    let nd = g.node(n);
+    let out = nd.outputs[0];
+    let first_nd = body.nodes().next().ok_or_else(|| CpuError::Codegen("empty region".into()))?.1.clone();
+    let pos = |v: tessera_ir::Value| body.inputs().iter().position(|(_, x)| *x == v);
+    let op_inputs: Vec<usize> = first_nd
+        .inputs
+        .iter()
+        .map(|v| {
+            pos(*v).ok_or_else(|| CpuError::Unsupported("a product whose operands are computed in the region".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let (prod, alpha, c) = match first_nd.op {
+        Op::MatMul | Op::QMatMul => {
+            (Product { a: op_inputs[0], b: op_inputs[1], trans_a: false, trans_b: false }, 1.0, None)
+        }
+        Op::Gemm { alpha, beta, trans_a, trans_b } => (
+            Product { a: op_inputs[0], b: op_inputs[1], trans_a, trans_b },
+            alpha,
+            op_inputs.get(2).map(|&i| (i, beta)),
+        ),
+        Op::MatMulInteger { .. } => return crate::qgemm::lower(g, n, body, region, name, owned),
+        _ => return Err(CpuError::Codegen("not a product".into())),
+    };
+    let a_v = nd.inputs[prod.a];
+    let b_v = nd.inputs[prod.b];
+    if g.ty(a_v).dtype != DType::F32 || g.ty(out).dtype != DType::F32 {
+        return Err(CpuError::Unsupported(format!("{} matmul (f32 only on this path)", g.ty(a_v).dtype)));
+    }
+    // Epilogue.
+    let product = first_nd.outputs[0];
+    let nodes: Vec<Node> = body.nodes().skip(1).map(|(x, _)| x).collect();
+    for &x in &nodes {
+        let bn = body.node(x);
+        ew::body_op_supported(&body, &bn.op, &bn.inputs, body.ty(bn.outputs[0]).rank())
+            .map_err(CpuError::Unsupported)?;
+    }
+    let mut operands = Vec::new();
+    let mut c_idx = None;
+    for (i, (_, bv)) in body.inputs().iter().enumerate() {
+        let used_by_epi = nodes.iter().any(|&x| body.node(x).inputs.contains(bv));
+        let is_c = c.is_some_and(|(ci, _)| ci == i);
+        if used_by_epi || is_c {
+            if is_c {
+                c_idx = Some((operands.len(), c.expect("c").1));
+            }
+            operands.push((
+                i,
+                g.ty(nd.inputs[i]).dtype,
+                dims(g, nd.inputs[i]),
+                if used_by_epi { Some(*bv) } else { None },
+            ));
+        }
+    }
+    let out_dims = dims(g, out);
+    if region && out_dims.len() < 2 {
+        return Err(CpuError::Unsupported("a fused product with a 1-D result".into()));
+    }
+    let epi = Epilogue {
+        body,
+        product: if region { Some(product) } else { None },
+        nodes,
+        operands,
+        alpha,
+        c: c_idx,
+        out_dims: out_dims.clone(),
+        folded_casts: Vec::new(),
+    };
+    let a_dims = dims(g, a_v);
+    let b_dims = dims(g, b_v);
+    let out_buf = nd.inputs.len();
+    let mut bufs: Vec<BufRef> = nd.inputs.iter().map(|v| BufRef::Value(*v)).collect();
+    bufs.push(BufRef::Value(out));
+
+    // Packed path: constant 2-D B, A rows contiguous.
+    let b_const = matches!(g.value(b_v).def, ValueDef::Const(_));
+    if b_const && b_dims.len() == 2 && !prod.trans_a && a_dims.len() >= 2 {
+        let bt = tessera_ir::const_value(g, b_v, true).map_err(|e| CpuError::Codegen(format!("weights {b_v}: {e}")))?;
+        let bf = bt.as_float().ok_or_else(|| CpuError::Unsupported("non-float weights".into()))?;
+        let (k, nn) = if prod.trans_b { (bf.shape()[1], bf.shape()[0]) } else { (bf.shape()[0], bf.shape()[1]) };
+        let panels = nn.div_ceil(8);
+        let mut packed = vec![0f32; panels * k * 8];
+        let flat: Vec<f32> = bf.iter().copied().collect();
+        for p in 0..panels {
+            for kk in 0..k {
+                for j in 0..8 {
+                    let col = p * 8 + j;
+                    if col < nn {
+                        let v = if prod.trans_b { flat[col * k + kk] } else { flat[kk * nn + col] };
+                        packed[(p * k + kk) * 8 + j] = v;
+                    }
+                }
+            }
+        }
+        let bytes: Vec<u8> = packed.iter().flat_map(|v| v.to_le_bytes()).collect();
+        owned.push(bytes);
+        let owned_idx = owned.len() - 1;
+        // The packed weights replace B's buffer.
+        bufs[prod.b] = BufRef::Owned(owned_idx);
+        let rows_dims: Vec<Dim> = out_dims[..out_dims.len() - 1].to_vec();
+        let a_buf = prod.a;
+        let (kk, nn) = (k as i64, nn as i64);
+        let mut lw = Lowered::new(
+            format!("{name}_packed"),
+            bufs,
+            Box::new(move |fx| emit_packed(fx, &epi, a_buf, prod.b, out_buf, &rows_dims, kk, nn)),
+        );
+        lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), MR as u64));
+        return Ok(lw);
+    }
+    if first_nd.op == Op::QMatMul {
+        return Err(CpuError::Unsupported("qmatmul with a non-constant or batched weight".into()));
+    }
+    // General path.
+    let general = General::new(&a_dims, &b_dims, &out_dims, prod.trans_a, prod.trans_b)?;
+    let rows: Vec<Dim> = general.out_lead.clone();
+    let (a_buf, b_buf) = (prod.a, prod.b);
+    let mut lw = Lowered::new(
+        format!("{name}_general"),
+        bufs,
+        Box::new(move |fx| general.emit(fx, &epi, a_buf, b_buf, out_buf)),
+    );
+    lw.par = Some((rows, 1));
+    Ok(lw)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit_packed(
+    fx: &mut Fx,
+    epi: &Epilogue,
+    a_buf: usize,
+    b_buf: usize,
+    out_buf: usize,
+    rows_dims: &[Dim],
+    k: i64,
+    n: i64,
+) -> Result<(), CpuError> {
+    let a = fx.buf(a_buf);
+    let b = fx.buf(b_buf);
+    let out = fx.buf(out_buf);
+    let rows = fx.numel(rows_dims)?;
+    let addr = epi.prepare(fx)?;
+    let nv = fx.iconst(n);
+    let kv = fx.iconst(k);
+    // Rows of this call: [lo*MR, min(hi*MR, rows)).
+    let r0 = fx.imul_imm(fx.lo, MR as i64);
+    let r1 = fx.imul_imm(fx.hi, MR as i64);
+    let r1 = fx.b.ins().smin(r1, rows);
+    let panels = (n + 7) / 8;
+    let np = fx.iconst(panels);
+    let lda = k * 4;
+    fx.for_n(np, |fx, p| {
+        let poff = fx.imul_imm(p, k * 32);
+        let bp = fx.b.ins().iadd(b, poff);
+        let n0 = fx.imul_imm(p, 8);
+        // Full blocks of MR rows, then single rows.
+        let after = fx.for_range(r0, r1, MR as i64, true, |fx, m0| {
+            block(fx, epi, &addr, a, bp, out, m0, MR, kv, lda, n0, nv, n)
+        })?;
+        fx.for_range(after, r1, 1, false, |fx, m0| block(fx, epi, &addr, a, bp, out, m0, 1, kv, lda, n0, nv, n))?;
+        Ok(())
+    })
+}
+
+/// One `mr` x 8 block of the packed product plus its epilogue.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    fx: &mut Fx,
+    epi: &Epilogue,
+    addr: &EpiAddr,
+    a: Value,
+    bp: Value,
+    out: Value,
+    m0: Value,
+    mr: usize,
+    k: Value,
+    lda: i64,
+    n0: Value,
+    nv: Value,
+    n: i64,
+) -> Result<(), CpuError> {
+    let zero = fx.fsplat(0.0);
+    let accs: Vec<_> = (0..mr * 2).map(|_| fx.var(F4, zero)).collect();
+    let arow = fx.imul_imm(m0, lda);
+    let abase = fx.b.ins().iadd(a, arow);
+    let zero_i = fx.iconst(0);
+    fx.for_range(zero_i, k, 1, false, |fx, kk| {
+        let boff = fx.imul_imm(kk, 32);
+        let bk = fx.b.ins().iadd(bp, boff);
+        let b0 = fx.b.ins().load(F4, mem(), bk, 0);
+        let b1 = fx.b.ins().load(F4, mem(), bk, 16);
+        let aoff = fx.imul_imm(kk, 4);
+        let ak = fx.b.ins().iadd(abase, aoff);
+        for r in 0..mr {
+            let s = fx.b.ins().load(types::F32, mem(), ak, (r as i64 * lda) as i32);
+            let av = fx.b.ins().splat(F4, s);
+            for h in 0..2 {
+                let var = accs[r * 2 + h];
+                let acc = fx.b.use_var(var);
+                let bv = if h == 0 { b0 } else { b1 };
+                let nacc = fx.b.ins().fma(av, bv, acc);
+                fx.b.def_var(var, nacc);
+            }
+        }
+        Ok(())
+    })?;
+    let full = n % 8 == 0;
+    for r in 0..mr {
+        let row = fx.iadd_imm(m0, r as i64);
+        let offs = epi.row_offsets(fx, addr, row);
+        for h in 0..2 {
+            let acc = fx.b.use_var(accs[r * 2 + h]);
+            let col = fx.iadd_imm(n0, h as i64 * 4);
+            if full {
+                let v = epi.apply(fx, addr, &offs, col, acc, true)?;
+                Epilogue::store(fx, out, row, nv, col, v, true);
+            } else {
+                // Columns past N exist only in the padded panel: store lane by lane there.
+                let end = fx.iadd_imm(col, 4);
+                let fits = fx.b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThanOrEqual, end, nv);
+                let tail = fx.b.create_block();
+                let whole = fx.b.create_block();
+                let done = fx.b.create_block();
+                fx.b.ins().brif(fits, whole, &[], tail, &[]);
+                fx.b.switch_to_block(whole);
+                let v = epi.apply(fx, addr, &offs, col, acc, true)?;
+                Epilogue::store(fx, out, row, nv, col, v, true);
+                fx.b.ins().jump(done, &[]);
+                fx.b.switch_to_block(tail);
+                for lane in 0..4u8 {
+                    let c = fx.iadd_imm(col, lane as i64);
+                    let inside = fx.b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, c, nv);
+                    let e = fx.b.ins().extractlane(acc, lane);
+                    let s = fx.b.ins().splat(F4, e);
+                    fx.if_then(inside, |fx| {
+                        let v = epi.apply(fx, addr, &offs, c, s, false)?;
+                        Epilogue::store(fx, out, row, nv, c, v, false);
+                        Ok(())
+                    })?;
+                }
+                fx.b.ins().jump(done, &[]);
+                fx.b.switch_to_block(done);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The general product: `out[.., m, n] = sum_k A[.., m, k] B[.., k, n]` with any strides.
+struct General {
+    a_dims: Vec<Dim>,
+    b_dims: Vec<Dim>,
+    out_lead: Vec<Dim>,
+    a_vec: bool,
+    b_vec: bool,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+impl General {
+    fn new(a: &[Dim], b: &[Dim], out: &[Dim], trans_a: bool, trans_b: bool) -> Result<General, CpuError> {
+        if a.is_empty() || b.is_empty() {
+            return Err(CpuError::Unsupported("matmul of scalars".into()));
+        }
+        // 1-D operands as ONNX: A [K] is [1, K], B [K] is [K, 1].
+        let a2: Vec<Dim> = if a.len() == 1 { vec![Dim::Static(1), a[0].clone()] } else { a.to_vec() };
+        let b2: Vec<Dim> = if b.len() == 1 { vec![b[0].clone(), Dim::Static(1)] } else { b.to_vec() };
+        // The output as [batch.., M, N].
+        let m = if trans_a { a2[a2.len() - 1].clone() } else { a2[a2.len() - 2].clone() };
+        let nd = if trans_b { b2[b2.len() - 2].clone() } else { b2[b2.len() - 1].clone() };
+        let batch_rank = a2.len().max(b2.len()) - 2;
+        let mut lead: Vec<Dim> = out[..out.len().min(batch_rank)].to_vec();
+        lead.push(m);
+        let _ = nd;
+        Ok(General { a_dims: a2, b_dims: b2, out_lead: lead, a_vec: false, b_vec: !trans_b, trans_a, trans_b })
+    }
+
+    /// Byte strides of an operand's batch dims against the output's batch dims (0 = broadcast).
+    fn batch_strides(fx: &mut Fx, od: &[Dim], lead: &[Dim]) -> Result<Vec<Value>, CpuError> {
+        let br = lead.len() - 1;
+        let r = od.len();
+        let mut st = Vec::new();
+        let mut acc = fx.iconst(4);
+        for j in (0..r).rev() {
+            st.push((j, acc));
+            let d = fx.dim(&od[j])?;
+            acc = fx.b.ins().imul(acc, d);
+        }
+        st.reverse();
+        let zero = fx.iconst(0);
+        let pad = br as isize - (r as isize - 2);
+        let mut out = vec![zero; br];
+        for (j, item) in out.iter_mut().enumerate() {
+            let oj = j as isize - pad;
+            if oj >= 0 {
+                let oj = oj as usize;
+                let moves = match (&od[oj], &lead[j]) {
+                    (Dim::Static(1), x) if *x != Dim::Static(1) => false,
+                    (x, y) if x == y => true,
+                    (x, y) => return Err(CpuError::Unsupported(format!("batch dim {x} against {y}"))),
+                };
+                if moves {
+                    *item = st[oj].1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn emit(&self, fx: &mut Fx, epi: &Epilogue, a_buf: usize, b_buf: usize, out_buf: usize) -> Result<(), CpuError> {
+        let _ = self.a_vec;
+        let a = fx.buf(a_buf);
+        let b = fx.buf(b_buf);
+        let out = fx.buf(out_buf);
+        let ar = self.a_dims.len();
+        let br = self.b_dims.len();
+        let (a_rows, a_cols) = (fx.dim(&self.a_dims[ar - 2])?, fx.dim(&self.a_dims[ar - 1])?);
+        let (b_rows, b_cols) = (fx.dim(&self.b_dims[br - 2])?, fx.dim(&self.b_dims[br - 1])?);
+        let (m, k) = if self.trans_a { (a_cols, a_rows) } else { (a_rows, a_cols) };
+        let n = if self.trans_b { b_rows } else { b_cols };
+        // Element strides (bytes) of A over (m, k) and B over (k, n).
+        let four = fx.iconst(4);
+        let a_row = fx.imul_imm(a_cols, 4);
+        let (a_m, a_k) = if self.trans_a { (four, a_row) } else { (a_row, four) };
+        let b_row = fx.imul_imm(b_cols, 4);
+        let (b_k, b_n) = if self.trans_b { (four, b_row) } else { (b_row, four) };
+        let a_bs = Self::batch_strides(fx, &self.a_dims, &self.out_lead)?;
+        let b_bs = Self::batch_strides(fx, &self.b_dims, &self.out_lead)?;
+        let lead: Vec<Value> = self.out_lead.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
+        let addr = epi.prepare(fx)?;
+        let (lo, hi) = (fx.lo, fx.hi);
+        let b_vec = self.b_vec;
+        fx.for_range(lo, hi, 1, false, |fx, row| {
+            // Decompose the row into (batch.., m).
+            let mut rest = row;
+            let mut a_off = fx.iconst(0);
+            let mut b_off = fx.iconst(0);
+            for j in (0..lead.len()).rev() {
+                let (idx, next) = if j == 0 {
+                    (rest, rest)
+                } else {
+                    let q = fx.b.ins().udiv(rest, lead[j]);
+                    let mm = fx.b.ins().imul(q, lead[j]);
+                    (fx.b.ins().isub(rest, mm), q)
+                };
+                if j == lead.len() - 1 {
+                    let o = fx.b.ins().imul(idx, a_m);
+                    a_off = fx.b.ins().iadd(a_off, o);
+                } else {
+                    let o = fx.b.ins().imul(idx, a_bs[j]);
+                    a_off = fx.b.ins().iadd(a_off, o);
+                    let o = fx.b.ins().imul(idx, b_bs[j]);
+                    b_off = fx.b.ins().iadd(b_off, o);
+                }
+                rest = next;
+            }
+            let abase = fx.b.ins().iadd(a, a_off);
+            let bbase = fx.b.ins().iadd(b, b_off);
+            let offs = epi.row_offsets(fx, &addr, row);
+            let zero = fx.iconst(0);
+            let start = if b_vec {
+                fx.for_range(zero, n, 4, true, |fx, col| {
+                    let zf = fx.fsplat(0.0);
+                    let acc = fx.var(F4, zf);
+                    let cb = fx.imul_imm(col, 4);
+                    let bcol = fx.b.ins().iadd(bbase, cb);
+                    let z = fx.iconst(0);
+                    fx.for_range(z, k, 1, false, |fx, kk| {
+                        let ao = fx.b.ins().imul(kk, a_k);
+                        let aa = fx.b.ins().iadd(abase, ao);
+                        let s = fx.b.ins().load(types::F32, mem(), aa, 0);
+                        let av = fx.b.ins().splat(F4, s);
+                        let bo = fx.b.ins().imul(kk, b_k);
+                        let ba = fx.b.ins().iadd(bcol, bo);
+                        let bv = fx.b.ins().load(F4, mem(), ba, 0);
+                        let x = fx.b.use_var(acc);
+                        let y = fx.b.ins().fma(av, bv, x);
+                        fx.b.def_var(acc, y);
+                        Ok(())
+                    })?;
+                    let x = fx.b.use_var(acc);
+                    let v = epi.apply(fx, &addr, &offs, col, x, true)?;
+                    Epilogue::store(fx, out, row, n, col, v, true);
+                    Ok(())
+                })?
+            } else {
+                zero
+            };
+            fx.for_range(start, n, 1, false, |fx, col| {
+                let zf = fx.fconst(0.0);
+                let acc = fx.var(types::F32, zf);
+                let cb = fx.b.ins().imul(col, b_n);
+                let bcol = fx.b.ins().iadd(bbase, cb);
+                let z = fx.iconst(0);
+                fx.for_range(z, k, 1, false, |fx, kk| {
+                    let ao = fx.b.ins().imul(kk, a_k);
+                    let aa = fx.b.ins().iadd(abase, ao);
+                    let s = fx.b.ins().load(types::F32, mem(), aa, 0);
+                    let bo = fx.b.ins().imul(kk, b_k);
+                    let ba = fx.b.ins().iadd(bcol, bo);
+                    let bv = fx.b.ins().load(types::F32, mem(), ba, 0);
+                    let x = fx.b.use_var(acc);
+                    let y = fx.b.ins().fma(s, bv, x);
+                    fx.b.def_var(acc, y);
+                    Ok(())
+                })?;
+                let x = fx.b.use_var(acc);
+                let xv = fx.b.ins().splat(F4, x);
+                let v = epi.apply(fx, &addr, &offs, col, xv, false)?;
+                Epilogue::store(fx, out, row, n, col, v, false);
+                Ok(())
+            })?;
+            Ok(())
+        })?;
+        let _ = m;
+        Ok(())
+    }
 }

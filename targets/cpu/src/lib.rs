@@ -23,6 +23,7 @@ mod lower;
 mod math;
 mod nn;
 mod program;
+mod qgemm;
 
 pub use program::{Program, ProgramStats, RunOptions};
 

@@ -26,12 +26,14 @@ pub(crate) struct Lowered<'g> {
     pub par: Option<(Vec<Dim>, u64)>,
     pub params: Option<ParamFn>,
     pub scratch: Option<ParamFn>,
+    /// Run the whole parallel range in one call (never split across threads).
+    pub serial: bool,
     pub emit: Emit<'g>,
 }
 
 impl<'g> Lowered<'g> {
     pub fn new(name: impl Into<String>, bufs: Vec<BufRef>, emit: Emit<'g>) -> Lowered<'g> {
-        Lowered { name: name.into(), bufs, par: None, params: None, scratch: None, emit }
+        Lowered { name: name.into(), bufs, par: None, params: None, scratch: None, serial: false, emit }
     }
 }
 
@@ -72,11 +74,13 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Vec<Vec<u8>>) -> Resu
             if matches!(first, Some(Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger { .. } | Op::QMatMul)) {
                 return gemm::lower_region(g, n, body, name, owned);
             }
-            for (_, bn) in body.nodes() {
-                let rank = body.ty(bn.outputs[0]).rank();
-                ew::body_op_supported(body, &bn.op, &bn.inputs, rank).map_err(CpuError::Unsupported)?;
+            let all_ew = body
+                .nodes()
+                .all(|(_, bn)| ew::body_op_supported(body, &bn.op, &bn.inputs, body.ty(bn.outputs[0]).rank()).is_ok());
+            if all_ew {
+                return Ok(elementwise(g, n, Cow::Borrowed(body), name.clone()));
             }
-            Ok(elementwise(g, n, Cow::Borrowed(body), name.clone()))
+            head_and_epilogue(g, n, body, name, owned)
         }
         Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::Quantize { .. } => {
             ew::body_op_supported(g, &nd.op, &nd.inputs, g.ty(out).rank()).map_err(CpuError::Unsupported)?;
@@ -118,4 +122,97 @@ fn elementwise<'g>(g: &'g Graph, n: Node, body: Cow<'g, Graph>, name: String) ->
     let mut bufs = values(&nd.inputs);
     bufs.push(BufRef::Value(out));
     Lowered::new(name, bufs, Box::new(move |fx| k.emit(fx)))
+}
+
+/// A region `head; elementwise tail` whose head is not a product (a normalization, reduction,
+/// softmax, ...): one function runs the head's kernel writing the region's result buffer, then
+/// the tail in place over it (elementwise reads element i before writing it). Needs the head's
+/// result to have the region result's shape and element size; runs on one thread.
+fn head_and_epilogue<'g>(
+    g: &'g Graph,
+    n: Node,
+    body: &'g Graph,
+    name: &str,
+    owned: &mut Vec<Vec<u8>>,
+) -> Result<Lowered<'g>, CpuError> {
+    let nd = g.node(n);
+    let out = nd.outputs[0];
+    let (hn, hnd) = body.nodes().next().ok_or_else(|| CpuError::Codegen("empty region".into()))?;
+    let h_out = hnd.outputs[0];
+    let (ht, ot) = (body.ty(h_out), g.ty(out));
+    if ht.shape != ot.shape || ht.dtype.bits() != ot.dtype.bits() {
+        return Err(CpuError::Unsupported(format!(
+            "region `{name}`: its head `{}` gives {ht} but the region gives {ot}",
+            hnd.op.name()
+        )));
+    }
+    let tail: Vec<Node> = body.nodes().skip(1).map(|(x, _)| x).collect();
+    for &x in &tail {
+        let bn = body.node(x);
+        ew::body_op_supported(body, &bn.op, &bn.inputs, body.ty(bn.outputs[0]).rank())
+            .map_err(CpuError::Unsupported)?;
+    }
+    let head = lower(body, hn, owned)?;
+    if head.scratch.is_some() {
+        return Err(CpuError::Unsupported(format!("region `{name}`: a head needing scratch memory")));
+    }
+    // Map the head's buffers from body values to the node's operands and result.
+    let outer = |b: &BufRef| -> Result<BufRef, CpuError> {
+        match b {
+            BufRef::Value(v) if *v == h_out => Ok(BufRef::Value(out)),
+            BufRef::Value(v) => match body.inputs().iter().position(|(_, x)| x == v) {
+                Some(i) => Ok(BufRef::Value(nd.inputs[i])),
+                None => {
+                    Err(CpuError::Unsupported(format!("region `{name}`: head reads a value made inside the region")))
+                }
+            },
+            other => Ok(other.clone()),
+        }
+    };
+    let mut bufs: Vec<BufRef> = head.bufs.iter().map(outer).collect::<Result<_, _>>()?;
+    let head_len = bufs.len();
+    // The tail as its own body: inputs are the head's result then the region inputs it reads.
+    let mut tb = Graph::new("tail");
+    let mut map: std::collections::HashMap<Value, Value> = std::collections::HashMap::new();
+    map.insert(h_out, tb.add_input("h", ht.plain()));
+    let mut operands = vec![(ot.dtype, dims(g, out))];
+    bufs.push(BufRef::Value(out));
+    for (i, (_, bv)) in body.inputs().iter().enumerate() {
+        if tail.iter().any(|&x| body.node(x).inputs.contains(bv)) {
+            map.insert(*bv, tb.add_input(&format!("p{i}"), body.ty(*bv).plain()));
+            operands.push((g.ty(nd.inputs[i]).dtype, dims(g, nd.inputs[i])));
+            bufs.push(BufRef::Value(nd.inputs[i]));
+        }
+    }
+    for &x in &tail {
+        let bn = body.node(x);
+        let ins: Vec<Value> = bn
+            .inputs
+            .iter()
+            .map(|v| {
+                map.get(v).copied().ok_or_else(|| CpuError::Unsupported(format!("region `{name}`: tail reads {v}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let nn = tb.add_node(bn.op.clone(), ins, vec![body.ty(bn.outputs[0]).plain()]);
+        map.insert(bn.outputs[0], tb.node(nn).outputs[0]);
+    }
+    let r = map[&body.outputs()[0].1];
+    tb.add_output("r", r);
+    bufs.push(BufRef::Value(out));
+    let k = EwKernel { body: Cow::Owned(tb), out_dims: dims(g, out), out_dtype: ot.dtype, operands };
+    let head_emit = head.emit;
+    let mut lw = Lowered::new(
+        format!("{name}"),
+        bufs,
+        Box::new(move |fx| {
+            // The head runs its whole range on this call.
+            head_emit(fx)?;
+            fx.buf_base = head_len;
+            k.emit(fx)
+        }),
+    );
+    lw.params = head.params;
+    lw.par = head.par;
+    lw.serial = true;
+    Ok(lw)
 }

@@ -1,18 +1,778 @@
 //! Normalizations, softmax, attention, reductions and dynamic quantization.
-use tessera_ir::{Graph, Node};
+//!
+//! - `layer_norm`/`rms_norm`: one row (the normalized dims, contiguous) at a time, f32x4 with a
+//!   scalar tail, two passes (mean, then the squared deviations) as the interpreter computes;
+//!   parallel over rows.
+//! - `softmax`/`log_softmax` over the last axis: max, exp-sum, scale; parallel over rows.
+//! - `attention`: per (leading index, query row): scores into a per-thread scratch row, max,
+//!   exp and sum, then the weighted sum of value rows in f32x4 registers; parallel over the
+//!   flattened leading dims.
+//! - `reduce_*`: a loop nest over the kept dims with the reduced dims inside (scalar).
+//! - `dynamic_quantize`: a min/max pass, then the interpreter's scale and zero point, then a
+//!   quantize pass.
 
-use crate::lower::Lowered;
-use crate::CpuError;
+use std::sync::Arc;
 
-pub(crate) fn lower_norm(_g: &Graph, _n: Node) -> Result<Lowered<'_>, CpuError> {
-    Err(CpuError::Unsupported("todo".into()))
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
+
+use crate::fx::{mem, Fx, F4};
+use crate::lower::{dims, values, BufRef, Lowered};
+use crate::{math, CpuError};
+
+fn f32_only(g: &Graph, vs: &[tessera_ir::Value], what: &str) -> Result<(), CpuError> {
+    for v in vs {
+        if g.ty(*v).dtype != DType::F32 {
+            return Err(CpuError::Unsupported(format!("{} {what}", g.ty(*v).dtype)));
+        }
+    }
+    Ok(())
 }
-pub(crate) fn lower_attention(_g: &Graph, _n: Node) -> Result<Lowered<'_>, CpuError> {
-    Err(CpuError::Unsupported("todo".into()))
+
+/// Sum of `n` f32 at `p` (f32x4 accumulate + tail), with `f` applied to each vector first.
+fn row_sum(fx: &mut Fx, p: Value, n: Value, f: &dyn Fn(&mut Fx, Value) -> Value) -> Result<Value, CpuError> {
+    let z4 = fx.fsplat(0.0);
+    let acc = fx.var(F4, z4);
+    let zero = fx.iconst(0);
+    let rest = fx.for_range(zero, n, 4, true, |fx, i| {
+        let a = fx.addr(p, i, 4);
+        let x = fx.b.ins().load(F4, mem(), a, 0);
+        let y = f(fx, x);
+        let s = fx.b.use_var(acc);
+        let s = fx.b.ins().fadd(s, y);
+        fx.b.def_var(acc, s);
+        Ok(())
+    })?;
+    let s = fx.b.use_var(acc);
+    let h = fx.hsum(s);
+    let tot = fx.var(types::F32, h);
+    fx.for_range(rest, n, 1, false, |fx, i| {
+        let a = fx.addr(p, i, 4);
+        let x = fx.b.ins().load(types::F32, mem(), a, 0);
+        let xv = fx.b.ins().splat(F4, x);
+        let y = f(fx, xv);
+        let y = fx.b.ins().extractlane(y, 0);
+        let t = fx.b.use_var(tot);
+        let t = fx.b.ins().fadd(t, y);
+        fx.b.def_var(tot, t);
+        Ok(())
+    })?;
+    Ok(fx.b.use_var(tot))
 }
-pub(crate) fn lower_reduce(_g: &Graph, _n: Node) -> Result<Lowered<'_>, CpuError> {
-    Err(CpuError::Unsupported("todo".into()))
+
+/// `out[i] = f(x[i], i)` over a row, f32x4 + tail (`f` gets the element index of lane 0).
+fn row_map(
+    fx: &mut Fx,
+    x: Value,
+    out: Value,
+    n: Value,
+    f: &dyn Fn(&mut Fx, Value, Value, bool) -> Value,
+) -> Result<(), CpuError> {
+    let zero = fx.iconst(0);
+    let rest = fx.for_range(zero, n, 4, true, |fx, i| {
+        let a = fx.addr(x, i, 4);
+        let v = fx.b.ins().load(F4, mem(), a, 0);
+        let y = f(fx, v, i, true);
+        let o = fx.addr(out, i, 4);
+        fx.b.ins().store(mem(), y, o, 0);
+        Ok(())
+    })?;
+    fx.for_range(rest, n, 1, false, |fx, i| {
+        let a = fx.addr(x, i, 4);
+        let v = fx.b.ins().load(types::F32, mem(), a, 0);
+        let v = fx.b.ins().splat(F4, v);
+        let y = f(fx, v, i, false);
+        let y = fx.b.ins().extractlane(y, 0);
+        let o = fx.addr(out, i, 4);
+        fx.b.ins().store(mem(), y, o, 0);
+        Ok(())
+    })?;
+    Ok(())
 }
-pub(crate) fn lower_dynamic_quantize(_g: &Graph, _n: Node) -> Result<Lowered<'_>, CpuError> {
-    Err(CpuError::Unsupported("todo".into()))
+
+/// Loads 4 (or lane 0 of) f32 at element `i` of `p`, or splats element 0 when `single`.
+fn load_param(fx: &mut Fx, p: Value, i: Value, vector: bool, single: bool) -> Value {
+    if single {
+        let s = fx.b.ins().load(types::F32, mem(), p, 0);
+        return fx.b.ins().splat(F4, s);
+    }
+    let a = fx.addr(p, i, 4);
+    if vector {
+        fx.b.ins().load(F4, mem(), a, 0)
+    } else {
+        let s = fx.b.ins().load(types::F32, mem(), a, 0);
+        fx.b.ins().splat(F4, s)
+    }
+}
+
+pub(crate) fn lower_norm(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    f32_only(g, &nd.inputs, "normalization")?;
+    f32_only(g, &nd.outputs, "normalization")?;
+    let x = nd.inputs[0];
+    let xd = dims(g, x);
+    let r = xd.len();
+    let axis = match nd.op {
+        Op::LayerNorm { axis, .. } | Op::RmsNorm { axis, .. } | Op::Softmax { axis } | Op::LogSoftmax { axis } => axis,
+        _ => unreachable!(),
+    };
+    let a = tessera_ir::types::normalize_axis(axis, r).ok_or_else(|| CpuError::Codegen("axis".into()))?;
+    if matches!(nd.op, Op::Softmax { .. } | Op::LogSoftmax { .. }) && a + 1 != r {
+        return Err(CpuError::Unsupported("softmax over an inner axis".into()));
+    }
+    let inner: Vec<Dim> = xd[a..].to_vec();
+    let outer: Vec<Dim> = xd[..a].to_vec();
+    // Scale and bias: the normalized shape, or one element.
+    let mut single = Vec::new();
+    for &p in &nd.inputs[1..] {
+        let pd = dims(g, p);
+        let n1 = g.ty(p).shape.static_numel() == Some(1);
+        let full = pd.len() <= inner.len()
+            && pd.iter().rev().zip(inner.iter().rev()).all(|(a, b)| a == b)
+            && inner[..inner.len() - pd.len()].iter().all(|d| *d == Dim::Static(1));
+        if !n1 && !full {
+            return Err(CpuError::Unsupported(format!("normalization parameter of shape {}", g.ty(p).shape)));
+        }
+        single.push(n1);
+    }
+    let op = nd.op.clone();
+    let k = nd.inputs.len();
+    let mut bufs = values(&nd.inputs);
+    bufs.push(BufRef::Value(nd.outputs[0]));
+    let mut lw = Lowered::new(
+        op.name(),
+        bufs,
+        Box::new(move |fx| {
+            let xp = fx.buf(0);
+            let params: Vec<Value> = (1..k).map(|i| fx.buf(i)).collect();
+            let out = fx.buf(k);
+            let nn = fx.numel(&inner)?;
+            let nf = fx.b.ins().fcvt_from_sint(types::F32, nn);
+            let row_bytes = fx.imul_imm(nn, 4);
+            let (lo, hi) = (fx.lo, fx.hi);
+            fx.for_range(lo, hi, 1, false, |fx, row| {
+                let off = fx.b.ins().imul(row, row_bytes);
+                let xr = fx.b.ins().iadd(xp, off);
+                let orow = fx.b.ins().iadd(out, off);
+                match op {
+                    Op::LayerNorm { epsilon, .. } => {
+                        let s = row_sum(fx, xr, nn, &|_, v| v)?;
+                        let mean = fx.b.ins().fdiv(s, nf);
+                        let mv = fx.b.ins().splat(F4, mean);
+                        let ss = row_sum(fx, xr, nn, &|fx, v| {
+                            let d = fx.b.ins().fsub(v, mv);
+                            fx.b.ins().fmul(d, d)
+                        })?;
+                        let var = fx.b.ins().fdiv(ss, nf);
+                        let eps = fx.fconst(epsilon);
+                        let ve = fx.b.ins().fadd(var, eps);
+                        let sd = fx.b.ins().sqrt(ve);
+                        let sdv = fx.b.ins().splat(F4, sd);
+                        let (sp, bp) = (params[0], params.get(1).copied());
+                        let (s1, b1) = (single[0], single.get(1).copied().unwrap_or(true));
+                        row_map(fx, xr, orow, nn, &|fx, v, i, vec| {
+                            let d = fx.b.ins().fsub(v, mv);
+                            let y = fx.b.ins().fdiv(d, sdv);
+                            let sc = load_param(fx, sp, i, vec, s1);
+                            let y = fx.b.ins().fmul(y, sc);
+                            match bp {
+                                Some(bp) => {
+                                    let bv = load_param(fx, bp, i, vec, b1);
+                                    fx.b.ins().fadd(y, bv)
+                                }
+                                None => y,
+                            }
+                        })
+                    }
+                    Op::RmsNorm { epsilon, .. } => {
+                        let ss = row_sum(fx, xr, nn, &|fx, v| fx.b.ins().fmul(v, v))?;
+                        let ms = fx.b.ins().fdiv(ss, nf);
+                        let eps = fx.fconst(epsilon);
+                        let ve = fx.b.ins().fadd(ms, eps);
+                        let sd = fx.b.ins().sqrt(ve);
+                        let sdv = fx.b.ins().splat(F4, sd);
+                        let (sp, s1) = (params[0], single[0]);
+                        row_map(fx, xr, orow, nn, &|fx, v, i, vec| {
+                            let y = fx.b.ins().fdiv(v, sdv);
+                            let sc = load_param(fx, sp, i, vec, s1);
+                            fx.b.ins().fmul(y, sc)
+                        })
+                    }
+                    _ => {
+                        let log = matches!(op, Op::LogSoftmax { .. });
+                        softmax_row(fx, xr, orow, nn, log)
+                    }
+                }
+            })?;
+            Ok(())
+        }),
+    );
+    lw.par = Some((if outer.is_empty() { vec![Dim::Static(1)] } else { outer }, 1));
+    Ok(lw)
+}
+
+/// Max of a row (NaN-propagating as `fmax`), f32x4 + tail.
+fn row_max(fx: &mut Fx, p: Value, n: Value) -> Result<Value, CpuError> {
+    let m4 = fx.fsplat(f32::NEG_INFINITY);
+    let acc = fx.var(F4, m4);
+    let zero = fx.iconst(0);
+    let rest = fx.for_range(zero, n, 4, true, |fx, i| {
+        let a = fx.addr(p, i, 4);
+        let x = fx.b.ins().load(F4, mem(), a, 0);
+        let s = fx.b.use_var(acc);
+        let s = fx.b.ins().fmax(s, x);
+        fx.b.def_var(acc, s);
+        Ok(())
+    })?;
+    let s = fx.b.use_var(acc);
+    let h = fx.hmax(s);
+    let tot = fx.var(types::F32, h);
+    fx.for_range(rest, n, 1, false, |fx, i| {
+        let a = fx.addr(p, i, 4);
+        let x = fx.b.ins().load(types::F32, mem(), a, 0);
+        let t = fx.b.use_var(tot);
+        let t = fx.b.ins().fmax(t, x);
+        fx.b.def_var(tot, t);
+        Ok(())
+    })?;
+    Ok(fx.b.use_var(tot))
+}
+
+/// Softmax (or log-softmax) of a contiguous row: `out` may be the scratch row itself.
+fn softmax_row(fx: &mut Fx, x: Value, out: Value, n: Value, log: bool) -> Result<(), CpuError> {
+    let m = row_max(fx, x, n)?;
+    let mv = fx.b.ins().splat(F4, m);
+    let s = row_sum(fx, x, n, &|fx, v| {
+        let d = fx.b.ins().fsub(v, mv);
+        math::exp(fx, d)
+    })?;
+    if log {
+        let ls =
+            fx.call_host(math::host_log as *const () as usize, &[types::F32], Some(types::F32), &[s]).expect("ret");
+        let lsv = fx.b.ins().splat(F4, ls);
+        row_map(fx, x, out, n, &|fx, v, _, _| {
+            let d = fx.b.ins().fsub(v, mv);
+            fx.b.ins().fsub(d, lsv)
+        })
+    } else {
+        let sv = fx.b.ins().splat(F4, s);
+        row_map(fx, x, out, n, &|fx, v, _, _| {
+            let d = fx.b.ins().fsub(v, mv);
+            let e = math::exp(fx, d);
+            fx.b.ins().fdiv(e, sv)
+        })
+    }
+}
+
+pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    let Op::Attention { scale, causal } = nd.op else { unreachable!() };
+    f32_only(g, &nd.inputs[..3], "attention")?;
+    let (q, k, v) = (nd.inputs[0], nd.inputs[1], nd.inputs[2]);
+    let mask = nd.inputs.get(3).copied();
+    let mask_bool = match mask.map(|m| g.ty(m).dtype) {
+        None => false,
+        Some(DType::F32) => false,
+        Some(DType::Bool) => true,
+        Some(d) => return Err(CpuError::Unsupported(format!("{d} attention mask"))),
+    };
+    let out = nd.outputs[0];
+    let od = dims(g, out);
+    let r = od.len();
+    if r < 2 {
+        return Err(CpuError::Unsupported("attention of rank < 2".into()));
+    }
+    let lead: Vec<Dim> = od[..r - 2].to_vec();
+    let (qd, kd, vd) = (dims(g, q), dims(g, k), dims(g, v));
+    let md = mask.map(|m| dims(g, m));
+    // Per operand: strides (elements) over the full score space [lead.., sq, sk] or [lead.., s, d].
+    let stride_plan = |od_: &[Dim], target: &[Dim]| -> Result<Vec<bool>, CpuError> {
+        let rr = target.len();
+        let pad = rr.checked_sub(od_.len()).ok_or_else(|| CpuError::Unsupported("attention operand rank".into()))?;
+        (0..rr)
+            .map(|j| match j.checked_sub(pad).map(|i| &od_[i]) {
+                None => Ok(false),
+                Some(Dim::Static(1)) if target[j] != Dim::Static(1) => Ok(false),
+                Some(x) if *x == target[j] => Ok(true),
+                Some(x) => Err(CpuError::Unsupported(format!("attention dim {x} against {}", target[j]))),
+            })
+            .collect()
+    };
+    let mut tq = lead.clone();
+    tq.extend([qd[qd.len() - 2].clone(), qd[qd.len() - 1].clone()]);
+    let mut tk = lead.clone();
+    tk.extend([kd[kd.len() - 2].clone(), kd[kd.len() - 1].clone()]);
+    let mut tv = lead.clone();
+    tv.extend([vd[vd.len() - 2].clone(), vd[vd.len() - 1].clone()]);
+    let mut ts = lead.clone();
+    ts.extend([qd[qd.len() - 2].clone(), kd[kd.len() - 2].clone()]);
+    let mq = stride_plan(&qd, &tq)?;
+    let mk = stride_plan(&kd, &tk)?;
+    let mvv = stride_plan(&vd, &tv)?;
+    let mm = match &md {
+        Some(m) => Some(stride_plan(m, &ts)?),
+        None => None,
+    };
+    let sk_dim = kd[kd.len() - 2].clone();
+    let k_in = nd.inputs.len();
+    let mut bufs = values(&nd.inputs);
+    bufs.push(BufRef::Value(out));
+    let scratch_dim = sk_dim.clone();
+    let par_dims = if lead.is_empty() { vec![Dim::Static(1)] } else { lead.clone() };
+    let mut lw = Lowered::new(
+        "attention",
+        bufs,
+        Box::new(move |fx| {
+            let (qp, kp, vp) = (fx.buf(0), fx.buf(1), fx.buf(2));
+            let mp = if mask.is_some() { Some(fx.buf(3)) } else { None };
+            let op = fx.buf(k_in);
+            let sp = fx.buf(k_in + 1);
+            let strides = |fx: &mut Fx, dd: &[Dim], moves: &[bool], e: i64| -> Result<Vec<Option<Value>>, CpuError> {
+                let rr = moves.len();
+                let pad = rr - dd.len();
+                let mut acc = fx.iconst(e);
+                let mut st = vec![None; rr];
+                for j in (0..rr).rev() {
+                    if moves[j] {
+                        st[j] = Some(acc);
+                        let d = fx.dim(&dd[j - pad])?;
+                        acc = fx.b.ins().imul(acc, d);
+                    }
+                }
+                Ok(st)
+            };
+            let sq_ = fx.dim(&tq[r - 2])?;
+            let d_ = fx.dim(&tq[r - 1])?;
+            let sk = fx.dim(&tk[r - 2])?;
+            let dv = fx.dim(&tv[r - 1])?;
+            let sq_st = strides(fx, &qd, &mq, 4)?;
+            let sk_st = strides(fx, &kd, &mk, 4)?;
+            let sv_st = strides(fx, &vd, &mvv, 4)?;
+            let m_st = match (&md, &mm) {
+                (Some(m), Some(mv)) => Some(strides(fx, m, mv, if mask_bool { 1 } else { 4 })?),
+                _ => None,
+            };
+            let leadv: Vec<Value> = lead.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
+            let zero = fx.iconst(0);
+            let (lo, hi) = (fx.lo, fx.hi);
+            let scale_v = fx.fconst(scale);
+            fx.for_range(lo, hi, 1, false, |fx, l| {
+                // Leading offsets of q, k, v, mask and the output.
+                let mut rest = l;
+                let (mut oq, mut ok, mut ov, mut om) = (zero, zero, zero, zero);
+                for j in (0..leadv.len()).rev() {
+                    let (idx, next) = if j == 0 {
+                        (rest, rest)
+                    } else {
+                        let qq = fx.b.ins().udiv(rest, leadv[j]);
+                        let m = fx.b.ins().imul(qq, leadv[j]);
+                        (fx.b.ins().isub(rest, m), qq)
+                    };
+                    for (acc, st) in [(&mut oq, &sq_st), (&mut ok, &sk_st), (&mut ov, &sv_st)] {
+                        if let Some(s) = st[j] {
+                            let o = fx.b.ins().imul(idx, s);
+                            *acc = fx.b.ins().iadd(*acc, o);
+                        }
+                    }
+                    if let Some(ms) = &m_st {
+                        if let Some(s) = ms[j] {
+                            let o = fx.b.ins().imul(idx, s);
+                            om = fx.b.ins().iadd(om, o);
+                        }
+                    }
+                    rest = next;
+                }
+                let qb = fx.b.ins().iadd(qp, oq);
+                let kb = fx.b.ins().iadd(kp, ok);
+                let vb = fx.b.ins().iadd(vp, ov);
+                let ob = {
+                    let rows = fx.b.ins().imul(l, sq_);
+                    let e = fx.b.ins().imul(rows, dv);
+                    fx.addr(op, e, 4)
+                };
+                let k_row = sk_st[r - 2].unwrap_or(zero);
+                let v_row = sv_st[r - 2].unwrap_or(zero);
+                let q_row = sq_st[r - 2].unwrap_or(zero);
+                fx.for_n(sq_, |fx, i| {
+                    let qo = fx.b.ins().imul(i, q_row);
+                    let qr = fx.b.ins().iadd(qb, qo);
+                    // Scores.
+                    fx.for_n(sk, |fx, j| {
+                        let ko = fx.b.ins().imul(j, k_row);
+                        let kr = fx.b.ins().iadd(kb, ko);
+                        let dot = dot_row(fx, qr, kr, d_)?;
+                        let mut s = fx.b.ins().fmul(dot, scale_v);
+                        if let (Some(mp), Some(ms)) = (mp, &m_st) {
+                            let mut a = fx.b.ins().iadd(mp, om);
+                            if let Some(st) = ms[r - 2] {
+                                let o = fx.b.ins().imul(i, st);
+                                a = fx.b.ins().iadd(a, o);
+                            }
+                            if let Some(st) = ms[r - 1] {
+                                let o = fx.b.ins().imul(j, st);
+                                a = fx.b.ins().iadd(a, o);
+                            }
+                            if mask_bool {
+                                let keep = fx.b.ins().load(types::I8, mem(), a, 0);
+                                let ninf = fx.fconst(f32::NEG_INFINITY);
+                                s = fx.b.ins().select(keep, s, ninf);
+                            } else {
+                                let add = fx.b.ins().load(types::F32, mem(), a, 0);
+                                s = fx.b.ins().fadd(s, add);
+                            }
+                        }
+                        if causal {
+                            // j + sq > i + sk masks.
+                            let lhs = fx.b.ins().iadd(j, sq_);
+                            let rhs = fx.b.ins().iadd(i, sk);
+                            let hide = fx.b.ins().icmp(IntCC::SignedGreaterThan, lhs, rhs);
+                            let ninf = fx.fconst(f32::NEG_INFINITY);
+                            s = fx.b.ins().select(hide, ninf, s);
+                        }
+                        let sa = fx.addr(sp, j, 4);
+                        fx.b.ins().store(mem(), s, sa, 0);
+                        Ok(())
+                    })?;
+                    let m = row_max(fx, sp, sk)?;
+                    let ninf = fx.fconst(f32::NEG_INFINITY);
+                    let dead = fx.b.ins().fcmp(FloatCC::Equal, m, ninf);
+                    let mv = fx.b.ins().splat(F4, m);
+                    // exp in place, and the sum.
+                    let sum = row_sum(fx, sp, sk, &|fx, v| {
+                        let d = fx.b.ins().fsub(v, mv);
+                        math::exp(fx, d)
+                    })?;
+                    row_map(fx, sp, sp, sk, &|fx, v, _, _| {
+                        let d = fx.b.ins().fsub(v, mv);
+                        math::exp(fx, d)
+                    })?;
+                    let one = fx.fconst(1.0);
+                    let inv = fx.b.ins().fdiv(one, sum);
+                    let zf = fx.fconst(0.0);
+                    let inv = fx.b.ins().select(dead, zf, inv);
+                    let invv = fx.b.ins().splat(F4, inv);
+                    // out row = sum_j p_j v_j (4 columns at a time, then a scalar tail).
+                    let orow = {
+                        let o = fx.b.ins().imul(i, dv);
+                        fx.addr(ob, o, 4)
+                    };
+                    let z = fx.iconst(0);
+                    let rest = fx.for_range(z, dv, 4, true, |fx, c| {
+                        let z4 = fx.fsplat(0.0);
+                        let acc = fx.var(F4, z4);
+                        let co = fx.imul_imm(c, 4);
+                        let vcol = fx.b.ins().iadd(vb, co);
+                        fx.for_n(sk, |fx, j| {
+                            let pa = fx.addr(sp, j, 4);
+                            let p = fx.b.ins().load(types::F32, mem(), pa, 0);
+                            let pv = fx.b.ins().splat(F4, p);
+                            let vo = fx.b.ins().imul(j, v_row);
+                            let va = fx.b.ins().iadd(vcol, vo);
+                            let vv = fx.b.ins().load(F4, mem(), va, 0);
+                            let a = fx.b.use_var(acc);
+                            let a = fx.b.ins().fma(pv, vv, a);
+                            fx.b.def_var(acc, a);
+                            Ok(())
+                        })?;
+                        let a = fx.b.use_var(acc);
+                        let a = fx.b.ins().fmul(a, invv);
+                        let oa = fx.addr(orow, c, 4);
+                        fx.b.ins().store(mem(), a, oa, 0);
+                        Ok(())
+                    })?;
+                    fx.for_range(rest, dv, 1, false, |fx, c| {
+                        let zf = fx.fconst(0.0);
+                        let acc = fx.var(types::F32, zf);
+                        let co = fx.imul_imm(c, 4);
+                        let vcol = fx.b.ins().iadd(vb, co);
+                        fx.for_n(sk, |fx, j| {
+                            let pa = fx.addr(sp, j, 4);
+                            let p = fx.b.ins().load(types::F32, mem(), pa, 0);
+                            let vo = fx.b.ins().imul(j, v_row);
+                            let va = fx.b.ins().iadd(vcol, vo);
+                            let vv = fx.b.ins().load(types::F32, mem(), va, 0);
+                            let a = fx.b.use_var(acc);
+                            let a = fx.b.ins().fma(p, vv, a);
+                            fx.b.def_var(acc, a);
+                            Ok(())
+                        })?;
+                        let a = fx.b.use_var(acc);
+                        let a = fx.b.ins().fmul(a, inv);
+                        let oa = fx.addr(orow, c, 4);
+                        fx.b.ins().store(mem(), a, oa, 0);
+                        Ok(())
+                    })?;
+                    Ok(())
+                })
+            })?;
+            Ok(())
+        }),
+    );
+    lw.par = Some((par_dims, 1));
+    lw.scratch = Some(Arc::new(move |b| vec![(b.resolve(&scratch_dim).unwrap_or(0) * 4) as i64]));
+    Ok(lw)
+}
+
+/// Dot product of two contiguous f32 rows of length `n`.
+fn dot_row(fx: &mut Fx, a: Value, b: Value, n: Value) -> Result<Value, CpuError> {
+    let z4 = fx.fsplat(0.0);
+    let acc = fx.var(F4, z4);
+    let zero = fx.iconst(0);
+    let rest = fx.for_range(zero, n, 4, true, |fx, i| {
+        let pa = fx.addr(a, i, 4);
+        let pb = fx.addr(b, i, 4);
+        let x = fx.b.ins().load(F4, mem(), pa, 0);
+        let y = fx.b.ins().load(F4, mem(), pb, 0);
+        let s = fx.b.use_var(acc);
+        let s = fx.b.ins().fma(x, y, s);
+        fx.b.def_var(acc, s);
+        Ok(())
+    })?;
+    let s = fx.b.use_var(acc);
+    let h = fx.hsum(s);
+    let tot = fx.var(types::F32, h);
+    fx.for_range(rest, n, 1, false, |fx, i| {
+        let pa = fx.addr(a, i, 4);
+        let pb = fx.addr(b, i, 4);
+        let x = fx.b.ins().load(types::F32, mem(), pa, 0);
+        let y = fx.b.ins().load(types::F32, mem(), pb, 0);
+        let t = fx.b.use_var(tot);
+        let t = fx.b.ins().fma(x, y, t);
+        fx.b.def_var(tot, t);
+        Ok(())
+    })?;
+    Ok(fx.b.use_var(tot))
+}
+
+pub(crate) fn lower_reduce(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    let Op::Reduce { op, ref axes, .. } = nd.op else {
+        return Err(CpuError::Unsupported("argmax on the CPU target".into()));
+    };
+    if nd.inputs.len() > 1 {
+        return Err(CpuError::Unsupported("reduction axes given at run time".into()));
+    }
+    f32_only(g, &nd.inputs, "reduction")?;
+    let x = nd.inputs[0];
+    let xd = dims(g, x);
+    let r = xd.len();
+    let mut red = vec![false; r];
+    if axes.is_empty() {
+        red.iter_mut().for_each(|x| *x = true);
+    }
+    for &a in axes {
+        red[tessera_ir::types::normalize_axis(a, r).ok_or_else(|| CpuError::Codegen("axis".into()))?] = true;
+    }
+    let mut bufs = values(&nd.inputs);
+    bufs.push(BufRef::Value(nd.outputs[0]));
+    Ok(Lowered::new(
+        op.name(),
+        bufs,
+        Box::new(move |fx| {
+            let xp = fx.buf(0);
+            let out = fx.buf(1);
+            let dv: Vec<Value> = xd.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
+            let mut st = vec![fx.iconst(4); r];
+            for j in (0..r.saturating_sub(1)).rev() {
+                st[j] = fx.b.ins().imul(st[j + 1], dv[j + 1]);
+            }
+            let kept: Vec<usize> = (0..r).filter(|&j| !red[j]).collect();
+            let reduced: Vec<usize> = (0..r).filter(|&j| red[j]).collect();
+            let mut count = fx.iconst(1);
+            for &j in &reduced {
+                count = fx.b.ins().imul(count, dv[j]);
+            }
+            let countf = fx.b.ins().fcvt_from_sint(types::F32, count);
+            let oi = fx.var(types::I64, st[0]);
+            let zero = fx.iconst(0);
+            fx.b.def_var(oi, zero);
+            kept_nest(fx, 0, &kept, &reduced, &dv, &st, xp, out, oi, op, countf)
+        }),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn kept_nest(
+    fx: &mut Fx,
+    depth: usize,
+    kept: &[usize],
+    reduced: &[usize],
+    dv: &[Value],
+    st: &[Value],
+    base: Value,
+    out: Value,
+    oi: cranelift_frontend::Variable,
+    op: ReduceOp,
+    countf: Value,
+) -> Result<(), CpuError> {
+    if depth == kept.len() {
+        let init = match op {
+            ReduceOp::Sum | ReduceOp::Mean => 0.0,
+            ReduceOp::Prod => 1.0,
+            ReduceOp::Max => f32::NEG_INFINITY,
+            ReduceOp::Min => f32::INFINITY,
+        };
+        let iv = fx.fconst(init);
+        let acc = fx.var(types::F32, iv);
+        red_nest(fx, 0, reduced, dv, st, base, acc, op)?;
+        let mut a = fx.b.use_var(acc);
+        if op == ReduceOp::Mean {
+            a = fx.b.ins().fdiv(a, countf);
+        }
+        if matches!(op, ReduceOp::Max | ReduceOp::Min) {
+            // An empty reduction keeps the identity, as the interpreter's fold does.
+        }
+        let i = fx.b.use_var(oi);
+        let o = fx.addr(out, i, 4);
+        fx.b.ins().store(mem(), a, o, 0);
+        let i1 = fx.iadd_imm(i, 1);
+        fx.b.def_var(oi, i1);
+        return Ok(());
+    }
+    let j = kept[depth];
+    fx.for_n(dv[j], |fx, i| {
+        let o = fx.b.ins().imul(i, st[j]);
+        let b2 = fx.b.ins().iadd(base, o);
+        kept_nest(fx, depth + 1, kept, reduced, dv, st, b2, out, oi, op, countf)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn red_nest(
+    fx: &mut Fx,
+    depth: usize,
+    reduced: &[usize],
+    dv: &[Value],
+    st: &[Value],
+    base: Value,
+    acc: cranelift_frontend::Variable,
+    op: ReduceOp,
+) -> Result<(), CpuError> {
+    if depth == reduced.len() {
+        let x = fx.b.ins().load(types::F32, mem(), base, 0);
+        let a = fx.b.use_var(acc);
+        let y = match op {
+            ReduceOp::Sum | ReduceOp::Mean => fx.b.ins().fadd(a, x),
+            ReduceOp::Prod => fx.b.ins().fmul(a, x),
+            ReduceOp::Max => fx.b.ins().fmax(a, x),
+            ReduceOp::Min => fx.b.ins().fmin(a, x),
+        };
+        fx.b.def_var(acc, y);
+        return Ok(());
+    }
+    let j = reduced[depth];
+    fx.for_n(dv[j], |fx, i| {
+        let o = fx.b.ins().imul(i, st[j]);
+        let b2 = fx.b.ins().iadd(base, o);
+        red_nest(fx, depth + 1, reduced, dv, st, b2, acc, op)
+    })
+}
+
+pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    f32_only(g, &nd.inputs, "dynamic_quantize")?;
+    let x = nd.inputs[0];
+    let xd = dims(g, x);
+    let mut bufs = values(&nd.inputs);
+    bufs.extend(values(&nd.outputs));
+    Ok(Lowered::new(
+        "dynamic_quantize",
+        bufs,
+        Box::new(move |fx| {
+            let (xp, yp, sp, zp) = (fx.buf(0), fx.buf(1), fx.buf(2), fx.buf(3));
+            let nn = fx.numel(&xd)?;
+            // min/max folded from 0 (so the range always holds 0).
+            let z4 = fx.fsplat(0.0);
+            let lo4 = fx.var(F4, z4);
+            let hi4 = fx.var(F4, z4);
+            let zero = fx.iconst(0);
+            let rest = fx.for_range(zero, nn, 4, true, |fx, i| {
+                let a = fx.addr(xp, i, 4);
+                let v = fx.b.ins().load(F4, mem(), a, 0);
+                let l = fx.b.use_var(lo4);
+                let l = fx.b.ins().fmin(l, v);
+                fx.b.def_var(lo4, l);
+                let h = fx.b.use_var(hi4);
+                let h = fx.b.ins().fmax(h, v);
+                fx.b.def_var(hi4, h);
+                Ok(())
+            })?;
+            fx.for_range(rest, nn, 1, false, |fx, i| {
+                let a = fx.addr(xp, i, 4);
+                let s = fx.b.ins().load(types::F32, mem(), a, 0);
+                let v = fx.b.ins().splat(F4, s);
+                let l = fx.b.use_var(lo4);
+                let l = fx.b.ins().fmin(l, v);
+                fx.b.def_var(lo4, l);
+                let h = fx.b.use_var(hi4);
+                let h = fx.b.ins().fmax(h, v);
+                fx.b.def_var(hi4, h);
+                Ok(())
+            })?;
+            let l = fx.b.use_var(lo4);
+            let h = fx.b.use_var(hi4);
+            let mut lo = fx.b.ins().extractlane(l, 0);
+            let mut hi = fx.b.ins().extractlane(h, 0);
+            for lane in 1..4u8 {
+                let e = fx.b.ins().extractlane(l, lane);
+                lo = fx.b.ins().fmin(lo, e);
+                let e = fx.b.ins().extractlane(h, lane);
+                hi = fx.b.ins().fmax(hi, e);
+            }
+            let scale = fx
+                .call_host(host_dq_scale as *const () as usize, &[types::F32, types::F32], Some(types::F32), &[lo, hi])
+                .expect("ret");
+            let zpv = fx
+                .call_host(
+                    host_dq_zero as *const () as usize,
+                    &[types::F32, types::F32],
+                    Some(types::I32),
+                    &[lo, scale],
+                )
+                .expect("ret");
+            fx.b.ins().store(mem(), scale, sp, 0);
+            fx.b.ins().istore8(mem(), zpv, zp, 0);
+            // y = saturate(round_half_even(x / scale) + zero) into u8.
+            let sv = fx.b.ins().splat(F4, scale);
+            let zf = fx.b.ins().fcvt_from_sint(types::F32, zpv);
+            let zfv = fx.b.ins().splat(F4, zf);
+            let lo_c = fx.fsplat(0.0);
+            let hi_c = fx.fsplat(255.0);
+            let z = fx.iconst(0);
+            fx.for_range(z, nn, 1, false, |fx, i| {
+                let a = fx.addr(xp, i, 4);
+                let s = fx.b.ins().load(types::F32, mem(), a, 0);
+                let v = fx.b.ins().splat(F4, s);
+                let q = fx.b.ins().fdiv(v, sv);
+                let q = fx.b.ins().nearest(q);
+                // NaN quantizes to the zero point (q as NaN -> 0, then + zero).
+                let nan = fx.vfcmp(FloatCC::Unordered, q, q);
+                let zq = fx.fsplat(0.0);
+                let q = fx.vselect(nan, zq, q);
+                let q = fx.b.ins().fadd(q, zfv);
+                let q = fx.b.ins().fmax(q, lo_c);
+                let q = fx.b.ins().fmin(q, hi_c);
+                let qs = fx.b.ins().extractlane(q, 0);
+                let qi = fx.b.ins().fcvt_to_sint_sat(types::I32, qs);
+                let o = fx.b.ins().iadd(yp, i);
+                fx.b.ins().istore8(mem(), qi, o, 0);
+                Ok(())
+            })?;
+            Ok(())
+        }),
+    ))
+}
+
+extern "C" fn host_dq_scale(lo: f32, hi: f32) -> f32 {
+    let scale = (hi - lo) / 255.0;
+    if scale == 0.0 || !scale.is_finite() {
+        1.0
+    } else {
+        scale
+    }
+}
+
+extern "C" fn host_dq_zero(lo: f32, scale: f32) -> i32 {
+    DType::U8.saturate_int((-lo / scale).round_ties_even() as i64) as i32
 }

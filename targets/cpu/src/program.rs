@@ -26,7 +26,7 @@ pub(crate) struct Step {
     pub params: Option<ParamFn>,
     /// Scratch bytes each parallel chunk needs (f32 rows for attention scores).
     pub scratch: Option<ParamFn>,
-    /// Nanoseconds spent in this step, summed over runs (when profiling).
+    pub serial: bool,
     pub name: String,
 }
 
@@ -118,9 +118,9 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
     for (n, nd) in g.nodes() {
         match lower::lower(g, n, &mut owned) {
             Ok(lw) => {
-                let Lowered { name, bufs, par, params, scratch, emit } = lw;
+                let Lowered { name, bufs, par, params, scratch, serial, emit } = lw;
                 match jit.define(&name, &syms, emit) {
-                    Ok(k) => pending.push((n, nd.op.name(), k, Meta { name, bufs, par, params, scratch })),
+                    Ok(k) => pending.push((n, nd.op.name(), k, Meta { name, bufs, par, params, scratch, serial })),
                     Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
                     Err(e) => return Err(CpuError::Codegen(format!("{n} ({}): {e}", nd.op.name()))),
                 }
@@ -146,6 +146,7 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
             par: lw.par,
             params: lw.params,
             scratch: lw.scratch,
+            serial: lw.serial,
             name: lw.name,
         })
         .collect();
@@ -189,6 +190,7 @@ struct Meta {
     par: Option<(Vec<Dim>, u64)>,
     params: Option<ParamFn>,
     scratch: Option<ParamFn>,
+    serial: bool,
 }
 
 fn inner(e: CpuError) -> String {

@@ -1,0 +1,211 @@
+//! `tessera bench model.onnx --vs onnxruntime`: Tessera's CPU target and onnxruntime on the
+//! same inputs, alternating rounds, medians and ratios, plus startup (JIT compile vs session
+//! creation). onnxruntime runs in a Python subprocess (scripts/ort_bench.py, the pip package in
+//! .cache/venv) with spinning threads off, so it does not steal cores between rounds.
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use tessera_ir::{DType, Dim, Tensor};
+use tessera_runtime::{Session, SessionOptions};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Peer {
+    Onnxruntime,
+    /// No peer: Tessera alone.
+    None,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The model (.onnx).
+    pub model: PathBuf,
+    /// The engine to compare with, in the same run.
+    #[arg(long, value_enum, default_value_t = Peer::Onnxruntime)]
+    pub vs: Peer,
+    /// Sequence length for symbolic sequence dims (batch dims are 1).
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Thread counts to measure, comma-separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Alternating rounds per thread count.
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Runs per round (each round's median is kept; the result is the median of rounds).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Python with onnxruntime (default: .cache/venv/bin/python, made by scripts/fetch_models.sh).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Deterministic inputs: ids in range, masks of ones, token types zero, floats in [-1, 1).
+fn make_inputs(session: &Session, seq: usize) -> anyhow::Result<Vec<Tensor>> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::new();
+    for (name, ty) in session.inputs() {
+        let dims: Vec<usize> = ty
+            .shape
+            .dims()
+            .iter()
+            .map(|d| match d {
+                Dim::Static(n) => Ok(*n as usize),
+                Dim::Sym(s) if s.starts_with("batch") => Ok(1),
+                Dim::Sym(_) => Ok(seq),
+                Dim::Unknown => bail!("input {name:?} has a dim `?`"),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let n: usize = dims.iter().product();
+        let lname = name.to_lowercase();
+        let t = match ty.dtype {
+            DType::I64 | DType::I32 => {
+                let v: Vec<i64> = (0..n)
+                    .map(|i| {
+                        if lname.contains("mask") {
+                            1
+                        } else if lname.contains("type") {
+                            0
+                        } else if i == 0 {
+                            101
+                        } else {
+                            1000 + (next() % 20000) as i64
+                        }
+                    })
+                    .collect();
+                Tensor::from_i64(ty.dtype, &dims, v)?
+            }
+            DType::F32 => {
+                let v: Vec<f32> = (0..n).map(|_| (next() % 2000) as f32 / 1000.0 - 1.0).collect();
+                Tensor::from_f32(DType::F32, &dims, v)?
+            }
+            d => bail!("input {name:?}: cannot make {d} inputs"),
+        };
+        out.push(t);
+    }
+    Ok(out)
+}
+
+struct Ort {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    created_ms: f64,
+}
+
+impl Ort {
+    fn start(python: &Path, model: &Path, inputs: &Path, threads: usize) -> anyhow::Result<Ort> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ort_bench.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(model)
+            .arg(inputs)
+            .arg(threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {} (run scripts/fetch_models.sh to make .cache/venv)", python.display())
+            })?;
+        let mut out = BufReader::new(child.stdout.take().context("onnxruntime stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let created_ms = line
+            .strip_prefix("created ")
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .with_context(|| format!("onnxruntime did not start: {line:?}"))?;
+        Ok(Ort { child, out, created_ms })
+    }
+
+    fn run(&mut self, n: usize) -> anyhow::Result<Vec<f64>> {
+        let stdin = self.child.stdin.as_mut().context("onnxruntime stdin")?;
+        writeln!(stdin, "run {n}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        line.strip_prefix("times ")
+            .with_context(|| format!("onnxruntime said {line:?}"))?
+            .split_whitespace()
+            .map(|s| s.parse::<f64>().context("a time"))
+            .collect()
+    }
+}
+
+impl Drop for Ort {
+    fn drop(&mut self) {
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = writeln!(stdin, "quit");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    crate::must_exist(&args.model, "the model file")?;
+    let python = args.python.clone().unwrap_or_else(|| PathBuf::from(".cache/venv/bin/python"));
+    let dir = tempfile::tempdir()?;
+    println!(
+        "model: {}  (batch 1, seq {}, {} rounds x {} runs, medians)",
+        args.model.display(),
+        args.seq,
+        args.rounds,
+        args.runs
+    );
+    println!("{:>8} {:>14} {:>14} {:>10}", "threads", "tessera ms", "onnxruntime ms", "ratio");
+    let mut startup: Option<(f64, f64)> = None;
+    for &threads in &args.threads {
+        let opts = SessionOptions { threads, ..Default::default() };
+        let session = Session::from_file(&args.model, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let inputs = make_inputs(&session, args.seq)?;
+        for (i, ((name, _), t)) in session.inputs().iter().zip(&inputs).enumerate() {
+            tessera_compiler::onnx::write_tensor_pb(&dir.path().join(format!("input_{i}.pb")), name, t)?;
+        }
+        session.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?; // warm-up (plans the arena)
+        let mut ort = match args.vs {
+            Peer::Onnxruntime => Some(Ort::start(&python, &args.model, dir.path(), threads)?),
+            Peer::None => None,
+        };
+        if startup.is_none() {
+            startup = Some((session.startup.total_ms(), ort.as_ref().map_or(f64::NAN, |o| o.created_ms)));
+        }
+        let (mut ts, mut os) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            let mut t = Vec::new();
+            for _ in 0..args.runs {
+                let t0 = std::time::Instant::now();
+                session.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+                t.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            ts.push(median(&mut t));
+            if let Some(o) = ort.as_mut() {
+                let mut v = o.run(args.runs)?;
+                os.push(median(&mut v));
+            }
+        }
+        let (tm, om) = (median(&mut ts), median(&mut os));
+        println!("{threads:>8} {tm:>14.3} {om:>14.3} {:>10.2}", tm / om);
+    }
+    if let Some((t, o)) = startup {
+        println!(
+            "startup: tessera import + passes + JIT compile {t:.1} ms; onnxruntime session creation {o:.1} ms; ratio {:.2}",
+            t / o
+        );
+    }
+    println!("ratio = tessera / onnxruntime (below 1.0: Tessera is faster)");
+    Ok(ExitCode::SUCCESS)
+}
