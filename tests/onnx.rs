@@ -3,7 +3,7 @@
 //! `scripts/fetch_models.sh` puts in `.cache/` (the README's test command runs it first).
 
 use std::path::{Path, PathBuf};
-use tessera_compiler::conformance::{cases, run_case, run_case_with, Outcome};
+use tessera_compiler::conformance::{cases, run_case, run_case_on, run_case_with, Backend, Outcome};
 use tessera_compiler::onnx::{import_file, read_tensor_pb};
 use tessera_ir::compare::compare;
 
@@ -234,6 +234,66 @@ fn the_default_pipeline_fuses_every_pattern_of_minilm() {
         assert_eq!(n("layer_norm"), 7, "{name}: {counts:?}");
         for leftover in ["erf", "softmax", "tanh", "pow"] {
             assert_eq!(n(leftover), 0, "{name}: unfused {leftover} left: {counts:?}");
+        }
+    }
+}
+
+/// The CPU target against the interpreter on the node tests: every test that passes on the
+/// interpreter passes on the CPU target or is reported unsupported by it, never wrong.
+#[test]
+fn conformance_node_tests_on_the_cpu_target() {
+    let Some(cache) = cache() else { return };
+    let (mut passed, mut unsupported) = (0, 0);
+    let mut problems = Vec::new();
+    for d in cases(&cache.join("onnx-node-tests"), None).unwrap() {
+        if run_case(&d).outcome != Outcome::Passed {
+            continue;
+        }
+        match run_case_on(&d, None, Backend::Cpu).outcome {
+            Outcome::Passed => passed += 1,
+            Outcome::Unsupported(_) => unsupported += 1,
+            other => problems.push(format!("{}: {other:?}", d.display())),
+        }
+    }
+    println!("CPU target: {passed} node tests pass, {unsupported} unsupported, {} fail", problems.len());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Measured 619 when this test was written; a drop means a kernel regressed to unsupported.
+    assert!(passed >= 600, "only {passed} node tests pass on the CPU target");
+}
+
+/// Every real model compiles for the CPU target and gives the interpreter's outputs (floats
+/// within 1e-4, integers exactly) on every data set, after the default pipeline.
+#[test]
+fn every_minilm_variant_runs_on_the_cpu_target_like_the_interpreter() {
+    let Some(cache) = cache() else { return };
+    for name in [
+        "minilm-l3-fp32",
+        "minilm-l3-static64",
+        "minilm-l3-pruned",
+        "minilm-l3-int8-dynamic",
+        "minilm-l3-uint8-dynamic-perchannel",
+        "minilm-l3-matmulnbits-q4-b32",
+        "minilm-l3-qdq-int4-b32",
+    ] {
+        let model = cache.join(format!("models/{name}.onnx"));
+        let mut g = tessera_compiler::onnx::import_file(&model).unwrap_or_else(|e| panic!("{e}"));
+        tessera_compiler::passes::Pipeline::default_pipeline().run(&mut g, &mut |_| {}).unwrap();
+        let program = tessera_target_cpu::compile(&g, &tessera_target_cpu::CpuOptions { threads: 2, keep_clif: false })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut sets: Vec<PathBuf> =
+            std::fs::read_dir(cache.join(format!("models/{name}"))).unwrap().flatten().map(|e| e.path()).collect();
+        sets.sort();
+        for set in sets {
+            let inputs: Vec<tessera_ir::Tensor> = (0..g.inputs().len())
+                .map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).unwrap().tensor)
+                .collect();
+            let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+            let got = program.run(&inputs).unwrap_or_else(|e| panic!("{name} {}: {e}", set.display()));
+            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                let c = compare(a, b, 0.0, 1e-4).unwrap_or_else(|e| panic!("{name} output {j}: {e}"));
+                println!("{name} {} output {j}: CPU vs interpreter max abs {:.2e}", set.display(), c.max_abs_error);
+                assert!(c.passed(), "{name} {} output {j}: {c}", set.display());
+            }
         }
     }
 }

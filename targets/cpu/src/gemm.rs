@@ -110,10 +110,10 @@ impl Epilogue<'_> {
                 let m = fx.b.ins().imul(q, a.lead[j]);
                 (fx.b.ins().isub(rest, m), q)
             };
-            for k in 0..self.operands.len() {
-                if let Some(s) = a.row_strides[k][j] {
+            for (off, st) in offs.iter_mut().zip(&a.row_strides) {
+                if let Some(s) = st[j] {
                     let o = fx.b.ins().imul(idx, s);
-                    offs[k] = fx.b.ins().iadd(offs[k], o);
+                    *off = fx.b.ins().iadd(*off, o);
                 }
             }
             rest = next;

@@ -202,7 +202,7 @@ fn head_and_epilogue<'g>(
     let k = EwKernel { body: Cow::Owned(tb), out_dims: dims(g, out), out_dtype: ot.dtype, operands };
     let head_emit = head.emit;
     let mut lw = Lowered::new(
-        format!("{name}"),
+        name.to_string(),
         bufs,
         Box::new(move |fx| {
             // The head runs its whole range on this call.

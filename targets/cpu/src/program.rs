@@ -398,8 +398,11 @@ impl Program {
                 }
                 None => 1,
             };
-            let chunks =
-                if step.par.is_some() && self.pool.is_some() { (self.threads as i64).min(units).max(1) } else { 1 };
+            let chunks = if step.par.is_some() && self.pool.is_some() && !step.serial {
+                (self.threads as i64).min(units).max(1)
+            } else {
+                1
+            };
             let scratch_per = step.scratch.as_ref().map(|f| f(&plan.bindings)[0] as usize).unwrap_or(0);
             let code = if chunks <= 1 {
                 if scratch_per > 0 {

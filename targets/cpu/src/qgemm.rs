@@ -4,7 +4,8 @@
 //! column (`[N/8][K/4][8][4]` bytes), as i8; a u8 weight is stored as `b - 128` and the
 //! difference is added back from the row sums. The inner step is the portable
 //! widen-multiply-pairwise-add tree on i8x16 x u8x16, which Cranelift folds into one
-//! `vpdpbusd` on VNNI hosts (see `tests::vnni_fold`); a 4x8 block keeps 8 i32x4 accumulators.
+//! `vpdpbusd` on VNNI hosts (not yet checked in the emitted code); a 4x8 block keeps 8 i32x4
+//! accumulators.
 //! Exact: `sum (a - za)(b - zb) = sum a b - zb sum a - za sum b + K za zb`, column sums of the
 //! weight precomputed. When the region casts the product to f32 the cast is folded and the
 //! epilogue (scale, bias, activation, residual) runs on the accumulators.
