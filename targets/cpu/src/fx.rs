@@ -156,7 +156,10 @@ impl<'a> Fx<'a> {
         } else {
             self.b.ins().icmp(IntCC::SignedLessThan, i, end)
         };
-        self.b.ins().brif(cond, body_block, &[], exit, &[]);
+        // Branch to the exit on the inverted condition: Cranelift 0.135's loop analysis only hoists
+        // loop-invariant code when the loop body is the fall-through target.
+        let done = self.b.ins().bxor_imm_s(cond, 1);
+        self.b.ins().brif(done, exit, &[], body_block, &[]);
         self.b.switch_to_block(body_block);
         body(self, i)?;
         let i = self.b.use_var(counter);
