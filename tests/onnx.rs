@@ -261,8 +261,14 @@ fn conformance_node_tests_on_the_cpu_target() {
     assert!(passed >= 600, "only {passed} node tests pass on the CPU target");
 }
 
-/// Every real model compiles for the CPU target and gives the interpreter's outputs (floats
-/// within 1e-4, integers exactly) on every data set, after the default pipeline.
+/// Every real model compiles for the CPU target and gives the interpreter's outputs on every
+/// data set, after the default pipeline: integers exactly, floats within 1e-4. The two
+/// dynamic-quantization variants round their activations to 8 bits inside the model, so a
+/// last-bit f32 difference (the CPU kernels sum in another order) can move one activation by a
+/// whole quantization step, and the step then propagates (the same cascade measured against
+/// onnxruntime in the ONNX issue). For them data set 0 (12 tokens, no flip) is held to 1e-4
+/// like the rest, and the longer sets to cosine 0.999 and 0.1 (measured: up to 6.8e-2, cosine
+/// 0.99967, on the uint8 per-channel model's set 2).
 #[test]
 fn every_minilm_variant_runs_on_the_cpu_target_like_the_interpreter() {
     let Some(cache) = cache() else { return };
@@ -275,6 +281,7 @@ fn every_minilm_variant_runs_on_the_cpu_target_like_the_interpreter() {
         "minilm-l3-matmulnbits-q4-b32",
         "minilm-l3-qdq-int4-b32",
     ] {
+        let dynamic = name.contains("dynamic");
         let model = cache.join(format!("models/{name}.onnx"));
         let mut g = tessera_compiler::onnx::import_file(&model).unwrap_or_else(|e| panic!("{e}"));
         tessera_compiler::passes::Pipeline::default_pipeline().run(&mut g, &mut |_| {}).unwrap();
@@ -284,15 +291,22 @@ fn every_minilm_variant_runs_on_the_cpu_target_like_the_interpreter() {
             std::fs::read_dir(cache.join(format!("models/{name}"))).unwrap().flatten().map(|e| e.path()).collect();
         sets.sort();
         for set in sets {
+            let first = set.ends_with("test_data_set_0");
+            let (max_abs, min_cosine) = if dynamic && !first { (0.1, 0.999) } else { (1e-4, 0.999999) };
             let inputs: Vec<tessera_ir::Tensor> = (0..g.inputs().len())
                 .map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).unwrap().tensor)
                 .collect();
             let want = tessera_ir::run(&g, inputs.clone()).unwrap();
             let got = program.run(&inputs).unwrap_or_else(|e| panic!("{name} {}: {e}", set.display()));
             for (j, (a, b)) in got.iter().zip(&want).enumerate() {
-                let c = compare(a, b, 0.0, 1e-4).unwrap_or_else(|e| panic!("{name} output {j}: {e}"));
-                println!("{name} {} output {j}: CPU vs interpreter max abs {:.2e}", set.display(), c.max_abs_error);
-                assert!(c.passed(), "{name} {} output {j}: {c}", set.display());
+                let c = compare(a, b, 0.0, max_abs).unwrap_or_else(|e| panic!("{name} output {j}: {e}"));
+                println!(
+                    "{name} {} output {j}: CPU vs interpreter max abs {:.2e}, cosine {:.8}",
+                    set.display(),
+                    c.max_abs_error,
+                    c.cosine
+                );
+                assert!(c.passed() && c.cosine >= min_cosine, "{name} {} output {j}: {c}", set.display());
             }
         }
     }
