@@ -117,10 +117,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             session.startup.passes_ms
         );
     }
-    let g = session.graph().clone();
+    let g = session.graph();
     let mut failed = 0;
     for set in data_sets(&args.inputs)? {
-        let inputs = read_inputs(&g, &set)?;
+        let inputs = read_inputs(g, &set)?;
         let start = std::time::Instant::now();
         let outputs = session.run(&inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
         let elapsed = start.elapsed();

@@ -11,7 +11,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{BinaryOp, DType, Dim, Graph, Op, UnaryOp};
 
-use crate::fx::{elem_bytes, mem, Fx, F4};
+use crate::fx::{broadcast_strides, elem_bytes, mem, Fx, F4};
 use crate::{math, CpuError, KernelFault};
 
 /// A value inside a body.
@@ -189,15 +189,9 @@ fn b_of(v: Sv) -> Value {
 /// A float compare mask's lane 0 as a bool.
 fn mask_to_bool(fx: &mut Fx, m: Value) -> Value {
     let l = fx.b.ins().extractlane(m, 0);
-    fx.b.ins().band_imm_s(l, 1).pipe(|v| fx.b.ins().ireduce(types::I8, v))
+    let one = fx.b.ins().band_imm_s(l, 1);
+    fx.b.ins().ireduce(types::I8, one)
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl Pipe for Value {}
 
 /// One float unary function on f32x4.
 pub fn unary_f(fx: &mut Fx, op: UnaryOp, x: Value) -> Value {
@@ -504,18 +498,6 @@ pub struct EwKernel<'g> {
     pub operands: Vec<(DType, Vec<Dim>)>,
 }
 
-/// How operand dim `od` (right-aligned against output dim `d`) moves with the output index.
-fn stride_kind(od: Option<&Dim>, d: &Dim) -> Result<bool, CpuError> {
-    match od {
-        None => Ok(false),
-        Some(Dim::Static(1)) if *d != Dim::Static(1) => Ok(false),
-        Some(x) if x == d => Ok(true),
-        Some(x) => {
-            Err(CpuError::Unsupported(format!("operand dim {x} broadcast against {d} is decided only at run time")))
-        }
-    }
-}
-
 impl EwKernel<'_> {
     /// Whether every value is f32, so the inner loop can run f32x4.
     fn all_f32(&self) -> bool {
@@ -534,17 +516,7 @@ impl EwKernel<'_> {
         for (k, (dtype, dims)) in self.operands.iter().enumerate() {
             let eb = elem_bytes(*dtype).ok_or_else(|| CpuError::Unsupported(format!("{dtype} operand")))?;
             bases.push(fx.buf(k));
-            let pad = r.checked_sub(dims.len()).ok_or_else(|| CpuError::Codegen("operand of higher rank".into()))?;
-            let mut st = vec![None; r];
-            let mut acc = fx.iconst(eb);
-            for j in (0..r).rev() {
-                let od = j.checked_sub(pad).map(|i| &dims[i]);
-                if stride_kind(od, &self.out_dims[j])? {
-                    st[j] = Some(acc);
-                    let dv = fx.dim(od.expect("moves"))?;
-                    acc = fx.b.ins().imul(acc, dv);
-                }
-            }
+            let st = broadcast_strides(fx, dims, &self.out_dims, eb)?;
             inner_moves.push(r > 0 && st[r - 1].is_some());
             strides.push(st);
         }
@@ -578,49 +550,9 @@ impl EwKernel<'_> {
         if r == 0 {
             return self.element(fx, &bases, out, false, inner_moves);
         }
-        if depth + 1 < r {
-            return fx.for_n(dims[depth], |fx, i| {
-                let b2: Vec<Value> = bases
-                    .iter()
-                    .zip(strides)
-                    .map(|(b, st)| match st[depth] {
-                        Some(s) => {
-                            let off = fx.b.ins().imul(i, s);
-                            fx.b.ins().iadd(*b, off)
-                        }
-                        None => *b,
-                    })
-                    .collect();
-                let off = fx.b.ins().imul(i, out_strides[depth]);
-                let o2 = fx.b.ins().iadd(out, off);
-                self.nest(fx, depth + 1, dims, b2, o2, strides, out_strides, vector, inner_moves)
-            });
-        }
-        // Innermost axis.
-        let n = dims[depth];
-        let zero = fx.iconst(0);
-        let start = if vector {
-            fx.for_range(zero, n, 4, true, |fx, i| {
-                let at: Vec<Value> = bases
-                    .iter()
-                    .zip(strides)
-                    .map(|(b, st)| match st[depth] {
-                        Some(s) => {
-                            let off = fx.b.ins().imul(i, s);
-                            fx.b.ins().iadd(*b, off)
-                        }
-                        None => *b,
-                    })
-                    .collect();
-                let off = fx.b.ins().imul(i, out_strides[depth]);
-                let o = fx.b.ins().iadd(out, off);
-                self.element(fx, &at, o, true, inner_moves)
-            })?
-        } else {
-            zero
-        };
-        fx.for_range(start, n, 1, false, |fx, i| {
-            let at: Vec<Value> = bases
+        // Operand and result addresses at index `i` of axis `depth`.
+        let step = |fx: &mut Fx, i: Value| -> (Vec<Value>, Value) {
+            let at = bases
                 .iter()
                 .zip(strides)
                 .map(|(b, st)| match st[depth] {
@@ -632,7 +564,27 @@ impl EwKernel<'_> {
                 })
                 .collect();
             let off = fx.b.ins().imul(i, out_strides[depth]);
-            let o = fx.b.ins().iadd(out, off);
+            (at, fx.b.ins().iadd(out, off))
+        };
+        if depth + 1 < r {
+            return fx.for_n(dims[depth], |fx, i| {
+                let (at, o) = step(fx, i);
+                self.nest(fx, depth + 1, dims, at, o, strides, out_strides, vector, inner_moves)
+            });
+        }
+        // Innermost axis: four lanes at a time when every value is f32, then one by one.
+        let n = dims[depth];
+        let zero = fx.iconst(0);
+        let start = if vector {
+            fx.for_range(zero, n, 4, true, |fx, i| {
+                let (at, o) = step(fx, i);
+                self.element(fx, &at, o, true, inner_moves)
+            })?
+        } else {
+            zero
+        };
+        fx.for_range(start, n, 1, false, |fx, i| {
+            let (at, o) = step(fx, i);
             self.element(fx, &at, o, false, inner_moves)
         })?;
         Ok(())

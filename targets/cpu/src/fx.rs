@@ -23,7 +23,6 @@ pub struct Fx<'a> {
     pub hi: Value,
     syms: &'a [Arc<str>],
     err: Block,
-    err_used: bool,
     cc: CallConv,
     /// Added to every `buf(i)`: lets two kernels' code share one function (a region's head
     /// and its epilogue) with their own buffer numbering.
@@ -44,7 +43,7 @@ impl<'a> Fx<'a> {
         let p = b.block_params(entry).to_vec();
         let err = b.create_block();
         b.append_block_param(err, types::I32);
-        Fx { b, bufs: p[0], syms_ptr: p[1], lo: p[2], hi: p[3], syms, err, err_used: false, cc, buf_base: 0 }
+        Fx { b, bufs: p[0], syms_ptr: p[1], lo: p[2], hi: p[3], syms, err, cc, buf_base: 0 }
     }
 
     /// Returns 0 from the current position and seals the function.
@@ -54,9 +53,6 @@ impl<'a> Fx<'a> {
         self.b.switch_to_block(self.err);
         self.b.set_cold_block(self.err);
         let code = self.b.block_params(self.err)[0];
-        if !self.err_used {
-            // Unreachable, but every block needs a terminator.
-        }
         self.b.ins().return_(&[code]);
         self.b.seal_all_blocks();
         self.b.finalize(cfg);
@@ -200,7 +196,6 @@ impl<'a> Fx<'a> {
     pub fn fail_if(&mut self, cond: Value, code: crate::KernelFault) {
         let cont = self.b.create_block();
         let c = self.b.ins().iconst(types::I32, code as i64);
-        self.err_used = true;
         self.b.ins().brif(cond, self.err, &[c.into()], cont, &[]);
         self.b.switch_to_block(cont);
     }
@@ -255,26 +250,6 @@ impl<'a> Fx<'a> {
     pub fn vfcmp(&mut self, cc: FloatCC, a: Value, b: Value) -> Value {
         self.b.ins().fcmp(cc, a, b)
     }
-
-    /// Horizontal sum of an f32x4.
-    pub fn hsum(&mut self, v: Value) -> Value {
-        let mut acc = self.b.ins().extractlane(v, 0);
-        for l in 1..4u8 {
-            let e = self.b.ins().extractlane(v, l);
-            acc = self.b.ins().fadd(acc, e);
-        }
-        acc
-    }
-
-    /// Horizontal max of an f32x4.
-    pub fn hmax(&mut self, v: Value) -> Value {
-        let mut acc = self.b.ins().extractlane(v, 0);
-        for l in 1..4u8 {
-            let e = self.b.ins().extractlane(v, l);
-            acc = self.b.ins().fmax(acc, e);
-        }
-        acc
-    }
 }
 
 /// The storage type of a dtype's elements in buffers (sub-byte types have none).
@@ -292,4 +267,40 @@ pub fn storage_type(d: DType) -> Option<Type> {
 /// Bytes per element of a byte-addressable dtype.
 pub fn elem_bytes(d: DType) -> Option<i64> {
     storage_type(d).map(|t| t.bytes() as i64)
+}
+
+/// Which output axes an operand moves along when broadcast (right-aligned) against `out`:
+/// an axis the operand lacks or holds as a static 1 does not move; an equal dim moves. Any
+/// other pair (two different symbols, say) is decided only at run time: unsupported.
+pub fn broadcast_moves(od: &[Dim], out: &[Dim]) -> Result<Vec<bool>, CpuError> {
+    let r = out.len();
+    let pad = r
+        .checked_sub(od.len())
+        .ok_or_else(|| CpuError::Unsupported(format!("an operand of rank {} broadcast to rank {r}", od.len())))?;
+    (0..r)
+        .map(|j| match j.checked_sub(pad).map(|i| &od[i]) {
+            None => Ok(false),
+            Some(Dim::Static(1)) if out[j] != Dim::Static(1) => Ok(false),
+            Some(x) if *x == out[j] => Ok(true),
+            Some(x) => {
+                Err(CpuError::Unsupported(format!("dim {x} broadcast against {} is decided only at run time", out[j])))
+            }
+        })
+        .collect()
+}
+
+/// Byte strides of a row-major operand broadcast against `out`: per output axis, the stride
+/// when the operand moves along it, `None` when it is broadcast.
+pub fn broadcast_strides(fx: &mut Fx, od: &[Dim], out: &[Dim], elem: i64) -> Result<Vec<Option<Value>>, CpuError> {
+    let moves = broadcast_moves(od, out)?;
+    let mut acc = fx.iconst(elem);
+    let mut st = vec![None; out.len()];
+    for j in (0..out.len()).rev() {
+        if moves[j] {
+            st[j] = Some(acc);
+            let d = fx.dim(&out[j])?;
+            acc = fx.b.ins().imul(acc, d);
+        }
+    }
+    Ok(st)
 }

@@ -21,7 +21,7 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph, Node, Op, ValueDef};
 
 use crate::ew::{self, Sv};
-use crate::fx::{elem_bytes, mem, Fx, F4};
+use crate::fx::{broadcast_strides, elem_bytes, mem, Fx, F4};
 use crate::lower::{dims, BufRef, Lowered};
 use crate::CpuError;
 
@@ -64,30 +64,7 @@ impl Epilogue<'_> {
         for (buf, dtype, od, _) in &self.operands {
             let eb = elem_bytes(*dtype).ok_or_else(|| CpuError::Unsupported(format!("{dtype} epilogue operand")))?;
             bases.push(fx.buf(*buf));
-            let pad = r
-                .checked_sub(od.len())
-                .ok_or_else(|| CpuError::Unsupported("epilogue operand of higher rank".into()))?;
-            let mut acc = fx.iconst(eb);
-            let mut st = vec![None; r];
-            for j in (0..r).rev() {
-                let d = j.checked_sub(pad).map(|i| &od[i]);
-                let moves = match d {
-                    None => false,
-                    Some(Dim::Static(1)) if self.out_dims[j] != Dim::Static(1) => false,
-                    Some(x) if *x == self.out_dims[j] => true,
-                    Some(x) => {
-                        return Err(CpuError::Unsupported(format!(
-                            "epilogue operand dim {x} against {}",
-                            self.out_dims[j]
-                        )))
-                    }
-                };
-                if moves {
-                    st[j] = Some(acc);
-                    let dv = fx.dim(d.expect("moves"))?;
-                    acc = fx.b.ins().imul(acc, dv);
-                }
-            }
+            let mut st = broadcast_strides(fx, od, &self.out_dims, eb)?;
             col_moves.push(r > 0 && st[r - 1].is_some());
             st.truncate(r.saturating_sub(1));
             row_strides.push(st);
@@ -96,9 +73,21 @@ impl Epilogue<'_> {
     }
 
     /// Byte offsets of row `row` (flattened over the output's leading dims) in each operand.
+    /// An operand broadcast over every leading axis is at offset 0, one moving along all of them
+    /// at `row * stride` (its leading dims are the output's, row-major); only a mix needs the
+    /// row split into its leading indices.
     pub fn row_offsets(&self, fx: &mut Fx, a: &EpiAddr, row: Value) -> Vec<Value> {
-        let mut offs = vec![fx.iconst(0); self.operands.len()];
-        if self.operands.is_empty() {
+        let zero = fx.iconst(0);
+        let mut offs = vec![zero; self.operands.len()];
+        let mixed = |st: &Vec<Option<Value>>| st.iter().any(Option::is_some) && st.iter().any(Option::is_none);
+        for (off, st) in offs.iter_mut().zip(&a.row_strides) {
+            if !mixed(st) {
+                if let Some(Some(s)) = st.last() {
+                    *off = fx.b.ins().imul(row, *s);
+                }
+            }
+        }
+        if !a.row_strides.iter().any(mixed) {
             return offs;
         }
         let mut rest = row;
@@ -111,7 +100,7 @@ impl Epilogue<'_> {
                 (fx.b.ins().isub(rest, m), q)
             };
             for (off, st) in offs.iter_mut().zip(&a.row_strides) {
-                if let Some(s) = st[j] {
+                if let (true, Some(s)) = (mixed(st), st[j]) {
                     let o = fx.b.ins().imul(idx, s);
                     *off = fx.b.ins().iadd(*off, o);
                 }
@@ -224,12 +213,7 @@ pub(crate) fn lower_single<'g>(g: &'g Graph, n: Node, owned: &mut Vec<Vec<u8>>) 
             "dequantize of a quantized type or blocked parameters outside a matmul".into(),
         ));
     }
-    let mut body = Graph::new("single");
-    let ins: Vec<tessera_ir::Value> =
-        nd.inputs.iter().enumerate().map(|(i, v)| body.add_input(&format!("p{i}"), g.ty(*v).plain())).collect();
-    let node = body.add_node(nd.op.clone(), ins, vec![g.ty(nd.outputs[0]).clone()]);
-    let r = body.node(node).outputs[0];
-    body.add_output("r", r);
+    let body = crate::lower::single_body(g, &nd.op, &nd.inputs, g.ty(nd.outputs[0]));
     lower_mm(g, n, Cow::Owned(body), false, nd.op.name().to_string(), owned)
 }
 
@@ -261,7 +245,9 @@ fn lower_mm<'g>(
             alpha,
             op_inputs.get(2).map(|&i| (i, beta)),
         ),
-        Op::MatMulInteger { .. } => return crate::qgemm::lower(g, n, body, region, name, owned),
+        Op::MatMulInteger { pair_saturate } => {
+            return crate::qgemm::lower(g, n, body, &first_nd, &op_inputs, pair_saturate, region, name, owned)
+        }
         _ => return Err(CpuError::Codegen("not a product".into())),
     };
     let a_v = nd.inputs[prod.a];
@@ -493,7 +479,6 @@ struct General {
     a_dims: Vec<Dim>,
     b_dims: Vec<Dim>,
     out_lead: Vec<Dim>,
-    a_vec: bool,
     b_vec: bool,
     trans_a: bool,
     trans_b: bool,
@@ -509,48 +494,24 @@ impl General {
         let b2: Vec<Dim> = if b.len() == 1 { vec![b[0].clone(), Dim::Static(1)] } else { b.to_vec() };
         // The output as [batch.., M, N].
         let m = if trans_a { a2[a2.len() - 1].clone() } else { a2[a2.len() - 2].clone() };
-        let nd = if trans_b { b2[b2.len() - 2].clone() } else { b2[b2.len() - 1].clone() };
         let batch_rank = a2.len().max(b2.len()) - 2;
         let mut lead: Vec<Dim> = out[..out.len().min(batch_rank)].to_vec();
         lead.push(m);
-        let _ = nd;
-        Ok(General { a_dims: a2, b_dims: b2, out_lead: lead, a_vec: false, b_vec: !trans_b, trans_a, trans_b })
+        Ok(General { a_dims: a2, b_dims: b2, out_lead: lead, b_vec: !trans_b, trans_a, trans_b })
     }
 
     /// Byte strides of an operand's batch dims against the output's batch dims (0 = broadcast).
     fn batch_strides(fx: &mut Fx, od: &[Dim], lead: &[Dim]) -> Result<Vec<Value>, CpuError> {
+        // Broadcast against the output's batch dims followed by the operand's own matrix dims.
         let br = lead.len() - 1;
-        let r = od.len();
-        let mut st = Vec::new();
-        let mut acc = fx.iconst(4);
-        for j in (0..r).rev() {
-            st.push((j, acc));
-            let d = fx.dim(&od[j])?;
-            acc = fx.b.ins().imul(acc, d);
-        }
-        st.reverse();
+        let mut target = lead[..br].to_vec();
+        target.extend_from_slice(&od[od.len() - 2..]);
+        let st = broadcast_strides(fx, od, &target, 4)?;
         let zero = fx.iconst(0);
-        let pad = br as isize - (r as isize - 2);
-        let mut out = vec![zero; br];
-        for (j, item) in out.iter_mut().enumerate() {
-            let oj = j as isize - pad;
-            if oj >= 0 {
-                let oj = oj as usize;
-                let moves = match (&od[oj], &lead[j]) {
-                    (Dim::Static(1), x) if *x != Dim::Static(1) => false,
-                    (x, y) if x == y => true,
-                    (x, y) => return Err(CpuError::Unsupported(format!("batch dim {x} against {y}"))),
-                };
-                if moves {
-                    *item = st[oj].1;
-                }
-            }
-        }
-        Ok(out)
+        Ok(st[..br].iter().map(|s| s.unwrap_or(zero)).collect())
     }
 
     fn emit(&self, fx: &mut Fx, epi: &Epilogue, a_buf: usize, b_buf: usize, out_buf: usize) -> Result<(), CpuError> {
-        let _ = self.a_vec;
         let a = fx.buf(a_buf);
         let b = fx.buf(b_buf);
         let out = fx.buf(out_buf);
@@ -558,7 +519,7 @@ impl General {
         let br = self.b_dims.len();
         let (a_rows, a_cols) = (fx.dim(&self.a_dims[ar - 2])?, fx.dim(&self.a_dims[ar - 1])?);
         let (b_rows, b_cols) = (fx.dim(&self.b_dims[br - 2])?, fx.dim(&self.b_dims[br - 1])?);
-        let (m, k) = if self.trans_a { (a_cols, a_rows) } else { (a_rows, a_cols) };
+        let k = if self.trans_a { a_rows } else { a_cols };
         let n = if self.trans_b { b_rows } else { b_cols };
         // Element strides (bytes) of A over (m, k) and B over (k, n).
         let four = fx.iconst(4);
@@ -654,7 +615,6 @@ impl General {
             })?;
             Ok(())
         })?;
-        let _ = m;
         Ok(())
     }
 }

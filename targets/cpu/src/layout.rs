@@ -8,7 +8,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{Dim, Graph, Node, Op, TargetDim};
 
-use crate::fx::{elem_bytes, mem, Fx};
+use crate::fx::{broadcast_moves, broadcast_strides, elem_bytes, mem, Fx};
 use crate::lower::{dims, values, BufRef, Lowered};
 use crate::{CpuError, KernelFault};
 
@@ -171,23 +171,7 @@ pub(crate) fn lower(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
         }
         Op::Expand { .. } => {
             let r = out_dims.len();
-            let pad =
-                r.checked_sub(in_dims.len()).ok_or_else(|| CpuError::Unsupported("expand to a lower rank".into()))?;
-            let mut moves = vec![false; r];
-            for j in 0..r {
-                let od = j.checked_sub(pad).map(|i| &in_dims[i]);
-                moves[j] = match od {
-                    None => false,
-                    Some(Dim::Static(1)) if out_dims[j] != Dim::Static(1) => false,
-                    Some(x) if *x == out_dims[j] => true,
-                    Some(x) => {
-                        return Err(CpuError::Unsupported(format!(
-                            "expand of dim {x} to {} is decided only at run time",
-                            out_dims[j]
-                        )))
-                    }
-                };
-            }
+            let moves = broadcast_moves(&in_dims, &out_dims)?;
             let contiguous = r > 0 && moves[r - 1];
             Ok(Lowered::new(
                 "expand",
@@ -195,9 +179,9 @@ pub(crate) fn lower(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
                 Box::new(move |fx| {
                     let src = fx.buf(0);
                     let dst = fx.buf(nd_inputs(g, n));
-                    let st = row_major_strides(fx, &in_dims, e)?;
                     let zero = fx.iconst(0);
-                    let ss: Vec<Value> = (0..r).map(|j| if moves[j] { st[j - pad] } else { zero }).collect();
+                    let ss: Vec<Value> =
+                        broadcast_strides(fx, &in_dims, &out_dims, e)?.into_iter().map(|s| s.unwrap_or(zero)).collect();
                     let dv: Vec<Value> = out_dims.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
                     strided_copy(fx, src, &ss, dst, &dv, e, contiguous)
                 }),

@@ -45,11 +45,12 @@ pub(crate) fn dims(g: &Graph, v: Value) -> Vec<Dim> {
     g.ty(v).shape.dims().to_vec()
 }
 
-/// A one-node body for an elementwise op, so single ops and fused regions share one code path.
-fn single_body(g: &Graph, op: &Op, inputs: &[Value], result: &TensorType) -> Graph {
+/// A one-node body for a single op, so single ops and fused regions share one code path.
+/// Operand types are plain: quantized types name values of the outer graph.
+pub(crate) fn single_body(g: &Graph, op: &Op, inputs: &[Value], result: &TensorType) -> Graph {
     let mut body = Graph::new("single");
     let ins: Vec<Value> =
-        inputs.iter().enumerate().map(|(i, v)| body.add_input(&format!("p{i}"), g.ty(*v).clone())).collect();
+        inputs.iter().enumerate().map(|(i, v)| body.add_input(&format!("p{i}"), g.ty(*v).plain())).collect();
     let n = body.add_node(op.clone(), ins, vec![result.clone()]);
     let r = body.node(n).outputs[0];
     body.add_output("r", r);

@@ -17,7 +17,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
 
-use crate::fx::{mem, Fx, F4};
+use crate::fx::{broadcast_moves, broadcast_strides, mem, Fx, F4};
 use crate::lower::{dims, values, BufRef, Lowered};
 use crate::{math, CpuError};
 
@@ -30,35 +30,81 @@ fn f32_only(g: &Graph, vs: &[tessera_ir::Value], what: &str) -> Result<(), CpuEr
     Ok(())
 }
 
-/// Sum of `n` f32 at `p` (f32x4 accumulate + tail), with `f` applied to each vector first.
-fn row_sum(fx: &mut Fx, p: Value, n: Value, f: &dyn Fn(&mut Fx, Value) -> Value) -> Result<Value, CpuError> {
-    let z4 = fx.fsplat(0.0);
-    let acc = fx.var(F4, z4);
+/// Folds a row of `n` f32 with `combine`: `item(fx, i, vector)` gives the f32x4 at element `i`
+/// (lane 0 only when `!vector`); four lanes at a time, then the lanes, then the scalar tail.
+fn row_fold(
+    fx: &mut Fx,
+    n: Value,
+    init: f32,
+    item: &dyn Fn(&mut Fx, Value, bool) -> Value,
+    combine: &dyn Fn(&mut Fx, Value, Value) -> Value,
+) -> Result<Value, CpuError> {
+    let init = fx.fsplat(init);
+    let acc = fx.var(F4, init);
     let zero = fx.iconst(0);
     let rest = fx.for_range(zero, n, 4, true, |fx, i| {
-        let a = fx.addr(p, i, 4);
-        let x = fx.b.ins().load(F4, mem(), a, 0);
-        let y = f(fx, x);
-        let s = fx.b.use_var(acc);
-        let s = fx.b.ins().fadd(s, y);
-        fx.b.def_var(acc, s);
+        let x = item(fx, i, true);
+        let a = fx.b.use_var(acc);
+        let a = combine(fx, a, x);
+        fx.b.def_var(acc, a);
         Ok(())
     })?;
-    let s = fx.b.use_var(acc);
-    let h = fx.hsum(s);
-    let tot = fx.var(types::F32, h);
+    let v = fx.b.use_var(acc);
+    let mut h = {
+        let l = fx.b.ins().extractlane(v, 0);
+        fx.b.ins().splat(F4, l)
+    };
+    for lane in 1..4u8 {
+        let l = fx.b.ins().extractlane(v, lane);
+        let l = fx.b.ins().splat(F4, l);
+        h = combine(fx, h, l);
+    }
+    let tot = fx.var(F4, h);
     fx.for_range(rest, n, 1, false, |fx, i| {
-        let a = fx.addr(p, i, 4);
-        let x = fx.b.ins().load(types::F32, mem(), a, 0);
-        let xv = fx.b.ins().splat(F4, x);
-        let y = f(fx, xv);
-        let y = fx.b.ins().extractlane(y, 0);
+        let x = item(fx, i, false);
         let t = fx.b.use_var(tot);
-        let t = fx.b.ins().fadd(t, y);
+        let t = combine(fx, t, x);
         fx.b.def_var(tot, t);
         Ok(())
     })?;
-    Ok(fx.b.use_var(tot))
+    let t = fx.b.use_var(tot);
+    Ok(fx.b.ins().extractlane(t, 0))
+}
+
+/// Sum of `f` over a contiguous row.
+fn row_sum(fx: &mut Fx, p: Value, n: Value, f: &dyn Fn(&mut Fx, Value) -> Value) -> Result<Value, CpuError> {
+    row_fold(
+        fx,
+        n,
+        0.0,
+        &|fx, i, vector| {
+            let x = load_param(fx, p, i, vector, false);
+            f(fx, x)
+        },
+        &|fx, a, b| fx.b.ins().fadd(a, b),
+    )
+}
+
+/// Max of a contiguous row (NaN-propagating, as `fmax`).
+fn row_max(fx: &mut Fx, p: Value, n: Value) -> Result<Value, CpuError> {
+    row_fold(fx, n, f32::NEG_INFINITY, &|fx, i, vector| load_param(fx, p, i, vector, false), &|fx, a, b| {
+        fx.b.ins().fmax(a, b)
+    })
+}
+
+/// Dot product of two contiguous rows.
+fn dot_row(fx: &mut Fx, a: Value, b: Value, n: Value) -> Result<Value, CpuError> {
+    row_fold(
+        fx,
+        n,
+        0.0,
+        &|fx, i, vector| {
+            let x = load_param(fx, a, i, vector, false);
+            let y = load_param(fx, b, i, vector, false);
+            fx.b.ins().fmul(x, y)
+        },
+        &|fx, acc, x| fx.b.ins().fadd(acc, x),
+    )
 }
 
 /// `out[i] = f(x[i], i)` over a row, f32x4 + tail (`f` gets the element index of lane 0).
@@ -212,33 +258,6 @@ pub(crate) fn lower_norm(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
     Ok(lw)
 }
 
-/// Max of a row (NaN-propagating as `fmax`), f32x4 + tail.
-fn row_max(fx: &mut Fx, p: Value, n: Value) -> Result<Value, CpuError> {
-    let m4 = fx.fsplat(f32::NEG_INFINITY);
-    let acc = fx.var(F4, m4);
-    let zero = fx.iconst(0);
-    let rest = fx.for_range(zero, n, 4, true, |fx, i| {
-        let a = fx.addr(p, i, 4);
-        let x = fx.b.ins().load(F4, mem(), a, 0);
-        let s = fx.b.use_var(acc);
-        let s = fx.b.ins().fmax(s, x);
-        fx.b.def_var(acc, s);
-        Ok(())
-    })?;
-    let s = fx.b.use_var(acc);
-    let h = fx.hmax(s);
-    let tot = fx.var(types::F32, h);
-    fx.for_range(rest, n, 1, false, |fx, i| {
-        let a = fx.addr(p, i, 4);
-        let x = fx.b.ins().load(types::F32, mem(), a, 0);
-        let t = fx.b.use_var(tot);
-        let t = fx.b.ins().fmax(t, x);
-        fx.b.def_var(tot, t);
-        Ok(())
-    })?;
-    Ok(fx.b.use_var(tot))
-}
-
 /// Softmax (or log-softmax) of a contiguous row: `out` may be the scratch row itself.
 fn softmax_row(fx: &mut Fx, x: Value, out: Value, n: Value, log: bool) -> Result<(), CpuError> {
     let m = row_max(fx, x, n)?;
@@ -286,19 +305,6 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
     let lead: Vec<Dim> = od[..r - 2].to_vec();
     let (qd, kd, vd) = (dims(g, q), dims(g, k), dims(g, v));
     let md = mask.map(|m| dims(g, m));
-    // Per operand: strides (elements) over the full score space [lead.., sq, sk] or [lead.., s, d].
-    let stride_plan = |od_: &[Dim], target: &[Dim]| -> Result<Vec<bool>, CpuError> {
-        let rr = target.len();
-        let pad = rr.checked_sub(od_.len()).ok_or_else(|| CpuError::Unsupported("attention operand rank".into()))?;
-        (0..rr)
-            .map(|j| match j.checked_sub(pad).map(|i| &od_[i]) {
-                None => Ok(false),
-                Some(Dim::Static(1)) if target[j] != Dim::Static(1) => Ok(false),
-                Some(x) if *x == target[j] => Ok(true),
-                Some(x) => Err(CpuError::Unsupported(format!("attention dim {x} against {}", target[j]))),
-            })
-            .collect()
-    };
     let mut tq = lead.clone();
     tq.extend([qd[qd.len() - 2].clone(), qd[qd.len() - 1].clone()]);
     let mut tk = lead.clone();
@@ -307,13 +313,13 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
     tv.extend([vd[vd.len() - 2].clone(), vd[vd.len() - 1].clone()]);
     let mut ts = lead.clone();
     ts.extend([qd[qd.len() - 2].clone(), kd[kd.len() - 2].clone()]);
-    let mq = stride_plan(&qd, &tq)?;
-    let mk = stride_plan(&kd, &tk)?;
-    let mvv = stride_plan(&vd, &tv)?;
-    let mm = match &md {
-        Some(m) => Some(stride_plan(m, &ts)?),
-        None => None,
-    };
+    // Refuse broadcasts decided only at run time now, not in code generation.
+    for (d, t) in [(&qd, &tq), (&kd, &tk), (&vd, &tv)] {
+        broadcast_moves(d, t)?;
+    }
+    if let Some(m) = &md {
+        broadcast_moves(m, &ts)?;
+    }
     let sk_dim = kd[kd.len() - 2].clone();
     let k_in = nd.inputs.len();
     let mut bufs = values(&nd.inputs);
@@ -328,30 +334,16 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
             let mp = if mask.is_some() { Some(fx.buf(3)) } else { None };
             let op = fx.buf(k_in);
             let sp = fx.buf(k_in + 1);
-            let strides = |fx: &mut Fx, dd: &[Dim], moves: &[bool], e: i64| -> Result<Vec<Option<Value>>, CpuError> {
-                let rr = moves.len();
-                let pad = rr - dd.len();
-                let mut acc = fx.iconst(e);
-                let mut st = vec![None; rr];
-                for j in (0..rr).rev() {
-                    if moves[j] {
-                        st[j] = Some(acc);
-                        let d = fx.dim(&dd[j - pad])?;
-                        acc = fx.b.ins().imul(acc, d);
-                    }
-                }
-                Ok(st)
-            };
             let sq_ = fx.dim(&tq[r - 2])?;
             let d_ = fx.dim(&tq[r - 1])?;
             let sk = fx.dim(&tk[r - 2])?;
             let dv = fx.dim(&tv[r - 1])?;
-            let sq_st = strides(fx, &qd, &mq, 4)?;
-            let sk_st = strides(fx, &kd, &mk, 4)?;
-            let sv_st = strides(fx, &vd, &mvv, 4)?;
-            let m_st = match (&md, &mm) {
-                (Some(m), Some(mv)) => Some(strides(fx, m, mv, if mask_bool { 1 } else { 4 })?),
-                _ => None,
+            let sq_st = broadcast_strides(fx, &qd, &tq, 4)?;
+            let sk_st = broadcast_strides(fx, &kd, &tk, 4)?;
+            let sv_st = broadcast_strides(fx, &vd, &tv, 4)?;
+            let m_st = match &md {
+                Some(m) => Some(broadcast_strides(fx, m, &ts, if mask_bool { 1 } else { 4 })?),
+                None => None,
             };
             let leadv: Vec<Value> = lead.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
             let zero = fx.iconst(0);
@@ -512,37 +504,6 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
     lw.par = Some((par_dims, 1));
     lw.scratch = Some(Arc::new(move |b| vec![(b.resolve(&scratch_dim).unwrap_or(0) * 4) as i64]));
     Ok(lw)
-}
-
-/// Dot product of two contiguous f32 rows of length `n`.
-fn dot_row(fx: &mut Fx, a: Value, b: Value, n: Value) -> Result<Value, CpuError> {
-    let z4 = fx.fsplat(0.0);
-    let acc = fx.var(F4, z4);
-    let zero = fx.iconst(0);
-    let rest = fx.for_range(zero, n, 4, true, |fx, i| {
-        let pa = fx.addr(a, i, 4);
-        let pb = fx.addr(b, i, 4);
-        let x = fx.b.ins().load(F4, mem(), pa, 0);
-        let y = fx.b.ins().load(F4, mem(), pb, 0);
-        let s = fx.b.use_var(acc);
-        let s = fx.b.ins().fma(x, y, s);
-        fx.b.def_var(acc, s);
-        Ok(())
-    })?;
-    let s = fx.b.use_var(acc);
-    let h = fx.hsum(s);
-    let tot = fx.var(types::F32, h);
-    fx.for_range(rest, n, 1, false, |fx, i| {
-        let pa = fx.addr(a, i, 4);
-        let pb = fx.addr(b, i, 4);
-        let x = fx.b.ins().load(types::F32, mem(), pa, 0);
-        let y = fx.b.ins().load(types::F32, mem(), pb, 0);
-        let t = fx.b.use_var(tot);
-        let t = fx.b.ins().fma(x, y, t);
-        fx.b.def_var(tot, t);
-        Ok(())
-    })?;
-    Ok(fx.b.use_var(tot))
 }
 
 pub(crate) fn lower_reduce(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {

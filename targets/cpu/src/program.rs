@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cranelift_jit::JITModule;
-use tessera_ir::{Bindings, DType, Dim, Graph, Node, Tensor, Value, ValueDef};
+use tessera_ir::{Bindings, Dim, Graph, Node, Tensor};
 use tessera_passes::memory;
 
 use crate::jit::{Jit, KernelFn};
@@ -456,15 +456,4 @@ fn ensure(v: &mut Vec<Chunk>, bytes: usize) {
     if v.len() < chunks {
         v.resize(chunks, Chunk([0; 64]));
     }
-}
-
-/// Whether a value lives in the activation arena.
-#[allow(dead_code)]
-pub(crate) fn is_activation(g: &Graph, v: Value) -> bool {
-    matches!(g.value(v).def, ValueDef::Result(..))
-}
-
-#[allow(dead_code)]
-pub(crate) fn dtype_of(g: &Graph, v: Value) -> DType {
-    g.ty(v).dtype
 }

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 
 use cranelift_codegen::ir::{types, InstBuilder, Value};
-use tessera_ir::{DType, Dim, Graph, Node, Op, ValueDef};
+use tessera_ir::{DType, Dim, Graph, Node, NodeData, Op, ValueDef};
 
 use crate::fx::{mem, Fx, F4};
 use crate::gemm::{EpiAddr, Epilogue};
@@ -22,29 +22,27 @@ use crate::{ew, CpuError};
 
 const MR: usize = 4;
 
+/// Lowers a `matmul_integer` (the first node of `body`, whose operands are the body inputs
+/// `ops`; [`crate::gemm`] resolves both) and its epilogue.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn lower<'g>(
     g: &'g Graph,
     n: Node,
     body: Cow<'g, Graph>,
+    first: &NodeData,
+    ops: &[usize],
+    pair_saturate: bool,
     region: bool,
     name: String,
     owned: &mut Vec<Vec<u8>>,
 ) -> Result<Lowered<'g>, CpuError> {
     let nd = g.node(n);
     let out = nd.outputs[0];
-    let first = body.nodes().next().ok_or_else(|| CpuError::Codegen("empty region".into()))?.1.clone();
-    let Op::MatMulInteger { pair_saturate } = first.op else { unreachable!() };
     if pair_saturate {
         return Err(CpuError::Unsupported(
             "matmul_integer with onnxruntime's saturating pair sums (--match-onnxruntime): the CPU target computes it exactly".into(),
         ));
     }
-    let pos = |v: tessera_ir::Value| body.inputs().iter().position(|(_, x)| *x == v);
-    let ops: Vec<usize> = first
-        .inputs
-        .iter()
-        .map(|v| pos(*v).ok_or_else(|| CpuError::Unsupported("operands made inside the region".into())))
-        .collect::<Result<_, _>>()?;
     let (a_v, b_v) = (nd.inputs[ops[0]], nd.inputs[ops[1]]);
     let (a_t, b_t) = (g.ty(a_v), g.ty(b_v));
     if a_t.dtype != DType::U8 || !matches!(b_t.dtype, DType::I8 | DType::U8) {
@@ -180,8 +178,6 @@ struct Cfg {
 
 /// `acc + dot4(a_bytes, b_bytes)` per i32 lane, in the form Cranelift folds into `vpdpbusd`.
 fn dot4(fx: &mut Fx, acc: Value, a_u8: Value, b_i8: Value) -> Value {
-    let i = fx.b.ins();
-    let _ = i;
     let bl = fx.b.ins().swiden_low(b_i8);
     let al = fx.b.ins().uwiden_low(a_u8);
     let lo = fx.b.ins().imul(bl, al);
@@ -292,8 +288,8 @@ fn block(
         let offs = epi.row_offsets(fx, addr, row);
         let rowsum = if c.needs_rowsum {
             let s = fx.b.use_var(sums[r]);
-            // Every lane holds the same partial sums? No: lane j summed bytes 4j..4j+3 of the
-            // broadcast word, i.e. the same 4 bytes: all lanes are equal.
+            // The A word is broadcast, so every lane summed the same 4 bytes: all lanes hold
+            // the row sum.
             Some(s)
         } else {
             None
