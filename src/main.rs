@@ -43,6 +43,14 @@ enum Command {
     /// passes + JIT compile against onnxruntime's session creation). Needs the Python
     /// environment scripts/fetch_models.sh makes (.cache/venv with onnxruntime).
     Bench(commands::bench::BenchArgs),
+    /// Micro-benchmark the CPU target's inner kernels against this core's measured peak.
+    ///
+    /// Measures the clock (a chain of dependent adds), the FMA throughput of 128-bit and 256-bit
+    /// vectors, then the f32 GEMM inner tile on L1-resident data (Cranelift's 6x8 f32x4 tile,
+    /// and the AVX2 6x16 std::arch tile where the CPU has it) and whole packed GEMMs at
+    /// MiniLM's shapes on one thread, each as GFLOP/s and as a percentage of the peak of its
+    /// vector width. Medians of several repetitions; a shared host makes them vary.
+    BenchKernels,
     /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
     Demo,
 }
@@ -54,6 +62,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Conformance(args) => commands::conformance::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::BenchKernels => commands::bench::kernels(),
         Command::Demo => commands::demo::run(),
     };
     match result {

@@ -285,8 +285,9 @@ fn every_minilm_variant_runs_on_the_cpu_target_like_the_interpreter() {
         let model = cache.join(format!("models/{name}.onnx"));
         let mut g = tessera_compiler::onnx::import_file(&model).unwrap_or_else(|e| panic!("{e}"));
         tessera_compiler::passes::Pipeline::default_pipeline().run(&mut g, &mut |_| {}).unwrap();
-        let program = tessera_target_cpu::compile(&g, &tessera_target_cpu::CpuOptions { threads: 2, keep_clif: false })
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let program =
+            tessera_target_cpu::compile(&g, &tessera_target_cpu::CpuOptions { threads: 2, ..Default::default() })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut sets: Vec<PathBuf> =
             std::fs::read_dir(cache.join(format!("models/{name}"))).unwrap().flatten().map(|e| e.path()).collect();
         sets.sort();

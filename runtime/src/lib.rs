@@ -48,6 +48,9 @@ pub struct SessionOptions {
     pub passes: String,
     /// ONNX import options.
     pub import: tessera_compiler::onnx::ImportOptions,
+    /// Whether the CPU target's kernels may call `std::arch` inner tiles (AVX2 f32 GEMM tile)
+    /// where the host has the features; `Off` keeps all code Cranelift's.
+    pub ukernels: tessera_target_cpu::Ukernels,
 }
 
 impl Default for SessionOptions {
@@ -57,6 +60,7 @@ impl Default for SessionOptions {
             threads: tessera_target_cpu::CpuOptions::default().threads,
             passes: "default".into(),
             import: Default::default(),
+            ukernels: Default::default(),
         }
     }
 }
@@ -139,7 +143,11 @@ impl Session {
         let t1 = Instant::now();
         let engine = match opts.target {
             Target::Cpu => {
-                let copts = tessera_target_cpu::CpuOptions { threads: opts.threads.max(1), keep_clif: false };
+                let copts = tessera_target_cpu::CpuOptions {
+                    threads: opts.threads.max(1),
+                    ukernels: opts.ukernels,
+                    ..Default::default()
+                };
                 Engine::Cpu(Box::new(tessera_target_cpu::compile(&g, &copts)?))
             }
             Target::Interpreter => Engine::Interpreter,

@@ -40,6 +40,14 @@ pub struct BenchArgs {
     /// Python with onnxruntime (default: .cache/venv/bin/python, made by scripts/fetch_models.sh).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// After the timings, profile Tessera's kernels at each thread count: the median time of each
+    /// step over `--runs` runs, summed by kernel kind, and the slowest steps.
+    #[arg(long)]
+    pub profile: bool,
+    /// Also time Tessera with Cranelift-only code (`--ukernel off`), next to the default that
+    /// calls the `std::arch` inner tiles where the CPU has them; `false` times the default only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub both_ways: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -155,6 +163,49 @@ impl Drop for Ort {
     }
 }
 
+/// Median time of each step over `runs` profiled runs, summed by kernel kind, then the slowest steps.
+fn profile(session: &Session, inputs: &[Tensor], runs: usize) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let p = session.cpu_program().context("profiling needs the CPU target")?;
+    let names = p.step_names();
+    let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for _ in 0..runs.max(1) {
+        let (_, times) = p
+            .run_profiled(inputs, &tessera_runtime::RunOptions { profile: true })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (v, t) in per_step.iter_mut().zip(times) {
+            v.push(t * 1e3);
+        }
+    }
+    let med: Vec<f64> = per_step.iter_mut().map(|v| median(v)).collect();
+    let total: f64 = med.iter().sum();
+    let mut kinds: Vec<(String, f64, usize)> = Vec::new();
+    for (n, t) in names.iter().zip(&med) {
+        // Step names are "NODE KIND ..."; group by the kernel kind.
+        let kind = n.split_whitespace().nth(1).unwrap_or(n).to_string();
+        match kinds.iter_mut().find(|k| k.0 == kind) {
+            Some(k) => {
+                k.1 += t;
+                k.2 += 1;
+            }
+            None => kinds.push((kind, *t, 1)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut s = String::new();
+    writeln!(s, "  {total:.3} ms in kernels (sum of per-step medians), by kernel kind:")?;
+    for (k, t, n) in &kinds {
+        writeln!(s, "  {t:8.3} ms {:5.1}%  {k} x{n}", 100.0 * t / total.max(1e-12))?;
+    }
+    let mut rows: Vec<(f64, &String)> = med.iter().copied().zip(&names).collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    writeln!(s, "  slowest steps:")?;
+    for (t, n) in rows.iter().take(12) {
+        writeln!(s, "  {t:8.3} ms {:5.1}%  {n}", 100.0 * t / total.max(1e-12))?;
+    }
+    Ok(s)
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     crate::must_exist(&args.model, "the model file")?;
     let python = args.python.clone().unwrap_or_else(|| PathBuf::from(".cache/venv/bin/python"));
@@ -166,16 +217,51 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.rounds,
         args.runs
     );
-    println!("{:>8} {:>14} {:>14} {:>10}", "threads", "tessera ms", "onnxruntime ms", "ratio");
+    let ukernel = tessera_target_cpu::ukernel::describe(tessera_target_cpu::Ukernels::Auto);
+    let both = args.both_ways && ukernel.is_some();
+    match ukernel {
+        Some(u) => println!(
+            "tessera: Cranelift code calling the {u} tile{}",
+            if both { "; cranelift-only: --ukernel off" } else { "" }
+        ),
+        None => println!("tessera: Cranelift code only (no std::arch tile for this CPU)"),
+    }
+    if both {
+        println!(
+            "{:>8} {:>12} {:>16} {:>15} {:>8} {:>16}",
+            "threads", "tessera ms", "cranelift-only ms", "onnxruntime ms", "ratio", "cranelift ratio"
+        );
+    } else {
+        println!("{:>8} {:>14} {:>14} {:>10}", "threads", "tessera ms", "onnxruntime ms", "ratio");
+    }
     let mut startup: Option<(f64, f64)> = None;
+    let mut profiles = Vec::new();
     for &threads in &args.threads {
         let opts = SessionOptions { threads, ..Default::default() };
         let session = Session::from_file(&args.model, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let plain = if both {
+            let o = SessionOptions { threads, ukernels: tessera_target_cpu::Ukernels::Off, ..Default::default() };
+            Some(Session::from_file(&args.model, &o).map_err(|e| anyhow::anyhow!("{e}"))?)
+        } else {
+            None
+        };
         let inputs = make_inputs(&session, args.seq)?;
         for (i, ((name, _), t)) in session.inputs().iter().zip(&inputs).enumerate() {
             tessera_compiler::onnx::write_tensor_pb(&dir.path().join(format!("input_{i}.pb")), name, t)?;
         }
-        session.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?; // warm-up (plans the arena)
+        // Warm-up (plans the arena).
+        for s in std::iter::once(&session).chain(&plain) {
+            s.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let time = |s: &Session, runs: usize| -> anyhow::Result<f64> {
+            let mut t = Vec::new();
+            for _ in 0..runs {
+                let t0 = std::time::Instant::now();
+                s.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+                t.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(median(&mut t))
+        };
         let mut ort = match args.vs {
             Peer::Onnxruntime => Some(Ort::start(&python, &args.model, dir.path(), threads)?),
             Peer::None => None,
@@ -183,22 +269,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if startup.is_none() {
             startup = Some((session.startup.total_ms(), ort.as_ref().map_or(f64::NAN, |o| o.created_ms)));
         }
-        let (mut ts, mut os) = (Vec::new(), Vec::new());
+        let (mut ts, mut ps, mut os) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            let mut t = Vec::new();
-            for _ in 0..args.runs {
-                let t0 = std::time::Instant::now();
-                session.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
-                t.push(t0.elapsed().as_secs_f64() * 1e3);
+            ts.push(time(&session, args.runs)?);
+            if let Some(p) = &plain {
+                ps.push(time(p, args.runs)?);
             }
-            ts.push(median(&mut t));
             if let Some(o) = ort.as_mut() {
                 let mut v = o.run(args.runs)?;
                 os.push(median(&mut v));
             }
         }
-        let (tm, om) = (median(&mut ts), median(&mut os));
-        println!("{threads:>8} {tm:>14.3} {om:>14.3} {:>10.2}", tm / om);
+        let (tm, pm, om) = (median(&mut ts), median(&mut ps), median(&mut os));
+        if both {
+            println!("{threads:>8} {tm:>12.3} {pm:>16.3} {om:>15.3} {:>8.2} {:>16.2}", tm / om, pm / om);
+        } else {
+            println!("{threads:>8} {tm:>14.3} {om:>14.3} {:>10.2}", tm / om);
+        }
+        if args.profile {
+            profiles.push((threads, profile(&session, &inputs, args.runs)?));
+            if let Some(p) = &plain {
+                profiles.push((threads, format!("(cranelift-only)\n{}", profile(p, &inputs, args.runs)?)));
+            }
+        }
+    }
+    for (threads, text) in profiles {
+        println!("\nprofile at {threads} thread(s):\n{text}");
     }
     if let Some((t, o)) = startup {
         println!(
@@ -207,5 +303,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("ratio = tessera / onnxruntime (below 1.0: Tessera is faster)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tessera bench-kernels`: the CPU target's micro-benchmarks.
+pub fn kernels() -> anyhow::Result<ExitCode> {
+    println!("medians of repeated runs (best run in parentheses); percentages are of the median");
+    println!("CPU: {}", tessera_target_cpu::host_isa_name().map_err(|e| anyhow::anyhow!("{e}"))?);
+    for f in tessera_target_cpu::microbench::run().map_err(|e| anyhow::anyhow!("{e}"))? {
+        let best = f.best.map(|b| format!(" (best {b:.2})")).unwrap_or_default();
+        match f.of_peak {
+            Some((pct, of)) => println!("{:<42} {:>7.2} {}{best:<14} {pct:5.1}% of the {of}", f.name, f.value, f.unit),
+            None => println!("{:<42} {:>7.2} {}", f.name, f.value, f.unit),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,37 @@ pub struct IrArgs {
     /// (defaults: batch dims 1, others 128).
     #[arg(long, value_name = "NAME=SIZE")]
     pub bind: Vec<String>,
+    /// Print what a target emits for the graph (after the passes) instead of the graph.
+    #[arg(long, value_enum, requires = "emit")]
+    pub target: Option<IrTarget>,
+    /// What to print of the target's code: `clif` (Cranelift IR per kernel) or `asm` (machine
+    /// code per kernel, as Cranelift lists it). Needs `--target`.
+    #[arg(long, value_enum, requires = "target")]
+    pub emit: Option<Emit>,
+    /// Extra Cranelift ISA flags for `--emit`, to read the code for a CPU with features this host
+    /// lacks, e.g. `--isa-flag has_avx_vnni=true` (such code is listed, never run).
+    #[arg(long, value_name = "FLAG=VALUE")]
+    pub isa_flag: Vec<String>,
+    /// With `--emit`, only kernels whose name contains this text (e.g. `matmul`, `k42_`).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// With `--emit`: whether kernels call the `std::arch` inner tiles (see `tessera run --help`).
+    #[arg(long, value_enum, default_value_t = super::UkernelArg::Auto)]
+    pub ukernel: super::UkernelArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum IrTarget {
+    /// The Cranelift CPU target.
+    Cpu,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Emit {
+    /// Cranelift IR of each kernel.
+    Clif,
+    /// Machine code of each kernel.
+    Asm,
 }
 
 /// How to choose and watch the passes.
@@ -128,6 +159,35 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     args.pipeline.apply(&mut g)?;
+    if let (Some(IrTarget::Cpu), Some(emit)) = (args.target, args.emit) {
+        let flags: Vec<(String, String)> = args
+            .isa_flag
+            .iter()
+            .map(|f| {
+                f.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("--isa-flag takes FLAG=VALUE, got {f:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let kernels = tessera_target_cpu::listing(&g, &flags, args.ukernel.into())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+        let mut shown = 0;
+        for (name, clif, asm) in &kernels {
+            if args.kernel.as_deref().is_some_and(|k| !name.contains(k)) {
+                continue;
+            }
+            shown += 1;
+            println!("; kernel {name}");
+            println!("{}", if emit == Emit::Clif { clif } else { asm });
+        }
+        anyhow::ensure!(
+            shown > 0,
+            "no kernel name contains {:?} (there are {})",
+            args.kernel.unwrap_or_default(),
+            kernels.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut opts = PrintOptions {
         weights: match args.weights {
             Weights::Summary => WeightMode::Summary,

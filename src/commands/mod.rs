@@ -10,6 +10,24 @@ use anyhow::{bail, Context};
 use std::path::Path;
 use tessera_ir::{parse_file, verify, Graph};
 
+/// `--ukernel`: whether the CPU target may call its `std::arch` inner tiles.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum UkernelArg {
+    /// Use the AVX2 f32 GEMM tile when this CPU has AVX2 and FMA (Cranelift emits the rest).
+    Auto,
+    /// Cranelift-emitted code only.
+    Off,
+}
+
+impl From<UkernelArg> for tessera_target_cpu::Ukernels {
+    fn from(u: UkernelArg) -> Self {
+        match u {
+            UkernelArg::Auto => tessera_target_cpu::Ukernels::Auto,
+            UkernelArg::Off => tessera_target_cpu::Ukernels::Off,
+        }
+    }
+}
+
 /// Loads and verifies a graph from a file, choosing the reader by extension.
 pub fn load_graph(path: &Path) -> anyhow::Result<Graph> {
     load_graph_with(path, &tessera_compiler::onnx::ImportOptions::default())

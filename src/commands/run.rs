@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// Threads for the CPU target (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Whether the CPU target may call `std::arch` inner tiles: `auto` uses the AVX2+FMA f32 GEMM
+    /// tile when this CPU has it (Cranelift still emits the loops, the thread split and the fused
+    /// epilogue around it); `off` runs Cranelift-emitted code only.
+    #[arg(long, value_enum, default_value_t = super::UkernelArg::Auto)]
+    pub ukernel: super::UkernelArg,
     /// Print the time each kernel took (CPU target), slowest first.
     #[arg(long)]
     pub profile: bool,
@@ -101,6 +106,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.threads {
         sopts.threads = t;
     }
+    sopts.ukernels = args.ukernel.into();
     let session =
         tessera_runtime::Session::from_graph(g, &sopts).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let where_ = match args.target {

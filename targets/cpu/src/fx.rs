@@ -35,6 +35,22 @@ pub fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Flags for loads of memory the kernel never writes (a product's operands, packed weights: the
+/// memory planner never lets a kernel region's result share a slot with an operand). Cranelift
+/// treats such loads as pure, so it can fold them into their use (`vbroadcastss mem`, FMA with a
+/// memory operand) and hoist invariant ones out of loops.
+pub fn mem_ro() -> MemFlagsData {
+    MemFlagsData::new().with_notrap().with_readonly()
+}
+
+/// [`mem_ro`] plus `can_move`: the load is pure for Cranelift's e-graph, which then places it
+/// right before its use (so `splat(load)` becomes one `vbroadcastss mem`). Only for loads that
+/// are in bounds wherever the e-graph might place them: unconditional loads in a loop body
+/// whose address depends on the loop index.
+pub fn mem_pure() -> MemFlagsData {
+    mem_ro().with_can_move()
+}
+
 impl<'a> Fx<'a> {
     pub fn new(mut b: FunctionBuilder<'a>, syms: &'a [Arc<str>], cc: CallConv) -> Fx<'a> {
         let entry = b.create_block();
@@ -148,14 +164,13 @@ impl<'a> Fx<'a> {
         let i = self.b.use_var(counter);
         let cond = if whole && step > 1 {
             let last = self.iadd_imm(i, step);
-            self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, end)
+            self.b.ins().icmp(IntCC::SignedGreaterThan, last, end)
         } else {
-            self.b.ins().icmp(IntCC::SignedLessThan, i, end)
+            self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, i, end)
         };
         // Branch to the exit on the inverted condition: Cranelift 0.135's loop analysis only hoists
         // loop-invariant code when the loop body is the fall-through target.
-        let done = self.b.ins().bxor_imm_s(cond, 1);
-        self.b.ins().brif(done, exit, &[], body_block, &[]);
+        self.b.ins().brif(cond, exit, &[], body_block, &[]);
         self.b.switch_to_block(body_block);
         body(self, i)?;
         let i = self.b.use_var(counter);
@@ -201,6 +216,13 @@ impl<'a> Fx<'a> {
     }
 
     /// Calls a host function `fn(args) -> ret` by address.
+    /// The address of a new `bytes`-sized stack slot aligned to `1 << align_shift`.
+    pub fn stack_buf(&mut self, bytes: u32, align_shift: u8) -> Value {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, align_shift));
+        self.b.ins().stack_addr(types::I64, slot, 0)
+    }
+
     pub fn call_host(&mut self, f: usize, params: &[Type], ret: Option<Type>, args: &[Value]) -> Option<Value> {
         let mut sig = Signature::new(self.cc);
         sig.params.extend(params.iter().map(|t| AbiParam::new(*t)));

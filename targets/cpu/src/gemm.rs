@@ -21,11 +21,16 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph, Node, Op, ValueDef};
 
 use crate::ew::{self, Sv};
-use crate::fx::{broadcast_strides, elem_bytes, mem, Fx, F4};
-use crate::lower::{dims, BufRef, Lowered};
-use crate::CpuError;
+use crate::fx::{broadcast_strides, elem_bytes, mem, mem_pure, Fx, F4};
+use crate::lower::{dims, BufRef, Build, Lowered};
+use crate::{ukernel, CpuError};
 
+/// Rows of the `std::arch` tile (and of the attention tiles).
 const MR: usize = 6;
+/// Rows of Cranelift's own tile: 4 rows x 8 columns is 8 f32x4 accumulators, which with the two
+/// B vectors and the broadcasts fits x64's 16 vector registers without spilling (at 6 rows
+/// two accumulators spill and their store-to-load round trip bounds every k step).
+pub(crate) const CL_MR: usize = 4;
 
 /// The elementwise tail of a matmul region, evaluated per (row, 4 columns).
 pub(crate) struct Epilogue<'g> {
@@ -196,17 +201,19 @@ struct Product {
     trans_b: bool,
 }
 
+pub(crate) const TILE_MR: usize = MR;
+
 pub(crate) fn lower_region<'g>(
     g: &'g Graph,
     n: Node,
     body: &'g Graph,
     name: &str,
-    owned: &mut Vec<Vec<u8>>,
+    owned: &mut Build,
 ) -> Result<Lowered<'g>, CpuError> {
     lower_mm(g, n, Cow::Borrowed(body), true, name.to_string(), owned)
 }
 
-pub(crate) fn lower_single<'g>(g: &'g Graph, n: Node, owned: &mut Vec<Vec<u8>>) -> Result<Lowered<'g>, CpuError> {
+pub(crate) fn lower_single<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowered<'g>, CpuError> {
     let nd = g.node(n);
     if matches!(nd.op, Op::Dequantize { .. }) {
         return Err(CpuError::Unsupported(
@@ -223,7 +230,7 @@ fn lower_mm<'g>(
     body: Cow<'g, Graph>,
     region: bool,
     name: String,
-    owned: &mut Vec<Vec<u8>>,
+    owned: &mut Build,
 ) -> Result<Lowered<'g>, CpuError> {
     let nd = g.node(n);
     let out = nd.outputs[0];
@@ -321,19 +328,23 @@ fn lower_mm<'g>(
             }
         }
         let bytes: Vec<u8> = packed.iter().flat_map(|v| v.to_le_bytes()).collect();
-        owned.push(bytes);
-        let owned_idx = owned.len() - 1;
+        let owned_idx = owned.push(bytes);
         // The packed weights replace B's buffer.
         bufs[prod.b] = BufRef::Owned(owned_idx);
         let rows_dims: Vec<Dim> = out_dims[..out_dims.len() - 1].to_vec();
         let a_buf = prod.a;
         let (kk, nn) = (k as i64, nn as i64);
+        let tiles = F32Tiles::new(owned.ukernels);
+        let suffix = if tiles.is_some() { "packed_ukernel" } else { "packed" };
         let mut lw = Lowered::new(
-            format!("{name}_packed"),
+            format!("{name}_{suffix}"),
             bufs,
-            Box::new(move |fx| emit_packed(fx, &epi, a_buf, prod.b, out_buf, &rows_dims, kk, nn)),
+            Box::new(move |fx| match tiles {
+                Some(t) => emit_packed_tiles(fx, &epi, &t, a_buf, prod.b, out_buf, &rows_dims, kk, nn),
+                None => emit_packed(fx, &epi, a_buf, prod.b, out_buf, &rows_dims, kk, nn),
+            }),
         );
-        lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), MR as u64));
+        lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), if tiles.is_some() { MR } else { CL_MR } as u64));
         return Ok(lw);
     }
     if first_nd.op == Op::QMatMul {
@@ -370,9 +381,9 @@ fn emit_packed(
     let addr = epi.prepare(fx)?;
     let nv = fx.iconst(n);
     let kv = fx.iconst(k);
-    // Rows of this call: [lo*MR, min(hi*MR, rows)).
-    let r0 = fx.imul_imm(fx.lo, MR as i64);
-    let r1 = fx.imul_imm(fx.hi, MR as i64);
+    // Rows of this call: [lo*CL_MR, min(hi*CL_MR, rows)).
+    let r0 = fx.imul_imm(fx.lo, CL_MR as i64);
+    let r1 = fx.imul_imm(fx.hi, CL_MR as i64);
     let r1 = fx.b.ins().smin(r1, rows);
     let panels = (n + 7) / 8;
     let np = fx.iconst(panels);
@@ -381,13 +392,199 @@ fn emit_packed(
         let poff = fx.imul_imm(p, k * 32);
         let bp = fx.b.ins().iadd(b, poff);
         let n0 = fx.imul_imm(p, 8);
-        // Full blocks of MR rows, then single rows.
-        let after = fx.for_range(r0, r1, MR as i64, true, |fx, m0| {
-            block(fx, epi, &addr, a, bp, out, m0, MR, kv, lda, n0, nv, n)
+        // Full blocks of CL_MR rows, then single rows.
+        let after = fx.for_range(r0, r1, CL_MR as i64, true, |fx, m0| {
+            block(fx, epi, &addr, a, bp, out, m0, CL_MR, kv, lda, n0, nv, n)
         })?;
         fx.for_range(after, r1, 1, false, |fx, m0| block(fx, epi, &addr, a, bp, out, m0, 1, kv, lda, n0, nv, n))?;
         Ok(())
     })
+}
+
+/// The `std::arch` tiles a packed kernel calls (function addresses), when the host has them.
+#[derive(Clone, Copy)]
+struct F32Tiles {
+    /// [rows 6 | 1][panels 2 | 1]
+    f: [[usize; 2]; 2],
+}
+
+impl F32Tiles {
+    fn new(mode: crate::Ukernels) -> Option<F32Tiles> {
+        let t = |mr, np| ukernel::f32_tile(mode, mr, np).map(|f| f as usize);
+        Some(F32Tiles { f: [[t(MR, 2)?, t(MR, 1)?], [t(1, 2)?, t(1, 1)?]] })
+    }
+}
+
+/// The packed product with the inner tile done by a `std::arch` routine: Cranelift walks panel
+/// pairs (16 columns; a last odd panel alone) and blocks of 6 rows (then single rows), calls the
+/// tile for each, and applies the epilogue to the tile it wrote to the stack.
+#[allow(clippy::too_many_arguments)]
+fn emit_packed_tiles(
+    fx: &mut Fx,
+    epi: &Epilogue,
+    tiles: &F32Tiles,
+    a_buf: usize,
+    b_buf: usize,
+    out_buf: usize,
+    rows_dims: &[Dim],
+    k: i64,
+    n: i64,
+) -> Result<(), CpuError> {
+    let a = fx.buf(a_buf);
+    let b = fx.buf(b_buf);
+    let out = fx.buf(out_buf);
+    let rows = fx.numel(rows_dims)?;
+    let addr = epi.prepare(fx)?;
+    let nv = fx.iconst(n);
+    let kv = fx.iconst(k);
+    let r0 = fx.imul_imm(fx.lo, MR as i64);
+    let r1 = fx.imul_imm(fx.hi, MR as i64);
+    let r1 = fx.b.ins().smin(r1, rows);
+    let tile = fx.stack_buf((MR * ukernel::F32_TILE_COLS * 4) as u32, 5);
+    let panels = (n + 7) / 8;
+    let call = |fx: &mut Fx, f: usize, m0: Value, mr: usize, p: Value, np: usize| -> Result<(), CpuError> {
+        let aoff = fx.imul_imm(m0, k * 4);
+        let arow = fx.b.ins().iadd(a, aoff);
+        let boff = fx.imul_imm(p, k * 32);
+        let bp = fx.b.ins().iadd(b, boff);
+        let i64s = [types::I64; 5];
+        fx.call_host(f, &i64s, None, &[kv, arow, kv, bp, tile]);
+        let n0 = fx.imul_imm(p, 8);
+        store_tile(fx, epi, &addr, out, m0, mr, n0, nv, n, np * 2, &|fx, r, h| {
+            let off = (r * ukernel::F32_TILE_COLS + h * 4) * 4;
+            fx.b.ins().load(F4, mem(), tile, off as i32)
+        })
+    };
+    let pairs = fx.iconst(panels / 2);
+    fx.for_n(pairs, |fx, pp| {
+        let p = fx.imul_imm(pp, 2);
+        let after = fx.for_range(r0, r1, MR as i64, true, |fx, m0| call(fx, tiles.f[0][0], m0, MR, p, 2))?;
+        fx.for_range(after, r1, 1, false, |fx, m0| call(fx, tiles.f[1][0], m0, 1, p, 2))?;
+        Ok(())
+    })?;
+    if panels % 2 == 1 {
+        let p = fx.iconst(panels - 1);
+        let after = fx.for_range(r0, r1, MR as i64, true, |fx, m0| call(fx, tiles.f[0][1], m0, MR, p, 1))?;
+        fx.for_range(after, r1, 1, false, |fx, m0| call(fx, tiles.f[1][1], m0, 1, p, 1))?;
+    }
+    Ok(())
+}
+
+/// Inner tiles for kernels that pack their own panels at run time (attention): the `std::arch`
+/// tile when available, otherwise Cranelift FMAs; both write an `mr` x 16 f32 tile buffer on the
+/// stack that the caller reads back with [`TileEmitter::load`].
+pub(crate) struct TileEmitter {
+    tiles: Option<F32Tiles>,
+    buf: Value,
+}
+
+impl TileEmitter {
+    pub fn new(fx: &mut Fx, mode: crate::Ukernels) -> TileEmitter {
+        let buf = fx.stack_buf((MR * ukernel::F32_TILE_COLS * 4) as u32, 5);
+        TileEmitter { tiles: F32Tiles::new(mode), buf }
+    }
+
+    /// `tile[r][c] = sum_{kk<k} a[r * lda + kk] * panel[c / 8][kk][c % 8]` for `r < mr` (6 or 1)
+    /// and `c < 8 * np` (np 1 or 2), panels of `k * 8` floats from `b`; `lda` in elements.
+    /// `flags` load A and B in Cranelift's tile ([`mem_pure`] only where the kernel writes
+    /// neither).
+    #[allow(clippy::too_many_arguments)]
+    pub fn emit(
+        &self,
+        fx: &mut Fx,
+        mr: usize,
+        np: usize,
+        k: Value,
+        a: Value,
+        lda: Value,
+        b: Value,
+        flags: cranelift_codegen::ir::MemFlagsData,
+    ) -> Result<(), CpuError> {
+        if let Some(t) = &self.tiles {
+            let f = t.f[usize::from(mr == 1)][usize::from(np == 1)];
+            fx.call_host(f, &[types::I64; 5], None, &[k, a, lda, b, self.buf]);
+            return Ok(());
+        }
+        let lda_b = fx.imul_imm(lda, 4);
+        let rows: Vec<(Value, i32)> = (0..mr)
+            .map(|r| {
+                let o = fx.imul_imm(lda_b, r as i64);
+                (fx.b.ins().iadd(a, o), 0)
+            })
+            .collect();
+        let panel_bytes = fx.imul_imm(k, 32);
+        for p in 0..np {
+            let po = fx.imul_imm(panel_bytes, p as i64);
+            let bp = fx.b.ins().iadd(b, po);
+            // CL_MR rows at a time: more would spill accumulators.
+            for (c, chunk) in rows.chunks(CL_MR).enumerate() {
+                let accs = accumulate(fx, chunk, bp, k, flags)?;
+                for (i, v) in accs.into_iter().enumerate() {
+                    let (r, h) = (c * CL_MR + i / 2, i % 2);
+                    let off = (r * ukernel::F32_TILE_COLS + p * 8 + h * 4) * 4;
+                    fx.b.ins().store(mem(), v, self.buf, off as i32);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The f32x4 at `tile[r][4 * group ..]`.
+    pub fn load(&self, fx: &mut Fx, r: usize, group: usize) -> Value {
+        let off = (r * ukernel::F32_TILE_COLS + group * 4) * 4;
+        fx.b.ins().load(F4, mem(), self.buf, off as i32)
+    }
+}
+
+/// Cranelift's inner tile: `rows.len()` rows (row r of A at `rows[r].0 + rows[r].1 + 4 * kk`)
+/// times one packed panel of 8 columns at `bp` over `k` steps, in `2 * rows` f32x4 accumulators
+/// (returned as `[row][half]`, flattened). `flags` load A and B: [`mem_pure`] where neither
+/// is written by the kernel.
+pub(crate) fn accumulate(
+    fx: &mut Fx,
+    rows: &[(Value, i32)],
+    bp: Value,
+    k: Value,
+    flags: cranelift_codegen::ir::MemFlagsData,
+) -> Result<Vec<Value>, CpuError> {
+    let zero = fx.fsplat(0.0);
+    let accs: Vec<_> = (0..rows.len() * 2).map(|_| fx.var(F4, zero)).collect();
+    let zero_i = fx.iconst(0);
+    let step = |fx: &mut Fx, kk: Value| {
+        let boff = fx.imul_imm(kk, 32);
+        let bk = fx.b.ins().iadd(bp, boff);
+        let b0 = fx.b.ins().load(F4, flags, bk, 0);
+        let b1 = fx.b.ins().load(F4, flags, bk, 16);
+        for (r, (base, off)) in rows.iter().enumerate() {
+            let ak = fx.addr(*base, kk, 4);
+            for (h, bv) in [b0, b1].into_iter().enumerate() {
+                // One broadcast per FMA, each used once: Cranelift then folds the load into
+                // `vbroadcastss mem`, and the FMA (x64 lowers only the 213 form, which
+                // overwrites a multiplicand) consumes the broadcast instead of a copy of a
+                // shared one. The second load's address is spelled differently so the
+                // e-graph does not merge the two.
+                let (addr, o) = if h == 0 { (ak, *off) } else { (fx.iadd_imm(ak, 1), *off - 1) };
+                let s = fx.b.ins().load(types::F32, flags, addr, o);
+                let av = fx.b.ins().splat(F4, s);
+                let acc = fx.b.use_var(accs[r * 2 + h]);
+                let nacc = fx.b.ins().fma(av, bv, acc);
+                fx.b.def_var(accs[r * 2 + h], nacc);
+            }
+        }
+    };
+    // Two k steps per iteration: half the loop overhead, and the register allocator can
+    // alternate each accumulator between two registers instead of moving it back every step.
+    let rest = fx.for_range(zero_i, k, 2, true, |fx, kk| {
+        step(fx, kk);
+        let k1 = fx.iadd_imm(kk, 1);
+        step(fx, k1);
+        Ok(())
+    })?;
+    fx.for_range(rest, k, 1, false, |fx, kk| {
+        step(fx, kk);
+        Ok(())
+    })?;
+    Ok(accs.iter().map(|v| fx.b.use_var(*v)).collect())
 }
 
 /// One `mr` x 8 block of the packed product plus its epilogue.
@@ -407,37 +604,36 @@ fn block(
     nv: Value,
     n: i64,
 ) -> Result<(), CpuError> {
-    let zero = fx.fsplat(0.0);
-    let accs: Vec<_> = (0..mr * 2).map(|_| fx.var(F4, zero)).collect();
     let arow = fx.imul_imm(m0, lda);
     let abase = fx.b.ins().iadd(a, arow);
-    let zero_i = fx.iconst(0);
-    fx.for_range(zero_i, k, 1, false, |fx, kk| {
-        let boff = fx.imul_imm(kk, 32);
-        let bk = fx.b.ins().iadd(bp, boff);
-        let b0 = fx.b.ins().load(F4, mem(), bk, 0);
-        let b1 = fx.b.ins().load(F4, mem(), bk, 16);
-        let aoff = fx.imul_imm(kk, 4);
-        let ak = fx.b.ins().iadd(abase, aoff);
-        for r in 0..mr {
-            let s = fx.b.ins().load(types::F32, mem(), ak, (r as i64 * lda) as i32);
-            let av = fx.b.ins().splat(F4, s);
-            for h in 0..2 {
-                let var = accs[r * 2 + h];
-                let acc = fx.b.use_var(var);
-                let bv = if h == 0 { b0 } else { b1 };
-                let nacc = fx.b.ins().fma(av, bv, acc);
-                fx.b.def_var(var, nacc);
-            }
-        }
-        Ok(())
-    })?;
+    let rows: Vec<(Value, i32)> = (0..mr).map(|r| (abase, (r as i64 * lda) as i32)).collect();
+    let accs = accumulate(fx, &rows, bp, k, mem_pure())?;
+    store_tile(fx, epi, addr, out, m0, mr, n0, nv, n, 2, &|_, r, h| accs[r * 2 + h])
+}
+
+/// Applies the epilogue to an `mr` x `4 * groups` tile of accumulators (`acc(fx, row, group)`
+/// gives an f32x4) at rows `m0..`, columns `n0..`, and stores it; columns past `n` (the zero
+/// padding of the last panel) are not stored.
+#[allow(clippy::too_many_arguments)]
+fn store_tile(
+    fx: &mut Fx,
+    epi: &Epilogue,
+    addr: &EpiAddr,
+    out: Value,
+    m0: Value,
+    mr: usize,
+    n0: Value,
+    nv: Value,
+    n: i64,
+    groups: usize,
+    acc_at: &dyn Fn(&mut Fx, usize, usize) -> Value,
+) -> Result<(), CpuError> {
     let full = n % 8 == 0;
     for r in 0..mr {
         let row = fx.iadd_imm(m0, r as i64);
         let offs = epi.row_offsets(fx, addr, row);
-        for h in 0..2 {
-            let acc = fx.b.use_var(accs[r * 2 + h]);
+        for h in 0..groups {
+            let acc = acc_at(fx, r, h);
             let col = fx.iadd_imm(n0, h as i64 * 4);
             if full {
                 let v = epi.apply(fx, addr, &offs, col, acc, true)?;

@@ -23,14 +23,30 @@ pub(crate) struct Jit {
     fctx: FunctionBuilderContext,
     pub isa_name: String,
     pub funcs: Vec<(FuncId, String)>,
-    /// Cranelift IR text of each kernel, kept when asked for (`--emit clif`).
-    pub keep_clif: bool,
+    /// What text to keep of each kernel (`--emit clif|asm`).
+    pub listing: Listing,
+    /// (kernel symbol, Cranelift IR text) when `listing.clif`.
     pub clif: Vec<(String, String)>,
+    /// (kernel symbol, machine code listing) when `listing.asm`.
+    pub asm: Vec<(String, String)>,
     /// Machine code bytes per kernel.
     pub code_bytes: usize,
 }
 
+/// Which listings [`Jit::define`] keeps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Listing {
+    pub clif: bool,
+    pub asm: bool,
+}
+
 pub(crate) fn host_isa() -> Result<OwnedTargetIsa, CpuError> {
+    isa_with(&[])
+}
+
+/// The host's ISA with extra ISA flags set (`has_avx_vnni=true`, ...). Code built with flags the
+/// host lacks is for reading only: [`crate::listing`] never hands it out to run.
+pub(crate) fn isa_with(extra: &[(String, String)]) -> Result<OwnedTargetIsa, CpuError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v).map_err(|e| CpuError::Isa(format!("setting {k}={v}: {e}")))
@@ -38,13 +54,19 @@ pub(crate) fn host_isa() -> Result<OwnedTargetIsa, CpuError> {
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
-    let isa_builder = cranelift_native::builder().map_err(|e| CpuError::Isa(e.to_string()))?;
+    let mut isa_builder = cranelift_native::builder().map_err(|e| CpuError::Isa(e.to_string()))?;
+    for (k, v) in extra {
+        isa_builder.set(k, v).map_err(|e| CpuError::Isa(format!("ISA flag {k}={v}: {e}")))?;
+    }
     isa_builder.finish(settings::Flags::new(flags)).map_err(|e| CpuError::Isa(e.to_string()))
 }
 
 impl Jit {
-    pub fn new(keep_clif: bool) -> Result<Jit, CpuError> {
-        let isa = host_isa()?;
+    pub fn new(listing: Listing) -> Result<Jit, CpuError> {
+        Jit::with_isa(host_isa()?, listing)
+    }
+
+    pub fn with_isa(isa: OwnedTargetIsa, listing: Listing) -> Result<Jit, CpuError> {
         let isa_name = format!("{} ({})", isa.triple(), isa.name());
         let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         let module = JITModule::new(builder);
@@ -54,8 +76,9 @@ impl Jit {
             fctx: FunctionBuilderContext::new(),
             isa_name,
             funcs: Vec::new(),
-            keep_clif,
+            listing,
             clif: Vec::new(),
+            asm: Vec::new(),
             code_bytes: 0,
         })
     }
@@ -96,9 +119,10 @@ impl Jit {
             body(&mut fx)?;
             fx.finish(self.module.isa().frontend_config());
         }
-        if self.keep_clif {
+        if self.listing.clif {
             self.clif.push((symbol.clone(), self.ctx.func.display().to_string()));
         }
+        self.ctx.set_disasm(self.listing.asm);
         if let Err(e) = self.module.define_function(id, &mut self.ctx) {
             let mut msg = format!("{symbol}: {e:?}");
             msg.truncate(400);
@@ -107,6 +131,9 @@ impl Jit {
         }
         if let Some(code) = self.ctx.compiled_code() {
             self.code_bytes += code.code_buffer().len();
+            if let Some(text) = code.vcode.as_ref().filter(|_| self.listing.asm) {
+                self.asm.push((symbol.clone(), text.clone()));
+            }
         }
         self.module.clear_context(&mut self.ctx);
         self.funcs.push((id, symbol));

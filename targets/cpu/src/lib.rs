@@ -21,24 +21,35 @@ mod jit;
 mod layout;
 mod lower;
 mod math;
+pub mod microbench;
 mod nn;
 mod program;
 mod qgemm;
+pub mod ukernel;
 
+pub use jit::Listing;
 pub use program::{Program, ProgramStats, RunOptions};
+pub use ukernel::Ukernels;
 
 /// Options for [`compile`].
 #[derive(Clone, Debug)]
 pub struct CpuOptions {
     /// Threads the program's kernels may use (1 = the calling thread only).
     pub threads: usize,
-    /// Keep each kernel's Cranelift IR text (for `--emit clif`).
-    pub keep_clif: bool,
+    /// Keep each kernel's Cranelift IR text and/or machine code listing (`Program::clif`,
+    /// `Program::asm`).
+    pub listing: Listing,
+    /// Whether kernels may call the `std::arch` inner tiles of [`ukernel`] (AVX2 f32 GEMM tile).
+    pub ukernels: Ukernels,
 }
 
 impl Default for CpuOptions {
     fn default() -> Self {
-        CpuOptions { threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), keep_clif: false }
+        CpuOptions {
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            listing: Listing::default(),
+            ukernels: Ukernels::Auto,
+        }
     }
 }
 
@@ -107,6 +118,17 @@ impl CpuError {
 /// Compiles a verified graph for the host CPU.
 pub fn compile(g: &tessera_ir::Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
     program::compile(g, opts)
+}
+
+/// Compiles a graph for reading, not running: each kernel's Cranelift IR and machine code
+/// listing, with extra Cranelift ISA flags (`("has_avx_vnni", "true")`) to see what the target
+/// emits on a CPU with features this host lacks. Returns (kernel, clif, asm) triples.
+pub fn listing(
+    g: &tessera_ir::Graph,
+    isa_flags: &[(String, String)],
+    ukernels: Ukernels,
+) -> Result<Vec<(String, String, String)>, CpuError> {
+    program::listing(g, isa_flags, ukernels)
 }
 
 /// The host's ISA as Cranelift sees it (triple and flags summary).

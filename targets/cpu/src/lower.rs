@@ -18,6 +18,22 @@ pub(crate) enum BufRef {
     Owned(usize),
 }
 
+/// What lowering builds besides kernels: bytes the program owns (packed weights), and the
+/// options that choose kernels.
+#[derive(Default)]
+pub(crate) struct Build {
+    pub owned: Vec<Vec<u8>>,
+    pub ukernels: crate::Ukernels,
+}
+
+impl Build {
+    /// Keeps `bytes` for the program's lifetime; returns its [`BufRef::Owned`] index.
+    pub fn push(&mut self, bytes: Vec<u8>) -> usize {
+        self.owned.push(bytes);
+        self.owned.len() - 1
+    }
+}
+
 pub(crate) type Emit<'g> = Box<dyn FnOnce(&mut Fx) -> Result<(), CpuError> + 'g>;
 
 pub(crate) struct Lowered<'g> {
@@ -57,7 +73,7 @@ pub(crate) fn single_body(g: &Graph, op: &Op, inputs: &[Value], result: &TensorT
     body
 }
 
-pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Vec<Vec<u8>>) -> Result<Lowered<'g>, CpuError> {
+pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowered<'g>, CpuError> {
     let nd = g.node(n);
     if let Some(p) = nd.placement {
         if p != tessera_ir::Device::Cpu {
@@ -100,7 +116,7 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Vec<Vec<u8>>) -> Resu
         }
         Op::Gather { .. } => layout::lower_gather(g, n),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => nn::lower_norm(g, n),
-        Op::Attention { .. } => nn::lower_attention(g, n),
+        Op::Attention { .. } => nn::lower_attention(g, n, owned.ukernels),
         Op::Reduce { .. } | Op::ArgMax { .. } => nn::lower_reduce(g, n),
         Op::DynamicQuantize => nn::lower_dynamic_quantize(g, n),
         Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger { .. } | Op::QMatMul | Op::Dequantize { .. } => {
@@ -134,7 +150,7 @@ fn head_and_epilogue<'g>(
     n: Node,
     body: &'g Graph,
     name: &str,
-    owned: &mut Vec<Vec<u8>>,
+    owned: &mut Build,
 ) -> Result<Lowered<'g>, CpuError> {
     let nd = g.node(n);
     let out = nd.outputs[0];

@@ -4,9 +4,11 @@
 //!   scalar tail, two passes (mean, then the squared deviations) as the interpreter computes;
 //!   parallel over rows.
 //! - `softmax`/`log_softmax` over the last axis: max, exp-sum, scale; parallel over rows.
-//! - `attention`: per (leading index, query row): scores into a per-thread scratch row, max,
-//!   exp and sum, then the weighted sum of value rows in f32x4 registers; parallel over the
-//!   flattened leading dims.
+//! - `attention`: per leading index (batch x head), K^T and V are packed into panels of 8 in
+//!   per-thread scratch; then per block of 6 query rows, the scores come from the same inner
+//!   tiles as the packed GEMM (Q rows x K^T panels), masks are applied, softmax runs in place
+//!   (max, exp, sum), and the weighted values come from tiles of the probabilities x V panels,
+//!   scaled by 1/sum on the way out. Parallel over the flattened leading dims.
 //! - `reduce_*`: a loop nest over the kept dims with the reduced dims inside (scalar).
 //! - `dynamic_quantize`: a min/max pass, then the interpreter's scale and zero point, then a
 //!   quantize pass.
@@ -17,7 +19,8 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
 
-use crate::fx::{broadcast_moves, broadcast_strides, mem, Fx, F4};
+use crate::fx::{broadcast_moves, broadcast_strides, mem, mem_ro, Fx, F4};
+use crate::gemm::{TileEmitter, TILE_MR};
 use crate::lower::{dims, values, BufRef, Lowered};
 use crate::{math, CpuError};
 
@@ -90,21 +93,6 @@ fn row_max(fx: &mut Fx, p: Value, n: Value) -> Result<Value, CpuError> {
     row_fold(fx, n, f32::NEG_INFINITY, &|fx, i, vector| load_param(fx, p, i, vector, false), &|fx, a, b| {
         fx.b.ins().fmax(a, b)
     })
-}
-
-/// Dot product of two contiguous rows.
-fn dot_row(fx: &mut Fx, a: Value, b: Value, n: Value) -> Result<Value, CpuError> {
-    row_fold(
-        fx,
-        n,
-        0.0,
-        &|fx, i, vector| {
-            let x = load_param(fx, a, i, vector, false);
-            let y = load_param(fx, b, i, vector, false);
-            fx.b.ins().fmul(x, y)
-        },
-        &|fx, acc, x| fx.b.ins().fadd(acc, x),
-    )
 }
 
 /// `out[i] = f(x[i], i)` over a row, f32x4 + tail (`f` gets the element index of lane 0).
@@ -284,7 +272,7 @@ fn softmax_row(fx: &mut Fx, x: Value, out: Value, n: Value, log: bool) -> Result
     }
 }
 
-pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> Result<Lowered<'_>, CpuError> {
     let nd = g.node(n);
     let Op::Attention { scale, causal } = nd.op else { unreachable!() };
     f32_only(g, &nd.inputs[..3], "attention")?;
@@ -324,13 +312,13 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
     let k_in = nd.inputs.len();
     let mut bufs = values(&nd.inputs);
     bufs.push(BufRef::Value(out));
-    let scratch_dim = sk_dim.clone();
+    let scratch_dims = (sk_dim.clone(), qd[qd.len() - 1].clone(), vd[vd.len() - 1].clone());
     let par_dims = if lead.is_empty() { vec![Dim::Static(1)] } else { lead.clone() };
     let mut lw = Lowered::new(
         "attention",
         bufs,
         Box::new(move |fx| {
-            let (qp, kp, vp) = (fx.buf(0), fx.buf(1), fx.buf(2));
+            let (qp, kp_in, vp_in) = (fx.buf(0), fx.buf(1), fx.buf(2));
             let mp = if mask.is_some() { Some(fx.buf(3)) } else { None };
             let op = fx.buf(k_in);
             let sp = fx.buf(k_in + 1);
@@ -348,7 +336,35 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
             let leadv: Vec<Value> = lead.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
             let zero = fx.iconst(0);
             let (lo, hi) = (fx.lo, fx.hi);
-            let scale_v = fx.fconst(scale);
+            let scale_v = fx.fsplat(scale);
+            let tiles = TileEmitter::new(fx, ukernels);
+            // Scratch: K^T packed in panels of 8 keys [kpan][d][8], V packed in panels of 8
+            // columns [vpan][sk][8], then TILE_MR score rows of `sk_pad` (16-aligned) floats.
+            let kpan = {
+                let t = fx.iadd_imm(sk, 7);
+                fx.b.ins().ushr_imm_u(t, 3)
+            };
+            let vpan = {
+                let t = fx.iadd_imm(dv, 7);
+                fx.b.ins().ushr_imm_u(t, 3)
+            };
+            let sk_pad = {
+                let t = fx.iadd_imm(sk, 15);
+                let t = fx.b.ins().ushr_imm_u(t, 4);
+                fx.imul_imm(t, 16)
+            };
+            let kp = sp;
+            let vp = {
+                let n = fx.b.ins().imul(kpan, d_);
+                let o = fx.imul_imm(n, 32);
+                fx.b.ins().iadd(kp, o)
+            };
+            let srows = {
+                let n = fx.b.ins().imul(vpan, sk);
+                let o = fx.imul_imm(n, 32);
+                fx.b.ins().iadd(vp, o)
+            };
+            let inv_slot = fx.stack_buf((TILE_MR * 4) as u32, 4);
             fx.for_range(lo, hi, 1, false, |fx, l| {
                 // Leading offsets of q, k, v, mask and the output.
                 let mut rest = l;
@@ -376,8 +392,8 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
                     rest = next;
                 }
                 let qb = fx.b.ins().iadd(qp, oq);
-                let kb = fx.b.ins().iadd(kp, ok);
-                let vb = fx.b.ins().iadd(vp, ov);
+                let kb = fx.b.ins().iadd(kp_in, ok);
+                let vb = fx.b.ins().iadd(vp_in, ov);
                 let ob = {
                     let rows = fx.b.ins().imul(l, sq_);
                     let e = fx.b.ins().imul(rows, dv);
@@ -386,123 +402,257 @@ pub(crate) fn lower_attention(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
                 let k_row = sk_st[r - 2].unwrap_or(zero);
                 let v_row = sv_st[r - 2].unwrap_or(zero);
                 let q_row = sq_st[r - 2].unwrap_or(zero);
-                fx.for_n(sq_, |fx, i| {
-                    let qo = fx.b.ins().imul(i, q_row);
-                    let qr = fx.b.ins().iadd(qb, qo);
-                    // Scores.
-                    fx.for_n(sk, |fx, j| {
-                        let ko = fx.b.ins().imul(j, k_row);
-                        let kr = fx.b.ins().iadd(kb, ko);
-                        let dot = dot_row(fx, qr, kr, d_)?;
-                        let mut s = fx.b.ins().fmul(dot, scale_v);
-                        if let (Some(mp), Some(ms)) = (mp, &m_st) {
-                            let mut a = fx.b.ins().iadd(mp, om);
-                            if let Some(st) = ms[r - 2] {
-                                let o = fx.b.ins().imul(i, st);
-                                a = fx.b.ins().iadd(a, o);
-                            }
-                            if let Some(st) = ms[r - 1] {
-                                let o = fx.b.ins().imul(j, st);
-                                a = fx.b.ins().iadd(a, o);
-                            }
-                            if mask_bool {
-                                let keep = fx.b.ins().load(types::I8, mem(), a, 0);
-                                let ninf = fx.fconst(f32::NEG_INFINITY);
-                                s = fx.b.ins().select(keep, s, ninf);
-                            } else {
-                                let add = fx.b.ins().load(types::F32, mem(), a, 0);
-                                s = fx.b.ins().fadd(s, add);
-                            }
-                        }
-                        if causal {
-                            // j + sq > i + sk masks.
-                            let lhs = fx.b.ins().iadd(j, sq_);
-                            let rhs = fx.b.ins().iadd(i, sk);
-                            let hide = fx.b.ins().icmp(IntCC::SignedGreaterThan, lhs, rhs);
-                            let ninf = fx.fconst(f32::NEG_INFINITY);
-                            s = fx.b.ins().select(hide, ninf, s);
-                        }
-                        let sa = fx.addr(sp, j, 4);
-                        fx.b.ins().store(mem(), s, sa, 0);
+                // Pack K^T: kp[(j / 8) * d * 8 + dd * 8 + j % 8] = K[j][dd]; the last panel's
+                // missing keys are zero.
+                {
+                    let last = fx.iadd_imm(kpan, -1);
+                    let lo8 = fx.b.ins().imul(last, d_);
+                    let lo8 = fx.imul_imm(lo8, 8);
+                    let n8 = fx.imul_imm(d_, 8);
+                    let z4 = fx.fsplat(0.0);
+                    let zero_i = fx.iconst(0);
+                    let last_p = fx.addr(kp, lo8, 4);
+                    fx.for_range(zero_i, n8, 4, true, |fx, i| {
+                        let a = fx.addr(last_p, i, 4);
+                        fx.b.ins().store(mem(), z4, a, 0);
                         Ok(())
                     })?;
-                    let m = row_max(fx, sp, sk)?;
-                    let ninf = fx.fconst(f32::NEG_INFINITY);
-                    let dead = fx.b.ins().fcmp(FloatCC::Equal, m, ninf);
-                    let mv = fx.b.ins().splat(F4, m);
-                    // exp in place, and the sum.
-                    let sum = row_sum(fx, sp, sk, &|fx, v| {
-                        let d = fx.b.ins().fsub(v, mv);
-                        math::exp(fx, d)
-                    })?;
-                    row_map(fx, sp, sp, sk, &|fx, v, _, _| {
-                        let d = fx.b.ins().fsub(v, mv);
-                        math::exp(fx, d)
-                    })?;
-                    let one = fx.fconst(1.0);
-                    let inv = fx.b.ins().fdiv(one, sum);
-                    let zf = fx.fconst(0.0);
-                    let inv = fx.b.ins().select(dead, zf, inv);
-                    let invv = fx.b.ins().splat(F4, inv);
-                    // out row = sum_j p_j v_j (4 columns at a time, then a scalar tail).
-                    let orow = {
-                        let o = fx.b.ins().imul(i, dv);
-                        fx.addr(ob, o, 4)
+                }
+                fx.for_n(sk, |fx, j| {
+                    let kr = {
+                        let o = fx.b.ins().imul(j, k_row);
+                        fx.b.ins().iadd(kb, o)
                     };
-                    let z = fx.iconst(0);
-                    let rest = fx.for_range(z, dv, 4, true, |fx, c| {
-                        let z4 = fx.fsplat(0.0);
-                        let acc = fx.var(F4, z4);
-                        let co = fx.imul_imm(c, 4);
-                        let vcol = fx.b.ins().iadd(vb, co);
-                        fx.for_n(sk, |fx, j| {
-                            let pa = fx.addr(sp, j, 4);
-                            let p = fx.b.ins().load(types::F32, mem(), pa, 0);
-                            let pv = fx.b.ins().splat(F4, p);
-                            let vo = fx.b.ins().imul(j, v_row);
-                            let va = fx.b.ins().iadd(vcol, vo);
-                            let vv = fx.b.ins().load(F4, mem(), va, 0);
-                            let a = fx.b.use_var(acc);
-                            let a = fx.b.ins().fma(pv, vv, a);
-                            fx.b.def_var(acc, a);
-                            Ok(())
-                        })?;
-                        let a = fx.b.use_var(acc);
-                        let a = fx.b.ins().fmul(a, invv);
-                        let oa = fx.addr(orow, c, 4);
-                        fx.b.ins().store(mem(), a, oa, 0);
+                    let p = fx.b.ins().ushr_imm_u(j, 3);
+                    let jj = fx.b.ins().band_imm_u(j, 7);
+                    let pd = fx.b.ins().imul(p, d_);
+                    let pd8 = fx.imul_imm(pd, 8);
+                    let base = fx.b.ins().iadd(pd8, jj);
+                    let dst = fx.addr(kp, base, 4);
+                    fx.for_n(d_, |fx, dd| {
+                        let src = fx.addr(kr, dd, 4);
+                        let x = fx.b.ins().load(types::F32, mem_ro(), src, 0);
+                        let o = fx.imul_imm(dd, 32);
+                        let a = fx.b.ins().iadd(dst, o);
+                        fx.b.ins().store(mem(), x, a, 0);
                         Ok(())
+                    })
+                })?;
+                // Pack V: vp[(c / 8) * sk * 8 + j * 8 + c % 8] = V[j][c], missing columns zero.
+                fx.for_n(sk, |fx, j| {
+                    let vr = {
+                        let o = fx.b.ins().imul(j, v_row);
+                        fx.b.ins().iadd(vb, o)
+                    };
+                    let dst = {
+                        let o = fx.imul_imm(j, 32);
+                        fx.b.ins().iadd(vp, o)
+                    };
+                    let panel_bytes = fx.imul_imm(sk, 32);
+                    fx.for_n(vpan, |fx, p| {
+                        let d0 = {
+                            let o = fx.b.ins().imul(p, panel_bytes);
+                            fx.b.ins().iadd(dst, o)
+                        };
+                        let c0 = fx.imul_imm(p, 8);
+                        let end = fx.iadd_imm(c0, 8);
+                        let whole = fx.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, dv);
+                        let src = fx.addr(vr, c0, 4);
+                        let then_b = fx.b.create_block();
+                        let else_b = fx.b.create_block();
+                        let done = fx.b.create_block();
+                        fx.b.ins().brif(whole, then_b, &[], else_b, &[]);
+                        fx.b.switch_to_block(then_b);
+                        for h in 0..2 {
+                            let x = fx.b.ins().load(F4, mem_ro(), src, h * 16);
+                            fx.b.ins().store(mem(), x, d0, h * 16);
+                        }
+                        fx.b.ins().jump(done, &[]);
+                        fx.b.switch_to_block(else_b);
+                        for cc in 0..8i64 {
+                            let c = fx.iadd_imm(c0, cc);
+                            let inside = fx.b.ins().icmp(IntCC::SignedLessThan, c, dv);
+                            let zf = fx.fconst(0.0);
+                            let v = fx.var(types::F32, zf);
+                            fx.if_then(inside, |fx| {
+                                let x = fx.b.ins().load(types::F32, mem_ro(), src, (cc * 4) as i32);
+                                fx.b.def_var(v, x);
+                                Ok(())
+                            })?;
+                            let x = fx.b.use_var(v);
+                            fx.b.ins().store(mem(), x, d0, (cc * 4) as i32);
+                        }
+                        fx.b.ins().jump(done, &[]);
+                        fx.b.switch_to_block(done);
+                        Ok(())
+                    })
+                })?;
+                let q_lda = fx.b.ins().sshr_imm_u(q_row, 2);
+                // One block of `mr` query rows from row m0: scores, softmax, weighted values.
+                let rows_block = |fx: &mut Fx, m0: Value, mr: usize| -> Result<(), CpuError> {
+                    let qa = {
+                        let o = fx.b.ins().imul(m0, q_row);
+                        fx.b.ins().iadd(qb, o)
+                    };
+                    // Scores: tiles of 16 keys (a last panel of 8 alone), scaled, into srows.
+                    let kpanel_bytes = fx.imul_imm(d_, 32);
+                    let scores = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
+                        let bo = fx.b.ins().imul(p, kpanel_bytes);
+                        let bp = fx.b.ins().iadd(kp, bo);
+                        tiles.emit(fx, mr, np, d_, qa, q_lda, bp, mem())?;
+                        let c0 = fx.imul_imm(p, 8);
+                        for rr in 0..mr {
+                            let row = {
+                                let o = fx.imul_imm(sk_pad, rr as i64);
+                                let o = fx.b.ins().iadd(o, c0);
+                                fx.addr(srows, o, 4)
+                            };
+                            for h in 0..2 * np {
+                                let t = tiles.load(fx, rr, h);
+                                let t = fx.b.ins().fmul(t, scale_v);
+                                fx.b.ins().store(mem(), t, row, (h * 16) as i32);
+                            }
+                        }
+                        Ok(())
+                    };
+                    let pairs = fx.b.ins().ushr_imm_u(kpan, 1);
+                    fx.for_n(pairs, |fx, pp| {
+                        let p = fx.imul_imm(pp, 2);
+                        scores(fx, p, 2)
                     })?;
-                    fx.for_range(rest, dv, 1, false, |fx, c| {
+                    let odd = fx.b.ins().band_imm_u(kpan, 1);
+                    fx.if_then(odd, |fx| {
+                        let p = fx.iadd_imm(kpan, -1);
+                        scores(fx, p, 1)
+                    })?;
+                    // Masks, then softmax per row (exp written in place), 1/sum kept per row.
+                    for rr in 0..mr {
+                        let i = fx.iadd_imm(m0, rr as i64);
+                        let row = {
+                            let o = fx.imul_imm(sk_pad, rr as i64);
+                            fx.addr(srows, o, 4)
+                        };
+                        if mp.is_some() || causal {
+                            fx.for_n(sk, |fx, j| {
+                                let sa = fx.addr(row, j, 4);
+                                let mut s = fx.b.ins().load(types::F32, mem(), sa, 0);
+                                if let (Some(mp), Some(ms)) = (mp, &m_st) {
+                                    let mut a = fx.b.ins().iadd(mp, om);
+                                    if let Some(st) = ms[r - 2] {
+                                        let o = fx.b.ins().imul(i, st);
+                                        a = fx.b.ins().iadd(a, o);
+                                    }
+                                    if let Some(st) = ms[r - 1] {
+                                        let o = fx.b.ins().imul(j, st);
+                                        a = fx.b.ins().iadd(a, o);
+                                    }
+                                    if mask_bool {
+                                        let keep = fx.b.ins().load(types::I8, mem(), a, 0);
+                                        let ninf = fx.fconst(f32::NEG_INFINITY);
+                                        s = fx.b.ins().select(keep, s, ninf);
+                                    } else {
+                                        let add = fx.b.ins().load(types::F32, mem(), a, 0);
+                                        s = fx.b.ins().fadd(s, add);
+                                    }
+                                }
+                                if causal {
+                                    // j + sq > i + sk masks.
+                                    let lhs = fx.b.ins().iadd(j, sq_);
+                                    let rhs = fx.b.ins().iadd(i, sk);
+                                    let hide = fx.b.ins().icmp(IntCC::SignedGreaterThan, lhs, rhs);
+                                    let ninf = fx.fconst(f32::NEG_INFINITY);
+                                    s = fx.b.ins().select(hide, ninf, s);
+                                }
+                                fx.b.ins().store(mem(), s, sa, 0);
+                                Ok(())
+                            })?;
+                        }
+                        let m = row_max(fx, row, sk)?;
+                        let ninf = fx.fconst(f32::NEG_INFINITY);
+                        let dead = fx.b.ins().fcmp(FloatCC::Equal, m, ninf);
+                        let mv = fx.b.ins().splat(F4, m);
+                        row_map(fx, row, row, sk, &|fx, v, _, _| {
+                            let d = fx.b.ins().fsub(v, mv);
+                            math::exp(fx, d)
+                        })?;
+                        let sum = row_sum(fx, row, sk, &|_, v| v)?;
+                        let one = fx.fconst(1.0);
+                        let inv = fx.b.ins().fdiv(one, sum);
                         let zf = fx.fconst(0.0);
-                        let acc = fx.var(types::F32, zf);
-                        let co = fx.imul_imm(c, 4);
-                        let vcol = fx.b.ins().iadd(vb, co);
-                        fx.for_n(sk, |fx, j| {
-                            let pa = fx.addr(sp, j, 4);
-                            let p = fx.b.ins().load(types::F32, mem(), pa, 0);
-                            let vo = fx.b.ins().imul(j, v_row);
-                            let va = fx.b.ins().iadd(vcol, vo);
-                            let vv = fx.b.ins().load(types::F32, mem(), va, 0);
-                            let a = fx.b.use_var(acc);
-                            let a = fx.b.ins().fma(p, vv, a);
-                            fx.b.def_var(acc, a);
-                            Ok(())
-                        })?;
-                        let a = fx.b.use_var(acc);
-                        let a = fx.b.ins().fmul(a, inv);
-                        let oa = fx.addr(orow, c, 4);
-                        fx.b.ins().store(mem(), a, oa, 0);
+                        let inv = fx.b.ins().select(dead, zf, inv);
+                        fx.b.ins().store(mem(), inv, inv_slot, (rr * 4) as i32);
+                    }
+                    // Weighted values: tiles of 16 value columns over the sk probabilities.
+                    let vpanel_bytes = fx.imul_imm(sk, 32);
+                    let weighted = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
+                        let bo = fx.b.ins().imul(p, vpanel_bytes);
+                        let bp = fx.b.ins().iadd(vp, bo);
+                        tiles.emit(fx, mr, np, sk, srows, sk_pad, bp, mem())?;
+                        let c0 = fx.imul_imm(p, 8);
+                        for rr in 0..mr {
+                            let i = fx.iadd_imm(m0, rr as i64);
+                            let inv = fx.b.ins().load(types::F32, mem(), inv_slot, (rr * 4) as i32);
+                            let invv = fx.b.ins().splat(F4, inv);
+                            let orow = {
+                                let o = fx.b.ins().imul(i, dv);
+                                fx.addr(ob, o, 4)
+                            };
+                            for h in 0..2 * np {
+                                let t = tiles.load(fx, rr, h);
+                                let t = fx.b.ins().fmul(t, invv);
+                                let c = fx.iadd_imm(c0, h as i64 * 4);
+                                let end = fx.iadd_imm(c, 4);
+                                let whole = fx.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, dv);
+                                let then_b = fx.b.create_block();
+                                let else_b = fx.b.create_block();
+                                let done = fx.b.create_block();
+                                fx.b.ins().brif(whole, then_b, &[], else_b, &[]);
+                                fx.b.switch_to_block(then_b);
+                                let oa = fx.addr(orow, c, 4);
+                                fx.b.ins().store(mem(), t, oa, 0);
+                                fx.b.ins().jump(done, &[]);
+                                fx.b.switch_to_block(else_b);
+                                for lane in 0..4u8 {
+                                    let cl = fx.iadd_imm(c, lane as i64);
+                                    let inside = fx.b.ins().icmp(IntCC::SignedLessThan, cl, dv);
+                                    let e = fx.b.ins().extractlane(t, lane);
+                                    fx.if_then(inside, |fx| {
+                                        let oa = fx.addr(orow, cl, 4);
+                                        fx.b.ins().store(mem(), e, oa, 0);
+                                        Ok(())
+                                    })?;
+                                }
+                                fx.b.ins().jump(done, &[]);
+                                fx.b.switch_to_block(done);
+                            }
+                        }
                         Ok(())
+                    };
+                    let pairs = fx.b.ins().ushr_imm_u(vpan, 1);
+                    fx.for_n(pairs, |fx, pp| {
+                        let p = fx.imul_imm(pp, 2);
+                        weighted(fx, p, 2)
                     })?;
-                    Ok(())
-                })
+                    let odd = fx.b.ins().band_imm_u(vpan, 1);
+                    fx.if_then(odd, |fx| {
+                        let p = fx.iadd_imm(vpan, -1);
+                        weighted(fx, p, 1)
+                    })
+                };
+                let after = fx.for_range(zero, sq_, TILE_MR as i64, true, |fx, m0| rows_block(fx, m0, TILE_MR))?;
+                fx.for_range(after, sq_, 1, false, |fx, m0| rows_block(fx, m0, 1))?;
+                Ok(())
             })?;
             Ok(())
         }),
     );
     lw.par = Some((par_dims, 1));
-    lw.scratch = Some(Arc::new(move |b| vec![(b.resolve(&scratch_dim).unwrap_or(0) * 4) as i64]));
+    lw.scratch = Some(Arc::new(move |b| {
+        let (sk, d, dv) = (b.resolve(&scratch_dims.0), b.resolve(&scratch_dims.1), b.resolve(&scratch_dims.2));
+        let (sk, d, dv) = (sk.unwrap_or(0), d.unwrap_or(0), dv.unwrap_or(0));
+        let floats = sk.div_ceil(8) * 8 * d + dv.div_ceil(8) * 8 * sk + TILE_MR * sk.div_ceil(16) * 16;
+        vec![(floats * 4) as i64]
+    }));
     Ok(lw)
 }
 

@@ -10,7 +10,7 @@ use tessera_ir::{Bindings, Dim, Graph, Node, Tensor};
 use tessera_passes::memory;
 
 use crate::jit::{Jit, KernelFn};
-use crate::lower::{self, BufRef, Lowered};
+use crate::lower::{self, BufRef, Build, Lowered};
 use crate::{CpuError, CpuOptions, KernelFault};
 
 /// Computes a kernel's run-time parameters from the bound symbol sizes.
@@ -65,7 +65,10 @@ pub struct Program {
     pool: Option<rayon::ThreadPool>,
     threads: usize,
     pub stats: ProgramStats,
+    /// (kernel, Cranelift IR) when compiled with `listing.clif`.
     pub clif: Vec<(String, String)>,
+    /// (kernel, machine code listing) when compiled with `listing.asm`.
+    pub asm: Vec<(String, String)>,
 }
 
 #[repr(C, align(64))]
@@ -81,60 +84,15 @@ struct RunPlan {
 
 pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
     let t0 = Instant::now();
-    // Symbols: every symbolic dim must be bound by a graph input.
-    let mut syms: Vec<Arc<str>> = Vec::new();
-    for (_, v) in g.inputs() {
-        for d in g.ty(*v).shape.dims() {
-            if let Dim::Sym(s) = d {
-                if !syms.contains(s) {
-                    syms.push(s.clone());
-                }
-            }
-        }
-    }
-    let mut problems: Vec<String> = Vec::new();
-    for (v, vd) in g.values() {
-        for d in vd.ty.shape.dims() {
-            match d {
-                Dim::Unknown => {
-                    problems.push(format!("{v}: a dim `?` known only from data (the CPU target needs shapes that follow from the input shapes)"));
-                    break;
-                }
-                Dim::Sym(s) if !syms.contains(s) => {
-                    problems.push(format!("{v}: symbol `{s}` is not bound by any input"));
-                    break;
-                }
-                _ => {}
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(CpuError::UnsupportedNodes { count: problems.len(), list: list(&problems) });
-    }
-    let mut jit = Jit::new(opts.keep_clif)?;
-    let mut owned: Vec<Vec<u8>> = Vec::new();
-    let mut pending: Vec<(Node, &'static str, usize, Meta)> = Vec::new();
-    let mut unsupported: Vec<String> = Vec::new();
-    for (n, nd) in g.nodes() {
-        match lower::lower(g, n, &mut owned) {
-            Ok(lw) => {
-                let Lowered { name, bufs, par, params, scratch, serial, emit } = lw;
-                match jit.define(&name, &syms, emit) {
-                    Ok(k) => pending.push((n, nd.op.name(), k, Meta { name, bufs, par, params, scratch, serial })),
-                    Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
-                    Err(e) => return Err(CpuError::Codegen(format!("{n} ({}): {e}", nd.op.name()))),
-                }
-            }
-            Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
-            Err(e) => return Err(e),
-        }
-    }
-    if !unsupported.is_empty() {
-        return Err(CpuError::UnsupportedNodes { count: unsupported.len(), list: list(&unsupported) });
-    }
+    let syms = symbols(g)?;
+    let mut jit = Jit::new(opts.listing)?;
+    let mut build = Build { owned: Vec::new(), ukernels: opts.ukernels };
+    let pending = define_all(g, &syms, &mut jit, &mut build)?;
+    let owned = build.owned;
     let code_bytes = jit.code_bytes;
     let isa = jit.isa_name.clone();
     let clif = std::mem::take(&mut jit.clif);
+    let asm = std::mem::take(&mut jit.asm);
     let (module, fns) = jit.finish()?;
     let steps: Vec<Step> = pending
         .into_iter()
@@ -181,7 +139,84 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
         threads,
         stats,
         clif,
+        asm,
     })
+}
+
+/// The graph's symbols, in input order; every symbolic dim must be bound by a graph input.
+fn symbols(g: &Graph) -> Result<Vec<Arc<str>>, CpuError> {
+    let mut syms: Vec<Arc<str>> = Vec::new();
+    for (_, v) in g.inputs() {
+        for d in g.ty(*v).shape.dims() {
+            if let Dim::Sym(s) = d {
+                if !syms.contains(s) {
+                    syms.push(s.clone());
+                }
+            }
+        }
+    }
+    let mut problems: Vec<String> = Vec::new();
+    for (v, vd) in g.values() {
+        for d in vd.ty.shape.dims() {
+            match d {
+                Dim::Unknown => {
+                    problems.push(format!("{v}: a dim `?` known only from data (the CPU target needs shapes that follow from the input shapes)"));
+                    break;
+                }
+                Dim::Sym(s) if !syms.contains(s) => {
+                    problems.push(format!("{v}: symbol `{s}` is not bound by any input"));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CpuError::UnsupportedNodes { count: problems.len(), list: list(&problems) });
+    }
+    Ok(syms)
+}
+
+/// Lowers and defines every node's kernel; all unsupported nodes are reported together.
+fn define_all(
+    g: &Graph,
+    syms: &[Arc<str>],
+    jit: &mut Jit,
+    owned: &mut Build,
+) -> Result<Vec<(Node, &'static str, usize, Meta)>, CpuError> {
+    let mut pending: Vec<(Node, &'static str, usize, Meta)> = Vec::new();
+    let mut unsupported: Vec<String> = Vec::new();
+    for (n, nd) in g.nodes() {
+        match lower::lower(g, n, owned) {
+            Ok(lw) => {
+                let Lowered { name, bufs, par, params, scratch, serial, emit } = lw;
+                match jit.define(&name, syms, emit) {
+                    Ok(k) => pending.push((n, nd.op.name(), k, Meta { name, bufs, par, params, scratch, serial })),
+                    Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
+                    Err(e) => return Err(CpuError::Codegen(format!("{n} ({}): {e}", nd.op.name()))),
+                }
+            }
+            Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
+            Err(e) => return Err(e),
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(CpuError::UnsupportedNodes { count: unsupported.len(), list: list(&unsupported) });
+    }
+    Ok(pending)
+}
+
+pub(crate) fn listing(
+    g: &Graph,
+    isa_flags: &[(String, String)],
+    ukernels: crate::Ukernels,
+) -> Result<Vec<(String, String, String)>, CpuError> {
+    let syms = symbols(g)?;
+    let mut jit = Jit::with_isa(crate::jit::isa_with(isa_flags)?, crate::Listing { clif: true, asm: true })?;
+    let mut build = Build { owned: Vec::new(), ukernels };
+    define_all(g, &syms, &mut jit, &mut build)?;
+    // Not finalized: code built for flags the host may lack is never made callable.
+    Ok(jit.clif.iter().zip(&jit.asm).map(|((k, c), (_, a))| (k.clone(), c.clone(), a.clone())).collect())
 }
 
 struct Meta {

@@ -17,7 +17,7 @@ use tessera_ir::{DType, Dim, Graph, Node, NodeData, Op, ValueDef};
 
 use crate::fx::{mem, Fx, F4};
 use crate::gemm::{EpiAddr, Epilogue};
-use crate::lower::{dims, BufRef, Lowered};
+use crate::lower::{dims, BufRef, Build, Lowered};
 use crate::{ew, CpuError};
 
 const MR: usize = 4;
@@ -34,7 +34,7 @@ pub(crate) fn lower<'g>(
     pair_saturate: bool,
     region: bool,
     name: String,
-    owned: &mut Vec<Vec<u8>>,
+    owned: &mut Build,
 ) -> Result<Lowered<'g>, CpuError> {
     let nd = g.node(n);
     let out = nd.outputs[0];
@@ -103,10 +103,8 @@ pub(crate) fn lower<'g>(
     for v in colsum.iter().chain(&coef).chain(&zbv) {
         side.extend_from_slice(&v.to_le_bytes());
     }
-    owned.push(packed);
-    let packed_idx = owned.len() - 1;
-    owned.push(side);
-    let side_idx = owned.len() - 1;
+    let packed_idx = owned.push(packed);
+    let side_idx = owned.push(side);
 
     // Epilogue: fold the cast of the i32 product to f32.
     let product = first.outputs[0];

@@ -6,7 +6,7 @@ use tessera_target_cpu::{compile, CpuOptions};
 fn run_both(src: &str, inputs: Vec<Tensor>) -> (Vec<Tensor>, Vec<Tensor>) {
     let g = parse(src).unwrap_or_else(|e| panic!("{e}"));
     verify(&g).unwrap_or_else(|e| panic!("{e}"));
-    let p = compile(&g, &CpuOptions { threads: 2, keep_clif: false }).unwrap_or_else(|e| panic!("{e}"));
+    let p = compile(&g, &CpuOptions { threads: 2, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"));
     let got = p.run(&inputs).unwrap_or_else(|e| panic!("{e}"));
     let want = tessera_ir::run(&g, inputs).unwrap();
     (got, want)
@@ -86,7 +86,7 @@ fn gather_out_of_range_is_a_kernel_error_not_a_read() {
 }
 ";
     let g = parse(src).unwrap();
-    let p = compile(&g, &CpuOptions { threads: 1, keep_clif: false }).unwrap();
+    let p = compile(&g, &CpuOptions { threads: 1, ..Default::default() }).unwrap();
     let t = Tensor::from_f32(DType::F32, &[4, 3], vec![1.0; 12]).unwrap();
     let i = Tensor::from_i64(DType::I64, &[2], vec![1, 9]).unwrap();
     let e = p.run(&[t, i]).unwrap_err();

@@ -1,0 +1,290 @@
+//! Micro-benchmarks of the CPU target's inner kernels against this core's measured peak
+//! (`tessera bench-kernels`): the clock (a chain of dependent integer adds, one per cycle), the
+//! FMA throughput of 128-bit and 256-bit vectors (independent FMA chains), the f32 GEMM inner
+//! tile on L1-resident data (Cranelift's 6x8 f32x4 tile and the optional AVX2 6x16 tile), and
+//! whole packed GEMMs at MiniLM's shapes through [`crate::compile`].
+//!
+//! Figures are medians of several timed repetitions; the host is shared, so they vary run to run.
+
+use std::time::Instant;
+
+use tessera_ir::{ConstData, DType, Graph, Op, Shape, Tensor, TensorType};
+
+use cranelift_codegen::ir::{InstBuilder, Value};
+
+use crate::fx::{mem, mem_pure};
+use crate::gemm::{accumulate, TileEmitter, CL_MR, TILE_MR};
+use crate::jit::{Jit, KernelFn, Listing};
+use crate::{CpuError, CpuOptions, Ukernels};
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    pub name: String,
+    /// The median over the repetitions.
+    pub value: f64,
+    /// The best repetition (the least disturbed by other work on a shared host).
+    pub best: Option<f64>,
+    pub unit: &'static str,
+    /// The median as a percentage of a peak (and which), when the figure has one.
+    pub of_peak: Option<(f64, String)>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds per call of `f`: (median, best) of `reps` timings after one warm-up call.
+fn time2(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let best = v.iter().copied().fold(f64::INFINITY, f64::min);
+    (median(v), best)
+}
+
+fn time(reps: usize, f: impl FnMut()) -> f64 {
+    time2(reps, f).0
+}
+
+/// The core clock in Hz, from a chain of dependent adds (one cycle each).
+pub fn clock_hz() -> Option<f64> {
+    imp::dependent_adds(1000).map(|_| {
+        let n = 2_000_000u64;
+        let t = time(7, || {
+            imp::dependent_adds(n);
+        });
+        (n * imp::ADDS_PER_ITER) as f64 / t
+    })
+}
+
+/// FMA instructions per cycle for `bits`-wide vectors (128 or 256), with `hz` the clock.
+pub fn fma_per_cycle(bits: u32, hz: f64) -> Option<f64> {
+    imp::fma_chains(bits, 10)?;
+    let n = 1_000_000u64;
+    let t = time(7, || {
+        imp::fma_chains(bits, n);
+    });
+    Some((n * imp::FMAS_PER_ITER) as f64 / (t * hz))
+}
+
+/// GFLOP/s of the f32 GEMM inner tile on L1-resident operands: `k` steps of a 6-row tile over
+/// `np` panels, `reps` times per call.
+fn tile_gflops(mode: Ukernels, np: usize, k: usize) -> Result<(f64, f64), CpuError> {
+    let mut jit = Jit::new(Listing::default())?;
+    let kk = k as i64;
+    let rows = if mode == Ukernels::Off { CL_MR } else { TILE_MR };
+    let idx = jit.define(
+        "tile_bench",
+        &[],
+        Box::new(move |fx| {
+            let a = fx.buf(0);
+            let b = fx.buf(1);
+            let tiles = TileEmitter::new(fx, mode);
+            let kv = fx.iconst(kk);
+            let (lo, hi) = (fx.lo, fx.hi);
+            let sink = fx.stack_buf(256, 4);
+            fx.for_range(lo, hi, 1, false, |fx, _| {
+                if mode == Ukernels::Off {
+                    // Exactly the packed GEMM's Cranelift tile (rows at constant offsets).
+                    let rows: Vec<(Value, i32)> = (0..rows).map(|r| (a, (r * 4 * kk as usize) as i32)).collect();
+                    let accs = accumulate(fx, &rows, b, kv, mem_pure())?;
+                    for (i, v) in accs.into_iter().enumerate() {
+                        fx.b.ins().store(mem(), v, sink, (i * 16) as i32);
+                    }
+                    Ok(())
+                } else {
+                    tiles.emit(fx, rows, np, kv, a, kv, b, mem_pure())
+                }
+            })?;
+            Ok(())
+        }),
+    )?;
+    let (_module, fns) = jit.finish()?;
+    let f: KernelFn = fns[idx];
+    let a: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..np * 8 * k).map(|i| (i % 5) as f32 * 0.5).collect();
+    let bufs = [a.as_ptr() as *mut u8, b.as_ptr() as *mut u8];
+    let reps = 2000i64;
+    // SAFETY: the kernel reads `rows` rows of k floats from a and np panels of 8k floats from b.
+    let (t, best) = time2(15, || unsafe {
+        f(bufs.as_ptr(), std::ptr::null(), 0, reps);
+    });
+    let flops = reps as f64 * rows as f64 * 8.0 * np as f64 * k as f64 * 2.0;
+    Ok((flops / t / 1e9, flops / best / 1e9))
+}
+
+/// GFLOP/s of a whole packed product `[m, k] x [k, n]` (constant weights) on one thread.
+fn gemm_gflops(mode: Ukernels, m: usize, k: usize, n: usize) -> Result<(f64, f64), CpuError> {
+    let mut g = Graph::new("gemm");
+    let a = g.add_input("a", TensorType::new(DType::F32, Shape::from_static(&[m, k])));
+    let w: Vec<u8> = (0..k * n).flat_map(|i| (((i % 13) as f32 - 6.0) * 0.01).to_le_bytes()).collect();
+    let b = g.add_const(TensorType::new(DType::F32, Shape::from_static(&[k, n])), ConstData::from_vec(w));
+    let node = g.add_node(Op::MatMul, vec![a, b], vec![TensorType::new(DType::F32, Shape::from_static(&[m, n]))]);
+    let out = g.node(node).outputs[0];
+    g.add_output("y", out);
+    let p = crate::compile(&g, &CpuOptions { threads: 1, ukernels: mode, ..Default::default() })?;
+    let x = Tensor::from_f32(DType::F32, &[m, k], (0..m * k).map(|i| (i % 11) as f32 * 0.1).collect())
+        .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    let mut err = None;
+    let (t, best) = time2(21, || {
+        if let Err(e) = p.run(std::slice::from_ref(&x)) {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let flops = 2.0 * (m * k * n) as f64;
+    Ok((flops / t / 1e9, flops / best / 1e9))
+}
+
+/// Every figure, in report order.
+pub fn run() -> Result<Vec<Figure>, CpuError> {
+    let mut out = Vec::new();
+    let fig = |name: &str, value: f64, unit: &'static str, of_peak: Option<(f64, String)>| Figure {
+        name: name.to_string(),
+        value,
+        best: None,
+        unit,
+        of_peak,
+    };
+    let pair = |name: String, (v, best): (f64, f64), peak: f64, of: &str| Figure {
+        name,
+        value: v,
+        best: Some(best),
+        unit: "GFLOP/s",
+        of_peak: Some((100.0 * v / peak, of.to_string())),
+    };
+    let Some(hz) = clock_hz() else {
+        return Err(CpuError::Unsupported("the clock and FMA probes exist for x86-64 only".into()));
+    };
+    out.push(fig("clock (dependent adds)", hz / 1e9, "GHz", None));
+    let f128 = fma_per_cycle(128, hz).unwrap_or(f64::NAN);
+    let peak128 = f128.round().max(1.0) * 8.0 * hz / 1e9;
+    out.push(fig("128-bit FMAs per cycle", f128, "/cycle", None));
+    out.push(fig("128-bit FMA peak of one core", peak128, "GFLOP/s", None));
+    let f256 = fma_per_cycle(256, hz);
+    let peak256 = f256.map(|f| f.round().max(1.0) * 16.0 * hz / 1e9);
+    if let (Some(f), Some(p)) = (f256, peak256) {
+        out.push(fig("256-bit FMAs per cycle", f, "/cycle", None));
+        out.push(fig("256-bit FMA peak of one core", p, "GFLOP/s", None));
+    }
+    for k in [256, 384] {
+        let v = tile_gflops(Ukernels::Off, 1, k)?;
+        out.push(pair(format!("cranelift {CL_MR}x8 f32x4 tile, k={k}, L1"), v, peak128, "128-bit peak"));
+    }
+    let avx2 = crate::ukernel::f32_tile(Ukernels::Auto, TILE_MR, 2).is_some();
+    if let (Some(p), true) = (peak256, avx2) {
+        let v = tile_gflops(Ukernels::Auto, 2, 256)?;
+        out.push(pair(format!("avx2 {TILE_MR}x16 tile (ukernel), k=256, L1"), v, p, "256-bit peak"));
+    }
+    for (m, k, n) in [(128, 384, 384), (128, 384, 1536), (128, 1536, 384)] {
+        let v = gemm_gflops(Ukernels::Off, m, k, n)?;
+        out.push(pair(format!("gemm {m}x{k}x{n} cranelift, 1 thread"), v, peak128, "128-bit peak"));
+        if let (Some(p), true) = (peak256, avx2) {
+            let v = gemm_gflops(Ukernels::Auto, m, k, n)?;
+            out.push(pair(format!("gemm {m}x{k}x{n} ukernel, 1 thread"), v, p, "256-bit peak"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use std::arch::asm;
+
+    pub const ADDS_PER_ITER: u64 = 16;
+    pub const FMAS_PER_ITER: u64 = 10;
+
+    /// `n` iterations of 16 dependent adds; returns the result so the work is kept.
+    pub fn dependent_adds(n: u64) -> Option<u64> {
+        let mut x: u64 = 1;
+        // SAFETY: register-only arithmetic on x; the loop counter is an input copy.
+        unsafe {
+            asm!(
+                "2:",
+                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+                "dec {n}",
+                "jnz 2b",
+                x = inout(reg) x,
+                n = inout(reg) n.max(1) => _,
+                options(nomem, nostack),
+            );
+        }
+        Some(x)
+    }
+
+    /// `n` iterations of 10 independent FMA chains of `bits`-wide vectors.
+    pub fn fma_chains(bits: u32, n: u64) -> Option<()> {
+        if !is_x86_feature_detected!("fma") || (bits == 256 && !is_x86_feature_detected!("avx")) {
+            return None;
+        }
+        // SAFETY: the CPU has FMA (checked above); only vector registers are touched.
+        unsafe {
+            if bits == 128 {
+                asm!(
+                    "vxorps xmm0, xmm0, xmm0", "vxorps xmm1, xmm1, xmm1", "vxorps xmm2, xmm2, xmm2",
+                    "vxorps xmm3, xmm3, xmm3", "vxorps xmm4, xmm4, xmm4", "vxorps xmm5, xmm5, xmm5",
+                    "vxorps xmm6, xmm6, xmm6", "vxorps xmm7, xmm7, xmm7", "vxorps xmm8, xmm8, xmm8",
+                    "vxorps xmm9, xmm9, xmm9", "vxorps xmm10, xmm10, xmm10", "vxorps xmm11, xmm11, xmm11",
+                    "2:",
+                    "vfmadd231ps xmm0, xmm10, xmm11", "vfmadd231ps xmm1, xmm10, xmm11",
+                    "vfmadd231ps xmm2, xmm10, xmm11", "vfmadd231ps xmm3, xmm10, xmm11",
+                    "vfmadd231ps xmm4, xmm10, xmm11", "vfmadd231ps xmm5, xmm10, xmm11",
+                    "vfmadd231ps xmm6, xmm10, xmm11", "vfmadd231ps xmm7, xmm10, xmm11",
+                    "vfmadd231ps xmm8, xmm10, xmm11", "vfmadd231ps xmm9, xmm10, xmm11",
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) n.max(1) => _,
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _,
+                    out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm9") _,
+                    out("xmm10") _, out("xmm11") _,
+                    options(nomem, nostack),
+                );
+            } else {
+                asm!(
+                    "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2",
+                    "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5",
+                    "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8",
+                    "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11",
+                    "2:",
+                    "vfmadd231ps ymm0, ymm10, ymm11", "vfmadd231ps ymm1, ymm10, ymm11",
+                    "vfmadd231ps ymm2, ymm10, ymm11", "vfmadd231ps ymm3, ymm10, ymm11",
+                    "vfmadd231ps ymm4, ymm10, ymm11", "vfmadd231ps ymm5, ymm10, ymm11",
+                    "vfmadd231ps ymm6, ymm10, ymm11", "vfmadd231ps ymm7, ymm10, ymm11",
+                    "vfmadd231ps ymm8, ymm10, ymm11", "vfmadd231ps ymm9, ymm10, ymm11",
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) n.max(1) => _,
+                    out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
+                    out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                    out("ymm10") _, out("ymm11") _,
+                    options(nomem, nostack),
+                );
+            }
+        }
+        Some(())
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod imp {
+    pub const ADDS_PER_ITER: u64 = 16;
+    pub const FMAS_PER_ITER: u64 = 10;
+    pub fn dependent_adds(_n: u64) -> Option<u64> {
+        None
+    }
+    pub fn fma_chains(_bits: u32, _n: u64) -> Option<()> {
+        None
+    }
+}
