@@ -92,3 +92,103 @@ fn gather_out_of_range_is_a_kernel_error_not_a_read() {
     let e = p.run(&[t, i]).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 }
+
+fn const_list(n: usize, f: impl Fn(usize) -> f32) -> String {
+    let v: Vec<String> = (0..n).map(|i| format!("{:?}", f(i))).collect();
+    v.join(", ")
+}
+
+/// Runs `src` with and without the `std::arch` tiles; both must match the interpreter.
+fn both_ways(src: &str, inputs: Vec<Tensor>, tol: f64) {
+    use tessera_target_cpu::Ukernels;
+    let g = parse(src).unwrap_or_else(|e| panic!("{e}"));
+    verify(&g).unwrap_or_else(|e| panic!("{e}"));
+    let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+    for ukernels in [Ukernels::Auto, Ukernels::Off] {
+        for threads in [1, 2] {
+            let p =
+                compile(&g, &CpuOptions { threads, ukernels, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"));
+            let got = p.run(&inputs).unwrap_or_else(|e| panic!("{e}"));
+            for (a, b) in got.iter().zip(&want) {
+                let err = max_abs(a, b);
+                assert!(err <= tol, "{ukernels:?}, {threads} threads: max abs error {err:e}");
+            }
+        }
+    }
+}
+
+/// Packed GEMM with odd sizes: a last panel of 3 columns, row blocks with a tail, and an
+/// epilogue; an odd number of panels exercises the single-panel tile.
+#[test]
+fn packed_gemm_with_ragged_sizes_matches_the_interpreter_both_ways() {
+    for (m, k, n) in [(13, 40, 27), (7, 9, 16), (1, 3, 5), (20, 64, 40)] {
+        let src = format!(
+            "graph @g {{
+  v0: f32[{m}, {k}] = input \"a\"
+  v1: f32[{k}, {n}] = const [{}]
+  v2: f32[{n}] = const [{}]
+  v3: f32[{m}, {n}] = matmul v0, v1
+  v4: f32[{m}, {n}] = add v3, v2
+  v5: f32[{m}, {n}] = gelu v4
+  output \"y\" = v5
+}}
+",
+            const_list(k * n, |i| ((i * 7 % 23) as f32 - 11.0) * 0.05),
+            const_list(n, |i| i as f32 * 0.1 - 1.0)
+        );
+        let a = Tensor::from_f32(DType::F32, &[m, k], (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
+        both_ways(&src, vec![a], 1e-4);
+    }
+}
+
+/// Attention with sizes that are not multiples of the tiles (11 keys, head dim 10, value dim
+/// 12), an additive mask broadcast over heads and rows, and the causal variant.
+#[test]
+fn attention_with_ragged_sizes_matches_the_interpreter_both_ways() {
+    for causal in [false, true] {
+        let src = format!(
+            "graph @g {{
+  v0: f32[1, 2, 11, 10] = input \"q\"
+  v1: f32[1, 2, 11, 10] = input \"k\"
+  v2: f32[1, 2, 11, 12] = input \"v\"
+  v3: f32[1, 1, 1, 11] = input \"mask\"
+  v4: f32[1, 2, 11, 12] = attention v0, v1, v2, v3 {{scale = 0.3, causal = {causal}}}
+  output \"y\" = v4
+}}
+"
+        );
+        let t = |n: usize, s: f32| (0..n).map(|i| (i as f32 * s).sin()).collect::<Vec<f32>>();
+        let q = Tensor::from_f32(DType::F32, &[1, 2, 11, 10], t(220, 0.31)).unwrap();
+        let k = Tensor::from_f32(DType::F32, &[1, 2, 11, 10], t(220, 0.17)).unwrap();
+        let v = Tensor::from_f32(DType::F32, &[1, 2, 11, 12], t(264, 0.23)).unwrap();
+        let mask: Vec<f32> = (0..11).map(|j| if j == 9 { -10000.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_f32(DType::F32, &[1, 1, 1, 11], mask).unwrap();
+        both_ways(&src, vec![q, k, v, mask], 1e-5);
+    }
+}
+
+/// On a CPU with AVX-VNNI, the integer GEMM's widen-multiply-pairwise-add tree becomes
+/// `vpdpbusd` (listed, not run: this host may lack the feature).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn integer_gemm_folds_to_vpdpbusd_for_a_vnni_cpu() {
+    let src = format!(
+        "graph @g {{
+  v0: u8[6, 16] = input \"a\"
+  v1: i8[16, 8] = const [{}]
+  v2: u8[] = const [3]
+  v3: i8[] = const [0]
+  v4: i32[6, 8] = matmul_integer v0, v1, v2, v3
+  output \"y\" = v4
+}}
+",
+        (0..128).map(|i| ((i * 5 % 17) as i32 - 8).to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let g = parse(&src).unwrap_or_else(|e| panic!("{e}"));
+    let flags = [("has_avx_vnni".to_string(), "true".to_string())];
+    let listing = tessera_target_cpu::listing(&g, &flags, tessera_target_cpu::Ukernels::Off).unwrap();
+    let asm: String = listing.iter().map(|(_, _, a)| a.as_str()).collect();
+    assert!(asm.contains("vpdpbusd"), "no vpdpbusd in:\n{asm}");
+    let plain = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Off).unwrap();
+    assert!(!plain.iter().any(|(_, _, a)| a.contains("vpdpbusd")) || std::arch::is_x86_feature_detected!("avxvnni"));
+}
