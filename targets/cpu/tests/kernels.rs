@@ -182,7 +182,7 @@ fn integer_gemm_folds_to_vpdpbusd_for_a_vnni_cpu() {
   output \"y\" = v4
 }}
 ",
-        (0..128).map(|i| ((i * 5 % 17) as i32 - 8).to_string()).collect::<Vec<_>>().join(", ")
+        (0..128i32).map(|i| (i * 5 % 17 - 8).to_string()).collect::<Vec<_>>().join(", ")
     );
     let g = parse(&src).unwrap_or_else(|e| panic!("{e}"));
     let flags = [("has_avx_vnni".to_string(), "true".to_string())];
