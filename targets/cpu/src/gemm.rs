@@ -314,20 +314,31 @@ fn lower_mm<'g>(
         let bf = bt.as_float().ok_or_else(|| CpuError::Unsupported("non-float weights".into()))?;
         let (k, nn) = if prod.trans_b { (bf.shape()[1], bf.shape()[0]) } else { (bf.shape()[0], bf.shape()[1]) };
         let panels = nn.div_ceil(8);
-        let mut packed = vec![0f32; panels * k * 8];
-        let flat: Vec<f32> = bf.iter().copied().collect();
-        for p in 0..panels {
-            for kk in 0..k {
-                for j in 0..8 {
-                    let col = p * 8 + j;
-                    if col < nn {
-                        let v = if prod.trans_b { flat[col * k + kk] } else { flat[kk * nn + col] };
-                        packed[(p * k + kk) * 8 + j] = v;
+        let copied;
+        let flat: &[f32] = match bf.as_slice() {
+            Some(s) => s,
+            None => {
+                copied = bf.iter().copied().collect::<Vec<f32>>();
+                &copied
+            }
+        };
+        // One panel per task: packing MiniLM's 21 MB of fp32 weights is a visible part of startup.
+        let mut bytes = vec![0u8; panels * k * 8 * 4];
+        {
+            use rayon::prelude::*;
+            bytes.par_chunks_mut(k * 32).enumerate().for_each(|(p, panel)| {
+                for kk in 0..k {
+                    for j in 0..8 {
+                        let col = p * 8 + j;
+                        if col < nn {
+                            let v = if prod.trans_b { flat[col * k + kk] } else { flat[kk * nn + col] };
+                            let at = (kk * 8 + j) * 4;
+                            panel[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                        }
                     }
                 }
-            }
+            });
         }
-        let bytes: Vec<u8> = packed.iter().flat_map(|v| v.to_le_bytes()).collect();
         let owned_idx = owned.push(bytes);
         // The packed weights replace B's buffer.
         bufs[prod.b] = BufRef::Owned(owned_idx);

@@ -54,6 +54,9 @@ pub(crate) fn isa_with(extra: &[(String, String)]) -> Result<OwnedTargetIsa, Cpu
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
+    // Cranelift's IR verifier is a large part of compile time; debug builds (and so the tests)
+    // keep it, release builds skip it.
+    set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
     let mut isa_builder = cranelift_native::builder().map_err(|e| CpuError::Isa(e.to_string()))?;
     for (k, v) in extra {
         isa_builder.set(k, v).map_err(|e| CpuError::Isa(format!("ISA flag {k}={v}: {e}")))?;
