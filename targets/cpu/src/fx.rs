@@ -181,6 +181,27 @@ impl<'a> Fx<'a> {
         Ok(self.b.use_var(counter))
     }
 
+    /// The rows `[lo * unit, min(hi * unit, rows))` of a call whose parallel range counts blocks
+    /// of `unit` rows.
+    pub fn par_rows(&mut self, rows: Value, unit: usize) -> (Value, Value) {
+        let r0 = self.imul_imm(self.lo, unit as i64);
+        let r1 = self.imul_imm(self.hi, unit as i64);
+        (r0, self.b.ins().smin(r1, rows))
+    }
+
+    /// Rows `r0..r1` in blocks of `mr`, then the rest one by one: `body(fx, first row, rows)`.
+    pub fn for_row_blocks(
+        &mut self,
+        r0: Value,
+        r1: Value,
+        mr: usize,
+        body: impl Fn(&mut Self, Value, usize) -> Result<(), CpuError>,
+    ) -> Result<(), CpuError> {
+        let after = self.for_range(r0, r1, mr as i64, true, |fx, m0| body(fx, m0, mr))?;
+        self.for_range(after, r1, 1, false, |fx, m0| body(fx, m0, 1))?;
+        Ok(())
+    }
+
     /// `for i in 0..n`.
     pub fn for_n(
         &mut self,

@@ -345,17 +345,18 @@ fn lower_mm<'g>(
         let rows_dims: Vec<Dim> = out_dims[..out_dims.len() - 1].to_vec();
         let a_buf = prod.a;
         let (kk, nn) = (k as i64, nn as i64);
-        let tiles = F32Tiles::new(owned.ukernels);
-        let suffix = if tiles.is_some() { "packed_ukernel" } else { "packed" };
+        let mode = owned.ukernels;
+        let tiles = F32Tiles::new(mode).is_some();
+        let suffix = if tiles { "packed_ukernel" } else { "packed" };
         let mut lw = Lowered::new(
             format!("{name}_{suffix}"),
             bufs,
             Box::new(move |fx| match tiles {
-                Some(t) => emit_packed_tiles(fx, &epi, &t, a_buf, prod.b, out_buf, &rows_dims, kk, nn),
-                None => emit_packed(fx, &epi, a_buf, prod.b, out_buf, &rows_dims, kk, nn),
+                true => emit_packed_tiles(fx, &epi, mode, a_buf, prod.b, out_buf, &rows_dims, kk, nn),
+                false => emit_packed(fx, &epi, a_buf, prod.b, out_buf, &rows_dims, kk, nn),
             }),
         );
-        lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), if tiles.is_some() { MR } else { CL_MR } as u64));
+        lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), if tiles { MR } else { CL_MR } as u64));
         return Ok(lw);
     }
     if first_nd.op == Op::QMatMul {
@@ -392,10 +393,7 @@ fn emit_packed(
     let addr = epi.prepare(fx)?;
     let nv = fx.iconst(n);
     let kv = fx.iconst(k);
-    // Rows of this call: [lo*CL_MR, min(hi*CL_MR, rows)).
-    let r0 = fx.imul_imm(fx.lo, CL_MR as i64);
-    let r1 = fx.imul_imm(fx.hi, CL_MR as i64);
-    let r1 = fx.b.ins().smin(r1, rows);
+    let (r0, r1) = fx.par_rows(rows, CL_MR);
     let panels = (n + 7) / 8;
     let np = fx.iconst(panels);
     let lda = k * 4;
@@ -403,12 +401,7 @@ fn emit_packed(
         let poff = fx.imul_imm(p, k * 32);
         let bp = fx.b.ins().iadd(b, poff);
         let n0 = fx.imul_imm(p, 8);
-        // Full blocks of CL_MR rows, then single rows.
-        let after = fx.for_range(r0, r1, CL_MR as i64, true, |fx, m0| {
-            block(fx, epi, &addr, a, bp, out, m0, CL_MR, kv, lda, n0, nv, n)
-        })?;
-        fx.for_range(after, r1, 1, false, |fx, m0| block(fx, epi, &addr, a, bp, out, m0, 1, kv, lda, n0, nv, n))?;
-        Ok(())
+        fx.for_row_blocks(r0, r1, CL_MR, |fx, m0, mr| block(fx, epi, &addr, a, bp, out, m0, mr, kv, lda, n0, nv, n))
     })
 }
 
@@ -433,7 +426,7 @@ impl F32Tiles {
 fn emit_packed_tiles(
     fx: &mut Fx,
     epi: &Epilogue,
-    tiles: &F32Tiles,
+    mode: crate::Ukernels,
     a_buf: usize,
     b_buf: usize,
     out_buf: usize,
@@ -448,37 +441,39 @@ fn emit_packed_tiles(
     let addr = epi.prepare(fx)?;
     let nv = fx.iconst(n);
     let kv = fx.iconst(k);
-    let r0 = fx.imul_imm(fx.lo, MR as i64);
-    let r1 = fx.imul_imm(fx.hi, MR as i64);
-    let r1 = fx.b.ins().smin(r1, rows);
-    let tile = fx.stack_buf((MR * ukernel::F32_TILE_COLS * 4) as u32, 5);
-    let panels = (n + 7) / 8;
-    let call = |fx: &mut Fx, f: usize, m0: Value, mr: usize, p: Value, np: usize| -> Result<(), CpuError> {
-        let aoff = fx.imul_imm(m0, k * 4);
-        let arow = fx.b.ins().iadd(a, aoff);
+    let (r0, r1) = fx.par_rows(rows, MR);
+    let tiles = TileEmitter::new(fx, mode);
+    let panels = fx.iconst((n + 7) / 8);
+    for_panel_pairs(fx, panels, |fx, p, np| {
         let boff = fx.imul_imm(p, k * 32);
         let bp = fx.b.ins().iadd(b, boff);
-        let i64s = [types::I64; 5];
-        fx.call_host(f, &i64s, None, &[kv, arow, kv, bp, tile]);
         let n0 = fx.imul_imm(p, 8);
-        store_tile(fx, epi, &addr, out, m0, mr, n0, nv, n, np * 2, &|fx, r, h| {
-            let off = (r * ukernel::F32_TILE_COLS + h * 4) * 4;
-            fx.b.ins().load(F4, mem(), tile, off as i32)
+        fx.for_row_blocks(r0, r1, MR, |fx, m0, mr| {
+            let aoff = fx.imul_imm(m0, k * 4);
+            let arow = fx.b.ins().iadd(a, aoff);
+            tiles.emit(fx, mr, np, kv, arow, kv, bp, mem_pure())?;
+            store_tile(fx, epi, &addr, out, m0, mr, n0, nv, n, np * 2, &|fx, r, h| tiles.load(fx, r, h))
         })
-    };
-    let pairs = fx.iconst(panels / 2);
+    })
+}
+
+/// Packed panels `0..panels` two at a time (`body(fx, first panel, 2)`), then a last odd one
+/// alone (`body(fx, panel, 1)`): the shapes the 16-column tiles take.
+pub(crate) fn for_panel_pairs(
+    fx: &mut Fx,
+    panels: Value,
+    body: impl Fn(&mut Fx, Value, usize) -> Result<(), CpuError>,
+) -> Result<(), CpuError> {
+    let pairs = fx.b.ins().ushr_imm_u(panels, 1);
     fx.for_n(pairs, |fx, pp| {
         let p = fx.imul_imm(pp, 2);
-        let after = fx.for_range(r0, r1, MR as i64, true, |fx, m0| call(fx, tiles.f[0][0], m0, MR, p, 2))?;
-        fx.for_range(after, r1, 1, false, |fx, m0| call(fx, tiles.f[1][0], m0, 1, p, 2))?;
-        Ok(())
+        body(fx, p, 2)
     })?;
-    if panels % 2 == 1 {
-        let p = fx.iconst(panels - 1);
-        let after = fx.for_range(r0, r1, MR as i64, true, |fx, m0| call(fx, tiles.f[0][1], m0, MR, p, 1))?;
-        fx.for_range(after, r1, 1, false, |fx, m0| call(fx, tiles.f[1][1], m0, 1, p, 1))?;
-    }
-    Ok(())
+    let odd = fx.b.ins().band_imm_u(panels, 1);
+    fx.if_then(odd, |fx| {
+        let p = fx.iadd_imm(panels, -1);
+        body(fx, p, 1)
+    })
 }
 
 /// Inner tiles for kernels that pack their own panels at run time (attention): the `std::arch`

@@ -121,11 +121,16 @@ pub fn gelu(fx: &mut Fx, x: Value) -> Value {
     let k = fx.fsplat(std::f32::consts::FRAC_1_SQRT_2);
     let xs = fx.b.ins().fmul(x, k);
     let e = erf(fx, xs);
+    half_x_one_plus(fx, x, e)
+}
+
+/// `0.5 x (1 + t)`, the tail both GELU forms share.
+fn half_x_one_plus(fx: &mut Fx, x: Value, t: Value) -> Value {
     let one = fx.fsplat(1.0);
-    let e1 = fx.b.ins().fadd(e, one);
+    let t1 = fx.b.ins().fadd(t, one);
     let half = fx.fsplat(0.5);
     let hx = fx.b.ins().fmul(x, half);
-    fx.b.ins().fmul(hx, e1)
+    fx.b.ins().fmul(hx, t1)
 }
 
 /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
@@ -137,11 +142,7 @@ pub fn gelu_tanh(fx: &mut Fx, x: Value) -> Value {
     let k = fx.fsplat(0.797_884_6);
     let inner = fx.b.ins().fmul(inner, k);
     let t = tanh(fx, inner);
-    let one = fx.fsplat(1.0);
-    let t1 = fx.b.ins().fadd(t, one);
-    let half = fx.fsplat(0.5);
-    let hx = fx.b.ins().fmul(x, half);
-    fx.b.ins().fmul(hx, t1)
+    half_x_one_plus(fx, x, t)
 }
 
 // Host functions for the rare float functions, called lane by lane (libm, as the interpreter).

@@ -20,7 +20,7 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
 
 use crate::fx::{broadcast_moves, broadcast_strides, mem, mem_ro, Fx, F4};
-use crate::gemm::{TileEmitter, TILE_MR};
+use crate::gemm::{for_panel_pairs, TileEmitter, TILE_MR};
 use crate::lower::{dims, values, BufRef, Lowered};
 use crate::{math, CpuError};
 
@@ -515,16 +515,7 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                         }
                         Ok(())
                     };
-                    let pairs = fx.b.ins().ushr_imm_u(kpan, 1);
-                    fx.for_n(pairs, |fx, pp| {
-                        let p = fx.imul_imm(pp, 2);
-                        scores(fx, p, 2)
-                    })?;
-                    let odd = fx.b.ins().band_imm_u(kpan, 1);
-                    fx.if_then(odd, |fx| {
-                        let p = fx.iadd_imm(kpan, -1);
-                        scores(fx, p, 1)
-                    })?;
+                    for_panel_pairs(fx, kpan, scores)?;
                     // Masks, then softmax per row (exp written in place), 1/sum kept per row.
                     for rr in 0..mr {
                         let i = fx.iadd_imm(m0, rr as i64);
@@ -628,20 +619,9 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                         }
                         Ok(())
                     };
-                    let pairs = fx.b.ins().ushr_imm_u(vpan, 1);
-                    fx.for_n(pairs, |fx, pp| {
-                        let p = fx.imul_imm(pp, 2);
-                        weighted(fx, p, 2)
-                    })?;
-                    let odd = fx.b.ins().band_imm_u(vpan, 1);
-                    fx.if_then(odd, |fx| {
-                        let p = fx.iadd_imm(vpan, -1);
-                        weighted(fx, p, 1)
-                    })
+                    for_panel_pairs(fx, vpan, weighted)
                 };
-                let after = fx.for_range(zero, sq_, TILE_MR as i64, true, |fx, m0| rows_block(fx, m0, TILE_MR))?;
-                fx.for_range(after, sq_, 1, false, |fx, m0| rows_block(fx, m0, 1))?;
-                Ok(())
+                fx.for_row_blocks(zero, sq_, TILE_MR, rows_block)
             })?;
             Ok(())
         }),

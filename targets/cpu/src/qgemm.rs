@@ -211,19 +211,13 @@ fn emit(fx: &mut Fx, epi: &Epilogue, c: &Cfg, rows_dims: &[Dim]) -> Result<(), C
     let rows = fx.numel(rows_dims)?;
     let addr: EpiAddr = epi.prepare(fx)?;
     let nv = fx.iconst(c.n);
-    let r0 = fx.imul_imm(fx.lo, MR as i64);
-    let r1 = fx.imul_imm(fx.hi, MR as i64);
-    let r1 = fx.b.ins().smin(r1, rows);
+    let (r0, r1) = fx.par_rows(rows, MR);
     let np = fx.iconst(c.n / 8);
     fx.for_n(np, |fx, p| {
         let poff = fx.imul_imm(p, c.k * 8);
         let bp = fx.b.ins().iadd(b, poff);
         let n0 = fx.imul_imm(p, 8);
-        let after = fx.for_range(r0, r1, MR as i64, true, |fx, m0| {
-            block(fx, epi, &addr, c, a, bp, side, out, za, m0, MR, n0, nv)
-        })?;
-        fx.for_range(after, r1, 1, false, |fx, m0| block(fx, epi, &addr, c, a, bp, side, out, za, m0, 1, n0, nv))?;
-        Ok(())
+        fx.for_row_blocks(r0, r1, MR, |fx, m0, mr| block(fx, epi, &addr, c, a, bp, side, out, za, m0, mr, n0, nv))
     })
 }
 
