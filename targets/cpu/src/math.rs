@@ -10,13 +10,14 @@ use crate::fx::{Fx, F4};
 
 /// `exp(x)` lane-wise (Cephes' single-precision polynomial after a range reduction by ln 2).
 pub fn exp(fx: &mut Fx, x: Value) -> Value {
-    let hi = fx.fsplat(88.376_26);
-    let lo = fx.fsplat(-87.336_54);
-    let xc = fx.b.ins().fmin(x, hi);
-    let xc = fx.b.ins().fmax(xc, lo);
+    let xc = clamp(fx, x, -87.336_54, 88.376_26);
     let log2e = fx.fsplat(std::f32::consts::LOG2_E);
     let t = fx.b.ins().fmul(xc, log2e);
-    let n = fx.b.ins().nearest(t);
+    // Round to nearest even by adding and removing 1.5 * 2^23 (|t| < 2^22 here): the sum's
+    // low mantissa bits are then n itself, so no float-to-int conversion is needed.
+    let magic = fx.fsplat(12_582_912.0);
+    let tm = fx.b.ins().fadd(t, magic);
+    let n = fx.b.ins().fsub(tm, magic);
     let c1 = fx.fsplat(0.693_359_4);
     let c2 = fx.fsplat(-2.121_944_4e-4);
     let r = fx.b.ins().fneg(n);
@@ -33,7 +34,9 @@ pub fn exp(fx: &mut Fx, x: Value) -> Value {
     let y = fx.b.ins().fadd(r, one);
     let y = fx.b.ins().fma(p, r2, y);
     // 2^n through the exponent bits, in two halves so n = 128 does not overflow the field.
-    let ni = fx.b.ins().fcvt_to_sint_sat(types::I32X4, n);
+    let tmi = fx.vcast(types::I32X4, tm);
+    let mi = fx.vcast(types::I32X4, magic);
+    let ni = fx.b.ins().isub(tmi, mi);
     let half = fx.b.ins().sshr_imm_s(ni, 1);
     let rest = fx.b.ins().isub(ni, half);
     let bias = fx.b.ins().iconst(types::I32, 127);
@@ -57,36 +60,44 @@ pub fn exp(fx: &mut Fx, x: Value) -> Value {
     fx.vselect(under, zero, y)
 }
 
-/// `erf(x)`: Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7).
+/// `erf(x)`: `x P(x^2) / Q(x^2)` on `x` clamped to [-4, 4] (erf(4) is 1 within 2e-8), a
+/// rational fit of degrees 6 and 5 in `x^2` made for Tessera (weighted least squares on 8000
+/// points, then Lawson reweighting towards minimax): 1.5e-9 in exact arithmetic, 3.4e-7 in f32.
+/// No exp, one division: about a fifth of the instructions of the exp-based forms.
 pub fn erf(fx: &mut Fx, x: Value) -> Value {
-    let ax = fx.b.ins().fabs(x);
-    let p = fx.fsplat(0.327_591_1);
-    let one = fx.fsplat(1.0);
-    let d = fx.b.ins().fma(p, ax, one);
-    let t = fx.b.ins().fdiv(one, d);
-    let mut poly = fx.fsplat(1.061_405_4);
-    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6_f32] {
-        let cv = fx.fsplat(c);
-        poly = fx.b.ins().fma(poly, t, cv);
-    }
-    poly = fx.b.ins().fmul(poly, t);
-    let x2 = fx.b.ins().fmul(ax, ax);
-    let nx2 = fx.b.ins().fneg(x2);
-    let e = exp(fx, nx2);
-    let pe = fx.b.ins().fmul(poly, e);
-    let y = fx.b.ins().fsub(one, pe);
-    // Copy the sign of x (erf is odd); NaN stays NaN through `t`.
-    let sign = fx.fsplat(-0.0);
-    let sx = fx.b.ins().band(x, sign);
-    fx.b.ins().bor(y, sx)
+    const P: [f32; 7] =
+        [1.128_379_2, 0.184_709_83, 0.054_332_275, 0.003_839_476, 3.826_808_5e-4, 4.780_241_4e-6, -1.366_517e-8];
+    const Q: [f32; 6] = [1.0, 0.497_028_38, 0.113_825_87, 0.015_453_369, 1.309_553e-3, 6.400_647e-5];
+    let xc = clamp(fx, x, -4.0, 4.0);
+    let s = fx.b.ins().fmul(xc, xc);
+    let horner = |fx: &mut Fx, c: &[f32]| {
+        let mut acc = fx.fsplat(c[c.len() - 1]);
+        for &k in c[..c.len() - 1].iter().rev() {
+            let kv = fx.fsplat(k);
+            acc = fx.b.ins().fma(acc, s, kv);
+        }
+        acc
+    };
+    let p = horner(fx, &P);
+    let q = horner(fx, &Q);
+    let xp = fx.b.ins().fmul(xc, p);
+    fx.b.ins().fdiv(xp, q)
+}
+
+/// `x` limited to `[lo, hi]` by compare and select (two instructions a side on x64, where
+/// `fmin`/`fmax` with their NaN rules take seven); NaN stays NaN.
+fn clamp(fx: &mut Fx, x: Value, lo: f32, hi: f32) -> Value {
+    let h = fx.fsplat(hi);
+    let above = fx.vfcmp(FloatCC::GreaterThan, x, h);
+    let x = fx.vselect(above, h, x);
+    let l = fx.fsplat(lo);
+    let below = fx.vfcmp(FloatCC::LessThan, x, l);
+    fx.vselect(below, l, x)
 }
 
 /// `tanh(x) = 1 - 2 / (exp(2x) + 1)`, with a short odd polynomial near 0 where that loses digits.
 pub fn tanh(fx: &mut Fx, x: Value) -> Value {
-    let lim = fx.fsplat(9.0);
-    let nlim = fx.fsplat(-9.0);
-    let xc = fx.b.ins().fmin(x, lim);
-    let xc = fx.b.ins().fmax(xc, nlim);
+    let xc = clamp(fx, x, -9.0, 9.0);
     let two = fx.fsplat(2.0);
     let x2 = fx.b.ins().fmul(xc, two);
     let e = exp(fx, x2);

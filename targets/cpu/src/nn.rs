@@ -831,7 +831,38 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
             let lo_c = fx.fsplat(0.0);
             let hi_c = fx.fsplat(255.0);
             let z = fx.iconst(0);
-            fx.for_range(z, nn, 1, false, |fx, i| {
+            // 16 at a time: four f32x4 quantized, then narrowed to one u8x16.
+            let rest = fx.for_range(z, nn, 16, true, |fx, i| {
+                let a = fx.addr(xp, i, 4);
+                let mut words = Vec::with_capacity(4);
+                for j in 0..4 {
+                    let v = fx.b.ins().load(F4, mem(), a, j * 16);
+                    let q = fx.b.ins().fdiv(v, sv);
+                    let q = fx.b.ins().nearest(q);
+                    let nan = fx.vfcmp(FloatCC::Unordered, q, q);
+                    let zq = fx.fsplat(0.0);
+                    let q = fx.vselect(nan, zq, q);
+                    let q = fx.b.ins().fadd(q, zfv);
+                    let low = fx.vfcmp(FloatCC::LessThan, q, lo_c);
+                    let q = fx.vselect(low, lo_c, q);
+                    let high = fx.vfcmp(FloatCC::GreaterThan, q, hi_c);
+                    let q = fx.vselect(high, hi_c, q);
+                    // q is a whole number in [0, 255]: adding 2^23 puts it in the low
+                    // mantissa bits.
+                    let two23 = fx.fsplat(8_388_608.0);
+                    let qb = fx.b.ins().fadd(q, two23);
+                    let qb = fx.vcast(types::I32X4, qb);
+                    let bias = fx.vcast(types::I32X4, two23);
+                    words.push(fx.b.ins().isub(qb, bias));
+                }
+                let h0 = fx.b.ins().snarrow(words[0], words[1]);
+                let h1 = fx.b.ins().snarrow(words[2], words[3]);
+                let bytes = fx.b.ins().unarrow(h0, h1);
+                let o = fx.b.ins().iadd(yp, i);
+                fx.b.ins().store(mem(), bytes, o, 0);
+                Ok(())
+            })?;
+            fx.for_range(rest, nn, 1, false, |fx, i| {
                 let a = fx.addr(xp, i, 4);
                 let s = fx.b.ins().load(types::F32, mem(), a, 0);
                 let v = fx.b.ins().splat(F4, s);

@@ -16,8 +16,11 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph, Node, NodeData, Op, ValueDef};
 
 use crate::fx::{mem, Fx, F4};
-use crate::gemm::{EpiAddr, Epilogue};
+use std::sync::Arc;
+
+use crate::gemm::{for_panel_pairs, EpiAddr, Epilogue, TILE_MR};
 use crate::lower::{dims, BufRef, Build, Lowered};
+use crate::ukernel;
 use crate::{ew, CpuError};
 
 const MR: usize = 4;
@@ -82,17 +85,8 @@ pub(crate) fn lower<'g>(
     };
     let shift = if b_t.dtype == DType::U8 { 128 } else { 0 };
     let flat: Vec<i64> = bi.iter().copied().collect();
-    let mut packed = vec![0u8; nn * k];
-    for p in 0..nn / 8 {
-        for kg in 0..k / 4 {
-            for j in 0..8 {
-                for t in 0..4 {
-                    let v = flat[(kg * 4 + t) * nn + p * 8 + j] - shift;
-                    packed[((p * (k / 4) + kg) * 8 + j) * 4 + t] = v as i8 as u8;
-                }
-            }
-        }
-    }
+    let tiles = I16Tiles::new(owned.ukernels);
+    let packed = pack(&flat, k, nn, shift, tiles.is_some());
     // Per column: c0 = -zb*K*za is run time; fixed part of the correction per column.
     // corr_n = sum_k b[k,n] (for -za * colsum) and coef_n = shift - zb_n (times the row sum).
     let colsum: Vec<i32> = (0..nn).map(|c| (0..k).map(|r| flat[r * nn + c]).sum::<i64>() as i32).collect();
@@ -156,10 +150,60 @@ pub(crate) fn lower<'g>(
     let za_buf = ops.get(2).copied();
     let rows_dims: Vec<Dim> = out_dims[..out_dims.len() - 1].to_vec();
     let int_out = !region;
-    let cfg = Cfg { a_buf, za_buf, pb, sb, out_buf, k: k as i64, n: nn as i64, needs_rowsum, int_out };
-    let mut lw = Lowered::new(format!("{name}_vnni"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
-    lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), MR as u64));
+    let scratch_buf = bufs.len();
+    let cfg = Cfg { a_buf, za_buf, pb, sb, out_buf, scratch_buf, k: k as i64, n: nn as i64, needs_rowsum, int_out };
+    let Some(tiles) = tiles else {
+        let mut lw = Lowered::new(format!("{name}_vnni"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
+        lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), MR as u64));
+        return Ok(lw);
+    };
+    let scratch_rows = rows_dims.clone();
+    let mut lw = Lowered::new(
+        format!("{name}_i16_ukernel"),
+        bufs,
+        Box::new(move |fx| emit_tiles(fx, &epi, &cfg, tiles, &rows_dims)),
+    );
+    lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), TILE_MR as u64));
+    // Per chunk: the activation rows widened to i16, then their sums.
+    lw.scratch = Some(Arc::new(move |b| {
+        let rows: i64 = scratch_rows.iter().map(|d| b.resolve(d).unwrap_or(0) as i64).product();
+        vec![rows * (2 * k as i64 + 4)]
+    }));
     Ok(lw)
+}
+
+/// The weight `flat` (`k` x `nn`, row-major, minus `shift`) as i8 panels of 8 columns: groups
+/// of 4 `k` per column (`[N/8][K/4][8][4]`, Cranelift's `dot4`) or, for the `std::arch` tile,
+/// pairs (`[N/8][K/2][8][2]`, see [`ukernel::I16Tile`]). Panels are packed in parallel.
+fn pack(flat: &[i64], k: usize, nn: usize, shift: i64, pairs: bool) -> Vec<u8> {
+    use rayon::prelude::*;
+    let mut packed = vec![0u8; nn * k];
+    let g = if pairs { 2 } else { 4 };
+    packed.par_chunks_mut(8 * k).enumerate().for_each(|(p, panel)| {
+        for kg in 0..k / g {
+            for j in 0..8 {
+                for t in 0..g {
+                    let v = flat[(kg * g + t) * nn + p * 8 + j] - shift;
+                    panel[(kg * 8 + j) * g + t] = v as i8 as u8;
+                }
+            }
+        }
+    });
+    packed
+}
+
+/// The `std::arch` integer tiles a kernel calls (function addresses), when the host has them.
+#[derive(Clone, Copy)]
+struct I16Tiles {
+    /// [rows 6 | 1][panels 2 | 1]
+    f: [[usize; 2]; 2],
+}
+
+impl I16Tiles {
+    fn new(mode: crate::Ukernels) -> Option<I16Tiles> {
+        let t = |mr, np| ukernel::i16_tile(mode, mr, np).map(|f| f as usize);
+        Some(I16Tiles { f: [[t(TILE_MR, 2)?, t(TILE_MR, 1)?], [t(1, 2)?, t(1, 1)?]] })
+    }
 }
 
 struct Cfg {
@@ -168,6 +212,7 @@ struct Cfg {
     pb: usize,
     sb: usize,
     out_buf: usize,
+    scratch_buf: usize,
     k: i64,
     n: i64,
     needs_rowsum: bool,
@@ -192,22 +237,24 @@ fn dot4(fx: &mut Fx, acc: Value, a_u8: Value, b_i8: Value) -> Value {
     fx.b.ins().iadd(s, acc)
 }
 
+/// A's zero point (u8, or 0) in every i32 lane.
+fn zero_point_a(fx: &mut Fx, c: &Cfg) -> Value {
+    let z = match c.za_buf {
+        Some(i) => {
+            let p = fx.buf(i);
+            fx.b.ins().uload8(types::I32, mem(), p, 0)
+        }
+        None => fx.b.ins().iconst(types::I32, 0),
+    };
+    fx.b.ins().splat(types::I32X4, z)
+}
+
 fn emit(fx: &mut Fx, epi: &Epilogue, c: &Cfg, rows_dims: &[Dim]) -> Result<(), CpuError> {
     let a = fx.buf(c.a_buf);
     let b = fx.buf(c.pb);
     let side = fx.buf(c.sb);
     let out = fx.buf(c.out_buf);
-    let za = match c.za_buf {
-        Some(i) => {
-            let p = fx.buf(i);
-            let z = fx.b.ins().uload8(types::I32, mem(), p, 0);
-            fx.b.ins().splat(types::I32X4, z)
-        }
-        None => {
-            let z = fx.b.ins().iconst(types::I32, 0);
-            fx.b.ins().splat(types::I32X4, z)
-        }
-    };
+    let za = zero_point_a(fx, c);
     let rows = fx.numel(rows_dims)?;
     let addr: EpiAddr = epi.prepare(fx)?;
     let nv = fx.iconst(c.n);
@@ -272,48 +319,183 @@ fn block(
         }
         Ok(())
     })?;
-    let kz = fx.b.ins().iconst(types::I32, c.k);
-    let kz = fx.b.ins().splat(types::I32X4, kz);
-    let kza = fx.b.ins().imul(kz, za);
+    let kza = k_za(fx, c, za);
     for r in 0..mr {
         let row = fx.iadd_imm(m0, r as i64);
+        // The A word is broadcast, so every lane summed the same 4 bytes: all lanes hold the
+        // row sum.
+        let rowsum = if c.needs_rowsum { Some(fx.b.use_var(sums[r])) } else { None };
         let offs = epi.row_offsets(fx, addr, row);
-        let rowsum = if c.needs_rowsum {
-            let s = fx.b.use_var(sums[r]);
-            // The A word is broadcast, so every lane summed the same 4 bytes: all lanes hold
-            // the row sum.
-            Some(s)
-        } else {
-            None
-        };
         for h in 0..2 {
-            let mut acc = fx.b.use_var(accs[r * 2 + h]);
+            let acc = fx.b.use_var(accs[r * 2 + h]);
             let col = fx.iadd_imm(n0, h as i64 * 4);
-            let coff = fx.imul_imm(col, 4);
-            let sc = fx.b.ins().iadd(side, coff);
-            let colsum = fx.b.ins().load(types::I32X4, mem(), sc, 0);
-            let coef = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 4) as i32);
-            let zb = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 8) as i32);
-            if let Some(s) = rowsum {
-                let t = fx.b.ins().imul(coef, s);
-                acc = fx.b.ins().iadd(acc, t);
-            }
-            // - za * colsum + K za zb
-            let t = fx.b.ins().imul(za, colsum);
-            acc = fx.b.ins().isub(acc, t);
-            let t = fx.b.ins().imul(kza, zb);
-            acc = fx.b.ins().iadd(acc, t);
-            if c.int_out {
-                let rn = fx.b.ins().imul(row, nv);
-                let i = fx.b.ins().iadd(rn, col);
-                let ad = fx.addr(out, i, 4);
-                fx.b.ins().store(mem(), acc, ad, 0);
-            } else {
-                let f = fx.b.ins().fcvt_from_sint(F4, acc);
-                let v = epi.apply(fx, addr, &offs, col, f, true)?;
-                Epilogue::store(fx, out, row, nv, col, v, true);
-            }
+            finish(fx, epi, addr, c, &offs, side, out, (za, kza), row, rowsum, col, nv, acc)?;
         }
     }
     Ok(())
+}
+
+/// `K * za` in every lane.
+fn k_za(fx: &mut Fx, c: &Cfg, za: Value) -> Value {
+    let kz = fx.b.ins().iconst(types::I32, c.k);
+    let kz = fx.b.ins().splat(types::I32X4, kz);
+    fx.b.ins().imul(kz, za)
+}
+
+/// Columns `col..col + 4` of `row` from the raw product `acc` (`sum a b` with the weight
+/// shifted): the zero-point corrections, then the i32 store or the cast and epilogue.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    fx: &mut Fx,
+    epi: &Epilogue,
+    addr: &EpiAddr,
+    c: &Cfg,
+    offs: &[Value],
+    side: Value,
+    out: Value,
+    (za, kza): (Value, Value),
+    row: Value,
+    rowsum: Option<Value>,
+    col: Value,
+    nv: Value,
+    mut acc: Value,
+) -> Result<(), CpuError> {
+    let coff = fx.imul_imm(col, 4);
+    let sc = fx.b.ins().iadd(side, coff);
+    let colsum = fx.b.ins().load(types::I32X4, mem(), sc, 0);
+    let coef = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 4) as i32);
+    let zb = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 8) as i32);
+    if let Some(s) = rowsum {
+        let t = fx.b.ins().imul(coef, s);
+        acc = fx.b.ins().iadd(acc, t);
+    }
+    // - za * colsum + K za zb
+    let t = fx.b.ins().imul(za, colsum);
+    acc = fx.b.ins().isub(acc, t);
+    let t = fx.b.ins().imul(kza, zb);
+    acc = fx.b.ins().iadd(acc, t);
+    if c.int_out {
+        let rn = fx.b.ins().imul(row, nv);
+        let i = fx.b.ins().iadd(rn, col);
+        let ad = fx.addr(out, i, 4);
+        fx.b.ins().store(mem(), acc, ad, 0);
+    } else {
+        let f = fx.b.ins().fcvt_from_sint(F4, acc);
+        let v = epi.apply(fx, addr, offs, col, f, true)?;
+        Epilogue::store(fx, out, row, nv, col, v, true);
+    }
+    Ok(())
+}
+
+/// The kernel with the `std::arch` tile: this call's rows of A are widened to i16 (and summed)
+/// into scratch once, then Cranelift walks panel pairs and blocks of 6 rows, calls the tile for
+/// each and corrects and stores the i32 tile it wrote to the stack.
+fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: I16Tiles, rows_dims: &[Dim]) -> Result<(), CpuError> {
+    let a = fx.buf(c.a_buf);
+    let b = fx.buf(c.pb);
+    let side = fx.buf(c.sb);
+    let out = fx.buf(c.out_buf);
+    let scratch = fx.buf(c.scratch_buf);
+    let za = zero_point_a(fx, c);
+    let kza = k_za(fx, c, za);
+    let rows = fx.numel(rows_dims)?;
+    let addr: EpiAddr = epi.prepare(fx)?;
+    let nv = fx.iconst(c.n);
+    let (r0, r1) = fx.par_rows(rows, TILE_MR);
+    let sums_off = fx.imul_imm(rows, c.k * 2);
+    let sums = fx.b.ins().iadd(scratch, sums_off);
+    widen_rows(fx, c, a, scratch, sums, r0, r1)?;
+    let tbuf = fx.stack_buf((TILE_MR * ukernel::F32_TILE_COLS * 4) as u32, 5);
+    let np = fx.iconst(c.n / 8);
+    let kp = fx.iconst(c.k / 2);
+    let lda = fx.iconst(c.k);
+    for_panel_pairs(fx, np, |fx, p, npn| {
+        let poff = fx.imul_imm(p, c.k * 8);
+        let bp = fx.b.ins().iadd(b, poff);
+        let n0 = fx.imul_imm(p, 8);
+        fx.for_row_blocks(r0, r1, TILE_MR, |fx, m0, mr| {
+            let i = fx.b.ins().isub(m0, r0);
+            let aoff = fx.imul_imm(i, c.k * 2);
+            let at = fx.b.ins().iadd(scratch, aoff);
+            let f = tiles.f[usize::from(mr == 1)][usize::from(npn == 1)];
+            fx.call_host(f, &[types::I64; 5], None, &[kp, at, lda, bp, tbuf]);
+            for r in 0..mr {
+                let row = fx.iadd_imm(m0, r as i64);
+                let rowsum = if c.needs_rowsum {
+                    let ir = fx.iadd_imm(i, r as i64);
+                    let sa = fx.addr(sums, ir, 4);
+                    let s = fx.b.ins().load(types::I32, mem(), sa, 0);
+                    Some(fx.b.ins().splat(types::I32X4, s))
+                } else {
+                    None
+                };
+                let offs = epi.row_offsets(fx, &addr, row);
+                for h in 0..npn * 2 {
+                    let off = (r * ukernel::F32_TILE_COLS + h * 4) * 4;
+                    let acc = fx.b.ins().load(types::I32X4, mem(), tbuf, off as i32);
+                    let col = fx.iadd_imm(n0, h as i64 * 4);
+                    finish(fx, epi, &addr, c, &offs, side, out, (za, kza), row, rowsum, col, nv, acc)?;
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Rows `r0..r1` of the u8 activations `a` (`k` per row) as i16 rows at `dst` (row `r0` first),
+/// and, when the corrections need them, each row's sum as i32 at `sums`.
+fn widen_rows(fx: &mut Fx, c: &Cfg, a: Value, dst: Value, sums: Value, r0: Value, r1: Value) -> Result<(), CpuError> {
+    fx.for_range(r0, r1, 1, false, |fx, row| {
+        let aoff = fx.imul_imm(row, c.k);
+        let src = fx.b.ins().iadd(a, aoff);
+        let i = fx.b.ins().isub(row, r0);
+        let doff = fx.imul_imm(i, c.k * 2);
+        let d = fx.b.ins().iadd(dst, doff);
+        let zi = fx.b.ins().iconst(types::I32, 0);
+        let zv = fx.b.ins().splat(types::I32X4, zi);
+        let acc = fx.var(types::I32X4, zv);
+        let tail = fx.var(types::I32, zi);
+        let zero = fx.iconst(0);
+        let kend = fx.iconst(c.k);
+        let rest = fx.for_range(zero, kend, 16, true, |fx, kk| {
+            let s = fx.b.ins().iadd(src, kk);
+            let v = fx.b.ins().load(types::I8X16, mem(), s, 0);
+            let lo = fx.b.ins().uwiden_low(v);
+            let hi = fx.b.ins().uwiden_high(v);
+            let da = fx.addr(d, kk, 2);
+            fx.b.ins().store(mem(), lo, da, 0);
+            fx.b.ins().store(mem(), hi, da, 16);
+            if c.needs_rowsum {
+                let t = fx.b.ins().iadd(lo, hi);
+                let t = fx.b.ins().iadd_pairwise(t, t);
+                let t = fx.b.ins().swiden_low(t);
+                let s = fx.b.use_var(acc);
+                let s = fx.b.ins().iadd(s, t);
+                fx.b.def_var(acc, s);
+            }
+            Ok(())
+        })?;
+        fx.for_range(rest, kend, 1, false, |fx, kk| {
+            let s = fx.b.ins().iadd(src, kk);
+            let v = fx.b.ins().uload8(types::I32, mem(), s, 0);
+            let da = fx.addr(d, kk, 2);
+            fx.b.ins().istore16(mem(), v, da, 0);
+            let t = fx.b.use_var(tail);
+            let t = fx.b.ins().iadd(t, v);
+            fx.b.def_var(tail, t);
+            Ok(())
+        })?;
+        if c.needs_rowsum {
+            let v = fx.b.use_var(acc);
+            let mut s = fx.b.use_var(tail);
+            for lane in 0..4u8 {
+                let e = fx.b.ins().extractlane(v, lane);
+                s = fx.b.ins().iadd(s, e);
+            }
+            let sa = fx.addr(sums, i, 4);
+            fx.b.ins().store(mem(), s, sa, 0);
+        }
+        Ok(())
+    })
+    .map(|_| ())
 }

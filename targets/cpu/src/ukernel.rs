@@ -38,15 +38,99 @@ pub fn f32_tile(mode: Ukernels, mr: usize, np: usize) -> Option<F32Tile> {
     imp::f32_tile(mr, np)
 }
 
+/// An integer inner tile on 16-bit operands, exact:
+/// `tile[r][c] = sum_{j < kp} a[r * lda + 2j] * w(c, 2j) + a[r * lda + 2j + 1] * w(c, 2j + 1)`
+/// for `r < mr`, `c < 8 * np`, where `w(c, k)` is the i8 at `b + (c / 8) * kp * 16 + (k / 2) * 16
+/// + (c % 8) * 2 + k % 2` (panels of 8 columns holding pairs of `k`: the integer ukernel layout
+/// of [`crate::qgemm`]). `a` is i16 (activations widened once per kernel call), `tile` i32,
+/// row-major with [`F32_TILE_COLS`] columns. Arguments: `kp` (pairs of k), `a`, `lda`
+/// (elements), `b`, `tile`. Every product and sum fits i32 for 8-bit sources and
+/// `k < 2^16`, so the result is exact.
+pub type I16Tile = unsafe extern "C" fn(i64, *const i16, i64, *const i8, *mut i32);
+
+/// The integer tile for `mr` rows (1..=6) and `np` panels (1 or 2), if this host has one and
+/// `mode` allows it.
+pub fn i16_tile(mode: Ukernels, mr: usize, np: usize) -> Option<I16Tile> {
+    if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
+        return None;
+    }
+    imp::i16_tile(mr, np)
+}
+
 /// Which tile family this host would use (for reports), or None.
 pub fn describe(mode: Ukernels) -> Option<&'static str> {
-    f32_tile(mode, F32_MR, 2).map(|_| "avx2+fma 6x16 f32")
+    match (f32_tile(mode, F32_MR, 2), i16_tile(mode, F32_MR, 2)) {
+        (Some(_), Some(_)) => Some("avx2+fma 6x16 f32 and avx2 6x16 i16 (vpmaddwd)"),
+        (Some(_), None) => Some("avx2+fma 6x16 f32"),
+        _ => None,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::F32Tile;
+    use super::{F32Tile, I16Tile};
     use std::arch::x86_64::*;
+
+    pub fn i16_tile(mr: usize, np: usize) -> Option<I16Tile> {
+        if !is_x86_feature_detected!("avx2") {
+            return None;
+        }
+        let f: I16Tile = match (mr, np) {
+            (1, 1) => itile::<1, 1>,
+            (2, 1) => itile::<2, 1>,
+            (3, 1) => itile::<3, 1>,
+            (4, 1) => itile::<4, 1>,
+            (5, 1) => itile::<5, 1>,
+            (6, 1) => itile::<6, 1>,
+            (1, 2) => itile::<1, 2>,
+            (2, 2) => itile::<2, 2>,
+            (3, 2) => itile::<3, 2>,
+            (4, 2) => itile::<4, 2>,
+            (5, 2) => itile::<5, 2>,
+            (6, 2) => itile::<6, 2>,
+            _ => return None,
+        };
+        Some(f)
+    }
+
+    /// # Safety
+    /// `a` holds `mr` rows of `2 * kp` i16 `lda` apart, `b` holds `np` panels of `kp * 16`
+    /// bytes, `tile` holds `mr * 16` i32, and the CPU has AVX2 (checked by [`i16_tile`]).
+    #[target_feature(enable = "avx2")]
+    unsafe extern "C" fn itile<const MR: usize, const NP: usize>(
+        kp: i64,
+        a: *const i16,
+        lda: i64,
+        b: *const i8,
+        tile: *mut i32,
+    ) {
+        let (kp, lda) = (kp.max(0) as usize, lda as usize);
+        let mut acc = [[_mm256_setzero_si256(); NP]; MR];
+        // SAFETY (whole body): the caller's contract above bounds every offset.
+        unsafe {
+            let b1 = b.add(kp * 16 * (NP - 1));
+            for j in 0..kp {
+                // 8 columns x 2 k as 16 i16: vpmovsxbw from memory.
+                let bv = [
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(j * 16) as *const __m128i)),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(b1.add(j * 16) as *const __m128i)),
+                ];
+                for (r, row) in acc.iter_mut().enumerate() {
+                    // The pair a[2j], a[2j + 1] as one i32 broadcast to every lane.
+                    let pair = (a.add(r * lda + 2 * j) as *const i32).read_unaligned();
+                    let av = _mm256_set1_epi32(pair);
+                    for (p, c) in row.iter_mut().enumerate() {
+                        *c = _mm256_add_epi32(*c, _mm256_madd_epi16(av, bv[p]));
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (p, c) in row.iter().enumerate() {
+                    _mm256_storeu_si256(tile.add(r * super::F32_TILE_COLS + p * 8) as *mut __m256i, *c);
+                }
+            }
+        }
+    }
 
     pub fn f32_tile(mr: usize, np: usize) -> Option<F32Tile> {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
@@ -106,7 +190,11 @@ mod imp {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    use super::F32Tile;
+    use super::{F32Tile, I16Tile};
+
+    pub fn i16_tile(_mr: usize, _np: usize) -> Option<I16Tile> {
+        None
+    }
 
     pub fn f32_tile(_mr: usize, _np: usize) -> Option<F32Tile> {
         None
@@ -144,6 +232,40 @@ mod tests {
                     }
                 }
                 assert!(Ukernels::Off != Ukernels::Auto && f32_tile(Ukernels::Off, mr, np).is_none());
+            }
+        }
+    }
+
+    /// Every integer tile shape against a plain loop, with extreme 8-bit values (exact).
+    #[test]
+    fn integer_tiles_are_exact() {
+        let kp = 29;
+        for np in 1..=2 {
+            for mr in 1..=F32_MR {
+                let Some(f) = i16_tile(Ukernels::Auto, mr, np) else {
+                    eprintln!("no integer tile on this host; nothing to check");
+                    return;
+                };
+                let lda = 2 * kp + 4;
+                let a: Vec<i16> =
+                    (0..mr * lda).map(|i| if i % 3 == 0 { 255 } else { ((i * 37) % 256) as i16 }).collect();
+                let b: Vec<i8> =
+                    (0..np * kp * 16).map(|i| if i % 5 == 0 { -128 } else { ((i * 29) % 256) as u8 as i8 }).collect();
+                let mut tile = vec![i32::MIN; mr * F32_TILE_COLS];
+                // SAFETY: the buffers have the sizes the contract asks for.
+                unsafe { f(kp as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
+                for r in 0..mr {
+                    for c in 0..8 * np {
+                        let want: i64 = (0..2 * kp)
+                            .map(|k| {
+                                let w = b[(c / 8) * kp * 16 + (k / 2) * 16 + (c % 8) * 2 + k % 2];
+                                a[r * lda + k] as i64 * w as i64
+                            })
+                            .sum();
+                        assert_eq!(tile[r * F32_TILE_COLS + c] as i64, want, "mr {mr} np {np} [{r}][{c}]");
+                    }
+                }
+                assert!(i16_tile(Ukernels::Off, mr, np).is_none());
             }
         }
     }

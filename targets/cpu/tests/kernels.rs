@@ -192,3 +192,54 @@ fn integer_gemm_folds_to_vpdpbusd_for_a_vnni_cpu() {
     let plain = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Off).unwrap();
     assert!(!plain.iter().any(|(_, _, a)| a.contains("vpdpbusd")) || std::arch::is_x86_feature_detected!("avxvnni"));
 }
+
+/// Integer GEMM with sizes off the tiles (K not a multiple of 16 so the widening has a tail, an
+/// odd number of panels, row blocks with a tail), extreme 8-bit values, both weight types and
+/// zero points per tensor and per column: exact, with and without the `std::arch` tile.
+#[test]
+fn integer_gemm_with_ragged_sizes_is_exact_both_ways() {
+    for (m, k, n, wt) in [(13, 36, 24, "u8"), (7, 20, 8, "i8"), (1, 4, 16, "i8"), (20, 68, 40, "u8")] {
+        let w = |i: usize| -> i64 {
+            let v = match i % 7 {
+                0 => 255,
+                1 => 0,
+                _ => (i * 37 % 256) as i64,
+            };
+            if wt == "i8" {
+                v - 128
+            } else {
+                v
+            }
+        };
+        let zb = if wt == "i8" {
+            "-3".to_string()
+        } else {
+            (0..n).map(|j| (j * 11 % 256).to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let zb_shape = if wt == "i8" { String::new() } else { n.to_string() };
+        let src = format!(
+            "graph @g {{
+  v0: u8[{m}, {k}] = input \"a\"
+  v1: {wt}[{k}, {n}] = const [{}]
+  v2: u8[] = input \"za\"
+  v3: {wt}[{zb_shape}] = const [{zb}]
+  v4: i32[{m}, {n}] = matmul_integer v0, v1, v2, v3
+  output \"y\" = v4
+}}
+",
+            (0..k * n).map(|i| w(i).to_string()).collect::<Vec<_>>().join(", ")
+        );
+        let a: Vec<i64> = (0..m * k).map(|i| if i % 5 == 0 { 255 } else { (i * 53 % 256) as i64 }).collect();
+        let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
+        let za = Tensor::from_i64(DType::U8, &[], vec![131]).unwrap();
+        both_ways(&src, vec![a, za], 0.0);
+        let g = parse(&src).unwrap();
+        let auto = tessera_target_cpu::ukernel::i16_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
+        let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Auto).unwrap();
+        assert_eq!(
+            names.iter().any(|(name, _, _)| name.contains("i16_ukernel")),
+            auto,
+            "tile kernel used iff available"
+        );
+    }
+}
