@@ -185,6 +185,29 @@ impl Tensor {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.dtype.storage_bytes(self.numel()));
         match &self.data {
+            TensorData::Float(a) if matches!(self.dtype, DType::F32) && a.as_slice().is_some() => {
+                // Contiguous f32: a fixed-width copy the compiler vectorizes.
+                let s = a.as_slice().unwrap_or_default();
+                out.resize(s.len() * 4, 0);
+                for (o, v) in out.chunks_exact_mut(4).zip(s) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            TensorData::Int(a) if matches!(self.dtype.bits(), 8 | 16 | 32 | 64) && a.as_slice().is_some() => {
+                let s = a.as_slice().unwrap_or_default();
+                let w = self.dtype.bits() / 8;
+                out.resize(s.len() * w, 0);
+                match w {
+                    1 => out.iter_mut().zip(s).for_each(|(o, &v)| *o = v as u8),
+                    2 => {
+                        out.chunks_exact_mut(2).zip(s).for_each(|(o, &v)| o.copy_from_slice(&(v as u16).to_le_bytes()))
+                    }
+                    4 => {
+                        out.chunks_exact_mut(4).zip(s).for_each(|(o, &v)| o.copy_from_slice(&(v as u32).to_le_bytes()))
+                    }
+                    _ => out.chunks_exact_mut(8).zip(s).for_each(|(o, &v)| o.copy_from_slice(&v.to_le_bytes())),
+                }
+            }
             TensorData::Float(a) => {
                 for &v in a.iter() {
                     match self.dtype {

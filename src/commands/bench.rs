@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// calls the `std::arch` inner tiles where the CPU has them; `false` times the default only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub both_ways: bool,
+    /// Compute u8 x i8 MatMulInteger as onnxruntime's x86 kernel does (adjacent products summed
+    /// in saturating int16, `tessera run --match-onnxruntime`) instead of exactly as the ONNX
+    /// spec defines it: the same arithmetic as the peer, for an int8 model.
+    #[arg(long)]
+    pub match_onnxruntime: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -234,13 +239,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{:>8} {:>14} {:>14} {:>10}", "threads", "tessera ms", "onnxruntime ms", "ratio");
     }
+    if args.match_onnxruntime {
+        println!("u8 x i8 MatMulInteger as onnxruntime computes it (saturating int16 pair sums), not exactly");
+    }
+    let import = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
     let mut startup: Option<(f64, f64)> = None;
     let mut profiles = Vec::new();
     for &threads in &args.threads {
-        let opts = SessionOptions { threads, ..Default::default() };
+        let opts = SessionOptions { threads, import: import.clone(), ..Default::default() };
         let session = Session::from_file(&args.model, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
         let plain = if both {
-            let o = SessionOptions { threads, ukernels: tessera_target_cpu::Ukernels::Off, ..Default::default() };
+            let o = SessionOptions {
+                threads,
+                ukernels: tessera_target_cpu::Ukernels::Off,
+                import: import.clone(),
+                ..Default::default()
+            };
             Some(Session::from_file(&args.model, &o).map_err(|e| anyhow::anyhow!("{e}"))?)
         } else {
             None

@@ -145,6 +145,68 @@ fn gemm_gflops(mode: Ukernels, m: usize, k: usize, n: usize) -> Result<(f64, f64
     Ok((flops / t / 1e9, flops / best / 1e9))
 }
 
+/// GOP/s (2 per multiply-add) of an integer inner tile (`sat`: onnxruntime's saturating pairs,
+/// else the exact i16 tile) called directly on L1-resident operands, 6 rows x 16 columns x `k`.
+fn int_tile_gops(sat: bool, k: usize) -> Option<(f64, f64)> {
+    let reps = 2000;
+    let a: Vec<u8> = (0..TILE_MR * k).map(|i| (i % 251) as u8).collect();
+    let a16: Vec<i16> = a.iter().map(|&x| x as i16).collect();
+    let b: Vec<i8> = (0..2 * 8 * k).map(|i| (i % 17) as i8 - 8).collect();
+    let mut tile = vec![0i32; TILE_MR * crate::ukernel::F32_TILE_COLS];
+    let (t, best) = if sat {
+        let f = crate::ukernel::sat_tile(Ukernels::Auto, TILE_MR, 2)?;
+        time2(15, || {
+            for _ in 0..reps {
+                // SAFETY: 6 rows of k bytes, 2 panels of 8k bytes, a 6x16 tile.
+                unsafe { f((k / 4) as i64, a.as_ptr(), k as i64, b.as_ptr(), tile.as_mut_ptr()) };
+            }
+        })
+    } else {
+        let f = crate::ukernel::i16_tile(Ukernels::Auto, TILE_MR, 2)?;
+        time2(15, || {
+            for _ in 0..reps {
+                // SAFETY: 6 rows of k i16, 2 panels of 8k bytes, a 6x16 tile.
+                unsafe { f((k / 2) as i64, a16.as_ptr(), k as i64, b.as_ptr(), tile.as_mut_ptr()) };
+            }
+        })
+    };
+    std::hint::black_box(&tile);
+    let ops = reps as f64 * (TILE_MR * 16 * k) as f64 * 2.0;
+    Some((ops / t / 1e9, ops / best / 1e9))
+}
+
+/// GOP/s of a whole `matmul_integer` `[m, k] x [k, n]` (u8 x constant i8, scalar zero points)
+/// on one thread.
+fn int_gemm_gops(mode: Ukernels, sat: bool, m: usize, k: usize, n: usize) -> Result<(f64, f64), CpuError> {
+    let mut g = Graph::new("qgemm");
+    let a = g.add_input("a", TensorType::new(DType::U8, Shape::from_static(&[m, k])));
+    let w: Vec<u8> = (0..k * n).map(|i| ((i % 17) as i8 - 8) as u8).collect();
+    let b = g.add_const(TensorType::new(DType::I8, Shape::from_static(&[k, n])), ConstData::from_vec(w));
+    let za = g.add_const(TensorType::new(DType::U8, Shape::from_static(&[])), ConstData::from_vec(vec![128]));
+    let zb = g.add_const(TensorType::new(DType::I8, Shape::from_static(&[])), ConstData::from_vec(vec![0]));
+    let node = g.add_node(
+        Op::MatMulInteger { pair_saturate: sat },
+        vec![a, b, za, zb],
+        vec![TensorType::new(DType::I32, Shape::from_static(&[m, n]))],
+    );
+    let out = g.node(node).outputs[0];
+    g.add_output("y", out);
+    let p = crate::compile(&g, &CpuOptions { threads: 1, ukernels: mode, ..Default::default() })?;
+    let x = Tensor::from_i64(DType::U8, &[m, k], (0..m * k).map(|i| (i % 251) as i64).collect())
+        .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    let mut err = None;
+    let (t, best) = time2(21, || {
+        if let Err(e) = p.run(std::slice::from_ref(&x)) {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let ops = 2.0 * (m * k * n) as f64;
+    Ok((ops / t / 1e9, ops / best / 1e9))
+}
+
 /// Every figure, in report order.
 pub fn run() -> Result<Vec<Figure>, CpuError> {
     let mut out = Vec::new();
@@ -191,6 +253,33 @@ pub fn run() -> Result<Vec<Figure>, CpuError> {
         if let (Some(p), true) = (peak256, avx2) {
             let v = gemm_gflops(Ukernels::Auto, m, k, n)?;
             out.push(pair(format!("gemm {m}x{k}x{n} ukernel, 1 thread"), v, p, "256-bit peak"));
+        }
+    }
+    // Integer products: GOP/s next to the f32 256-bit FMA peak in FLOP/s (the same count of
+    // multiply-adds per second), since no integer peak is probed.
+    let ipair = |name: String, (v, best): (f64, f64)| Figure {
+        name,
+        value: v,
+        best: Some(best),
+        unit: "GOP/s",
+        of_peak: peak256.map(|p| (100.0 * v / p, "f32 256-bit FMA peak".to_string())),
+    };
+    for (sat, what) in [(false, "exact i16 (vpmaddwd)"), (true, "saturating pairs (vpmaddubsw)")] {
+        for k in [384, 1536] {
+            if let Some(v) = int_tile_gops(sat, k) {
+                let at = if k <= 384 { "L1" } else { "L2" };
+                out.push(ipair(format!("int8 {what} 6x16 tile, k={k}, {at}"), v));
+            }
+        }
+    }
+    for (m, k, n) in [(128, 384, 1536), (128, 1536, 384)] {
+        for (mode, sat, what) in [
+            (Ukernels::Off, false, "exact cranelift"),
+            (Ukernels::Auto, false, "exact ukernel"),
+            (Ukernels::Auto, true, "saturating ukernel"),
+        ] {
+            let v = int_gemm_gops(mode, sat, m, k, n)?;
+            out.push(ipair(format!("int8 gemm {m}x{k}x{n} {what}"), v));
         }
     }
     Ok(out)

@@ -781,11 +781,14 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
             let rest = fx.for_range(zero, nn, 4, true, |fx, i| {
                 let a = fx.addr(xp, i, 4);
                 let v = fx.b.ins().load(F4, mem(), a, 0);
+                // Compare and select, as f32::min/max in the interpreter: a NaN is skipped.
                 let l = fx.b.use_var(lo4);
-                let l = fx.b.ins().fmin(l, v);
+                let below = fx.vfcmp(FloatCC::LessThan, v, l);
+                let l = fx.vselect(below, v, l);
                 fx.b.def_var(lo4, l);
                 let h = fx.b.use_var(hi4);
-                let h = fx.b.ins().fmax(h, v);
+                let above = fx.vfcmp(FloatCC::GreaterThan, v, h);
+                let h = fx.vselect(above, v, h);
                 fx.b.def_var(hi4, h);
                 Ok(())
             })?;
@@ -793,11 +796,14 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
                 let a = fx.addr(xp, i, 4);
                 let s = fx.b.ins().load(types::F32, mem(), a, 0);
                 let v = fx.b.ins().splat(F4, s);
+                // Compare and select, as f32::min/max in the interpreter: a NaN is skipped.
                 let l = fx.b.use_var(lo4);
-                let l = fx.b.ins().fmin(l, v);
+                let below = fx.vfcmp(FloatCC::LessThan, v, l);
+                let l = fx.vselect(below, v, l);
                 fx.b.def_var(lo4, l);
                 let h = fx.b.use_var(hi4);
-                let h = fx.b.ins().fmax(h, v);
+                let above = fx.vfcmp(FloatCC::GreaterThan, v, h);
+                let h = fx.vselect(above, v, h);
                 fx.b.def_var(hi4, h);
                 Ok(())
             })?;

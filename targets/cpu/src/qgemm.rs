@@ -41,13 +41,11 @@ pub(crate) fn lower<'g>(
 ) -> Result<Lowered<'g>, CpuError> {
     let nd = g.node(n);
     let out = nd.outputs[0];
-    if pair_saturate {
-        return Err(CpuError::Unsupported(
-            "matmul_integer with onnxruntime's saturating pair sums (--match-onnxruntime): the CPU target computes it exactly".into(),
-        ));
-    }
     let (a_v, b_v) = (nd.inputs[ops[0]], nd.inputs[ops[1]]);
     let (a_t, b_t) = (g.ty(a_v), g.ty(b_v));
+    if pair_saturate && b_t.dtype != DType::I8 {
+        return Err(CpuError::Codegen("matmul_integer {pair_saturate} with a u8 weight".into()));
+    }
     if a_t.dtype != DType::U8 || !matches!(b_t.dtype, DType::I8 | DType::U8) {
         return Err(CpuError::Unsupported(format!("matmul_integer {} x {} (u8 x i8/u8 only)", a_t.dtype, b_t.dtype)));
     }
@@ -85,8 +83,8 @@ pub(crate) fn lower<'g>(
     };
     let shift = if b_t.dtype == DType::U8 { 128 } else { 0 };
     let flat: Vec<i64> = bi.iter().copied().collect();
-    let tiles = I16Tiles::new(owned.ukernels);
-    let packed = pack(&flat, k, nn, shift, tiles.is_some());
+    let tiles = Tiles::new(owned.ukernels, pair_saturate);
+    let packed = pack(&flat, k, nn, shift, matches!(tiles, Some(Tiles::I16(_))));
     // Per column: c0 = -zb*K*za is run time; fixed part of the correction per column.
     // corr_n = sum_k b[k,n] (for -za * colsum) and coef_n = shift - zb_n (times the row sum).
     let colsum: Vec<i32> = (0..nn).map(|c| (0..k).map(|r| flat[r * nn + c]).sum::<i64>() as i32).collect();
@@ -151,15 +149,38 @@ pub(crate) fn lower<'g>(
     let rows_dims: Vec<Dim> = out_dims[..out_dims.len() - 1].to_vec();
     let int_out = !region;
     let scratch_buf = bufs.len();
-    let cfg = Cfg { a_buf, za_buf, pb, sb, out_buf, scratch_buf, k: k as i64, n: nn as i64, needs_rowsum, int_out };
+    let cfg = Cfg {
+        a_buf,
+        za_buf,
+        pb,
+        sb,
+        out_buf,
+        scratch_buf,
+        k: k as i64,
+        n: nn as i64,
+        needs_rowsum,
+        int_out,
+        saturate: pair_saturate,
+    };
     let Some(tiles) = tiles else {
-        let mut lw = Lowered::new(format!("{name}_vnni"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
+        let suffix = if pair_saturate { "sat" } else { "vnni" };
+        let mut lw =
+            Lowered::new(format!("{name}_{suffix}"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
         lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), MR as u64));
         return Ok(lw);
     };
     let scratch_rows = rows_dims.clone();
+    // Per row: its i16 copy for the exact tile, and its sum when the corrections need it.
+    let row_bytes = match tiles {
+        Tiles::I16(_) => 2 * k as i64 + 4,
+        Tiles::Sat(_) => 4,
+    };
+    let suffix = match tiles {
+        Tiles::I16(_) => "i16_ukernel",
+        Tiles::Sat(_) => "sat_ukernel",
+    };
     let mut lw = Lowered::new(
-        format!("{name}_i16_ukernel"),
+        format!("{name}_{suffix}"),
         bufs,
         Box::new(move |fx| emit_tiles(fx, &epi, &cfg, tiles, &rows_dims)),
     );
@@ -167,7 +188,7 @@ pub(crate) fn lower<'g>(
     // Per chunk: the activation rows widened to i16, then their sums.
     lw.scratch = Some(Arc::new(move |b| {
         let rows: i64 = scratch_rows.iter().map(|d| b.resolve(d).unwrap_or(0) as i64).product();
-        vec![rows * (2 * k as i64 + 4)]
+        vec![rows * row_bytes]
     }));
     Ok(lw)
 }
@@ -192,17 +213,24 @@ fn pack(flat: &[i64], k: usize, nn: usize, shift: i64, pairs: bool) -> Vec<u8> {
     packed
 }
 
-/// The `std::arch` integer tiles a kernel calls (function addresses), when the host has them.
+/// The `std::arch` integer tiles a kernel calls (function addresses, `[rows 6 | 1][panels 2 |
+/// 1]`), when the host has them: exact on i16-widened rows, or onnxruntime's saturating pairs
+/// on the raw bytes.
 #[derive(Clone, Copy)]
-struct I16Tiles {
-    /// [rows 6 | 1][panels 2 | 1]
-    f: [[usize; 2]; 2],
+enum Tiles {
+    I16([[usize; 2]; 2]),
+    Sat([[usize; 2]; 2]),
 }
 
-impl I16Tiles {
-    fn new(mode: crate::Ukernels) -> Option<I16Tiles> {
-        let t = |mr, np| ukernel::i16_tile(mode, mr, np).map(|f| f as usize);
-        Some(I16Tiles { f: [[t(TILE_MR, 2)?, t(TILE_MR, 1)?], [t(1, 2)?, t(1, 1)?]] })
+impl Tiles {
+    fn new(mode: crate::Ukernels, saturate: bool) -> Option<Tiles> {
+        if saturate {
+            let t = |mr, np| ukernel::sat_tile(mode, mr, np).map(|f| f as usize);
+            Some(Tiles::Sat([[t(TILE_MR, 2)?, t(TILE_MR, 1)?], [t(1, 2)?, t(1, 1)?]]))
+        } else {
+            let t = |mr, np| ukernel::i16_tile(mode, mr, np).map(|f| f as usize);
+            Some(Tiles::I16([[t(TILE_MR, 2)?, t(TILE_MR, 1)?], [t(1, 2)?, t(1, 1)?]]))
+        }
     }
 }
 
@@ -217,10 +245,13 @@ struct Cfg {
     n: i64,
     needs_rowsum: bool,
     int_out: bool,
+    /// onnxruntime's saturating pair sums (`matmul_integer {pair_saturate}`).
+    saturate: bool,
 }
 
-/// `acc + dot4(a_bytes, b_bytes)` per i32 lane, in the form Cranelift folds into `vpdpbusd`.
-fn dot4(fx: &mut Fx, acc: Value, a_u8: Value, b_i8: Value) -> Value {
+/// `acc + dot4(a_bytes, b_bytes)` per i32 lane, in the form Cranelift folds into `vpdpbusd`;
+/// with `saturate`, each pair's sum is clamped to i16 first (onnxruntime's x86 product).
+fn dot4(fx: &mut Fx, acc: Value, a_u8: Value, b_i8: Value, saturate: bool) -> Value {
     let bl = fx.b.ins().swiden_low(b_i8);
     let al = fx.b.ins().uwiden_low(a_u8);
     let lo = fx.b.ins().imul(bl, al);
@@ -229,10 +260,20 @@ fn dot4(fx: &mut Fx, acc: Value, a_u8: Value, b_i8: Value) -> Value {
     let hi = fx.b.ins().imul(bh, ah);
     let lo_l = fx.b.ins().swiden_low(lo);
     let lo_h = fx.b.ins().swiden_high(lo);
-    let p1 = fx.b.ins().iadd_pairwise(lo_l, lo_h);
+    let mut p1 = fx.b.ins().iadd_pairwise(lo_l, lo_h);
     let hi_l = fx.b.ins().swiden_low(hi);
     let hi_h = fx.b.ins().swiden_high(hi);
-    let p2 = fx.b.ins().iadd_pairwise(hi_l, hi_h);
+    let mut p2 = fx.b.ins().iadd_pairwise(hi_l, hi_h);
+    if saturate {
+        let lo = fx.b.ins().iconst(types::I32, i16::MIN as i64);
+        let lo = fx.b.ins().splat(types::I32X4, lo);
+        let hi = fx.b.ins().iconst(types::I32, i16::MAX as i64);
+        let hi = fx.b.ins().splat(types::I32X4, hi);
+        for p in [&mut p1, &mut p2] {
+            let t = fx.b.ins().smax(*p, lo);
+            *p = fx.b.ins().smin(t, hi);
+        }
+    }
     let s = fx.b.ins().iadd_pairwise(p1, p2);
     fx.b.ins().iadd(s, acc)
 }
@@ -308,12 +349,12 @@ fn block(
                 let var = accs[r * 2 + h];
                 let acc = fx.b.use_var(var);
                 let bv = if h == 0 { b0 } else { b1 };
-                let nacc = dot4(fx, acc, av, bv);
+                let nacc = dot4(fx, acc, av, bv, c.saturate);
                 fx.b.def_var(var, nacc);
             }
             if c.needs_rowsum {
                 let s = fx.b.use_var(sums[r]);
-                let ns = dot4(fx, s, av, ones);
+                let ns = dot4(fx, s, av, ones, false);
                 fx.b.def_var(sums[r], ns);
             }
         }
@@ -390,7 +431,7 @@ fn finish(
 /// The kernel with the `std::arch` tile: this call's rows of A are widened to i16 (and summed)
 /// into scratch once, then Cranelift walks panel pairs and blocks of 6 rows, calls the tile for
 /// each and corrects and stores the i32 tile it wrote to the stack.
-fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: I16Tiles, rows_dims: &[Dim]) -> Result<(), CpuError> {
+fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: Tiles, rows_dims: &[Dim]) -> Result<(), CpuError> {
     let a = fx.buf(c.a_buf);
     let b = fx.buf(c.pb);
     let side = fx.buf(c.sb);
@@ -402,12 +443,19 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: I16Tiles, rows_dims: 
     let addr: EpiAddr = epi.prepare(fx)?;
     let nv = fx.iconst(c.n);
     let (r0, r1) = fx.par_rows(rows, TILE_MR);
-    let sums_off = fx.imul_imm(rows, c.k * 2);
+    let (fs, widen) = match tiles {
+        Tiles::I16(f) => (f, true),
+        Tiles::Sat(f) => (f, false),
+    };
+    let sums_off = fx.imul_imm(rows, if widen { c.k * 2 } else { 0 });
     let sums = fx.b.ins().iadd(scratch, sums_off);
-    widen_rows(fx, c, a, scratch, sums, r0, r1)?;
+    if widen || c.needs_rowsum {
+        widen_rows(fx, c, a, scratch, sums, r0, r1, widen)?;
+    }
     let tbuf = fx.stack_buf((TILE_MR * ukernel::F32_TILE_COLS * 4) as u32, 5);
     let np = fx.iconst(c.n / 8);
-    let kp = fx.iconst(c.k / 2);
+    // Pairs of k on i16 rows in scratch, or groups of 4 k on the bytes of A.
+    let steps = fx.iconst(if widen { c.k / 2 } else { c.k / 4 });
     let lda = fx.iconst(c.k);
     for_panel_pairs(fx, np, |fx, p, npn| {
         let poff = fx.imul_imm(p, c.k * 8);
@@ -415,10 +463,15 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: I16Tiles, rows_dims: 
         let n0 = fx.imul_imm(p, 8);
         fx.for_row_blocks(r0, r1, TILE_MR, |fx, m0, mr| {
             let i = fx.b.ins().isub(m0, r0);
-            let aoff = fx.imul_imm(i, c.k * 2);
-            let at = fx.b.ins().iadd(scratch, aoff);
-            let f = tiles.f[usize::from(mr == 1)][usize::from(npn == 1)];
-            fx.call_host(f, &[types::I64; 5], None, &[kp, at, lda, bp, tbuf]);
+            let at = if widen {
+                let aoff = fx.imul_imm(i, c.k * 2);
+                fx.b.ins().iadd(scratch, aoff)
+            } else {
+                let aoff = fx.imul_imm(m0, c.k);
+                fx.b.ins().iadd(a, aoff)
+            };
+            let f = fs[usize::from(mr == 1)][usize::from(npn == 1)];
+            fx.call_host(f, &[types::I64; 5], None, &[steps, at, lda, bp, tbuf]);
             for r in 0..mr {
                 let row = fx.iadd_imm(m0, r as i64);
                 let rowsum = if c.needs_rowsum {
@@ -442,9 +495,19 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: I16Tiles, rows_dims: 
     })
 }
 
-/// Rows `r0..r1` of the u8 activations `a` (`k` per row) as i16 rows at `dst` (row `r0` first),
-/// and, when the corrections need them, each row's sum as i32 at `sums`.
-fn widen_rows(fx: &mut Fx, c: &Cfg, a: Value, dst: Value, sums: Value, r0: Value, r1: Value) -> Result<(), CpuError> {
+/// Rows `r0..r1` of the u8 activations `a` (`k` per row) as i16 rows at `dst` (row `r0` first)
+/// when `widen`, and, when the corrections need them, each row's sum as i32 at `sums`.
+#[allow(clippy::too_many_arguments)]
+fn widen_rows(
+    fx: &mut Fx,
+    c: &Cfg,
+    a: Value,
+    dst: Value,
+    sums: Value,
+    r0: Value,
+    r1: Value,
+    widen: bool,
+) -> Result<(), CpuError> {
     fx.for_range(r0, r1, 1, false, |fx, row| {
         let aoff = fx.imul_imm(row, c.k);
         let src = fx.b.ins().iadd(a, aoff);
@@ -462,9 +525,11 @@ fn widen_rows(fx: &mut Fx, c: &Cfg, a: Value, dst: Value, sums: Value, r0: Value
             let v = fx.b.ins().load(types::I8X16, mem(), s, 0);
             let lo = fx.b.ins().uwiden_low(v);
             let hi = fx.b.ins().uwiden_high(v);
-            let da = fx.addr(d, kk, 2);
-            fx.b.ins().store(mem(), lo, da, 0);
-            fx.b.ins().store(mem(), hi, da, 16);
+            if widen {
+                let da = fx.addr(d, kk, 2);
+                fx.b.ins().store(mem(), lo, da, 0);
+                fx.b.ins().store(mem(), hi, da, 16);
+            }
             if c.needs_rowsum {
                 let t = fx.b.ins().iadd(lo, hi);
                 let t = fx.b.ins().iadd_pairwise(t, t);
@@ -478,8 +543,10 @@ fn widen_rows(fx: &mut Fx, c: &Cfg, a: Value, dst: Value, sums: Value, r0: Value
         fx.for_range(rest, kend, 1, false, |fx, kk| {
             let s = fx.b.ins().iadd(src, kk);
             let v = fx.b.ins().uload8(types::I32, mem(), s, 0);
-            let da = fx.addr(d, kk, 2);
-            fx.b.ins().istore16(mem(), v, da, 0);
+            if widen {
+                let da = fx.addr(d, kk, 2);
+                fx.b.ins().istore16(mem(), v, da, 0);
+            }
             let t = fx.b.use_var(tail);
             let t = fx.b.ins().iadd(t, v);
             fx.b.def_var(tail, t);

@@ -57,6 +57,24 @@ pub fn i16_tile(mode: Ukernels, mr: usize, np: usize) -> Option<I16Tile> {
     imp::i16_tile(mr, np)
 }
 
+/// onnxruntime's x86 u8 x i8 product (`matmul_integer {pair_saturate}`): for `r < mr`,
+/// `c < 8 * np`, `tile[r][c] = sum_{j < kq} sat16(a[r*lda + 4j] w(c, 4j) + a[.. 4j+1] w(c, 4j+1))
+/// + sat16(a[.. 4j+2] w(c, 4j+2) + a[.. 4j+3] w(c, 4j+3))`, raw u8 `a` and the i8 weight in the
+/// `[N/8][K/4][8][4]` layout of [`crate::qgemm`] (`w(c, k)` at `b + (c / 8) * kq * 32 + (k / 4)
+/// * 32 + (c % 8) * 4 + k % 4`). `vpmaddubsw` computes each saturated pair exactly as defined,
+/// `vpmaddwd` by ones adds two pairs exactly. Arguments: `kq` (groups of 4 k), `a`, `lda`
+/// (bytes), `b`, `tile`.
+pub type SatTile = unsafe extern "C" fn(i64, *const u8, i64, *const i8, *mut i32);
+
+/// The pair-saturating tile for `mr` rows (1..=6) and `np` panels (1 or 2), if this host has one
+/// and `mode` allows it.
+pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
+    if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
+        return None;
+    }
+    imp::sat_tile(mr, np)
+}
+
 /// Which tile family this host would use (for reports), or None.
 pub fn describe(mode: Ukernels) -> Option<&'static str> {
     match (f32_tile(mode, F32_MR, 2), i16_tile(mode, F32_MR, 2)) {
@@ -68,8 +86,69 @@ pub fn describe(mode: Ukernels) -> Option<&'static str> {
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{F32Tile, I16Tile};
+    use super::{F32Tile, I16Tile, SatTile};
     use std::arch::x86_64::*;
+
+    pub fn sat_tile(mr: usize, np: usize) -> Option<SatTile> {
+        if !is_x86_feature_detected!("avx2") {
+            return None;
+        }
+        let f: SatTile = match (mr, np) {
+            (1, 1) => stile::<1, 1>,
+            (2, 1) => stile::<2, 1>,
+            (3, 1) => stile::<3, 1>,
+            (4, 1) => stile::<4, 1>,
+            (5, 1) => stile::<5, 1>,
+            (6, 1) => stile::<6, 1>,
+            (1, 2) => stile::<1, 2>,
+            (2, 2) => stile::<2, 2>,
+            (3, 2) => stile::<3, 2>,
+            (4, 2) => stile::<4, 2>,
+            (5, 2) => stile::<5, 2>,
+            (6, 2) => stile::<6, 2>,
+            _ => return None,
+        };
+        Some(f)
+    }
+
+    /// # Safety
+    /// `a` holds `mr` rows of `4 * kq` bytes `lda` apart, `b` holds `np` panels of `kq * 32`
+    /// bytes, `tile` holds `mr * 16` i32, and the CPU has AVX2 (checked by [`sat_tile`]).
+    #[target_feature(enable = "avx2")]
+    unsafe extern "C" fn stile<const MR: usize, const NP: usize>(
+        kq: i64,
+        a: *const u8,
+        lda: i64,
+        b: *const i8,
+        tile: *mut i32,
+    ) {
+        let (kq, lda) = (kq.max(0) as usize, lda as usize);
+        let mut acc = [[_mm256_setzero_si256(); NP]; MR];
+        let ones = _mm256_set1_epi16(1);
+        // SAFETY (whole body): the caller's contract above bounds every offset.
+        unsafe {
+            let b1 = b.add(kq * 32 * (NP - 1));
+            for j in 0..kq {
+                let bv = [
+                    _mm256_loadu_si256(b.add(j * 32) as *const __m256i),
+                    _mm256_loadu_si256(b1.add(j * 32) as *const __m256i),
+                ];
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let quad = (a.add(r * lda + 4 * j) as *const i32).read_unaligned();
+                    let av = _mm256_set1_epi32(quad);
+                    for (p, c) in row.iter_mut().enumerate() {
+                        let pairs = _mm256_maddubs_epi16(av, bv[p]);
+                        *c = _mm256_add_epi32(*c, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (p, c) in row.iter().enumerate() {
+                    _mm256_storeu_si256(tile.add(r * super::F32_TILE_COLS + p * 8) as *mut __m256i, *c);
+                }
+            }
+        }
+    }
 
     pub fn i16_tile(mr: usize, np: usize) -> Option<I16Tile> {
         if !is_x86_feature_detected!("avx2") {
@@ -190,7 +269,11 @@ mod imp {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    use super::{F32Tile, I16Tile};
+    use super::{F32Tile, I16Tile, SatTile};
+
+    pub fn sat_tile(_mr: usize, _np: usize) -> Option<SatTile> {
+        None
+    }
 
     pub fn i16_tile(_mr: usize, _np: usize) -> Option<I16Tile> {
         None
@@ -266,6 +349,47 @@ mod tests {
                     }
                 }
                 assert!(i16_tile(Ukernels::Off, mr, np).is_none());
+            }
+        }
+    }
+
+    /// Every pair-saturating tile shape against the definition, with pairs that saturate both
+    /// ways and pairs that do not.
+    #[test]
+    fn saturating_tiles_match_their_definition() {
+        let kq = 11;
+        let sat16 = |v: i64| v.clamp(i16::MIN as i64, i16::MAX as i64);
+        for np in 1..=2 {
+            for mr in 1..=F32_MR {
+                let Some(f) = sat_tile(Ukernels::Auto, mr, np) else {
+                    eprintln!("no saturating tile on this host; nothing to check");
+                    return;
+                };
+                let lda = 4 * kq + 3;
+                let a: Vec<u8> = (0..mr * lda).map(|i| if i % 4 < 2 { 255 } else { (i * 37 % 256) as u8 }).collect();
+                let b: Vec<i8> = (0..np * kq * 32)
+                    .map(|i| [127, -128, 127, 5][i % 4].min(((i * 29) % 256) as u8 as i8 | 64))
+                    .collect();
+                let mut tile = vec![i32::MIN; mr * F32_TILE_COLS];
+                // SAFETY: the buffers have the sizes the contract asks for.
+                unsafe { f(kq as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
+                let mut saturated = 0;
+                for r in 0..mr {
+                    for c in 0..8 * np {
+                        let w = |k: usize| b[(c / 8) * kq * 32 + (k / 4) * 32 + (c % 8) * 4 + k % 4] as i64;
+                        let want: i64 = (0..2 * kq)
+                            .map(|j| {
+                                let raw =
+                                    a[r * lda + 2 * j] as i64 * w(2 * j) + a[r * lda + 2 * j + 1] as i64 * w(2 * j + 1);
+                                saturated += usize::from(sat16(raw) != raw);
+                                sat16(raw)
+                            })
+                            .sum();
+                        assert_eq!(tile[r * F32_TILE_COLS + c] as i64, want, "mr {mr} np {np} [{r}][{c}]");
+                    }
+                }
+                assert!(saturated > 0, "the data must make some pairs saturate");
+                assert!(sat_tile(Ukernels::Off, mr, np).is_none());
             }
         }
     }

@@ -243,3 +243,54 @@ fn integer_gemm_with_ragged_sizes_is_exact_both_ways() {
         );
     }
 }
+
+/// Dynamic quantization over 16-wide steps and a tail, with a NaN (skipped by the range, mapped
+/// to the zero point like the interpreter does) and values at both ends of the range.
+#[test]
+fn dynamic_quantize_matches_the_interpreter_with_nan_and_a_tail() {
+    let n = 16 * 3 + 5;
+    let src = format!(
+        "graph @g {{
+  v0: f32[{n}] = input \"x\"
+  v1: u8[{n}], v2: f32[], v3: u8[] = dynamic_quantize v0
+  output \"y\" = v1
+  output \"s\" = v2
+  output \"z\" = v3
+}}
+"
+    );
+    let mut xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.77).sin() * 3.0 - 0.5).collect();
+    xs[7] = f32::NAN;
+    xs[20] = 2.5;
+    xs[n - 1] = -3.5;
+    let x = Tensor::from_f32(DType::F32, &[n], xs).unwrap();
+    let (got, want) = run_both(&src, vec![x]);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.to_f64_vec(), w.to_f64_vec());
+    }
+}
+
+/// onnxruntime's saturating pair sums (`pair_saturate`): weights and activations chosen so that
+/// some pairs saturate at both ends, sizes off the tiles; equal to the interpreter both ways.
+#[test]
+fn saturating_integer_gemm_matches_the_interpreter_both_ways() {
+    for (m, k, n, zb) in [(13, 36, 24, 0), (7, 20, 8, -3), (1, 4, 16, 5)] {
+        let w = |i: usize| -> i64 { [127, 126, -128, -127, 3, (i * 37 % 256) as i64 - 128][i % 6] };
+        let src = format!(
+            "graph @g {{
+  v0: u8[{m}, {k}] = input \"a\"
+  v1: i8[{k}, {n}] = const [{}]
+  v2: u8[] = input \"za\"
+  v3: i8[] = const [{zb}]
+  v4: i32[{m}, {n}] = matmul_integer v0, v1, v2, v3 {{pair_saturate = true}}
+  output \"y\" = v4
+}}
+",
+            (0..k * n).map(|i| w(i).to_string()).collect::<Vec<_>>().join(", ")
+        );
+        let a: Vec<i64> = (0..m * k).map(|i| if i % 3 != 2 { 255 } else { (i * 53 % 256) as i64 }).collect();
+        let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
+        let za = Tensor::from_i64(DType::U8, &[], vec![7]).unwrap();
+        both_ways(&src, vec![a, za], 0.0);
+    }
+}
