@@ -83,8 +83,19 @@ pub(crate) fn lower<'g>(
     };
     let shift = if b_t.dtype == DType::U8 { 128 } else { 0 };
     let flat: Vec<i64> = bi.iter().copied().collect();
-    let tiles = Tiles::new(owned.ukernels, pair_saturate);
-    let packed = pack(&flat, k, nn, shift, matches!(tiles, Some(Tiles::I16(_))));
+    // The exact product through the saturating tile when few weight pairs could saturate:
+    // those pairs are clamped in the packed weight and their remainders added after the tile.
+    let split = match (pair_saturate, Tiles::new(owned.ukernels, true)) {
+        (false, Some(t)) => split_outliers(&flat, k, nn, shift).map(|s| (t, s)),
+        _ => None,
+    };
+    let (tiles, packed, outliers) = match split {
+        Some((t, (main, outliers))) => (Some(t), pack(&main, k, nn, 0, false), Some(outliers)),
+        None => {
+            let tiles = Tiles::new(owned.ukernels, pair_saturate);
+            (tiles, pack(&flat, k, nn, shift, matches!(tiles, Some(Tiles::I16(_)))), None)
+        }
+    };
     // Per column: c0 = -zb*K*za is run time; fixed part of the correction per column.
     // corr_n = sum_k b[k,n] (for -za * colsum) and coef_n = shift - zb_n (times the row sum).
     let colsum: Vec<i32> = (0..nn).map(|c| (0..k).map(|r| flat[r * nn + c]).sum::<i64>() as i32).collect();
@@ -97,6 +108,7 @@ pub(crate) fn lower<'g>(
     }
     let packed_idx = owned.push(packed);
     let side_idx = owned.push(side);
+    let outliers_idx = outliers.map(|o| owned.push(o));
 
     // Epilogue: fold the cast of the i32 product to f32.
     let product = first.outputs[0];
@@ -144,6 +156,10 @@ pub(crate) fn lower<'g>(
     bufs.push(BufRef::Owned(packed_idx));
     bufs.push(BufRef::Owned(side_idx));
     let (pb, sb) = (out_buf + 1, out_buf + 2);
+    let ob = outliers_idx.map(|i| {
+        bufs.push(BufRef::Owned(i));
+        bufs.len() - 1
+    });
     let a_buf = ops[0];
     let za_buf = ops.get(2).copied();
     let rows_dims: Vec<Dim> = out_dims[..out_dims.len() - 1].to_vec();
@@ -161,6 +177,7 @@ pub(crate) fn lower<'g>(
         needs_rowsum,
         int_out,
         saturate: pair_saturate,
+        ob,
     };
     let Some(tiles) = tiles else {
         let suffix = if pair_saturate { "sat" } else { "vnni" };
@@ -177,7 +194,8 @@ pub(crate) fn lower<'g>(
     };
     let suffix = match tiles {
         Tiles::I16(_) => "i16_ukernel",
-        Tiles::Sat(_) => "sat_ukernel",
+        Tiles::Sat(_) if pair_saturate => "sat_ukernel",
+        Tiles::Sat(_) => "split_ukernel",
     };
     let mut lw = Lowered::new(
         format!("{name}_{suffix}"),
@@ -247,6 +265,56 @@ struct Cfg {
     int_out: bool,
     /// onnxruntime's saturating pair sums (`matmul_integer {pair_saturate}`).
     saturate: bool,
+    /// The weight remainders the saturating tile leaves out (see [`split_outliers`]).
+    ob: Option<usize>,
+}
+
+/// Most weights of an int8 matrix are small: a pair `w0, w1` of one column can make
+/// `vpmaddubsw` saturate only when both have one sign and `|w0 + w1| > 128` (with u8
+/// activations, `255 * 128 = 32640` still fits i16). Such pairs are clamped to [-64, 64] in the
+/// packed weight (`main`), and their remainders are listed per panel pair to be added to the
+/// tile afterwards: the product stays exact. None when more than 1 pair in 200 would need it
+/// (the widened i16 tile is then faster), e.g. for asymmetric per-channel u8 weights.
+///
+/// The list: `panel pairs + 1` i32 offsets (in entries), then entries of 3 i32: `k`, the
+/// column within the panel pair (0..16), and the remainder.
+fn split_outliers(flat: &[i64], k: usize, nn: usize, shift: i64) -> Option<(Vec<i64>, Vec<u8>)> {
+    let mut main: Vec<i64> = flat.iter().map(|v| v - shift).collect();
+    let pairs = nn.div_ceil(16);
+    let mut lists: Vec<Vec<[i32; 3]>> = vec![Vec::new(); pairs];
+    let mut count = 0usize;
+    for c in 0..nn {
+        for j in 0..k / 2 {
+            let (i0, i1) = ((2 * j) * nn + c, (2 * j + 1) * nn + c);
+            let (w0, w1) = (main[i0], main[i1]);
+            if (w0 > 0) == (w1 > 0) && (w0 + w1).abs() > 128 {
+                count += 1;
+                for (kk, i) in [(2 * j, i0), (2 * j + 1, i1)] {
+                    let m = main[i].clamp(-64, 64);
+                    if m != main[i] {
+                        lists[c / 16].push([kk as i32, (c % 16) as i32, (main[i] - m) as i32]);
+                        main[i] = m;
+                    }
+                }
+            }
+        }
+    }
+    if count * 200 > nn * k / 2 {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    let mut off = 0i32;
+    for l in &lists {
+        bytes.extend_from_slice(&off.to_le_bytes());
+        off += l.len() as i32;
+    }
+    bytes.extend_from_slice(&off.to_le_bytes());
+    for e in lists.iter().flatten() {
+        for v in e {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Some((main, bytes))
 }
 
 /// `acc + dot4(a_bytes, b_bytes)` per i32 lane, in the form Cranelift folds into `vpdpbusd`;
@@ -472,6 +540,9 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: Tiles, rows_dims: &[D
             };
             let f = fs[usize::from(mr == 1)][usize::from(npn == 1)];
             fx.call_host(f, &[types::I64; 5], None, &[steps, at, lda, bp, tbuf]);
+            if let Some(ob) = c.ob {
+                add_outliers(fx, c, ob, p, a, m0, mr, tbuf)?;
+            }
             for r in 0..mr {
                 let row = fx.iadd_imm(m0, r as i64);
                 let rowsum = if c.needs_rowsum {
@@ -493,6 +564,48 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: Tiles, rows_dims: &[D
             Ok(())
         })
     })
+}
+
+/// `tile[r][col] += a[m0 + r][k] * rest` for each listed remainder of the panel pair at `p`.
+#[allow(clippy::too_many_arguments)]
+fn add_outliers(
+    fx: &mut Fx,
+    c: &Cfg,
+    ob: usize,
+    p: Value,
+    a: Value,
+    m0: Value,
+    mr: usize,
+    tbuf: Value,
+) -> Result<(), CpuError> {
+    let list = fx.buf(ob);
+    let pp = fx.b.ins().ushr_imm_u(p, 1);
+    let oa = fx.addr(list, pp, 4);
+    let lo = fx.b.ins().sload32(mem(), oa, 0);
+    let hi = fx.b.ins().sload32(mem(), oa, 4);
+    let pairs = (c.n as usize).div_ceil(16) as i64;
+    let entries = fx.iadd_imm(list, (pairs + 1) * 4);
+    let arow = fx.imul_imm(m0, c.k);
+    let abase = fx.b.ins().iadd(a, arow);
+    fx.for_range(lo, hi, 1, false, |fx, e| {
+        let eo = fx.imul_imm(e, 12);
+        let ea = fx.b.ins().iadd(entries, eo);
+        let kk = fx.b.ins().sload32(mem(), ea, 0);
+        let col = fx.b.ins().sload32(mem(), ea, 4);
+        let rest = fx.b.ins().load(types::I32, mem(), ea, 8);
+        let ak = fx.b.ins().iadd(abase, kk);
+        let ta = fx.addr(tbuf, col, 4);
+        for r in 0..mr {
+            let av = fx.b.ins().uload8(types::I32, mem(), ak, (r as i64 * c.k) as i32);
+            let t = fx.b.ins().imul(av, rest);
+            let off = (r * ukernel::F32_TILE_COLS * 4) as i32;
+            let old = fx.b.ins().load(types::I32, mem(), ta, off);
+            let new = fx.b.ins().iadd(old, t);
+            fx.b.ins().store(mem(), new, ta, off);
+        }
+        Ok(())
+    })
+    .map(|_| ())
 }
 
 /// Rows `r0..r1` of the u8 activations `a` (`k` per row) as i16 rows at `dst` (row `r0` first)

@@ -294,3 +294,36 @@ fn saturating_integer_gemm_matches_the_interpreter_both_ways() {
         both_ways(&src, vec![a, za], 0.0);
     }
 }
+
+/// Exact integer GEMM through the saturating tile: small weights except a few pairs of one sign
+/// that would saturate `vpmaddubsw` (127 + 127, -128 + -128, 100 + 60) with activations of 255,
+/// in both panels of a pair and in a last odd panel; clamped and added back, so still exact.
+#[test]
+fn exact_integer_gemm_with_weight_outliers_uses_the_split_tile() {
+    let (m, k, n) = (9, 400, 24);
+    let mut w: Vec<i64> = (0..k * n).map(|i| (i * 13 % 41) as i64 - 20).collect();
+    for (kk, c, v0, v1) in [(0, 0, 127, 127), (10, 5, -128, -128), (398, 23, 100, 60), (200, 17, 127, 100)] {
+        w[kk * n + c] = v0;
+        w[(kk + 1) * n + c] = v1;
+    }
+    let src = format!(
+        "graph @g {{
+  v0: u8[{m}, {k}] = input \"a\"
+  v1: i8[{k}, {n}] = const [{}]
+  v2: u8[] = input \"za\"
+  v3: i8[] = const [2]
+  v4: i32[{m}, {n}] = matmul_integer v0, v1, v2, v3
+  output \"y\" = v4
+}}
+",
+        w.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let a: Vec<i64> = (0..m * k).map(|i| if i % 7 != 3 { 255 } else { (i * 53 % 256) as i64 }).collect();
+    let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
+    let za = Tensor::from_i64(DType::U8, &[], vec![9]).unwrap();
+    both_ways(&src, vec![a, za], 0.0);
+    let g = parse(&src).unwrap();
+    let sat = tessera_target_cpu::ukernel::sat_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
+    let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Auto).unwrap();
+    assert_eq!(names.iter().any(|(name, _, _)| name.contains("split_ukernel")), sat, "split tile used iff available");
+}
