@@ -6,7 +6,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
 
 use crate::fx::Fx;
 use crate::CpuError;
@@ -31,6 +31,13 @@ pub(crate) struct Jit {
     pub asm: Vec<(String, String)>,
     /// Machine code bytes per kernel.
     pub code_bytes: usize,
+    /// Kernels built but not yet compiled (without listings): compiled together, in parallel,
+    /// by [`Jit::compile_pending`].
+    pending: Vec<(FuncId, String, cranelift_codegen::ir::Function)>,
+    /// Each distinct kernel body (its IR text under a fixed name) and the function compiled
+    /// for it: identical kernels (the same op at the same shapes in every layer of a model)
+    /// share one compiled function.
+    seen: std::collections::HashMap<String, FuncId>,
 }
 
 /// Which listings [`Jit::define`] keeps.
@@ -83,6 +90,8 @@ impl Jit {
             clif: Vec::new(),
             asm: Vec::new(),
             code_bytes: 0,
+            pending: Vec::new(),
+            seen: std::collections::HashMap::new(),
         })
     }
 
@@ -109,19 +118,43 @@ impl Jit {
         let sig = self.signature();
         let index = self.funcs.len();
         let symbol = format!("k{index}_{name}");
+        let cc = self.module.isa().default_call_conv();
+        self.ctx.func.signature = sig.clone();
+        self.ctx.func.name = UserFuncName::user(0, 0);
+        {
+            let b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let mut fx = Fx::new(b, syms, cc);
+            if let Err(e) = body(&mut fx) {
+                self.module.clear_context(&mut self.ctx);
+                return Err(e);
+            }
+            fx.finish(self.module.isa().frontend_config());
+        }
+        if !self.listing.clif && !self.listing.asm {
+            // Deferred: deduplicated now, compiled with the others in `compile_pending`.
+            let key = self.ctx.func.display().to_string();
+            if let Some(&id) = self.seen.get(&key) {
+                self.module.clear_context(&mut self.ctx);
+                self.funcs.push((id, symbol));
+                return Ok(index);
+            }
+            let id = self
+                .module
+                .declare_function(&symbol, Linkage::Local, &sig)
+                .map_err(|e| CpuError::Codegen(format!("declaring {symbol}: {e}")))?;
+            self.seen.insert(key, id);
+            let mut func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
+            func.name = UserFuncName::user(0, index as u32);
+            self.module.clear_context(&mut self.ctx);
+            self.pending.push((id, symbol.clone(), func));
+            self.funcs.push((id, symbol));
+            return Ok(index);
+        }
+        self.ctx.func.name = UserFuncName::user(0, index as u32);
         let id = self
             .module
             .declare_function(&symbol, Linkage::Local, &sig)
             .map_err(|e| CpuError::Codegen(format!("declaring {symbol}: {e}")))?;
-        let cc = self.module.isa().default_call_conv();
-        self.ctx.func.signature = sig;
-        self.ctx.func.name = UserFuncName::user(0, index as u32);
-        {
-            let b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-            let mut fx = Fx::new(b, syms, cc);
-            body(&mut fx)?;
-            fx.finish(self.module.isa().frontend_config());
-        }
         if self.listing.clif {
             self.clif.push((symbol.clone(), self.ctx.func.display().to_string()));
         }
@@ -143,8 +176,42 @@ impl Jit {
         Ok(index)
     }
 
+    /// Compiles the deferred kernels, in parallel (each on its own `Context`), and defines
+    /// their machine code in the module.
+    pub fn compile_pending(&mut self) -> Result<(), CpuError> {
+        use rayon::prelude::*;
+        let pending = std::mem::take(&mut self.pending);
+        let isa = self.module.isa();
+        let compiled: Vec<Result<(FuncId, u64, Vec<u8>, Vec<ModuleReloc>), CpuError>> = pending
+            .into_par_iter()
+            .map(|(id, symbol, func)| {
+                let mut ctx = Context::for_function(func);
+                if let Err(e) = ctx.compile(isa, &mut Default::default()) {
+                    let mut msg = format!("{symbol}: {:?}", e.inner);
+                    msg.truncate(400);
+                    return Err(CpuError::Codegen(msg));
+                }
+                let code = ctx.compiled_code().ok_or_else(|| CpuError::Codegen(format!("{symbol}: no code")))?;
+                let relocs =
+                    code.buffer.relocs().iter().map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id)).collect();
+                let align = code.buffer.alignment as u64;
+                let bytes = code.code_buffer().to_vec();
+                Ok((id, align, bytes, relocs))
+            })
+            .collect();
+        for c in compiled {
+            let (id, align, bytes, relocs) = c?;
+            self.code_bytes += bytes.len();
+            self.module
+                .define_function_bytes(id, align, &bytes, &relocs)
+                .map_err(|e| CpuError::Codegen(format!("defining compiled code: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Finalizes the code and returns one function pointer per defined kernel.
     pub fn finish(mut self) -> Result<(JITModule, Vec<KernelFn>), CpuError> {
+        self.compile_pending()?;
         self.module.finalize_definitions().map_err(|e| CpuError::Codegen(format!("finalizing: {e}")))?;
         let ptrs = self
             .funcs

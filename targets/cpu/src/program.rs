@@ -89,6 +89,7 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
     let mut build = Build { owned: Vec::new(), ukernels: opts.ukernels };
     let pending = define_all(g, &syms, &mut jit, &mut build)?;
     let owned = build.owned;
+    jit.compile_pending()?;
     let code_bytes = jit.code_bytes;
     let isa = jit.isa_name.clone();
     let clif = std::mem::take(&mut jit.clif);

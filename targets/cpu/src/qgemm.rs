@@ -52,9 +52,15 @@ pub(crate) fn lower<'g>(
     if !matches!(g.value(b_v).def, ValueDef::Const(_)) || b_t.rank() != 2 || a_t.rank() < 2 {
         return Err(CpuError::Unsupported("matmul_integer with a run-time or batched weight".into()));
     }
-    let bt = tessera_ir::const_value(g, b_v, false).map_err(|e| CpuError::Codegen(e.to_string()))?;
-    let bi = bt.as_int().ok_or_else(|| CpuError::Codegen("integer weights".into()))?;
-    let (k, nn) = (bi.shape()[0], bi.shape()[1]);
+    // The weight's bytes as stored (memory-mapped): one byte per element for i8 and u8.
+    let ValueDef::Const(cid) = g.value(b_v).def else { unreachable!("checked above") };
+    let raw = g.constant(cid).data.bytes().ok_or_else(|| {
+        CpuError::Codegen(format!("weight {b_v} holds only a summary of its data: load the graph with its weights"))
+    })?;
+    let (k, nn) = match b_t.shape.as_static().as_deref() {
+        Some(&[k, n]) if raw.len() == k * n => (k, n),
+        _ => return Err(CpuError::Codegen(format!("weight {b_v}: {} bytes for {b_t}", raw.len()))),
+    };
     if k % 4 != 0 || nn % 8 != 0 {
         return Err(CpuError::Unsupported(format!(
             "matmul_integer with K={k}, N={nn} (needs K % 4 == 0 and N % 8 == 0)"
@@ -82,23 +88,32 @@ pub(crate) fn lower<'g>(
         }
     };
     let shift = if b_t.dtype == DType::U8 { 128 } else { 0 };
-    let flat: Vec<i64> = bi.iter().copied().collect();
+    // Every weight minus `shift`, in i8's range either way.
+    let shifted: Vec<i8> = match b_t.dtype {
+        DType::U8 => raw.iter().map(|&b| (b ^ 0x80) as i8).collect(),
+        _ => raw.iter().map(|&b| b as i8).collect(),
+    };
     // The exact product through the saturating tile when few weight pairs could saturate:
     // those pairs are clamped in the packed weight and their remainders added after the tile.
     let split = match (pair_saturate, Tiles::new(owned.ukernels, true)) {
-        (false, Some(t)) => split_outliers(&flat, k, nn, shift).map(|s| (t, s)),
+        (false, Some(t)) => split_outliers(&shifted, k, nn).map(|s| (t, s)),
         _ => None,
     };
     let (tiles, packed, outliers) = match split {
-        Some((t, (main, outliers))) => (Some(t), pack(&main, k, nn, 0, false), Some(outliers)),
+        Some((t, (main, outliers))) => (Some(t), pack(&main, k, nn, false), Some(outliers)),
         None => {
             let tiles = Tiles::new(owned.ukernels, pair_saturate);
-            (tiles, pack(&flat, k, nn, shift, matches!(tiles, Some(Tiles::I16(_)))), None)
+            (tiles, pack(&shifted, k, nn, matches!(tiles, Some(Tiles::I16(_)))), None)
         }
     };
     // Per column: c0 = -zb*K*za is run time; fixed part of the correction per column.
     // corr_n = sum_k b[k,n] (for -za * colsum) and coef_n = shift - zb_n (times the row sum).
-    let colsum: Vec<i32> = (0..nn).map(|c| (0..k).map(|r| flat[r * nn + c]).sum::<i64>() as i32).collect();
+    let mut colsum: Vec<i32> = vec![(k as i64 * shift) as i32; nn];
+    for row in shifted.chunks_exact(nn) {
+        for (s, &w) in colsum.iter_mut().zip(row) {
+            *s += w as i32;
+        }
+    }
     let coef: Vec<i32> = (0..nn).map(|c| (shift - zb[c]) as i32).collect();
     let zbv: Vec<i32> = zb.iter().map(|&z| z as i32).collect();
     let needs_rowsum = coef.iter().any(|&c| c != 0);
@@ -211,10 +226,10 @@ pub(crate) fn lower<'g>(
     Ok(lw)
 }
 
-/// The weight `flat` (`k` x `nn`, row-major, minus `shift`) as i8 panels of 8 columns: groups
+/// The weight `flat` (`k` x `nn`, row-major, already shifted into i8) as panels of 8 columns: groups
 /// of 4 `k` per column (`[N/8][K/4][8][4]`, Cranelift's `dot4`) or, for the `std::arch` tile,
 /// pairs (`[N/8][K/2][8][2]`, see [`ukernel::I16Tile`]). Panels are packed in parallel.
-fn pack(flat: &[i64], k: usize, nn: usize, shift: i64, pairs: bool) -> Vec<u8> {
+fn pack(flat: &[i8], k: usize, nn: usize, pairs: bool) -> Vec<u8> {
     use rayon::prelude::*;
     let mut packed = vec![0u8; nn * k];
     let g = if pairs { 2 } else { 4 };
@@ -222,8 +237,7 @@ fn pack(flat: &[i64], k: usize, nn: usize, shift: i64, pairs: bool) -> Vec<u8> {
         for kg in 0..k / g {
             for j in 0..8 {
                 for t in 0..g {
-                    let v = flat[(kg * g + t) * nn + p * 8 + j] - shift;
-                    panel[(kg * 8 + j) * g + t] = v as i8 as u8;
+                    panel[(kg * 8 + j) * g + t] = flat[(kg * g + t) * nn + p * 8 + j] as u8;
                 }
             }
         }
@@ -270,7 +284,7 @@ struct Cfg {
 }
 
 /// Most weights of an int8 matrix are small: a pair `w0, w1` of one column can make
-/// `vpmaddubsw` saturate only when both have one sign and `|w0 + w1| > 128` (with u8
+/// `vpmaddubsw` saturate only when `|w0 + w1| > 128` (so both have one sign; with u8
 /// activations, `255 * 128 = 32640` still fits i16). Such pairs are clamped to [-64, 64] in the
 /// packed weight (`main`), and their remainders are listed per panel pair to be added to the
 /// tile afterwards: the product stays exact. None when more than 1 pair in 200 would need it
@@ -278,29 +292,40 @@ struct Cfg {
 ///
 /// The list: `panel pairs + 1` i32 offsets (in entries), then entries of 3 i32: `k`, the
 /// column within the panel pair (0..16), and the remainder.
-fn split_outliers(flat: &[i64], k: usize, nn: usize, shift: i64) -> Option<(Vec<i64>, Vec<u8>)> {
-    let mut main: Vec<i64> = flat.iter().map(|v| v - shift).collect();
+fn split_outliers(flat: &[i8], k: usize, nn: usize) -> Option<(Vec<i8>, Vec<u8>)> {
+    let mut main = flat.to_vec();
     let pairs = nn.div_ceil(16);
     let mut lists: Vec<Vec<[i32; 3]>> = vec![Vec::new(); pairs];
     let mut count = 0usize;
-    for c in 0..nn {
-        for j in 0..k / 2 {
-            let (i0, i1) = ((2 * j) * nn + c, (2 * j + 1) * nn + c);
-            let (w0, w1) = (main[i0], main[i1]);
-            if (w0 > 0) == (w1 > 0) && (w0 + w1).abs() > 128 {
+    // Row pairs outer, columns inner: both rows are read in order. Opposite signs never
+    // exceed 128 together, so the test is just |w0 + w1| > 128; blocks of 16 columns are
+    // screened without branches first.
+    let over = |w0: i8, w1: i8| (w0 as i16 + w1 as i16).abs() > 128;
+    for j in 0..k / 2 {
+        let (r0, r1) = main[2 * j * nn..(2 * j + 2) * nn].split_at_mut(nn);
+        for (b, (x0, x1)) in r0.chunks_mut(16).zip(r1.chunks_mut(16)).enumerate() {
+            if !x0.iter().zip(x1.iter()).fold(false, |any, (&w0, &w1)| any | over(w0, w1)) {
+                continue;
+            }
+            for (i, (s0, s1)) in x0.iter_mut().zip(x1.iter_mut()).enumerate() {
+                if !over(*s0, *s1) {
+                    continue;
+                }
                 count += 1;
-                for (kk, i) in [(2 * j, i0), (2 * j + 1, i1)] {
-                    let m = main[i].clamp(-64, 64);
-                    if m != main[i] {
-                        lists[c / 16].push([kk as i32, (c % 16) as i32, (main[i] - m) as i32]);
-                        main[i] = m;
+                if count * 200 > nn * k / 2 {
+                    return None;
+                }
+                let c = b * 16 + i;
+                for (kk, slot) in [(2 * j, s0), (2 * j + 1, s1)] {
+                    let w = *slot as i32;
+                    let m = w.clamp(-64, 64);
+                    if m != w {
+                        lists[c / 16].push([kk as i32, (c % 16) as i32, w - m]);
+                        *slot = m as i8;
                     }
                 }
             }
         }
-    }
-    if count * 200 > nn * k / 2 {
-        return None;
     }
     let mut bytes = Vec::new();
     let mut off = 0i32;
