@@ -34,10 +34,10 @@ pub(crate) struct Jit {
     /// Kernels built but not yet compiled (without listings): compiled together, in parallel,
     /// by [`Jit::compile_pending`].
     pending: Vec<(FuncId, String, cranelift_codegen::ir::Function)>,
-    /// Each distinct kernel body (its IR text under a fixed name) and the function compiled
-    /// for it: identical kernels (the same op at the same shapes in every layer of a model)
-    /// share one compiled function.
-    seen: std::collections::HashMap<String, FuncId>,
+    /// Pending kernels by the hash of their body (`FunctionStencil`, the part of a function
+    /// Cranelift's own compile cache keys on): identical kernels (the same op at the same
+    /// shapes in every layer of a model), confirmed equal by `==`, share one compiled function.
+    seen: std::collections::HashMap<u64, Vec<usize>>,
 }
 
 /// Which listings [`Jit::define`] keeps.
@@ -132,8 +132,16 @@ impl Jit {
         }
         if !self.listing.clif && !self.listing.asm {
             // Deferred: deduplicated now, compiled with the others in `compile_pending`.
-            let key = self.ctx.func.display().to_string();
-            if let Some(&id) = self.seen.get(&key) {
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                self.ctx.func.stencil.hash(&mut h);
+                h.finish()
+            };
+            let same = self.seen.get(&key).and_then(|ids| {
+                ids.iter().map(|&i| &self.pending[i]).find(|p| p.2.stencil == self.ctx.func.stencil).map(|p| p.0)
+            });
+            if let Some(id) = same {
                 self.module.clear_context(&mut self.ctx);
                 self.funcs.push((id, symbol));
                 return Ok(index);
@@ -142,7 +150,7 @@ impl Jit {
                 .module
                 .declare_function(&symbol, Linkage::Local, &sig)
                 .map_err(|e| CpuError::Codegen(format!("declaring {symbol}: {e}")))?;
-            self.seen.insert(key, id);
+            self.seen.entry(key).or_default().push(self.pending.len());
             let mut func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
             func.name = UserFuncName::user(0, index as u32);
             self.module.clear_context(&mut self.ctx);
@@ -181,6 +189,7 @@ impl Jit {
     pub fn compile_pending(&mut self) -> Result<(), CpuError> {
         use rayon::prelude::*;
         let pending = std::mem::take(&mut self.pending);
+        self.seen.clear();
         let isa = self.module.isa();
         let compiled: Vec<Result<(FuncId, u64, Vec<u8>, Vec<ModuleReloc>), CpuError>> = pending
             .into_par_iter()
