@@ -56,6 +56,26 @@ impl Blob {
     pub fn is_mapped(&self) -> bool {
         matches!(self.storage, Storage::Mapped(_))
     }
+
+    /// For bytes mapped from a file: drops the whole pages of this range from the process's
+    /// resident set (`madvise(MADV_DONTNEED)`). The bytes stay readable and unchanged; a later
+    /// read faults them back in from the file. For a target that has copied (packed) what it
+    /// needs, so the model's weights are not counted twice. Returns the bytes released.
+    pub fn release_resident_pages(&self) -> usize {
+        #[cfg(unix)]
+        if let Storage::Mapped(m) = &self.storage {
+            const PAGE: usize = 4096;
+            let (lo, hi) = (self.start.div_ceil(PAGE) * PAGE, (self.start + self.len) / PAGE * PAGE);
+            if hi > lo {
+                // SAFETY: the map is a read-only shared mapping of a file (`map_file`): after
+                // MADV_DONTNEED its pages read back the same file contents, so borrowed slices
+                // observe no change. The range lies inside the map.
+                let r = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+                return if r.is_ok() { hi - lo } else { 0 };
+            }
+        }
+        0
+    }
 }
 
 impl Deref for Blob {
@@ -118,6 +138,14 @@ impl ConstData {
             ConstData::Summary { .. } => None,
         }
     }
+
+    /// See [`Blob::release_resident_pages`]; 0 for owned bytes and summaries.
+    pub fn release_resident_pages(&self) -> usize {
+        match self {
+            ConstData::Bytes(b) => b.release_resident_pages(),
+            ConstData::Summary { .. } => 0,
+        }
+    }
 }
 
 /// The content hash printed in dumps and checked for sidecar blobs (not a cryptographic
@@ -138,4 +166,27 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     }
     h ^= bytes.len() as u64;
     h.wrapping_mul(PRIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Released pages read back the same bytes; only whole pages inside the range are released.
+    #[test]
+    fn released_pages_read_back_unchanged() {
+        let path = std::env::temp_dir().join(format!("tessera-blob-{}.bin", std::process::id()));
+        let data: Vec<u8> = (0..5 * 4096 + 100).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let blob = Blob::map_file(&path).unwrap();
+        let part = blob.slice(100, 3 * 4096).unwrap();
+        let before: Vec<u8> = part.to_vec();
+        // [100, 100 + 3 pages) holds 2 whole pages.
+        assert_eq!(part.release_resident_pages(), if cfg!(unix) { 2 * 4096 } else { 0 });
+        assert_eq!(&part[..], &before[..]);
+        assert_eq!(&blob[..], &data[..]);
+        assert_eq!(Blob::from_vec(data.clone()).release_resident_pages(), 0);
+        drop((blob, part));
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -109,6 +109,11 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
             name: lw.name,
         })
         .collect();
+    // The weights now live packed in `owned`; the model file's pages that were read to pack
+    // them leave the resident set (constants the kernels read directly fault back in on use).
+    for c in g.constants() {
+        c.data.release_resident_pages();
+    }
     let threads = opts.threads.max(1);
     let pool = if threads > 1 {
         Some(
