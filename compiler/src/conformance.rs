@@ -168,6 +168,21 @@ pub fn run_case_on(dir: &Path, pipeline: Option<&str>, backend: Backend) -> Case
     CaseResult { name, ops, outcome }
 }
 
+/// How a test runs on the CPU target: compiled once, or per value of shape-like inputs.
+enum CpuRun {
+    Program(Box<tessera_target_cpu::Program>),
+    Specializing(Box<tessera_target_cpu::Specializing>),
+}
+
+impl CpuRun {
+    fn run(&self, inputs: &[tessera_ir::Tensor]) -> Result<Vec<tessera_ir::Tensor>, tessera_target_cpu::CpuError> {
+        match self {
+            CpuRun::Program(p) => p.run(inputs),
+            CpuRun::Specializing(s) => s.run(inputs),
+        }
+    }
+}
+
 fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend) -> Outcome {
     let mut g: Graph = match import_file(model) {
         Ok(g) => g,
@@ -187,7 +202,13 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
         Backend::Interp => None,
         Backend::Cpu => {
             let opts = tessera_target_cpu::CpuOptions { threads: 1, ..Default::default() };
-            match tessera_target_cpu::compile(&g, &opts) {
+            // Shapes that depend on input values: compiled at the first run, per value.
+            let compiled = if tessera_target_cpu::specialize::shapes_depend_on_data(&g) {
+                tessera_target_cpu::Specializing::new(&g, &opts).map(|s| CpuRun::Specializing(Box::new(s)))
+            } else {
+                tessera_target_cpu::compile(&g, &opts).map(|p| CpuRun::Program(Box::new(p)))
+            };
+            match compiled {
                 Ok(p) => Some(p),
                 Err(e) if e.is_unsupported() => return Outcome::Unsupported(format!("cpu: {e}")),
                 Err(e) => return Outcome::Failed(format!("cpu compile: {e}")),
@@ -217,6 +238,7 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
             },
             Some(p) => match p.run(&inputs) {
                 Ok(o) => o,
+                Err(e) if e.is_unsupported() => return Outcome::Unsupported(format!("cpu: {e}")),
                 Err(e) => return Outcome::Failed(format!("cpu run: {e}")),
             },
         };

@@ -67,6 +67,15 @@ impl Pass for SimplifyLayout {
                     }
                 }
             }
+            // Axes, bounds and sizes given as constant operands take the attribute form, whose
+            // result types inference can name.
+            if let Some(op) = attribute_form(g, &nd.op, &nd.inputs) {
+                let node = g.node_mut(n);
+                node.op = op;
+                node.inputs.truncate(1);
+                rewrites += 1;
+                continue;
+            }
             match (&nd.op, producer(g, x)) {
                 (Op::Transpose { perm: outer }, Some(m)) => {
                     if let Op::Transpose { perm: inner } = &g.node(m).op {
@@ -100,4 +109,48 @@ impl Pass for SimplifyLayout {
         }
         Ok(PassReport::changed(rewrites > 0).note(format!("{rewrites} rewrites")))
     }
+}
+
+/// The attribute form of a squeeze, unsqueeze, reduce, slice or split whose axes, bounds or
+/// sizes operands are all constants (the two forms mean the same; see `tessera_ir::Op`).
+fn attribute_form(g: &Graph, op: &Op, inputs: &[tessera_ir::Value]) -> Option<Op> {
+    if inputs.len() < 2 {
+        return None;
+    }
+    let ints = |v: tessera_ir::Value| -> Option<Vec<i64>> {
+        let t = tessera_ir::infer::const_tensor(g, v)?;
+        Some(t.as_int()?.iter().copied().collect())
+    };
+    let operands: Option<Vec<Vec<i64>>> = inputs[1..].iter().map(|&v| ints(v)).collect();
+    let operands = operands?;
+    Some(match op {
+        Op::Squeeze { axes } if axes.is_empty() && !operands[0].is_empty() => Op::Squeeze { axes: operands[0].clone() },
+        Op::Unsqueeze { axes } if axes.is_empty() && !operands[0].is_empty() => {
+            Op::Unsqueeze { axes: operands[0].clone() }
+        }
+        Op::Reduce { op, axes, keepdims } if axes.is_empty() && !operands[0].is_empty() => {
+            Op::Reduce { op: *op, axes: operands[0].clone(), keepdims: *keepdims }
+        }
+        Op::Slice { starts, .. } if starts.is_empty() && operands.len() >= 2 => {
+            let n = operands[0].len();
+            let axes = operands.get(2).cloned().unwrap_or_else(|| (0..n as i64).collect());
+            let steps = operands.get(3).cloned().unwrap_or_else(|| vec![1; n]);
+            if operands[1].len() != n || axes.len() != n || steps.len() != n {
+                return None;
+            }
+            Op::Slice {
+                starts: operands[0].iter().map(|&v| TargetDim::Int(v)).collect(),
+                ends: operands[1].iter().map(|&v| TargetDim::Int(v)).collect(),
+                axes,
+                steps,
+            }
+        }
+        Op::Split { axis, sizes } if sizes.iter().all(|&s| s == 0) && operands[0].len() == sizes.len() => {
+            if operands[0].iter().any(|&s| s < 0) {
+                return None;
+            }
+            Op::Split { axis: *axis, sizes: operands[0].iter().map(|&s| s as u64).collect() }
+        }
+        _ => return None,
+    })
 }

@@ -96,6 +96,8 @@ impl StartupTimes {
 
 enum Engine {
     Cpu(Box<tessera_target_cpu::Program>),
+    /// A graph whose shapes follow from input values, compiled per value at run time.
+    CpuSpecializing(Box<tessera_target_cpu::Specializing>),
     Interpreter,
 }
 
@@ -148,7 +150,12 @@ impl Session {
                     ukernels: opts.ukernels,
                     ..Default::default()
                 };
-                Engine::Cpu(Box::new(tessera_target_cpu::compile(&g, &copts)?))
+                if tessera_target_cpu::specialize::shapes_depend_on_data(&g) {
+                    // Shapes that follow from input values: compiled at the first run, per value.
+                    Engine::CpuSpecializing(Box::new(tessera_target_cpu::Specializing::new(&g, &copts)?))
+                } else {
+                    Engine::Cpu(Box::new(tessera_target_cpu::compile(&g, &copts)?))
+                }
             }
             Target::Interpreter => Engine::Interpreter,
         };
@@ -175,7 +182,7 @@ impl Session {
     pub fn cpu_program(&self) -> Option<&tessera_target_cpu::Program> {
         match &self.engine {
             Engine::Cpu(p) => Some(p),
-            Engine::Interpreter => None,
+            Engine::CpuSpecializing(_) | Engine::Interpreter => None,
         }
     }
 
@@ -183,6 +190,7 @@ impl Session {
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, SessionError> {
         match &self.engine {
             Engine::Cpu(p) => Ok(p.run(inputs)?),
+            Engine::CpuSpecializing(s) => Ok(s.run(inputs)?),
             Engine::Interpreter => Ok(tessera_ir::run(&self.graph, inputs.to_vec())?),
         }
     }

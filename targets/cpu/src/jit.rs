@@ -17,6 +17,9 @@ use crate::CpuError;
 /// value is 0, or an error code (see [`crate::KernelFault`]).
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64) -> i32;
 
+/// A kernel compiled off the module: its id, code alignment, code bytes and relocations.
+type CompiledKernel = (FuncId, u64, Vec<u8>, Vec<ModuleReloc>);
+
 pub(crate) struct Jit {
     pub module: JITModule,
     ctx: Context,
@@ -191,7 +194,7 @@ impl Jit {
         let pending = std::mem::take(&mut self.pending);
         self.seen.clear();
         let isa = self.module.isa();
-        let compiled: Vec<Result<(FuncId, u64, Vec<u8>, Vec<ModuleReloc>), CpuError>> = pending
+        let compiled: Vec<Result<CompiledKernel, CpuError>> = pending
             .into_par_iter()
             .map(|(id, symbol, func)| {
                 let mut ctx = Context::for_function(func);

@@ -25,10 +25,12 @@ pub mod microbench;
 mod nn;
 mod program;
 mod qgemm;
+pub mod specialize;
 pub mod ukernel;
 
 pub use jit::Listing;
 pub use program::{Program, ProgramStats, RunOptions};
+pub use specialize::Specializing;
 pub use ukernel::Ukernels;
 
 /// Options for [`compile`].

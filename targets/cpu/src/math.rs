@@ -65,8 +65,15 @@ pub fn exp(fx: &mut Fx, x: Value) -> Value {
 /// points, then Lawson reweighting towards minimax): 1.5e-9 in exact arithmetic, 3.4e-7 in f32.
 /// No exp, one division: about a fifth of the instructions of the exp-based forms.
 pub fn erf(fx: &mut Fx, x: Value) -> Value {
-    const P: [f32; 7] =
-        [1.128_379_2, 0.184_709_83, 0.054_332_275, 0.003_839_476, 3.826_808_5e-4, 4.780_241_4e-6, -1.366_517e-8];
+    const P: [f32; 7] = [
+        std::f32::consts::FRAC_2_SQRT_PI,
+        0.184_709_83,
+        0.054_332_275,
+        0.003_839_476,
+        3.826_808_5e-4,
+        4.780_241_4e-6,
+        -1.366_517e-8,
+    ];
     const Q: [f32; 6] = [1.0, 0.497_028_38, 0.113_825_87, 0.015_453_369, 1.309_553e-3, 6.400_647e-5];
     let xc = clamp(fx, x, -4.0, 4.0);
     let s = fx.b.ins().fmul(xc, xc);

@@ -327,3 +327,39 @@ fn exact_integer_gemm_with_weight_outliers_uses_the_split_tile() {
     let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Auto).unwrap();
     assert_eq!(names.iter().any(|(name, _, _)| name.contains("split_ukernel")), sat, "split tile used iff available");
 }
+
+/// A graph whose shapes depend on an input's values (a reshape to a run-time shape, a slice
+/// with run-time ends) runs on the CPU target compiled per value: two shape values, two
+/// programs, each equal to the interpreter; a repeated value reuses its program.
+#[test]
+fn shapes_from_input_values_are_specialized_per_value() {
+    let src = "graph @g {
+  v0: f32[2, 6] = input \"x\"
+  v1: i64[2] = input \"shape\"
+  v2: f32[?, ?] = reshape v0, v1
+  v3: i64[1] = input \"end\"
+  v4: i64[1] = const [0]
+  v5: i64[1] = const [1]
+  v6: f32[?, ?] = slice v2, v4, v3, v5 {starts = [], ends = [], axes = [], steps = []}
+  v7: f32[?, ?] = exp v6
+  output \"y\" = v7
+}
+";
+    let g = parse(src).unwrap_or_else(|e| panic!("{e}"));
+    verify(&g).unwrap_or_else(|e| panic!("{e}"));
+    assert!(tessera_target_cpu::specialize::shapes_depend_on_data(&g));
+    let s = tessera_target_cpu::Specializing::new(&g, &CpuOptions { threads: 1, ..Default::default() }).unwrap();
+    let x = Tensor::from_f32(DType::F32, &[2, 6], (0..12).map(|i| i as f32 * 0.1).collect()).unwrap();
+    for (shape, end) in [([3, 4], 2), ([4, 3], 5), ([3, 4], 2)] {
+        let inputs = vec![
+            x.clone(),
+            Tensor::from_i64(DType::I64, &[2], shape.to_vec()).unwrap(),
+            Tensor::from_i64(DType::I64, &[1], vec![end]).unwrap(),
+        ];
+        let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+        let got = s.run(&inputs).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got[0].shape(), want[0].shape());
+        assert!(max_abs(&got[0], &want[0]) <= 1e-6);
+    }
+    assert_eq!(s.specializations(), 2);
+}
