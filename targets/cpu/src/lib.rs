@@ -25,6 +25,7 @@ pub mod microbench;
 mod nn;
 mod program;
 mod qgemm;
+mod reduce;
 pub mod specialize;
 pub mod ukernel;
 

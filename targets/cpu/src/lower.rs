@@ -8,7 +8,7 @@ use tessera_ir::{Dim, Graph, Node, Op, TensorType, Value};
 use crate::ew::{self, EwKernel};
 use crate::fx::Fx;
 use crate::program::ParamFn;
-use crate::{gemm, layout, nn, CpuError};
+use crate::{gemm, layout, nn, reduce, CpuError};
 
 /// Where a kernel buffer comes from.
 #[derive(Clone, Debug)]
@@ -117,7 +117,7 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowe
         Op::Gather { .. } => layout::lower_gather(g, n),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => nn::lower_norm(g, n),
         Op::Attention { .. } => nn::lower_attention(g, n, owned.ukernels),
-        Op::Reduce { .. } | Op::ArgMax { .. } => nn::lower_reduce(g, n),
+        Op::Reduce { .. } | Op::ArgMax { .. } => reduce::lower_reduce(g, n),
         Op::DynamicQuantize => nn::lower_dynamic_quantize(g, n),
         Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger { .. } | Op::QMatMul | Op::Dequantize { .. } => {
             gemm::lower_single(g, n, owned)

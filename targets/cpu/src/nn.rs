@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Value};
-use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
+use tessera_ir::{DType, Dim, Graph, Node, Op};
 
 use crate::fx::{broadcast_moves, broadcast_strides, mem, mem_ro, Fx, F4};
 use crate::gemm::{for_panel_pairs, TileEmitter, TILE_MR};
@@ -634,130 +634,6 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
         vec![(floats * 4) as i64]
     }));
     Ok(lw)
-}
-
-pub(crate) fn lower_reduce(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
-    let nd = g.node(n);
-    let Op::Reduce { op, ref axes, .. } = nd.op else {
-        return Err(CpuError::Unsupported("argmax on the CPU target".into()));
-    };
-    if nd.inputs.len() > 1 {
-        return Err(CpuError::Unsupported("reduction axes given at run time".into()));
-    }
-    f32_only(g, &nd.inputs, "reduction")?;
-    let x = nd.inputs[0];
-    let xd = dims(g, x);
-    let r = xd.len();
-    let mut red = vec![false; r];
-    if axes.is_empty() {
-        red.iter_mut().for_each(|x| *x = true);
-    }
-    for &a in axes {
-        red[tessera_ir::types::normalize_axis(a, r).ok_or_else(|| CpuError::Codegen("axis".into()))?] = true;
-    }
-    let mut bufs = values(&nd.inputs);
-    bufs.push(BufRef::Value(nd.outputs[0]));
-    Ok(Lowered::new(
-        op.name(),
-        bufs,
-        Box::new(move |fx| {
-            let xp = fx.buf(0);
-            let out = fx.buf(1);
-            let dv: Vec<Value> = xd.iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
-            let mut st = vec![fx.iconst(4); r];
-            for j in (0..r.saturating_sub(1)).rev() {
-                st[j] = fx.b.ins().imul(st[j + 1], dv[j + 1]);
-            }
-            let kept: Vec<usize> = (0..r).filter(|&j| !red[j]).collect();
-            let reduced: Vec<usize> = (0..r).filter(|&j| red[j]).collect();
-            let mut count = fx.iconst(1);
-            for &j in &reduced {
-                count = fx.b.ins().imul(count, dv[j]);
-            }
-            let countf = fx.b.ins().fcvt_from_sint(types::F32, count);
-            let oi = fx.var(types::I64, st[0]);
-            let zero = fx.iconst(0);
-            fx.b.def_var(oi, zero);
-            kept_nest(fx, 0, &kept, &reduced, &dv, &st, xp, out, oi, op, countf)
-        }),
-    ))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn kept_nest(
-    fx: &mut Fx,
-    depth: usize,
-    kept: &[usize],
-    reduced: &[usize],
-    dv: &[Value],
-    st: &[Value],
-    base: Value,
-    out: Value,
-    oi: cranelift_frontend::Variable,
-    op: ReduceOp,
-    countf: Value,
-) -> Result<(), CpuError> {
-    if depth == kept.len() {
-        let init = match op {
-            ReduceOp::Sum | ReduceOp::Mean => 0.0,
-            ReduceOp::Prod => 1.0,
-            ReduceOp::Max => f32::NEG_INFINITY,
-            ReduceOp::Min => f32::INFINITY,
-        };
-        let iv = fx.fconst(init);
-        let acc = fx.var(types::F32, iv);
-        red_nest(fx, 0, reduced, dv, st, base, acc, op)?;
-        let mut a = fx.b.use_var(acc);
-        if op == ReduceOp::Mean {
-            a = fx.b.ins().fdiv(a, countf);
-        }
-        if matches!(op, ReduceOp::Max | ReduceOp::Min) {
-            // An empty reduction keeps the identity, as the interpreter's fold does.
-        }
-        let i = fx.b.use_var(oi);
-        let o = fx.addr(out, i, 4);
-        fx.b.ins().store(mem(), a, o, 0);
-        let i1 = fx.iadd_imm(i, 1);
-        fx.b.def_var(oi, i1);
-        return Ok(());
-    }
-    let j = kept[depth];
-    fx.for_n(dv[j], |fx, i| {
-        let o = fx.b.ins().imul(i, st[j]);
-        let b2 = fx.b.ins().iadd(base, o);
-        kept_nest(fx, depth + 1, kept, reduced, dv, st, b2, out, oi, op, countf)
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn red_nest(
-    fx: &mut Fx,
-    depth: usize,
-    reduced: &[usize],
-    dv: &[Value],
-    st: &[Value],
-    base: Value,
-    acc: cranelift_frontend::Variable,
-    op: ReduceOp,
-) -> Result<(), CpuError> {
-    if depth == reduced.len() {
-        let x = fx.b.ins().load(types::F32, mem(), base, 0);
-        let a = fx.b.use_var(acc);
-        let y = match op {
-            ReduceOp::Sum | ReduceOp::Mean => fx.b.ins().fadd(a, x),
-            ReduceOp::Prod => fx.b.ins().fmul(a, x),
-            ReduceOp::Max => fx.b.ins().fmax(a, x),
-            ReduceOp::Min => fx.b.ins().fmin(a, x),
-        };
-        fx.b.def_var(acc, y);
-        return Ok(());
-    }
-    let j = reduced[depth];
-    fx.for_n(dv[j], |fx, i| {
-        let o = fx.b.ins().imul(i, st[j]);
-        let b2 = fx.b.ins().iadd(base, o);
-        red_nest(fx, depth + 1, reduced, dv, st, b2, acc, op)
-    })
 }
 
 pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
