@@ -610,3 +610,73 @@ impl EwKernel<'_> {
         Ok(())
     }
 }
+
+/// `cast` from or to a 4-bit integer (`i4`, `u4`; two per byte, the low nibble first): one
+/// element at a time on one thread, through the same conversions as the other casts (the
+/// 4-bit side is an i64 in the integer domain: sign-extended from its nibble when read,
+/// wrapped to its nibble when written, as the interpreter's `wrap_int`).
+pub(crate) fn lower_subbyte_cast(g: &Graph, n: tessera_ir::Node) -> Result<crate::lower::Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    let (x, y) = (nd.inputs[0], nd.outputs[0]);
+    let (from, to) = (g.ty(x).dtype, g.ty(y).dtype);
+    let four = |d: DType| matches!(d, DType::I4 | DType::U4);
+    let plain = |d: DType| !d.is_sub_byte();
+    if !((four(from) && (plain(to) || four(to))) || (four(to) && plain(from))) {
+        return Err(CpuError::Unsupported(format!("cast from {from} to {to}")));
+    }
+    let xd = crate::lower::dims(g, x);
+    let bufs = crate::lower::values(&[x, y]);
+    let mut lw = crate::lower::Lowered::new(
+        "cast_4bit",
+        bufs,
+        Box::new(move |fx| {
+            let (xp, yp) = (fx.buf(0), fx.buf(1));
+            let n = fx.numel(&xd)?;
+            fx.for_n(n, |fx, i| {
+                let half = fx.b.ins().ushr_imm_u(i, 1);
+                let odd = fx.b.ins().band_imm_u(i, 1);
+                let shift = fx.b.ins().ishl_imm_s(odd, 2);
+                let v = if four(from) {
+                    let a = fx.b.ins().iadd(xp, half);
+                    let byte = fx.b.ins().uload8(types::I64, mem(), a, 0);
+                    let code = fx.b.ins().ushr(byte, shift);
+                    let code = fx.b.ins().band_imm_u(code, 15);
+                    let v = if from == DType::I4 {
+                        let t = fx.b.ins().ishl_imm_s(code, 60);
+                        fx.b.ins().sshr_imm_s(t, 60)
+                    } else {
+                        code
+                    };
+                    Sv::I(v)
+                } else {
+                    let eb = crate::fx::elem_bytes(from).ok_or_else(|| CpuError::Codegen(format!("{from}")))?;
+                    let a = fx.addr(xp, i, eb);
+                    load(fx, from, a, false, true)
+                };
+                if four(to) {
+                    let Sv::I(w) = cast(fx, v, from, DType::I64) else {
+                        return Err(CpuError::Codegen("cast to i64".into()));
+                    };
+                    let code = fx.b.ins().band_imm_u(w, 15);
+                    let code = fx.b.ins().ishl(code, shift);
+                    let a = fx.b.ins().iadd(yp, half);
+                    // The even element writes its byte (high nibble 0), the odd one adds its own.
+                    let is_odd = fx.b.ins().icmp_imm_s(IntCC::NotEqual, odd, 0);
+                    let old = fx.b.ins().uload8(types::I64, mem(), a, 0);
+                    let zero = fx.iconst(0);
+                    let keep = fx.b.ins().select(is_odd, old, zero);
+                    let byte = fx.b.ins().bor(keep, code);
+                    fx.b.ins().istore8(mem(), byte, a, 0);
+                } else {
+                    let r = cast(fx, v, DType::I64, to);
+                    let eb = crate::fx::elem_bytes(to).ok_or_else(|| CpuError::Codegen(format!("{to}")))?;
+                    let a = fx.addr(yp, i, eb);
+                    store(fx, to, r, a, false);
+                }
+                Ok(())
+            })
+        }),
+    );
+    lw.serial = true;
+    Ok(lw)
+}

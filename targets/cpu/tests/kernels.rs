@@ -363,3 +363,28 @@ fn shapes_from_input_values_are_specialized_per_value() {
     }
     assert_eq!(s.specializations(), 2);
 }
+
+/// Casts to and from 4-bit integers (two per byte), an odd count so the last byte is half
+/// used, values that wrap (9.7 -> i4 is -7 after truncation to 9), negatives and NaN.
+#[test]
+fn four_bit_casts_match_the_interpreter() {
+    let src = "graph @g {
+  v0: f32[7] = input \"x\"
+  v1: i4[7] = cast v0 {to = i4}
+  v2: u4[7] = cast v0 {to = u4}
+  v3: f32[7] = cast v1 {to = f32}
+  v4: u8[7] = cast v2 {to = u8}
+  v5: i64[7] = cast v1 {to = i64}
+  output \"a\" = v1
+  output \"b\" = v2
+  output \"c\" = v3
+  output \"d\" = v4
+  output \"e\" = v5
+}
+";
+    let x = Tensor::from_f32(DType::F32, &[7], vec![0.0, 1.5, -2.7, 7.9, 9.7, -8.0, f32::NAN]).unwrap();
+    let (got, want) = run_both(src, vec![x]);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.to_f64_vec(), w.to_f64_vec(), "output {i}");
+    }
+}
