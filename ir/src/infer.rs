@@ -528,7 +528,35 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
             if s.dtype == DType::Bool {
                 return Err("`range` is not defined on bool".into());
             }
-            one(s.dtype, Shape(vec![Dim::Unknown]))
+            // Constant bounds name the length, computed as the interpreter computes it.
+            let consts: Option<Vec<Tensor>> = operands.iter().map(|&v| const_tensor(g, v)).collect();
+            let len = match consts.as_deref() {
+                Some([a, b, d]) if s.dtype.is_float() => {
+                    let f = |t: &Tensor| t.as_float().and_then(|x| x.iter().next().copied());
+                    match (f(a), f(b), f(d)) {
+                        (Some(a), Some(b), Some(d)) if d != 0.0 => {
+                            let n = ((b - a) / d).ceil().max(0.0);
+                            if n.is_finite() {
+                                Dim::Static(n as u64)
+                            } else {
+                                Dim::Unknown
+                            }
+                        }
+                        _ => Dim::Unknown,
+                    }
+                }
+                Some([a, b, d]) => {
+                    let i = |t: &Tensor| t.as_int().and_then(|x| x.iter().next().copied()).map(|v| v as i128);
+                    match (i(a), i(b), i(d)) {
+                        (Some(a), Some(b), Some(d)) if d != 0 => {
+                            Dim::Static((((b - a) + d - d.signum()) / d).max(0) as u64)
+                        }
+                        _ => Dim::Unknown,
+                    }
+                }
+                _ => Dim::Unknown,
+            };
+            one(s.dtype, Shape(vec![len]))
         }
         Op::ConstantOfShape { dtype, .. } => {
             let st = x.expect("arity");

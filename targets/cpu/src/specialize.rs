@@ -1,8 +1,8 @@
 //! Graphs whose shapes depend on input *values* (`?` dims: a Reshape whose target shape is an
 //! input, a Slice with run-time starts, a Range, a ConstantOfShape, an Unsqueeze with run-time
 //! axes): the CPU target needs every dim to follow from the input shapes, so such a graph is
-//! compiled at its first run, once per distinct value of its small integer inputs (rank 0 or 1,
-//! at most [`MAX_KEY_ELEMENTS`] elements: the shape-like ones). Those inputs become constants,
+//! compiled at its first run, once per distinct value of its shape-like inputs (scalars, and
+//! integer vectors of at most [`MAX_KEY_ELEMENTS`] elements). Those inputs become constants,
 //! `canonicalize` folds the shape arithmetic and names the dims, and the result is compiled as
 //! usual. Compiled programs are kept per key, at most [`MAX_SPECIALIZATIONS`] (the oldest is
 //! dropped). A graph whose `?` dims depend on anything else stays unsupported, with the
@@ -43,13 +43,17 @@ impl Specializing {
             .enumerate()
             .filter(|(_, (_, v))| {
                 let t = g.ty(*v);
-                t.dtype.is_int() && t.rank() <= 1 && t.shape.static_numel().is_none_or(|n| n <= MAX_KEY_ELEMENTS)
+                // Scalars of any dtype (a Range's bounds) and short integer vectors.
+                (t.rank() == 0 && !t.dtype.is_sub_byte())
+                    || (t.dtype.is_int()
+                        && t.rank() == 1
+                        && t.shape.static_numel().is_none_or(|n| n <= MAX_KEY_ELEMENTS))
             })
             .map(|(i, _)| i)
             .collect();
         if keyed.is_empty() {
             return Err(CpuError::Unsupported(
-                "dims `?` known only from computed data (no small integer input to specialize on)".into(),
+                "dims `?` known only from computed data (no scalar or short integer input to specialize on)".into(),
             ));
         }
         Ok(Specializing { graph: g.clone(), opts: opts.clone(), keyed, cache: Mutex::new(Vec::new()) })
