@@ -523,7 +523,38 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                             let o = fx.imul_imm(sk_pad, rr as i64);
                             fx.addr(srows, o, 4)
                         };
-                        if mp.is_some() || causal {
+                        // An additive f32 mask that moves along the keys (contiguous there) and no
+                        // causal mask: four keys at a time.
+                        let vector_mask = match (&m_st, mask_bool, causal) {
+                            (Some(ms), false, false) => ms[r - 1].is_some(),
+                            _ => false,
+                        };
+                        if let (true, Some(mp), Some(ms)) = (vector_mask, mp, &m_st) {
+                            let mut a = fx.b.ins().iadd(mp, om);
+                            if let Some(st) = ms[r - 2] {
+                                let o = fx.b.ins().imul(i, st);
+                                a = fx.b.ins().iadd(a, o);
+                            }
+                            let zero = fx.iconst(0);
+                            let rest = fx.for_range(zero, sk, 4, true, |fx, j| {
+                                let sa = fx.addr(row, j, 4);
+                                let ma = fx.addr(a, j, 4);
+                                let sv = fx.b.ins().load(F4, mem(), sa, 0);
+                                let mv = fx.b.ins().load(F4, mem_ro(), ma, 0);
+                                let t = fx.b.ins().fadd(sv, mv);
+                                fx.b.ins().store(mem(), t, sa, 0);
+                                Ok(())
+                            })?;
+                            fx.for_range(rest, sk, 1, false, |fx, j| {
+                                let sa = fx.addr(row, j, 4);
+                                let ma = fx.addr(a, j, 4);
+                                let sv = fx.b.ins().load(types::F32, mem(), sa, 0);
+                                let mv = fx.b.ins().load(types::F32, mem_ro(), ma, 0);
+                                let t = fx.b.ins().fadd(sv, mv);
+                                fx.b.ins().store(mem(), t, sa, 0);
+                                Ok(())
+                            })?;
+                        } else if mp.is_some() || causal {
                             fx.for_n(sk, |fx, j| {
                                 let sa = fx.addr(row, j, 4);
                                 let mut s = fx.b.ins().load(types::F32, mem(), sa, 0);
