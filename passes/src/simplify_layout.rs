@@ -114,7 +114,15 @@ impl Pass for SimplifyLayout {
 /// The attribute form of a squeeze, unsqueeze, reduce, slice or split whose axes, bounds or
 /// sizes operands are all constants (the two forms mean the same; see `tessera_ir::Op`).
 fn attribute_form(g: &Graph, op: &Op, inputs: &[tessera_ir::Value]) -> Option<Op> {
-    if inputs.len() < 2 {
+    let operand_form = match op {
+        Op::Squeeze { axes } | Op::Unsqueeze { axes } | Op::Reduce { axes, .. } => axes.is_empty(),
+        Op::Slice { starts, .. } => starts.is_empty(),
+        Op::Split { sizes, .. } => sizes.iter().all(|&s| s == 0),
+        _ => false,
+    };
+    // Only short operands are read (never a weight).
+    let short = |v: &tessera_ir::Value| g.ty(*v).shape.static_numel().is_some_and(|n| n <= 64);
+    if !operand_form || inputs.len() < 2 || !inputs[1..].iter().all(short) {
         return None;
     }
     let ints = |v: tessera_ir::Value| -> Option<Vec<i64>> {

@@ -244,6 +244,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let import = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
     let mut startup: Option<(f64, f64)> = None;
+    let mut split = String::new();
     let mut profiles = Vec::new();
     for &threads in &args.threads {
         let opts = SessionOptions { threads, import: import.clone(), ..Default::default() };
@@ -281,7 +282,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Peer::None => None,
         };
         if startup.is_none() {
-            startup = Some((session.startup.total_ms(), ort.as_ref().map_or(f64::NAN, |o| o.created_ms)));
+            let st = &session.startup;
+            startup = Some((st.total_ms(), ort.as_ref().map_or(f64::NAN, |o| o.created_ms)));
+            split = format!(
+                " (import {:.1} + passes {:.1} + JIT compile {:.1})",
+                st.import_ms, st.passes_ms, st.codegen_ms
+            );
         }
         let (mut ts, mut ps, mut os) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.rounds {
@@ -312,7 +318,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some((t, o)) = startup {
         println!(
-            "startup: tessera import + passes + JIT compile {t:.1} ms; onnxruntime session creation {o:.1} ms; ratio {:.2}",
+            "startup: tessera import + passes + JIT compile {t:.1} ms{split}; onnxruntime session creation {o:.1} ms; ratio {:.2}",
             t / o
         );
     }

@@ -310,18 +310,27 @@ fn lower_mm<'g>(
     // Packed path: constant 2-D B, A rows contiguous.
     let b_const = matches!(g.value(b_v).def, ValueDef::Const(_));
     if b_const && b_dims.len() == 2 && !prod.trans_a && a_dims.len() >= 2 {
-        let bt = tessera_ir::const_value(g, b_v, true).map_err(|e| CpuError::Codegen(format!("weights {b_v}: {e}")))?;
-        let bf = bt.as_float().ok_or_else(|| CpuError::Unsupported("non-float weights".into()))?;
-        let (k, nn) = if prod.trans_b { (bf.shape()[1], bf.shape()[0]) } else { (bf.shape()[0], bf.shape()[1]) };
-        let panels = nn.div_ceil(8);
+        let fast = dequantize_fast(g, b_v);
+        let bt;
         let copied;
-        let flat: &[f32] = match bf.as_slice() {
-            Some(s) => s,
+        let (flat, rows, cols): (&[f32], usize, usize) = match &fast {
+            Some((v, r, c)) => (v, *r, *c),
             None => {
-                copied = bf.iter().copied().collect::<Vec<f32>>();
-                &copied
+                bt = tessera_ir::const_value(g, b_v, true)
+                    .map_err(|e| CpuError::Codegen(format!("weights {b_v}: {e}")))?;
+                let bf = bt.as_float().ok_or_else(|| CpuError::Unsupported("non-float weights".into()))?;
+                let (r, c) = (bf.shape()[0], bf.shape()[1]);
+                match bf.as_slice() {
+                    Some(s) => (s, r, c),
+                    None => {
+                        copied = bf.iter().copied().collect::<Vec<f32>>();
+                        (&copied, r, c)
+                    }
+                }
             }
         };
+        let (k, nn) = if prod.trans_b { (cols, rows) } else { (rows, cols) };
+        let panels = nn.div_ceil(8);
         // One panel per task: packing MiniLM's 21 MB of fp32 weights is a visible part of startup.
         let mut bytes = vec![0u8; panels * k * 8 * 4];
         {
@@ -819,4 +828,75 @@ impl General {
         })?;
         Ok(())
     }
+}
+
+/// A 2-D constant weight as f32, row-major, straight from its stored bytes: plain f32, or 8/4-bit
+/// integers with a per-tensor, per-column (axis 1) or per-block-along-rows (axis 0) scale and
+/// optional zero point, computed as the interpreter does (`(q - zero) as f32 * scale`). None for
+/// anything else (the caller then goes through the interpreter's `const_value`). Rows are
+/// decoded in parallel.
+fn dequantize_fast(g: &tessera_ir::Graph, v: tessera_ir::Value) -> Option<(Vec<f32>, usize, usize)> {
+    use rayon::prelude::*;
+    use tessera_ir::{DType, QuantGranularity};
+    let t = g.ty(v);
+    let dims = t.shape.as_static()?;
+    let &[rows, cols] = dims.as_slice() else { return None };
+    let raw = g.const_data(v)?.bytes()?;
+    if t.quant.is_none() {
+        if t.dtype != DType::F32 || raw.len() != rows * cols * 4 {
+            return None;
+        }
+        let out = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        return Some((out, rows, cols));
+    }
+    let q = t.quant.as_deref()?;
+    if q.offset.is_some() || !matches!(t.dtype, DType::I4 | DType::U4 | DType::I8 | DType::U8) {
+        return None;
+    }
+    if raw.len() != t.dtype.storage_bytes(rows * cols) {
+        return None;
+    }
+    // Index into the scale (and zero point) of element (r, c).
+    let (groups, at): (usize, Box<dyn Fn(usize, usize) -> usize + Sync>) = match q.granularity {
+        QuantGranularity::PerTensor => (1, Box::new(|_, _| 0)),
+        QuantGranularity::PerAxis { axis: 1 | -1 } => (cols, Box::new(|_, c| c)),
+        QuantGranularity::PerBlock { axis: 0 | -2, size } if size > 0 => {
+            let bs = size as usize;
+            (rows.div_ceil(bs) * cols, Box::new(move |r, c| (r / bs) * cols + c))
+        }
+        _ => return None,
+    };
+    let code = |bytes: &[u8], dt: DType, i: usize| -> i64 {
+        match dt {
+            DType::I8 => bytes[i] as i8 as i64,
+            DType::U8 => bytes[i] as i64,
+            DType::I4 => ((((bytes[i / 2] >> ((i % 2) * 4)) & 15) << 4) as i8 >> 4) as i64,
+            _ => ((bytes[i / 2] >> ((i % 2) * 4)) & 15) as i64,
+        }
+    };
+    let st = g.ty(q.scale);
+    let sb = g.const_data(q.scale)?.bytes()?;
+    if st.dtype != DType::F32 || sb.len() != groups * 4 {
+        return None;
+    }
+    let scale: Vec<f32> = sb.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let zero: Vec<i64> = match q.zero_point {
+        None => vec![0; groups],
+        Some(z) => {
+            let zt = g.ty(z);
+            let zb = g.const_data(z)?.bytes()?;
+            if zt.dtype != t.dtype || zb.len() != t.dtype.storage_bytes(groups) {
+                return None;
+            }
+            (0..groups).map(|i| code(zb, zt.dtype, i)).collect()
+        }
+    };
+    let mut out = vec![0f32; rows * cols];
+    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        for (c, o) in row.iter_mut().enumerate() {
+            let j = at(r, c);
+            *o = (code(raw, t.dtype, r * cols + c) - zero[j]) as f32 * scale[j];
+        }
+    });
+    Some((out, rows, cols))
 }
