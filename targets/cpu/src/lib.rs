@@ -23,6 +23,7 @@ mod lower;
 mod math;
 pub mod microbench;
 mod nn;
+mod pool;
 mod program;
 mod qgemm;
 mod reduce;

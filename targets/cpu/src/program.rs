@@ -62,7 +62,7 @@ pub struct Program {
     syms: Vec<Arc<str>>,
     plans: Mutex<HashMap<Vec<usize>, Arc<RunPlan>>>,
     arenas: Mutex<Vec<Vec<Chunk>>>,
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<crate::pool::Pool>,
     threads: usize,
     pub stats: ProgramStats,
     /// (kernel, Cranelift IR) when compiled with `listing.clif`.
@@ -116,13 +116,7 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
     }
     let threads = opts.threads.max(1);
     let pool = if threads > 1 {
-        Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(|i| format!("tessera-cpu-{i}"))
-                .build()
-                .map_err(|e| CpuError::Codegen(format!("thread pool: {e}")))?,
-        )
+        Some(crate::pool::Pool::new(threads).map_err(|e| CpuError::Codegen(format!("thread pool: {e}")))?)
     } else {
         None
     };
@@ -460,23 +454,22 @@ impl Program {
                 let pool = self.pool.as_ref().expect("pool");
                 let bufs_ref = Ptrs(&bufs);
                 let base = base as usize;
-                let codes: Vec<i32> = pool.install(|| {
-                    use rayon::prelude::*;
-                    (0..chunks)
-                        .into_par_iter()
-                        .map(|c| {
-                            let lo = units * c / chunks;
-                            let hi = units * (c + 1) / chunks;
-                            let mut local: Vec<*mut u8> = bufs_ref.get().to_vec();
-                            if per > 0 {
-                                local.push((base + per * c as usize) as *mut u8);
-                            }
-                            // SAFETY: as above; chunks cover disjoint parts of the parallel range.
-                            unsafe { (step.kernel)(local.as_ptr(), args.as_ptr(), lo, hi) }
-                        })
-                        .collect()
+                let codes: Vec<std::sync::atomic::AtomicI32> =
+                    (0..chunks).map(|_| std::sync::atomic::AtomicI32::new(0)).collect();
+                let args = &args;
+                pool.run(chunks as usize, &|c| {
+                    let c = c as i64;
+                    let lo = units * c / chunks;
+                    let hi = units * (c + 1) / chunks;
+                    let mut local: Vec<*mut u8> = bufs_ref.get().to_vec();
+                    if per > 0 {
+                        local.push((base + per * c as usize) as *mut u8);
+                    }
+                    // SAFETY: as above; chunks cover disjoint parts of the parallel range.
+                    let code = unsafe { (step.kernel)(local.as_ptr(), args.as_ptr(), lo, hi) };
+                    codes[c as usize].store(code, std::sync::atomic::Ordering::Relaxed);
                 });
-                codes.into_iter().find(|&c| c != 0).unwrap_or(0)
+                codes.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).find(|&c| c != 0).unwrap_or(0)
             };
             if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
                 t.push(t0.elapsed().as_secs_f64());
