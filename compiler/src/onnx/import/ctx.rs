@@ -172,11 +172,16 @@ impl Ctx {
 
     /// A known constant's value (small initializers, Constant nodes, concrete symbolic tensors).
     pub fn known(&self, name: &str) -> Option<Tensor> {
+        self.known_up_to(name, 1 << 20)
+    }
+
+    /// [`Ctx::known`] for values of at most `max` elements; a larger initializer is not decoded.
+    pub fn known_up_to(&self, name: &str, max: usize) -> Option<Tensor> {
         match self.vals.get(name)? {
-            Val::Known(t) => Some((**t).clone()),
+            Val::Known(t) => Some((**t).clone()).filter(|t| t.numel() <= max),
             Val::Init(init) => {
                 let dims = init.0.shape.as_static()?;
-                if dims.iter().product::<usize>() > 1 << 20 {
+                if dims.iter().product::<usize>() > max {
                     return None;
                 }
                 Tensor::from_bytes(init.0.dtype, &dims, &init.1).ok()

@@ -277,7 +277,7 @@ fn fold(ctx: &Ctx, node: &Node, lower: table::LowerFn) -> Option<Vec<Val>> {
     }
     let mut scratch = Ctx::new("fold");
     for name in &names {
-        let t = ctx.known(name).filter(|t| t.numel() <= MAX_FOLD_ELEMENTS)?;
+        let t = ctx.known_up_to(name, MAX_FOLD_ELEMENTS)?;
         scratch.define(name, Val::Known(Rc::new(t)));
     }
     let vals = lower(&mut scratch, node).ok()?;

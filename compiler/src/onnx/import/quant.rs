@@ -344,14 +344,19 @@ fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Lowered {
         ));
     }
     let mut w = vec![0u8; dtype.storage_bytes(k * nn)];
-    for kk in 0..k {
-        let (kb, bit) = (kk / bs, (kk % bs) * bits);
-        for col in 0..nn {
-            let q = (b[col * k_blocks * blob + kb * blob + bit / 8] >> (bit % 8)) & mask;
-            let e = kk * nn + col;
-            match dtype {
-                DType::U4 => w[e / 2] |= q << (4 * (e % 2)),
-                _ => w[e] = q,
+    let b: &[u8] = &b;
+    // Column by column (B is stored per column), in blocks of 64 columns so the written rows
+    // of W stay in cache.
+    for c0 in (0..nn).step_by(64) {
+        for kk in 0..k {
+            let (kb, bit) = (kk / bs, (kk % bs) * bits);
+            for col in c0..(c0 + 64).min(nn) {
+                let q = (b[col * k_blocks * blob + kb * blob + bit / 8] >> (bit % 8)) & mask;
+                let e = kk * nn + col;
+                match dtype {
+                    DType::U4 => w[e / 2] |= q << (4 * (e % 2)),
+                    _ => w[e] = q,
+                }
             }
         }
     }
