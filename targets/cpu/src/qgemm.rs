@@ -27,8 +27,166 @@ const MR: usize = 4;
 
 /// Lowers a `matmul_integer` (the first node of `body`, whose operands are the body inputs
 /// `ops`; [`crate::gemm`] resolves both) and its epilogue.
+/// A lone exact product the packed kernel cannot take (a run-time or batched weight, i8
+/// activations, sizes off its panels) falls back to [`lower_general`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lower<'g>(
+    g: &'g Graph,
+    n: Node,
+    body: Cow<'g, Graph>,
+    first: &NodeData,
+    ops: &[usize],
+    pair_saturate: bool,
+    region: bool,
+    name: String,
+    owned: &mut Build,
+) -> Result<Lowered<'g>, CpuError> {
+    match lower_packed(g, n, body, first, ops, pair_saturate, region, name, owned) {
+        Err(e) if e.is_unsupported() && !region && !pair_saturate => lower_general(g, n).map_err(|_| e),
+        other => other,
+    }
+}
+
+/// `matmul_integer a, b[, a_zero, b_zero]` on any 8-bit operands, exact, one output element
+/// at a time: batch dims broadcast as in `matmul` (a missing or size-1 dim repeats), zero
+/// points a scalar or one per row of `a` / column of `b`. For the shapes the packed kernel
+/// refuses; not fast.
+pub(crate) fn lower_general(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    let (a, b, y) = (nd.inputs[0], nd.inputs[1], nd.outputs[0]);
+    let (at, bt) = (g.ty(a), g.ty(b));
+    for t in [at, bt] {
+        if !matches!(t.dtype, DType::U8 | DType::I8) || t.rank() < 2 {
+            return Err(CpuError::Unsupported(format!("matmul_integer on {t}")));
+        }
+    }
+    let (ad, bd, yd) = (dims(g, a), dims(g, b), dims(g, y));
+    let (ra, rb, ry) = (ad.len(), bd.len(), yd.len());
+    // Batch dims of each operand, right-aligned to the result's, None where it repeats.
+    let batch = |d: &[Dim], r: usize| -> Vec<Option<Dim>> {
+        (0..ry - 2)
+            .map(|i| {
+                let j = (i + r).checked_sub(ry)?;
+                (j < r - 2 && d[j] != Dim::Static(1)).then(|| d[j].clone())
+            })
+            .collect()
+    };
+    let (ab, bb) = (batch(&ad, ra), batch(&bd, rb));
+    let zero = |i: usize, per: &Dim| -> Result<Option<(tessera_ir::Value, DType, bool)>, CpuError> {
+        let Some(&z) = nd.inputs.get(i) else { return Ok(None) };
+        let zt = g.ty(z);
+        match zt.shape.static_numel() {
+            Some(1) => Ok(Some((z, zt.dtype, false))),
+            _ if zt.rank() == 1 && zt.shape.dims()[0] == *per => Ok(Some((z, zt.dtype, true))),
+            _ => Err(CpuError::Unsupported(format!("matmul_integer zero point {zt}"))),
+        }
+    };
+    let za = zero(2, &ad[ra - 2])?;
+    let zb = zero(3, &bd[rb - 1])?;
+    let (adt, bdt) = (at.dtype, bt.dtype);
+    let mut bufs = crate::lower::values(&[a, b, y]);
+    if let Some((z, ..)) = za {
+        bufs.push(BufRef::Value(z));
+    }
+    if let Some((z, ..)) = zb {
+        bufs.push(BufRef::Value(z));
+    }
+    let load8 = |fx: &mut Fx, dt: DType, p: Value, i: Value| -> Value {
+        let addr = fx.b.ins().iadd(p, i);
+        if dt == DType::I8 {
+            fx.b.ins().sload8(types::I64, mem(), addr, 0)
+        } else {
+            fx.b.ins().uload8(types::I64, mem(), addr, 0)
+        }
+    };
+    Ok(Lowered::new(
+        "matmul_integer_general",
+        bufs,
+        Box::new(move |fx| {
+            let (ap, bp, yp) = (fx.buf(0), fx.buf(1), fx.buf(2));
+            let zap = za.map(|_| fx.buf(3));
+            let zbp = zb.map(|_| fx.buf(3 + usize::from(za.is_some())));
+            let m = fx.dim(&ad[ra - 2])?;
+            let k = fx.dim(&ad[ra - 1])?;
+            let nn = fx.dim(&bd[rb - 1])?;
+            let mk = fx.b.ins().imul(m, k);
+            let kn = fx.b.ins().imul(k, nn);
+            let mn = fx.b.ins().imul(m, nn);
+            let yb: Vec<Value> = yd[..ry - 2].iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
+            let batches = fx.numel(&yd[..ry - 2])?;
+            fx.for_n(batches, |fx, bi| {
+                // Offsets of this batch in a and b: digits of bi, times each operand's strides.
+                let zero = fx.iconst(0);
+                let (mut aoff, mut boff, mut rest) = (zero, zero, bi);
+                let (mut astride, mut bstride) = (mk, kn);
+                for d in (0..ry - 2).rev() {
+                    let digit = fx.b.ins().urem(rest, yb[d]);
+                    rest = fx.b.ins().udiv(rest, yb[d]);
+                    if let Some(dim) = &ab[d] {
+                        let t = fx.b.ins().imul(digit, astride);
+                        aoff = fx.b.ins().iadd(aoff, t);
+                        let dv = fx.dim(dim)?;
+                        astride = fx.b.ins().imul(astride, dv);
+                    }
+                    if let Some(dim) = &bb[d] {
+                        let t = fx.b.ins().imul(digit, bstride);
+                        boff = fx.b.ins().iadd(boff, t);
+                        let dv = fx.dim(dim)?;
+                        bstride = fx.b.ins().imul(bstride, dv);
+                    }
+                }
+                let yoff = fx.b.ins().imul(bi, mn);
+                fx.for_n(m, |fx, i| {
+                    let zai = match (za, zap) {
+                        (Some((_, dt, per_row)), Some(p)) => {
+                            let at_ = if per_row { i } else { fx.iconst(0) };
+                            load8(fx, dt, p, at_)
+                        }
+                        _ => fx.iconst(0),
+                    };
+                    fx.for_n(nn, |fx, j| {
+                        let zbj = match (zb, zbp) {
+                            (Some((_, dt, per_col)), Some(p)) => {
+                                let at_ = if per_col { j } else { fx.iconst(0) };
+                                load8(fx, dt, p, at_)
+                            }
+                            _ => fx.iconst(0),
+                        };
+                        let z0 = fx.iconst(0);
+                        let acc = fx.var(types::I64, z0);
+                        fx.for_n(k, |fx, kk| {
+                            let ai = fx.b.ins().imul(i, k);
+                            let ai = fx.b.ins().iadd(ai, kk);
+                            let ai = fx.b.ins().iadd(ai, aoff);
+                            let av = load8(fx, adt, ap, ai);
+                            let bi_ = fx.b.ins().imul(kk, nn);
+                            let bi_ = fx.b.ins().iadd(bi_, j);
+                            let bi_ = fx.b.ins().iadd(bi_, boff);
+                            let bv = load8(fx, bdt, bp, bi_);
+                            let av = fx.b.ins().isub(av, zai);
+                            let bv = fx.b.ins().isub(bv, zbj);
+                            let p = fx.b.ins().imul(av, bv);
+                            let s = fx.b.use_var(acc);
+                            let s = fx.b.ins().iadd(s, p);
+                            fx.b.def_var(acc, s);
+                            Ok(())
+                        })?;
+                        let yi = fx.b.ins().imul(i, nn);
+                        let yi = fx.b.ins().iadd(yi, j);
+                        let yi = fx.b.ins().iadd(yi, yoff);
+                        let ya = fx.addr(yp, yi, 4);
+                        let s = fx.b.use_var(acc);
+                        fx.b.ins().istore32(mem(), s, ya, 0);
+                        Ok(())
+                    })
+                })
+            })
+        }),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lower_packed<'g>(
     g: &'g Graph,
     n: Node,
     body: Cow<'g, Graph>,

@@ -388,3 +388,24 @@ fn four_bit_casts_match_the_interpreter() {
         assert_eq!(g.to_f64_vec(), w.to_f64_vec(), "output {i}");
     }
 }
+
+/// The general integer product: i8 activations, a run-time u8 weight with a batch dim that
+/// broadcasts, zero points per row of `a` and per column of `b`.
+#[test]
+fn general_integer_gemm_with_batches_and_vector_zero_points() {
+    let src = "graph @g {
+  v0: i8[2, 3, 5] = input \"a\"
+  v1: u8[1, 5, 4] = input \"b\"
+  v2: i8[3] = input \"za\"
+  v3: u8[4] = input \"zb\"
+  v4: i32[2, 3, 4] = matmul_integer v0, v1, v2, v3
+  output \"y\" = v4
+}
+";
+    let a = Tensor::from_i64(DType::I8, &[2, 3, 5], (0..30).map(|i| (i * 37 % 256) as i64 - 128).collect()).unwrap();
+    let b = Tensor::from_i64(DType::U8, &[1, 5, 4], (0..20).map(|i| (i * 53 % 256) as i64).collect()).unwrap();
+    let za = Tensor::from_i64(DType::I8, &[3], vec![-5, 0, 127]).unwrap();
+    let zb = Tensor::from_i64(DType::U8, &[4], vec![0, 128, 255, 3]).unwrap();
+    let (got, want) = run_both(src, vec![a, b, za, zb]);
+    assert_eq!(got[0].to_f64_vec(), want[0].to_f64_vec());
+}
