@@ -153,7 +153,7 @@ pub(crate) fn lower_norm(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
     };
     let a = tessera_ir::types::normalize_axis(axis, r).ok_or_else(|| CpuError::Codegen("axis".into()))?;
     if matches!(nd.op, Op::Softmax { .. } | Op::LogSoftmax { .. }) && a + 1 != r {
-        return Err(CpuError::Unsupported("softmax over an inner axis".into()));
+        return softmax_strided(g, n, a);
     }
     let inner: Vec<Dim> = xd[a..].to_vec();
     let outer: Vec<Dim> = xd[..a].to_vec();
@@ -243,6 +243,61 @@ pub(crate) fn lower_norm(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
         }),
     );
     lw.par = Some((if outer.is_empty() { vec![Dim::Static(1)] } else { outer }, 1));
+    Ok(lw)
+}
+
+/// Softmax (or log-softmax) along an axis that is not the last: each lane (stride = the size
+/// of the dims after the axis) is gathered into a per-thread scratch row, normalized there by
+/// [`softmax_row`], and scattered back. Parallel over the dims before the axis.
+fn softmax_strided(g: &Graph, n: Node, a: usize) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    let log = matches!(nd.op, Op::LogSoftmax { .. });
+    let xd = dims(g, nd.inputs[0]);
+    let (outer, lane, after) = (xd[..a].to_vec(), xd[a].clone(), xd[a + 1..].to_vec());
+    let mut bufs = values(&nd.inputs);
+    bufs.push(BufRef::Value(nd.outputs[0]));
+    let scratch_lane = lane.clone();
+    let mut lw = Lowered::new(
+        if log { "log_softmax_strided" } else { "softmax_strided" },
+        bufs,
+        Box::new(move |fx| {
+            let (xp, out, row) = (fx.buf(0), fx.buf(1), fx.buf(2));
+            let l = fx.dim(&lane)?;
+            let st = fx.numel(&after)?;
+            let (lo, hi) = (fx.lo, fx.hi);
+            fx.for_range(lo, hi, 1, false, |fx, o| {
+                fx.for_n(st, |fx, i| {
+                    // Element j of this lane: (o * l + j) * st + i.
+                    let ol = fx.b.ins().imul(o, l);
+                    let at = |fx: &mut Fx, j: Value| {
+                        let t = fx.b.ins().iadd(ol, j);
+                        let t = fx.b.ins().imul(t, st);
+                        fx.b.ins().iadd(t, i)
+                    };
+                    fx.for_n(l, |fx, j| {
+                        let e = at(fx, j);
+                        let src = fx.addr(xp, e, 4);
+                        let v = fx.b.ins().load(types::F32, mem(), src, 0);
+                        let dst = fx.addr(row, j, 4);
+                        fx.b.ins().store(mem(), v, dst, 0);
+                        Ok(())
+                    })?;
+                    softmax_row(fx, row, row, l, log)?;
+                    fx.for_n(l, |fx, j| {
+                        let src = fx.addr(row, j, 4);
+                        let v = fx.b.ins().load(types::F32, mem(), src, 0);
+                        let e = at(fx, j);
+                        let dst = fx.addr(out, e, 4);
+                        fx.b.ins().store(mem(), v, dst, 0);
+                        Ok(())
+                    })
+                })
+            })?;
+            Ok(())
+        }),
+    );
+    lw.par = Some((if outer.is_empty() { vec![Dim::Static(1)] } else { outer }, 1));
+    lw.scratch = Some(Arc::new(move |b| vec![(b.resolve(&scratch_lane).unwrap_or(0) * 4) as i64]));
     Ok(lw)
 }
 

@@ -409,3 +409,18 @@ fn general_integer_gemm_with_batches_and_vector_zero_points() {
     let (got, want) = run_both(src, vec![a, b, za, zb]);
     assert_eq!(got[0].to_f64_vec(), want[0].to_f64_vec());
 }
+
+/// Softmax and log-softmax over the first and middle axes (strided lanes), at 1 and 2 threads.
+#[test]
+fn softmax_over_an_inner_axis_matches_the_interpreter() {
+    let src = "graph @g {
+  v0: f32[3, 5, 4] = input \"x\"
+  v1: f32[3, 5, 4] = softmax v0 {axis = 1}
+  v2: f32[3, 5, 4] = log_softmax v0 {axis = 0}
+  output \"a\" = v1
+  output \"b\" = v2
+}
+";
+    let x = Tensor::from_f32(DType::F32, &[3, 5, 4], (0..60).map(|i| (i as f32 * 0.7).sin() * 4.0).collect()).unwrap();
+    both_ways(src, vec![x], 1e-6);
+}
