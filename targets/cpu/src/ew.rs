@@ -680,3 +680,179 @@ pub(crate) fn lower_subbyte_cast(g: &Graph, n: tessera_ir::Node) -> Result<crate
     lw.serial = true;
     Ok(lw)
 }
+
+/// Element `i` of an integer buffer of `dt` (8-bit or wider, or 4-bit packed two per byte) as
+/// an i64.
+fn load_int_at(fx: &mut Fx, dt: DType, base: Value, i: Value) -> Result<Value, CpuError> {
+    if matches!(dt, DType::I4 | DType::U4) {
+        let half = fx.b.ins().ushr_imm_u(i, 1);
+        let odd = fx.b.ins().band_imm_u(i, 1);
+        let shift = fx.b.ins().ishl_imm_s(odd, 2);
+        let a = fx.b.ins().iadd(base, half);
+        let byte = fx.b.ins().uload8(types::I64, mem(), a, 0);
+        let code = fx.b.ins().ushr(byte, shift);
+        let code = fx.b.ins().band_imm_u(code, 15);
+        return Ok(if dt == DType::I4 {
+            let t = fx.b.ins().ishl_imm_s(code, 60);
+            fx.b.ins().sshr_imm_s(t, 60)
+        } else {
+            code
+        });
+    }
+    let eb = crate::fx::elem_bytes(dt).ok_or_else(|| CpuError::Unsupported(format!("{dt} operand")))?;
+    let a = fx.addr(base, i, eb);
+    match load(fx, dt, a, false, true) {
+        Sv::I(v) => Ok(v),
+        _ => Err(CpuError::Unsupported(format!("{dt} where an integer is needed"))),
+    }
+}
+
+/// Stores the integer `v` (already in `dt`'s range) as element `i` of a buffer of `dt`; a 4-bit
+/// element writes its byte when even (high nibble 0) and adds its nibble when odd, so elements
+/// must be written in order by one thread.
+fn store_int_at(fx: &mut Fx, dt: DType, base: Value, i: Value, v: Value) -> Result<(), CpuError> {
+    if matches!(dt, DType::I4 | DType::U4) {
+        let half = fx.b.ins().ushr_imm_u(i, 1);
+        let odd = fx.b.ins().band_imm_u(i, 1);
+        let shift = fx.b.ins().ishl_imm_s(odd, 2);
+        let code = fx.b.ins().band_imm_u(v, 15);
+        let code = fx.b.ins().ishl(code, shift);
+        let a = fx.b.ins().iadd(base, half);
+        let is_odd = fx.b.ins().icmp_imm_s(IntCC::NotEqual, odd, 0);
+        let old = fx.b.ins().uload8(types::I64, mem(), a, 0);
+        let zero = fx.iconst(0);
+        let keep = fx.b.ins().select(is_odd, old, zero);
+        let byte = fx.b.ins().bor(keep, code);
+        fx.b.ins().istore8(mem(), byte, a, 0);
+        return Ok(());
+    }
+    let eb = crate::fx::elem_bytes(dt).ok_or_else(|| CpuError::Unsupported(format!("{dt} result")))?;
+    let a = fx.addr(base, i, eb);
+    store(fx, dt, Sv::I(v), a, false);
+    Ok(())
+}
+
+/// `quantize` and `dequantize` with parameters per axis (any axis) or per block along an axis,
+/// and 4-bit data or zero points: one element at a time on one thread, with the interpreter's
+/// arithmetic (`(q - zero) as f32 * scale`; `saturate(round_half_even(x / scale) + zero)`, NaN
+/// to the zero point). For what the elementwise kernels do not take.
+pub(crate) fn lower_quant_general(g: &Graph, n: tessera_ir::Node) -> Result<crate::lower::Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    let (x, y) = (nd.inputs[0], nd.outputs[0]);
+    let (axis, block, quantize) = match nd.op {
+        Op::Quantize { axis, block, .. } => (axis, block, true),
+        Op::Dequantize { axis, block } if nd.inputs.len() >= 2 => (axis, block, false),
+        _ => return Err(CpuError::Unsupported(format!("`{}` with its parameters in its type", nd.op.name()))),
+    };
+    let (xt, st, yt) = (g.ty(x), g.ty(nd.inputs[1]), g.ty(y));
+    let float_side = if quantize { xt } else { yt };
+    if float_side.dtype != DType::F32 || st.dtype != DType::F32 {
+        return Err(CpuError::Unsupported(format!(
+            "`{}` on {} with {} scales",
+            nd.op.name(),
+            float_side.dtype,
+            st.dtype
+        )));
+    }
+    let xd = crate::lower::dims(g, x);
+    let r = xd.len();
+    let a = if r == 0 {
+        0
+    } else {
+        tessera_ir::types::normalize_axis(axis, r).ok_or_else(|| CpuError::Codegen("axis".into()))?
+    };
+    // Which parameter each element uses: one, one per index along the axis, or per block.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Per {
+        Tensor,
+        Axis,
+        Block(i64),
+    }
+    let per = if st.shape.static_numel() == Some(1) {
+        Per::Tensor
+    } else if block > 0 {
+        Per::Block(block as i64)
+    } else {
+        Per::Axis
+    };
+    let (xdt, ydt) = (xt.dtype, yt.dtype);
+    let zdt = nd.inputs.get(2).map(|&z| g.ty(z).dtype);
+    let (outer, lane, inner) = if r == 0 {
+        (Vec::new(), Dim::Static(1), Vec::new())
+    } else {
+        (xd[..a].to_vec(), xd[a].clone(), xd[a + 1..].to_vec())
+    };
+    let bufs = crate::lower::values(&nd.inputs).into_iter().chain(crate::lower::values(&[y])).collect::<Vec<_>>();
+    let k = nd.inputs.len();
+    let mut lw = crate::lower::Lowered::new(
+        if quantize { "quantize_general" } else { "dequantize_general" },
+        bufs,
+        Box::new(move |fx| {
+            let (xp, sp, out) = (fx.buf(0), fx.buf(1), fx.buf(k));
+            let zp = zdt.map(|_| fx.buf(2));
+            let on = fx.numel(&outer)?;
+            let ln = fx.dim(&lane)?;
+            let inn = fx.numel(&inner)?;
+            let blocks = match per {
+                Per::Block(b) => {
+                    let t = fx.iadd_imm(ln, b - 1);
+                    let bv = fx.iconst(b);
+                    fx.b.ins().udiv(t, bv)
+                }
+                _ => ln,
+            };
+            fx.for_n(on, |fx, o| {
+                fx.for_n(ln, |fx, ai| {
+                    fx.for_n(inn, |fx, j| {
+                        let t = fx.b.ins().imul(o, ln);
+                        let t = fx.b.ins().iadd(t, ai);
+                        let t = fx.b.ins().imul(t, inn);
+                        let i = fx.b.ins().iadd(t, j);
+                        let p = match per {
+                            Per::Tensor => fx.iconst(0),
+                            Per::Axis => ai,
+                            Per::Block(b) => {
+                                let bv = fx.iconst(b);
+                                let ab = fx.b.ins().udiv(ai, bv);
+                                let t = fx.b.ins().imul(o, blocks);
+                                let t = fx.b.ins().iadd(t, ab);
+                                let t = fx.b.ins().imul(t, inn);
+                                fx.b.ins().iadd(t, j)
+                            }
+                        };
+                        let sa = fx.addr(sp, p, 4);
+                        let s = fx.b.ins().load(types::F32, mem(), sa, 0);
+                        let z = match (zp, zdt) {
+                            (Some(zp), Some(zdt)) => load_int_at(fx, zdt, zp, p)?,
+                            _ => fx.iconst(0),
+                        };
+                        if quantize {
+                            let xa = fx.addr(xp, i, 4);
+                            let v = fx.b.ins().load(types::F32, mem(), xa, 0);
+                            let d = fx.b.ins().fdiv(v, s);
+                            let rr = fx.b.ins().nearest(d);
+                            let lim = fx.fconst(1e15);
+                            let nlim = fx.fconst(-1e15);
+                            let rr = fx.b.ins().fmin(rr, lim);
+                            let rr = fx.b.ins().fmax(rr, nlim);
+                            let q = fx.b.ins().fcvt_to_sint_sat(types::I64, rr);
+                            let q = fx.b.ins().iadd(q, z);
+                            let q = saturate(fx, ydt, q);
+                            store_int_at(fx, ydt, out, i, q)
+                        } else {
+                            let q = load_int_at(fx, xdt, xp, i)?;
+                            let d = fx.b.ins().isub(q, z);
+                            let f = fx.b.ins().fcvt_from_sint(types::F32, d);
+                            let v = fx.b.ins().fmul(f, s);
+                            let ya = fx.addr(out, i, 4);
+                            fx.b.ins().store(mem(), v, ya, 0);
+                            Ok(())
+                        }
+                    })
+                })
+            })
+        }),
+    );
+    lw.serial = true;
+    Ok(lw)
+}

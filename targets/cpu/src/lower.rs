@@ -100,6 +100,11 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowe
             head_and_epilogue(g, n, body, name, owned)
         }
         Op::Cast { to } if to.is_sub_byte() || g.ty(nd.inputs[0]).dtype.is_sub_byte() => ew::lower_subbyte_cast(g, n),
+        Op::Quantize { .. } | Op::Dequantize { .. }
+            if ew::body_op_supported(g, &nd.op, &nd.inputs, g.ty(out).rank()).is_err() && g.ty(out).quant.is_none() =>
+        {
+            ew::lower_quant_general(g, n)
+        }
         Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::Quantize { .. } => {
             ew::body_op_supported(g, &nd.op, &nd.inputs, g.ty(out).rank()).map_err(CpuError::Unsupported)?;
             let body = single_body(g, &nd.op, &nd.inputs, g.ty(out));

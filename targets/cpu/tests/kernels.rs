@@ -424,3 +424,34 @@ fn softmax_over_an_inner_axis_matches_the_interpreter() {
     let x = Tensor::from_f32(DType::F32, &[3, 5, 4], (0..60).map(|i| (i as f32 * 0.7).sin() * 4.0).collect()).unwrap();
     both_ways(src, vec![x], 1e-6);
 }
+
+/// Quantization with parameters along an inner axis, per block, and to/from 4 bits, with NaN,
+/// saturation and an odd element count.
+#[test]
+fn quantize_and_dequantize_per_axis_per_block_and_four_bit_match_the_interpreter() {
+    let src = "graph @g {
+  v0: f32[3, 5] = input \"x\"
+  v1: f32[3] = const [0.5, 0.25, 2.0]
+  v2: u8[3] = const [10, 128, 250]
+  v3: u8[3, 5] = quantize v0, v1, v2 {axis = 0, block = 0, to = u8}
+  v4: f32[3, 5] = dequantize v3, v1, v2 {axis = 0, block = 0}
+  v5: f32[3, 3] = const [0.5, 1.0, 0.75, 0.3, 0.2, 0.1, 1.5, 2.5, 3.5]
+  v6: i4[3, 3] = const [1, -2, 0, 3, 7, -8, 0, 1, 2]
+  v7: i4[3, 5] = quantize v0, v5, v6 {axis = 1, block = 2, to = i4}
+  v8: f32[3, 5] = dequantize v7, v5, v6 {axis = 1, block = 2}
+  output \"a\" = v3
+  output \"b\" = v4
+  output \"c\" = v7
+  output \"d\" = v8
+}
+";
+    let mut xs: Vec<f32> = (0..15).map(|i| (i as f32 * 1.3).sin() * 6.0).collect();
+    xs[4] = f32::NAN;
+    xs[9] = 1e9;
+    let x = Tensor::from_f32(DType::F32, &[3, 5], xs).unwrap();
+    let (got, want) = run_both(src, vec![x]);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let (g, w) = (g.to_f64_vec(), w.to_f64_vec());
+        assert!(g.iter().zip(&w).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())), "output {i}: {g:?} vs {w:?}");
+    }
+}
