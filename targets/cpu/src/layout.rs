@@ -383,6 +383,77 @@ pub(crate) fn lower_gather(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> 
     ))
 }
 
+/// `gather_nd x, indices {batch_dims}` (ONNX GatherND): for each index tuple (the last dim of
+/// `indices`, static), the slice of `x` it names within its batch is copied; negative indices
+/// count from the end, and an index out of range stops the kernel with a fault code.
+pub(crate) fn lower_gather_nd(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    let Op::GatherNd { batch_dims } = nd.op else { unreachable!() };
+    let (data, idx, out) = (nd.inputs[0], nd.inputs[1], nd.outputs[0]);
+    let e = ebytes(g, data)?;
+    let (ds, is) = (dims(g, data), dims(g, idx));
+    let (r, q, b) = (ds.len(), is.len(), batch_dims as usize);
+    let idx_ty = match g.ty(idx).dtype {
+        tessera_ir::DType::I64 => types::I64,
+        tessera_ir::DType::I32 => types::I32,
+        d => return Err(CpuError::Unsupported(format!("{d} gather_nd indices"))),
+    };
+    let k = match is.last() {
+        Some(Dim::Static(k)) => *k as usize,
+        _ => return Err(CpuError::Unsupported("gather_nd with index tuples of a run-time length".into())),
+    };
+    if r == 0 || q == 0 || b >= r.min(q) || k == 0 || k > r - b {
+        return Err(CpuError::Codegen(format!("gather_nd shapes {ds:?} and {is:?} with batch_dims {b}")));
+    }
+    let ib = idx_ty.bytes() as i64;
+    Ok(Lowered::new(
+        "gather_nd",
+        vec![BufRef::Value(data), BufRef::Value(idx), BufRef::Value(out)],
+        Box::new(move |fx| {
+            let (src, ip, dst) = (fx.buf(0), fx.buf(1), fx.buf(2));
+            let slice = fx.numel(&ds[b + k..])?;
+            let slice_bytes = fx.imul_imm(slice, e);
+            let per_batch = fx.numel(&ds[b..])?;
+            let per_batch_bytes = fx.imul_imm(per_batch, e);
+            let tuples = fx.numel(&is[..q - 1])?;
+            let per = fx.numel(&is[b..q - 1])?;
+            let kd: Vec<Value> = ds[b..b + k].iter().map(|d| fx.dim(d)).collect::<Result<_, _>>()?;
+            fx.for_n(tuples, |fx, t| {
+                let zero = fx.iconst(0);
+                let off = fx.var(types::I64, zero);
+                for (j, &nj) in kd.iter().enumerate() {
+                    let at = fx.imul_imm(t, k as i64);
+                    let at = fx.iadd_imm(at, j as i64);
+                    let ia = fx.addr(ip, at, ib);
+                    let raw = fx.b.ins().load(idx_ty, mem(), ia, 0);
+                    let i = if idx_ty == types::I64 { raw } else { fx.b.ins().sextend(types::I64, raw) };
+                    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, 0);
+                    let wrapped = fx.b.ins().iadd(i, nj);
+                    let i = fx.b.ins().select(neg, wrapped, i);
+                    let bad = fx.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, nj);
+                    fx.fail_if(bad, KernelFault::IndexOutOfRange);
+                    let o = fx.b.use_var(off);
+                    let o = fx.b.ins().imul(o, nj);
+                    let o = fx.b.ins().iadd(o, i);
+                    fx.b.def_var(off, o);
+                }
+                // The batch of tuple t (every tuple is in batch 0 when there are none).
+                let one = fx.iconst(1);
+                let per1 = fx.b.ins().smax(per, one);
+                let batch = fx.b.ins().udiv(t, per1);
+                let so = fx.b.ins().imul(batch, per_batch_bytes);
+                let o = fx.b.use_var(off);
+                let o = fx.b.ins().imul(o, slice_bytes);
+                let so = fx.b.ins().iadd(so, o);
+                let s = fx.b.ins().iadd(src, so);
+                let d_off = fx.b.ins().imul(t, slice_bytes);
+                let d = fx.b.ins().iadd(dst, d_off);
+                copy_bytes(fx, s, d, slice_bytes)
+            })
+        }),
+    ))
+}
+
 /// `shape_of`, `range`, `constant_of_shape` (when their result shapes follow from the inputs).
 pub(crate) fn lower_shape_ops(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
     let nd = g.node(n);

@@ -121,6 +121,7 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowe
             layout::lower(g, n)
         }
         Op::Gather { .. } => layout::lower_gather(g, n),
+        Op::GatherNd { .. } => layout::lower_gather_nd(g, n),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => nn::lower_norm(g, n),
         Op::Attention { .. } => nn::lower_attention(g, n, owned.ukernels),
         Op::Reduce { .. } | Op::ArgMax { .. } => reduce::lower_reduce(g, n),
@@ -129,7 +130,6 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowe
             gemm::lower_single(g, n, owned)
         }
         Op::ShapeOf | Op::Range | Op::ConstantOfShape { .. } => layout::lower_shape_ops(g, n),
-        other => Err(CpuError::Unsupported(format!("no CPU kernel for `{}` yet", other.name()))),
     }
 }
 

@@ -455,3 +455,25 @@ fn quantize_and_dequantize_per_axis_per_block_and_four_bit_match_the_interpreter
         assert!(g.iter().zip(&w).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())), "output {i}: {g:?} vs {w:?}");
     }
 }
+
+/// GatherND with a batch dim, negative indices, and an out-of-range index (a kernel fault, as
+/// the interpreter's error, not a read outside the data).
+#[test]
+fn gather_nd_matches_the_interpreter_and_faults_out_of_range() {
+    let src = "graph @g {
+  v0: f32[2, 3, 4] = input \"x\"
+  v1: i64[2, 2, 1] = input \"i\"
+  v2: f32[2, 2, 4] = gather_nd v0, v1 {batch_dims = 1}
+  output \"y\" = v2
+}
+";
+    let x = Tensor::from_f32(DType::F32, &[2, 3, 4], (0..24).map(|i| i as f32).collect()).unwrap();
+    let i = Tensor::from_i64(DType::I64, &[2, 2, 1], vec![2, -3, 0, 1]).unwrap();
+    let (got, want) = run_both(src, vec![x.clone(), i]);
+    assert_eq!(got[0].to_f64_vec(), want[0].to_f64_vec());
+    let g = parse(src).unwrap();
+    let p = compile(&g, &CpuOptions { threads: 1, ..Default::default() }).unwrap();
+    let bad = Tensor::from_i64(DType::I64, &[2, 2, 1], vec![0, 3, 0, 0]).unwrap();
+    let e = p.run(&[x, bad]).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+}
