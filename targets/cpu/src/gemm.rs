@@ -125,6 +125,31 @@ impl Epilogue<'_> {
         acc: Value,
         vector: bool,
     ) -> Result<Value, CpuError> {
+        // Four lanes at once only when every value is f32 (as in the elementwise kernels); a
+        // bool mask or an integer operand is applied lane by lane.
+        let all_f32 = self.operands.iter().all(|(_, d, _, _)| *d == tessera_ir::DType::F32)
+            && self.nodes.iter().all(|&n| {
+                let nd = self.body.node(n);
+                // The product (and its folded cast) is the f32 accumulator whatever its type.
+                let f32_here = |v: &tessera_ir::Value| {
+                    Some(*v) == self.product
+                        || self.folded_casts.contains(v)
+                        || self.body.ty(*v).dtype == tessera_ir::DType::F32
+                };
+                self.folded_casts.contains(&nd.outputs[0]) || nd.outputs.iter().chain(&nd.inputs).all(f32_here)
+            });
+        if vector && !all_f32 {
+            let mut out = acc;
+            for lane in 0..4u8 {
+                let x = fx.b.ins().extractlane(acc, lane);
+                let x = fx.b.ins().splat(F4, x);
+                let c = fx.iadd_imm(col, lane as i64);
+                let r = self.apply(fx, a, row_offs, c, x, false)?;
+                let r = fx.b.ins().extractlane(r, 0);
+                out = fx.b.ins().insertlane(out, r, lane);
+            }
+            return Ok(out);
+        }
         let mut loaded: Vec<Sv> = Vec::new();
         for (k, (_, dtype, _, _)) in self.operands.iter().enumerate() {
             let mut addr = fx.b.ins().iadd(a.bases[k], row_offs[k]);

@@ -19,6 +19,7 @@ mod fx;
 mod gemm;
 mod jit;
 mod layout;
+mod legalize;
 mod lower;
 mod math;
 pub mod microbench;

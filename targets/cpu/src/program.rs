@@ -84,6 +84,9 @@ struct RunPlan {
 
 pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
     let t0 = Instant::now();
+    // Half-precision products and normalizations run as f32 kernels between casts.
+    let legal = crate::legalize::half_to_f32(g);
+    let g = legal.as_ref().unwrap_or(g);
     let syms = symbols(g)?;
     let mut jit = Jit::new(opts.listing)?;
     let mut build = Build { owned: Vec::new(), ukernels: opts.ukernels };

@@ -477,3 +477,32 @@ fn gather_nd_matches_the_interpreter_and_faults_out_of_range() {
     let e = p.run(&[x, bad]).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 }
+
+/// A product whose epilogue selects with a broadcast bool mask (what the default pipeline makes
+/// of a causal attention written out): the mask is applied per element, not one byte per four
+/// lanes (this returned wrong values before).
+#[test]
+fn product_epilogue_with_a_bool_mask_matches_the_interpreter() {
+    let src = "graph @g {
+  v0: f32[2, 3, 4, 8] = input \"a\"
+  v1: f32[2, 3, 8, 6] = input \"b\"
+  v2: bool[4, 6] = input \"m\"
+  v3: f32[] = const [-1000.0]
+  v4: f32[2, 3, 4, 6] = kernel v0, v1, v2, v3 {name = \"matmul_where\"} region {
+    v0: f32[2, 3, 4, 8] = input \"p0\"
+    v1: f32[2, 3, 8, 6] = input \"p1\"
+    v2: bool[4, 6] = input \"p2\"
+    v3: f32[] = input \"p3\"
+    v4: f32[2, 3, 4, 6] = matmul v0, v1
+    v5: f32[2, 3, 4, 6] = where v2, v4, v3
+    output \"r\" = v5
+  }
+  output \"y\" = v4
+}
+";
+    let t = |n: usize, s: f32| (0..n).map(|i| (i as f32 * s).sin()).collect::<Vec<f32>>();
+    let a = Tensor::from_f32(DType::F32, &[2, 3, 4, 8], t(192, 0.37)).unwrap();
+    let b = Tensor::from_f32(DType::F32, &[2, 3, 8, 6], t(288, 0.23)).unwrap();
+    let m = Tensor::from_bool(&[4, 6], (0..24).map(|i| i % 6 <= i / 6).collect()).unwrap();
+    both_ways(src, vec![a, b, m], 1e-5);
+}
