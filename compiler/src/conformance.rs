@@ -189,6 +189,10 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
         Err(e) if e.is_unsupported() => return Outcome::Unsupported(short(&e)),
         Err(e) => return Outcome::Failed(format!("import: {}", short(&e))),
     };
+    // Shapes that follow from input values are known only per run: the CPU target then runs the
+    // pipeline on each specialized graph instead.
+    let unoptimized =
+        (backend == Backend::Cpu && tessera_target_cpu::specialize::shapes_depend_on_data(&g)).then(|| g.clone());
     if let Some(p) = pipeline {
         let result = tessera_passes::Pipeline::parse(p).and_then(|mut pl| {
             pl.verify_each = true;
@@ -203,7 +207,13 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
         Backend::Cpu => {
             let opts = tessera_target_cpu::CpuOptions { threads: 1, ..Default::default() };
             // Shapes that depend on input values: compiled at the first run, per value.
-            let compiled = if tessera_target_cpu::specialize::shapes_depend_on_data(&g) {
+            let compiled = if let Some(u) = &unoptimized {
+                let spec = match pipeline {
+                    Some(p) => tessera_target_cpu::Specializing::with_pipeline(u, &opts, p),
+                    None => tessera_target_cpu::Specializing::new(u, &opts),
+                };
+                spec.map(|s| CpuRun::Specializing(Box::new(s)))
+            } else if tessera_target_cpu::specialize::shapes_depend_on_data(&g) {
                 tessera_target_cpu::Specializing::new(&g, &opts).map(|s| CpuRun::Specializing(Box::new(s)))
             } else {
                 tessera_target_cpu::compile(&g, &opts).map(|p| CpuRun::Program(Box::new(p)))

@@ -137,6 +137,19 @@ impl Session {
     /// Optimizes and compiles a graph.
     pub fn from_graph(mut g: tessera_ir::Graph, opts: &SessionOptions) -> Result<Session, SessionError> {
         let t0 = Instant::now();
+        if opts.target == Target::Cpu && tessera_target_cpu::specialize::shapes_depend_on_data(&g) {
+            // Shapes that follow from input values: the passes and the compiler run per value,
+            // at the first run with it.
+            let copts = tessera_target_cpu::CpuOptions {
+                threads: opts.threads.max(1),
+                ukernels: opts.ukernels,
+                ..Default::default()
+            };
+            let spec = tessera_target_cpu::Specializing::with_pipeline(&g, &copts, &opts.passes)?;
+            let engine = Engine::CpuSpecializing(Box::new(spec));
+            let startup = StartupTimes { import_ms: 0.0, passes_ms: 0.0, codegen_ms: t0.elapsed().as_secs_f64() * 1e3 };
+            return Ok(Session { graph: g, engine, startup });
+        }
         let mut pipeline =
             tessera_compiler::passes::Pipeline::parse(&opts.passes).map_err(|e| SessionError::Passes(e.to_string()))?;
         pipeline.verify_each = false;
@@ -151,7 +164,7 @@ impl Session {
                     ..Default::default()
                 };
                 if tessera_target_cpu::specialize::shapes_depend_on_data(&g) {
-                    // Shapes that follow from input values: compiled at the first run, per value.
+                    // `?` dims the passes left: compiled at the first run, per value.
                     Engine::CpuSpecializing(Box::new(tessera_target_cpu::Specializing::new(&g, &copts)?))
                 } else {
                     Engine::Cpu(Box::new(tessera_target_cpu::compile(&g, &copts)?))

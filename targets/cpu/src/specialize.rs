@@ -30,6 +30,9 @@ pub struct Specializing {
     opts: CpuOptions,
     /// Inputs (by position) whose values key the compiled programs.
     keyed: Vec<usize>,
+    /// Passes run on each specialized graph after `canonicalize` (the pipeline the caller
+    /// would have run, had the shapes been known).
+    pipeline: Option<String>,
     cache: Mutex<Vec<(Vec<Tensor>, Arc<Program>)>>,
 }
 
@@ -56,7 +59,17 @@ impl Specializing {
                 "dims `?` known only from computed data (no scalar or short integer input to specialize on)".into(),
             ));
         }
-        Ok(Specializing { graph: g.clone(), opts: opts.clone(), keyed, cache: Mutex::new(Vec::new()) })
+        Ok(Specializing { graph: g.clone(), opts: opts.clone(), keyed, pipeline: None, cache: Mutex::new(Vec::new()) })
+    }
+
+    /// As [`Specializing::new`] for a graph not yet optimized: each specialized graph also runs
+    /// `pipeline` (a pass list as `tessera_passes::Pipeline::parse` reads it) before it is
+    /// compiled, so fusion sees the known shapes.
+    pub fn with_pipeline(g: &Graph, opts: &CpuOptions, pipeline: &str) -> Result<Specializing, CpuError> {
+        tessera_passes::Pipeline::parse(pipeline).map_err(|e| CpuError::Codegen(format!("pipeline: {e}")))?;
+        let mut s = Specializing::new(g, opts)?;
+        s.pipeline = Some(pipeline.to_string());
+        Ok(s)
     }
 
     /// The program for these inputs' keyed values: from the cache, or specialized and compiled
@@ -118,7 +131,12 @@ impl Specializing {
             // read the constant.
             g.replace_uses(v, c);
         }
-        tessera_passes::Pipeline::parse("canonicalize")
+        let passes = match &self.pipeline {
+            Some(p) if p.trim() == "default" => format!("canonicalize,{}", tessera_passes::DEFAULT_PIPELINE),
+            Some(p) if p.trim() != "none" => format!("canonicalize,{p}"),
+            _ => "canonicalize".to_string(),
+        };
+        tessera_passes::Pipeline::parse(&passes)
             .and_then(|p| p.run(&mut g, &mut |_| {}))
             .map_err(|e| CpuError::Codegen(format!("specializing on input values: {e}")))?;
         crate::compile(&g, &self.opts)
