@@ -2,9 +2,9 @@
 //! and rounds its results to the result's dtype, so a `matmul`, `gemm`, `attention`, `softmax`,
 //! `log_softmax`, `layer_norm` or `rms_norm` on f16 or bf16 values is the same op on f32 values
 //! between casts (f16 and bf16 values are exact in f32; the final cast rounds as the
-//! interpreter does). The CPU target's kernels for those ops are f32, so `half_to_f32` rewrites
-//! them that way before lowering. Graphs with regions or quantized types are left as they are
-//! (their half ops stay unsupported).
+//! interpreter does). The CPU target's kernels for those ops are f32, so `legalize` rewrites
+//! them that way before lowering. It also puts back as separate nodes the regions the CPU target
+//! has no single kernel for. Graphs with quantized types are left as they are.
 
 use std::collections::HashMap;
 
@@ -27,12 +27,26 @@ fn f32_only(op: &Op) -> bool {
     )
 }
 
-/// The graph with every f32-only op on half values computed in f32 between casts, or None when
-/// there is nothing to rewrite (or the graph is outside what the rewrite handles).
-pub(crate) fn half_to_f32(g: &Graph) -> Option<Graph> {
-    let needs =
-        g.nodes().any(|(_, nd)| f32_only(&nd.op) && nd.inputs.iter().chain(&nd.outputs).any(|v| half(g.ty(*v).dtype)));
-    let simple = g.nodes().all(|(_, nd)| nd.body.is_none()) && g.values().all(|(_, vd)| vd.ty.quant.is_none());
+/// A region the CPU target has no kernel for: its head is not a product and its result has
+/// another shape than the head's (a reduction whose result a later op broadcasts back, as in
+/// a softmax written out), so the tail cannot run in place over the head's result.
+fn unfusable(g: &Graph, nd: &tessera_ir::NodeData) -> bool {
+    let Some(body) = nd.body.as_deref() else { return false };
+    let Some((_, head)) = body.nodes().next() else { return false };
+    let product = matches!(head.op, Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger { .. } | Op::QMatMul);
+    let (ht, ot) = (body.ty(head.outputs[0]), g.ty(nd.outputs[0]));
+    !product && body.n_nodes() > 1 && (ht.shape != ot.shape || ht.dtype.bits() != ot.dtype.bits())
+}
+
+/// The graph with every f32-only op on half values computed in f32 between casts, and every
+/// region the CPU target cannot run as one kernel (see `unfusable`) put back as its nodes; None
+/// when there is nothing to rewrite (or the graph is outside what the rewrite handles: quantized
+/// types, half values inside regions).
+pub(crate) fn legalize(g: &Graph) -> Option<Graph> {
+    let needs = g.nodes().any(|(_, nd)| {
+        unfusable(g, nd) || (f32_only(&nd.op) && nd.inputs.iter().chain(&nd.outputs).any(|v| half(g.ty(*v).dtype)))
+    });
+    let simple = g.values().all(|(_, vd)| vd.ty.quant.is_none());
     if !needs || !simple {
         return None;
     }
@@ -46,6 +60,37 @@ pub(crate) fn half_to_f32(g: &Graph) -> Option<Graph> {
     }
     for (_, nd) in g.nodes() {
         let ins: Vec<Value> = nd.inputs.iter().map(|v| map.get(v).copied()).collect::<Option<_>>()?;
+        if unfusable(g, nd) {
+            // The body's nodes in place of the region (regions do not nest).
+            let body = nd.body.as_deref()?;
+            let mut inner: HashMap<Value, Value> = HashMap::new();
+            for ((_, bv), &outer) in body.inputs().iter().zip(&ins) {
+                inner.insert(*bv, outer);
+            }
+            for (_, bn) in body.nodes() {
+                if bn.body.is_some() {
+                    return None;
+                }
+                let bins: Vec<Value> = bn.inputs.iter().map(|v| inner.get(v).copied()).collect::<Option<_>>()?;
+                let n = out.add_node(bn.op.clone(), bins, bn.outputs.iter().map(|v| body.ty(*v).clone()).collect());
+                for (old, new) in bn.outputs.iter().zip(out.node(n).outputs.clone()) {
+                    inner.insert(*old, new);
+                }
+            }
+            for ((_, bv), old) in body.outputs().iter().zip(&nd.outputs) {
+                map.insert(*old, *inner.get(bv)?);
+            }
+            continue;
+        }
+        if nd.body.is_some() {
+            // Regions are copied whole; half values inside them are not rewritten.
+            let n = out.add_node(nd.op.clone(), ins, nd.outputs.iter().map(|v| g.ty(*v).clone()).collect());
+            out.node_mut(n).body = nd.body.clone();
+            for (old, new) in nd.outputs.iter().zip(out.node(n).outputs.clone()) {
+                map.insert(*old, new);
+            }
+            continue;
+        }
         let wrap = f32_only(&nd.op) && nd.inputs.iter().chain(&nd.outputs).any(|v| half(g.ty(*v).dtype));
         if !wrap {
             let n = out.add_node(nd.op.clone(), ins, nd.outputs.iter().map(|v| g.ty(*v).clone()).collect());

@@ -85,7 +85,7 @@ struct RunPlan {
 pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
     let t0 = Instant::now();
     // Half-precision products and normalizations run as f32 kernels between casts.
-    let legal = crate::legalize::half_to_f32(g);
+    let legal = crate::legalize::legalize(g);
     let g = legal.as_ref().unwrap_or(g);
     let syms = symbols(g)?;
     let mut jit = Jit::new(opts.listing)?;
