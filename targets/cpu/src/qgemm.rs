@@ -547,6 +547,7 @@ fn emit(fx: &mut Fx, epi: &Epilogue, c: &Cfg, rows_dims: &[Dim]) -> Result<(), C
     let side = fx.buf(c.sb);
     let out = fx.buf(c.out_buf);
     let za = zero_point_a(fx, c);
+    let corr = column_corrections(fx, c, side, za)?;
     let rows = fx.numel(rows_dims)?;
     let addr: EpiAddr = epi.prepare(fx)?;
     let nv = fx.iconst(c.n);
@@ -556,7 +557,7 @@ fn emit(fx: &mut Fx, epi: &Epilogue, c: &Cfg, rows_dims: &[Dim]) -> Result<(), C
         let poff = fx.imul_imm(p, c.k * 8);
         let bp = fx.b.ins().iadd(b, poff);
         let n0 = fx.imul_imm(p, 8);
-        fx.for_row_blocks(r0, r1, MR, |fx, m0, mr| block(fx, epi, &addr, c, a, bp, side, out, za, m0, mr, n0, nv))
+        fx.for_row_blocks(r0, r1, MR, |fx, m0, mr| block(fx, epi, &addr, c, a, bp, side, out, corr, m0, mr, n0, nv))
     })
 }
 
@@ -570,7 +571,7 @@ fn block(
     bp: Value,
     side: Value,
     out: Value,
-    za: Value,
+    corr: Value,
     m0: Value,
     mr: usize,
     n0: Value,
@@ -611,7 +612,6 @@ fn block(
         }
         Ok(())
     })?;
-    let kza = k_za(fx, c, za);
     for r in 0..mr {
         let row = fx.iadd_imm(m0, r as i64);
         // The A word is broadcast, so every lane summed the same 4 bytes: all lanes hold the
@@ -621,7 +621,7 @@ fn block(
         for h in 0..2 {
             let acc = fx.b.use_var(accs[r * 2 + h]);
             let col = fx.iadd_imm(n0, h as i64 * 4);
-            finish(fx, epi, addr, c, &offs, side, out, (za, kza), row, rowsum, col, nv, acc)?;
+            finish(fx, epi, addr, c, &offs, side, out, corr, row, rowsum, col, nv, acc)?;
         }
     }
     Ok(())
@@ -632,6 +632,28 @@ fn k_za(fx: &mut Fx, c: &Cfg, za: Value) -> Value {
     let kz = fx.b.ins().iconst(types::I32, c.k);
     let kz = fx.b.ins().splat(types::I32X4, kz);
     fx.b.ins().imul(kz, za)
+}
+
+/// The zero-point terms that depend only on the column, `K za zb[c] - za colsum[c]`, computed
+/// once per kernel call into a stack buffer of N i32 (`za` is known only at run time).
+fn column_corrections(fx: &mut Fx, c: &Cfg, side: Value, za: Value) -> Result<Value, CpuError> {
+    let buf = fx.stack_buf((c.n * 4) as u32, 4);
+    let kza = k_za(fx, c, za);
+    let zero = fx.iconst(0);
+    let n = fx.iconst(c.n);
+    fx.for_range(zero, n, 4, true, |fx, col| {
+        let coff = fx.imul_imm(col, 4);
+        let sc = fx.b.ins().iadd(side, coff);
+        let colsum = fx.b.ins().load(types::I32X4, mem(), sc, 0);
+        let zb = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 8) as i32);
+        let t = fx.b.ins().imul(kza, zb);
+        let u = fx.b.ins().imul(za, colsum);
+        let v = fx.b.ins().isub(t, u);
+        let d = fx.b.ins().iadd(buf, coff);
+        fx.b.ins().store(mem(), v, d, 0);
+        Ok(())
+    })?;
+    Ok(buf)
 }
 
 /// Columns `col..col + 4` of `row` from the raw product `acc` (`sum a b` with the weight
@@ -645,7 +667,7 @@ fn finish(
     offs: &[Value],
     side: Value,
     out: Value,
-    (za, kza): (Value, Value),
+    corr: Value,
     row: Value,
     rowsum: Option<Value>,
     col: Value,
@@ -653,19 +675,16 @@ fn finish(
     mut acc: Value,
 ) -> Result<(), CpuError> {
     let coff = fx.imul_imm(col, 4);
-    let sc = fx.b.ins().iadd(side, coff);
-    let colsum = fx.b.ins().load(types::I32X4, mem(), sc, 0);
-    let coef = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 4) as i32);
-    let zb = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 8) as i32);
     if let Some(s) = rowsum {
+        let sc = fx.b.ins().iadd(side, coff);
+        let coef = fx.b.ins().load(types::I32X4, mem(), sc, (c.n * 4) as i32);
         let t = fx.b.ins().imul(coef, s);
         acc = fx.b.ins().iadd(acc, t);
     }
-    // - za * colsum + K za zb
-    let t = fx.b.ins().imul(za, colsum);
-    acc = fx.b.ins().isub(acc, t);
-    let t = fx.b.ins().imul(kza, zb);
-    acc = fx.b.ins().iadd(acc, t);
+    // - za * colsum + K za zb, per column for this call (see `column_corrections`).
+    let ca = fx.b.ins().iadd(corr, coff);
+    let cv = fx.b.ins().load(types::I32X4, mem(), ca, 0);
+    acc = fx.b.ins().iadd(acc, cv);
     if c.int_out {
         let rn = fx.b.ins().imul(row, nv);
         let i = fx.b.ins().iadd(rn, col);
@@ -689,7 +708,7 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: Tiles, rows_dims: &[D
     let out = fx.buf(c.out_buf);
     let scratch = fx.buf(c.scratch_buf);
     let za = zero_point_a(fx, c);
-    let kza = k_za(fx, c, za);
+    let corr = column_corrections(fx, c, side, za)?;
     let rows = fx.numel(rows_dims)?;
     let addr: EpiAddr = epi.prepare(fx)?;
     let nv = fx.iconst(c.n);
@@ -741,7 +760,7 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: Tiles, rows_dims: &[D
                     let off = (r * ukernel::F32_TILE_COLS + h * 4) * 4;
                     let acc = fx.b.ins().load(types::I32X4, mem(), tbuf, off as i32);
                     let col = fx.iadd_imm(n0, h as i64 * 4);
-                    finish(fx, epi, &addr, c, &offs, side, out, (za, kza), row, rowsum, col, nv, acc)?;
+                    finish(fx, epi, &addr, c, &offs, side, out, corr, row, rowsum, col, nv, acc)?;
                 }
             }
             Ok(())
