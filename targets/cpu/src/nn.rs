@@ -650,7 +650,7 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                         let mv = fx.b.ins().splat(F4, m);
                         row_map(fx, row, row, sk, &|fx, v, _, _| {
                             let d = fx.b.ins().fsub(v, mv);
-                            math::exp(fx, d)
+                            math::exp_nonpositive(fx, d)
                         })?;
                         let sum = row_sum(fx, row, sk, &|_, v| v)?;
                         let one = fx.fconst(1.0);

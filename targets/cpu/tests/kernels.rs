@@ -506,3 +506,29 @@ fn product_epilogue_with_a_bool_mask_matches_the_interpreter() {
     let m = Tensor::from_bool(&[4, 6], (0..24).map(|i| i % 6 <= i / 6).collect()).unwrap();
     both_ways(src, vec![a, b, m], 1e-5);
 }
+
+/// exp on non-positive inputs (the softmax form) against libm, relative, down to where it stops
+/// following exp (below -87.3 it returns about 1.2e-38, not a denormal).
+#[test]
+fn softmax_attention_exp_matches_libm_on_non_positive_inputs() {
+    // Attention over one key per row: the probability is exactly 1; over two keys with a score
+    // gap d, p = 1 / (1 + exp(-d)) exercises exp on [-80, 0].
+    let n = 81;
+    let src = format!(
+        "graph @g {{
+  v0: f32[1, 1, {n}, 1] = input \"q\"
+  v1: f32[1, 1, 2, 1] = input \"k\"
+  v2: f32[1, 1, 2, 1] = input \"v\"
+  v3: f32[1, 1, {n}, 1] = attention v0, v1, v2 {{scale = 1.0, causal = false}}
+  output \"y\" = v3
+}}
+"
+    );
+    let q = Tensor::from_f32(DType::F32, &[1, 1, n, 1], (0..n).map(|i| i as f32).collect()).unwrap();
+    let k = Tensor::from_f32(DType::F32, &[1, 1, 2, 1], vec![0.0, 1.0]).unwrap();
+    let v = Tensor::from_f32(DType::F32, &[1, 1, 2, 1], vec![1.0, 0.0]).unwrap();
+    let (got, want) = run_both(&src, vec![q, k, v]);
+    for (a, b) in got[0].to_f64_vec().iter().zip(want[0].to_f64_vec()) {
+        assert!((a - b).abs() <= 2e-7 * b.abs().max(1e-30) + 1e-37, "{a} vs {b}");
+    }
+}
