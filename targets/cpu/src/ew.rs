@@ -633,21 +633,8 @@ pub(crate) fn lower_subbyte_cast(g: &Graph, n: tessera_ir::Node) -> Result<crate
             let (xp, yp) = (fx.buf(0), fx.buf(1));
             let n = fx.numel(&xd)?;
             fx.for_n(n, |fx, i| {
-                let half = fx.b.ins().ushr_imm_u(i, 1);
-                let odd = fx.b.ins().band_imm_u(i, 1);
-                let shift = fx.b.ins().ishl_imm_s(odd, 2);
                 let v = if four(from) {
-                    let a = fx.b.ins().iadd(xp, half);
-                    let byte = fx.b.ins().uload8(types::I64, mem(), a, 0);
-                    let code = fx.b.ins().ushr(byte, shift);
-                    let code = fx.b.ins().band_imm_u(code, 15);
-                    let v = if from == DType::I4 {
-                        let t = fx.b.ins().ishl_imm_s(code, 60);
-                        fx.b.ins().sshr_imm_s(t, 60)
-                    } else {
-                        code
-                    };
-                    Sv::I(v)
+                    Sv::I(load_int_at(fx, from, xp, i)?)
                 } else {
                     let eb = crate::fx::elem_bytes(from).ok_or_else(|| CpuError::Codegen(format!("{from}")))?;
                     let a = fx.addr(xp, i, eb);
@@ -657,23 +644,14 @@ pub(crate) fn lower_subbyte_cast(g: &Graph, n: tessera_ir::Node) -> Result<crate
                     let Sv::I(w) = cast(fx, v, from, DType::I64) else {
                         return Err(CpuError::Codegen("cast to i64".into()));
                     };
-                    let code = fx.b.ins().band_imm_u(w, 15);
-                    let code = fx.b.ins().ishl(code, shift);
-                    let a = fx.b.ins().iadd(yp, half);
-                    // The even element writes its byte (high nibble 0), the odd one adds its own.
-                    let is_odd = fx.b.ins().icmp_imm_s(IntCC::NotEqual, odd, 0);
-                    let old = fx.b.ins().uload8(types::I64, mem(), a, 0);
-                    let zero = fx.iconst(0);
-                    let keep = fx.b.ins().select(is_odd, old, zero);
-                    let byte = fx.b.ins().bor(keep, code);
-                    fx.b.ins().istore8(mem(), byte, a, 0);
+                    store_int_at(fx, to, yp, i, w)
                 } else {
                     let r = cast(fx, v, DType::I64, to);
                     let eb = crate::fx::elem_bytes(to).ok_or_else(|| CpuError::Codegen(format!("{to}")))?;
                     let a = fx.addr(yp, i, eb);
                     store(fx, to, r, a, false);
+                    Ok(())
                 }
-                Ok(())
             })
         }),
     );

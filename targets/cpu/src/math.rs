@@ -8,21 +8,19 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 
 use crate::fx::{Fx, F4};
 
-/// `exp(x)` lane-wise (Cephes' single-precision polynomial after a range reduction by ln 2).
-pub fn exp(fx: &mut Fx, x: Value) -> Value {
-    let xc = clamp(fx, x, -87.336_54, 88.376_26);
+/// The shared middle of the exp forms: for `xc` (already clamped), `t = xc log2 e` rounded to
+/// `n` by adding and removing 1.5 * 2^23 (the sum's low mantissa bits are n, returned as i32
+/// lanes), and `e^(xc - n ln 2)` by Cephes' polynomial; the caller scales by 2^n.
+fn exp_reduced(fx: &mut Fx, xc: Value) -> (Value, Value) {
     let log2e = fx.fsplat(std::f32::consts::LOG2_E);
     let t = fx.b.ins().fmul(xc, log2e);
-    // Round to nearest even by adding and removing 1.5 * 2^23 (|t| < 2^22 here): the sum's
-    // low mantissa bits are then n itself, so no float-to-int conversion is needed.
     let magic = fx.fsplat(12_582_912.0);
     let tm = fx.b.ins().fadd(t, magic);
     let n = fx.b.ins().fsub(tm, magic);
     let c1 = fx.fsplat(0.693_359_4);
     let c2 = fx.fsplat(-2.121_944_4e-4);
-    let r = fx.b.ins().fneg(n);
-    let r = fx.b.ins().fma(r, c1, xc);
     let nn = fx.b.ins().fneg(n);
+    let r = fx.b.ins().fma(nn, c1, xc);
     let r = fx.b.ins().fma(nn, c2, r);
     let mut p = fx.fsplat(1.987_569_1e-4);
     for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5_f32] {
@@ -33,10 +31,17 @@ pub fn exp(fx: &mut Fx, x: Value) -> Value {
     let one = fx.fsplat(1.0);
     let y = fx.b.ins().fadd(r, one);
     let y = fx.b.ins().fma(p, r2, y);
-    // 2^n through the exponent bits, in two halves so n = 128 does not overflow the field.
     let tmi = fx.vcast(types::I32X4, tm);
     let mi = fx.vcast(types::I32X4, magic);
     let ni = fx.b.ins().isub(tmi, mi);
+    (y, ni)
+}
+
+/// `exp(x)` lane-wise (Cephes' single-precision polynomial after a range reduction by ln 2).
+pub fn exp(fx: &mut Fx, x: Value) -> Value {
+    let xc = clamp(fx, x, -87.336_54, 88.376_26);
+    let (y, ni) = exp_reduced(fx, xc);
+    // 2^n through the exponent bits, in two halves so n = 128 does not overflow the field.
     let half = fx.b.ins().sshr_imm_s(ni, 1);
     let rest = fx.b.ins().isub(ni, half);
     let bias = fx.b.ins().iconst(types::I32, 127);
@@ -68,29 +73,8 @@ pub fn exp_nonpositive(fx: &mut Fx, x: Value) -> Value {
     let lo = fx.fsplat(-87.336_54);
     let below = fx.vfcmp(FloatCC::LessThan, x, lo);
     let xc = fx.vselect(below, lo, x);
-    let log2e = fx.fsplat(std::f32::consts::LOG2_E);
-    let t = fx.b.ins().fmul(xc, log2e);
-    let magic = fx.fsplat(12_582_912.0);
-    let tm = fx.b.ins().fadd(t, magic);
-    let n = fx.b.ins().fsub(tm, magic);
-    let c1 = fx.fsplat(0.693_359_4);
-    let c2 = fx.fsplat(-2.121_944_4e-4);
-    let nn = fx.b.ins().fneg(n);
-    let r = fx.b.ins().fma(nn, c1, xc);
-    let r = fx.b.ins().fma(nn, c2, r);
-    let mut p = fx.fsplat(1.987_569_1e-4);
-    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5_f32] {
-        let cv = fx.fsplat(c);
-        p = fx.b.ins().fma(p, r, cv);
-    }
-    let r2 = fx.b.ins().fmul(r, r);
-    let one = fx.fsplat(1.0);
-    let y = fx.b.ins().fadd(r, one);
-    let y = fx.b.ins().fma(p, r2, y);
+    let (y, ni) = exp_reduced(fx, xc);
     // n is in [-126, 0]: one exponent field holds 2^n.
-    let tmi = fx.vcast(types::I32X4, tm);
-    let mi = fx.vcast(types::I32X4, magic);
-    let ni = fx.b.ins().isub(tmi, mi);
     let bias = fx.b.ins().iconst(types::I32, 127);
     let bias = fx.b.ins().splat(types::I32X4, bias);
     let e = fx.b.ins().iadd(ni, bias);

@@ -590,24 +590,9 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                                 let o = fx.b.ins().imul(i, st);
                                 a = fx.b.ins().iadd(a, o);
                             }
-                            let zero = fx.iconst(0);
-                            let rest = fx.for_range(zero, sk, 4, true, |fx, j| {
-                                let sa = fx.addr(row, j, 4);
-                                let ma = fx.addr(a, j, 4);
-                                let sv = fx.b.ins().load(F4, mem(), sa, 0);
-                                let mv = fx.b.ins().load(F4, mem_ro(), ma, 0);
-                                let t = fx.b.ins().fadd(sv, mv);
-                                fx.b.ins().store(mem(), t, sa, 0);
-                                Ok(())
-                            })?;
-                            fx.for_range(rest, sk, 1, false, |fx, j| {
-                                let sa = fx.addr(row, j, 4);
-                                let ma = fx.addr(a, j, 4);
-                                let sv = fx.b.ins().load(types::F32, mem(), sa, 0);
-                                let mv = fx.b.ins().load(types::F32, mem_ro(), ma, 0);
-                                let t = fx.b.ins().fadd(sv, mv);
-                                fx.b.ins().store(mem(), t, sa, 0);
-                                Ok(())
+                            row_map(fx, row, row, sk, &|fx, v, j, vector| {
+                                let m = load_param(fx, a, j, vector, false);
+                                fx.b.ins().fadd(v, m)
                             })?;
                         } else if mp.is_some() || causal {
                             fx.for_n(sk, |fx, j| {
