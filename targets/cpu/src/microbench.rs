@@ -129,20 +129,25 @@ fn gemm_gflops(mode: Ukernels, m: usize, k: usize, n: usize) -> Result<(f64, f64
     let node = g.add_node(Op::MatMul, vec![a, b], vec![TensorType::new(DType::F32, Shape::from_static(&[m, n]))]);
     let out = g.node(node).outputs[0];
     g.add_output("y", out);
-    let p = crate::compile(&g, &CpuOptions { threads: 1, ukernels: mode, ..Default::default() })?;
     let x = Tensor::from_f32(DType::F32, &[m, k], (0..m * k).map(|i| (i % 11) as f32 * 0.1).collect())
         .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    time_gemm(&g, mode, x, 2.0 * (m * k * n) as f64)
+}
+
+/// Compiles a one-product graph for one thread and returns `ops` per second, in billions, for
+/// the median and the best of 21 runs on `x`.
+fn time_gemm(g: &Graph, mode: Ukernels, x: Tensor, ops: f64) -> Result<(f64, f64), CpuError> {
+    let p = crate::compile(g, &CpuOptions { threads: 1, ukernels: mode, ..Default::default() })?;
     let mut err = None;
     let (t, best) = time2(21, || {
         if let Err(e) = p.run(std::slice::from_ref(&x)) {
             err = Some(e);
         }
     });
-    if let Some(e) = err {
-        return Err(e);
+    match err {
+        Some(e) => Err(e),
+        None => Ok((ops / t / 1e9, ops / best / 1e9)),
     }
-    let flops = 2.0 * (m * k * n) as f64;
-    Ok((flops / t / 1e9, flops / best / 1e9))
 }
 
 /// GOP/s (2 per multiply-add) of an integer inner tile (`sat`: onnxruntime's saturating pairs,
@@ -191,20 +196,9 @@ fn int_gemm_gops(mode: Ukernels, sat: bool, m: usize, k: usize, n: usize) -> Res
     );
     let out = g.node(node).outputs[0];
     g.add_output("y", out);
-    let p = crate::compile(&g, &CpuOptions { threads: 1, ukernels: mode, ..Default::default() })?;
     let x = Tensor::from_i64(DType::U8, &[m, k], (0..m * k).map(|i| (i % 251) as i64).collect())
         .map_err(|e| CpuError::Codegen(e.to_string()))?;
-    let mut err = None;
-    let (t, best) = time2(21, || {
-        if let Err(e) = p.run(std::slice::from_ref(&x)) {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    let ops = 2.0 * (m * k * n) as f64;
-    Ok((ops / t / 1e9, ops / best / 1e9))
+    time_gemm(&g, mode, x, 2.0 * (m * k * n) as f64)
 }
 
 /// Every figure, in report order.

@@ -783,6 +783,20 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
             let zfv = fx.b.ins().splat(F4, zf);
             let lo_c = fx.fsplat(0.0);
             let hi_c = fx.fsplat(255.0);
+            // `saturate(round_half_even(x / scale) + zero)` into [0, 255] as whole f32 values;
+            // NaN quantizes to the zero point (q as NaN -> 0, then + zero).
+            let quantize_u8 = |fx: &mut Fx, v: Value| {
+                let q = fx.b.ins().fdiv(v, sv);
+                let q = fx.b.ins().nearest(q);
+                let nan = fx.vfcmp(FloatCC::Unordered, q, q);
+                let zq = fx.fsplat(0.0);
+                let q = fx.vselect(nan, zq, q);
+                let q = fx.b.ins().fadd(q, zfv);
+                let low = fx.vfcmp(FloatCC::LessThan, q, lo_c);
+                let q = fx.vselect(low, lo_c, q);
+                let high = fx.vfcmp(FloatCC::GreaterThan, q, hi_c);
+                fx.vselect(high, hi_c, q)
+            };
             let z = fx.iconst(0);
             // 16 at a time: four f32x4 quantized, then narrowed to one u8x16.
             let rest = fx.for_range(z, nn, 16, true, |fx, i| {
@@ -790,16 +804,7 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
                 let mut words = Vec::with_capacity(4);
                 for j in 0..4 {
                     let v = fx.b.ins().load(F4, mem(), a, j * 16);
-                    let q = fx.b.ins().fdiv(v, sv);
-                    let q = fx.b.ins().nearest(q);
-                    let nan = fx.vfcmp(FloatCC::Unordered, q, q);
-                    let zq = fx.fsplat(0.0);
-                    let q = fx.vselect(nan, zq, q);
-                    let q = fx.b.ins().fadd(q, zfv);
-                    let low = fx.vfcmp(FloatCC::LessThan, q, lo_c);
-                    let q = fx.vselect(low, lo_c, q);
-                    let high = fx.vfcmp(FloatCC::GreaterThan, q, hi_c);
-                    let q = fx.vselect(high, hi_c, q);
+                    let q = quantize_u8(fx, v);
                     // q is a whole number in [0, 255]: adding 2^23 puts it in the low
                     // mantissa bits.
                     let two23 = fx.fsplat(8_388_608.0);
@@ -819,15 +824,7 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
                 let a = fx.addr(xp, i, 4);
                 let s = fx.b.ins().load(types::F32, mem(), a, 0);
                 let v = fx.b.ins().splat(F4, s);
-                let q = fx.b.ins().fdiv(v, sv);
-                let q = fx.b.ins().nearest(q);
-                // NaN quantizes to the zero point (q as NaN -> 0, then + zero).
-                let nan = fx.vfcmp(FloatCC::Unordered, q, q);
-                let zq = fx.fsplat(0.0);
-                let q = fx.vselect(nan, zq, q);
-                let q = fx.b.ins().fadd(q, zfv);
-                let q = fx.b.ins().fmax(q, lo_c);
-                let q = fx.b.ins().fmin(q, hi_c);
+                let q = quantize_u8(fx, v);
                 let qs = fx.b.ins().extractlane(q, 0);
                 let qi = fx.b.ins().fcvt_to_sint_sat(types::I32, qs);
                 let o = fx.b.ins().iadd(yp, i);
