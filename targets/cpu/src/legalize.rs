@@ -140,3 +140,124 @@ pub(crate) fn legalize(g: &Graph) -> Option<Graph> {
     debug_assert!(g.values().all(|(v, vd)| !matches!(vd.def, ValueDef::Result(..)) || map.contains_key(&v)));
     Some(out)
 }
+
+/// `qmatmul` followed by elementwise ops (bias, GELU, residual) as one region, as the `fuse`
+/// pass does for `matmul`: `fuse` leaves nodes that read a quantized value outside regions
+/// (a region body cannot name the outer graph's quantization parameters), but the CPU target
+/// resolves a region's weight from the outer graph, so the body only needs the weight's shape.
+/// A chain grows through elementwise users while the value passed along has one user and is
+/// not a graph output. None when there is no such chain.
+pub(crate) fn fuse_qmatmul_chains(g: &Graph) -> Option<Graph> {
+    let users = g.users();
+    let outputs: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
+    let elementwise = |op: &Op| matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast { .. });
+    let mut chains: Vec<Vec<tessera_ir::Node>> = Vec::new();
+    for (n, nd) in g.nodes() {
+        if nd.op != Op::QMatMul || nd.body.is_some() || nd.outputs.len() != 1 {
+            continue;
+        }
+        let mut chain = vec![n];
+        let mut v = nd.outputs[0];
+        while let [m] = users[v.index()].as_slice() {
+            let md = g.node(*m);
+            let plain = md.inputs.iter().all(|x| g.ty(*x).quant.is_none());
+            // An elementwise op, or a region of them that `fuse` already formed.
+            let ew_region = md.body.as_deref().is_some_and(|b| {
+                b.outputs().len() == 1 && b.nodes().all(|(_, bn)| elementwise(&bn.op) && bn.body.is_none())
+            });
+            let ok = (elementwise(&md.op) && md.body.is_none()) || ew_region;
+            if outputs.contains(&v) || !ok || md.outputs.len() != 1 || !plain {
+                break;
+            }
+            chain.push(*m);
+            v = md.outputs[0];
+        }
+        // A node joins one chain only (an add of two products would otherwise end both).
+        let taken: Vec<tessera_ir::Node> = chains.iter().flatten().copied().collect();
+        if let Some(cut) = chain.iter().position(|m| taken.contains(m)) {
+            chain.truncate(cut);
+        }
+        if chain.len() > 1 {
+            chains.push(chain);
+        }
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    let mut out = g.clone();
+    let mut region_at: HashMap<tessera_ir::Node, tessera_ir::Node> = HashMap::new();
+    // The value each earlier region now gives in place of its chain's last value.
+    let mut renamed: HashMap<Value, Value> = HashMap::new();
+    for chain in &chains {
+        let inside: Vec<Value> = chain.iter().flat_map(|&n| g.node(n).outputs.clone()).collect();
+        let mut ext: Vec<Value> = Vec::new();
+        for &n in chain {
+            for &v in &g.node(n).inputs {
+                if !inside.contains(&v) && !ext.contains(&v) {
+                    ext.push(v);
+                }
+            }
+        }
+        let mut body = Graph::new("region");
+        let mut map: HashMap<Value, Value> = HashMap::new();
+        for (i, &v) in ext.iter().enumerate() {
+            map.insert(v, body.add_input(&format!("p{i}"), g.ty(v).plain()));
+        }
+        for &n in chain {
+            let nd = g.node(n);
+            let ins: Vec<Value> = nd.inputs.iter().map(|v| map[v]).collect();
+            match nd.body.as_deref() {
+                // A region's nodes, its inputs bound to what the region reads.
+                Some(inner) => {
+                    let mut local: HashMap<Value, Value> = HashMap::new();
+                    for ((_, bv), &x) in inner.inputs().iter().zip(&ins) {
+                        local.insert(*bv, x);
+                    }
+                    for (_, bn) in inner.nodes() {
+                        let bins: Vec<Value> = bn.inputs.iter().map(|v| local[v]).collect();
+                        let types = bn.outputs.iter().map(|v| inner.ty(*v).plain()).collect();
+                        let b = body.add_node(bn.op.clone(), bins, types);
+                        local.insert(bn.outputs[0], body.node(b).outputs[0]);
+                    }
+                    map.insert(nd.outputs[0], local[&inner.outputs()[0].1]);
+                }
+                None => {
+                    let b = body.add_node(nd.op.clone(), ins, nd.outputs.iter().map(|v| g.ty(*v).plain()).collect());
+                    map.insert(nd.outputs[0], body.node(b).outputs[0]);
+                }
+            }
+        }
+        let last = g.node(*chain.last()?).outputs[0];
+        body.add_output("r", map[&last]);
+        let name: Vec<String> = chain
+            .iter()
+            .map(|&n| match &g.node(n).op {
+                Op::Kernel { name } => name.clone(),
+                op => op.name().to_string(),
+            })
+            .collect();
+        let ext: Vec<Value> = ext.iter().map(|v| renamed.get(v).copied().unwrap_or(*v)).collect();
+        let k = out.add_node(Op::Kernel { name: name.join("_") }, ext, vec![g.ty(last).clone()]);
+        out.node_mut(k).body = Some(Box::new(body));
+        let kv = out.node(k).outputs[0];
+        out.replace_uses(last, kv);
+        renamed.insert(last, kv);
+        region_at.insert(*chain.last()?, k);
+    }
+    // The region runs where its chain's last node ran; the chain's nodes, now unused, go.
+    let dead: std::collections::HashSet<tessera_ir::Node> = chains.iter().flatten().copied().collect();
+    let mut order = Vec::with_capacity(out.n_nodes());
+    for (n, _) in g.nodes() {
+        order.push(n);
+        if let Some(&k) = region_at.get(&n) {
+            order.push(k);
+        }
+    }
+    out.set_order(&order);
+    // After set_order, nodes are renumbered by position: keep those not in a chain.
+    let mut keep = vec![true; order.len()];
+    for (i, n) in order.iter().enumerate() {
+        keep[i] = !dead.contains(n) || region_at.values().any(|k| k == n);
+    }
+    Some(out.compacted(|n| keep[n.index()]))
+}

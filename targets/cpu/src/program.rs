@@ -82,11 +82,18 @@ struct RunPlan {
     shapes: Vec<Vec<usize>>,
 }
 
+/// The graph as the CPU target lowers it (see `legalize.rs`), or None when it is unchanged.
+fn prepare(g: &Graph) -> Option<Graph> {
+    let legal = crate::legalize::legalize(g);
+    let g1 = legal.as_ref().unwrap_or(g);
+    crate::legalize::fuse_qmatmul_chains(g1).or(legal)
+}
+
 pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
     let t0 = Instant::now();
-    // Half-precision products and normalizations run as f32 kernels between casts.
-    let legal = crate::legalize::legalize(g);
-    let g = legal.as_ref().unwrap_or(g);
+    // Half-precision ops as f32 kernels between casts, regions put back or formed (legalize.rs).
+    let prepared = prepare(g);
+    let g = prepared.as_ref().unwrap_or(g);
     let syms = symbols(g)?;
     let mut jit = Jit::new(opts.listing)?;
     let mut build = Build { owned: Vec::new(), ukernels: opts.ukernels };
@@ -214,6 +221,8 @@ pub(crate) fn listing(
     isa_flags: &[(String, String)],
     ukernels: crate::Ukernels,
 ) -> Result<Vec<(String, String, String)>, CpuError> {
+    let prepared = prepare(g);
+    let g = prepared.as_ref().unwrap_or(g);
     let syms = symbols(g)?;
     let mut jit = Jit::with_isa(crate::jit::isa_with(isa_flags)?, crate::Listing { clif: true, asm: true })?;
     let mut build = Build { owned: Vec::new(), ukernels };

@@ -532,3 +532,41 @@ fn softmax_attention_exp_matches_libm_on_non_positive_inputs() {
         assert!((a - b).abs() <= 2e-7 * b.abs().max(1e-30) + 1e-37, "{a} vs {b}");
     }
 }
+
+/// A 4-bit block-quantized product followed by a bias add and GELU runs as one kernel on the
+/// CPU target (the `fuse` pass leaves products of quantized weights alone), equal to the
+/// interpreter.
+#[test]
+fn quantized_product_chains_become_one_kernel() {
+    let (k, n) = (8, 8);
+    let w: Vec<String> = (0..k * n).map(|i| (i * 7 % 16).to_string()).collect();
+    let scale: Vec<String> = (0..2 * n).map(|i| format!("{:?}", 0.05 + i as f32 * 0.01)).collect();
+    let zero: Vec<String> = (0..2 * n).map(|i| (i % 16).to_string()).collect();
+    let src = format!(
+        "graph @g {{
+  v0: f32[3, {k}] = input \"x\"
+  v1: f32[2, {n}] = const [{}]
+  v2: u4[2, {n}] = const [{}]
+  v3: u4[{k}, {n}] quant(block(axis=0, size=4), scale=v1, zero=v2) = const [{}]
+  v4: f32[{n}] = const [{}]
+  v5: f32[3, {n}] = qmatmul v0, v3
+  v6: f32[3, {n}] = add v5, v4
+  v7: f32[3, {n}] = gelu v6
+  output \"y\" = v7
+}}
+",
+        scale.join(", "),
+        zero.join(", "),
+        w.join(", "),
+        (0..n).map(|i| format!("{:?}", i as f32 * 0.1 - 0.3)).collect::<Vec<_>>().join(", ")
+    );
+    let x = Tensor::from_f32(DType::F32, &[3, k], (0..3 * k).map(|i| (i as f32 * 0.41).sin()).collect()).unwrap();
+    both_ways(&src, vec![x], 1e-5);
+    let g = parse(&src).unwrap();
+    let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Auto).unwrap();
+    assert!(
+        names.iter().any(|(name, _, _)| name.contains("qmatmul_add_gelu")),
+        "{:?}",
+        names.iter().map(|n| &n.0).collect::<Vec<_>>()
+    );
+}
