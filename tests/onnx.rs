@@ -214,15 +214,7 @@ fn op_counts(g: &tessera_ir::Graph, counts: &mut std::collections::BTreeMap<Stri
 #[test]
 fn the_default_pipeline_fuses_every_pattern_of_minilm() {
     let Some(cache) = cache() else { return };
-    for name in [
-        "minilm-l3-fp32",
-        "minilm-l3-static64",
-        "minilm-l3-pruned",
-        "minilm-l3-int8-dynamic",
-        "minilm-l3-uint8-dynamic-perchannel",
-        "minilm-l3-matmulnbits-q4-b32",
-        "minilm-l3-qdq-int4-b32",
-    ] {
+    for name in MINILM_VARIANTS {
         let mut g = import_file(&cache.join(format!("models/{name}.onnx"))).unwrap();
         tessera_compiler::passes::Pipeline::default_pipeline().run(&mut g, &mut |_| {}).unwrap();
         let mut counts = std::collections::BTreeMap::new();
@@ -238,23 +230,42 @@ fn the_default_pipeline_fuses_every_pattern_of_minilm() {
     }
 }
 
-/// The CPU target against the interpreter on the node tests: every test that passes on the
-/// interpreter passes on the CPU target or is reported unsupported by it, never wrong.
-#[test]
-fn conformance_node_tests_on_the_cpu_target() {
-    let Some(cache) = cache() else { return };
+/// Every MiniLM-L3 form `scripts/fetch_models.sh` makes.
+const MINILM_VARIANTS: [&str; 7] = [
+    "minilm-l3-fp32",
+    "minilm-l3-static64",
+    "minilm-l3-pruned",
+    "minilm-l3-int8-dynamic",
+    "minilm-l3-uint8-dynamic-perchannel",
+    "minilm-l3-matmulnbits-q4-b32",
+    "minilm-l3-qdq-int4-b32",
+];
+
+/// Runs every node test that passes on the interpreter (after `pipeline`) on the CPU target
+/// (after the same pipeline): (passed, unsupported, every other outcome), or None without the
+/// test data.
+fn cpu_against_interpreter(pipeline: Option<&str>) -> Option<(usize, usize, Vec<String>)> {
+    let cache = cache()?;
     let (mut passed, mut unsupported) = (0, 0);
     let mut problems = Vec::new();
     for d in cases(&cache.join("onnx-node-tests"), None).unwrap() {
-        if run_case(&d).outcome != Outcome::Passed {
+        if run_case_on(&d, pipeline, Backend::Interp).outcome != Outcome::Passed {
             continue;
         }
-        match run_case_on(&d, None, Backend::Cpu).outcome {
+        match run_case_on(&d, pipeline, Backend::Cpu).outcome {
             Outcome::Passed => passed += 1,
             Outcome::Unsupported(_) => unsupported += 1,
             other => problems.push(format!("{}: {other:?}", d.display())),
         }
     }
+    Some((passed, unsupported, problems))
+}
+
+/// The CPU target against the interpreter on the node tests: every test that passes on the
+/// interpreter passes on the CPU target, never wrong and never unsupported.
+#[test]
+fn conformance_node_tests_on_the_cpu_target() {
+    let Some((passed, unsupported, problems)) = cpu_against_interpreter(None) else { return };
     println!("CPU target: {passed} node tests pass, {unsupported} unsupported, {} fail", problems.len());
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // Every test the interpreter passes (806 with onnx 1.22.0's node tests) passes on the CPU
@@ -271,20 +282,8 @@ fn conformance_node_tests_on_the_cpu_target() {
 /// (measured 795 passing of the interpreter's 806).
 #[test]
 fn conformance_node_tests_on_the_cpu_target_after_the_default_pipeline() {
-    let Some(cache) = cache() else { return };
     let pipeline = Some(tessera_compiler::passes::DEFAULT_PIPELINE);
-    let (mut passed, mut unsupported) = (0, 0);
-    let mut problems = Vec::new();
-    for d in cases(&cache.join("onnx-node-tests"), None).unwrap() {
-        if run_case_on(&d, pipeline, Backend::Interp).outcome != Outcome::Passed {
-            continue;
-        }
-        match run_case_on(&d, pipeline, Backend::Cpu).outcome {
-            Outcome::Passed => passed += 1,
-            Outcome::Unsupported(_) => unsupported += 1,
-            other => problems.push(format!("{}: {other:?}", d.display())),
-        }
-    }
+    let Some((passed, unsupported, problems)) = cpu_against_interpreter(pipeline) else { return };
     println!(
         "CPU target after the default pipeline: {passed} pass, {unsupported} unsupported, {} fail",
         problems.len()
@@ -304,15 +303,7 @@ fn conformance_node_tests_on_the_cpu_target_after_the_default_pipeline() {
 #[test]
 fn every_minilm_variant_runs_on_the_cpu_target_like_the_interpreter() {
     let Some(cache) = cache() else { return };
-    for name in [
-        "minilm-l3-fp32",
-        "minilm-l3-static64",
-        "minilm-l3-pruned",
-        "minilm-l3-int8-dynamic",
-        "minilm-l3-uint8-dynamic-perchannel",
-        "minilm-l3-matmulnbits-q4-b32",
-        "minilm-l3-qdq-int4-b32",
-    ] {
+    for name in MINILM_VARIANTS {
         let dynamic = name.contains("dynamic");
         let model = cache.join(format!("models/{name}.onnx"));
         let mut g = tessera_compiler::onnx::import_file(&model).unwrap_or_else(|e| panic!("{e}"));

@@ -56,6 +56,9 @@ pub(crate) struct EpiAddr {
     row_strides: Vec<Vec<Option<Value>>>,
     col_moves: Vec<bool>,
     lead: Vec<Value>,
+    /// Every value of the epilogue is f32, so [`Epilogue::apply`] may work on four lanes at once
+    /// (as the elementwise kernels do); a bool mask or an integer operand goes lane by lane.
+    lanes_f32: bool,
 }
 
 impl Epilogue<'_> {
@@ -74,7 +77,16 @@ impl Epilogue<'_> {
             st.truncate(r.saturating_sub(1));
             row_strides.push(st);
         }
-        Ok(EpiAddr { bases, row_strides, col_moves, lead })
+        let f32_here = |v: &tessera_ir::Value| {
+            // The product (and its folded cast) is the f32 accumulator whatever its type.
+            Some(*v) == self.product || self.folded_casts.contains(v) || self.body.ty(*v).dtype == DType::F32
+        };
+        let lanes_f32 = self.operands.iter().all(|(_, d, _, _)| *d == DType::F32)
+            && self.nodes.iter().all(|&n| {
+                let nd = self.body.node(n);
+                self.folded_casts.contains(&nd.outputs[0]) || nd.outputs.iter().chain(&nd.inputs).all(f32_here)
+            });
+        Ok(EpiAddr { bases, row_strides, col_moves, lead, lanes_f32 })
     }
 
     /// Byte offsets of row `row` (flattened over the output's leading dims) in each operand.
@@ -125,20 +137,7 @@ impl Epilogue<'_> {
         acc: Value,
         vector: bool,
     ) -> Result<Value, CpuError> {
-        // Four lanes at once only when every value is f32 (as in the elementwise kernels); a
-        // bool mask or an integer operand is applied lane by lane.
-        let all_f32 = self.operands.iter().all(|(_, d, _, _)| *d == tessera_ir::DType::F32)
-            && self.nodes.iter().all(|&n| {
-                let nd = self.body.node(n);
-                // The product (and its folded cast) is the f32 accumulator whatever its type.
-                let f32_here = |v: &tessera_ir::Value| {
-                    Some(*v) == self.product
-                        || self.folded_casts.contains(v)
-                        || self.body.ty(*v).dtype == tessera_ir::DType::F32
-                };
-                self.folded_casts.contains(&nd.outputs[0]) || nd.outputs.iter().chain(&nd.inputs).all(f32_here)
-            });
-        if vector && !all_f32 {
+        if vector && !a.lanes_f32 {
             let mut out = acc;
             for lane in 0..4u8 {
                 let x = fx.b.ins().extractlane(acc, lane);
@@ -278,7 +277,16 @@ fn lower_mm<'g>(
             op_inputs.get(2).map(|&i| (i, beta)),
         ),
         Op::MatMulInteger { pair_saturate } => {
-            return crate::qgemm::lower(g, n, body, &first_nd, &op_inputs, pair_saturate, region, name, owned)
+            let packed =
+                crate::qgemm::lower_packed(g, n, body, &first_nd, &op_inputs, pair_saturate, region, name, owned);
+            // A lone exact product the packed kernel cannot take (a run-time or batched weight,
+            // i8 activations, sizes off its panels) runs on the general kernel.
+            return match packed {
+                Err(e) if e.is_unsupported() && !region && !pair_saturate => {
+                    crate::qgemm::lower_general(g, n).map_err(|_| e)
+                }
+                other => other,
+            };
         }
         _ => return Err(CpuError::Codegen("not a product".into())),
     };
@@ -448,8 +456,7 @@ struct F32Tiles {
 
 impl F32Tiles {
     fn new(mode: crate::Ukernels) -> Option<F32Tiles> {
-        let t = |mr, np| ukernel::f32_tile(mode, mr, np).map(|f| f as usize);
-        Some(F32Tiles { f: [[t(MR, 2)?, t(MR, 1)?], [t(1, 2)?, t(1, 1)?]] })
+        ukernel::table(MR, |mr, np| ukernel::f32_tile(mode, mr, np).map(|f| f as usize)).map(|f| F32Tiles { f })
     }
 }
 

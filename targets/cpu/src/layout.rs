@@ -337,12 +337,7 @@ pub(crate) fn lower_gather(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> 
     let dd = dims(g, data);
     let id = dims(g, idx);
     let a = tessera_ir::types::normalize_axis(axis, dd.len()).ok_or_else(|| CpuError::Codegen("gather axis".into()))?;
-    let idx_ty = match g.ty(idx).dtype {
-        tessera_ir::DType::I64 => types::I64,
-        tessera_ir::DType::I32 => types::I32,
-        d => return Err(CpuError::Unsupported(format!("{d} gather indices"))),
-    };
-    let ib = idx_ty.bytes() as i64;
+    let idx_ty = index_type(g, idx, "gather")?;
     Ok(Lowered::new(
         "gather",
         vec![BufRef::Value(data), BufRef::Value(idx), BufRef::Value(out)],
@@ -363,15 +358,7 @@ pub(crate) fn lower_gather(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> 
                 let dof = fx.b.ins().imul(o, dst_outer);
                 let dbase = fx.b.ins().iadd(dst, dof);
                 fx.for_n(nidx, |fx, p| {
-                    let ia = fx.addr(ip, p, ib);
-                    let raw = fx.b.ins().load(idx_ty, mem(), ia, 0);
-                    let i = if idx_ty == types::I64 { raw } else { fx.b.ins().sextend(types::I64, raw) };
-                    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, 0);
-                    let wrapped = fx.b.ins().iadd(i, nrows);
-                    let i = fx.b.ins().select(neg, wrapped, i);
-                    // Unsigned compare catches both i < 0 and i >= n.
-                    let bad = fx.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, nrows);
-                    fx.fail_if(bad, KernelFault::IndexOutOfRange);
+                    let i = checked_index(fx, ip, p, idx_ty, nrows);
                     let s_off = fx.b.ins().imul(i, row);
                     let s = fx.b.ins().iadd(sbase, s_off);
                     let d_off = fx.b.ins().imul(p, row);
@@ -381,6 +368,30 @@ pub(crate) fn lower_gather(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> 
             })
         }),
     ))
+}
+
+/// The Cranelift type of an index operand (i64 or i32).
+fn index_type(g: &Graph, idx: tessera_ir::Value, op: &str) -> Result<types::Type, CpuError> {
+    match g.ty(idx).dtype {
+        tessera_ir::DType::I64 => Ok(types::I64),
+        tessera_ir::DType::I32 => Ok(types::I32),
+        d => Err(CpuError::Unsupported(format!("{d} {op} indices"))),
+    }
+}
+
+/// Index `at` of an i64 or i32 index buffer, negative counting from the end of a dim of size
+/// `n`; out of range stops the kernel with [`KernelFault::IndexOutOfRange`].
+fn checked_index(fx: &mut Fx, ip: Value, at: Value, idx_ty: types::Type, n: Value) -> Value {
+    let ia = fx.addr(ip, at, idx_ty.bytes() as i64);
+    let raw = fx.b.ins().load(idx_ty, mem(), ia, 0);
+    let i = if idx_ty == types::I64 { raw } else { fx.b.ins().sextend(types::I64, raw) };
+    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, 0);
+    let wrapped = fx.b.ins().iadd(i, n);
+    let i = fx.b.ins().select(neg, wrapped, i);
+    // Unsigned compare catches both i < 0 and i >= n.
+    let bad = fx.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, n);
+    fx.fail_if(bad, KernelFault::IndexOutOfRange);
+    i
 }
 
 /// `gather_nd x, indices {batch_dims}` (ONNX GatherND): for each index tuple (the last dim of
@@ -393,11 +404,7 @@ pub(crate) fn lower_gather_nd(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
     let e = ebytes(g, data)?;
     let (ds, is) = (dims(g, data), dims(g, idx));
     let (r, q, b) = (ds.len(), is.len(), batch_dims as usize);
-    let idx_ty = match g.ty(idx).dtype {
-        tessera_ir::DType::I64 => types::I64,
-        tessera_ir::DType::I32 => types::I32,
-        d => return Err(CpuError::Unsupported(format!("{d} gather_nd indices"))),
-    };
+    let idx_ty = index_type(g, idx, "gather_nd")?;
     let k = match is.last() {
         Some(Dim::Static(k)) => *k as usize,
         _ => return Err(CpuError::Unsupported("gather_nd with index tuples of a run-time length".into())),
@@ -405,7 +412,6 @@ pub(crate) fn lower_gather_nd(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
     if r == 0 || q == 0 || b >= r.min(q) || k == 0 || k > r - b {
         return Err(CpuError::Codegen(format!("gather_nd shapes {ds:?} and {is:?} with batch_dims {b}")));
     }
-    let ib = idx_ty.bytes() as i64;
     Ok(Lowered::new(
         "gather_nd",
         vec![BufRef::Value(data), BufRef::Value(idx), BufRef::Value(out)],
@@ -424,14 +430,7 @@ pub(crate) fn lower_gather_nd(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuErro
                 for (j, &nj) in kd.iter().enumerate() {
                     let at = fx.imul_imm(t, k as i64);
                     let at = fx.iadd_imm(at, j as i64);
-                    let ia = fx.addr(ip, at, ib);
-                    let raw = fx.b.ins().load(idx_ty, mem(), ia, 0);
-                    let i = if idx_ty == types::I64 { raw } else { fx.b.ins().sextend(types::I64, raw) };
-                    let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, 0);
-                    let wrapped = fx.b.ins().iadd(i, nj);
-                    let i = fx.b.ins().select(neg, wrapped, i);
-                    let bad = fx.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, nj);
-                    fx.fail_if(bad, KernelFault::IndexOutOfRange);
+                    let i = checked_index(fx, ip, at, idx_ty, nj);
                     let o = fx.b.use_var(off);
                     let o = fx.b.ins().imul(o, nj);
                     let o = fx.b.ins().iadd(o, i);

@@ -34,8 +34,7 @@ fn unfusable(g: &Graph, nd: &tessera_ir::NodeData) -> bool {
     let Some(body) = nd.body.as_deref() else { return false };
     let Some((_, head)) = body.nodes().next() else { return false };
     let product = matches!(head.op, Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger { .. } | Op::QMatMul);
-    let (ht, ot) = (body.ty(head.outputs[0]), g.ty(nd.outputs[0]));
-    !product && body.n_nodes() > 1 && (ht.shape != ot.shape || ht.dtype.bits() != ot.dtype.bits())
+    !product && body.n_nodes() > 1 && !crate::lower::head_fits(body.ty(head.outputs[0]), g.ty(nd.outputs[0]))
 }
 
 /// The graph with every f32-only op on half values computed in f32 between casts, and every

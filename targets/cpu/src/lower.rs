@@ -147,6 +147,12 @@ fn elementwise<'g>(g: &'g Graph, n: Node, body: Cow<'g, Graph>, name: String) ->
     Lowered::new(name, bufs, Box::new(move |fx| k.emit(fx)))
 }
 
+/// Whether a region's tail can run in place over its head's result (see [`head_and_epilogue`]):
+/// the head's result `ht` has the region result's shape and element size.
+pub(crate) fn head_fits(ht: &TensorType, ot: &TensorType) -> bool {
+    ht.shape == ot.shape && ht.dtype.bits() == ot.dtype.bits()
+}
+
 /// A region `head; elementwise tail` whose head is not a product (a normalization, reduction,
 /// softmax, ...): one function runs the head's kernel writing the region's result buffer, then
 /// the tail in place over it (elementwise reads element i before writing it). Needs the head's
@@ -163,7 +169,7 @@ fn head_and_epilogue<'g>(
     let (hn, hnd) = body.nodes().next().ok_or_else(|| CpuError::Codegen("empty region".into()))?;
     let h_out = hnd.outputs[0];
     let (ht, ot) = (body.ty(h_out), g.ty(out));
-    if ht.shape != ot.shape || ht.dtype.bits() != ot.dtype.bits() {
+    if !head_fits(ht, ot) {
         return Err(CpuError::Unsupported(format!(
             "region `{name}`: its head `{}` gives {ht} but the region gives {ot}",
             hnd.op.name()

@@ -158,23 +158,23 @@ fn int_tile_gops(sat: bool, k: usize) -> Option<(f64, f64)> {
     let a16: Vec<i16> = a.iter().map(|&x| x as i16).collect();
     let b: Vec<i8> = (0..2 * 8 * k).map(|i| (i % 17) as i8 - 8).collect();
     let mut tile = vec![0i32; TILE_MR * crate::ukernel::F32_TILE_COLS];
-    let (t, best) = if sat {
+    let (out, ap, a16p, bp) = (tile.as_mut_ptr(), a.as_ptr(), a16.as_ptr(), b.as_ptr());
+    // One call of the tile; the SAFETY contract of each: 6 rows of k bytes (or k i16), 2 panels
+    // of 8k bytes, a 6x16 tile.
+    let call: Box<dyn Fn()> = if sat {
         let f = crate::ukernel::sat_tile(Ukernels::Auto, TILE_MR, 2)?;
-        time2(15, || {
-            for _ in 0..reps {
-                // SAFETY: 6 rows of k bytes, 2 panels of 8k bytes, a 6x16 tile.
-                unsafe { f((k / 4) as i64, a.as_ptr(), k as i64, b.as_ptr(), tile.as_mut_ptr()) };
-            }
-        })
+        // SAFETY: see above.
+        Box::new(move || unsafe { f((k / 4) as i64, ap, k as i64, bp, out) })
     } else {
         let f = crate::ukernel::i16_tile(Ukernels::Auto, TILE_MR, 2)?;
-        time2(15, || {
-            for _ in 0..reps {
-                // SAFETY: 6 rows of k i16, 2 panels of 8k bytes, a 6x16 tile.
-                unsafe { f((k / 2) as i64, a16.as_ptr(), k as i64, b.as_ptr(), tile.as_mut_ptr()) };
-            }
-        })
+        // SAFETY: see above.
+        Box::new(move || unsafe { f((k / 2) as i64, a16p, k as i64, bp, out) })
     };
+    let (t, best) = time2(15, || {
+        for _ in 0..reps {
+            call();
+        }
+    });
     std::hint::black_box(&tile);
     let ops = reps as f64 * (TILE_MR * 16 * k) as f64 * 2.0;
     Some((ops / t / 1e9, ops / best / 1e9))

@@ -724,11 +724,9 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
             let z4 = fx.fsplat(0.0);
             let lo4 = fx.var(F4, z4);
             let hi4 = fx.var(F4, z4);
-            let zero = fx.iconst(0);
-            let rest = fx.for_range(zero, nn, 4, true, |fx, i| {
-                let a = fx.addr(xp, i, 4);
-                let v = fx.b.ins().load(F4, mem(), a, 0);
-                // Compare and select, as f32::min/max in the interpreter: a NaN is skipped.
+            // The range takes in v by compare and select, as f32::min/max in the interpreter:
+            // a NaN is skipped.
+            let widen = |fx: &mut Fx, v: Value| {
                 let l = fx.b.use_var(lo4);
                 let below = fx.vfcmp(FloatCC::LessThan, v, l);
                 let l = fx.vselect(below, v, l);
@@ -737,21 +735,19 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
                 let above = fx.vfcmp(FloatCC::GreaterThan, v, h);
                 let h = fx.vselect(above, v, h);
                 fx.b.def_var(hi4, h);
+            };
+            let zero = fx.iconst(0);
+            let rest = fx.for_range(zero, nn, 4, true, |fx, i| {
+                let a = fx.addr(xp, i, 4);
+                let v = fx.b.ins().load(F4, mem(), a, 0);
+                widen(fx, v);
                 Ok(())
             })?;
             fx.for_range(rest, nn, 1, false, |fx, i| {
                 let a = fx.addr(xp, i, 4);
                 let s = fx.b.ins().load(types::F32, mem(), a, 0);
                 let v = fx.b.ins().splat(F4, s);
-                // Compare and select, as f32::min/max in the interpreter: a NaN is skipped.
-                let l = fx.b.use_var(lo4);
-                let below = fx.vfcmp(FloatCC::LessThan, v, l);
-                let l = fx.vselect(below, v, l);
-                fx.b.def_var(lo4, l);
-                let h = fx.b.use_var(hi4);
-                let above = fx.vfcmp(FloatCC::GreaterThan, v, h);
-                let h = fx.vselect(above, v, h);
-                fx.b.def_var(hi4, h);
+                widen(fx, v);
                 Ok(())
             })?;
             let l = fx.b.use_var(lo4);

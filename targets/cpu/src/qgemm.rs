@@ -25,28 +25,6 @@ use crate::{ew, CpuError};
 
 const MR: usize = 4;
 
-/// Lowers a `matmul_integer` (the first node of `body`, whose operands are the body inputs
-/// `ops`; [`crate::gemm`] resolves both) and its epilogue.
-/// A lone exact product the packed kernel cannot take (a run-time or batched weight, i8
-/// activations, sizes off its panels) falls back to [`lower_general`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn lower<'g>(
-    g: &'g Graph,
-    n: Node,
-    body: Cow<'g, Graph>,
-    first: &NodeData,
-    ops: &[usize],
-    pair_saturate: bool,
-    region: bool,
-    name: String,
-    owned: &mut Build,
-) -> Result<Lowered<'g>, CpuError> {
-    match lower_packed(g, n, body, first, ops, pair_saturate, region, name, owned) {
-        Err(e) if e.is_unsupported() && !region && !pair_saturate => lower_general(g, n).map_err(|_| e),
-        other => other,
-    }
-}
-
 /// `matmul_integer a, b[, a_zero, b_zero]` on any 8-bit operands, exact, one output element
 /// at a time: batch dims broadcast as in `matmul` (a missing or size-1 dim repeats), zero
 /// points a scalar or one per row of `a` / column of `b`. For the shapes the packed kernel
@@ -185,8 +163,11 @@ pub(crate) fn lower_general(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError>
     ))
 }
 
+/// Lowers a `matmul_integer` (the first node of `body`, whose operands are the body inputs
+/// `ops`; [`crate::gemm`] resolves both) and its epilogue into the packed kernel; what it
+/// refuses, a lone exact product goes to [`lower_general`] (see `gemm::lower_mm`).
 #[allow(clippy::too_many_arguments)]
-fn lower_packed<'g>(
+pub(crate) fn lower_packed<'g>(
     g: &'g Graph,
     n: Node,
     body: Cow<'g, Graph>,
@@ -415,11 +396,9 @@ enum Tiles {
 impl Tiles {
     fn new(mode: crate::Ukernels, saturate: bool) -> Option<Tiles> {
         if saturate {
-            let t = |mr, np| ukernel::sat_tile(mode, mr, np).map(|f| f as usize);
-            Some(Tiles::Sat([[t(TILE_MR, 2)?, t(TILE_MR, 1)?], [t(1, 2)?, t(1, 1)?]]))
+            ukernel::table(TILE_MR, |mr, np| ukernel::sat_tile(mode, mr, np).map(|f| f as usize)).map(Tiles::Sat)
         } else {
-            let t = |mr, np| ukernel::i16_tile(mode, mr, np).map(|f| f as usize);
-            Some(Tiles::I16([[t(TILE_MR, 2)?, t(TILE_MR, 1)?], [t(1, 2)?, t(1, 1)?]]))
+            ukernel::table(TILE_MR, |mr, np| ukernel::i16_tile(mode, mr, np).map(|f| f as usize)).map(Tiles::I16)
         }
     }
 }

@@ -75,6 +75,13 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
     imp::sat_tile(mr, np)
 }
 
+/// The addresses of a tile family for the two shapes packed kernels call, `[rows mr | 1][panels
+/// 2 | 1]` (a block of `mr` rows, then the leftover rows one by one; panel pairs, then a last odd
+/// panel), when the host has all four. `tile(mr, np)` is one of the functions above.
+pub fn table(mr: usize, tile: impl Fn(usize, usize) -> Option<usize>) -> Option<[[usize; 2]; 2]> {
+    Some([[tile(mr, 2)?, tile(mr, 1)?], [tile(1, 2)?, tile(1, 1)?]])
+}
+
 /// Which tile family this host would use (for reports), or None.
 pub fn describe(mode: Ukernels) -> Option<&'static str> {
     match (f32_tile(mode, F32_MR, 2), i16_tile(mode, F32_MR, 2)) {
@@ -89,25 +96,32 @@ mod imp {
     use super::{F32Tile, I16Tile, SatTile};
     use std::arch::x86_64::*;
 
+    /// `f::<MR, NP>` for the tile shape asked for (rows 1..=6, panels 1 or 2), else `None`.
+    macro_rules! shape {
+        ($f:ident, $mr:expr, $np:expr) => {
+            match ($mr, $np) {
+                (1, 1) => $f::<1, 1>,
+                (2, 1) => $f::<2, 1>,
+                (3, 1) => $f::<3, 1>,
+                (4, 1) => $f::<4, 1>,
+                (5, 1) => $f::<5, 1>,
+                (6, 1) => $f::<6, 1>,
+                (1, 2) => $f::<1, 2>,
+                (2, 2) => $f::<2, 2>,
+                (3, 2) => $f::<3, 2>,
+                (4, 2) => $f::<4, 2>,
+                (5, 2) => $f::<5, 2>,
+                (6, 2) => $f::<6, 2>,
+                _ => return None,
+            }
+        };
+    }
+
     pub fn sat_tile(mr: usize, np: usize) -> Option<SatTile> {
         if !is_x86_feature_detected!("avx2") {
             return None;
         }
-        let f: SatTile = match (mr, np) {
-            (1, 1) => stile::<1, 1>,
-            (2, 1) => stile::<2, 1>,
-            (3, 1) => stile::<3, 1>,
-            (4, 1) => stile::<4, 1>,
-            (5, 1) => stile::<5, 1>,
-            (6, 1) => stile::<6, 1>,
-            (1, 2) => stile::<1, 2>,
-            (2, 2) => stile::<2, 2>,
-            (3, 2) => stile::<3, 2>,
-            (4, 2) => stile::<4, 2>,
-            (5, 2) => stile::<5, 2>,
-            (6, 2) => stile::<6, 2>,
-            _ => return None,
-        };
+        let f: SatTile = shape!(stile, mr, np);
         Some(f)
     }
 
@@ -154,21 +168,7 @@ mod imp {
         if !is_x86_feature_detected!("avx2") {
             return None;
         }
-        let f: I16Tile = match (mr, np) {
-            (1, 1) => itile::<1, 1>,
-            (2, 1) => itile::<2, 1>,
-            (3, 1) => itile::<3, 1>,
-            (4, 1) => itile::<4, 1>,
-            (5, 1) => itile::<5, 1>,
-            (6, 1) => itile::<6, 1>,
-            (1, 2) => itile::<1, 2>,
-            (2, 2) => itile::<2, 2>,
-            (3, 2) => itile::<3, 2>,
-            (4, 2) => itile::<4, 2>,
-            (5, 2) => itile::<5, 2>,
-            (6, 2) => itile::<6, 2>,
-            _ => return None,
-        };
+        let f: I16Tile = shape!(itile, mr, np);
         Some(f)
     }
 
@@ -215,21 +215,7 @@ mod imp {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return None;
         }
-        let f: F32Tile = match (mr, np) {
-            (1, 1) => tile::<1, 1>,
-            (2, 1) => tile::<2, 1>,
-            (3, 1) => tile::<3, 1>,
-            (4, 1) => tile::<4, 1>,
-            (5, 1) => tile::<5, 1>,
-            (6, 1) => tile::<6, 1>,
-            (1, 2) => tile::<1, 2>,
-            (2, 2) => tile::<2, 2>,
-            (3, 2) => tile::<3, 2>,
-            (4, 2) => tile::<4, 2>,
-            (5, 2) => tile::<5, 2>,
-            (6, 2) => tile::<6, 2>,
-            _ => return None,
-        };
+        let f: F32Tile = shape!(tile, mr, np);
         Some(f)
     }
 
