@@ -26,7 +26,7 @@ use crate::lower::{dims, BufRef, Build, Lowered};
 use crate::{ukernel, CpuError};
 
 /// Rows of the `std::arch` tile (and of the attention tiles).
-const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// Rows of Cranelift's own tile: 4 rows x 8 columns is 8 f32x4 accumulators, which with the two
 /// B vectors and the broadcasts fits x64's 16 vector registers without spilling (at 6 rows
 /// two accumulators spill and their store-to-load round trip bounds every k step).
@@ -343,6 +343,12 @@ fn lower_mm<'g>(
     // Packed path: constant 2-D B, A rows contiguous.
     let b_const = matches!(g.value(b_v).def, ValueDef::Const(_));
     if b_const && b_dims.len() == 2 && !prod.trans_a && a_dims.len() >= 2 {
+        if !prod.trans_b {
+            if let Some(pack) = crate::q4gemm::pack(g, b_v) {
+                let rows_dims = out_dims[..out_dims.len() - 1].to_vec();
+                return Ok(crate::q4gemm::lower(pack, epi, bufs, prod.a, prod.b, out_buf, rows_dims, &name, owned));
+            }
+        }
         let fast = dequantize_fast(g, b_v);
         let bt;
         let copied;
@@ -458,6 +464,15 @@ impl F32Tiles {
     fn new(mode: crate::Ukernels) -> Option<F32Tiles> {
         ukernel::table(MR, |mr, np| ukernel::f32_tile(mode, mr, np).map(|f| f as usize)).map(|f| F32Tiles { f })
     }
+
+    /// The tiles that add to their destination ([`ukernel::f32_tile_acc`]).
+    fn new_acc(mode: crate::Ukernels) -> Option<F32Tiles> {
+        ukernel::table(MR, |mr, np| ukernel::f32_tile_acc(mode, mr, np).map(|f| f as usize)).map(|f| F32Tiles { f })
+    }
+
+    fn get(&self, mr: usize, np: usize) -> usize {
+        self.f[usize::from(mr == 1)][usize::from(np == 1)]
+    }
 }
 
 /// The packed product with the inner tile done by a `std::arch` routine: Cranelift walks panel
@@ -521,14 +536,15 @@ pub(crate) fn for_panel_pairs(
 /// tile when available, otherwise Cranelift FMAs; both write an `mr` x 16 f32 tile buffer on the
 /// stack that the caller reads back with [`TileEmitter::load`].
 pub(crate) struct TileEmitter {
-    tiles: Option<F32Tiles>,
+    tiles: Option<(F32Tiles, F32Tiles)>,
     buf: Value,
 }
 
 impl TileEmitter {
     pub fn new(fx: &mut Fx, mode: crate::Ukernels) -> TileEmitter {
         let buf = fx.stack_buf((MR * ukernel::F32_TILE_COLS * 4) as u32, 5);
-        TileEmitter { tiles: F32Tiles::new(mode), buf }
+        let tiles = F32Tiles::new(mode).zip(F32Tiles::new_acc(mode));
+        TileEmitter { tiles, buf }
     }
 
     /// `tile[r][c] = sum_{kk<k} a[r * lda + kk] * panel[c / 8][kk][c % 8]` for `r < mr` (6 or 1)
@@ -547,9 +563,28 @@ impl TileEmitter {
         b: Value,
         flags: cranelift_codegen::ir::MemFlagsData,
     ) -> Result<(), CpuError> {
-        if let Some(t) = &self.tiles {
-            let f = t.f[usize::from(mr == 1)][usize::from(np == 1)];
-            fx.call_host(f, &[types::I64; 5], None, &[k, a, lda, b, self.buf]);
+        self.emit_into(fx, mr, np, k, a, lda, b, flags, self.buf, false)
+    }
+
+    /// [`TileEmitter::emit`] into `dst` (rows of [`ukernel::F32_TILE_COLS`] floats) instead of the
+    /// stack tile; with `acc` the product is added to what `dst` holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn emit_into(
+        &self,
+        fx: &mut Fx,
+        mr: usize,
+        np: usize,
+        k: Value,
+        a: Value,
+        lda: Value,
+        b: Value,
+        flags: cranelift_codegen::ir::MemFlagsData,
+        dst: Value,
+        acc: bool,
+    ) -> Result<(), CpuError> {
+        if let Some((set, add)) = &self.tiles {
+            let f = if acc { add.get(mr, np) } else { set.get(mr, np) };
+            fx.call_host(f, &[types::I64; 5], None, &[k, a, lda, b, dst]);
             return Ok(());
         }
         let lda_b = fx.imul_imm(lda, 4);
@@ -568,8 +603,14 @@ impl TileEmitter {
                 let accs = accumulate(fx, chunk, bp, k, flags)?;
                 for (i, v) in accs.into_iter().enumerate() {
                     let (r, h) = (c * CL_MR + i / 2, i % 2);
-                    let off = (r * ukernel::F32_TILE_COLS + p * 8 + h * 4) * 4;
-                    fx.b.ins().store(mem(), v, self.buf, off as i32);
+                    let off = ((r * ukernel::F32_TILE_COLS + p * 8 + h * 4) * 4) as i32;
+                    let v = if acc {
+                        let old = fx.b.ins().load(F4, mem(), dst, off);
+                        fx.b.ins().fadd(old, v)
+                    } else {
+                        v
+                    };
+                    fx.b.ins().store(mem(), v, dst, off);
                 }
             }
         }
@@ -662,7 +703,7 @@ fn block(
 /// gives an f32x4) at rows `m0..`, columns `n0..`, and stores it; columns past `n` (the zero
 /// padding of the last panel) are not stored.
 #[allow(clippy::too_many_arguments)]
-fn store_tile(
+pub(crate) fn store_tile(
     fx: &mut Fx,
     epi: &Epilogue,
     addr: &EpiAddr,
@@ -862,72 +903,104 @@ impl General {
     }
 }
 
-/// A 2-D constant weight as f32, row-major, straight from its stored bytes: plain f32, or 8/4-bit
-/// integers with a per-tensor, per-column (axis 1) or per-block-along-rows (axis 0) scale and
-/// optional zero point, computed as the interpreter does (`(q - zero) as f32 * scale`). None for
-/// anything else (the caller then goes through the interpreter's `const_value`). Rows are
-/// decoded in parallel.
+/// A 2-D quantized constant weight read straight from its stored bytes: 8/4-bit integers with a
+/// per-tensor, per-column (axis 1) or per-block-along-rows (axis 0) f32 scale and optional zero
+/// point. Element `(r, c)` is `(code(r * cols + c) - zero[at(r, c)]) as f32 * scale[at(r, c)]`,
+/// as the interpreter computes it; rows `block_rows` apart share their parameters.
+pub(crate) struct QuantWeight<'a> {
+    pub raw: &'a [u8],
+    pub dtype: tessera_ir::DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub block_rows: usize,
+    pub at: Box<dyn Fn(usize, usize) -> usize + Sync>,
+    pub scale: Vec<f32>,
+    pub zero: Vec<i64>,
+}
+
+impl<'a> QuantWeight<'a> {
+    /// None for anything but the forms above (the caller then takes a slower general path).
+    pub fn of(g: &'a tessera_ir::Graph, v: tessera_ir::Value) -> Option<QuantWeight<'a>> {
+        use tessera_ir::QuantGranularity;
+        let t = g.ty(v);
+        let dims = t.shape.as_static()?;
+        let &[rows, cols] = dims.as_slice() else { return None };
+        let raw = g.const_data(v)?.bytes()?;
+        let q = t.quant.as_deref()?;
+        if q.offset.is_some() || !matches!(t.dtype, DType::I4 | DType::U4 | DType::I8 | DType::U8) {
+            return None;
+        }
+        if raw.len() != t.dtype.storage_bytes(rows * cols) {
+            return None;
+        }
+        let (groups, block_rows, at): (usize, usize, Box<dyn Fn(usize, usize) -> usize + Sync>) = match q.granularity {
+            QuantGranularity::PerTensor => (1, rows.max(1), Box::new(|_, _| 0)),
+            QuantGranularity::PerAxis { axis: 1 | -1 } => (cols, rows.max(1), Box::new(|_, c| c)),
+            QuantGranularity::PerBlock { axis: 0 | -2, size } if size > 0 => {
+                let bs = size as usize;
+                (rows.div_ceil(bs) * cols, bs, Box::new(move |r, c| (r / bs) * cols + c))
+            }
+            _ => return None,
+        };
+        let st = g.ty(q.scale);
+        let sb = g.const_data(q.scale)?.bytes()?;
+        if st.dtype != DType::F32 || sb.len() != groups * 4 {
+            return None;
+        }
+        let scale = sb.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let zero = match q.zero_point {
+            None => vec![0; groups],
+            Some(z) => {
+                let zt = g.ty(z);
+                let zb = g.const_data(z)?.bytes()?;
+                if zt.dtype != t.dtype || zb.len() != t.dtype.storage_bytes(groups) {
+                    return None;
+                }
+                (0..groups).map(|i| code(zb, zt.dtype, i)).collect()
+            }
+        };
+        Some(QuantWeight { raw, dtype: t.dtype, rows, cols, block_rows, at, scale, zero })
+    }
+
+    /// The stored integer of element `i` (row-major).
+    pub fn code(&self, i: usize) -> i64 {
+        code(self.raw, self.dtype, i)
+    }
+}
+
+/// Element `i` of packed 8- or 4-bit integers (4-bit: low nibble first).
+fn code(bytes: &[u8], dt: DType, i: usize) -> i64 {
+    match dt {
+        DType::I8 => bytes[i] as i8 as i64,
+        DType::U8 => bytes[i] as i64,
+        DType::I4 => ((((bytes[i / 2] >> ((i % 2) * 4)) & 15) << 4) as i8 >> 4) as i64,
+        _ => ((bytes[i / 2] >> ((i % 2) * 4)) & 15) as i64,
+    }
+}
+
+/// A 2-D constant weight as f32, row-major, straight from its stored bytes: plain f32 or a
+/// [`QuantWeight`]. None for anything else (the caller then goes through the interpreter's
+/// `const_value`). Rows are decoded in parallel.
 fn dequantize_fast(g: &tessera_ir::Graph, v: tessera_ir::Value) -> Option<(Vec<f32>, usize, usize)> {
     use rayon::prelude::*;
-    use tessera_ir::{DType, QuantGranularity};
     let t = g.ty(v);
-    let dims = t.shape.as_static()?;
-    let &[rows, cols] = dims.as_slice() else { return None };
-    let raw = g.const_data(v)?.bytes()?;
     if t.quant.is_none() {
+        let dims = t.shape.as_static()?;
+        let &[rows, cols] = dims.as_slice() else { return None };
+        let raw = g.const_data(v)?.bytes()?;
         if t.dtype != DType::F32 || raw.len() != rows * cols * 4 {
             return None;
         }
         let out = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         return Some((out, rows, cols));
     }
-    let q = t.quant.as_deref()?;
-    if q.offset.is_some() || !matches!(t.dtype, DType::I4 | DType::U4 | DType::I8 | DType::U8) {
-        return None;
-    }
-    if raw.len() != t.dtype.storage_bytes(rows * cols) {
-        return None;
-    }
-    // Index into the scale (and zero point) of element (r, c).
-    let (groups, at): (usize, Box<dyn Fn(usize, usize) -> usize + Sync>) = match q.granularity {
-        QuantGranularity::PerTensor => (1, Box::new(|_, _| 0)),
-        QuantGranularity::PerAxis { axis: 1 | -1 } => (cols, Box::new(|_, c| c)),
-        QuantGranularity::PerBlock { axis: 0 | -2, size } if size > 0 => {
-            let bs = size as usize;
-            (rows.div_ceil(bs) * cols, Box::new(move |r, c| (r / bs) * cols + c))
-        }
-        _ => return None,
-    };
-    let code = |bytes: &[u8], dt: DType, i: usize| -> i64 {
-        match dt {
-            DType::I8 => bytes[i] as i8 as i64,
-            DType::U8 => bytes[i] as i64,
-            DType::I4 => ((((bytes[i / 2] >> ((i % 2) * 4)) & 15) << 4) as i8 >> 4) as i64,
-            _ => ((bytes[i / 2] >> ((i % 2) * 4)) & 15) as i64,
-        }
-    };
-    let st = g.ty(q.scale);
-    let sb = g.const_data(q.scale)?.bytes()?;
-    if st.dtype != DType::F32 || sb.len() != groups * 4 {
-        return None;
-    }
-    let scale: Vec<f32> = sb.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    let zero: Vec<i64> = match q.zero_point {
-        None => vec![0; groups],
-        Some(z) => {
-            let zt = g.ty(z);
-            let zb = g.const_data(z)?.bytes()?;
-            if zt.dtype != t.dtype || zb.len() != t.dtype.storage_bytes(groups) {
-                return None;
-            }
-            (0..groups).map(|i| code(zb, zt.dtype, i)).collect()
-        }
-    };
+    let w = QuantWeight::of(g, v)?;
+    let (rows, cols) = (w.rows, w.cols);
     let mut out = vec![0f32; rows * cols];
-    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+    out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, row)| {
         for (c, o) in row.iter_mut().enumerate() {
-            let j = at(r, c);
-            *o = (code(raw, t.dtype, r * cols + c) - zero[j]) as f32 * scale[j];
+            let j = (w.at)(r, c);
+            *o = (w.code(r * cols + c) - w.zero[j]) as f32 * w.scale[j];
         }
     });
     Some((out, rows, cols))

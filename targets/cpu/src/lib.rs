@@ -26,6 +26,7 @@ pub mod microbench;
 mod nn;
 mod pool;
 mod program;
+mod q4gemm;
 mod qgemm;
 mod reduce;
 pub mod specialize;

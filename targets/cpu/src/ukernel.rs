@@ -38,6 +38,15 @@ pub fn f32_tile(mode: Ukernels, mr: usize, np: usize) -> Option<F32Tile> {
     imp::f32_tile(mr, np)
 }
 
+/// [`f32_tile`]'s twin that adds to the tile instead of overwriting it (`tile[r][c] += ...`), for
+/// products blocked along K.
+pub fn f32_tile_acc(mode: Ukernels, mr: usize, np: usize) -> Option<F32Tile> {
+    if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
+        return None;
+    }
+    imp::f32_tile_acc(mr, np)
+}
+
 /// An integer inner tile on 16-bit operands, exact:
 /// `tile[r][c] = sum_{j < kp} a[r * lda + 2j] * w(c, 2j) + a[r * lda + 2j + 1] * w(c, 2j + 1)`
 /// for `r < mr`, `c < 8 * np`, where `w(c, k)` is the i8 at `b + (c / 8) * kp * 16 + (k / 2) * 16
@@ -75,6 +84,23 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
     imp::sat_tile(mr, np)
 }
 
+/// Unpacks 4-bit weight panels into f32 panels for [`F32Tile`]: for panel `p < np` and `kk < k`,
+/// `out[p * k * 8 + kk * 8 + j] = (u - off) * scale` where `u` is nibble `j` (bits `4j..4j+4`)
+/// of the u32 at `nib + p * ldn + kk` and `scale`, `off` are the 8 floats at `par + p * ldp +
+/// (kk / bs) * 16` and the 8 floats after: the layout of [`crate::q4gemm`] (`nib` and `par`
+/// point at the first `k` of a block of `bs`). `u - off` is an exact small integer, so each
+/// weight has one rounding, as in the interpreter. Arguments: `k`, `bs`, `np`, `nib`, `ldn`
+/// (u32), `par`, `ldp` (floats), `out`.
+pub type Q4Unpack = unsafe extern "C" fn(i64, i64, i64, *const u32, i64, *const f32, i64, *mut f32);
+
+/// The 4-bit unpacking routine, if this host has one and `mode` allows it.
+pub fn q4_unpack(mode: Ukernels) -> Option<Q4Unpack> {
+    if mode == Ukernels::Off {
+        return None;
+    }
+    imp::q4_unpack()
+}
+
 /// The addresses of a tile family for the two shapes packed kernels call, `[rows mr | 1][panels
 /// 2 | 1]` (a block of `mr` rows, then the leftover rows one by one; panel pairs, then a last odd
 /// panel), when the host has all four. `tile(mr, np)` is one of the functions above.
@@ -93,8 +119,53 @@ pub fn describe(mode: Ukernels) -> Option<&'static str> {
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{F32Tile, I16Tile, SatTile};
+    use super::{F32Tile, I16Tile, Q4Unpack, SatTile};
     use std::arch::x86_64::*;
+
+    pub fn q4_unpack() -> Option<Q4Unpack> {
+        if !is_x86_feature_detected!("avx2") {
+            return None;
+        }
+        Some(q4)
+    }
+
+    /// # Safety
+    /// `nib` holds `np` panels of `k` u32 (any alignment) `ldn` apart, `par` holds `np` panels of
+    /// `ceil(k / bs) * 16` floats `ldp` apart, `out` holds `np * k * 8` floats, and the CPU has
+    /// AVX2 (checked by [`q4_unpack`]).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    unsafe extern "C" fn q4(
+        k: i64,
+        bs: i64,
+        np: i64,
+        nib: *const u32,
+        ldn: i64,
+        par: *const f32,
+        ldp: i64,
+        out: *mut f32,
+    ) {
+        let (k, bs, np) = (k.max(0) as usize, bs.max(1) as usize, np.max(0) as usize);
+        let (ldn, ldp) = (ldn as usize, ldp as usize);
+        let nb = k.div_ceil(bs);
+        let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        let mask = _mm256_set1_epi32(15);
+        // SAFETY (whole body): the caller's contract above bounds every offset.
+        unsafe {
+            for p in 0..np {
+                let (nibp, parp, outp) = (nib.add(p * ldn), par.add(p * ldp), out.add(p * k * 8));
+                for b in 0..nb {
+                    let s = _mm256_loadu_ps(parp.add(b * 16));
+                    let o = _mm256_loadu_ps(parp.add(b * 16 + 8));
+                    for kk in b * bs..((b + 1) * bs).min(k) {
+                        let w = _mm256_set1_epi32(nibp.add(kk).read_unaligned() as i32);
+                        let u = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(w, shifts), mask));
+                        _mm256_storeu_ps(outp.add(kk * 8), _mm256_mul_ps(_mm256_sub_ps(u, o), s));
+                    }
+                }
+            }
+        }
+    }
 
     /// `f::<MR, NP>` for the tile shape asked for (rows 1..=6, panels 1 or 2), else `None`.
     macro_rules! shape {
@@ -215,15 +286,53 @@ mod imp {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return None;
         }
-        let f: F32Tile = shape!(tile, mr, np);
+        let f: F32Tile = shape!(tile_set, mr, np);
         Some(f)
+    }
+
+    pub fn f32_tile_acc(mr: usize, np: usize) -> Option<F32Tile> {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return None;
+        }
+        let f: F32Tile = shape!(tile_acc, mr, np);
+        Some(f)
+    }
+
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe extern "C" fn tile_set<const MR: usize, const NP: usize>(
+        k: i64,
+        a: *const f32,
+        lda: i64,
+        b: *const f32,
+        t: *mut f32,
+    ) {
+        // SAFETY: the caller's contract is tile's.
+        unsafe { tile::<MR, NP, false>(k, a, lda, b, t) }
+    }
+
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe extern "C" fn tile_acc<const MR: usize, const NP: usize>(
+        k: i64,
+        a: *const f32,
+        lda: i64,
+        b: *const f32,
+        t: *mut f32,
+    ) {
+        // SAFETY: the caller's contract is tile's.
+        unsafe { tile::<MR, NP, true>(k, a, lda, b, t) }
     }
 
     /// # Safety
     /// `a` holds `mr` rows of `k` floats `lda` apart, `b` holds `np` panels of `k * 8` floats,
     /// `tile` holds `mr * 16` floats, and the CPU has AVX2 and FMA (checked by [`f32_tile`]).
+    /// With `ACC` the tile's previous contents are the accumulators' starting values.
     #[target_feature(enable = "avx2,fma")]
-    unsafe extern "C" fn tile<const MR: usize, const NP: usize>(
+    #[inline]
+    unsafe fn tile<const MR: usize, const NP: usize, const ACC: bool>(
         k: i64,
         a: *const f32,
         lda: i64,
@@ -234,6 +343,13 @@ mod imp {
         let mut acc = [[_mm256_setzero_ps(); NP]; MR];
         // SAFETY (whole body): the caller's contract above bounds every offset.
         unsafe {
+            if ACC {
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (p, c) in row.iter_mut().enumerate() {
+                        *c = _mm256_loadu_ps(tile.add(r * super::F32_TILE_COLS + p * 8));
+                    }
+                }
+            }
             let b1 = b.add(k * 8);
             for kk in 0..k {
                 let bv = [_mm256_loadu_ps(b.add(kk * 8)), _mm256_loadu_ps(b1.add(kk * 8 * (NP - 1)))];
@@ -255,7 +371,11 @@ mod imp {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    use super::{F32Tile, I16Tile, SatTile};
+    use super::{F32Tile, I16Tile, Q4Unpack, SatTile};
+
+    pub fn q4_unpack() -> Option<Q4Unpack> {
+        None
+    }
 
     pub fn sat_tile(_mr: usize, _np: usize) -> Option<SatTile> {
         None
@@ -266,6 +386,10 @@ mod imp {
     }
 
     pub fn f32_tile(_mr: usize, _np: usize) -> Option<F32Tile> {
+        None
+    }
+
+    pub fn f32_tile_acc(_mr: usize, _np: usize) -> Option<F32Tile> {
         None
     }
 }

@@ -570,3 +570,67 @@ fn quantized_product_chains_become_one_kernel() {
         names.iter().map(|n| &n.0).collect::<Vec<_>>()
     );
 }
+
+/// 4-bit weights unpacked at run time: i4 and u4, per tensor, per column and in blocks (with a
+/// last partial block), panel counts odd and even, a last panel of fewer than 8 columns, row
+/// counts off the tile, one row, and an epilogue; both ways and on 1 and 2 threads (threads
+/// split the columns).
+#[test]
+fn four_bit_weight_products_match_the_interpreter_both_ways() {
+    let cases = [
+        ("u4", "block(axis=0, size=4)", 13usize, 10usize, 27usize, true),
+        ("i4", "block(axis=0, size=32)", 7, 70, 16, true),
+        ("i4", "axis(1)", 1, 9, 40, false),
+        ("u4", "tensor", 20, 24, 8, true),
+        ("i4", "block(axis=0, size=8)", 6, 16, 5, false),
+        // Blocked along K: 384 in two blocks of 192, 320 per column in two of 160, 300 in
+        // blocks of 32 that do not divide it (one K block, a partial last parameter block).
+        ("u4", "block(axis=0, size=32)", 9, 384, 24, true),
+        ("i4", "axis(1)", 8, 320, 17, true),
+        ("u4", "block(axis=0, size=32)", 7, 300, 16, false),
+    ];
+    for (dt, gran, m, k, n, zero) in cases {
+        let groups = match gran {
+            "tensor" => 1,
+            "axis(1)" => n,
+            _ => k.div_ceil(gran.split("size=").nth(1).unwrap().trim_end_matches(')').parse::<usize>().unwrap()) * n,
+        };
+        let pshape = match gran {
+            "tensor" => String::new(),
+            "axis(1)" => format!("{n}"),
+            _ => format!("{}, {n}", groups / n),
+        };
+        let code = |i: usize| if dt == "u4" { (i * 7 % 16) as i64 } else { (i * 7 % 16) as i64 - 8 };
+        let w: Vec<String> = (0..k * n).map(|i| code(i).to_string()).collect();
+        let scale = const_list(groups, |i| 0.02 + (i % 5) as f32 * 0.013);
+        let zp: Vec<String> = (0..groups).map(|i| code(i * 3 + 1).to_string()).collect();
+        let (zline, zref) = if zero {
+            (format!("  v2: {dt}[{pshape}] = const [{}]\n", zp.join(", ")), ", zero=v2".to_string())
+        } else {
+            (String::new(), String::new())
+        };
+        let src = format!(
+            "graph @g {{
+  v0: f32[{m}, {k}] = input \"x\"
+  v1: f32[{pshape}] = const [{scale}]
+{zline}  v3: {dt}[{k}, {n}] quant({gran}, scale=v1{zref}) = const [{}]
+  v4: f32[{n}] = const [{}]
+  v5: f32[{m}, {n}] = qmatmul v0, v3
+  v6: f32[{m}, {n}] = add v5, v4
+  output \"y\" = v6
+}}
+",
+            w.join(", "),
+            const_list(n, |i| i as f32 * 0.1 - 0.3)
+        );
+        let x = Tensor::from_f32(DType::F32, &[m, k], (0..m * k).map(|i| (i as f32 * 0.41).sin()).collect()).unwrap();
+        both_ways(&src, vec![x], 1e-5);
+        let g = parse(&src).unwrap();
+        let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Off).unwrap();
+        assert!(
+            names.iter().any(|(name, _, _)| name.ends_with("_q4")),
+            "{dt} {gran}: {:?}",
+            names.iter().map(|n| &n.0).collect::<Vec<_>>()
+        );
+    }
+}
