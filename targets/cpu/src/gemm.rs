@@ -1,7 +1,9 @@
 //! Matrix products with fused epilogues.
 //!
-//! - Packed path: a constant 2-D right operand (f32 `matmul`/`gemm` weights, and `qmatmul`
-//!   weights dequantized once at compile time) is packed into panels of 8 columns
+//! - Blocked path ([`crate::blocked`]): 4-bit `qmatmul` weights, and f32 weights of 64 columns
+//!   or more when the `std::arch` tiles are on: columns split across threads, K blocked.
+//! - Packed path: any other constant 2-D right operand (f32 `matmul`/`gemm` weights, and 8-bit
+//!   `qmatmul` weights dequantized once at compile time) is packed into panels of 8 columns
 //!   (`[ceil(N/8)][K][8]`, zero-padded). A register-blocked 6x8 micro-kernel (12 f32x4
 //!   accumulators, 2 B vectors, 1 broadcast A) walks K with FMAs; rows of the output are split
 //!   across threads in blocks of 6. Panels are the outer loop of each thread, so one panel
@@ -344,9 +346,9 @@ fn lower_mm<'g>(
     let b_const = matches!(g.value(b_v).def, ValueDef::Const(_));
     if b_const && b_dims.len() == 2 && !prod.trans_a && a_dims.len() >= 2 {
         if !prod.trans_b {
-            if let Some(pack) = crate::q4gemm::pack(g, b_v) {
+            if let Some(pack) = crate::blocked::pack_q4(g, b_v) {
                 let rows_dims = out_dims[..out_dims.len() - 1].to_vec();
-                return Ok(crate::q4gemm::lower(pack, epi, bufs, prod.a, prod.b, out_buf, rows_dims, &name, owned));
+                return Ok(crate::blocked::lower(pack, epi, bufs, prod.a, prod.b, out_buf, rows_dims, &name, owned));
             }
         }
         let fast = dequantize_fast(g, b_v);
@@ -369,6 +371,11 @@ fn lower_mm<'g>(
             }
         };
         let (k, nn) = if prod.trans_b { (cols, rows) } else { (rows, cols) };
+        if crate::blocked::takes(nn, owned.ukernels) {
+            let pack = crate::blocked::pack_f32(flat, k, nn, prod.trans_b);
+            let rows_dims = out_dims[..out_dims.len() - 1].to_vec();
+            return Ok(crate::blocked::lower(pack, epi, bufs, prod.a, prod.b, out_buf, rows_dims, &name, owned));
+        }
         let panels = nn.div_ceil(8);
         // One panel per task: packing MiniLM's 21 MB of fp32 weights is a visible part of startup.
         let mut bytes = vec![0u8; panels * k * 8 * 4];
@@ -564,6 +571,16 @@ impl TileEmitter {
         flags: cranelift_codegen::ir::MemFlagsData,
     ) -> Result<(), CpuError> {
         self.emit_into(fx, mr, np, k, a, lda, b, flags, self.buf, false)
+    }
+
+    /// Rows per block the emitter does best: the `std::arch` tile's 6, or Cranelift's 4 (with
+    /// single rows after either).
+    pub fn rows(&self) -> usize {
+        if self.tiles.is_some() {
+            MR
+        } else {
+            CL_MR
+        }
     }
 
     /// [`TileEmitter::emit`] into `dst` (rows of [`ukernel::F32_TILE_COLS`] floats) instead of the
@@ -907,13 +924,16 @@ impl General {
 /// per-tensor, per-column (axis 1) or per-block-along-rows (axis 0) f32 scale and optional zero
 /// point. Element `(r, c)` is `(code(r * cols + c) - zero[at(r, c)]) as f32 * scale[at(r, c)]`,
 /// as the interpreter computes it; rows `block_rows` apart share their parameters.
+/// The index of element `(r, c)`'s scale and zero point.
+pub(crate) type ParamIndex = Box<dyn Fn(usize, usize) -> usize + Sync>;
+
 pub(crate) struct QuantWeight<'a> {
     pub raw: &'a [u8],
     pub dtype: tessera_ir::DType,
     pub rows: usize,
     pub cols: usize,
     pub block_rows: usize,
-    pub at: Box<dyn Fn(usize, usize) -> usize + Sync>,
+    pub at: ParamIndex,
     pub scale: Vec<f32>,
     pub zero: Vec<i64>,
 }
@@ -933,7 +953,7 @@ impl<'a> QuantWeight<'a> {
         if raw.len() != t.dtype.storage_bytes(rows * cols) {
             return None;
         }
-        let (groups, block_rows, at): (usize, usize, Box<dyn Fn(usize, usize) -> usize + Sync>) = match q.granularity {
+        let (groups, block_rows, at): (usize, usize, ParamIndex) = match q.granularity {
             QuantGranularity::PerTensor => (1, rows.max(1), Box::new(|_, _| 0)),
             QuantGranularity::PerAxis { axis: 1 | -1 } => (cols, rows.max(1), Box::new(|_, c| c)),
             QuantGranularity::PerBlock { axis: 0 | -2, size } if size > 0 => {

@@ -14,6 +14,7 @@
 //! from a validated input, and every data-dependent index (gather) is bounds-checked in the
 //! kernel, which returns a [`KernelFault`] instead of reading out of bounds.
 
+mod blocked;
 mod ew;
 mod fx;
 mod gemm;
@@ -26,7 +27,6 @@ pub mod microbench;
 mod nn;
 mod pool;
 mod program;
-mod q4gemm;
 mod qgemm;
 mod reduce;
 pub mod specialize;

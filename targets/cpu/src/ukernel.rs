@@ -87,7 +87,7 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
 /// Unpacks 4-bit weight panels into f32 panels for [`F32Tile`]: for panel `p < np` and `kk < k`,
 /// `out[p * k * 8 + kk * 8 + j] = (u - off) * scale` where `u` is nibble `j` (bits `4j..4j+4`)
 /// of the u32 at `nib + p * ldn + kk` and `scale`, `off` are the 8 floats at `par + p * ldp +
-/// (kk / bs) * 16` and the 8 floats after: the layout of [`crate::q4gemm`] (`nib` and `par`
+/// (kk / bs) * 16` and the 8 floats after: the layout of [`crate::blocked`] (`nib` and `par`
 /// point at the first `k` of a block of `bs`). `u - off` is an exact small integer, so each
 /// weight has one rounding, as in the interpreter. Arguments: `k`, `bs`, `np`, `nib`, `ldn`
 /// (u32), `par`, `ldp` (floats), `out`.
