@@ -1,49 +1,41 @@
-//! Products with a constant weight, over panel pairs and blocked along K: f32 weights packed at
-//! compile time, and 4-bit weights (`qmatmul` on an i4/u4 constant quantized per tensor, per
-//! column or in blocks along K) that stay 4-bit in memory.
+//! Products with 4-bit weights (`qmatmul` on an i4/u4 constant quantized per tensor, per column
+//! or in blocks along K) that stay 4-bit in memory, over panel pairs and blocked along K.
 //!
-//! A kernel call takes a range of panel pairs (16 columns; the threads split the columns, so
-//! each thread reads only its own weights), and for each pair walks K in blocks of `kc` rows
-//! ([`k_block`]): the pair's block of weights (`kc * 64` bytes) and the tile rows' block of A
-//! stay in L1 while the f32 tiles of [`crate::gemm`] run over every block of 6 rows, adding into
-//! a per-thread accumulator of `rows x 16` floats; after the last block the fused epilogue reads
-//! the accumulators and stores the result. (Unblocked, a pair's panels are `K * 64` bytes: 24 KB
-//! at K = 384 and 96 KB at K = 1536, beside A's rows, more than L1 holds.)
+//! At compile time the nibbles are regrouped, not widened: panels of 8 columns, one u32 per `k`
+//! holding the panel's 8 nibbles (`[ceil(N/8)][K]` u32, i4 stored with its sign bit flipped so
+//! every nibble reads as unsigned), and per panel and block of K the 8 scales and 8 offsets
+//! (zero point, +8 for i4) as f32 (`[ceil(N/8)][ceil(K/bs)][16]`): MiniLM's q4 weights are
+//! 2.7 MB this way instead of 21 MB of f32 panels.
 //!
-//! - f32 weights are packed at compile time so each K block of a pair is contiguous:
-//!   `[pair][K / kc][2][kc][8]` (a last odd panel `[K / kc][kc][8]`), zero-padded columns.
-//! - 4-bit weights are regrouped, not widened: panels of 8 columns, one u32 per `k` holding the
-//!   panel's 8 nibbles (`[ceil(N/8)][K]` u32, i4 stored with its sign bit flipped so every nibble
-//!   reads as unsigned), and per panel and block of K the 8 scales and 8 offsets (zero point, +8
-//!   for i4) as f32 (`[ceil(N/8)][ceil(K/bs)][16]`): MiniLM's q4 weights are 2.7 MB this way
-//!   instead of 21 MB of f32 panels. Each K block of a pair is unpacked into a per-thread
-//!   scratch (`kc * 64` bytes; never a full-size buffer) right before the tiles use it, once per
-//!   call, and used by every row: unpacking inside the FMA loop itself would redo it for every
-//!   block of 6 rows on the ports the FMAs need. The unpacking is a `std::arch` routine
-//!   ([`ukernel::Q4Unpack`]) or, with the tiles switched off, Cranelift code doing the same
-//!   arithmetic 4 lanes at a time; both give each weight as `(q - zero) as f32 * scale`, exactly
-//!   the interpreter's value.
+//! A kernel call takes a range of panel pairs (16 columns; the threads split the columns, so no
+//! weight is unpacked twice), and for each pair walks K in blocks of `kc` rows ([`k_block`]):
+//! the pair's block is unpacked into a per-thread scratch (`kc * 64` bytes, L1; never a
+//! full-size buffer), then the f32 tiles of [`crate::gemm`] run over every block of 6 rows,
+//! adding into a per-thread accumulator of `rows x 16` floats; after the last block the fused
+//! epilogue reads the accumulators and stores the result. Each weight is unpacked once per call
+//! and used by every row: unpacking inside the FMA loop itself would redo it for every block of
+//! 6 rows on the ports the FMAs need. The unpacking is a `std::arch` routine
+//! ([`ukernel::Q4Unpack`]) or, with the tiles switched off, Cranelift code doing the same
+//! arithmetic 4 lanes at a time; both give each weight as `(q - zero) as f32 * scale`, exactly
+//! the interpreter's value.
 
 use std::sync::Arc;
 
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph};
 
-use crate::fx::{mem, mem_pure, Fx, F4};
-use crate::gemm::{store_tile, Epilogue, QuantWeight, TileEmitter, MR};
+use crate::fx::{mem, Fx, F4};
+use crate::gemm::{store_tile, Epilogue, QuantWeight, TileEmitter};
 use crate::lower::{BufRef, Build, Lowered};
 use crate::{ukernel, CpuError};
 
 /// A constant weight laid out for the kernel (see the module docs).
 pub(crate) struct Pack {
-    weights: Weights,
+    nib: Vec<u8>,
+    par: Vec<u8>,
     k: usize,
     n: usize,
-}
-
-enum Weights {
-    F32(Vec<u8>),
-    Q4 { nib: Vec<u8>, par: Vec<u8>, bs: usize },
+    bs: usize,
 }
 
 /// Rows of K multiplied at a time: a divisor of K that keeps a panel pair's block (`kc * 64`
@@ -54,39 +46,6 @@ fn k_block(k: usize, bs: usize) -> usize {
         return k;
     }
     (64..=256).rev().find(|kc| k.is_multiple_of(*kc) && (bs >= k || kc.is_multiple_of(bs))).unwrap_or(k)
-}
-
-/// Whether this path should take an f32 product with `n` columns: it splits the columns across
-/// threads, so it needs a few panel pairs (narrower products split their rows instead), and
-/// it pays for its accumulator round trips only with the `std::arch` tiles (Cranelift's own
-/// 4x8 tile keeps its accumulators in registers through the epilogue on the row-split path).
-pub(crate) fn takes(n: usize, mode: crate::Ukernels) -> bool {
-    n >= 64 && ukernel::f32_tile(mode, MR, 2).is_some()
-}
-
-/// The f32 weight `flat` (`k` x `nn` row-major, or `nn` x `k` when `trans`) packed for the kernel.
-pub(crate) fn pack_f32(flat: &[f32], k: usize, nn: usize, trans: bool) -> Pack {
-    use rayon::prelude::*;
-    let kc = k_block(k, k);
-    let panels = nn.div_ceil(8);
-    let mut bytes = vec![0u8; panels * k * 32];
-    // One panel pair (or the last odd panel) per task.
-    bytes.par_chunks_mut(2 * k * 32).enumerate().for_each(|(pp, pair)| {
-        let np = pair.len() / (k * 32);
-        for q in 0..np {
-            for kk in 0..k {
-                for j in 0..8 {
-                    let col = (pp * 2 + q) * 8 + j;
-                    if col < nn {
-                        let v = if trans { flat[col * k + kk] } else { flat[kk * nn + col] };
-                        let at = ((kk / kc) * kc * np + q * kc + kk % kc) * 32 + j * 4;
-                        pair[at..at + 4].copy_from_slice(&v.to_le_bytes());
-                    }
-                }
-            }
-        }
-    });
-    Pack { weights: Weights::F32(bytes), k, n: nn }
 }
 
 /// The weight `v` (`K x N`, not transposed) regrouped, or None when it is not a 4-bit
@@ -126,7 +85,7 @@ pub(crate) fn pack_q4(g: &Graph, v: tessera_ir::Value) -> Option<Pack> {
             }
         }
     }
-    Some(Pack { weights: Weights::Q4 { nib, par, bs }, k, n })
+    Some(Pack { nib, par, k, n, bs })
 }
 
 /// The kernel for a product whose weight (operand `b_buf` of `bufs`) is `pack`: the packed
@@ -143,18 +102,10 @@ pub(crate) fn lower<'g>(
     name: &str,
     owned: &mut Build,
 ) -> Lowered<'g> {
-    let Pack { weights, k, n } = pack;
-    let (bs, par_buf, packed) = match weights {
-        Weights::F32(bytes) => {
-            bufs[b_buf] = BufRef::Owned(owned.push(bytes));
-            (k, None, true)
-        }
-        Weights::Q4 { nib, par, bs } => {
-            bufs[b_buf] = BufRef::Owned(owned.push(nib));
-            bufs.push(BufRef::Owned(owned.push(par)));
-            (bs, Some(bufs.len() - 1), false)
-        }
-    };
+    let Pack { nib, par, k, n, bs } = pack;
+    bufs[b_buf] = BufRef::Owned(owned.push(nib));
+    bufs.push(BufRef::Owned(owned.push(par)));
+    let par_buf = bufs.len() - 1;
     let scratch_buf = bufs.len();
     let mode = owned.ukernels;
     let units = n.div_ceil(16) as u64;
@@ -171,31 +122,22 @@ pub(crate) fn lower<'g>(
         kc: kc as i64,
         mode,
     };
-    let tiles = ukernel::f32_tile(mode, MR, 2).is_some();
-    let suffix = match (packed, tiles) {
-        (true, true) => "packed_ukernel",
-        (true, false) => "packed",
-        (false, _) if ukernel::q4_unpack(mode).is_some() => "q4_ukernel",
-        (false, _) => "q4",
-    };
-    let unpacked = if packed { 0 } else { kc as i64 * 64 };
+    let suffix = if ukernel::q4_unpack(mode).is_some() { "q4_ukernel" } else { "q4" };
     let scratch_rows = rows_dims.clone();
     let mut lw = Lowered::new(format!("{name}_{suffix}"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
     lw.par = Some((vec![Dim::Static(units)], 1));
     // Per chunk: the unpacked block of a panel pair, then the pair's accumulators for every row.
     lw.scratch = Some(Arc::new(move |b| {
         let rows: i64 = scratch_rows.iter().map(|d| b.resolve(d).unwrap_or(0) as i64).product();
-        vec![unpacked + rows * 64]
+        vec![kc as i64 * 64 + rows * 64]
     }));
     lw
 }
 
 struct Cfg {
     a_buf: usize,
-    /// The packed f32 weight, or the 4-bit nibbles.
     nib_buf: usize,
-    /// The 4-bit parameters (None: f32 weights).
-    par_buf: Option<usize>,
+    par_buf: usize,
     out_buf: usize,
     scratch_buf: usize,
     k: i64,
@@ -210,10 +152,10 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
     let (k, n, kc) = (cfg.k, cfg.n, cfg.kc);
     let a = fx.buf(cfg.a_buf);
     let nib = fx.buf(cfg.nib_buf);
-    let par = cfg.par_buf.map(|b| fx.buf(b));
+    let par = fx.buf(cfg.par_buf);
     let out = fx.buf(cfg.out_buf);
     let scratch = fx.buf(cfg.scratch_buf);
-    let acc = if par.is_some() { fx.iadd_imm(scratch, kc * 64) } else { scratch };
+    let acc = fx.iadd_imm(scratch, kc * 64);
     let rows = fx.numel(rows_dims)?;
     let addr = epi.prepare(fx)?;
     let nv = fx.iconst(n);
@@ -224,32 +166,20 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
     let units = fx.iconst((panels + 1) / 2);
     let (u0, u1) = fx.par_rows(units, 1);
     let tiles = TileEmitter::new(fx, cfg.mode);
-    let unpack = par.map(|par| (Unpack::new(fx, cfg.mode), par));
+    let unpack = Unpack::new(fx, cfg.mode);
     let zero = fx.iconst(0);
     // One block of K for panels `p..p + np`: unpack it, then add its product to every row's
     // accumulators (or set them, for the first block).
     let block = |fx: &mut Fx, p: Value, np: usize, kb: Value, first: bool| -> Result<(), CpuError> {
         let k0 = fx.imul_imm(kb, kc);
-        let src = match &unpack {
-            Some((unpack, par)) => {
-                unpack.emit(fx, np, p, kb, nib, *par, scratch, cfg)?;
-                scratch
-            }
-            None => {
-                // The pair's block `kb`: `[np][kc][8]` floats inside the pair's `K x 8np`.
-                let base = fx.imul_imm(p, k * 32);
-                let base = fx.b.ins().iadd(nib, base);
-                fx.addr(base, kb, kc * np as i64 * 32)
-            }
-        };
+        unpack.emit(fx, np, p, kb, nib, par, scratch, cfg)?;
         fx.for_row_blocks(zero, rows, tiles.rows(), |fx, m0, mr| {
             let at = fx.imul_imm(m0, k);
             let at = fx.b.ins().iadd(at, k0);
             let arow = fx.addr(a, at, 4);
             let dst = fx.addr(acc, m0, 64);
-            // Loads the kernel's own writes can feed (the unpacked scratch) stay plain.
-            let flags = if unpack.is_some() { mem() } else { mem_pure() };
-            tiles.emit_into(fx, mr, np, kcv, arow, kv, src, flags, dst, !first)
+            // The scratch is the kernel's own writes: plain loads.
+            tiles.emit(fx, mr, np, kcv, arow, kv, scratch, mem(), dst, !first)
         })
     };
     // Panels `p..p + np` over every row.

@@ -1,7 +1,6 @@
 //! Matrix products with fused epilogues.
 //!
-//! - Blocked path ([`crate::blocked`]): 4-bit `qmatmul` weights, and f32 weights of 64 columns
-//!   or more when the `std::arch` tiles are on: columns split across threads, K blocked.
+//! - 4-bit `qmatmul` weights stay 4-bit: [`crate::blocked`].
 //! - Packed path: any other constant 2-D right operand (f32 `matmul`/`gemm` weights, and 8-bit
 //!   `qmatmul` weights dequantized once at compile time) is packed into panels of 8 columns
 //!   (`[ceil(N/8)][K][8]`, zero-padded). A register-blocked 6x8 micro-kernel (12 f32x4
@@ -28,7 +27,7 @@ use crate::lower::{dims, BufRef, Build, Lowered};
 use crate::{ukernel, CpuError};
 
 /// Rows of the `std::arch` tile (and of the attention tiles).
-pub(crate) const MR: usize = 6;
+const MR: usize = 6;
 /// Rows of Cranelift's own tile: 4 rows x 8 columns is 8 f32x4 accumulators, which with the two
 /// B vectors and the broadcasts fits x64's 16 vector registers without spilling (at 6 rows
 /// two accumulators spill and their store-to-load round trip bounds every k step).
@@ -371,11 +370,6 @@ fn lower_mm<'g>(
             }
         };
         let (k, nn) = if prod.trans_b { (cols, rows) } else { (rows, cols) };
-        if crate::blocked::takes(nn, owned.ukernels) {
-            let pack = crate::blocked::pack_f32(flat, k, nn, prod.trans_b);
-            let rows_dims = out_dims[..out_dims.len() - 1].to_vec();
-            return Ok(crate::blocked::lower(pack, epi, bufs, prod.a, prod.b, out_buf, rows_dims, &name, owned));
-        }
         let panels = nn.div_ceil(8);
         // One panel per task: packing MiniLM's 21 MB of fp32 weights is a visible part of startup.
         let mut bytes = vec![0u8; panels * k * 8 * 4];
@@ -514,7 +508,7 @@ fn emit_packed_tiles(
         fx.for_row_blocks(r0, r1, MR, |fx, m0, mr| {
             let aoff = fx.imul_imm(m0, k * 4);
             let arow = fx.b.ins().iadd(a, aoff);
-            tiles.emit(fx, mr, np, kv, arow, kv, bp, mem_pure())?;
+            tiles.emit(fx, mr, np, kv, arow, kv, bp, mem_pure(), tiles.stack(), false)?;
             store_tile(fx, epi, &addr, out, m0, mr, n0, nv, n, np * 2, &|fx, r, h| tiles.load(fx, r, h))
         })
     })
@@ -554,23 +548,10 @@ impl TileEmitter {
         TileEmitter { tiles, buf }
     }
 
-    /// `tile[r][c] = sum_{kk<k} a[r * lda + kk] * panel[c / 8][kk][c % 8]` for `r < mr` (6 or 1)
-    /// and `c < 8 * np` (np 1 or 2), panels of `k * 8` floats from `b`; `lda` in elements.
-    /// `flags` load A and B in Cranelift's tile ([`mem_pure`] only where the kernel writes
-    /// neither).
-    #[allow(clippy::too_many_arguments)]
-    pub fn emit(
-        &self,
-        fx: &mut Fx,
-        mr: usize,
-        np: usize,
-        k: Value,
-        a: Value,
-        lda: Value,
-        b: Value,
-        flags: cranelift_codegen::ir::MemFlagsData,
-    ) -> Result<(), CpuError> {
-        self.emit_into(fx, mr, np, k, a, lda, b, flags, self.buf, false)
+    /// The stack tile (`MR` rows of [`ukernel::F32_TILE_COLS`] floats) that [`TileEmitter::load`]
+    /// reads.
+    pub fn stack(&self) -> Value {
+        self.buf
     }
 
     /// Rows per block the emitter does best: the `std::arch` tile's 6, or Cranelift's 4 (with
@@ -583,10 +564,14 @@ impl TileEmitter {
         }
     }
 
-    /// [`TileEmitter::emit`] into `dst` (rows of [`ukernel::F32_TILE_COLS`] floats) instead of the
-    /// stack tile; with `acc` the product is added to what `dst` holds.
+    /// `dst[r][c] = sum_{kk<k} a[r * lda + kk] * panel[c / 8][kk][c % 8]` for `r < mr` (6 or 1,
+    /// or [`TileEmitter::rows`]) and `c < 8 * np` (np 1 or 2), panels of `k * 8` floats from
+    /// `b`; `lda` in elements; `dst` has rows of [`ukernel::F32_TILE_COLS`] floats (the
+    /// [`TileEmitter::stack`] tile, or the caller's); with `acc` the product is added to what
+    /// `dst` holds. `flags` load A and B in Cranelift's tile ([`mem_pure`] only where the kernel
+    /// writes neither).
     #[allow(clippy::too_many_arguments)]
-    pub fn emit_into(
+    pub fn emit(
         &self,
         fx: &mut Fx,
         mr: usize,

@@ -100,7 +100,7 @@ fn tile_gflops(mode: Ukernels, np: usize, k: usize) -> Result<(f64, f64), CpuErr
                     }
                     Ok(())
                 } else {
-                    tiles.emit(fx, rows, np, kv, a, kv, b, mem_pure())
+                    tiles.emit(fx, rows, np, kv, a, kv, b, mem_pure(), tiles.stack(), false)
                 }
             })?;
             Ok(())

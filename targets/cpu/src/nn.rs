@@ -554,7 +554,7 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                     let scores = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
                         let bo = fx.b.ins().imul(p, kpanel_bytes);
                         let bp = fx.b.ins().iadd(kp, bo);
-                        tiles.emit(fx, mr, np, d_, qa, q_lda, bp, mem())?;
+                        tiles.emit(fx, mr, np, d_, qa, q_lda, bp, mem(), tiles.stack(), false)?;
                         let c0 = fx.imul_imm(p, 8);
                         for rr in 0..mr {
                             let row = {
@@ -649,7 +649,7 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                     let weighted = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
                         let bo = fx.b.ins().imul(p, vpanel_bytes);
                         let bp = fx.b.ins().iadd(vp, bo);
-                        tiles.emit(fx, mr, np, sk, srows, sk_pad, bp, mem())?;
+                        tiles.emit(fx, mr, np, sk, srows, sk_pad, bp, mem(), tiles.stack(), false)?;
                         let c0 = fx.imul_imm(p, 8);
                         for rr in 0..mr {
                             let i = fx.iadd_imm(m0, rr as i64);

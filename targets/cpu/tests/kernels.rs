@@ -121,8 +121,6 @@ fn both_ways(src: &str, inputs: Vec<Tensor>, tol: f64) {
 /// epilogue; an odd number of panels exercises the single-panel tile.
 #[test]
 fn packed_gemm_with_ragged_sizes_matches_the_interpreter_both_ways() {
-    // The last three take the column-split path blocked along K (384 = 2 x 192, 300 = 2 x 150,
-    // 521 in one block: no divisor of it fits).
     for (m, k, n) in [(13, 40, 27), (7, 9, 16), (1, 3, 5), (20, 64, 40), (9, 384, 100), (1, 300, 64), (8, 521, 72)] {
         let src = format!(
             "graph @g {{
