@@ -395,7 +395,7 @@ fn lower_mm<'g>(
         let a_buf = prod.a;
         let (kk, nn) = (k as i64, nn as i64);
         let mode = owned.ukernels;
-        let tiles = F32Tiles::new(mode).is_some();
+        let tiles = F32Tiles::new(mode, false).is_some();
         let suffix = if tiles { "packed_ukernel" } else { "packed" };
         let mut lw = Lowered::new(
             format!("{name}_{suffix}"),
@@ -462,13 +462,9 @@ struct F32Tiles {
 }
 
 impl F32Tiles {
-    fn new(mode: crate::Ukernels) -> Option<F32Tiles> {
-        ukernel::table(MR, |mr, np| ukernel::f32_tile(mode, mr, np).map(|f| f as usize)).map(|f| F32Tiles { f })
-    }
-
-    /// The tiles that add to their destination ([`ukernel::f32_tile_acc`]).
-    fn new_acc(mode: crate::Ukernels) -> Option<F32Tiles> {
-        ukernel::table(MR, |mr, np| ukernel::f32_tile_acc(mode, mr, np).map(|f| f as usize)).map(|f| F32Tiles { f })
+    /// The tiles that set their destination, or with `acc` add to it.
+    fn new(mode: crate::Ukernels, acc: bool) -> Option<F32Tiles> {
+        ukernel::table(MR, |mr, np| ukernel::f32_tile(mode, mr, np, acc).map(|f| f as usize)).map(|f| F32Tiles { f })
     }
 
     fn get(&self, mr: usize, np: usize) -> usize {
@@ -544,7 +540,7 @@ pub(crate) struct TileEmitter {
 impl TileEmitter {
     pub fn new(fx: &mut Fx, mode: crate::Ukernels) -> TileEmitter {
         let buf = fx.stack_buf((MR * ukernel::F32_TILE_COLS * 4) as u32, 5);
-        let tiles = F32Tiles::new(mode).zip(F32Tiles::new_acc(mode));
+        let tiles = F32Tiles::new(mode, false).zip(F32Tiles::new(mode, true));
         TileEmitter { tiles, buf }
     }
 

@@ -236,7 +236,7 @@ pub fn run() -> Result<Vec<Figure>, CpuError> {
         let v = tile_gflops(Ukernels::Off, 1, k)?;
         out.push(pair(format!("cranelift {CL_MR}x8 f32x4 tile, k={k}, L1"), v, peak128, "128-bit peak"));
     }
-    let avx2 = crate::ukernel::f32_tile(Ukernels::Auto, TILE_MR, 2).is_some();
+    let avx2 = crate::ukernel::f32_tile(Ukernels::Auto, TILE_MR, 2, false).is_some();
     if let (Some(p), true) = (peak256, avx2) {
         let v = tile_gflops(Ukernels::Auto, 2, 256)?;
         out.push(pair(format!("avx2 {TILE_MR}x16 tile (ukernel), k=256, L1"), v, p, "256-bit peak"));

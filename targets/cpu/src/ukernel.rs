@@ -30,21 +30,13 @@ pub const F32_TILE_COLS: usize = 16;
 pub type F32Tile = unsafe extern "C" fn(i64, *const f32, i64, *const f32, *mut f32);
 
 /// The f32 tile for `mr` rows (1..=6) and `np` panels (1 or 2), if this host has one and `mode`
-/// allows it.
-pub fn f32_tile(mode: Ukernels, mr: usize, np: usize) -> Option<F32Tile> {
+/// allows it. With `acc` the tile adds to what `tile` holds (`tile[r][c] += ...`), for products
+/// blocked along K.
+pub fn f32_tile(mode: Ukernels, mr: usize, np: usize, acc: bool) -> Option<F32Tile> {
     if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
         return None;
     }
-    imp::f32_tile(mr, np)
-}
-
-/// [`f32_tile`]'s twin that adds to the tile instead of overwriting it (`tile[r][c] += ...`), for
-/// products blocked along K.
-pub fn f32_tile_acc(mode: Ukernels, mr: usize, np: usize) -> Option<F32Tile> {
-    if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
-        return None;
-    }
-    imp::f32_tile_acc(mr, np)
+    imp::f32_tile(mr, np, acc)
 }
 
 /// An integer inner tile on 16-bit operands, exact:
@@ -110,7 +102,7 @@ pub fn table(mr: usize, tile: impl Fn(usize, usize) -> Option<usize>) -> Option<
 
 /// Which tile family this host would use (for reports), or None.
 pub fn describe(mode: Ukernels) -> Option<&'static str> {
-    match (f32_tile(mode, F32_MR, 2), i16_tile(mode, F32_MR, 2)) {
+    match (f32_tile(mode, F32_MR, 2, false), i16_tile(mode, F32_MR, 2)) {
         (Some(_), Some(_)) => Some("avx2+fma 6x16 f32 and avx2 6x16 i16 (vpmaddwd)"),
         (Some(_), None) => Some("avx2+fma 6x16 f32"),
         _ => None,
@@ -282,19 +274,11 @@ mod imp {
         }
     }
 
-    pub fn f32_tile(mr: usize, np: usize) -> Option<F32Tile> {
+    pub fn f32_tile(mr: usize, np: usize, acc: bool) -> Option<F32Tile> {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return None;
         }
-        let f: F32Tile = shape!(tile_set, mr, np);
-        Some(f)
-    }
-
-    pub fn f32_tile_acc(mr: usize, np: usize) -> Option<F32Tile> {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            return None;
-        }
-        let f: F32Tile = shape!(tile_acc, mr, np);
+        let f: F32Tile = if acc { shape!(tile_acc, mr, np) } else { shape!(tile_set, mr, np) };
         Some(f)
     }
 
@@ -385,11 +369,7 @@ mod imp {
         None
     }
 
-    pub fn f32_tile(_mr: usize, _np: usize) -> Option<F32Tile> {
-        None
-    }
-
-    pub fn f32_tile_acc(_mr: usize, _np: usize) -> Option<F32Tile> {
+    pub fn f32_tile(_mr: usize, _np: usize, _acc: bool) -> Option<F32Tile> {
         None
     }
 }
@@ -404,7 +384,7 @@ mod tests {
         let k = 37;
         for np in 1..=2 {
             for mr in 1..=F32_MR {
-                let Some(f) = f32_tile(Ukernels::Auto, mr, np) else {
+                let Some(f) = f32_tile(Ukernels::Auto, mr, np, false) else {
                     eprintln!("no f32 tile on this host; nothing to check");
                     return;
                 };
@@ -424,7 +404,18 @@ mod tests {
                         );
                     }
                 }
-                assert!(Ukernels::Off != Ukernels::Auto && f32_tile(Ukernels::Off, mr, np).is_none());
+                assert!(Ukernels::Off != Ukernels::Auto && f32_tile(Ukernels::Off, mr, np, false).is_none());
+                // The adding twin, from the first result: twice the product.
+                let add = f32_tile(Ukernels::Auto, mr, np, true).expect("adding tile beside the setting one");
+                let once = tile.clone();
+                // SAFETY: as above.
+                unsafe { add(k as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
+                for r in 0..mr {
+                    for c in 0..8 * np {
+                        let (got, want) = (tile[r * F32_TILE_COLS + c], 2.0 * once[r * F32_TILE_COLS + c]);
+                        assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "acc mr {mr} np {np} [{r}][{c}]");
+                    }
+                }
             }
         }
     }
