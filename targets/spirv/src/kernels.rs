@@ -1,0 +1,741 @@
+//! The kernels: strided elementwise (unary, binary with broadcasting, transpose and expand as
+//! copies), a shared-memory tiled matmul, and one-workgroup-per-row softmax and norms.
+
+use rspirv::spirv::Word;
+use tessera_ir::{BinaryOp, DType, Graph, Node, Op, UnaryOp};
+
+use crate::sb::{Glsl, Sb};
+use crate::{GpuError, Limits};
+
+/// What a shader computes, independent of sizes (sizes arrive as push constants).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Spec {
+    /// `out[i] = f(in_0[off_0(i)], ..)` over `rank` dims, each input with its own strides
+    /// (0 where it broadcasts).
+    Elementwise { f: EwFn, rank: u32 },
+    /// `c[b] = a[b] @ b[b]`, batch dims broadcast (`batch_rank` of them), 16x16 tiles staged in
+    /// shared memory.
+    MatMul { batch_rank: u32 },
+    /// One workgroup per row of `cols` floats.
+    Rows(RowFn),
+}
+
+/// The function of an elementwise kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EwFn {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// A strided copy (transpose, expand).
+    Copy,
+}
+
+/// The function of a row kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowFn {
+    Softmax,
+    LogSoftmax,
+    /// `epsilon` as its bits (so the spec hashes), with or without a bias.
+    LayerNorm {
+        epsilon: u32,
+        bias: bool,
+    },
+    RmsNorm {
+        epsilon: u32,
+    },
+}
+
+/// A compiled shader.
+pub struct Kernel {
+    pub spec: Spec,
+    pub module: rspirv::dr::Module,
+    pub words: Vec<u32>,
+    /// Storage buffers: the inputs, then the output.
+    pub buffers: usize,
+    pub push_words: u32,
+    pub local: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+/// How one node runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// The output is the first input's buffer, reinterpreted (reshape, squeeze, ...).
+    View,
+    /// A dispatch of the kernel for `spec`.
+    Dispatch { spec: Spec, push: Vec<u32>, groups: [u32; 3], bytes_read: u64, bytes_written: u64 },
+}
+
+const EW_LOCAL: u32 = 64;
+const TILE: u32 = 16;
+const ROW_LOCAL: u32 = 64;
+
+fn numel(s: &[usize]) -> usize {
+    s.iter().product()
+}
+
+/// Plans node `n` of `g` with its inputs' shapes `ins` and its output's shape `out`.
+pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+    let nd = g.node(n);
+    let name = nd.op.name();
+    if nd.outputs.len() != 1 {
+        return Err(GpuError::declined(name, "more than one result"));
+    }
+    if let Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity = nd.op {
+        if g.ty(nd.inputs[0]).dtype == g.ty(nd.outputs[0]).dtype {
+            return Ok(Plan::View);
+        }
+    }
+    // Every operand read as data must be f32.
+    let data_inputs = match nd.op {
+        Op::Reshape { .. } | Op::Expand { .. } => 1,
+        _ => nd.inputs.len(),
+    };
+    for &v in nd.inputs[..data_inputs].iter().chain(&nd.outputs) {
+        let d = g.ty(v).dtype;
+        if d != DType::F32 {
+            return Err(GpuError::declined(name, format!("{d} operands (the GPU target is f32-only so far)")));
+        }
+    }
+    let bytes_out = numel(out) as u64 * 4;
+    let plan = match &nd.op {
+        Op::Unary(u) => {
+            if !unary_supported(*u) {
+                return Err(GpuError::declined(name, format!("no shader for {}", u.name())));
+            }
+            elementwise(EwFn::Unary(*u), &[(ins[0], contiguous(ins[0]))], out, limits)?
+        }
+        Op::Binary(b) => {
+            if !matches!(
+                b,
+                BinaryOp::Add
+                    | BinaryOp::Sub
+                    | BinaryOp::Mul
+                    | BinaryOp::Div
+                    | BinaryOp::Pow
+                    | BinaryOp::Max
+                    | BinaryOp::Min
+            ) {
+                return Err(GpuError::declined(name, format!("no shader for {}", b.name())));
+            }
+            let a = (ins[0], broadcast_strides(ins[0], out));
+            let c = (ins[1], broadcast_strides(ins[1], out));
+            elementwise(EwFn::Binary(*b), &[a, c], out, limits)?
+        }
+        Op::Expand { .. } => elementwise(EwFn::Copy, &[(ins[0], broadcast_strides(ins[0], out))], out, limits)?,
+        Op::Transpose { perm } => {
+            let st = contiguous(ins[0]);
+            let strides: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+            elementwise(EwFn::Copy, &[(ins[0], strides)], out, limits)?
+        }
+        Op::MatMul => matmul(ins[0], ins[1], out, limits)?,
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            let r = ins[0].len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            if ax != r - 1 {
+                return Err(GpuError::declined(name, "softmax along an axis other than the last"));
+            }
+            let f = if matches!(nd.op, Op::Softmax { .. }) { RowFn::Softmax } else { RowFn::LogSoftmax };
+            rows(f, ins[0], ax as usize, 1, limits)?
+        }
+        Op::LayerNorm { axis, epsilon } | Op::RmsNorm { axis, epsilon } => {
+            let r = ins[0].len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            if !(0..r).contains(&ax) {
+                return Err(GpuError::declined(name, "axis out of range"));
+            }
+            let cols = numel(&ins[0][ax as usize..]);
+            if ins[1..].iter().any(|p| numel(p) != cols) {
+                return Err(GpuError::declined(name, "scale or bias that broadcasts over the normalized dims"));
+            }
+            let f = match nd.op {
+                Op::LayerNorm { .. } => RowFn::LayerNorm { epsilon: epsilon.to_bits(), bias: ins.len() > 2 },
+                _ => RowFn::RmsNorm { epsilon: epsilon.to_bits() },
+            };
+            rows(f, ins[0], ax as usize, ins.len() - 1, limits)?
+        }
+        _ => return Err(GpuError::declined(name, "no GPU kernel for this op yet")),
+    };
+    Ok(match plan {
+        Plan::Dispatch { spec, push, groups, bytes_read, .. } => {
+            if push.len() as u32 * 4 > limits.max_push_bytes {
+                return Err(GpuError::declined(name, format!("{} push-constant bytes needed", push.len() * 4)));
+            }
+            Plan::Dispatch { spec, push, groups, bytes_read, bytes_written: bytes_out }
+        }
+        p => p,
+    })
+}
+
+fn unary_supported(u: UnaryOp) -> bool {
+    use UnaryOp::*;
+    matches!(
+        u,
+        Neg | Abs
+            | Exp
+            | Log
+            | Sqrt
+            | Rsqrt
+            | Reciprocal
+            | Tanh
+            | Erf
+            | Sigmoid
+            | Relu
+            | Gelu
+            | GeluTanh
+            | Silu
+            | Sin
+            | Cos
+            | Floor
+            | Ceil
+    )
+}
+
+fn contiguous(s: &[usize]) -> Vec<usize> {
+    let mut st = vec![0; s.len()];
+    let mut acc = 1;
+    for i in (0..s.len()).rev() {
+        st[i] = acc;
+        acc *= s[i];
+    }
+    st
+}
+
+/// Strides of `s` read at the coordinates of `out` (numpy broadcasting: aligned at the right,
+/// 0 where `s` has size 1 or lacks the dim).
+fn broadcast_strides(s: &[usize], out: &[usize]) -> Vec<usize> {
+    let st = contiguous(s);
+    let lead = out.len() - s.len();
+    (0..out.len()).map(|i| if i < lead || s[i - lead] == 1 { 0 } else { st[i - lead] }).collect()
+}
+
+/// A 1-D or 2-D grid of `total` workgroups within the device's limits.
+fn grid(total: usize, limits: &Limits, what: &str) -> Result<[u32; 3], GpuError> {
+    let gx = total.clamp(1, limits.max_groups[0] as usize);
+    let gy = total.div_ceil(gx).max(1);
+    if gy > limits.max_groups[1] as usize {
+        return Err(GpuError::declined(what, format!("{total} workgroups exceed the device's grid")));
+    }
+    Ok([gx as u32, gy as u32, 1])
+}
+
+fn elementwise(f: EwFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+    // Dims of size 1 carry no index: drop them.
+    let keep: Vec<usize> = (0..out.len()).filter(|&d| out[d] != 1).collect();
+    let rank = keep.len() as u32;
+    let total = numel(out);
+    let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "elementwise")?;
+    let mut push = vec![total as u32, groups[0] * EW_LOCAL];
+    push.extend(keep.iter().map(|&d| out[d] as u32));
+    for (_, st) in ins {
+        push.extend(keep.iter().map(|&d| st[d] as u32));
+    }
+    let bytes_read = ins.iter().map(|(s, _)| numel(s) as u64 * 4).sum();
+    Ok(Plan::Dispatch { spec: Spec::Elementwise { f, rank }, push, groups, bytes_read, bytes_written: 0 })
+}
+
+fn matmul(a: &[usize], b: &[usize], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+    if a.len() < 2 || b.len() < 2 {
+        return Err(GpuError::declined("matmul", "1-D operands"));
+    }
+    let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
+    let batch = &out[..out.len() - 2];
+    let batches = numel(batch);
+    if batches > limits.max_groups[2] as usize {
+        return Err(GpuError::declined("matmul", format!("{batches} batches exceed the device's grid")));
+    }
+    if TILE * TILE > limits.max_invocations {
+        return Err(GpuError::declined("matmul", "16x16 workgroups exceed the device's limit"));
+    }
+    let bstrides = |s: &[usize], mat: usize| -> Vec<u32> {
+        let sb = &s[..s.len() - 2];
+        let st = contiguous(sb);
+        let lead = batch.len() - sb.len();
+        (0..batch.len()).map(|i| if i < lead || sb[i - lead] == 1 { 0 } else { (st[i - lead] * mat) as u32 }).collect()
+    };
+    let mut push = vec![m as u32, n as u32, k as u32];
+    push.extend(batch.iter().map(|&d| d as u32));
+    push.extend(bstrides(a, m * k));
+    push.extend(bstrides(b, k * n));
+    let groups =
+        [n.div_ceil(TILE as usize).max(1) as u32, m.div_ceil(TILE as usize).max(1) as u32, batches.max(1) as u32];
+    if groups[0] > limits.max_groups[0] || groups[1] > limits.max_groups[1] {
+        return Err(GpuError::declined("matmul", "the product exceeds the device's grid"));
+    }
+    let bytes_read = (numel(a) + numel(b)) as u64 * 4;
+    Ok(Plan::Dispatch {
+        spec: Spec::MatMul { batch_rank: batch.len() as u32 },
+        push,
+        groups,
+        bytes_read,
+        bytes_written: 0,
+    })
+}
+
+fn rows(f: RowFn, x: &[usize], axis: usize, params: usize, limits: &Limits) -> Result<Plan, GpuError> {
+    let cols = numel(&x[axis..]);
+    let nrows = numel(&x[..axis]);
+    let groups = grid(nrows, limits, "row kernel")?;
+    if ROW_LOCAL > limits.max_invocations {
+        return Err(GpuError::declined("row kernel", "64-wide workgroups exceed the device's limit"));
+    }
+    let push = vec![nrows as u32, cols as u32, groups[0]];
+    let bytes_read = (numel(x) + params * cols) as u64 * 4;
+    Ok(Plan::Dispatch { spec: Spec::Rows(f), push, groups, bytes_read, bytes_written: 0 })
+}
+
+/// Builds the shader for `spec`.
+pub fn build(spec: &Spec) -> Kernel {
+    let (sb, buffers, push_words, local, shared) = match spec {
+        Spec::Elementwise { f, rank } => {
+            let n_in = if matches!(f, EwFn::Binary(_)) { 2 } else { 1 };
+            let push_words = 2 + rank * (1 + n_in);
+            let mut sb = Sb::new(n_in as usize + 1, push_words, [EW_LOCAL, 1, 1], 0);
+            ew_body(&mut sb, *f, *rank, n_in);
+            (sb, n_in as usize + 1, push_words, [EW_LOCAL, 1, 1], 0)
+        }
+        Spec::MatMul { batch_rank } => {
+            let push_words = 3 + 3 * batch_rank;
+            let mut sb = Sb::new(3, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
+            matmul_body(&mut sb, *batch_rank);
+            (sb, 3, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+        }
+        Spec::Rows(f) => {
+            let params = match f {
+                RowFn::Softmax | RowFn::LogSoftmax => 0,
+                RowFn::LayerNorm { bias, .. } => 1 + *bias as usize,
+                RowFn::RmsNorm { .. } => 1,
+            };
+            let mut sb = Sb::new(params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL);
+            rows_body(&mut sb, *f, params);
+            (sb, params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL * 4)
+        }
+    };
+    let module = sb.finish();
+    use rspirv::binary::Assemble;
+    let words = module.assemble();
+    Kernel { spec: spec.clone(), module, words, buffers, push_words, local, shared_bytes: shared }
+}
+
+/// The flat invocation index of a 1-D or 2-D grid of 1-D workgroups (`push[1]` invocations per
+/// grid row).
+fn flat_id(sb: &mut Sb) -> Word {
+    let x = sb.global_id(0);
+    let y = sb.global_id(1);
+    let w = sb.push(1);
+    let yw = sb.imul(y, w);
+    sb.iadd(x, yw)
+}
+
+fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
+    let i = flat_id(sb);
+    let total = sb.push(0);
+    let inside = sb.ult(i, total);
+    sb.if_then(inside, |sb| {
+        let mut rem = i;
+        let zero = sb.cu(0);
+        let mut offs = vec![zero; n_in as usize];
+        for d in (0..rank).rev() {
+            let dim = sb.push(2 + d);
+            let c = sb.umod(rem, dim);
+            rem = sb.udiv(rem, dim);
+            for (j, off) in offs.iter_mut().enumerate() {
+                let st = sb.push(2 + rank * (1 + j as u32) + d);
+                let t = sb.imul(c, st);
+                *off = sb.iadd(*off, t);
+            }
+        }
+        let xs: Vec<Word> = offs.iter().enumerate().map(|(j, &o)| sb.load(j, o)).collect();
+        let y = match f {
+            EwFn::Copy => xs[0],
+            EwFn::Unary(u) => unary(sb, u, xs[0]),
+            EwFn::Binary(b) => binary(sb, b, xs[0], xs[1]),
+        };
+        sb.store(n_in as usize, i, y);
+    });
+}
+
+/// `erf(x)`: the CPU target's rational fit (`x P(x^2) / Q(x^2)` on x clamped to [-4, 4]).
+fn erf(sb: &mut Sb, x: Word) -> Word {
+    const P: [f32; 7] = [
+        std::f32::consts::FRAC_2_SQRT_PI,
+        0.184_709_83,
+        0.054_332_275,
+        0.003_839_476,
+        3.826_808_5e-4,
+        4.780_241_4e-6,
+        -1.366_517e-8,
+    ];
+    const Q: [f32; 6] = [1.0, 0.497_028_38, 0.113_825_87, 0.015_453_369, 1.309_553e-3, 6.400_647e-5];
+    let lo = sb.cf(-4.0);
+    let hi = sb.cf(4.0);
+    let xc = sb.glsl(Glsl::FMax, &[x, lo]);
+    let xc = sb.glsl(Glsl::FMin, &[xc, hi]);
+    let s = sb.fmul(xc, xc);
+    let horner = |sb: &mut Sb, c: &[f32]| {
+        let mut acc = sb.cf(c[c.len() - 1]);
+        for &k in c[..c.len() - 1].iter().rev() {
+            let kv = sb.cf(k);
+            acc = sb.glsl(Glsl::Fma, &[acc, s, kv]);
+        }
+        acc
+    };
+    let p = horner(sb, &P);
+    let q = horner(sb, &Q);
+    let xp = sb.fmul(xc, p);
+    let y = sb.fdiv(xp, q);
+    // NaN in, NaN out (the clamp may have replaced it).
+    let nan = sb.is_nan(x);
+    sb.select(nan, x, y, true)
+}
+
+fn sigmoid(sb: &mut Sb, x: Word) -> Word {
+    let nx = sb.fneg(x);
+    let e = sb.glsl(Glsl::Exp, &[nx]);
+    let one = sb.cf(1.0);
+    let d = sb.fadd(one, e);
+    sb.fdiv(one, d)
+}
+
+fn tanh(sb: &mut Sb, x: Word) -> Word {
+    // 1 - 2 / (exp(2x) + 1) on x clamped to [-9, 9]: no overflow, exact limits.
+    let lo = sb.cf(-9.0);
+    let hi = sb.cf(9.0);
+    let xc = sb.glsl(Glsl::FMax, &[x, lo]);
+    let xc = sb.glsl(Glsl::FMin, &[xc, hi]);
+    let two = sb.cf(2.0);
+    let x2 = sb.fmul(xc, two);
+    let e = sb.glsl(Glsl::Exp, &[x2]);
+    let one = sb.cf(1.0);
+    let d = sb.fadd(e, one);
+    let q = sb.fdiv(two, d);
+    let y = sb.fsub(one, q);
+    let nan = sb.is_nan(x);
+    sb.select(nan, x, y, true)
+}
+
+fn unary(sb: &mut Sb, u: UnaryOp, x: Word) -> Word {
+    use UnaryOp::*;
+    match u {
+        Neg => sb.fneg(x),
+        Abs => sb.glsl(Glsl::FAbs, &[x]),
+        Exp => sb.glsl(Glsl::Exp, &[x]),
+        Log => sb.glsl(Glsl::Log, &[x]),
+        Sqrt => sb.glsl(Glsl::Sqrt, &[x]),
+        Rsqrt => sb.glsl(Glsl::InverseSqrt, &[x]),
+        Reciprocal => {
+            let one = sb.cf(1.0);
+            sb.fdiv(one, x)
+        }
+        Tanh => tanh(sb, x),
+        Erf => erf(sb, x),
+        Sigmoid => sigmoid(sb, x),
+        Relu => {
+            let zero = sb.cf(0.0);
+            let neg = sb.flt(x, zero);
+            sb.select(neg, zero, x, true)
+        }
+        Gelu => {
+            let k = sb.cf(std::f32::consts::FRAC_1_SQRT_2);
+            let xs = sb.fmul(x, k);
+            let e = erf(sb, xs);
+            half_x_one_plus(sb, x, e)
+        }
+        GeluTanh => {
+            let c = sb.cf(0.044_715);
+            let k = sb.cf((2.0 / std::f32::consts::PI).sqrt());
+            let x3 = sb.fmul(x, x);
+            let x3 = sb.fmul(x3, x);
+            let inner = sb.glsl(Glsl::Fma, &[c, x3, x]);
+            let inner = sb.fmul(inner, k);
+            let t = tanh(sb, inner);
+            half_x_one_plus(sb, x, t)
+        }
+        Silu => {
+            let s = sigmoid(sb, x);
+            sb.fmul(x, s)
+        }
+        Sin => sb.glsl(Glsl::Sin, &[x]),
+        Cos => sb.glsl(Glsl::Cos, &[x]),
+        Floor => sb.glsl(Glsl::Floor, &[x]),
+        Ceil => sb.glsl(Glsl::Ceil, &[x]),
+        _ => unreachable!("checked by unary_supported"),
+    }
+}
+
+fn half_x_one_plus(sb: &mut Sb, x: Word, t: Word) -> Word {
+    let one = sb.cf(1.0);
+    let half = sb.cf(0.5);
+    let s = sb.fadd(one, t);
+    let hx = sb.fmul(x, half);
+    sb.fmul(hx, s)
+}
+
+fn binary(sb: &mut Sb, op: BinaryOp, x: Word, y: Word) -> Word {
+    match op {
+        BinaryOp::Add => sb.fadd(x, y),
+        BinaryOp::Sub => sb.fsub(x, y),
+        BinaryOp::Mul => sb.fmul(x, y),
+        BinaryOp::Div => sb.fdiv(x, y),
+        BinaryOp::Pow => sb.glsl(Glsl::Pow, &[x, y]),
+        BinaryOp::Max | BinaryOp::Min => {
+            // NaN if either is NaN, as the interpreter does (GLSL's FMax leaves it undefined).
+            let pick = if op == BinaryOp::Max { sb.fgt(x, y) } else { sb.flt(x, y) };
+            let r = sb.select(pick, x, y, true);
+            let xn = sb.is_nan(x);
+            let r = sb.select(xn, x, r, true);
+            let yn = sb.is_nan(y);
+            sb.select(yn, y, r, true)
+        }
+        _ => unreachable!("checked by plan"),
+    }
+}
+
+fn matmul_body(sb: &mut Sb, br: u32) {
+    let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
+    let lx = sb.local_id(0);
+    let ly = sb.local_id(1);
+    let wx = sb.group_id(0);
+    let wy = sb.group_id(1);
+    let bz = sb.group_id(2);
+    let tile = sb.cu(TILE);
+    let col = {
+        let t = sb.imul(wx, tile);
+        sb.iadd(t, lx)
+    };
+    let row = {
+        let t = sb.imul(wy, tile);
+        sb.iadd(t, ly)
+    };
+    // Batch offsets of A and B from the batch index.
+    let zero = sb.cu(0);
+    let (mut aoff, mut boff) = (zero, zero);
+    let mut rem = bz;
+    for d in (0..br).rev() {
+        let dim = sb.push(3 + d);
+        let c = sb.umod(rem, dim);
+        rem = sb.udiv(rem, dim);
+        let sa = sb.push(3 + br + d);
+        let sbb = sb.push(3 + 2 * br + d);
+        let ta = sb.imul(c, sa);
+        aoff = sb.iadd(aoff, ta);
+        let tb = sb.imul(c, sbb);
+        boff = sb.iadd(boff, tb);
+    }
+    let mn = sb.imul(m, n);
+    let coff = sb.imul(bz, mn);
+    let fz = sb.cf(0.0);
+    let acc = sb.var(true, fz);
+    let ly16 = sb.imul(ly, tile);
+    let slot = sb.iadd(ly16, lx);
+    let tile_sq = sb.cu(TILE * TILE);
+    let bslot = sb.iadd(slot, tile_sq);
+    let tiles = {
+        let t = sb.cu(TILE - 1);
+        let t = sb.iadd(k, t);
+        sb.udiv(t, tile)
+    };
+    let one = sb.cu(1);
+    let row_in = sb.ult(row, m);
+    let col_in = sb.ult(col, n);
+    sb.for_range(zero, tiles, one, |sb, t| {
+        let t16 = sb.imul(t, tile);
+        // A tile: As[ly][lx] = A[row][t16 + lx].
+        let ka = sb.iadd(t16, lx);
+        let ka_in = sb.ult(ka, k);
+        let ok = sb.b.logical_and(sb.bool, None, row_in, ka_in).expect("and");
+        let fz = sb.cf(0.0);
+        let va = sb.var(true, fz);
+        sb.if_then(ok, |sb| {
+            let rk = sb.imul(row, k);
+            let i = sb.iadd(rk, ka);
+            let i = sb.iadd(i, aoff);
+            let x = sb.load(0, i);
+            sb.set(va, x);
+        });
+        let x = sb.get(va, true);
+        sb.store_shared(slot, x);
+        // B tile: Bs[ly][lx] = B[t16 + ly][col].
+        let kb = sb.iadd(t16, ly);
+        let kb_in = sb.ult(kb, k);
+        let ok = sb.b.logical_and(sb.bool, None, kb_in, col_in).expect("and");
+        let vb = sb.var(true, fz);
+        sb.if_then(ok, |sb| {
+            let kn = sb.imul(kb, n);
+            let i = sb.iadd(kn, col);
+            let i = sb.iadd(i, boff);
+            let x = sb.load(1, i);
+            sb.set(vb, x);
+        });
+        let x = sb.get(vb, true);
+        sb.store_shared(bslot, x);
+        sb.barrier();
+        let zero = sb.cu(0);
+        let tile = sb.cu(TILE);
+        let one = sb.cu(1);
+        sb.for_range(zero, tile, one, |sb, kk| {
+            let ai = sb.iadd(ly16, kk);
+            let a = sb.load_shared(ai);
+            let bi = sb.imul(kk, tile);
+            let bi = sb.iadd(bi, lx);
+            let bi = sb.iadd(bi, tile_sq);
+            let b = sb.load_shared(bi);
+            let s = sb.get(acc, true);
+            let s = sb.glsl(Glsl::Fma, &[a, b, s]);
+            sb.set(acc, s);
+        });
+        sb.barrier();
+    });
+    let ok = sb.b.logical_and(sb.bool, None, row_in, col_in).expect("and");
+    sb.if_then(ok, |sb| {
+        let rn = sb.imul(row, n);
+        let i = sb.iadd(rn, col);
+        let i = sb.iadd(i, coff);
+        let s = sb.get(acc, true);
+        sb.store(2, i, s);
+    });
+}
+
+/// Reduces `v` (one value per invocation) across the workgroup with `f`; every invocation
+/// gets the result.
+fn reduce(sb: &mut Sb, v: Word, f: &dyn Fn(&mut Sb, Word, Word) -> Word) -> Word {
+    let lid = sb.local_id(0);
+    sb.store_shared(lid, v);
+    sb.barrier();
+    let mut s = ROW_LOCAL / 2;
+    while s > 0 {
+        let sv = sb.cu(s);
+        let active = sb.ult(lid, sv);
+        sb.if_then(active, |sb| {
+            let a = sb.load_shared(lid);
+            let j = sb.iadd(lid, sv);
+            let b = sb.load_shared(j);
+            let r = f(sb, a, b);
+            sb.store_shared(lid, r);
+        });
+        sb.barrier();
+        s /= 2;
+    }
+    let zero = sb.cu(0);
+    let r = sb.load_shared(zero);
+    sb.barrier();
+    r
+}
+
+fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
+    let nrows = sb.push(0);
+    let cols = sb.push(1);
+    let gx = sb.push(2);
+    let wx = sb.group_id(0);
+    let wy = sb.group_id(1);
+    let row = {
+        let t = sb.imul(wy, gx);
+        sb.iadd(t, wx)
+    };
+    let lid = sb.local_id(0);
+    let step = sb.cu(ROW_LOCAL);
+    let out = params + 1;
+    // The row index depends on the workgroup only: the barriers inside stay uniform.
+    let inside = sb.ult(row, nrows);
+    sb.if_then(inside, |sb| {
+        let base = sb.imul(row, cols);
+        let sum_of = |sb: &mut Sb, g: &dyn Fn(&mut Sb, Word) -> Word| -> Word {
+            let fz = sb.cf(0.0);
+            let acc = sb.var(true, fz);
+            sb.for_range(lid, cols, step, |sb, j| {
+                let i = sb.iadd(base, j);
+                let x = sb.load(0, i);
+                let y = g(sb, x);
+                let s = sb.get(acc, true);
+                let s = sb.fadd(s, y);
+                sb.set(acc, s);
+            });
+            let s = sb.get(acc, true);
+            reduce(sb, s, &|sb, a, b| sb.fadd(a, b))
+        };
+        let write = |sb: &mut Sb, g: &dyn Fn(&mut Sb, Word, Word) -> Word| {
+            sb.for_range(lid, cols, step, |sb, j| {
+                let i = sb.iadd(base, j);
+                let x = sb.load(0, i);
+                let y = g(sb, x, j);
+                sb.store(out, i, y);
+            });
+        };
+        let ncols = sb.u2f(cols);
+        match f {
+            RowFn::Softmax | RowFn::LogSoftmax => {
+                let ninf = sb.cf(f32::NEG_INFINITY);
+                let mx = sb.var(true, ninf);
+                sb.for_range(lid, cols, step, |sb, j| {
+                    let i = sb.iadd(base, j);
+                    let x = sb.load(0, i);
+                    let m = sb.get(mx, true);
+                    let bigger = sb.fgt(x, m);
+                    let m = sb.select(bigger, x, m, true);
+                    sb.set(mx, m);
+                });
+                let m = sb.get(mx, true);
+                let m = reduce(sb, m, &|sb, a, b| {
+                    let g = sb.fgt(a, b);
+                    sb.select(g, a, b, true)
+                });
+                let s = sum_of(sb, &|sb, x| {
+                    let d = sb.fsub(x, m);
+                    sb.glsl(Glsl::Exp, &[d])
+                });
+                if f == RowFn::Softmax {
+                    write(sb, &|sb, x, _| {
+                        let d = sb.fsub(x, m);
+                        let e = sb.glsl(Glsl::Exp, &[d]);
+                        sb.fdiv(e, s)
+                    });
+                } else {
+                    let ls = sb.glsl(Glsl::Log, &[s]);
+                    write(sb, &|sb, x, _| {
+                        let d = sb.fsub(x, m);
+                        sb.fsub(d, ls)
+                    });
+                }
+            }
+            RowFn::LayerNorm { epsilon, bias } => {
+                let s = sum_of(sb, &|_, x| x);
+                let mean = sb.fdiv(s, ncols);
+                let v = sum_of(sb, &|sb, x| {
+                    let d = sb.fsub(x, mean);
+                    sb.fmul(d, d)
+                });
+                let var = sb.fdiv(v, ncols);
+                let eps = sb.cf(f32::from_bits(epsilon));
+                let ve = sb.fadd(var, eps);
+                let sq = sb.glsl(Glsl::Sqrt, &[ve]);
+                let one = sb.cf(1.0);
+                let inv = sb.fdiv(one, sq);
+                write(sb, &|sb, x, j| {
+                    let d = sb.fsub(x, mean);
+                    let y = sb.fmul(d, inv);
+                    let g = sb.load(1, j);
+                    let y = sb.fmul(y, g);
+                    if bias {
+                        let b = sb.load(2, j);
+                        sb.fadd(y, b)
+                    } else {
+                        y
+                    }
+                });
+            }
+            RowFn::RmsNorm { epsilon } => {
+                let s = sum_of(sb, &|sb, x| sb.fmul(x, x));
+                let ms = sb.fdiv(s, ncols);
+                let eps = sb.cf(f32::from_bits(epsilon));
+                let ve = sb.fadd(ms, eps);
+                let sq = sb.glsl(Glsl::Sqrt, &[ve]);
+                let one = sb.cf(1.0);
+                let inv = sb.fdiv(one, sq);
+                write(sb, &|sb, x, j| {
+                    let y = sb.fmul(x, inv);
+                    let g = sb.load(1, j);
+                    sb.fmul(y, g)
+                });
+            }
+        }
+    });
+}
