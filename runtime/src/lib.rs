@@ -21,6 +21,8 @@
 //! the session's thread pool. Inputs are checked against the model's signature (names, dtypes,
 //! shapes with symbolic dims such as `sequence_length`) before any kernel runs.
 
+pub mod vulkan;
+
 use std::path::Path;
 use std::time::Instant;
 
