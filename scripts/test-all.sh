@@ -8,6 +8,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.95 (rustup)" >&2; exit 1; }
 bash scripts/fetch_models.sh || { echo "fetching the test models failed (see above)" >&2; exit 1; }
+# The GPU target's tests: spirv-val (spirv-tools) and a Vulkan driver (lavapipe from Mesa).
+if ! command -v spirv-val >/dev/null || ! [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ]; then
+  pkgs="mesa-vulkan-drivers libvulkan1 vulkan-tools spirv-tools"
+  sudo_=""; [ "$(id -u)" != 0 ] && sudo_="sudo"
+  $sudo_ apt-get install -y $pkgs >/dev/null 2>&1 || { $sudo_ apt-get update >/dev/null 2>&1 && $sudo_ apt-get install -y $pkgs >/dev/null; } ||
+    { echo "installing $pkgs failed: the GPU tests need them" >&2; exit 1; }
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"

@@ -59,6 +59,10 @@ pub struct IrArgs {
 pub enum IrTarget {
     /// The Cranelift CPU target.
     Cpu,
+    /// The GPU target (SPIR-V compute shaders). It plans the graph as read, node by node (no
+    /// passes: fused kernel regions are not lowered to SPIR-V yet); symbolic dims take `--bind`
+    /// sizes (default 128).
+    Gpu,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -67,6 +71,9 @@ pub enum Emit {
     Clif,
     /// Machine code of each kernel.
     Asm,
+    /// SPIR-V assembly of each GPU kernel, with its workgroup size, shared memory and bytes moved
+    /// (`--target gpu`).
+    SpirvAsm,
 }
 
 /// How to choose and watch the passes.
@@ -158,6 +165,11 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
         println!("== as read\n{before}\n== after the passes ({})\n{after}", args.pipeline.passes);
         return Ok(ExitCode::SUCCESS);
     }
+    if let (Some(IrTarget::Gpu), Some(emit)) = (args.target, args.emit) {
+        anyhow::ensure!(emit == Emit::SpirvAsm, "--target gpu emits spirv-asm");
+        return emit_gpu(&g, &args);
+    }
+    anyhow::ensure!(args.emit != Some(Emit::SpirvAsm), "--emit spirv-asm needs --target gpu");
     args.pipeline.apply(&mut g)?;
     if let (Some(IrTarget::Cpu), Some(emit)) = (args.target, args.emit) {
         let flags: Vec<(String, String)> = args
@@ -218,5 +230,66 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
             print!("{text}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tessera ir FILE --target gpu --emit spirv-asm`: every node's GPU plan, and the SPIR-V of each
+/// distinct kernel once.
+fn emit_gpu(g: &tessera_ir::Graph, args: &IrArgs) -> anyhow::Result<ExitCode> {
+    let mut bind = tessera_ir::Bindings::default();
+    for b in &args.bind {
+        let (name, size) = b.split_once('=').ok_or_else(|| anyhow::anyhow!("--bind takes NAME=SIZE, got {b:?}"))?;
+        let size: usize = size.parse().map_err(|_| anyhow::anyhow!("--bind {name}: {size:?} is not a size"))?;
+        bind.set(name, size);
+    }
+    let shape = |v: tessera_ir::Value| -> Vec<usize> {
+        g.ty(v)
+            .shape
+            .dims()
+            .iter()
+            .map(|d| match d {
+                tessera_ir::Dim::Sym(s) => bind.get(s).unwrap_or(128),
+                d => bind.resolve(d).unwrap_or(1),
+            })
+            .collect()
+    };
+    // The limits of this machine's Vulkan device when there is one, else Vulkan's minimums.
+    let (limits, device) = match tessera_runtime::vulkan::Vulkan::new() {
+        Ok(vk) => (vk.limits, vk.name.clone()),
+        Err(_) => (tessera_target_spirv::Limits::default(), "Vulkan's minimum limits".to_string()),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let (mut dispatches, mut views, mut declined) = (0, 0, 0);
+    for (n, nd) in g.nodes() {
+        let ins: Vec<Vec<usize>> = nd.inputs.iter().map(|&v| shape(v)).collect();
+        let refs: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
+        let out = nd.outputs.first().map(|&o| shape(o)).unwrap_or_default();
+        let name = format!("{n} {}", nd.op.name());
+        if args.kernel.as_deref().is_some_and(|k| !name.contains(k)) {
+            continue;
+        }
+        match tessera_target_spirv::plan(g, n, &refs, &out, &limits) {
+            Ok(tessera_target_spirv::Plan::View) => {
+                views += 1;
+                println!("; {name}: a view of its input (no kernel)");
+            }
+            Ok(tessera_target_spirv::Plan::Dispatch { spec, groups, bytes_read, bytes_written, .. }) => {
+                dispatches += 1;
+                let k = tessera_target_spirv::build(&spec);
+                println!(
+                    "; {name}: {spec:?}, workgroup {:?}, groups {groups:?}, shared {} B, reads {bytes_read} B, writes {bytes_written} B",
+                    k.local, k.shared_bytes
+                );
+                if seen.insert(spec) {
+                    println!("{}", tessera_target_spirv::disassemble(&k));
+                }
+            }
+            Err(e) => {
+                declined += 1;
+                println!("; {name}: {e}");
+            }
+        }
+    }
+    println!("; {dispatches} kernels, {views} views, {declined} declined (limits of {device})");
     Ok(ExitCode::SUCCESS)
 }
