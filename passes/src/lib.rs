@@ -1,6 +1,7 @@
 //! Tessera's graph passes, one per file: each file's `//!` header says what the pass does, what
 //! it assumes and what it refuses. `manager.rs` registers them by name and runs pipelines.
 
+pub mod approx;
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;

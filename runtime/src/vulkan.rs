@@ -265,77 +265,20 @@ impl Vulkan {
                 .bind(t.shape(), &mut bindings)
                 .map_err(|e| GpuRunError::Input(format!("input {name}: {e}")))?;
         }
-        let shape_of = |v: Value| -> Result<Vec<usize>, GpuRunError> {
-            g.ty(v)
-                .shape
-                .dims()
-                .iter()
-                .map(|d| bindings.resolve(d))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| GpuRunError::Input(format!("the shape of {v} is not known from the inputs' shapes")))
-        };
+        let mut bufs = Buffers { vk: self, g, inputs, bindings, bufs: Vec::new(), of: HashMap::new() };
         // Plan every node first: a declined node fails the run before any GPU work.
         let mut plans = Vec::new();
         for (n, nd) in g.nodes() {
-            let ins: Vec<Vec<usize>> = nd.inputs.iter().map(|&v| shape_of(v)).collect::<Result<_, _>>()?;
+            let ins: Vec<Vec<usize>> = nd.inputs.iter().map(|&v| bufs.shape(v)).collect::<Result<_, _>>()?;
             let out = match nd.outputs.first() {
-                Some(&o) => shape_of(o)?,
+                Some(&o) => bufs.shape(o)?,
                 None => Vec::new(),
             };
             let refs: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
             let p =
                 plan(g, n, &refs, &out, &self.limits).map_err(|err| GpuRunError::Declined { node: n.index(), err })?;
-            plans.push((n, p, out));
+            plans.push((n, p));
         }
-        // Buffers: one per value a dispatch reads or writes; views share their source's.
-        let mut bufs: Vec<Buffer> = Vec::new();
-        let mut of: HashMap<Value, usize> = HashMap::new();
-        let result = self.record_and_run(g, inputs, &plans, &mut bufs, &mut of, &shape_of);
-        for b in bufs {
-            self.free(b);
-        }
-        result
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn record_and_run(
-        &self,
-        g: &Graph,
-        inputs: &[Tensor],
-        plans: &[(tessera_ir::Node, Plan, Vec<usize>)],
-        bufs: &mut Vec<Buffer>,
-        of: &mut HashMap<Value, usize>,
-        shape_of: &dyn Fn(Value) -> Result<Vec<usize>, GpuRunError>,
-    ) -> Result<(Vec<Tensor>, Vec<KernelReport>), GpuRunError> {
-        let input_index: HashMap<Value, usize> = g.inputs().iter().enumerate().map(|(i, (_, v))| (*v, i)).collect();
-        let mut ensure =
-            |v: Value, bufs: &mut Vec<Buffer>, of: &mut HashMap<Value, usize>| -> Result<usize, GpuRunError> {
-                if let Some(&i) = of.get(&v) {
-                    return Ok(i);
-                }
-                let numel: usize = shape_of(v)?.iter().product();
-                let b = self.buffer(numel * 4)?;
-                let data: Option<Vec<u8>> = if let Some(&i) = input_index.get(&v) {
-                    if inputs[i].dtype() != DType::F32 {
-                        return Err(GpuRunError::Input(format!(
-                            "input {} is {}, the GPU target reads f32",
-                            g.inputs()[i].0,
-                            inputs[i].dtype()
-                        )));
-                    }
-                    Some(inputs[i].to_bytes())
-                } else {
-                    g.const_data(v).and_then(|c| c.bytes()).map(|b| b.to_vec())
-                };
-                if let Some(d) = data {
-                    let n = d.len().min(numel * 4);
-                    // SAFETY: the mapping holds at least numel * 4 bytes.
-                    unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), b.ptr, n) };
-                }
-                bufs.push(b);
-                of.insert(v, bufs.len() - 1);
-                Ok(bufs.len() - 1)
-            };
         let d = &self.device;
         let dispatches = plans.iter().filter(|p| matches!(p.1, Plan::Dispatch { .. })).count().max(1) as u32;
         let sizes =
@@ -352,28 +295,19 @@ impl Vulkan {
         let cpool = unsafe {
             d.create_command_pool(&vk::CommandPoolCreateInfo::default().queue_family_index(self.family), None)
         };
-        let cpool = match cpool {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: nothing uses the pool.
-                unsafe { d.destroy_descriptor_pool(pool, None) };
-                return Err(vk_err("vkCreateCommandPool")(e));
-            }
-        };
-        let r = self.record(g, plans, bufs, of, &mut ensure, pool, cpool);
-        // SAFETY: the run waited for its fence (or never submitted).
-        unsafe {
-            d.destroy_command_pool(cpool, None);
-            d.destroy_descriptor_pool(pool, None);
-        }
+        let r = cpool.map_err(vk_err("vkCreateCommandPool")).and_then(|cp| {
+            let r = self.record(&plans, &mut bufs, pool, cp);
+            // SAFETY: the run waited for its fence (or never submitted).
+            unsafe { d.destroy_command_pool(cp, None) };
+            r
+        });
+        // SAFETY: as above.
+        unsafe { d.destroy_descriptor_pool(pool, None) };
         let reports = r?;
         let mut outs = Vec::new();
         for (name, v) in g.outputs() {
-            let shape = shape_of(*v)?;
-            let i = ensure(*v, bufs, of)?;
-            let b = &bufs[i];
-            // SAFETY: the mapping holds b.bytes bytes, written by the finished run.
-            let bytes = unsafe { std::slice::from_raw_parts(b.ptr, b.bytes) };
+            let shape = bufs.shape(*v)?;
+            let bytes = bufs.read(*v)?;
             let t = Tensor::from_bytes(DType::F32, &shape, bytes)
                 .map_err(|e| GpuRunError::Input(format!("output {name}: {e}")))?;
             outs.push(t);
@@ -381,17 +315,14 @@ impl Vulkan {
         Ok((outs, reports))
     }
 
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn record(
         &self,
-        g: &Graph,
-        plans: &[(tessera_ir::Node, Plan, Vec<usize>)],
-        bufs: &mut Vec<Buffer>,
-        of: &mut HashMap<Value, usize>,
-        ensure: &mut dyn FnMut(Value, &mut Vec<Buffer>, &mut HashMap<Value, usize>) -> Result<usize, GpuRunError>,
+        plans: &[(tessera_ir::Node, Plan)],
+        bufs: &mut Buffers,
         pool: vk::DescriptorPool,
         cpool: vk::CommandPool,
     ) -> Result<Vec<KernelReport>, GpuRunError> {
+        let g = bufs.g;
         let d = &self.device;
         let cbinfo = vk::CommandBufferAllocateInfo::default()
             .command_pool(cpool)
@@ -403,12 +334,12 @@ impl Vulkan {
         // SAFETY: cb is a fresh primary command buffer.
         unsafe { d.begin_command_buffer(cb, &begin) }.map_err(vk_err("vkBeginCommandBuffer"))?;
         let mut reports = Vec::new();
-        for (n, p, _) in plans {
+        for (n, p) in plans {
             let nd = g.node(*n);
             match p {
                 Plan::View => {
-                    let src = ensure(nd.inputs[0], bufs, of)?;
-                    of.insert(nd.outputs[0], src);
+                    let src = bufs.get(nd.inputs[0])?;
+                    bufs.of.insert(nd.outputs[0], src);
                 }
                 Plan::Dispatch { spec, push, groups, bytes_read, bytes_written } => {
                     let pipe = self.pipeline(spec)?;
@@ -417,9 +348,9 @@ impl Vulkan {
                     let data_inputs = nbuf - 1;
                     let mut ids = Vec::with_capacity(nbuf);
                     for &v in &nd.inputs[..data_inputs] {
-                        ids.push(ensure(v, bufs, of)?);
+                        ids.push(bufs.get(v)?);
                     }
-                    ids.push(ensure(nd.outputs[0], bufs, of)?);
+                    ids.push(bufs.get(nd.outputs[0])?);
                     let layouts = [set_layout];
                     let ainfo = vk::DescriptorSetAllocateInfo::default().descriptor_pool(pool).set_layouts(&layouts);
                     // SAFETY: the pool was sized for one set of up to 8 buffers per dispatch.
@@ -428,7 +359,7 @@ impl Vulkan {
                     let infos: Vec<[vk::DescriptorBufferInfo; 1]> = ids
                         .iter()
                         .map(|&i| {
-                            [vk::DescriptorBufferInfo { buffer: bufs[i].buffer, offset: 0, range: vk::WHOLE_SIZE }]
+                            [vk::DescriptorBufferInfo { buffer: bufs.bufs[i].buffer, offset: 0, range: vk::WHOLE_SIZE }]
                         })
                         .collect();
                     let writes: Vec<_> = infos
@@ -509,6 +440,76 @@ impl Vulkan {
         unsafe { d.destroy_fence(fence, None) };
         r?;
         Ok(reports)
+    }
+}
+
+/// The buffers of one run: one per value a dispatch reads or writes (views share their
+/// source's), filled from the inputs and constants when first needed, freed on drop.
+struct Buffers<'a> {
+    vk: &'a Vulkan,
+    g: &'a Graph,
+    inputs: &'a [Tensor],
+    bindings: Bindings,
+    bufs: Vec<Buffer>,
+    of: HashMap<Value, usize>,
+}
+
+impl Buffers<'_> {
+    fn shape(&self, v: Value) -> Result<Vec<usize>, GpuRunError> {
+        self.g
+            .ty(v)
+            .shape
+            .dims()
+            .iter()
+            .map(|d| self.bindings.resolve(d))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| GpuRunError::Input(format!("the shape of {v} is not known from the inputs' shapes")))
+    }
+
+    /// The buffer of `v`, made (and filled, for an input or a constant) on first use.
+    fn get(&mut self, v: Value) -> Result<usize, GpuRunError> {
+        if let Some(&i) = self.of.get(&v) {
+            return Ok(i);
+        }
+        let numel: usize = self.shape(v)?.iter().product();
+        let b = self.vk.buffer(numel * 4)?;
+        let input = self.g.inputs().iter().position(|(_, x)| *x == v);
+        let data: Option<Vec<u8>> = match input {
+            Some(i) if self.inputs[i].dtype() != DType::F32 => {
+                self.vk.free(b);
+                return Err(GpuRunError::Input(format!(
+                    "input {} is {}, the GPU target reads f32",
+                    self.g.inputs()[i].0,
+                    self.inputs[i].dtype()
+                )));
+            }
+            Some(i) => Some(self.inputs[i].to_bytes()),
+            None => self.g.const_data(v).and_then(|c| c.bytes()).map(|b| b.to_vec()),
+        };
+        if let Some(d) = data {
+            let n = d.len().min(numel * 4);
+            // SAFETY: the mapping holds at least numel * 4 bytes.
+            unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), b.ptr, n) };
+        }
+        self.bufs.push(b);
+        self.of.insert(v, self.bufs.len() - 1);
+        Ok(self.bufs.len() - 1)
+    }
+
+    /// The bytes of `v` after the run.
+    fn read(&mut self, v: Value) -> Result<&[u8], GpuRunError> {
+        let i = self.get(v)?;
+        let b = &self.bufs[i];
+        // SAFETY: the mapping holds b.bytes bytes, written by the finished run.
+        Ok(unsafe { std::slice::from_raw_parts(b.ptr, b.bytes) })
+    }
+}
+
+impl Drop for Buffers<'_> {
+    fn drop(&mut self) {
+        for b in self.bufs.drain(..) {
+            self.vk.free(b);
+        }
     }
 }
 

@@ -154,10 +154,8 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
     let mut g = super::load_graph(&args.file)?;
     if args.stats {
         let mut opts = tessera_compiler::passes::memory::PlanOptions::default();
-        for b in &args.bind {
-            let (name, size) = b.split_once('=').ok_or_else(|| anyhow::anyhow!("--bind takes NAME=SIZE, got {b:?}"))?;
-            let size: usize = size.parse().map_err(|_| anyhow::anyhow!("--bind {name}: {size:?} is not a size"))?;
-            opts = opts.with(name, size);
+        for (name, size) in parse_binds(&args.bind)? {
+            opts = opts.with(&name, size);
         }
         let before = tessera_compiler::passes::stats::stats(&g, &opts);
         args.pipeline.apply(&mut g)?;
@@ -233,14 +231,24 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--bind NAME=SIZE` arguments.
+fn parse_binds(binds: &[String]) -> anyhow::Result<Vec<(String, usize)>> {
+    binds
+        .iter()
+        .map(|b| {
+            let (name, size) = b.split_once('=').ok_or_else(|| anyhow::anyhow!("--bind takes NAME=SIZE, got {b:?}"))?;
+            let size = size.parse().map_err(|_| anyhow::anyhow!("--bind {name}: {size:?} is not a size"))?;
+            Ok((name.to_string(), size))
+        })
+        .collect()
+}
+
 /// `tessera ir FILE --target gpu --emit spirv-asm`: every node's GPU plan, and the SPIR-V of each
 /// distinct kernel once.
 fn emit_gpu(g: &tessera_ir::Graph, args: &IrArgs) -> anyhow::Result<ExitCode> {
     let mut bind = tessera_ir::Bindings::default();
-    for b in &args.bind {
-        let (name, size) = b.split_once('=').ok_or_else(|| anyhow::anyhow!("--bind takes NAME=SIZE, got {b:?}"))?;
-        let size: usize = size.parse().map_err(|_| anyhow::anyhow!("--bind {name}: {size:?} is not a size"))?;
-        bind.set(name, size);
+    for (name, size) in parse_binds(&args.bind)? {
+        bind.set(&name, size);
     }
     let shape = |v: tessera_ir::Value| -> Vec<usize> {
         g.ty(v)

@@ -83,22 +83,11 @@ pub fn exp_nonpositive(fx: &mut Fx, x: Value) -> Value {
     fx.b.ins().fmul(y, s)
 }
 
-/// `erf(x)`: `x P(x^2) / Q(x^2)` on `x` clamped to [-4, 4] (erf(4) is 1 within 2e-8), a
-/// rational fit of degrees 6 and 5 in `x^2` made for Tessera (weighted least squares on 8000
-/// points, then Lawson reweighting towards minimax): 1.5e-9 in exact arithmetic, 3.4e-7 in f32.
-/// No exp, one division: about a fifth of the instructions of the exp-based forms.
+/// `erf(x)`: the shared rational fit ([`tessera_passes::approx::ERF_P`]) on `x` clamped to
+/// [-4, 4]. No exp, one division: about a fifth of the instructions of the exp-based forms.
 pub fn erf(fx: &mut Fx, x: Value) -> Value {
-    const P: [f32; 7] = [
-        std::f32::consts::FRAC_2_SQRT_PI,
-        0.184_709_83,
-        0.054_332_275,
-        0.003_839_476,
-        3.826_808_5e-4,
-        4.780_241_4e-6,
-        -1.366_517e-8,
-    ];
-    const Q: [f32; 6] = [1.0, 0.497_028_38, 0.113_825_87, 0.015_453_369, 1.309_553e-3, 6.400_647e-5];
-    let xc = clamp(fx, x, -4.0, 4.0);
+    use tessera_passes::approx::{ERF_CLAMP, ERF_P as P, ERF_Q as Q};
+    let xc = clamp(fx, x, -ERF_CLAMP, ERF_CLAMP);
     let s = fx.b.ins().fmul(xc, xc);
     let horner = |fx: &mut Fx, c: &[f32]| {
         let mut acc = fx.fsplat(c[c.len() - 1]);

@@ -98,6 +98,12 @@ fn const_list(n: usize, f: impl Fn(usize) -> f32) -> String {
     v.join(", ")
 }
 
+/// The names of the kernels the CPU target makes for the graph `src`.
+fn kernel_names(src: &str, mode: tessera_target_cpu::Ukernels) -> Vec<String> {
+    let g = parse(src).unwrap();
+    tessera_target_cpu::listing(&g, &[], mode).unwrap().into_iter().map(|(name, _, _)| name).collect()
+}
+
 /// Runs `src` with and without the `std::arch` tiles; both must match the interpreter.
 fn both_ways(src: &str, inputs: Vec<Tensor>, tol: f64) {
     use tessera_target_cpu::Ukernels;
@@ -233,14 +239,9 @@ fn integer_gemm_with_ragged_sizes_is_exact_both_ways() {
         let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
         let za = Tensor::from_i64(DType::U8, &[], vec![131]).unwrap();
         both_ways(&src, vec![a, za], 0.0);
-        let g = parse(&src).unwrap();
         let auto = tessera_target_cpu::ukernel::i16_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
-        let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Auto).unwrap();
-        assert_eq!(
-            names.iter().any(|(name, _, _)| name.contains("i16_ukernel")),
-            auto,
-            "tile kernel used iff available"
-        );
+        let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
+        assert_eq!(names.iter().any(|name| name.contains("i16_ukernel")), auto, "tile kernel used iff available");
     }
 }
 
@@ -322,10 +323,9 @@ fn exact_integer_gemm_with_weight_outliers_uses_the_split_tile() {
     let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
     let za = Tensor::from_i64(DType::U8, &[], vec![9]).unwrap();
     both_ways(&src, vec![a, za], 0.0);
-    let g = parse(&src).unwrap();
     let sat = tessera_target_cpu::ukernel::sat_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
-    let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Auto).unwrap();
-    assert_eq!(names.iter().any(|(name, _, _)| name.contains("split_ukernel")), sat, "split tile used iff available");
+    let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
+    assert_eq!(names.iter().any(|name| name.contains("split_ukernel")), sat, "split tile used iff available");
 }
 
 /// A graph whose shapes depend on an input's values (a reshape to a run-time shape, a slice
@@ -562,13 +562,8 @@ fn quantized_product_chains_become_one_kernel() {
     );
     let x = Tensor::from_f32(DType::F32, &[3, k], (0..3 * k).map(|i| (i as f32 * 0.41).sin()).collect()).unwrap();
     both_ways(&src, vec![x], 1e-5);
-    let g = parse(&src).unwrap();
-    let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Auto).unwrap();
-    assert!(
-        names.iter().any(|(name, _, _)| name.contains("qmatmul_add_gelu")),
-        "{:?}",
-        names.iter().map(|n| &n.0).collect::<Vec<_>>()
-    );
+    let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
+    assert!(names.iter().any(|name| name.contains("qmatmul_add_gelu")), "{names:?}");
 }
 
 /// 4-bit weights unpacked at run time: i4 and u4, per tensor, per column and in blocks (with a
@@ -625,12 +620,7 @@ fn four_bit_weight_products_match_the_interpreter_both_ways() {
         );
         let x = Tensor::from_f32(DType::F32, &[m, k], (0..m * k).map(|i| (i as f32 * 0.41).sin()).collect()).unwrap();
         both_ways(&src, vec![x], 1e-5);
-        let g = parse(&src).unwrap();
-        let names = tessera_target_cpu::listing(&g, &[], tessera_target_cpu::Ukernels::Off).unwrap();
-        assert!(
-            names.iter().any(|(name, _, _)| name.ends_with("_q4")),
-            "{dt} {gran}: {:?}",
-            names.iter().map(|n| &n.0).collect::<Vec<_>>()
-        );
+        let names = kernel_names(&src, tessera_target_cpu::Ukernels::Off);
+        assert!(names.iter().any(|name| name.ends_with("_q4")), "{dt} {gran}: {names:?}");
     }
 }

@@ -166,7 +166,8 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
     })
 }
 
-fn unary_supported(u: UnaryOp) -> bool {
+/// Whether the GPU target has a shader for `u` (on f32).
+pub fn unary_supported(u: UnaryOp) -> bool {
     use UnaryOp::*;
     matches!(
         u,
@@ -188,6 +189,12 @@ fn unary_supported(u: UnaryOp) -> bool {
             | Floor
             | Ceil
     )
+}
+
+/// Whether the GPU target has a shader for `b` (on f32).
+pub fn binary_supported(b: BinaryOp) -> bool {
+    use BinaryOp::*;
+    matches!(b, Add | Sub | Mul | Div | Pow | Max | Min)
 }
 
 fn contiguous(s: &[usize]) -> Vec<usize> {
@@ -354,20 +361,11 @@ fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
     });
 }
 
-/// `erf(x)`: the CPU target's rational fit (`x P(x^2) / Q(x^2)` on x clamped to [-4, 4]).
+/// `erf(x)`: the fit the CPU target uses too ([`tessera_passes::approx::ERF_P`]).
 fn erf(sb: &mut Sb, x: Word) -> Word {
-    const P: [f32; 7] = [
-        std::f32::consts::FRAC_2_SQRT_PI,
-        0.184_709_83,
-        0.054_332_275,
-        0.003_839_476,
-        3.826_808_5e-4,
-        4.780_241_4e-6,
-        -1.366_517e-8,
-    ];
-    const Q: [f32; 6] = [1.0, 0.497_028_38, 0.113_825_87, 0.015_453_369, 1.309_553e-3, 6.400_647e-5];
-    let lo = sb.cf(-4.0);
-    let hi = sb.cf(4.0);
+    use tessera_passes::approx::{ERF_CLAMP, ERF_P as P, ERF_Q as Q};
+    let lo = sb.cf(-ERF_CLAMP);
+    let hi = sb.cf(ERF_CLAMP);
     let xc = sb.glsl(Glsl::FMax, &[x, lo]);
     let xc = sb.glsl(Glsl::FMin, &[xc, hi]);
     let s = sb.fmul(xc, xc);
@@ -490,6 +488,18 @@ fn binary(sb: &mut Sb, op: BinaryOp, x: Word, y: Word) -> Word {
     }
 }
 
+/// `cond ? buffer[index()] : 0`, the index computed (and the load made) only when `cond`.
+fn load_or_zero(sb: &mut Sb, cond: Word, buf: usize, index: &dyn Fn(&mut Sb) -> Word) -> Word {
+    let fz = sb.cf(0.0);
+    let v = sb.var(true, fz);
+    sb.if_then(cond, |sb| {
+        let i = index(sb);
+        let x = sb.load(buf, i);
+        sb.set(v, x);
+    });
+    sb.get(v, true)
+}
+
 fn matmul_body(sb: &mut Sb, br: u32) {
     let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
     let lx = sb.local_id(0);
@@ -543,30 +553,21 @@ fn matmul_body(sb: &mut Sb, br: u32) {
         let ka = sb.iadd(t16, lx);
         let ka_in = sb.ult(ka, k);
         let ok = sb.b.logical_and(sb.bool, None, row_in, ka_in).expect("and");
-        let fz = sb.cf(0.0);
-        let va = sb.var(true, fz);
-        sb.if_then(ok, |sb| {
+        let x = load_or_zero(sb, ok, 0, &|sb| {
             let rk = sb.imul(row, k);
             let i = sb.iadd(rk, ka);
-            let i = sb.iadd(i, aoff);
-            let x = sb.load(0, i);
-            sb.set(va, x);
+            sb.iadd(i, aoff)
         });
-        let x = sb.get(va, true);
         sb.store_shared(slot, x);
         // B tile: Bs[ly][lx] = B[t16 + ly][col].
         let kb = sb.iadd(t16, ly);
         let kb_in = sb.ult(kb, k);
         let ok = sb.b.logical_and(sb.bool, None, kb_in, col_in).expect("and");
-        let vb = sb.var(true, fz);
-        sb.if_then(ok, |sb| {
+        let x = load_or_zero(sb, ok, 1, &|sb| {
             let kn = sb.imul(kb, n);
             let i = sb.iadd(kn, col);
-            let i = sb.iadd(i, boff);
-            let x = sb.load(1, i);
-            sb.set(vb, x);
+            sb.iadd(i, boff)
         });
-        let x = sb.get(vb, true);
         sb.store_shared(bslot, x);
         sb.barrier();
         let zero = sb.cu(0);

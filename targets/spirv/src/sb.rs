@@ -29,6 +29,17 @@ pub(crate) enum Glsl {
     Fma = 50,
 }
 
+/// `pub fn name(&mut self, a, b) -> Word`: rspirv's `op` with result type `self.ty`.
+macro_rules! binary_ops {
+    ($($name:ident = $op:ident -> $ty:ident),* $(,)?) => {
+        $(
+            pub fn $name(&mut self, a: Word, b: Word) -> Word {
+                self.b.$op(self.$ty, None, a, b).expect(stringify!($op))
+            }
+        )*
+    };
+}
+
 pub(crate) struct Sb {
     pub b: Builder,
     glsl: Word,
@@ -235,52 +246,22 @@ impl Sb {
         self.b.store(var, v, None, []).expect("store")
     }
 
-    pub fn iadd(&mut self, a: Word, b: Word) -> Word {
-        self.b.i_add(self.u32, None, a, b).expect("iadd")
-    }
-
-    pub fn imul(&mut self, a: Word, b: Word) -> Word {
-        self.b.i_mul(self.u32, None, a, b).expect("imul")
-    }
-
-    pub fn udiv(&mut self, a: Word, b: Word) -> Word {
-        self.b.u_div(self.u32, None, a, b).expect("udiv")
-    }
-
-    pub fn umod(&mut self, a: Word, b: Word) -> Word {
-        self.b.u_mod(self.u32, None, a, b).expect("umod")
-    }
-
-    pub fn ult(&mut self, a: Word, b: Word) -> Word {
-        self.b.u_less_than(self.bool, None, a, b).expect("ult")
-    }
-
-    pub fn fadd(&mut self, a: Word, b: Word) -> Word {
-        self.b.f_add(self.f32, None, a, b).expect("fadd")
-    }
-
-    pub fn fsub(&mut self, a: Word, b: Word) -> Word {
-        self.b.f_sub(self.f32, None, a, b).expect("fsub")
-    }
-
-    pub fn fmul(&mut self, a: Word, b: Word) -> Word {
-        self.b.f_mul(self.f32, None, a, b).expect("fmul")
-    }
-
-    pub fn fdiv(&mut self, a: Word, b: Word) -> Word {
-        self.b.f_div(self.f32, None, a, b).expect("fdiv")
+    binary_ops! {
+        iadd = i_add -> u32,
+        imul = i_mul -> u32,
+        udiv = u_div -> u32,
+        umod = u_mod -> u32,
+        ult = u_less_than -> bool,
+        fadd = f_add -> f32,
+        fsub = f_sub -> f32,
+        fmul = f_mul -> f32,
+        fdiv = f_div -> f32,
+        flt = f_ord_less_than -> bool,
+        fgt = f_ord_greater_than -> bool,
     }
 
     pub fn fneg(&mut self, a: Word) -> Word {
         self.b.f_negate(self.f32, None, a).expect("fneg")
-    }
-
-    pub fn flt(&mut self, a: Word, b: Word) -> Word {
-        self.b.f_ord_less_than(self.bool, None, a, b).expect("flt")
-    }
-
-    pub fn fgt(&mut self, a: Word, b: Word) -> Word {
-        self.b.f_ord_greater_than(self.bool, None, a, b).expect("fgt")
     }
 
     pub fn select(&mut self, c: Word, a: Word, b: Word, float: bool) -> Word {

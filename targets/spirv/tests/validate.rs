@@ -4,30 +4,10 @@ use tessera_ir::{BinaryOp, UnaryOp};
 use tessera_target_spirv::{build, Spec};
 
 fn all_specs() -> Vec<Spec> {
-    use tessera_target_spirv::kernels::{EwFn, RowFn};
+    use tessera_target_spirv::kernels::{binary_supported, unary_supported, EwFn, RowFn};
     let mut specs = Vec::new();
-    let unary = [
-        UnaryOp::Neg,
-        UnaryOp::Abs,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Rsqrt,
-        UnaryOp::Reciprocal,
-        UnaryOp::Tanh,
-        UnaryOp::Erf,
-        UnaryOp::Sigmoid,
-        UnaryOp::Relu,
-        UnaryOp::Gelu,
-        UnaryOp::GeluTanh,
-        UnaryOp::Silu,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Floor,
-        UnaryOp::Ceil,
-    ];
-    let binary =
-        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow, BinaryOp::Max, BinaryOp::Min];
+    let unary: Vec<UnaryOp> = UnaryOp::ALL.into_iter().filter(|&u| unary_supported(u)).collect();
+    let binary: Vec<BinaryOp> = BinaryOp::ALL.into_iter().filter(|&b| binary_supported(b)).collect();
     for rank in 0..5 {
         specs.extend(unary.iter().map(|&u| Spec::Elementwise { f: EwFn::Unary(u), rank }));
         specs.extend(binary.iter().map(|&b| Spec::Elementwise { f: EwFn::Binary(b), rank }));
