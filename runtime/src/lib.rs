@@ -38,7 +38,15 @@ pub enum Target {
     Cpu,
     /// The reference interpreter (slow; the semantics every target is checked against).
     Interpreter,
+    /// The GPU target: SPIR-V kernels run through Vulkan (lavapipe where there is no GPU);
+    /// nodes it declines run on the host through the interpreter.
+    Gpu,
 }
+
+/// The passes `default` means for the GPU target: the optimizer without `fuse` (the GPU
+/// target runs ops one kernel each; fused regions are the CPU target's), and without
+/// `plan-memory` (Vulkan buffers are per value).
+pub const GPU_PIPELINE: &str = "canonicalize,saturate,fold-dequantize,schedule";
 
 /// Options for [`Session::from_file`] and [`Session::from_graph`].
 #[derive(Clone, Debug)]
@@ -78,6 +86,8 @@ pub enum SessionError {
     Cpu(#[from] CpuError),
     #[error("interpreter: {0}")]
     Interpreter(#[from] tessera_ir::InterpError),
+    #[error("GPU: {0}")]
+    Gpu(#[from] vulkan::GpuRunError),
     #[error("input {name:?} given twice")]
     DuplicateInput { name: String },
 }
@@ -101,6 +111,7 @@ enum Engine {
     /// A graph whose shapes follow from input values, compiled per value at run time.
     CpuSpecializing(Box<tessera_target_cpu::Specializing>),
     Interpreter,
+    Gpu(Box<vulkan::GpuModel>),
 }
 
 /// A compiled model, ready to run many times.
@@ -152,8 +163,12 @@ impl Session {
             let startup = StartupTimes { import_ms: 0.0, passes_ms: 0.0, codegen_ms: t0.elapsed().as_secs_f64() * 1e3 };
             return Ok(Session { graph: g, engine, startup });
         }
+        let passes = match (opts.target, opts.passes.trim()) {
+            (Target::Gpu, "default") => GPU_PIPELINE,
+            (_, p) => p,
+        };
         let mut pipeline =
-            tessera_compiler::passes::Pipeline::parse(&opts.passes).map_err(|e| SessionError::Passes(e.to_string()))?;
+            tessera_compiler::passes::Pipeline::parse(passes).map_err(|e| SessionError::Passes(e.to_string()))?;
         pipeline.verify_each = false;
         pipeline.run(&mut g, &mut |_| {}).map_err(|e| SessionError::Passes(e.to_string()))?;
         let passes_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -173,6 +188,10 @@ impl Session {
                 }
             }
             Target::Interpreter => Engine::Interpreter,
+            Target::Gpu => {
+                let vk = std::sync::Arc::new(vulkan::Vulkan::new()?);
+                Engine::Gpu(Box::new(vulkan::GpuModel::new(vk, g.clone())))
+            }
         };
         let codegen_ms = t1.elapsed().as_secs_f64() * 1e3;
         Ok(Session { graph: g, engine, startup: StartupTimes { import_ms: 0.0, passes_ms, codegen_ms } })
@@ -197,7 +216,16 @@ impl Session {
     pub fn cpu_program(&self) -> Option<&tessera_target_cpu::Program> {
         match &self.engine {
             Engine::Cpu(p) => Some(p),
-            Engine::CpuSpecializing(_) | Engine::Interpreter => None,
+            _ => None,
+        }
+    }
+
+    /// The GPU model, when the target is the GPU: run it directly for a report of what ran
+    /// where ([`vulkan::GpuModel::run`]).
+    pub fn gpu_model(&self) -> Option<&vulkan::GpuModel> {
+        match &self.engine {
+            Engine::Gpu(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -207,6 +235,7 @@ impl Session {
             Engine::Cpu(p) => Ok(p.run(inputs)?),
             Engine::CpuSpecializing(s) => Ok(s.run(inputs)?),
             Engine::Interpreter => Ok(tessera_ir::run(&self.graph, inputs.to_vec())?),
+            Engine::Gpu(m) => Ok(m.run(inputs, vulkan::Fallback::Host)?.0),
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ash::vk;
-use tessera_ir::{Bindings, DType, Graph, Tensor, Value};
+use tessera_ir::{Bindings, Graph, Tensor, Value};
 use tessera_target_spirv::{build, plan, GpuError, Limits, Plan, Spec};
 
 /// Why a graph could not run on the GPU.
@@ -24,6 +24,8 @@ pub enum GpuRunError {
     Vulkan { call: &'static str, result: vk::Result },
     #[error("node n{node}: {err}")]
     Declined { node: usize, err: GpuError },
+    #[error("node n{node} on the host: {err}")]
+    Host { node: usize, err: String },
     #[error("{0}")]
     Input(String),
 }
@@ -247,10 +249,33 @@ impl Vulkan {
         }
     }
 
-    /// Runs `g` on `inputs` (in the graph's input order), every node on the GPU: a node the
-    /// target declines makes the whole run fail with the reason (placing it on another unit is
-    /// the partitioner's work). Returns the outputs and a report per dispatched kernel.
-    pub fn run(&self, g: &Graph, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<KernelReport>), GpuRunError> {
+    /// Runs `g` on `inputs` (in the graph's input order). With [`Fallback::Fail`] every node
+    /// must run on the GPU: the first node the target declines fails the run with the reason.
+    /// With [`Fallback::Host`] declined nodes run on the host through the reference
+    /// interpreter, their operands read back from the GPU and their results uploaded when a
+    /// GPU kernel needs them. Constants are uploaded for this run only; [`GpuModel`] keeps
+    /// them resident across runs.
+    pub fn run(
+        &self,
+        g: &Graph,
+        inputs: &[Tensor],
+        fallback: Fallback,
+    ) -> Result<(Vec<Tensor>, RunReport), GpuRunError> {
+        let consts = Mutex::new(HashMap::new());
+        let r = self.execute(g, inputs, fallback, &consts);
+        for (_, b) in consts.into_inner().expect("constant buffers lock").drain() {
+            self.free(b);
+        }
+        r
+    }
+
+    fn execute(
+        &self,
+        g: &Graph,
+        inputs: &[Tensor],
+        fallback: Fallback,
+        consts: &Mutex<HashMap<Value, Buffer>>,
+    ) -> Result<(Vec<Tensor>, RunReport), GpuRunError> {
         if inputs.len() != g.inputs().len() {
             return Err(GpuRunError::Input(format!(
                 "{} inputs given, the graph has {}",
@@ -260,155 +285,397 @@ impl Vulkan {
         }
         let mut bindings = Bindings::default();
         for ((name, v), t) in g.inputs().iter().zip(inputs) {
-            g.ty(*v)
-                .shape
-                .bind(t.shape(), &mut bindings)
-                .map_err(|e| GpuRunError::Input(format!("input {name}: {e}")))?;
-        }
-        let mut bufs = Buffers { vk: self, g, inputs, bindings, bufs: Vec::new(), of: HashMap::new() };
-        // Plan every node first: a declined node fails the run before any GPU work.
-        let mut plans = Vec::new();
-        for (n, nd) in g.nodes() {
-            let ins: Vec<Vec<usize>> = nd.inputs.iter().map(|&v| bufs.shape(v)).collect::<Result<_, _>>()?;
-            let out = match nd.outputs.first() {
-                Some(&o) => bufs.shape(o)?,
-                None => Vec::new(),
-            };
-            let refs: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
-            let p =
-                plan(g, n, &refs, &out, &self.limits).map_err(|err| GpuRunError::Declined { node: n.index(), err })?;
-            plans.push((n, p));
+            let ty = g.ty(*v);
+            if t.dtype() != ty.dtype {
+                return Err(GpuRunError::Input(format!("input {name} is {}, the graph takes {}", t.dtype(), ty.dtype)));
+            }
+            ty.shape.bind(t.shape(), &mut bindings).map_err(|e| GpuRunError::Input(format!("input {name}: {e}")))?;
         }
         let d = &self.device;
-        let dispatches = plans.iter().filter(|p| matches!(p.1, Plan::Dispatch { .. })).count().max(1) as u32;
-        let sizes =
-            [vk::DescriptorPoolSize { ty: vk::DescriptorType::STORAGE_BUFFER, descriptor_count: dispatches * 8 }];
-        // SAFETY: valid create infos on a live device; everything made here is destroyed below.
+        // At most one descriptor set of up to 8 buffers per node.
+        let sets = g.n_nodes().max(1) as u32;
+        let sizes = [vk::DescriptorPoolSize { ty: vk::DescriptorType::STORAGE_BUFFER, descriptor_count: sets * 8 }];
+        // SAFETY: valid create infos on a live device; both pools are destroyed by Exec's drop,
+        // after its last submission finished.
         let pool = unsafe {
-            d.create_descriptor_pool(
-                &vk::DescriptorPoolCreateInfo::default().max_sets(dispatches).pool_sizes(&sizes),
-                None,
-            )
+            d.create_descriptor_pool(&vk::DescriptorPoolCreateInfo::default().max_sets(sets).pool_sizes(&sizes), None)
         }
         .map_err(vk_err("vkCreateDescriptorPool"))?;
         // SAFETY: as above.
-        let cpool = unsafe {
+        let cpool = match unsafe {
             d.create_command_pool(&vk::CommandPoolCreateInfo::default().queue_family_index(self.family), None)
+        } {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: nothing uses the pool yet.
+                unsafe { d.destroy_descriptor_pool(pool, None) };
+                return Err(vk_err("vkCreateCommandPool")(e));
+            }
         };
-        let r = cpool.map_err(vk_err("vkCreateCommandPool")).and_then(|cp| {
-            let r = self.record(&plans, &mut bufs, pool, cp);
-            // SAFETY: the run waited for its fence (or never submitted).
-            unsafe { d.destroy_command_pool(cp, None) };
-            r
-        });
-        // SAFETY: as above.
-        unsafe { d.destroy_descriptor_pool(pool, None) };
-        let reports = r?;
-        let mut outs = Vec::new();
-        for (name, v) in g.outputs() {
-            let shape = bufs.shape(*v)?;
-            let bytes = bufs.read(*v)?;
-            let t = Tensor::from_bytes(DType::F32, &shape, bytes)
-                .map_err(|e| GpuRunError::Input(format!("output {name}: {e}")))?;
-            outs.push(t);
+        let mut ex = Exec {
+            vk: self,
+            g,
+            inputs,
+            bindings,
+            consts,
+            owned: Vec::new(),
+            of: HashMap::new(),
+            host: HashMap::new(),
+            shapes: HashMap::new(),
+            pool,
+            cpool,
+            cb: None,
+            report: RunReport::default(),
+        };
+        for (n, nd) in g.nodes() {
+            let ins: Option<Vec<Vec<usize>>> = nd.inputs.iter().map(|&v| ex.shape(v)).collect();
+            let out = nd.outputs.first().and_then(|&o| ex.shape(o));
+            let p = match (ins, out) {
+                (Some(ins), Some(out)) => {
+                    let refs: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
+                    plan(g, n, &refs, &out, &self.limits)
+                }
+                _ => Err(GpuError::declined(nd.op.name(), "its shapes follow from values computed at run time")),
+            };
+            match p {
+                Ok(Plan::View) => ex.view(n)?,
+                Ok(Plan::Dispatch { spec, push, groups, bytes_read, bytes_written }) => {
+                    ex.dispatch(n, &spec, &push, groups)?;
+                    let pipe = self.pipeline(&spec)?;
+                    ex.report.kernels.push(KernelReport {
+                        node: n.index(),
+                        op: nd.op.name(),
+                        spec,
+                        local: pipe.local,
+                        groups,
+                        shared_bytes: pipe.shared_bytes,
+                        bytes_read,
+                        bytes_written,
+                    });
+                }
+                Err(err) => match fallback {
+                    Fallback::Fail => return Err(GpuRunError::Declined { node: n.index(), err }),
+                    Fallback::Host => ex.on_host(n, err)?,
+                },
+            }
         }
-        Ok((outs, reports))
+        let mut outs = Vec::new();
+        for (_, v) in g.outputs() {
+            outs.push(ex.host_value(*v)?.into_owned());
+        }
+        ex.flush()?;
+        let report = std::mem::take(&mut ex.report);
+        Ok((outs, report))
+    }
+}
+
+/// What to do with a node the GPU target declines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Fail the run, naming the node and why.
+    Fail,
+    /// Run it on the host with the reference interpreter.
+    Host,
+}
+
+/// A node the GPU target declined, run on the host instead.
+#[derive(Clone, Debug)]
+pub struct HostReport {
+    pub node: usize,
+    pub op: &'static str,
+    pub why: String,
+}
+
+/// What one run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Each dispatched kernel, in order.
+    pub kernels: Vec<KernelReport>,
+    /// Nodes run on the host, in order.
+    pub host: Vec<HostReport>,
+    /// Nodes that reinterpret their operand's buffer (reshape, squeeze, ...).
+    pub views: usize,
+    /// Command buffers submitted (one per stretch of GPU kernels between host nodes).
+    pub submissions: usize,
+    /// Bytes copied into GPU buffers (inputs, constants, host results) and read back.
+    pub uploaded: u64,
+    pub downloaded: u64,
+}
+
+/// A graph ready to run many times on a Vulkan device: its constants stay in GPU buffers
+/// between runs (uploaded by the first run that needs each).
+pub struct GpuModel {
+    vk: std::sync::Arc<Vulkan>,
+    graph: Graph,
+    consts: Mutex<HashMap<Value, Buffer>>,
+}
+
+impl GpuModel {
+    pub fn new(vk: std::sync::Arc<Vulkan>, graph: Graph) -> GpuModel {
+        GpuModel { vk, graph, consts: Mutex::new(HashMap::new()) }
     }
 
-    fn record(
-        &self,
-        plans: &[(tessera_ir::Node, Plan)],
-        bufs: &mut Buffers,
-        pool: vk::DescriptorPool,
-        cpool: vk::CommandPool,
-    ) -> Result<Vec<KernelReport>, GpuRunError> {
-        let g = bufs.g;
-        let d = &self.device;
-        let cbinfo = vk::CommandBufferAllocateInfo::default()
-            .command_pool(cpool)
+    pub fn vulkan(&self) -> &Vulkan {
+        &self.vk
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Runs the graph; see [`Vulkan::run`].
+    pub fn run(&self, inputs: &[Tensor], fallback: Fallback) -> Result<(Vec<Tensor>, RunReport), GpuRunError> {
+        self.vk.execute(&self.graph, inputs, fallback, &self.consts)
+    }
+}
+
+impl Drop for GpuModel {
+    fn drop(&mut self) {
+        let mut consts = self.consts.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, b) in consts.drain() {
+            self.vk.free(b);
+        }
+    }
+}
+
+/// A buffer's handle and mapping, wherever it is owned.
+#[derive(Clone, Copy)]
+struct BufRef {
+    buffer: vk::Buffer,
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+impl Buffer {
+    fn r(&self) -> BufRef {
+        BufRef { buffer: self.buffer, ptr: self.ptr, bytes: self.bytes }
+    }
+}
+
+/// One run: the values that live in GPU buffers (the run's own, or resident constants), the
+/// values that live on the host (host nodes' results), and the command buffer being recorded.
+struct Exec<'a> {
+    vk: &'a Vulkan,
+    g: &'a Graph,
+    inputs: &'a [Tensor],
+    bindings: Bindings,
+    consts: &'a Mutex<HashMap<Value, Buffer>>,
+    owned: Vec<Buffer>,
+    of: HashMap<Value, BufRef>,
+    host: HashMap<Value, Tensor>,
+    shapes: HashMap<Value, Vec<usize>>,
+    pool: vk::DescriptorPool,
+    cpool: vk::CommandPool,
+    cb: Option<vk::CommandBuffer>,
+    report: RunReport,
+}
+
+impl Exec<'_> {
+    /// The shape of `v`: known from a host result, or from its type and the bound symbols.
+    fn shape(&self, v: Value) -> Option<Vec<usize>> {
+        if let Some(s) = self.shapes.get(&v) {
+            return Some(s.clone());
+        }
+        self.g.ty(v).shape.dims().iter().map(|d| self.bindings.resolve(d)).collect()
+    }
+
+    fn known_shape(&self, v: Value) -> Result<Vec<usize>, GpuRunError> {
+        self.shape(v).ok_or_else(|| GpuRunError::Input(format!("the shape of {v} is not known")))
+    }
+
+    /// The buffer of `v`, uploaded from the inputs, a constant or a host result on first use,
+    /// or made empty for a kernel's result.
+    fn gpu(&mut self, v: Value) -> Result<BufRef, GpuRunError> {
+        if let Some(&b) = self.of.get(&v) {
+            return Ok(b);
+        }
+        if self.g.const_data(v).is_some() {
+            let mut consts = self.consts.lock().expect("constant buffers lock");
+            if let Some(b) = consts.get(&v) {
+                let r = b.r();
+                self.of.insert(v, r);
+                return Ok(r);
+            }
+            let data = self.g.const_data(v).and_then(|c| c.bytes()).ok_or_else(|| {
+                GpuRunError::Input(format!("constant {v} holds only a summary of its data, not its bytes"))
+            })?;
+            let b = self.vk.buffer(data.len())?;
+            // SAFETY: the mapping holds data.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), b.ptr, data.len()) };
+            self.report.uploaded += data.len() as u64;
+            let r = b.r();
+            consts.insert(v, b);
+            self.of.insert(v, r);
+            return Ok(r);
+        }
+        let input = self.g.inputs().iter().position(|(_, x)| *x == v);
+        let data = match input {
+            Some(i) => Some(self.inputs[i].to_bytes()),
+            None => self.host.get(&v).map(|t| t.to_bytes()),
+        };
+        let bytes = match &data {
+            Some(d) => d.len(),
+            None => self.g.ty(v).dtype.storage_bytes(self.known_shape(v)?.iter().product()),
+        };
+        let b = self.vk.buffer(bytes)?;
+        if let Some(d) = data {
+            // SAFETY: the mapping holds d.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), b.ptr, d.len()) };
+            self.report.uploaded += d.len() as u64;
+        }
+        let r = b.r();
+        self.owned.push(b);
+        self.of.insert(v, r);
+        Ok(r)
+    }
+
+    /// The value of `v` on the host, read back from the GPU (after the pending work) if a
+    /// kernel made it.
+    fn host_value(&mut self, v: Value) -> Result<std::borrow::Cow<'_, Tensor>, GpuRunError> {
+        use std::borrow::Cow;
+        if !self.host.contains_key(&v) {
+            if let Some(i) = self.g.inputs().iter().position(|(_, x)| *x == v) {
+                return Ok(Cow::Borrowed(&self.inputs[i]));
+            }
+            let t = if self.g.const_data(v).is_some() {
+                tessera_ir::const_value(self.g, v, false).map_err(|e| GpuRunError::Input(e.to_string()))?
+            } else {
+                let b = *self.of.get(&v).ok_or_else(|| GpuRunError::Input(format!("{v} was never computed")))?;
+                self.flush()?;
+                let shape = self.known_shape(v)?;
+                let dtype = self.g.ty(v).dtype;
+                let n = dtype.storage_bytes(shape.iter().product()).min(b.bytes);
+                // SAFETY: the mapping holds b.bytes bytes, written by finished work.
+                let bytes = unsafe { std::slice::from_raw_parts(b.ptr, n) };
+                self.report.downloaded += n as u64;
+                Tensor::from_bytes(dtype, &shape, bytes).map_err(|e| GpuRunError::Input(format!("{v}: {e}")))?
+            };
+            self.host.insert(v, t);
+        }
+        Ok(Cow::Borrowed(&self.host[&v]))
+    }
+
+    fn view(&mut self, n: tessera_ir::Node) -> Result<(), GpuRunError> {
+        let nd = self.g.node(n);
+        let (src, out) = (nd.inputs[0], nd.outputs[0]);
+        self.report.views += 1;
+        if let Some(t) = self.host.get(&src) {
+            let shape = self.known_shape(out)?;
+            let t =
+                Tensor::from_bytes(t.dtype(), &shape, &t.to_bytes()).map_err(|e| GpuRunError::Input(e.to_string()))?;
+            self.host.insert(out, t);
+        } else {
+            let b = self.gpu(src)?;
+            self.of.insert(out, b);
+        }
+        Ok(())
+    }
+
+    fn on_host(&mut self, n: tessera_ir::Node, err: GpuError) -> Result<(), GpuRunError> {
+        let nd = self.g.node(n);
+        let mut args = Vec::with_capacity(nd.inputs.len());
+        for &v in &nd.inputs {
+            args.push(self.host_value(v)?.into_owned());
+        }
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let outs = tessera_ir::run_node(self.g, n, &refs, &mut self.bindings)
+            .map_err(|e| GpuRunError::Host { node: n.index(), err: e.to_string() })?;
+        for (&v, t) in nd.outputs.iter().zip(outs) {
+            self.shapes.insert(v, t.shape().to_vec());
+            self.host.insert(v, t);
+        }
+        let why = match err {
+            GpuError::Declined { why, .. } => why,
+        };
+        self.report.host.push(HostReport { node: n.index(), op: nd.op.name(), why });
+        Ok(())
+    }
+
+    /// The command buffer being recorded, begun if none is.
+    fn recording(&mut self) -> Result<vk::CommandBuffer, GpuRunError> {
+        if let Some(cb) = self.cb {
+            return Ok(cb);
+        }
+        let d = &self.vk.device;
+        let info = vk::CommandBufferAllocateInfo::default()
+            .command_pool(self.cpool)
             .level(vk::CommandBufferLevel::PRIMARY)
             .command_buffer_count(1);
         // SAFETY: valid allocate info from a live pool.
-        let cb = unsafe { d.allocate_command_buffers(&cbinfo) }.map_err(vk_err("vkAllocateCommandBuffers"))?[0];
+        let cb = unsafe { d.allocate_command_buffers(&info) }.map_err(vk_err("vkAllocateCommandBuffers"))?[0];
         let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
         // SAFETY: cb is a fresh primary command buffer.
         unsafe { d.begin_command_buffer(cb, &begin) }.map_err(vk_err("vkBeginCommandBuffer"))?;
-        let mut reports = Vec::new();
-        for (n, p) in plans {
-            let nd = g.node(*n);
-            match p {
-                Plan::View => {
-                    let src = bufs.get(nd.inputs[0])?;
-                    bufs.of.insert(nd.outputs[0], src);
-                }
-                Plan::Dispatch { spec, push, groups, bytes_read, bytes_written } => {
-                    let pipe = self.pipeline(spec)?;
-                    let (pipeline, layout, set_layout, nbuf) =
-                        (pipe.pipeline, pipe.layout, pipe.set_layout, pipe.buffers);
-                    let data_inputs = nbuf - 1;
-                    let mut ids = Vec::with_capacity(nbuf);
-                    for &v in &nd.inputs[..data_inputs] {
-                        ids.push(bufs.get(v)?);
-                    }
-                    ids.push(bufs.get(nd.outputs[0])?);
-                    let layouts = [set_layout];
-                    let ainfo = vk::DescriptorSetAllocateInfo::default().descriptor_pool(pool).set_layouts(&layouts);
-                    // SAFETY: the pool was sized for one set of up to 8 buffers per dispatch.
-                    let set =
-                        unsafe { d.allocate_descriptor_sets(&ainfo) }.map_err(vk_err("vkAllocateDescriptorSets"))?[0];
-                    let infos: Vec<[vk::DescriptorBufferInfo; 1]> = ids
-                        .iter()
-                        .map(|&i| {
-                            [vk::DescriptorBufferInfo { buffer: bufs.bufs[i].buffer, offset: 0, range: vk::WHOLE_SIZE }]
-                        })
-                        .collect();
-                    let writes: Vec<_> = infos
-                        .iter()
-                        .enumerate()
-                        .map(|(i, info)| {
-                            vk::WriteDescriptorSet::default()
-                                .dst_set(set)
-                                .dst_binding(i as u32)
-                                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                                .buffer_info(info)
-                        })
-                        .collect();
-                    let push_bytes: Vec<u8> = push.iter().flat_map(|w| w.to_le_bytes()).collect();
-                    let barrier = [vk::MemoryBarrier::default()
-                        .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-                        .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
-                    // SAFETY: every handle is live; the set's buffers outlive the submission.
-                    unsafe {
-                        d.update_descriptor_sets(&writes, &[]);
-                        d.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipeline);
-                        d.cmd_bind_descriptor_sets(cb, vk::PipelineBindPoint::COMPUTE, layout, 0, &[set], &[]);
-                        if !push_bytes.is_empty() {
-                            d.cmd_push_constants(cb, layout, vk::ShaderStageFlags::COMPUTE, 0, &push_bytes);
-                        }
-                        d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
-                        d.cmd_pipeline_barrier(
-                            cb,
-                            vk::PipelineStageFlags::COMPUTE_SHADER,
-                            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::HOST,
-                            vk::DependencyFlags::empty(),
-                            &barrier,
-                            &[],
-                            &[],
-                        );
-                    }
-                    reports.push(KernelReport {
-                        node: n.index(),
-                        op: nd.op.name(),
-                        spec: spec.clone(),
-                        local: pipe.local,
-                        groups: *groups,
-                        shared_bytes: pipe.shared_bytes,
-                        bytes_read: *bytes_read,
-                        bytes_written: *bytes_written,
-                    });
-                }
-            }
+        self.cb = Some(cb);
+        Ok(cb)
+    }
+
+    fn dispatch(
+        &mut self,
+        n: tessera_ir::Node,
+        spec: &Spec,
+        push: &[u32],
+        groups: [u32; 3],
+    ) -> Result<(), GpuRunError> {
+        let nd = self.g.node(n);
+        let pipe = self.vk.pipeline(spec)?;
+        let data_inputs = pipe.buffers - 1;
+        let mut ids = Vec::with_capacity(pipe.buffers);
+        for &v in &nd.inputs[..data_inputs] {
+            ids.push(self.gpu(v)?);
         }
+        ids.push(self.gpu(nd.outputs[0])?);
+        let cb = self.recording()?;
+        let d = &self.vk.device;
+        let layouts = [pipe.set_layout];
+        let ainfo = vk::DescriptorSetAllocateInfo::default().descriptor_pool(self.pool).set_layouts(&layouts);
+        // SAFETY: the pool holds one set of up to 8 buffers per node.
+        let set = unsafe { d.allocate_descriptor_sets(&ainfo) }.map_err(vk_err("vkAllocateDescriptorSets"))?[0];
+        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = ids
+            .iter()
+            .map(|b| [vk::DescriptorBufferInfo { buffer: b.buffer, offset: 0, range: vk::WHOLE_SIZE }])
+            .collect();
+        let writes: Vec<_> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                vk::WriteDescriptorSet::default()
+                    .dst_set(set)
+                    .dst_binding(i as u32)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(info)
+            })
+            .collect();
+        let push_bytes: Vec<u8> = push.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let barrier = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::SHADER_WRITE)
+            .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
+        // SAFETY: every handle is live; the set's buffers outlive the submission.
+        unsafe {
+            d.update_descriptor_sets(&writes, &[]);
+            d.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
+            d.cmd_bind_descriptor_sets(cb, vk::PipelineBindPoint::COMPUTE, pipe.layout, 0, &[set], &[]);
+            if !push_bytes.is_empty() {
+                d.cmd_push_constants(cb, pipe.layout, vk::ShaderStageFlags::COMPUTE, 0, &push_bytes);
+            }
+            d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
+            d.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+        }
+        Ok(())
+    }
+
+    /// Submits the recorded kernels, if any, and waits for them.
+    fn flush(&mut self) -> Result<(), GpuRunError> {
+        let Some(cb) = self.cb.take() else { return Ok(()) };
+        let d = &self.vk.device;
         let host = [vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::SHADER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ)];
@@ -430,84 +697,33 @@ impl Vulkan {
             unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }.map_err(vk_err("vkCreateFence"))?;
         let cbs = [cb];
         let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
-        let q = self.queue.lock().expect("queue lock");
+        let q = self.vk.queue.lock().expect("queue lock");
         // SAFETY: the queue is externally synchronized by the lock; cb is executable.
         let r = unsafe { d.queue_submit(*q, &submit, fence) }
             .map_err(vk_err("vkQueueSubmit"))
             .and_then(|_| unsafe { d.wait_for_fences(&[fence], true, u64::MAX) }.map_err(vk_err("vkWaitForFences")));
         drop(q);
-        // SAFETY: the fence is signalled or was never submitted.
-        unsafe { d.destroy_fence(fence, None) };
-        r?;
-        Ok(reports)
-    }
-}
-
-/// The buffers of one run: one per value a dispatch reads or writes (views share their
-/// source's), filled from the inputs and constants when first needed, freed on drop.
-struct Buffers<'a> {
-    vk: &'a Vulkan,
-    g: &'a Graph,
-    inputs: &'a [Tensor],
-    bindings: Bindings,
-    bufs: Vec<Buffer>,
-    of: HashMap<Value, usize>,
-}
-
-impl Buffers<'_> {
-    fn shape(&self, v: Value) -> Result<Vec<usize>, GpuRunError> {
-        self.g
-            .ty(v)
-            .shape
-            .dims()
-            .iter()
-            .map(|d| self.bindings.resolve(d))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| GpuRunError::Input(format!("the shape of {v} is not known from the inputs' shapes")))
-    }
-
-    /// The buffer of `v`, made (and filled, for an input or a constant) on first use.
-    fn get(&mut self, v: Value) -> Result<usize, GpuRunError> {
-        if let Some(&i) = self.of.get(&v) {
-            return Ok(i);
+        // SAFETY: the fence is signalled or was never submitted; cb is no longer in use.
+        unsafe {
+            d.destroy_fence(fence, None);
+            d.free_command_buffers(self.cpool, &cbs);
         }
-        let numel: usize = self.shape(v)?.iter().product();
-        let b = self.vk.buffer(numel * 4)?;
-        let input = self.g.inputs().iter().position(|(_, x)| *x == v);
-        let data: Option<Vec<u8>> = match input {
-            Some(i) if self.inputs[i].dtype() != DType::F32 => {
-                self.vk.free(b);
-                return Err(GpuRunError::Input(format!(
-                    "input {} is {}, the GPU target reads f32",
-                    self.g.inputs()[i].0,
-                    self.inputs[i].dtype()
-                )));
-            }
-            Some(i) => Some(self.inputs[i].to_bytes()),
-            None => self.g.const_data(v).and_then(|c| c.bytes()).map(|b| b.to_vec()),
-        };
-        if let Some(d) = data {
-            let n = d.len().min(numel * 4);
-            // SAFETY: the mapping holds at least numel * 4 bytes.
-            unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), b.ptr, n) };
-        }
-        self.bufs.push(b);
-        self.of.insert(v, self.bufs.len() - 1);
-        Ok(self.bufs.len() - 1)
-    }
-
-    /// The bytes of `v` after the run.
-    fn read(&mut self, v: Value) -> Result<&[u8], GpuRunError> {
-        let i = self.get(v)?;
-        let b = &self.bufs[i];
-        // SAFETY: the mapping holds b.bytes bytes, written by the finished run.
-        Ok(unsafe { std::slice::from_raw_parts(b.ptr, b.bytes) })
+        self.report.submissions += 1;
+        r
     }
 }
 
-impl Drop for Buffers<'_> {
+impl Drop for Exec<'_> {
     fn drop(&mut self) {
-        for b in self.bufs.drain(..) {
+        let d = &self.vk.device;
+        // A run that failed midway may hold a recorded, never submitted command buffer: it is
+        // freed with its pool. Submitted work was waited for.
+        // SAFETY: no submitted work is pending (flush waits), so the pools and buffers are idle.
+        unsafe {
+            d.destroy_command_pool(self.cpool, None);
+            d.destroy_descriptor_pool(self.pool, None);
+        }
+        for b in self.owned.drain(..) {
             self.vk.free(b);
         }
     }

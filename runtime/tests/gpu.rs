@@ -1,8 +1,8 @@
 //! The GPU target on a real Vulkan driver (lavapipe in CI): each kernel kind against the
 //! reference interpreter. Skips, loudly, only where no Vulkan device exists.
 
-use tessera_ir::{BinaryOp, ConstData, DType, Graph, Op, Shape, Tensor, TensorType, UnaryOp};
-use tessera_runtime::vulkan::{GpuRunError, Vulkan};
+use tessera_ir::{BinaryOp, ConstData, DType, Graph, Op, Shape, TargetDim, Tensor, TensorType, UnaryOp};
+use tessera_runtime::vulkan::{Fallback, GpuRunError, Vulkan};
 use tessera_target_spirv::kernels::unary_supported;
 
 fn vulkan() -> Option<Vulkan> {
@@ -44,7 +44,8 @@ fn tensor(shape: &[usize], seed: u32) -> Tensor {
 /// Runs `g` on the GPU and the interpreter and checks every output within `tol` (max abs).
 fn check(vk: &Vulkan, g: &Graph, inputs: Vec<Tensor>, tol: f32) -> Vec<tessera_runtime::vulkan::KernelReport> {
     let want = tessera_ir::run(g, inputs.clone()).expect("interpreter");
-    let (got, reports) = vk.run(g, &inputs).unwrap_or_else(|e| panic!("GPU run failed: {e}"));
+    let (got, report) = vk.run(g, &inputs, Fallback::Fail).unwrap_or_else(|e| panic!("GPU run failed: {e}"));
+    let reports = report.kernels;
     assert_eq!(got.len(), want.len());
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         assert_eq!(a.shape(), b.shape(), "output {i} shape");
@@ -152,12 +153,47 @@ fn unsupported_nodes_are_declined_with_the_op_and_why() {
     let y = g.add_op(Op::Unary(UnaryOp::Neg), vec![x]).unwrap()[0];
     g.add_output("y", y);
     let t = Tensor::from_i64(DType::I32, &[4], vec![1, 2, 3, 4]).unwrap();
-    let err = vk.run(&g, &[t]).unwrap_err().to_string();
+    let err = vk.run(&g, &[t], Fallback::Fail).unwrap_err().to_string();
     assert!(err.contains("declines neg") && err.contains("i32"), "{err}");
     let mut g = Graph::new("argmax");
     let x = g.add_input("x", f32_ty(&[4, 5]));
     let y = g.add_op(Op::ArgMax { axis: 1, keepdims: false, last: false }, vec![x]).unwrap()[0];
     g.add_output("y", y);
-    let err = vk.run(&g, &[tensor(&[4, 5], 1)]).unwrap_err().to_string();
+    let err = vk.run(&g, &[tensor(&[4, 5], 1)], Fallback::Fail).unwrap_err().to_string();
     assert!(err.contains("arg_max") || err.contains("argmax"), "{err}");
+}
+
+#[test]
+fn declined_nodes_run_on_the_host_between_gpu_kernels() {
+    let Some(vk) = vulkan() else { return };
+    // GPU softmax -> host argmax (i64) -> host cast to f32 -> reshape of a host value ->
+    // GPU add of a host result and a GPU result -> GPU exp of the sum.
+    let mut g = Graph::new("mixed");
+    let x = g.add_input("x", f32_ty(&[6, 9]));
+    let s = g.add_op(Op::Softmax { axis: -1 }, vec![x]).unwrap()[0];
+    let a = g.add_op(Op::ArgMax { axis: 1, keepdims: true, last: false }, vec![s]).unwrap()[0];
+    let c = g.add_op(Op::Cast { to: DType::F32 }, vec![a]).unwrap()[0];
+    let r = g.add_op(Op::Reshape { shape: Some(vec![TargetDim::Int(6), TargetDim::Int(1)]) }, vec![c]).unwrap()[0];
+    let y = g.add_op(Op::Binary(BinaryOp::Add), vec![s, r]).unwrap()[0];
+    let e = g.add_op(Op::Unary(UnaryOp::Exp), vec![y]).unwrap()[0];
+    g.add_output("e", e);
+    g.add_output("a", a);
+    let inputs = vec![tensor(&[6, 9], 3)];
+    let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+    let (got, report) = vk.run(&g, &inputs, Fallback::Host).unwrap();
+    assert_eq!(got[1], want[1], "argmax, computed on the host from the GPU's softmax");
+    let (p, q) = (got[0].as_float().unwrap(), want[0].as_float().unwrap());
+    let worst = p.iter().zip(q.iter()).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0f32, f32::max);
+    assert!(worst < 1e-6, "max relative error {worst}");
+    let host: Vec<&str> = report.host.iter().map(|h| h.op).collect();
+    assert_eq!(host, ["argmax", "cast"]);
+    assert!(report.host[1].why.contains("i64"), "{}", report.host[1].why);
+    let gpu: Vec<&str> = report.kernels.iter().map(|k| k.op).collect();
+    assert_eq!(gpu, ["softmax", "add", "exp"]);
+    assert_eq!(report.views, 1);
+    // The softmax is read back for argmax, then add and exp run in a second submission.
+    assert_eq!(report.submissions, 2);
+    // The same graph with fallback off names the first declined node.
+    let err = vk.run(&g, &inputs, Fallback::Fail).unwrap_err().to_string();
+    assert!(err.contains("argmax"), "{err}");
 }

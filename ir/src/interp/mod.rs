@@ -99,34 +99,8 @@ pub fn run_named(g: &Graph, mut inputs: HashMap<String, Tensor>) -> Result<Vec<T
             .iter()
             .map(|v| env[v.index()].as_ref().expect("verified graphs define operands before use"))
             .collect();
-        let op_err = |message: String| InterpError::Op { node: n, op: node.op.name(), message };
-        let results = match &node.op {
-            Op::Kernel { .. } => {
-                let body = node.body.as_ref().ok_or_else(|| op_err("kernel without a body".into()))?;
-                run(body, args.iter().map(|t| (*t).clone()).collect())
-                    .map_err(|e| op_err(format!("in the body: {e}")))?
-            }
-            Op::QMatMul | Op::Dequantize { .. } if matches!(node.op, Op::QMatMul) || args.len() == 1 => {
-                let w = node.inputs[node.inputs.len() - 1];
-                let q = g.ty(w).quant.as_ref().ok_or_else(|| op_err(format!("{w} has no quantized type")))?;
-                let get = |v: Value| env[v.index()].as_ref().expect("constants are decoded");
-                let params = quant::TypeQuant {
-                    quant: q,
-                    scale: get(q.scale),
-                    zero: q.zero_point.map(get),
-                    offset: q.offset.map(get),
-                };
-                let deq = quant::dequantize_typed(args[args.len() - 1], &params).map_err(op_err)?;
-                match node.op {
-                    Op::QMatMul => vec![linalg::matmul(args[0], &deq, DType::F32).map_err(op_err)?],
-                    _ => vec![deq],
-                }
-            }
-            op => eval(op, &args, &bindings).map_err(op_err)?,
-        };
-        for (&v, t) in node.outputs.iter().zip(&results) {
-            check_result(g, n, v, t, &mut bindings)?;
-        }
+        let get = |v: Value| env[v.index()].as_ref();
+        let results = run_node_with(g, n, &args, &mut bindings, &get)?;
         for (&v, t) in node.outputs.iter().zip(results) {
             env[v.index()] = Some(t);
         }
@@ -137,6 +111,64 @@ pub fn run_named(g: &Graph, mut inputs: HashMap<String, Tensor>) -> Result<Vec<T
         }
     }
     Ok(g.outputs().iter().map(|(_, v)| env[v.index()].clone().expect("outputs are defined")).collect())
+}
+
+/// Runs node `n` of `g` alone on `args` (its operands' values, in order), as [`run`] would;
+/// `bindings` holds the graph's symbols (bound from the inputs' shapes) and learns any a result
+/// shape binds. Targets use it to run a node they decline on the host.
+pub fn run_node(g: &Graph, n: Node, args: &[&Tensor], bindings: &mut Bindings) -> Result<Vec<Tensor>, InterpError> {
+    // Quantization parameters are constants: decode the ones the node's types name.
+    let mut params: HashMap<Value, Tensor> = HashMap::new();
+    for &v in &g.node(n).inputs {
+        if let Some(q) = g.ty(v).quant.as_ref() {
+            for p in [Some(q.scale), q.zero_point, q.offset].into_iter().flatten() {
+                params.insert(p, decode_const(g, p)?);
+            }
+        }
+    }
+    run_node_with(g, n, args, bindings, &|v| params.get(&v))
+}
+
+/// One node; `get` finds the values of quantization parameters.
+fn run_node_with<'t>(
+    g: &Graph,
+    n: Node,
+    args: &[&Tensor],
+    bindings: &mut Bindings,
+    get: &dyn Fn(Value) -> Option<&'t Tensor>,
+) -> Result<Vec<Tensor>, InterpError> {
+    let node = g.node(n);
+    let op_err = |message: String| InterpError::Op { node: n, op: node.op.name(), message };
+    if args.len() != node.inputs.len() {
+        return Err(op_err(format!("{} operands given, the node takes {}", args.len(), node.inputs.len())));
+    }
+    let results = match &node.op {
+        Op::Kernel { .. } => {
+            let body = node.body.as_ref().ok_or_else(|| op_err("kernel without a body".into()))?;
+            run(body, args.iter().map(|t| (*t).clone()).collect()).map_err(|e| op_err(format!("in the body: {e}")))?
+        }
+        Op::QMatMul | Op::Dequantize { .. } if matches!(node.op, Op::QMatMul) || args.len() == 1 => {
+            let w = node.inputs[node.inputs.len() - 1];
+            let q = g.ty(w).quant.as_ref().ok_or_else(|| op_err(format!("{w} has no quantized type")))?;
+            let param = |v: Value| get(v).ok_or_else(|| op_err(format!("quantization parameter {v} is not known")));
+            let params = quant::TypeQuant {
+                quant: q,
+                scale: param(q.scale)?,
+                zero: q.zero_point.map(param).transpose()?,
+                offset: q.offset.map(param).transpose()?,
+            };
+            let deq = quant::dequantize_typed(args[args.len() - 1], &params).map_err(op_err)?;
+            match node.op {
+                Op::QMatMul => vec![linalg::matmul(args[0], &deq, DType::F32).map_err(op_err)?],
+                _ => vec![deq],
+            }
+        }
+        op => eval(op, args, bindings).map_err(op_err)?,
+    };
+    for (&v, t) in node.outputs.iter().zip(&results) {
+        check_result(g, n, v, t, bindings)?;
+    }
+    Ok(results)
 }
 
 /// A constant's value, decoded; for a constant of a quantized type, its dequantized (real) value

@@ -48,7 +48,7 @@ pub enum GpuError {
 }
 
 impl GpuError {
-    pub(crate) fn declined(op: &str, why: impl Into<String>) -> GpuError {
+    pub fn declined(op: &str, why: impl Into<String>) -> GpuError {
         GpuError::Declined { op: op.to_string(), why: why.into() }
     }
 }
