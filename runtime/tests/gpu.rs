@@ -126,6 +126,26 @@ fn matmul_transpose_and_rows_match_the_interpreter() {
         assert_eq!(reports[0].local, [16, 16, 1]);
         assert_eq!(reports[0].shared_bytes, 2048);
     }
+    // Gemm: every transpose combination, alpha and beta, bias broadcast along rows or full.
+    for (ta, tb, bias) in
+        [(false, false, vec![45]), (true, false, vec![37, 45]), (false, true, vec![37, 1]), (true, true, vec![])]
+    {
+        let mut g = Graph::new("gemm");
+        let sa = if ta { vec![20, 37] } else { vec![37, 20] };
+        let sb = if tb { vec![45, 20] } else { vec![20, 45] };
+        let a = g.add_input("a", f32_ty(&sa));
+        let b = g.add_input("b", f32_ty(&sb));
+        let mut args = vec![a, b];
+        let mut inputs = vec![tensor(&sa, 5), tensor(&sb, 6)];
+        if !bias.is_empty() {
+            args.push(g.add_input("c", f32_ty(&bias)));
+            inputs.push(tensor(&bias, 7));
+        }
+        let y = g.add_op(Op::Gemm { alpha: 0.5, beta: 2.0, trans_a: ta, trans_b: tb }, args).unwrap()[0];
+        g.add_output("y", y);
+        let reports = check(&vk, &g, inputs, 1e-4);
+        assert_eq!(reports[0].op, "gemm");
+    }
     // Transpose (attention's head split) then softmax, layer norm and RMS norm over rows.
     let mut g = Graph::new("rows");
     let x = g.add_input("x", f32_ty(&[2, 7, 4, 33]));
@@ -196,4 +216,40 @@ fn declined_nodes_run_on_the_host_between_gpu_kernels() {
     // The same graph with fallback off names the first declined node.
     let err = vk.run(&g, &inputs, Fallback::Fail).unwrap_err().to_string();
     assert!(err.contains("argmax"), "{err}");
+}
+
+#[test]
+fn attention_matches_the_interpreter() {
+    let Some(vk) = vulkan() else { return };
+    // (q, k, v, mask, causal): a BERT-style additive mask broadcast over heads and rows, a
+    // causal decode step (sq < sk), broadcast batches, and a mask hiding every key of some rows.
+    let cases: Vec<(Vec<usize>, Vec<usize>, Vec<usize>, Option<Vec<usize>>, bool)> = vec![
+        (vec![1, 12, 20, 32], vec![1, 12, 20, 32], vec![1, 12, 20, 32], Some(vec![1, 1, 1, 20]), false),
+        (vec![2, 3, 5, 16], vec![2, 3, 9, 16], vec![2, 3, 9, 24], None, true),
+        (vec![4, 7, 8], vec![1, 70, 8], vec![1, 70, 5], Some(vec![7, 70]), false),
+        (vec![3, 130, 64], vec![3, 130, 64], vec![3, 130, 64], None, false),
+    ];
+    for (i, (q, k, v, m, causal)) in cases.into_iter().enumerate() {
+        let mut g = Graph::new("attn");
+        let qv = g.add_input("q", f32_ty(&q));
+        let kv = g.add_input("k", f32_ty(&k));
+        let vv = g.add_input("v", f32_ty(&v));
+        let mut args = vec![qv, kv, vv];
+        let mut inputs = vec![tensor(&q, 11), tensor(&k, 12), tensor(&v, 13)];
+        if let Some(ms) = &m {
+            args.push(g.add_input("mask", f32_ty(ms)));
+            let n: usize = ms.iter().product();
+            // 0 or -inf-like (-1e30), and for case 2 the first row hides everything (-inf).
+            let mut mv: Vec<f32> = (0..n).map(|j| if j % 5 == 3 { -1e30 } else { 0.0 }).collect();
+            if i == 2 {
+                mv[..ms[1]].fill(f32::NEG_INFINITY);
+            }
+            inputs.push(Tensor::from_f32(DType::F32, ms, mv).unwrap());
+        }
+        let y = g.add_op(Op::Attention { scale: 1.0 / (q[q.len() - 1] as f32).sqrt(), causal }, args).unwrap()[0];
+        g.add_output("y", y);
+        let reports = check(&vk, &g, inputs, 2e-5);
+        assert_eq!(reports.len(), 1, "case {i}: one kernel");
+        assert_eq!(reports[0].op, "attention");
+    }
 }

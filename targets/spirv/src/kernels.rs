@@ -13,11 +13,15 @@ pub enum Spec {
     /// `out[i] = f(in_0[off_0(i)], ..)` over `rank` dims, each input with its own strides
     /// (0 where it broadcasts).
     Elementwise { f: EwFn, rank: u32 },
-    /// `c[b] = a[b] @ b[b]`, batch dims broadcast (`batch_rank` of them), 16x16 tiles staged in
-    /// shared memory.
-    MatMul { batch_rank: u32 },
+    /// `c[b] = alpha * a[b] @ b[b] (+ beta * bias)`, batch dims broadcast (`batch_rank` of
+    /// them), operands read through strides (so Gemm's transposes cost nothing), 16x16 tiles
+    /// staged in shared memory.
+    MatMul { batch_rank: u32, bias: bool },
     /// One workgroup per row of `cols` floats.
     Rows(RowFn),
+    /// `softmax(q @ k^T * scale + mask) @ v`, one workgroup per query row: the query row and
+    /// the row's scores (up to `cap` keys) staged in shared memory, exact two-pass softmax.
+    Attention { batch_rank: u32, mask: bool, causal: bool, cap: u32 },
 }
 
 /// The function of an elementwise kernel.
@@ -127,7 +131,22 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             let strides: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
             elementwise(EwFn::Copy, &[(ins[0], strides)], out, limits)?
         }
-        Op::MatMul => matmul(ins[0], ins[1], out, limits)?,
+        Op::MatMul => {
+            let (a, b) = (ins[0], ins[1]);
+            if a.len() < 2 || b.len() < 2 {
+                return Err(GpuError::declined("matmul", "1-D operands"));
+            }
+            let (k, n) = (a[a.len() - 1], b[b.len() - 1]);
+            matmul(a, b, None, out, [k, 1, n, 1], [1.0, 0.0], limits)?
+        }
+        Op::Gemm { alpha, beta, trans_a, trans_b } => {
+            let (a, b) = (ins[0], ins[1]);
+            let (m, n) = (out[0], out[1]);
+            let k = if *trans_a { a[0] } else { a[1] };
+            let sa = if *trans_a { [1, m] } else { [k, 1] };
+            let sb = if *trans_b { [1, k] } else { [n, 1] };
+            matmul(a, b, ins.get(2).copied(), out, [sa[0], sa[1], sb[0], sb[1]], [*alpha, *beta], limits)?
+        }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
             let r = ins[0].len() as i64;
             let ax = if *axis < 0 { axis + r } else { *axis };
@@ -153,6 +172,7 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             };
             rows(f, ins[0], ax as usize, ins.len() - 1, limits)?
         }
+        Op::Attention { scale, causal } => attention(ins, out, *scale, *causal, limits)?,
         _ => return Err(GpuError::declined(name, "no GPU kernel for this op yet")),
     };
     Ok(match plan {
@@ -240,11 +260,18 @@ fn elementwise(f: EwFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &
     Ok(Plan::Dispatch { spec: Spec::Elementwise { f, rank }, push, groups, bytes_read, bytes_written: 0 })
 }
 
-fn matmul(a: &[usize], b: &[usize], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
-    if a.len() < 2 || b.len() < 2 {
-        return Err(GpuError::declined("matmul", "1-D operands"));
-    }
-    let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
+/// `strides`: A's row and column strides, then B's (in elements, within one matrix).
+fn matmul(
+    a: &[usize],
+    b: &[usize],
+    bias: Option<&[usize]>,
+    out: &[usize],
+    strides: [usize; 4],
+    [alpha, beta]: [f32; 2],
+    limits: &Limits,
+) -> Result<Plan, GpuError> {
+    let (m, n) = (out[out.len() - 2], out[out.len() - 1]);
+    let k = numel(a) / numel(&a[..a.len() - 2]).max(1) / m.max(1);
     let batch = &out[..out.len() - 2];
     let batches = numel(batch);
     if batches > limits.max_groups[2] as usize {
@@ -253,24 +280,30 @@ fn matmul(a: &[usize], b: &[usize], out: &[usize], limits: &Limits) -> Result<Pl
     if TILE * TILE > limits.max_invocations {
         return Err(GpuError::declined("matmul", "16x16 workgroups exceed the device's limit"));
     }
-    let bstrides = |s: &[usize], mat: usize| -> Vec<u32> {
-        let sb = &s[..s.len() - 2];
-        let st = contiguous(sb);
-        let lead = batch.len() - sb.len();
-        (0..batch.len()).map(|i| if i < lead || sb[i - lead] == 1 { 0 } else { (st[i - lead] * mat) as u32 }).collect()
-    };
     let mut push = vec![m as u32, n as u32, k as u32];
+    push.extend(strides.iter().map(|&s| s as u32));
+    push.extend([alpha.to_bits(), beta.to_bits()]);
+    match bias {
+        Some(c) => {
+            if c.len() > 2 {
+                return Err(GpuError::declined("gemm", "a bias of rank above 2"));
+            }
+            let st = broadcast_strides(c, &[m, n]);
+            push.extend([st[0] as u32, st[1] as u32]);
+        }
+        None => push.extend([0, 0]),
+    }
     push.extend(batch.iter().map(|&d| d as u32));
-    push.extend(bstrides(a, m * k));
-    push.extend(bstrides(b, k * n));
+    push.extend(batch_strides(&a[..a.len() - 2], m * k, batch));
+    push.extend(batch_strides(&b[..b.len() - 2], k * n, batch));
     let groups =
         [n.div_ceil(TILE as usize).max(1) as u32, m.div_ceil(TILE as usize).max(1) as u32, batches.max(1) as u32];
     if groups[0] > limits.max_groups[0] || groups[1] > limits.max_groups[1] {
         return Err(GpuError::declined("matmul", "the product exceeds the device's grid"));
     }
-    let bytes_read = (numel(a) + numel(b)) as u64 * 4;
+    let bytes_read = (numel(a) + numel(b) + bias.map_or(0, numel)) as u64 * 4;
     Ok(Plan::Dispatch {
-        spec: Spec::MatMul { batch_rank: batch.len() as u32 },
+        spec: Spec::MatMul { batch_rank: batch.len() as u32, bias: bias.is_some() },
         push,
         groups,
         bytes_read,
@@ -290,6 +323,59 @@ fn rows(f: RowFn, x: &[usize], axis: usize, params: usize, limits: &Limits) -> R
     Ok(Plan::Dispatch { spec: Spec::Rows(f), push, groups, bytes_read, bytes_written: 0 })
 }
 
+/// Batch strides (in elements) of an operand with batch dims `sb` and `mat` elements per
+/// matrix, read at the coordinates of `batch` (0 where it broadcasts).
+fn batch_strides(sb: &[usize], mat: usize, batch: &[usize]) -> Vec<u32> {
+    let st = contiguous(sb);
+    let lead = batch.len() - sb.len();
+    (0..batch.len()).map(|i| if i < lead || sb[i - lead] == 1 { 0 } else { (st[i - lead] * mat) as u32 }).collect()
+}
+
+fn attention(ins: &[&[usize]], out: &[usize], scale: f32, causal: bool, limits: &Limits) -> Result<Plan, GpuError> {
+    let (q, k, v) = (ins[0], ins[1], ins[2]);
+    if q.len() < 2 || k.len() < 2 || v.len() < 2 {
+        return Err(GpuError::declined("attention", "operands of rank below 2"));
+    }
+    let (sq, d, sk, dv) = (q[q.len() - 2], q[q.len() - 1], k[k.len() - 2], v[v.len() - 1]);
+    let batch = &out[..out.len() - 2];
+    let cap = sk.max(d).max(ROW_LOCAL as usize).next_power_of_two();
+    let shared = (2 * cap + ROW_LOCAL as usize) * 4;
+    if shared > limits.max_shared_bytes as usize {
+        return Err(GpuError::declined(
+            "attention",
+            format!("{sk} keys need {shared} bytes of shared memory, the device has {}", limits.max_shared_bytes),
+        ));
+    }
+    if ROW_LOCAL > limits.max_invocations {
+        return Err(GpuError::declined("attention", "64-wide workgroups exceed the device's limit"));
+    }
+    let rows = numel(batch) * sq;
+    let groups = grid(rows, limits, "attention")?;
+    let mut push = vec![rows as u32, sq as u32, sk as u32, d as u32, dv as u32, scale.to_bits(), groups[0]];
+    push.extend(batch.iter().map(|&x| x as u32));
+    push.extend(batch_strides(&q[..q.len() - 2], sq * d, batch));
+    push.extend(batch_strides(&k[..k.len() - 2], sk * d, batch));
+    push.extend(batch_strides(&v[..v.len() - 2], sk * dv, batch));
+    let mask = ins.len() > 3;
+    if mask {
+        let m = ins[3];
+        let mut full = batch.to_vec();
+        full.extend([sq, sk]);
+        if m.len() > full.len() || m.iter().rev().zip(full.iter().rev()).any(|(&a, &b)| a != 1 && a != b) {
+            return Err(GpuError::declined("attention", "a mask that does not broadcast to the scores"));
+        }
+        push.extend(broadcast_strides(m, &full).iter().map(|&x| x as u32));
+    }
+    let bytes_read = ins.iter().map(|s| numel(s) as u64 * 4).sum();
+    Ok(Plan::Dispatch {
+        spec: Spec::Attention { batch_rank: batch.len() as u32, mask, causal, cap: cap as u32 },
+        push,
+        groups,
+        bytes_read,
+        bytes_written: 0,
+    })
+}
+
 /// Builds the shader for `spec`.
 pub fn build(spec: &Spec) -> Kernel {
     let (sb, buffers, push_words, local, shared) = match spec {
@@ -300,11 +386,12 @@ pub fn build(spec: &Spec) -> Kernel {
             ew_body(&mut sb, *f, *rank, n_in);
             (sb, n_in as usize + 1, push_words, [EW_LOCAL, 1, 1], 0)
         }
-        Spec::MatMul { batch_rank } => {
-            let push_words = 3 + 3 * batch_rank;
-            let mut sb = Sb::new(3, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
-            matmul_body(&mut sb, *batch_rank);
-            (sb, 3, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+        Spec::MatMul { batch_rank, bias } => {
+            let push_words = MM_FIXED + 3 * batch_rank;
+            let nbuf = 3 + *bias as usize;
+            let mut sb = Sb::new(nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
+            matmul_body(&mut sb, *batch_rank, *bias);
+            (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
         }
         Spec::Rows(f) => {
             let params = match f {
@@ -315,6 +402,14 @@ pub fn build(spec: &Spec) -> Kernel {
             let mut sb = Sb::new(params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL);
             rows_body(&mut sb, *f, params);
             (sb, params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL * 4)
+        }
+        Spec::Attention { batch_rank, mask, causal, cap } => {
+            let n_in = 3 + *mask as usize;
+            let push_words = 7 + 4 * batch_rank + if *mask { batch_rank + 2 } else { 0 };
+            let shared = 2 * cap + ROW_LOCAL;
+            let mut sb = Sb::new(n_in + 1, push_words, [ROW_LOCAL, 1, 1], shared);
+            attention_body(&mut sb, *batch_rank, *mask, *causal, *cap);
+            (sb, n_in + 1, push_words, [ROW_LOCAL, 1, 1], shared * 4)
         }
     };
     let module = sb.finish();
@@ -500,8 +595,13 @@ fn load_or_zero(sb: &mut Sb, cond: Word, buf: usize, index: &dyn Fn(&mut Sb) -> 
     sb.get(v, true)
 }
 
-fn matmul_body(sb: &mut Sb, br: u32) {
+/// Push words before the batch dims: m, n, k, A's and B's row and column strides, alpha,
+/// beta, the bias's row and column strides.
+const MM_FIXED: u32 = 11;
+
+fn matmul_body(sb: &mut Sb, br: u32, bias: bool) {
     let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
+    let (a_rs, a_cs, b_rs, b_cs) = (sb.push(3), sb.push(4), sb.push(5), sb.push(6));
     let lx = sb.local_id(0);
     let ly = sb.local_id(1);
     let wx = sb.group_id(0);
@@ -521,11 +621,11 @@ fn matmul_body(sb: &mut Sb, br: u32) {
     let (mut aoff, mut boff) = (zero, zero);
     let mut rem = bz;
     for d in (0..br).rev() {
-        let dim = sb.push(3 + d);
+        let dim = sb.push(MM_FIXED + d);
         let c = sb.umod(rem, dim);
         rem = sb.udiv(rem, dim);
-        let sa = sb.push(3 + br + d);
-        let sbb = sb.push(3 + 2 * br + d);
+        let sa = sb.push(MM_FIXED + br + d);
+        let sbb = sb.push(MM_FIXED + 2 * br + d);
         let ta = sb.imul(c, sa);
         aoff = sb.iadd(aoff, ta);
         let tb = sb.imul(c, sbb);
@@ -554,8 +654,9 @@ fn matmul_body(sb: &mut Sb, br: u32) {
         let ka_in = sb.ult(ka, k);
         let ok = sb.b.logical_and(sb.bool, None, row_in, ka_in).expect("and");
         let x = load_or_zero(sb, ok, 0, &|sb| {
-            let rk = sb.imul(row, k);
-            let i = sb.iadd(rk, ka);
+            let r = sb.imul(row, a_rs);
+            let c = sb.imul(ka, a_cs);
+            let i = sb.iadd(r, c);
             sb.iadd(i, aoff)
         });
         sb.store_shared(slot, x);
@@ -564,8 +665,9 @@ fn matmul_body(sb: &mut Sb, br: u32) {
         let kb_in = sb.ult(kb, k);
         let ok = sb.b.logical_and(sb.bool, None, kb_in, col_in).expect("and");
         let x = load_or_zero(sb, ok, 1, &|sb| {
-            let kn = sb.imul(kb, n);
-            let i = sb.iadd(kn, col);
+            let r = sb.imul(kb, b_rs);
+            let c = sb.imul(col, b_cs);
+            let i = sb.iadd(r, c);
             sb.iadd(i, boff)
         });
         sb.store_shared(bslot, x);
@@ -592,32 +694,50 @@ fn matmul_body(sb: &mut Sb, br: u32) {
         let i = sb.iadd(rn, col);
         let i = sb.iadd(i, coff);
         let s = sb.get(acc, true);
-        sb.store(2, i, s);
+        let alpha = sb.push(7);
+        let alpha = sb.b.bitcast(sb.f32, None, alpha).expect("bitcast");
+        let s = sb.fmul(alpha, s);
+        let s = if bias {
+            let beta = sb.push(8);
+            let beta = sb.b.bitcast(sb.f32, None, beta).expect("bitcast");
+            let (c_rs, c_cs) = (sb.push(9), sb.push(10));
+            let r = sb.imul(row, c_rs);
+            let c = sb.imul(col, c_cs);
+            let ci = sb.iadd(r, c);
+            let cv = sb.load(2, ci);
+            let bc = sb.fmul(beta, cv);
+            sb.fadd(s, bc)
+        } else {
+            s
+        };
+        sb.store(2 + bias as usize, i, s);
     });
 }
 
 /// Reduces `v` (one value per invocation) across the workgroup with `f`; every invocation
 /// gets the result.
-fn reduce(sb: &mut Sb, v: Word, f: &dyn Fn(&mut Sb, Word, Word) -> Word) -> Word {
+/// The scratch is `ROW_LOCAL` floats of shared memory from `base`.
+fn reduce(sb: &mut Sb, base: u32, v: Word, f: &dyn Fn(&mut Sb, Word, Word) -> Word) -> Word {
     let lid = sb.local_id(0);
-    sb.store_shared(lid, v);
+    let basew = sb.cu(base);
+    let slot = sb.iadd(lid, basew);
+    sb.store_shared(slot, v);
     sb.barrier();
     let mut s = ROW_LOCAL / 2;
     while s > 0 {
         let sv = sb.cu(s);
         let active = sb.ult(lid, sv);
         sb.if_then(active, |sb| {
-            let a = sb.load_shared(lid);
-            let j = sb.iadd(lid, sv);
+            let a = sb.load_shared(slot);
+            let j = sb.iadd(slot, sv);
             let b = sb.load_shared(j);
             let r = f(sb, a, b);
-            sb.store_shared(lid, r);
+            sb.store_shared(slot, r);
         });
         sb.barrier();
         s /= 2;
     }
-    let zero = sb.cu(0);
-    let r = sb.load_shared(zero);
+    let r = sb.load_shared(basew);
     sb.barrier();
     r
 }
@@ -651,7 +771,7 @@ fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
                 sb.set(acc, s);
             });
             let s = sb.get(acc, true);
-            reduce(sb, s, &|sb, a, b| sb.fadd(a, b))
+            reduce(sb, 0, s, &|sb, a, b| sb.fadd(a, b))
         };
         let write = |sb: &mut Sb, g: &dyn Fn(&mut Sb, Word, Word) -> Word| {
             sb.for_range(lid, cols, step, |sb, j| {
@@ -675,7 +795,7 @@ fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
                     sb.set(mx, m);
                 });
                 let m = sb.get(mx, true);
-                let m = reduce(sb, m, &|sb, a, b| {
+                let m = reduce(sb, 0, m, &|sb, a, b| {
                     let g = sb.fgt(a, b);
                     sb.select(g, a, b, true)
                 });
@@ -738,5 +858,152 @@ fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
                 });
             }
         }
+    });
+}
+
+fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32) {
+    let (nrows, sq, sk, d, dv) = (sb.push(0), sb.push(1), sb.push(2), sb.push(3), sb.push(4));
+    let scale = {
+        let bits = sb.push(5);
+        sb.b.bitcast(sb.f32, None, bits).expect("bitcast")
+    };
+    let gx = sb.push(6);
+    let row = {
+        let wx = sb.group_id(0);
+        let wy = sb.group_id(1);
+        let t = sb.imul(wy, gx);
+        sb.iadd(t, wx)
+    };
+    let lid = sb.local_id(0);
+    let step = sb.cu(ROW_LOCAL);
+    let (zero, one) = (sb.cu(0), sb.cu(1));
+    let capw = sb.cu(cap);
+    let out_buf = 3 + mask as usize;
+    // The row index depends on the workgroup only: the barriers inside stay uniform.
+    let inside = sb.ult(row, nrows);
+    sb.if_then(inside, |sb| {
+        let b = sb.udiv(row, sq);
+        let i = sb.umod(row, sq);
+        // Each operand's offset for batch index b.
+        let mut offs = [zero; 4];
+        let mut rem = b;
+        for dd in (0..br).rev() {
+            let dim = sb.push(7 + dd);
+            let c = sb.umod(rem, dim);
+            rem = sb.udiv(rem, dim);
+            for (j, off) in offs.iter_mut().enumerate().take(3 + mask as usize) {
+                let st = sb.push(7 + br * (1 + j as u32) + dd);
+                let t = sb.imul(c, st);
+                *off = sb.iadd(*off, t);
+            }
+        }
+        let [qoff, koff, voff, moff] = offs;
+        // Stage the query row.
+        let qrow = {
+            let t = sb.imul(i, d);
+            sb.iadd(qoff, t)
+        };
+        sb.for_range(lid, d, step, |sb, c| {
+            let idx = sb.iadd(qrow, c);
+            let x = sb.load(0, idx);
+            sb.store_shared(c, x);
+        });
+        sb.barrier();
+        // Scores, each invocation its keys; the running max.
+        let ninf = sb.cf(f32::NEG_INFINITY);
+        let mx = sb.var(true, ninf);
+        sb.for_range(lid, sk, step, |sb, j| {
+            let fz = sb.cf(0.0);
+            let acc = sb.var(true, fz);
+            let krow = {
+                let t = sb.imul(j, d);
+                sb.iadd(koff, t)
+            };
+            sb.for_range(zero, d, one, |sb, c| {
+                let a = sb.load_shared(c);
+                let idx = sb.iadd(krow, c);
+                let kv = sb.load(1, idx);
+                let s = sb.get(acc, true);
+                let s = sb.glsl(Glsl::Fma, &[a, kv, s]);
+                sb.set(acc, s);
+            });
+            let s = sb.get(acc, true);
+            let mut s = sb.fmul(s, scale);
+            if mask {
+                let (mr, mc) = (sb.push(7 + 4 * br + br), sb.push(7 + 4 * br + br + 1));
+                let t = sb.imul(i, mr);
+                let idx = sb.iadd(moff, t);
+                let t = sb.imul(j, mc);
+                let idx = sb.iadd(idx, t);
+                let m = sb.load(3, idx);
+                s = sb.fadd(s, m);
+            }
+            if causal {
+                // Query i sees key j when j + sq <= i + sk.
+                let l = sb.iadd(j, sq);
+                let r = sb.iadd(i, sk);
+                let r1 = sb.iadd(r, one);
+                let sees = sb.ult(l, r1);
+                s = sb.select(sees, s, ninf, true);
+            }
+            let slot = sb.iadd(capw, j);
+            sb.store_shared(slot, s);
+            let m = sb.get(mx, true);
+            let bigger = sb.fgt(s, m);
+            let m = sb.select(bigger, s, m, true);
+            sb.set(mx, m);
+        });
+        let m = sb.get(mx, true);
+        let m = reduce(sb, 2 * cap, m, &|sb, a, b| {
+            let g = sb.fgt(a, b);
+            sb.select(g, a, b, true)
+        });
+        // A row that sees no key is all zero.
+        let none = sb.b.f_ord_equal(sb.bool, None, m, ninf).expect("feq");
+        let fz = sb.cf(0.0);
+        let sum = sb.var(true, fz);
+        sb.for_range(lid, sk, step, |sb, j| {
+            let slot = sb.iadd(capw, j);
+            let x = sb.load_shared(slot);
+            let dlt = sb.fsub(x, m);
+            let e = sb.glsl(Glsl::Exp, &[dlt]);
+            let fz = sb.cf(0.0);
+            let e = sb.select(none, fz, e, true);
+            sb.store_shared(slot, e);
+            let t = sb.get(sum, true);
+            let t = sb.fadd(t, e);
+            sb.set(sum, t);
+        });
+        let t = sb.get(sum, true);
+        let total = reduce(sb, 2 * cap, t, &|sb, a, b| sb.fadd(a, b));
+        sb.for_range(lid, sk, step, |sb, j| {
+            let slot = sb.iadd(capw, j);
+            let e = sb.load_shared(slot);
+            let p = sb.fdiv(e, total);
+            let fz = sb.cf(0.0);
+            let p = sb.select(none, fz, p, true);
+            sb.store_shared(slot, p);
+        });
+        sb.barrier();
+        // out[row, c] = sum_j p_j v[j, c], each invocation its columns.
+        let orow = sb.imul(row, dv);
+        sb.for_range(lid, dv, step, |sb, c| {
+            let fz = sb.cf(0.0);
+            let acc = sb.var(true, fz);
+            let vcol = sb.iadd(voff, c);
+            sb.for_range(zero, sk, one, |sb, j| {
+                let slot = sb.iadd(capw, j);
+                let p = sb.load_shared(slot);
+                let t = sb.imul(j, dv);
+                let idx = sb.iadd(vcol, t);
+                let x = sb.load(2, idx);
+                let s = sb.get(acc, true);
+                let s = sb.glsl(Glsl::Fma, &[p, x, s]);
+                sb.set(acc, s);
+            });
+            let s = sb.get(acc, true);
+            let idx = sb.iadd(orow, c);
+            sb.store(out_buf, idx, s);
+        });
     });
 }

@@ -13,7 +13,7 @@ fn all_specs() -> Vec<Spec> {
         specs.extend(binary.iter().map(|&b| Spec::Elementwise { f: EwFn::Binary(b), rank }));
         specs.push(Spec::Elementwise { f: EwFn::Copy, rank });
     }
-    specs.extend((0..4).map(|batch_rank| Spec::MatMul { batch_rank }));
+    specs.extend((0..4).flat_map(|batch_rank| [false, true].map(|bias| Spec::MatMul { batch_rank, bias })));
     let eps = 1e-5f32.to_bits();
     specs.extend([
         Spec::Rows(RowFn::Softmax),
@@ -22,6 +22,12 @@ fn all_specs() -> Vec<Spec> {
         Spec::Rows(RowFn::LayerNorm { epsilon: eps, bias: false }),
         Spec::Rows(RowFn::RmsNorm { epsilon: eps }),
     ]);
+    for batch_rank in 0..4 {
+        for (mask, causal) in [(false, false), (true, false), (false, true), (true, true)] {
+            specs.push(Spec::Attention { batch_rank, mask, causal, cap: 128 });
+        }
+    }
+    specs.push(Spec::Attention { batch_rank: 2, mask: true, causal: false, cap: 2048 });
     specs
 }
 
