@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ash::vk;
-use tessera_ir::{Bindings, Graph, Tensor, Value};
+use tessera_ir::{Bindings, Graph, Op, Tensor, Value};
 use tessera_target_spirv::{build, plan, GpuError, Limits, Plan, Spec};
 
 /// Why a graph could not run on the GPU.
@@ -210,7 +210,8 @@ impl Vulkan {
 
     fn buffer(&self, bytes: usize) -> Result<Buffer, GpuRunError> {
         let d = &self.device;
-        let size = bytes.max(4) as u64;
+        // Whole u32 words: shaders read packed data a word at a time.
+        let size = bytes.max(4).next_multiple_of(4) as u64;
         let info = vk::BufferCreateInfo::default()
             .size(size)
             .usage(vk::BufferUsageFlags::STORAGE_BUFFER)
@@ -339,8 +340,26 @@ impl Vulkan {
             };
             match p {
                 Ok(Plan::View) => ex.view(n)?,
-                Ok(Plan::Dispatch { spec, push, groups, bytes_read, bytes_written }) => {
-                    ex.dispatch(n, &spec, &push, groups)?;
+                Ok(Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written }) => {
+                    if let Op::Gather { axis } = nd.op {
+                        // The shader cannot fail: out-of-range indices go to the host, whose
+                        // interpreter reports them.
+                        if let Err(why) = ex.check_indices(nd.inputs[0], nd.inputs[1], axis) {
+                            match fallback {
+                                Fallback::Fail => {
+                                    return Err(GpuRunError::Declined {
+                                        node: n.index(),
+                                        err: GpuError::declined("gather", why),
+                                    })
+                                }
+                                Fallback::Host => {
+                                    ex.on_host(n, GpuError::declined("gather", why))?;
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    ex.dispatch(n, &spec, &operands, &push, groups)?;
                     let pipe = self.pipeline(&spec)?;
                     ex.report.kernels.push(KernelReport {
                         node: n.index(),
@@ -610,18 +629,31 @@ impl Exec<'_> {
         Ok(cb)
     }
 
+    /// Whether every index of a gather is within the gathered dim (negative ones from its end).
+    fn check_indices(&mut self, data: Value, indices: Value, axis: i64) -> Result<(), String> {
+        let shape = self.known_shape(data).map_err(|e| e.to_string())?;
+        let ax = if axis < 0 { axis + shape.len() as i64 } else { axis } as usize;
+        let dim = shape[ax] as i64;
+        let t = self.host_value(indices).map_err(|e| e.to_string())?;
+        let bad = t.as_int().and_then(|a| a.iter().copied().find(|&i| i < -dim || i >= dim));
+        match bad {
+            Some(i) => Err(format!("index {i} is out of range for a dim of {dim}")),
+            None => Ok(()),
+        }
+    }
+
     fn dispatch(
         &mut self,
         n: tessera_ir::Node,
         spec: &Spec,
+        operands: &[Value],
         push: &[u32],
         groups: [u32; 3],
     ) -> Result<(), GpuRunError> {
         let nd = self.g.node(n);
         let pipe = self.vk.pipeline(spec)?;
-        let data_inputs = pipe.buffers - 1;
         let mut ids = Vec::with_capacity(pipe.buffers);
-        for &v in &nd.inputs[..data_inputs] {
+        for &v in operands {
             ids.push(self.gpu(v)?);
         }
         ids.push(self.gpu(nd.outputs[0])?);

@@ -253,3 +253,89 @@ fn attention_matches_the_interpreter() {
         assert_eq!(reports[0].op, "attention");
     }
 }
+
+/// `n` deterministic integers in `[lo, hi]`, as text.
+fn ints(n: usize, lo: i64, hi: i64, seed: u64) -> String {
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    let v: Vec<String> = (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (lo + ((x >> 33) as i64).rem_euclid(hi - lo + 1)).to_string()
+        })
+        .collect();
+    v.join(", ")
+}
+
+fn floats(n: usize, seed: u32) -> String {
+    values(n, seed).iter().map(|v| format!("{:?}", v.abs() * 0.01 + 0.001)).collect::<Vec<_>>().join(", ")
+}
+
+#[test]
+fn qmatmul_unpacks_packed_weights_in_the_shader() {
+    let Some(vk) = vulkan() else { return };
+    // (dtype, range, granularity, scale shape, zero point) on x [2, 5, 64] @ w [64, 24].
+    let (k, n) = (64usize, 24usize);
+    let cases = [
+        ("i4", (-8, 7), "block(axis=0, size=32)", vec![2, n], true),
+        ("u4", (0, 15), "block(axis=0, size=32)", vec![2, n], true),
+        ("i4", (-8, 7), "block(axis=1, size=8)", vec![k, 3], false),
+        ("u8", (0, 255), "axis(1)", vec![n], true),
+        ("i8", (-128, 127), "tensor", vec![], false),
+        ("i8", (-128, 127), "axis(0)", vec![k], true),
+    ];
+    for (i, (dt, (lo, hi), gran, sshape, zero)) in cases.into_iter().enumerate() {
+        let ns: usize = sshape.iter().product();
+        let sdims = sshape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+        let zero_decl = if zero { ", zero=v3".to_string() } else { String::new() };
+        let zero_const = if zero {
+            format!("  v3: {dt}[{sdims}] = const [{}]\n", ints(ns, lo, hi, 100 + i as u64))
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "graph @q {{\n  v0: f32[2, 5, {k}] = input \"x\"\n  v1: {dt}[{k}, {n}] quant({gran}, scale=v2{zero_decl}) = const [{}]\n  v2: f32[{sdims}] = const [{}]\n{zero_const}  v4: f32[2, 5, {n}] = qmatmul v0, v1\n  output \"y\" = v4\n}}\n",
+            ints(k * n, lo, hi, i as u64),
+            floats(ns, 50 + i as u32),
+        );
+        let g = tessera_ir::parse(&text).unwrap_or_else(|e| panic!("case {i}: {e}\n{text}"));
+        tessera_ir::verify(&g).unwrap_or_else(|e| panic!("case {i}: {e}\n{text}"));
+        let reports = check(&vk, &g, vec![tensor(&[2, 5, k], 20 + i as u32)], 1e-4);
+        assert_eq!(reports[0].op, "qmatmul", "case {i} ({dt} {gran})");
+        // The weight stays packed: 4-bit weights read half the bytes of 8-bit ones.
+        let wbytes = if dt.ends_with('4') { k * n / 2 } else { k * n };
+        assert_eq!(reports[0].bytes_read, (2 * 5 * k * 4 + wbytes + ns.max(1) * 4) as u64, "case {i}");
+    }
+}
+
+#[test]
+fn gather_reads_i64_and_i32_indices_and_leaves_bad_ones_to_the_host() {
+    let Some(vk) = vulkan() else { return };
+    for (dt, axis) in [("i64", 0), ("i32", 1), ("i64", -1)] {
+        let text = format!(
+            "graph @g {{\n  v0: f32[7, 6, 5] = input \"x\"\n  v1: {dt}[2, 3] = input \"i\"\n  v2: f32 = gather v0, v1 {{axis = {axis}}}\n  output \"y\" = v2\n}}\n"
+        );
+        // The result: data[..axis] ++ [2, 3] ++ data[axis+1..].
+        let dims = match axis {
+            0 => "2, 3, 6, 5",
+            1 => "7, 2, 3, 5",
+            _ => "7, 6, 2, 3",
+        };
+        let g = tessera_ir::parse(&text.replace("f32 = gather", &format!("f32[{dims}] = gather"))).unwrap();
+        tessera_ir::verify(&g).unwrap();
+        let dim = [7i64, 6, 5][if axis < 0 { 2 } else { axis as usize }];
+        let idx = vec![0, dim - 1, -1, -dim, 2, 1];
+        let d = if dt == "i64" { DType::I64 } else { DType::I32 };
+        let inputs = vec![tensor(&[7, 6, 5], 30), Tensor::from_i64(d, &[2, 3], idx).unwrap()];
+        let reports = check(&vk, &g, inputs.clone(), 0.0);
+        assert_eq!(reports[0].op, "gather");
+        // An index out of range: the run goes to the host, whose interpreter names it.
+        let bad = vec![
+            Tensor::from_f32(DType::F32, &[7, 6, 5], values(210, 1)).unwrap(),
+            Tensor::from_i64(d, &[2, 3], vec![0, 1, 2, dim, 0, 0]).unwrap(),
+        ];
+        let err = vk.run(&g, &bad, Fallback::Host).unwrap_err().to_string();
+        assert!(err.contains("out of range") || err.contains("range"), "{err}");
+        let err = vk.run(&g, &bad, Fallback::Fail).unwrap_err().to_string();
+        assert!(err.contains(&format!("index {dim} is out of range")), "{err}");
+    }
+}

@@ -2,7 +2,7 @@
 //! copies), a shared-memory tiled matmul, and one-workgroup-per-row softmax and norms.
 
 use rspirv::spirv::Word;
-use tessera_ir::{BinaryOp, DType, Graph, Node, Op, UnaryOp};
+use tessera_ir::{BinaryOp, DType, Graph, Node, Op, QuantGranularity, UnaryOp, Value};
 
 use crate::sb::{Glsl, Sb};
 use crate::{GpuError, Limits};
@@ -19,6 +19,13 @@ pub enum Spec {
     MatMul { batch_rank: u32, bias: bool },
     /// One workgroup per row of `cols` floats.
     Rows(RowFn),
+    /// `x @ dequantize(w)` with `w` a 2-D `[k, n]` weight of `bits`-bit integers (packed in u32
+    /// words, unpacked in the shader) and its scales (and zero points, packed alike) per
+    /// tensor, column, row or block; the matmul's tiling, the B tile dequantized as it loads.
+    QMatMul { batch_rank: u32, bits: u32, signed: bool, zero: bool },
+    /// `data[.., indices[j], ..]` with i64 (`wide`) or i32 indices, checked in range by the
+    /// executor before the dispatch.
+    Gather { wide: bool },
     /// `softmax(q @ k^T * scale + mask) @ v`, one workgroup per query row: the query row and
     /// the row's scores (up to `cap` keys) staged in shared memory, exact two-pass softmax.
     Attention { batch_rank: u32, mask: bool, causal: bool, cap: u32 },
@@ -65,8 +72,9 @@ pub struct Kernel {
 pub enum Plan {
     /// The output is the first input's buffer, reinterpreted (reshape, squeeze, ...).
     View,
-    /// A dispatch of the kernel for `spec`.
-    Dispatch { spec: Spec, push: Vec<u32>, groups: [u32; 3], bytes_read: u64, bytes_written: u64 },
+    /// A dispatch of the kernel for `spec`, with `operands` bound to its buffers in order and
+    /// the node's result after them.
+    Dispatch { spec: Spec, operands: Vec<Value>, push: Vec<u32>, groups: [u32; 3], bytes_read: u64, bytes_written: u64 },
 }
 
 const EW_LOCAL: u32 = 64;
@@ -89,9 +97,9 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             return Ok(Plan::View);
         }
     }
-    // Every operand read as data must be f32.
+    // Every operand read as data must be f32 (but a qmatmul's weight and a gather's indices).
     let data_inputs = match nd.op {
-        Op::Reshape { .. } | Op::Expand { .. } => 1,
+        Op::Reshape { .. } | Op::Expand { .. } | Op::QMatMul | Op::Gather { .. } => 1,
         _ => nd.inputs.len(),
     };
     for &v in nd.inputs[..data_inputs].iter().chain(&nd.outputs) {
@@ -173,17 +181,111 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             rows(f, ins[0], ax as usize, ins.len() - 1, limits)?
         }
         Op::Attention { scale, causal } => attention(ins, out, *scale, *causal, limits)?,
+        Op::QMatMul => qmatmul(g, nd.inputs[0], nd.inputs[1], ins, out, limits)?,
+        Op::Gather { axis } => gather(g.ty(nd.inputs[1]).dtype, ins, *axis, out, limits)?,
         _ => return Err(GpuError::declined(name, "no GPU kernel for this op yet")),
     };
     Ok(match plan {
-        Plan::Dispatch { spec, push, groups, bytes_read, .. } => {
+        Plan::Dispatch { spec, mut operands, push, groups, bytes_read, .. } => {
             if push.len() as u32 * 4 > limits.max_push_bytes {
                 return Err(GpuError::declined(name, format!("{} push-constant bytes needed", push.len() * 4)));
             }
-            Plan::Dispatch { spec, push, groups, bytes_read, bytes_written: bytes_out }
+            if operands.is_empty() {
+                operands = match nd.op {
+                    Op::Expand { .. } => vec![nd.inputs[0]],
+                    _ => nd.inputs.clone(),
+                };
+            }
+            Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written: bytes_out }
         }
         p => p,
     })
+}
+
+/// Plans `qmatmul x, w`: `w` a 2-D constant of 4- or 8-bit integers with its quantization
+/// (scale, optional zero point) per tensor, per axis or per block; no offset.
+fn qmatmul(g: &Graph, xv: Value, w: Value, ins: &[&[usize]], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+    let no = |why: String| GpuError::declined("qmatmul", why);
+    let ty = g.ty(w);
+    let q = ty.quant.as_ref().ok_or_else(|| no("the weight has no quantized type".into()))?;
+    let (bits, signed) = match ty.dtype {
+        DType::I4 => (4, true),
+        DType::U4 => (4, false),
+        DType::I8 => (8, true),
+        DType::U8 => (8, false),
+        d => return Err(no(format!("{d} weights (4- and 8-bit integers have shaders)"))),
+    };
+    if q.offset.is_some() {
+        return Err(no("a quantization offset (GGUF K-quants)".into()));
+    }
+    if g.ty(q.scale).dtype != DType::F32 {
+        return Err(no(format!("{} scales", g.ty(q.scale).dtype)));
+    }
+    if let Some(z) = q.zero_point {
+        if g.ty(z).dtype != ty.dtype {
+            return Err(no(format!("a {} zero point for {} weights", g.ty(z).dtype, ty.dtype)));
+        }
+    }
+    let (x, wsh) = (ins[0], ins[1]);
+    if wsh.len() != 2 || x.len() < 2 {
+        return Err(no("a weight that is not 2-D, or a 1-D input".into()));
+    }
+    let (k, n) = (wsh[0], wsh[1]);
+    let axis = |a: i64| if a < 0 { a + 2 } else { a };
+    // The scale of element (kk, col) is scale[(kk / div_k) * stride_k + (col / div_n) * stride_n].
+    let [div_k, stride_k, div_n, stride_n] = match q.granularity {
+        QuantGranularity::PerTensor => [1, 0, 1, 0],
+        QuantGranularity::PerAxis { axis: a } if axis(a) == 0 => [1, 1, 1, 0],
+        QuantGranularity::PerAxis { axis: a } if axis(a) == 1 => [1, 0, 1, 1],
+        QuantGranularity::PerBlock { axis: a, size } if axis(a) == 0 => [size as usize, n, 1, 1],
+        QuantGranularity::PerBlock { axis: a, size } if axis(a) == 1 => {
+            [1, n.div_ceil(size as usize), size as usize, 1]
+        }
+        _ => return Err(no("a quantization axis out of range".into())),
+    };
+    let Plan::Dispatch { push: mut p, groups, .. } = matmul(x, &[k, n], None, out, [k, 1, n, 1], [1.0, 0.0], limits)?
+    else {
+        unreachable!("matmul plans a dispatch")
+    };
+    p.extend([div_k as u32, stride_k as u32, div_n as u32, stride_n as u32]);
+    let mut operands = vec![xv, w, q.scale];
+    operands.extend(q.zero_point);
+    let nscale = numel(&g.ty(q.scale).shape.as_static().unwrap_or_default());
+    let wbytes = ty.dtype.storage_bytes(k * n) as u64;
+    let bytes_read = numel(x) as u64 * 4 + wbytes + nscale as u64 * 4;
+    let batch_rank = (out.len() - 2) as u32;
+    Ok(Plan::Dispatch {
+        spec: Spec::QMatMul { batch_rank, bits, signed, zero: q.zero_point.is_some() },
+        operands,
+        push: p,
+        groups,
+        bytes_read,
+        bytes_written: 0,
+    })
+}
+
+fn gather(idx: DType, ins: &[&[usize]], axis: i64, out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+    let wide = match idx {
+        DType::I64 => true,
+        DType::I32 => false,
+        d => return Err(GpuError::declined("gather", format!("{d} indices"))),
+    };
+    let (data, indices) = (ins[0], ins[1]);
+    let r = data.len() as i64;
+    let ax = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&ax) {
+        return Err(GpuError::declined("gather", "axis out of range"));
+    }
+    let ax = ax as usize;
+    let (dim, inner, nidx) = (data[ax], numel(&data[ax + 1..]), numel(indices));
+    let total = numel(out);
+    if total >= u32::MAX as usize || numel(data) >= u32::MAX as usize {
+        return Err(GpuError::declined("gather", "more than 2^32 elements"));
+    }
+    let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "gather")?;
+    let push = vec![total as u32, groups[0] * EW_LOCAL, nidx as u32, inner as u32, dim as u32];
+    let bytes_read = (total + nidx * (1 + wide as usize)) as u64 * 4;
+    Ok(Plan::Dispatch { spec: Spec::Gather { wide }, operands: Vec::new(), push, groups, bytes_read, bytes_written: 0 })
 }
 
 /// Whether the GPU target has a shader for `u` (on f32).
@@ -257,7 +359,14 @@ fn elementwise(f: EwFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &
         push.extend(keep.iter().map(|&d| st[d] as u32));
     }
     let bytes_read = ins.iter().map(|(s, _)| numel(s) as u64 * 4).sum();
-    Ok(Plan::Dispatch { spec: Spec::Elementwise { f, rank }, push, groups, bytes_read, bytes_written: 0 })
+    Ok(Plan::Dispatch {
+        spec: Spec::Elementwise { f, rank },
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read,
+        bytes_written: 0,
+    })
 }
 
 /// `strides`: A's row and column strides, then B's (in elements, within one matrix).
@@ -304,6 +413,7 @@ fn matmul(
     let bytes_read = (numel(a) + numel(b) + bias.map_or(0, numel)) as u64 * 4;
     Ok(Plan::Dispatch {
         spec: Spec::MatMul { batch_rank: batch.len() as u32, bias: bias.is_some() },
+        operands: Vec::new(),
         push,
         groups,
         bytes_read,
@@ -320,7 +430,7 @@ fn rows(f: RowFn, x: &[usize], axis: usize, params: usize, limits: &Limits) -> R
     }
     let push = vec![nrows as u32, cols as u32, groups[0]];
     let bytes_read = (numel(x) + params * cols) as u64 * 4;
-    Ok(Plan::Dispatch { spec: Spec::Rows(f), push, groups, bytes_read, bytes_written: 0 })
+    Ok(Plan::Dispatch { spec: Spec::Rows(f), operands: Vec::new(), push, groups, bytes_read, bytes_written: 0 })
 }
 
 /// Batch strides (in elements) of an operand with batch dims `sb` and `mat` elements per
@@ -369,6 +479,7 @@ fn attention(ins: &[&[usize]], out: &[usize], scale: f32, causal: bool, limits: 
     let bytes_read = ins.iter().map(|s| numel(s) as u64 * 4).sum();
     Ok(Plan::Dispatch {
         spec: Spec::Attention { batch_rank: batch.len() as u32, mask, causal, cap: cap as u32 },
+        operands: Vec::new(),
         push,
         groups,
         bytes_read,
@@ -390,7 +501,7 @@ pub fn build(spec: &Spec) -> Kernel {
             let push_words = MM_FIXED + 3 * batch_rank;
             let nbuf = 3 + *bias as usize;
             let mut sb = Sb::new(nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
-            matmul_body(&mut sb, *batch_rank, *bias);
+            matmul_body(&mut sb, *batch_rank, *bias, None);
             (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
         }
         Spec::Rows(f) => {
@@ -402,6 +513,23 @@ pub fn build(spec: &Spec) -> Kernel {
             let mut sb = Sb::new(params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL);
             rows_body(&mut sb, *f, params);
             (sb, params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL * 4)
+        }
+        Spec::QMatMul { batch_rank, bits, signed, zero } => {
+            let push_words = MM_FIXED + 3 * batch_rank + 4;
+            let mut words = vec![false, true, false];
+            if *zero {
+                words.push(true);
+            }
+            words.push(false);
+            let mut sb = Sb::typed(&words, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
+            let q = QLoad { bits: *bits, signed: *signed, zero: *zero, params: MM_FIXED + 3 * batch_rank };
+            matmul_body(&mut sb, *batch_rank, false, Some(q));
+            (sb, words.len(), push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+        }
+        Spec::Gather { wide } => {
+            let mut sb = Sb::typed(&[false, true, false], 5, [EW_LOCAL, 1, 1], 0);
+            gather_body(&mut sb, *wide);
+            (sb, 3, 5, [EW_LOCAL, 1, 1], 0)
         }
         Spec::Attention { batch_rank, mask, causal, cap } => {
             let n_in = 3 + *mask as usize;
@@ -599,7 +727,45 @@ fn load_or_zero(sb: &mut Sb, cond: Word, buf: usize, index: &dyn Fn(&mut Sb) -> 
 /// beta, the bias's row and column strides.
 const MM_FIXED: u32 = 11;
 
-fn matmul_body(sb: &mut Sb, br: u32, bias: bool) {
+/// How a quantized B tile loads: `bits`-bit integers packed little-endian in u32 words
+/// (buffer 1), scales in buffer 2, zero points packed alike in buffer 3; the scale's index
+/// parameters (`div_k, stride_k, div_n, stride_n`) at push word `params`.
+#[derive(Clone, Copy)]
+struct QLoad {
+    bits: u32,
+    signed: bool,
+    zero: bool,
+    params: u32,
+}
+
+/// Element `e` of a buffer of packed `bits`-bit integers, as f32.
+fn unpack(sb: &mut Sb, buf: usize, e: Word, bits: u32, signed: bool) -> Word {
+    let per_word = 32 / bits;
+    let log = per_word.trailing_zeros();
+    let lw = sb.cu(log);
+    let word = sb.shr(e, lw);
+    let lane_mask = sb.cu(per_word - 1);
+    let lane = sb.band(e, lane_mask);
+    let lb = sb.cu(bits.trailing_zeros());
+    let shift = sb.shl(lane, lb);
+    let w = sb.load_u(buf, word);
+    let v = sb.shr(w, shift);
+    let m = sb.cu((1 << bits) - 1);
+    let v = sb.band(v, m);
+    if signed {
+        // Two's complement: subtract 2^bits when the sign bit is set.
+        let sign = sb.cu(1 << (bits - 1));
+        let sbit = sb.band(v, sign);
+        let one = sb.cu(1);
+        let twice = sb.shl(sbit, one);
+        let v = sb.isub(v, twice);
+        sb.s2f(v)
+    } else {
+        sb.u2f(v)
+    }
+}
+
+fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
     let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
     let (a_rs, a_cs, b_rs, b_cs) = (sb.push(3), sb.push(4), sb.push(5), sb.push(6));
     let lx = sb.local_id(0);
@@ -664,12 +830,40 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool) {
         let kb = sb.iadd(t16, ly);
         let kb_in = sb.ult(kb, k);
         let ok = sb.b.logical_and(sb.bool, None, kb_in, col_in).expect("and");
-        let x = load_or_zero(sb, ok, 1, &|sb| {
-            let r = sb.imul(kb, b_rs);
-            let c = sb.imul(col, b_cs);
-            let i = sb.iadd(r, c);
-            sb.iadd(i, boff)
-        });
+        let x = match quant {
+            None => load_or_zero(sb, ok, 1, &|sb| {
+                let r = sb.imul(kb, b_rs);
+                let c = sb.imul(col, b_cs);
+                let i = sb.iadd(r, c);
+                sb.iadd(i, boff)
+            }),
+            Some(q) => {
+                let fz = sb.cf(0.0);
+                let v = sb.var(true, fz);
+                sb.if_then(ok, |sb| {
+                    let r = sb.imul(kb, n);
+                    let e = sb.iadd(r, col);
+                    let w = unpack(sb, 1, e, q.bits, q.signed);
+                    let (dk, sk, dn, sn) =
+                        (sb.push(q.params), sb.push(q.params + 1), sb.push(q.params + 2), sb.push(q.params + 3));
+                    let a = sb.udiv(kb, dk);
+                    let a = sb.imul(a, sk);
+                    let c = sb.udiv(col, dn);
+                    let c = sb.imul(c, sn);
+                    let si = sb.iadd(a, c);
+                    let w = if q.zero {
+                        let z = unpack(sb, 3, si, q.bits, q.signed);
+                        sb.fsub(w, z)
+                    } else {
+                        w
+                    };
+                    let sc = sb.load(2, si);
+                    let y = sb.fmul(w, sc);
+                    sb.set(v, y);
+                });
+                sb.get(v, true)
+            }
+        };
         sb.store_shared(bslot, x);
         sb.barrier();
         let zero = sb.cu(0);
@@ -695,11 +889,11 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool) {
         let i = sb.iadd(i, coff);
         let s = sb.get(acc, true);
         let alpha = sb.push(7);
-        let alpha = sb.b.bitcast(sb.f32, None, alpha).expect("bitcast");
+        let alpha = sb.bits_to_f32(alpha);
         let s = sb.fmul(alpha, s);
         let s = if bias {
             let beta = sb.push(8);
-            let beta = sb.b.bitcast(sb.f32, None, beta).expect("bitcast");
+            let beta = sb.bits_to_f32(beta);
             let (c_rs, c_cs) = (sb.push(9), sb.push(10));
             let r = sb.imul(row, c_rs);
             let c = sb.imul(col, c_cs);
@@ -710,7 +904,11 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool) {
         } else {
             s
         };
-        sb.store(2 + bias as usize, i, s);
+        let out = match quant {
+            Some(q) => 3 + q.zero as usize,
+            None => 2 + bias as usize,
+        };
+        sb.store(out, i, s);
     });
 }
 
@@ -865,7 +1063,7 @@ fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32) {
     let (nrows, sq, sk, d, dv) = (sb.push(0), sb.push(1), sb.push(2), sb.push(3), sb.push(4));
     let scale = {
         let bits = sb.push(5);
-        sb.b.bitcast(sb.f32, None, bits).expect("bitcast")
+        sb.bits_to_f32(bits)
     };
     let gx = sb.push(6);
     let row = {
@@ -1005,5 +1203,37 @@ fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32) {
             let idx = sb.iadd(orow, c);
             sb.store(out_buf, idx, s);
         });
+    });
+}
+
+fn gather_body(sb: &mut Sb, wide: bool) {
+    let i = flat_id(sb);
+    let total = sb.push(0);
+    let inside = sb.ult(i, total);
+    sb.if_then(inside, |sb| {
+        let (nidx, inner, dim) = (sb.push(2), sb.push(3), sb.push(4));
+        // i = (o * nidx + j) * inner + c
+        let c = sb.umod(i, inner);
+        let oj = sb.udiv(i, inner);
+        let j = sb.umod(oj, nidx);
+        let o = sb.udiv(oj, nidx);
+        // The index's low word (the executor checked the range, so the high word is its sign).
+        let word = if wide {
+            let one = sb.cu(1);
+            sb.shl(j, one)
+        } else {
+            j
+        };
+        let x = sb.load_u(1, word);
+        let zero = sb.cu(0);
+        let neg = sb.b.s_less_than(sb.bool, None, x, zero).expect("slt");
+        let wrapped = sb.iadd(x, dim);
+        let idx = sb.select(neg, wrapped, x, false);
+        let od = sb.imul(o, dim);
+        let row = sb.iadd(od, idx);
+        let ri = sb.imul(row, inner);
+        let src = sb.iadd(ri, c);
+        let v = sb.load(0, src);
+        sb.store(2, i, v);
     });
 }

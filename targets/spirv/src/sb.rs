@@ -47,6 +47,7 @@ pub(crate) struct Sb {
     pub u32: Word,
     pub bool: Word,
     ptr_f32: Word,
+    ptr_u32_sb: Word,
     ptr_u32_pc: Word,
     ptr_u32_fn: Word,
     ptr_f32_fn: Word,
@@ -61,9 +62,15 @@ pub(crate) struct Sb {
 }
 
 impl Sb {
-    /// Starts `main` with `buffers` storage buffers, `push_words` push-constant words, the
+    /// Starts `main` with `buffers` f32 storage buffers, `push_words` push-constant words, the
     /// workgroup size `local` and `shared_floats` floats of workgroup memory (0: none).
     pub fn new(buffers: usize, push_words: u32, local: [u32; 3], shared_floats: u32) -> Sb {
+        Sb::typed(&vec![false; buffers], push_words, local, shared_floats)
+    }
+
+    /// As [`Sb::new`], with buffer `i` an array of u32 words where `words[i]` (packed
+    /// integers, indices), else of f32.
+    pub fn typed(words: &[bool], push_words: u32, local: [u32; 3], shared_floats: u32) -> Sb {
         let mut b = Builder::new();
         b.set_version(1, 3);
         b.capability(Capability::Shader);
@@ -74,17 +81,25 @@ impl Sb {
         let u32 = b.type_int(32, 0);
         let bool = b.type_bool();
         let uvec3 = b.type_vector(u32, 3);
-        // Storage buffers: struct { float data[]; }, one variable per binding.
-        let rta = b.type_runtime_array(f32);
-        b.decorate(rta, Decoration::ArrayStride, [Operand::LiteralBit32(4)]);
-        let st = b.type_struct([rta]);
-        b.decorate(st, Decoration::Block, []);
-        b.member_decorate(st, 0, Decoration::Offset, [Operand::LiteralBit32(0)]);
-        let ptr_st = b.type_pointer(None, StorageClass::StorageBuffer, st);
+        // Storage buffers: struct { float data[]; } (or uint), one variable per binding.
+        let block = |b: &mut Builder, elem: Word| {
+            let rta = b.type_runtime_array(elem);
+            b.decorate(rta, Decoration::ArrayStride, [Operand::LiteralBit32(4)]);
+            let st = b.type_struct([rta]);
+            b.decorate(st, Decoration::Block, []);
+            b.member_decorate(st, 0, Decoration::Offset, [Operand::LiteralBit32(0)]);
+            b.type_pointer(None, StorageClass::StorageBuffer, st)
+        };
+        let ptr_st_f = block(&mut b, f32);
+        let ptr_st_u = words.iter().any(|&w| w).then(|| block(&mut b, u32));
         let ptr_f32 = b.type_pointer(None, StorageClass::StorageBuffer, f32);
-        let bufs: Vec<Word> = (0..buffers)
-            .map(|i| {
-                let v = b.variable(ptr_st, None, StorageClass::StorageBuffer, None);
+        let ptr_u32_sb = b.type_pointer(None, StorageClass::StorageBuffer, u32);
+        let bufs: Vec<Word> = words
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let ty = if w { ptr_st_u.expect("made when any buffer holds words") } else { ptr_st_f };
+                let v = b.variable(ty, None, StorageClass::StorageBuffer, None);
                 b.decorate(v, Decoration::DescriptorSet, [Operand::LiteralBit32(0)]);
                 b.decorate(v, Decoration::Binding, [Operand::LiteralBit32(i as u32)]);
                 v
@@ -130,6 +145,7 @@ impl Sb {
             u32,
             bool,
             ptr_f32,
+            ptr_u32_sb,
             ptr_u32_pc,
             ptr_u32_fn,
             ptr_f32_fn,
@@ -194,6 +210,13 @@ impl Sb {
         self.b.load(self.f32, None, p, None, []).expect("load")
     }
 
+    /// Word `idx` of a u32 buffer.
+    pub fn load_u(&mut self, buf: usize, idx: Word) -> Word {
+        let zero = self.cu(0);
+        let p = self.b.access_chain(self.ptr_u32_sb, None, self.bufs[buf], [zero, idx]).expect("chain");
+        self.b.load(self.u32, None, p, None, []).expect("load")
+    }
+
     pub fn store(&mut self, buf: usize, idx: Word, v: Word) {
         let p = self.elem_ptr(buf, idx);
         self.b.store(p, v, None, []).expect("store")
@@ -250,6 +273,10 @@ impl Sb {
         iadd = i_add -> u32,
         imul = i_mul -> u32,
         udiv = u_div -> u32,
+        isub = i_sub -> u32,
+        shr = shift_right_logical -> u32,
+        shl = shift_left_logical -> u32,
+        band = bitwise_and -> u32,
         umod = u_mod -> u32,
         ult = u_less_than -> bool,
         fadd = f_add -> f32,
@@ -280,6 +307,16 @@ impl Sb {
 
     pub fn u2f(&mut self, a: Word) -> Word {
         self.b.convert_u_to_f(self.f32, None, a).expect("u2f")
+    }
+
+    /// The u32 word `a` read as a signed integer, converted to f32.
+    pub fn s2f(&mut self, a: Word) -> Word {
+        self.b.convert_s_to_f(self.f32, None, a).expect("s2f")
+    }
+
+    /// Bits of an f32 push constant or word.
+    pub fn bits_to_f32(&mut self, a: Word) -> Word {
+        self.b.bitcast(self.f32, None, a).expect("bitcast")
     }
 
     /// `if cond { then }`.

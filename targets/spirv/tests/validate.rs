@@ -28,6 +28,14 @@ fn all_specs() -> Vec<Spec> {
         }
     }
     specs.push(Spec::Attention { batch_rank: 2, mask: true, causal: false, cap: 2048 });
+    for batch_rank in 0..3 {
+        for bits in [4, 8] {
+            for (signed, zero) in [(false, false), (false, true), (true, false), (true, true)] {
+                specs.push(Spec::QMatMul { batch_rank, bits, signed, zero });
+            }
+        }
+    }
+    specs.extend([Spec::Gather { wide: true }, Spec::Gather { wide: false }]);
     specs
 }
 
