@@ -339,3 +339,65 @@ fn gather_reads_i64_and_i32_indices_and_leaves_bad_ones_to_the_host() {
         assert!(err.contains(&format!("index {dim} is out of range")), "{err}");
     }
 }
+
+#[test]
+fn layout_casts_and_reductions_match_the_interpreter() {
+    let Some(vk) = vulkan() else { return };
+    // Index data moved as words (i64 expand and slice with negative steps, i32 transpose),
+    // casts to f32 from every integer width (i64 beyond i32's range included), reductions.
+    let text = r#"graph @moves {
+  v0: i64[1, 6] = input "ids"
+  v1: i32[3, 4] = input "small"
+  v2: u8[2, 5] = input "bytes"
+  v3: f32[2, 3, 4, 5] = input "x"
+  v4: i64[3, 6] = expand v0 {shape = [3, 6]}
+  v5: i64[3, 3] = slice v4 {starts = [-1, 5], ends = [-10, 0], axes = [0, 1], steps = [-1, -2]}
+  v6: f32[3, 3] = cast v5 {to = f32}
+  v7: i32[4, 3] = transpose v1 {perm = [1, 0]}
+  v8: f32[4, 3] = cast v7 {to = f32}
+  v9: f32[2, 5] = cast v2 {to = f32}
+  v10: f32[2, 5] = reduce_sum v3 {axes = [1, 2], keepdims = false}
+  v11: f32[1, 3, 1, 1] = reduce_mean v3 {axes = [0, 2, 3], keepdims = true}
+  v12: f32[] = reduce_sum v3 {axes = [], keepdims = false}
+  v13: f32[2, 3, 2, 5] = slice v3 {starts = [1], ends = [4], axes = [2], steps = [2]}
+  v14: f32[2, 3, 2, 5] = concat v13 {axis = 1}
+  output "a" = v6
+  output "b" = v8
+  output "c" = v9
+  output "d" = v10
+  output "e" = v11
+  output "f" = v12
+  output "g" = v14
+  output "h" = v5
+}
+"#;
+    let g = tessera_ir::parse(text).unwrap();
+    tessera_ir::verify(&g).unwrap();
+    let inputs = vec![
+        Tensor::from_i64(
+            DType::I64,
+            &[1, 6],
+            vec![0, -3, 5_000_000_000, -(1 << 40) - 7, 2_147_483_647, -2_147_483_648],
+        )
+        .unwrap(),
+        Tensor::from_i64(DType::I32, &[3, 4], (0..12).map(|v| v * 1_000_003 - 5_000_000).collect()).unwrap(),
+        Tensor::from_i64(DType::U8, &[2, 5], vec![0, 1, 127, 128, 255, 3, 9, 200, 17, 64]).unwrap(),
+        tensor(&[2, 3, 4, 5], 40),
+    ];
+    let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+    let (got, report) = vk.run(&g, &inputs, Fallback::Fail).unwrap_or_else(|e| panic!("{e}"));
+    for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(a.shape(), b.shape(), "output {j}");
+        let (x, y) = (a.to_f64_vec(), b.to_f64_vec());
+        for (p, q) in x.iter().zip(&y) {
+            // Sums of 12 or 40 terms in another order: 1e-5 relative.
+            assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "output {j}: {p} vs {q}\n{a}\n{b}");
+        }
+    }
+    // The integer outputs and casts are exact.
+    assert_eq!(got[0], want[0]);
+    assert_eq!(got[1], want[1]);
+    assert_eq!(got[2], want[2]);
+    assert_eq!(got[7], want[7]);
+    assert_eq!(report.host.len(), 0);
+}

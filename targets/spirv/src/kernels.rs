@@ -26,6 +26,9 @@ pub enum Spec {
     /// `data[.., indices[j], ..]` with i64 (`wide`) or i32 indices, checked in range by the
     /// executor before the dispatch.
     Gather { wide: bool },
+    /// `reduce_sum`/`reduce_mean` (`mean`) over `red_rank` dims, one invocation per result
+    /// element summing in increasing index order.
+    Reduce { mean: bool, out_rank: u32, red_rank: u32 },
     /// `softmax(q @ k^T * scale + mask) @ v`, one workgroup per query row: the query row and
     /// the row's scores (up to `cap` keys) staged in shared memory, exact two-pass softmax.
     Attention { batch_rank: u32, mask: bool, causal: bool, cap: u32 },
@@ -36,8 +39,17 @@ pub enum Spec {
 pub enum EwFn {
     Unary(UnaryOp),
     Binary(BinaryOp),
-    /// A strided copy (transpose, expand).
+    /// A strided copy of f32 (transpose, expand, slice).
     Copy,
+    /// A strided copy of elements of `words` u32 words (i32, i64: index data moved as is).
+    CopyWords {
+        words: u32,
+    },
+    /// A conversion to f32 from an integer or bool type (read from u32 words; bytes and
+    /// nibbles unpacked). i64 values beyond i32's range take two roundings (within 1 ulp).
+    ToF32 {
+        from: DType,
+    },
 }
 
 /// The function of a row kernel.
@@ -97,18 +109,46 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             return Ok(Plan::View);
         }
     }
-    // Every operand read as data must be f32 (but a qmatmul's weight and a gather's indices).
+    // Every operand read as data must be f32, but for ops that move or convert other types
+    // (and a qmatmul's weight and a gather's indices).
     let data_inputs = match nd.op {
-        Op::Reshape { .. } | Op::Expand { .. } | Op::QMatMul | Op::Gather { .. } => 1,
+        Op::Reshape { .. }
+        | Op::Expand { .. }
+        | Op::QMatMul
+        | Op::Gather { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Cast { .. } => 0,
         _ => nd.inputs.len(),
     };
-    for &v in nd.inputs[..data_inputs].iter().chain(&nd.outputs) {
+    let checked = nd.inputs[..data_inputs].iter().chain(&nd.outputs);
+    let moves_any = matches!(nd.op, Op::Expand { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. });
+    for &v in checked.filter(|_| !moves_any) {
         let d = g.ty(v).dtype;
         if d != DType::F32 {
             return Err(GpuError::declined(name, format!("{d} operands (the GPU target is f32-only so far)")));
         }
     }
-    let bytes_out = numel(out) as u64 * 4;
+    if matches!(nd.op, Op::QMatMul | Op::Gather { .. }) && g.ty(nd.inputs[0]).dtype != DType::F32 {
+        return Err(GpuError::declined(name, format!("{} data", g.ty(nd.inputs[0]).dtype)));
+    }
+    // How a data-moving op copies its elements.
+    let copy = match g.ty(nd.outputs[0]).dtype {
+        DType::F32 => Some(EwFn::Copy),
+        d if d.bits() == 32 => Some(EwFn::CopyWords { words: 1 }),
+        d if d.bits() == 64 => Some(EwFn::CopyWords { words: 2 }),
+        _ => None,
+    };
+    let copy_or_decline = || {
+        copy.ok_or_else(|| {
+            GpuError::declined(
+                name,
+                format!("{} elements (copies move 4- or 8-byte elements)", g.ty(nd.outputs[0]).dtype),
+            )
+        })
+    };
+    let bytes_out = g.ty(nd.outputs[0]).dtype.storage_bytes(numel(out)) as u64;
     let plan = match &nd.op {
         Op::Unary(u) => {
             if !unary_supported(*u) {
@@ -133,11 +173,71 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             let c = (ins[1], broadcast_strides(ins[1], out));
             elementwise(EwFn::Binary(*b), &[a, c], out, limits)?
         }
-        Op::Expand { .. } => elementwise(EwFn::Copy, &[(ins[0], broadcast_strides(ins[0], out))], out, limits)?,
+        Op::Expand { .. } => elementwise(copy_or_decline()?, &[(ins[0], broadcast_strides(ins[0], out))], out, limits)?,
         Op::Transpose { perm } => {
             let st = contiguous(ins[0]);
             let strides: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
-            elementwise(EwFn::Copy, &[(ins[0], strides)], out, limits)?
+            elementwise(copy_or_decline()?, &[(ins[0], strides)], out, limits)?
+        }
+        Op::Slice { starts, axes, steps, .. } => {
+            if nd.inputs.len() > 1 {
+                return Err(GpuError::declined(name, "bounds given as operands (known only at run time)"));
+            }
+            let x = ins[0];
+            let st = contiguous(x);
+            let r = x.len() as i64;
+            let (mut base, mut strides) = (0i64, st.iter().map(|&s| s as i64).collect::<Vec<_>>());
+            for (j, start) in starts.iter().enumerate() {
+                let tessera_ir::TargetDim::Int(start) = start else {
+                    return Err(GpuError::declined(name, "a symbolic start"));
+                };
+                let a = axes.get(j).copied().unwrap_or(j as i64);
+                let a = if a < 0 { a + r } else { a } as usize;
+                let step = steps.get(j).copied().unwrap_or(1);
+                let dim = x[a] as i64;
+                // ONNX Slice: negative starts count from the end, then clamp.
+                let s0 = if *start < 0 { start + dim } else { *start };
+                let s0 = if step > 0 { s0.clamp(0, dim) } else { s0.clamp(0, dim - 1) };
+                if out[a] > 0 {
+                    base += s0 * st[a] as i64;
+                }
+                strides[a] = st[a] as i64 * step;
+            }
+            // Negative strides wrap in u32 arithmetic and land on the right element.
+            let strides: Vec<usize> = strides.iter().map(|&x| x as u32 as usize).collect();
+            let mut p = elementwise(copy_or_decline()?, &[(x, strides)], out, limits)?;
+            if let Plan::Dispatch { push, .. } = &mut p {
+                push[2] = base as u32;
+            }
+            p
+        }
+        Op::Concat { .. } if nd.inputs.len() == 1 => {
+            elementwise(copy_or_decline()?, &[(ins[0], contiguous(ins[0]))], out, limits)?
+        }
+        Op::Cast { to } => {
+            let from = g.ty(nd.inputs[0]).dtype;
+            if *to != DType::F32 {
+                return Err(GpuError::declined(name, format!("casts to {to} (casts to f32 have shaders)")));
+            }
+            let f = match from {
+                DType::F32 => EwFn::Copy,
+                DType::I64 | DType::I32 | DType::U8 | DType::I8 | DType::U4 | DType::I4 | DType::Bool => {
+                    EwFn::ToF32 { from }
+                }
+                d => return Err(GpuError::declined(name, format!("casts from {d}"))),
+            };
+            elementwise(f, &[(ins[0], contiguous(ins[0]))], out, limits)?
+        }
+        Op::Reduce { op, axes, .. } => {
+            let mean = match op {
+                tessera_ir::ReduceOp::Sum => false,
+                tessera_ir::ReduceOp::Mean => true,
+                o => return Err(GpuError::declined(name, format!("no shader for {}", o.name()))),
+            };
+            if nd.inputs.len() > 1 {
+                return Err(GpuError::declined(name, "axes given as an operand (known only at run time)"));
+            }
+            reduce_plan(mean, ins[0], axes, out, limits)?
         }
         Op::MatMul => {
             let (a, b) = (ins[0], ins[1]);
@@ -353,12 +453,19 @@ fn elementwise(f: EwFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &
     let rank = keep.len() as u32;
     let total = numel(out);
     let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "elementwise")?;
+    // total, grid width, each input's base offset, dims, each input's strides.
     let mut push = vec![total as u32, groups[0] * EW_LOCAL];
+    push.extend(ins.iter().map(|_| 0));
     push.extend(keep.iter().map(|&d| out[d] as u32));
     for (_, st) in ins {
         push.extend(keep.iter().map(|&d| st[d] as u32));
     }
-    let bytes_read = ins.iter().map(|(s, _)| numel(s) as u64 * 4).sum();
+    let elem_bytes = match f {
+        EwFn::CopyWords { words } => 4 * words as u64,
+        EwFn::ToF32 { from } => (from.bits() as u64).div_ceil(8),
+        _ => 4,
+    };
+    let bytes_read = ins.iter().map(|(s, _)| numel(s) as u64 * elem_bytes).sum();
     Ok(Plan::Dispatch {
         spec: Spec::Elementwise { f, rank },
         operands: Vec::new(),
@@ -492,10 +599,21 @@ pub fn build(spec: &Spec) -> Kernel {
     let (sb, buffers, push_words, local, shared) = match spec {
         Spec::Elementwise { f, rank } => {
             let n_in = if matches!(f, EwFn::Binary(_)) { 2 } else { 1 };
-            let push_words = 2 + rank * (1 + n_in);
-            let mut sb = Sb::new(n_in as usize + 1, push_words, [EW_LOCAL, 1, 1], 0);
+            let push_words = 2 + n_in + rank * (1 + n_in);
+            let words = match f {
+                EwFn::CopyWords { .. } => vec![true, true],
+                EwFn::ToF32 { .. } => vec![true, false],
+                _ => vec![false; n_in as usize + 1],
+            };
+            let mut sb = Sb::typed(&words, push_words, [EW_LOCAL, 1, 1], 0);
             ew_body(&mut sb, *f, *rank, n_in);
             (sb, n_in as usize + 1, push_words, [EW_LOCAL, 1, 1], 0)
+        }
+        Spec::Reduce { mean, out_rank, red_rank } => {
+            let push_words = 3 + 2 * (out_rank + red_rank);
+            let mut sb = Sb::new(2, push_words, [EW_LOCAL, 1, 1], 0);
+            reduce_body(&mut sb, *mean, *out_rank, *red_rank);
+            (sb, 2, push_words, [EW_LOCAL, 1, 1], 0)
         }
         Spec::MatMul { batch_rank, bias } => {
             let push_words = MM_FIXED + 3 * batch_rank;
@@ -562,25 +680,167 @@ fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
     let inside = sb.ult(i, total);
     sb.if_then(inside, |sb| {
         let mut rem = i;
-        let zero = sb.cu(0);
-        let mut offs = vec![zero; n_in as usize];
+        let mut offs: Vec<Word> = (0..n_in).map(|j| sb.push(2 + j)).collect();
+        let dims = 2 + n_in;
         for d in (0..rank).rev() {
-            let dim = sb.push(2 + d);
+            let dim = sb.push(dims + d);
             let c = sb.umod(rem, dim);
             rem = sb.udiv(rem, dim);
             for (j, off) in offs.iter_mut().enumerate() {
-                let st = sb.push(2 + rank * (1 + j as u32) + d);
+                let st = sb.push(dims + rank * (1 + j as u32) + d);
                 let t = sb.imul(c, st);
                 *off = sb.iadd(*off, t);
             }
         }
+        let out = n_in as usize;
+        match f {
+            EwFn::CopyWords { words } => {
+                let w = sb.cu(words);
+                let src = sb.imul(offs[0], w);
+                let dst = sb.imul(i, w);
+                for k in 0..words {
+                    let kw = sb.cu(k);
+                    let s = sb.iadd(src, kw);
+                    let d = sb.iadd(dst, kw);
+                    let x = sb.load_u(0, s);
+                    sb.store_u(out, d, x);
+                }
+                return;
+            }
+            EwFn::ToF32 { from } => {
+                let y = to_f32(sb, from, offs[0]);
+                sb.store(out, i, y);
+                return;
+            }
+            _ => {}
+        }
         let xs: Vec<Word> = offs.iter().enumerate().map(|(j, &o)| sb.load(j, o)).collect();
         let y = match f {
-            EwFn::Copy => xs[0],
             EwFn::Unary(u) => unary(sb, u, xs[0]),
             EwFn::Binary(b) => binary(sb, b, xs[0], xs[1]),
+            _ => xs[0],
         };
-        sb.store(n_in as usize, i, y);
+        sb.store(out, i, y);
+    });
+}
+
+/// Element `e` of word buffer 0, of integer or bool type `from`, as f32.
+fn to_f32(sb: &mut Sb, from: DType, e: Word) -> Word {
+    match from {
+        DType::I32 => {
+            let x = sb.load_u(0, e);
+            sb.s2f(x)
+        }
+        DType::I64 => {
+            let one = sb.cu(1);
+            let lo_i = sb.shl(e, one);
+            let hi_i = sb.iadd(lo_i, one);
+            let lo = sb.load_u(0, lo_i);
+            let hi = sb.load_u(0, hi_i);
+            // Within i32's range the high word is the low word's sign: one exact rounding.
+            let sh = sb.cu(31);
+            let sign = sb.b.shift_right_arithmetic(sb.u32, None, lo, sh).expect("sra");
+            let fits = sb.b.i_equal(sb.bool, None, hi, sign).expect("ieq");
+            let small = sb.s2f(lo);
+            let h = sb.s2f(hi);
+            let two32 = sb.cf(4_294_967_296.0);
+            let l = sb.u2f(lo);
+            let big = sb.glsl(Glsl::Fma, &[h, two32, l]);
+            sb.select(fits, small, big, true)
+        }
+        DType::U8 | DType::Bool => unpack(sb, 0, e, 8, false),
+        DType::I8 => unpack(sb, 0, e, 8, true),
+        DType::U4 => unpack(sb, 0, e, 4, false),
+        DType::I4 => unpack(sb, 0, e, 4, true),
+        d => unreachable!("the planner declines casts from {d}"),
+    }
+}
+
+fn reduce_plan(mean: bool, x: &[usize], axes: &[i64], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+    let r = x.len() as i64;
+    let mut red: Vec<usize> = if axes.is_empty() {
+        (0..x.len()).collect()
+    } else {
+        axes.iter().map(|&a| if a < 0 { a + r } else { a } as usize).collect()
+    };
+    red.sort_unstable();
+    red.dedup();
+    if red.iter().any(|&a| a >= x.len()) {
+        return Err(GpuError::declined("reduce", "an axis out of range"));
+    }
+    let st = contiguous(x);
+    let kept: Vec<usize> = (0..x.len()).filter(|a| !red.contains(a) && x[*a] != 1).collect();
+    let red: Vec<usize> = red.into_iter().filter(|&a| x[a] != 1).collect();
+    let total = numel(out);
+    let count = red.iter().map(|&a| x[a]).product::<usize>();
+    let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "reduce")?;
+    let mut push = vec![total as u32, groups[0] * EW_LOCAL, (count as f32).to_bits()];
+    push.extend(kept.iter().map(|&a| x[a] as u32));
+    push.extend(kept.iter().map(|&a| st[a] as u32));
+    push.extend(red.iter().map(|&a| x[a] as u32));
+    push.extend(red.iter().map(|&a| st[a] as u32));
+    Ok(Plan::Dispatch {
+        spec: Spec::Reduce { mean, out_rank: kept.len() as u32, red_rank: red.len() as u32 },
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read: numel(x) as u64 * 4,
+        bytes_written: 0,
+    })
+}
+
+fn reduce_body(sb: &mut Sb, mean: bool, out_rank: u32, red_rank: u32) {
+    let i = flat_id(sb);
+    let total = sb.push(0);
+    let inside = sb.ult(i, total);
+    sb.if_then(inside, |sb| {
+        // The input offset of result element i (its kept coordinates).
+        let mut rem = i;
+        let mut base = sb.cu(0);
+        for d in (0..out_rank).rev() {
+            let dim = sb.push(3 + d);
+            let c = sb.umod(rem, dim);
+            rem = sb.udiv(rem, dim);
+            let st = sb.push(3 + out_rank + d);
+            let t = sb.imul(c, st);
+            base = sb.iadd(base, t);
+        }
+        let count = {
+            let mut n = sb.cu(1);
+            for d in 0..red_rank {
+                let dim = sb.push(3 + 2 * out_rank + d);
+                n = sb.imul(n, dim);
+            }
+            n
+        };
+        let fz = sb.cf(0.0);
+        let acc = sb.var(true, fz);
+        let (zero, one) = (sb.cu(0), sb.cu(1));
+        sb.for_range(zero, count, one, |sb, r| {
+            let mut rem = r;
+            let mut off = base;
+            for d in (0..red_rank).rev() {
+                let dim = sb.push(3 + 2 * out_rank + d);
+                let c = sb.umod(rem, dim);
+                rem = sb.udiv(rem, dim);
+                let st = sb.push(3 + 2 * out_rank + red_rank + d);
+                let t = sb.imul(c, st);
+                off = sb.iadd(off, t);
+            }
+            let x = sb.load(0, off);
+            let s = sb.get(acc, true);
+            let s = sb.fadd(s, x);
+            sb.set(acc, s);
+        });
+        let s = sb.get(acc, true);
+        let y = if mean {
+            let n = sb.push(2);
+            let n = sb.bits_to_f32(n);
+            sb.fdiv(s, n)
+        } else {
+            s
+        };
+        sb.store(1, i, y);
     });
 }
 

@@ -217,6 +217,13 @@ impl Sb {
         self.b.load(self.u32, None, p, None, []).expect("load")
     }
 
+    /// Stores word `v` at `idx` of a u32 buffer.
+    pub fn store_u(&mut self, buf: usize, idx: Word, v: Word) {
+        let zero = self.cu(0);
+        let p = self.b.access_chain(self.ptr_u32_sb, None, self.bufs[buf], [zero, idx]).expect("chain");
+        self.b.store(p, v, None, []).expect("store")
+    }
+
     pub fn store(&mut self, buf: usize, idx: Word, v: Word) {
         let p = self.elem_ptr(buf, idx);
         self.b.store(p, v, None, []).expect("store")

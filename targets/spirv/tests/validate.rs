@@ -12,6 +12,9 @@ fn all_specs() -> Vec<Spec> {
         specs.extend(unary.iter().map(|&u| Spec::Elementwise { f: EwFn::Unary(u), rank }));
         specs.extend(binary.iter().map(|&b| Spec::Elementwise { f: EwFn::Binary(b), rank }));
         specs.push(Spec::Elementwise { f: EwFn::Copy, rank });
+        specs.extend([1, 2].map(|words| Spec::Elementwise { f: EwFn::CopyWords { words }, rank }));
+        use tessera_ir::DType::*;
+        specs.extend([I64, I32, U8, I8, U4, I4, Bool].map(|from| Spec::Elementwise { f: EwFn::ToF32 { from }, rank }));
     }
     specs.extend((0..4).flat_map(|batch_rank| [false, true].map(|bias| Spec::MatMul { batch_rank, bias })));
     let eps = 1e-5f32.to_bits();
@@ -36,6 +39,11 @@ fn all_specs() -> Vec<Spec> {
         }
     }
     specs.extend([Spec::Gather { wide: true }, Spec::Gather { wide: false }]);
+    for out_rank in 0..3 {
+        for red_rank in 0..3 {
+            specs.extend([false, true].map(|mean| Spec::Reduce { mean, out_rank, red_rank }));
+        }
+    }
     specs
 }
 
