@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod manager;
 pub mod memory;
 pub mod plan_memory;
+pub mod profile;
 pub mod refine_types;
 pub mod saturate;
 pub mod schedule;

@@ -71,6 +71,8 @@ pub struct KernelReport {
     pub shared_bytes: u32,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Floating-point operations, as the planner counts them for the cost model.
+    pub flops: u64,
 }
 
 struct Buffer {
@@ -340,7 +342,7 @@ impl Vulkan {
             };
             match p {
                 Ok(Plan::View) => ex.view(n)?,
-                Ok(Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written }) => {
+                Ok(Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written, flops }) => {
                     if let Op::Gather { axis } = nd.op {
                         // The shader cannot fail: out-of-range indices go to the host, whose
                         // interpreter reports them.
@@ -370,6 +372,7 @@ impl Vulkan {
                         shared_bytes: pipe.shared_bytes,
                         bytes_read,
                         bytes_written,
+                        flops,
                     });
                 }
                 Err(err) => match fallback {

@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// epilogue around it); `off` runs Cranelift-emitted code only.
     #[arg(long, value_enum, default_value_t = super::UkernelArg::Auto)]
     pub ukernel: super::UkernelArg,
+    /// The phone profile (a built-in name or a .toml file, see profiles/) whose cost model
+    /// estimates each GPU kernel's time in the `--profile` table.
+    #[arg(long, default_value = "snapdragon-8-gen-2")]
+    pub device_profile: String,
     /// Print the time each kernel took (CPU target), slowest first; on the GPU target, every
     /// dispatched kernel with its workgroup, grid, shared memory and bytes read and written.
     #[arg(long)]
@@ -133,6 +137,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             session.startup.passes_ms
         );
     }
+    let device = match args.target {
+        RunTarget::Gpu if args.profile => Some(
+            tessera_compiler::passes::profile::DeviceProfile::load(&args.device_profile)
+                .map_err(|e| anyhow::anyhow!("--device-profile: {e}"))?,
+        ),
+        _ => None,
+    };
     let g = session.graph();
     let atol = args.atol.unwrap_or(match args.target {
         RunTarget::Gpu => 1e-4,
@@ -167,7 +178,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{}: ran on {where_} in {:.2} ms", set.display(), elapsed.as_secs_f64() * 1e3);
         if let Some(r) = &gpu_report {
-            print_gpu_report(r, args.profile);
+            print_gpu_report(r, device.as_ref());
         }
         for (j, ((name, _), t)) in g.outputs().iter().zip(&outputs).enumerate() {
             let expected_path = set.join(format!("output_{j}.pb"));
@@ -216,8 +227,12 @@ pub fn preview(t: &Tensor) -> String {
 }
 
 /// What ran where on the GPU target: kernel and host counts, host nodes grouped by op and
-/// reason, and with `profile` every kernel's shape and traffic.
-fn print_gpu_report(r: &tessera_runtime::vulkan::RunReport, profile: bool) {
+/// reason, and with a device profile (`--profile`) every kernel's shape, traffic and the cost
+/// model's estimate on that phone.
+fn print_gpu_report(
+    r: &tessera_runtime::vulkan::RunReport,
+    device: Option<&tessera_compiler::passes::profile::DeviceProfile>,
+) {
     println!(
         "  GPU: {} kernels in {} submissions, {} views; host: {} nodes; {:.1} MiB uploaded, {:.1} MiB read back",
         r.kernels.len(),
@@ -237,22 +252,33 @@ fn print_gpu_report(r: &tessera_runtime::vulkan::RunReport, profile: bool) {
     for ((op, why), n) in groups {
         println!("    on the host: {n} x {op} ({why})");
     }
-    if profile {
+    let Some(device) = device else { return };
+    let gpu = device.gpu.as_ref().map_or("no GPU", |g| g.name.as_str());
+    println!(
+        "  {:>5} {:<12} {:>9} {:>12} {:>6} {:>10} {:>10} {:>11} {:>9}",
+        "node", "op", "workgroup", "groups", "shared", "read", "written", "MFLOP", "est us"
+    );
+    let mut total = 0.0;
+    for k in &r.kernels {
+        let est = device.gpu_estimate_us(k.flops, k.bytes_read + k.bytes_written);
+        total += est.unwrap_or(0.0);
         println!(
-            "  {:>5} {:<12} {:>11} {:>14} {:>7} {:>10} {:>10}",
-            "node", "op", "workgroup", "groups", "shared", "read", "written"
+            "  {:>5} {:<12} {:>9} {:>12} {:>6} {:>10} {:>10} {:>11.3} {:>9}",
+            format!("n{}", k.node),
+            k.op,
+            format!("{}x{}x{}", k.local[0], k.local[1], k.local[2]),
+            format!("{}x{}x{}", k.groups[0], k.groups[1], k.groups[2]),
+            k.shared_bytes,
+            k.bytes_read,
+            k.bytes_written,
+            k.flops as f64 / 1e6,
+            est.map_or("-".to_string(), |e| format!("{e:.1}"))
         );
-        for k in &r.kernels {
-            println!(
-                "  {:>5} {:<12} {:>11} {:>14} {:>7} {:>10} {:>10}",
-                format!("n{}", k.node),
-                k.op,
-                format!("{}x{}x{}", k.local[0], k.local[1], k.local[2]),
-                format!("{}x{}x{}", k.groups[0], k.groups[1], k.groups[2]),
-                k.shared_bytes,
-                k.bytes_read,
-                k.bytes_written
-            );
-        }
     }
+    println!(
+        "  estimated {:.2} ms on {} ({gpu}) by the roofline cost model of profiles/{}.toml (assumed efficiencies)",
+        total / 1e3,
+        device.soc,
+        device.name
+    );
 }

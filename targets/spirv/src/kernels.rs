@@ -86,7 +86,17 @@ pub enum Plan {
     View,
     /// A dispatch of the kernel for `spec`, with `operands` bound to its buffers in order and
     /// the node's result after them.
-    Dispatch { spec: Spec, operands: Vec<Value>, push: Vec<u32>, groups: [u32; 3], bytes_read: u64, bytes_written: u64 },
+    Dispatch {
+        spec: Spec,
+        operands: Vec<Value>,
+        push: Vec<u32>,
+        groups: [u32; 3],
+        bytes_read: u64,
+        bytes_written: u64,
+        /// Floating-point operations (a multiply-add counts 2; exp, erf and the like count 8),
+        /// for the cost model.
+        flops: u64,
+    },
 }
 
 const EW_LOCAL: u32 = 64;
@@ -296,10 +306,61 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
                     _ => nd.inputs.clone(),
                 };
             }
-            Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written: bytes_out }
+            let flops = flops(&spec, ins, out);
+            Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written: bytes_out, flops }
         }
         p => p,
     })
+}
+
+/// The arithmetic of a planned kernel (see [`Plan::Dispatch`]'s `flops`).
+fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
+    let n = numel(out) as u64;
+    let mat = |s: &[usize]| -> (u64, u64) { (s[s.len() - 2] as u64, s[s.len() - 1] as u64) };
+    match spec {
+        Spec::Elementwise { f, .. } => match f {
+            EwFn::Copy | EwFn::CopyWords { .. } => 0,
+            EwFn::ToF32 { .. } => n,
+            EwFn::Binary(BinaryOp::Pow) => 8 * n,
+            EwFn::Binary(_) => n,
+            EwFn::Unary(u) => {
+                use UnaryOp::*;
+                let per = match u {
+                    Exp | Log | Tanh | Erf | Sigmoid | Silu | Sin | Cos => 8,
+                    Gelu | GeluTanh => 12,
+                    Sqrt | Rsqrt | Reciprocal => 4,
+                    _ => 1,
+                };
+                per * n
+            }
+        },
+        Spec::MatMul { bias, .. } => {
+            let (_, k) = mat(ins[0]);
+            2 * n * k + if *bias { 2 * n } else { 0 }
+        }
+        Spec::QMatMul { .. } => {
+            let (m, k) = mat(ins[0]);
+            let batches = n / (m * mat(out).1).max(1);
+            // The product, and each B tile dequantized once per row of tiles.
+            2 * n * k + 2 * k * mat(out).1 * m.div_ceil(TILE as u64) * batches
+        }
+        Spec::Rows(f) => {
+            let per = match f {
+                RowFn::Softmax | RowFn::LogSoftmax => 12,
+                RowFn::LayerNorm { .. } => 8,
+                RowFn::RmsNorm { .. } => 5,
+            };
+            per * numel(ins[0]) as u64
+        }
+        Spec::Attention { .. } => {
+            let (_, d) = mat(ins[0]);
+            let sk = ins[1][ins[1].len() - 2] as u64;
+            let rows = n / mat(out).1.max(1);
+            rows * sk * (2 * d + 12) + 2 * n * sk
+        }
+        Spec::Gather { .. } => 0,
+        Spec::Reduce { .. } => numel(ins[0]) as u64,
+    }
 }
 
 /// Plans `qmatmul x, w`: `w` a 2-D constant of 4- or 8-bit integers with its quantization
@@ -361,6 +422,7 @@ fn qmatmul(g: &Graph, xv: Value, w: Value, ins: &[&[usize]], out: &[usize], limi
         groups,
         bytes_read,
         bytes_written: 0,
+        flops: 0,
     })
 }
 
@@ -385,7 +447,15 @@ fn gather(idx: DType, ins: &[&[usize]], axis: i64, out: &[usize], limits: &Limit
     let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "gather")?;
     let push = vec![total as u32, groups[0] * EW_LOCAL, nidx as u32, inner as u32, dim as u32];
     let bytes_read = (total + nidx * (1 + wide as usize)) as u64 * 4;
-    Ok(Plan::Dispatch { spec: Spec::Gather { wide }, operands: Vec::new(), push, groups, bytes_read, bytes_written: 0 })
+    Ok(Plan::Dispatch {
+        spec: Spec::Gather { wide },
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read,
+        bytes_written: 0,
+        flops: 0,
+    })
 }
 
 /// Whether the GPU target has a shader for `u` (on f32).
@@ -473,6 +543,7 @@ fn elementwise(f: EwFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &
         groups,
         bytes_read,
         bytes_written: 0,
+        flops: 0,
     })
 }
 
@@ -525,6 +596,7 @@ fn matmul(
         groups,
         bytes_read,
         bytes_written: 0,
+        flops: 0,
     })
 }
 
@@ -537,7 +609,15 @@ fn rows(f: RowFn, x: &[usize], axis: usize, params: usize, limits: &Limits) -> R
     }
     let push = vec![nrows as u32, cols as u32, groups[0]];
     let bytes_read = (numel(x) + params * cols) as u64 * 4;
-    Ok(Plan::Dispatch { spec: Spec::Rows(f), operands: Vec::new(), push, groups, bytes_read, bytes_written: 0 })
+    Ok(Plan::Dispatch {
+        spec: Spec::Rows(f),
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read,
+        bytes_written: 0,
+        flops: 0,
+    })
 }
 
 /// Batch strides (in elements) of an operand with batch dims `sb` and `mat` elements per
@@ -591,6 +671,7 @@ fn attention(ins: &[&[usize]], out: &[usize], scale: f32, causal: bool, limits: 
         groups,
         bytes_read,
         bytes_written: 0,
+        flops: 0,
     })
 }
 
@@ -786,6 +867,7 @@ fn reduce_plan(mean: bool, x: &[usize], axes: &[i64], out: &[usize], limits: &Li
         groups,
         bytes_read: numel(x) as u64 * 4,
         bytes_written: 0,
+        flops: 0,
     })
 }
 
