@@ -141,6 +141,26 @@ pub enum Backend {
     Cpu,
 }
 
+/// Why a [`Runner`] did not produce outputs.
+#[derive(Debug)]
+pub enum RunnerError {
+    /// The engine has no way to run (part of) this graph: counted as unsupported.
+    Unsupported(String),
+    /// The engine failed: counted as a failure.
+    Failed(String),
+}
+
+/// An engine outside this crate (the GPU target's Vulkan executor lives in the runtime):
+/// runs an imported, optimized graph on inputs in its input order.
+pub type Runner<'a> = &'a (dyn Fn(&Graph, &[tessera_ir::Tensor]) -> Result<Vec<tessera_ir::Tensor>, RunnerError> + 'a);
+
+/// Runs one test on `runner` after the passes of `pipeline`, comparing float outputs with
+/// relative tolerance 1e-3 and absolute tolerance `atol` (ONNX's tests use 1e-7; a GPU's exp
+/// and reductions round differently).
+pub fn run_case_by(dir: &Path, pipeline: Option<&str>, atol: f64, runner: Runner) -> CaseResult {
+    run_case_in(dir, pipeline, Exec::Runner(runner), atol)
+}
+
 /// Runs one test on the reference interpreter.
 pub fn run_case(dir: &Path) -> CaseResult {
     run_case_with(dir, None)
@@ -154,10 +174,26 @@ pub fn run_case_with(dir: &Path, pipeline: Option<&str>) -> CaseResult {
 /// Runs one test on the reference interpreter after the passes of `pipeline` (text such as
 /// `canonicalize`), so every pass is checked against the same references.
 pub fn run_case_on(dir: &Path, pipeline: Option<&str>, backend: Backend) -> CaseResult {
+    let exec = match backend {
+        Backend::Interp => Exec::Interp,
+        Backend::Cpu => Exec::Cpu,
+    };
+    run_case_in(dir, pipeline, exec, 1e-7)
+}
+
+#[derive(Clone, Copy)]
+enum Exec<'a> {
+    Interp,
+    Cpu,
+    Runner(Runner<'a>),
+}
+
+fn run_case_in(dir: &Path, pipeline: Option<&str>, exec: Exec, atol: f64) -> CaseResult {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let model = dir.join("model.onnx");
     let ops = model_ops(&model);
-    let outcome = std::panic::catch_unwind(|| run_model(dir, &model, pipeline, backend)).unwrap_or_else(|p| {
+    let run = std::panic::AssertUnwindSafe(|| run_model(dir, &model, pipeline, exec, atol));
+    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -183,7 +219,7 @@ impl CpuRun {
     }
 }
 
-fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend) -> Outcome {
+fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, exec: Exec, atol: f64) -> Outcome {
     let mut g: Graph = match import_file(model) {
         Ok(g) => g,
         Err(e) if e.is_unsupported() => return Outcome::Unsupported(short(&e)),
@@ -192,7 +228,7 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
     // Shapes that follow from input values are known only per run: the CPU target then runs the
     // pipeline on each specialized graph instead.
     let unoptimized =
-        (backend == Backend::Cpu && tessera_target_cpu::specialize::shapes_depend_on_data(&g)).then(|| g.clone());
+        (matches!(exec, Exec::Cpu) && tessera_target_cpu::specialize::shapes_depend_on_data(&g)).then(|| g.clone());
     if let Some(p) = pipeline {
         let result = tessera_passes::Pipeline::parse(p).and_then(|mut pl| {
             pl.verify_each = true;
@@ -202,9 +238,9 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
             return Outcome::Failed(format!("passes: {e}"));
         }
     }
-    let program = match backend {
-        Backend::Interp => None,
-        Backend::Cpu => {
+    let program = match exec {
+        Exec::Interp | Exec::Runner(_) => None,
+        Exec::Cpu => {
             let opts = tessera_target_cpu::CpuOptions { threads: 1, ..Default::default() };
             // Shapes that depend on input values: compiled at the first run, per value.
             let compiled = if let Some(u) = &unoptimized {
@@ -241,12 +277,17 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
                 Err(e) => return Outcome::Failed(format!("input {i}: {e}")),
             }
         }
-        let outputs = match &program {
-            None => match tessera_ir::run(&g, inputs) {
+        let outputs = match (&program, exec) {
+            (None, Exec::Runner(r)) => match r(&g, &inputs) {
+                Ok(o) => o,
+                Err(RunnerError::Unsupported(why)) => return Outcome::Unsupported(why),
+                Err(RunnerError::Failed(why)) => return Outcome::Failed(why),
+            },
+            (None, _) => match tessera_ir::run(&g, inputs) {
                 Ok(o) => o,
                 Err(e) => return Outcome::Failed(format!("run: {e}")),
             },
-            Some(p) => match p.run(&inputs) {
+            (Some(p), _) => match p.run(&inputs) {
                 Ok(o) => o,
                 Err(e) if e.is_unsupported() => return Outcome::Unsupported(format!("cpu: {e}")),
                 Err(e) => return Outcome::Failed(format!("cpu run: {e}")),
@@ -258,7 +299,7 @@ fn run_model(dir: &Path, model: &Path, pipeline: Option<&str>, backend: Backend)
                 Err(e @ TensorIoError::UnsupportedDtype { .. }) => return Outcome::Unsupported(e.to_string()),
                 Err(e) => return Outcome::Failed(format!("output {j}: {e}")),
             };
-            match compare(actual, &expected, 1e-3, 1e-7) {
+            match compare(actual, &expected, 1e-3, atol) {
                 Ok(c) if c.passed() => {}
                 Ok(c) => return Outcome::Failed(format!("output {j}: {c}")),
                 Err(e) => return Outcome::Failed(format!("output {j}: {e}")),

@@ -272,6 +272,22 @@ impl Vulkan {
         r
     }
 
+    /// [`Vulkan::run`] as a conformance-suite runner: with [`Fallback::Fail`], a declined node
+    /// makes the case unsupported (the suite then measures what runs wholly on the GPU).
+    pub fn run_case(
+        &self,
+        g: &Graph,
+        inputs: &[Tensor],
+        fallback: Fallback,
+    ) -> Result<Vec<Tensor>, tessera_compiler::conformance::RunnerError> {
+        use tessera_compiler::conformance::RunnerError;
+        match self.run(g, inputs, fallback) {
+            Ok((outs, _)) => Ok(outs),
+            Err(e @ GpuRunError::Declined { .. }) => Err(RunnerError::Unsupported(format!("gpu: {e}"))),
+            Err(e) => Err(RunnerError::Failed(format!("gpu: {e}"))),
+        }
+    }
+
     fn execute(
         &self,
         g: &Graph,

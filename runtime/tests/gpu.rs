@@ -84,6 +84,15 @@ fn elementwise_kernels_match_the_interpreter() {
             check(&vk, &g, vec![tensor(&sa, 1), tensor(&sb, 2)], 1e-6);
         }
     }
+    // pow as C defines it: negative bases with integer exponents, zero bases, y = 0.
+    let mut g = Graph::new("pow");
+    let x = g.add_input("x", f32_ty(&[7, 1]));
+    let y = g.add_input("y", f32_ty(&[6]));
+    let p = g.add_op(Op::Binary(BinaryOp::Pow), vec![x, y]).unwrap()[0];
+    g.add_output("p", p);
+    let xs = Tensor::from_f32(DType::F32, &[7, 1], vec![-2.0, -0.5, 0.0, 0.5, 3.0, -1.5, 2.0]).unwrap();
+    let ys = Tensor::from_f32(DType::F32, &[6], vec![3.0, 2.0, -1.0, 0.0, 0.5, -2.0]).unwrap();
+    check(&vk, &g, vec![xs, ys], 1e-5);
     // Every unary op with a shader but those defined for positive inputs only (below).
     let positive = [UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Rsqrt, UnaryOp::Reciprocal];
     let unary = UnaryOp::ALL.into_iter().filter(|u| unary_supported(*u) && !positive.contains(u));

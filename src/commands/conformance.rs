@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tessera_compiler::conformance::{cases, run_case_on, Backend, CaseResult, Outcome};
+use tessera_compiler::conformance::{cases, run_case_by, run_case_on, Backend, CaseResult, Outcome};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Target {
@@ -12,6 +12,9 @@ pub enum Target {
     Interp,
     /// The CPU target: every kernel JIT-compiled with Cranelift (one thread per test).
     Cpu,
+    /// The GPU target through Vulkan (lavapipe where there is no GPU): a test with a node the
+    /// GPU target declines counts as unsupported; floats compare with atol 1e-4.
+    Gpu,
 }
 
 #[derive(Args)]
@@ -57,8 +60,12 @@ impl Row {
 
 pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     let backend = match args.target {
-        Target::Interp => Backend::Interp,
+        Target::Interp | Target::Gpu => Backend::Interp,
         Target::Cpu => Backend::Cpu,
+    };
+    let vk = match args.target {
+        Target::Gpu => Some(tessera_runtime::vulkan::Vulkan::new()?),
+        _ => None,
     };
     crate::must_exist(&args.dir, "the node-test folder")?;
     let dirs = cases(&args.dir, args.filter.as_deref())
@@ -66,7 +73,15 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!dirs.is_empty(), "{} holds no test folders with a model.onnx", args.dir.display());
     tessera_compiler::passes::Pipeline::parse(&args.passes)?;
     let pipeline = (args.passes != "none").then_some(args.passes.as_str());
-    let results: Vec<CaseResult> = dirs.iter().map(|d| run_case_on(d, pipeline, backend)).collect();
+    let results: Vec<CaseResult> = match &vk {
+        Some(vk) => {
+            let runner = |g: &tessera_ir::Graph, inputs: &[tessera_ir::Tensor]| {
+                vk.run_case(g, inputs, tessera_runtime::vulkan::Fallback::Fail)
+            };
+            dirs.iter().map(|d| run_case_by(d, pipeline, 1e-4, &runner)).collect()
+        }
+        None => dirs.iter().map(|d| run_case_on(d, pipeline, backend)).collect(),
+    };
     let mut table: BTreeMap<String, Row> = BTreeMap::new();
     let (mut all, mut transformer) = (Row::default(), Row::default());
     for r in &results {

@@ -1039,7 +1039,7 @@ fn binary(sb: &mut Sb, op: BinaryOp, x: Word, y: Word) -> Word {
         BinaryOp::Sub => sb.fsub(x, y),
         BinaryOp::Mul => sb.fmul(x, y),
         BinaryOp::Div => sb.fdiv(x, y),
-        BinaryOp::Pow => sb.glsl(Glsl::Pow, &[x, y]),
+        BinaryOp::Pow => pow(sb, x, y),
         BinaryOp::Max | BinaryOp::Min => {
             // NaN if either is NaN, as the interpreter does (GLSL's FMax leaves it undefined).
             let pick = if op == BinaryOp::Max { sb.fgt(x, y) } else { sb.flt(x, y) };
@@ -1051,6 +1051,35 @@ fn binary(sb: &mut Sb, op: BinaryOp, x: Word, y: Word) -> Word {
         }
         _ => unreachable!("checked by plan"),
     }
+}
+
+/// `x^y` as C's `powf` defines it where GLSL's `pow` leaves it undefined: a negative base
+/// with an integer exponent (odd ones keep the sign, others give NaN), a zero base, `y = 0`.
+fn pow(sb: &mut Sb, x: Word, y: Word) -> Word {
+    let ax = sb.glsl(Glsl::FAbs, &[x]);
+    let r = sb.glsl(Glsl::Pow, &[ax, y]);
+    let (zero, one, half) = (sb.cf(0.0), sb.cf(1.0), sb.cf(0.5));
+    let inf = sb.cf(f32::INFINITY);
+    let nan = sb.cf(f32::NAN);
+    // A zero base: 0 for y > 0, infinity for y < 0.
+    let base0 = sb.b.f_ord_equal(sb.bool, None, ax, zero).expect("feq");
+    let ypos = sb.fgt(y, zero);
+    let z = sb.select(ypos, zero, inf, true);
+    let r = sb.select(base0, z, r, true);
+    // A negative base: only integer exponents have a real result.
+    let fy = sb.glsl(Glsl::Floor, &[y]);
+    let yint = sb.b.f_ord_equal(sb.bool, None, fy, y).expect("feq");
+    let h = sb.fmul(y, half);
+    let fh = sb.glsl(Glsl::Floor, &[h]);
+    let odd = sb.b.f_ord_not_equal(sb.bool, None, fh, h).expect("fne");
+    let nr = sb.fneg(r);
+    let signed = sb.select(odd, nr, r, true);
+    let neg_r = sb.select(yint, signed, nan, true);
+    let neg = sb.flt(x, zero);
+    let r = sb.select(neg, neg_r, r, true);
+    // x^0 = 1, whatever x.
+    let y0 = sb.b.f_ord_equal(sb.bool, None, y, zero).expect("feq");
+    sb.select(y0, one, r, true)
 }
 
 /// `cond ? buffer[index()] : 0`, the index computed (and the load made) only when `cond`.
