@@ -798,6 +798,10 @@ impl Drop for Vulkan {
     }
 }
 
+// SAFETY: a buffer's mapping is host memory of this process, valid on any thread; access to a
+// resident buffer goes through GpuModel's mutex, and a run's own buffers stay on its thread.
+unsafe impl Send for Buffer {}
+
 // SAFETY: Vulkan handles may be used from any thread; the queue and the pipeline map are
 // behind mutexes, and each run owns its pools, buffers and fence.
 unsafe impl Send for Vulkan {}

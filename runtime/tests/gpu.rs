@@ -232,7 +232,8 @@ fn attention_matches_the_interpreter() {
     let Some(vk) = vulkan() else { return };
     // (q, k, v, mask, causal): a BERT-style additive mask broadcast over heads and rows, a
     // causal decode step (sq < sk), broadcast batches, and a mask hiding every key of some rows.
-    let cases: Vec<(Vec<usize>, Vec<usize>, Vec<usize>, Option<Vec<usize>>, bool)> = vec![
+    type Case = (Vec<usize>, Vec<usize>, Vec<usize>, Option<Vec<usize>>, bool);
+    let cases: Vec<Case> = vec![
         (vec![1, 12, 20, 32], vec![1, 12, 20, 32], vec![1, 12, 20, 32], Some(vec![1, 1, 1, 20]), false),
         (vec![2, 3, 5, 16], vec![2, 3, 9, 16], vec![2, 3, 9, 24], None, true),
         (vec![4, 7, 8], vec![1, 70, 8], vec![1, 70, 5], Some(vec![7, 70]), false),
