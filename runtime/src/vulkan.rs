@@ -114,11 +114,19 @@ impl Vulkan {
         let memory = unsafe { instance.get_physical_device_memory_properties(pd) };
         let name = props.device_name_as_c_str().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let l = props.limits;
+        // Vulkan 1.1: subgroup properties through vkGetPhysicalDeviceProperties2.
+        let mut sg = vk::PhysicalDeviceSubgroupProperties::default();
+        let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut sg);
+        // SAFETY: pd comes from this instance, which asked for API 1.1.
+        unsafe { instance.get_physical_device_properties2(pd, &mut props2) };
+        let subgroup_arithmetic = sg.supported_stages.contains(vk::ShaderStageFlags::COMPUTE)
+            && sg.supported_operations.contains(vk::SubgroupFeatureFlags::ARITHMETIC);
         let limits = Limits {
             max_invocations: l.max_compute_work_group_invocations,
             max_shared_bytes: l.max_compute_shared_memory_size,
             max_groups: l.max_compute_work_group_count,
             max_push_bytes: l.max_push_constants_size,
+            subgroup_arithmetic,
         };
         let prio = [1.0f32];
         let qinfo = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&prio)];

@@ -17,8 +17,9 @@ pub enum Spec {
     /// them), operands read through strides (so Gemm's transposes cost nothing), 16x16 tiles
     /// staged in shared memory.
     MatMul { batch_rank: u32, bias: bool },
-    /// One workgroup per row of `cols` floats.
-    Rows(RowFn),
+    /// One workgroup per row of `cols` floats; reductions through subgroup arithmetic when
+    /// `subgroups`.
+    Rows { f: RowFn, subgroups: bool },
     /// `x @ dequantize(w)` with `w` a 2-D `[k, n]` weight of `bits`-bit integers (packed in u32
     /// words, unpacked in the shader) and its scales (and zero points, packed alike) per
     /// tensor, column, row or block; the matmul's tiling, the B tile dequantized as it loads.
@@ -31,7 +32,7 @@ pub enum Spec {
     Reduce { mean: bool, out_rank: u32, red_rank: u32 },
     /// `softmax(q @ k^T * scale + mask) @ v`, one workgroup per query row: the query row and
     /// the row's scores (up to `cap` keys) staged in shared memory, exact two-pass softmax.
-    Attention { batch_rank: u32, mask: bool, causal: bool, cap: u32 },
+    Attention { batch_rank: u32, mask: bool, causal: bool, cap: u32, subgroups: bool },
 }
 
 /// The function of an elementwise kernel.
@@ -344,7 +345,7 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
             // The product, and each B tile dequantized once per row of tiles.
             2 * n * k + 2 * k * mat(out).1 * m.div_ceil(TILE as u64) * batches
         }
-        Spec::Rows(f) => {
+        Spec::Rows { f, .. } => {
             let per = match f {
                 RowFn::Softmax | RowFn::LogSoftmax => 12,
                 RowFn::LayerNorm { .. } => 8,
@@ -610,7 +611,7 @@ fn rows(f: RowFn, x: &[usize], axis: usize, params: usize, limits: &Limits) -> R
     let push = vec![nrows as u32, cols as u32, groups[0]];
     let bytes_read = (numel(x) + params * cols) as u64 * 4;
     Ok(Plan::Dispatch {
-        spec: Spec::Rows(f),
+        spec: Spec::Rows { f, subgroups: limits.subgroup_arithmetic },
         operands: Vec::new(),
         push,
         groups,
@@ -665,7 +666,13 @@ fn attention(ins: &[&[usize]], out: &[usize], scale: f32, causal: bool, limits: 
     }
     let bytes_read = ins.iter().map(|s| numel(s) as u64 * 4).sum();
     Ok(Plan::Dispatch {
-        spec: Spec::Attention { batch_rank: batch.len() as u32, mask, causal, cap: cap as u32 },
+        spec: Spec::Attention {
+            batch_rank: batch.len() as u32,
+            mask,
+            causal,
+            cap: cap as u32,
+            subgroups: limits.subgroup_arithmetic,
+        },
         operands: Vec::new(),
         push,
         groups,
@@ -703,14 +710,14 @@ pub fn build(spec: &Spec) -> Kernel {
             matmul_body(&mut sb, *batch_rank, *bias, None);
             (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
         }
-        Spec::Rows(f) => {
+        Spec::Rows { f, subgroups } => {
             let params = match f {
                 RowFn::Softmax | RowFn::LogSoftmax => 0,
                 RowFn::LayerNorm { bias, .. } => 1 + *bias as usize,
                 RowFn::RmsNorm { .. } => 1,
             };
-            let mut sb = Sb::new(params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL);
-            rows_body(&mut sb, *f, params);
+            let mut sb = Sb::build(&vec![false; params + 2], 3, [ROW_LOCAL, 1, 1], ROW_LOCAL, *subgroups);
+            rows_body(&mut sb, *f, params, *subgroups);
             (sb, params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL * 4)
         }
         Spec::QMatMul { batch_rank, bits, signed, zero } => {
@@ -730,12 +737,12 @@ pub fn build(spec: &Spec) -> Kernel {
             gather_body(&mut sb, *wide);
             (sb, 3, 5, [EW_LOCAL, 1, 1], 0)
         }
-        Spec::Attention { batch_rank, mask, causal, cap } => {
+        Spec::Attention { batch_rank, mask, causal, cap, subgroups } => {
             let n_in = 3 + *mask as usize;
             let push_words = 7 + 4 * batch_rank + if *mask { batch_rank + 2 } else { 0 };
             let shared = 2 * cap + ROW_LOCAL;
-            let mut sb = Sb::new(n_in + 1, push_words, [ROW_LOCAL, 1, 1], shared);
-            attention_body(&mut sb, *batch_rank, *mask, *causal, *cap);
+            let mut sb = Sb::build(&vec![false; n_in + 1], push_words, [ROW_LOCAL, 1, 1], shared, *subgroups);
+            attention_body(&mut sb, *batch_rank, *mask, *causal, *cap, *subgroups);
             (sb, n_in + 1, push_words, [ROW_LOCAL, 1, 1], shared * 4)
         }
     };
@@ -1283,12 +1290,47 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
     });
 }
 
-/// Reduces `v` (one value per invocation) across the workgroup with `f`; every invocation
-/// gets the result.
-/// The scratch is `ROW_LOCAL` floats of shared memory from `base`.
-fn reduce(sb: &mut Sb, base: u32, v: Word, f: &dyn Fn(&mut Sb, Word, Word) -> Word) -> Word {
-    let lid = sb.local_id(0);
+/// Reduces `v` (one value per invocation) across the workgroup, summing or (with `max`)
+/// taking the maximum; every invocation gets the result. The scratch is `ROW_LOCAL` floats of
+/// shared memory from `base`. With `subgroups`, each subgroup reduces in registers first
+/// (subgroup arithmetic) and only one value per subgroup goes through shared memory.
+fn reduce(sb: &mut Sb, base: u32, v: Word, max: bool, subgroups: bool) -> Word {
+    let combine = |sb: &mut Sb, a: Word, b: Word| {
+        if max {
+            let g = sb.fgt(a, b);
+            sb.select(g, a, b, true)
+        } else {
+            sb.fadd(a, b)
+        }
+    };
     let basew = sb.cu(base);
+    if subgroups {
+        let r = sb.subgroup_reduce(v, max);
+        let [sid, lane, nsg] = sb.subgroup_ids();
+        let zero = sb.cu(0);
+        let first = sb.b.i_equal(sb.bool, None, lane, zero).expect("ieq");
+        sb.if_then(first, |sb| {
+            let slot = sb.iadd(basew, sid);
+            sb.store_shared(slot, r);
+        });
+        sb.barrier();
+        let acc = {
+            let x = sb.load_shared(basew);
+            sb.var(true, x)
+        };
+        let one = sb.cu(1);
+        sb.for_range(one, nsg, one, |sb, i| {
+            let slot = sb.iadd(basew, i);
+            let x = sb.load_shared(slot);
+            let a = sb.get(acc, true);
+            let y = combine(sb, a, x);
+            sb.set(acc, y);
+        });
+        let r = sb.get(acc, true);
+        sb.barrier();
+        return r;
+    }
+    let lid = sb.local_id(0);
     let slot = sb.iadd(lid, basew);
     sb.store_shared(slot, v);
     sb.barrier();
@@ -1300,7 +1342,7 @@ fn reduce(sb: &mut Sb, base: u32, v: Word, f: &dyn Fn(&mut Sb, Word, Word) -> Wo
             let a = sb.load_shared(slot);
             let j = sb.iadd(slot, sv);
             let b = sb.load_shared(j);
-            let r = f(sb, a, b);
+            let r = combine(sb, a, b);
             sb.store_shared(slot, r);
         });
         sb.barrier();
@@ -1311,7 +1353,7 @@ fn reduce(sb: &mut Sb, base: u32, v: Word, f: &dyn Fn(&mut Sb, Word, Word) -> Wo
     r
 }
 
-fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
+fn rows_body(sb: &mut Sb, f: RowFn, params: usize, subgroups: bool) {
     let nrows = sb.push(0);
     let cols = sb.push(1);
     let gx = sb.push(2);
@@ -1340,7 +1382,7 @@ fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
                 sb.set(acc, s);
             });
             let s = sb.get(acc, true);
-            reduce(sb, 0, s, &|sb, a, b| sb.fadd(a, b))
+            reduce(sb, 0, s, false, subgroups)
         };
         let write = |sb: &mut Sb, g: &dyn Fn(&mut Sb, Word, Word) -> Word| {
             sb.for_range(lid, cols, step, |sb, j| {
@@ -1364,10 +1406,7 @@ fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
                     sb.set(mx, m);
                 });
                 let m = sb.get(mx, true);
-                let m = reduce(sb, 0, m, &|sb, a, b| {
-                    let g = sb.fgt(a, b);
-                    sb.select(g, a, b, true)
-                });
+                let m = reduce(sb, 0, m, true, subgroups);
                 let s = sum_of(sb, &|sb, x| {
                     let d = sb.fsub(x, m);
                     sb.glsl(Glsl::Exp, &[d])
@@ -1430,7 +1469,7 @@ fn rows_body(sb: &mut Sb, f: RowFn, params: usize) {
     });
 }
 
-fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32) {
+fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32, subgroups: bool) {
     let (nrows, sq, sk, d, dv) = (sb.push(0), sb.push(1), sb.push(2), sb.push(3), sb.push(4));
     let scale = {
         let bits = sb.push(5);
@@ -1523,10 +1562,7 @@ fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32) {
             sb.set(mx, m);
         });
         let m = sb.get(mx, true);
-        let m = reduce(sb, 2 * cap, m, &|sb, a, b| {
-            let g = sb.fgt(a, b);
-            sb.select(g, a, b, true)
-        });
+        let m = reduce(sb, 2 * cap, m, true, subgroups);
         // A row that sees no key is all zero.
         let none = sb.b.f_ord_equal(sb.bool, None, m, ninf).expect("feq");
         let fz = sb.cf(0.0);
@@ -1544,7 +1580,7 @@ fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32) {
             sb.set(sum, t);
         });
         let t = sb.get(sum, true);
-        let total = reduce(sb, 2 * cap, t, &|sb, a, b| sb.fadd(a, b));
+        let total = reduce(sb, 2 * cap, t, false, subgroups);
         sb.for_range(lid, sk, step, |sb, j| {
             let slot = sb.iadd(capw, j);
             let e = sb.load_shared(slot);

@@ -8,8 +8,9 @@
 //! the bytes it moves. [`build`] turns a `Spec` into a [`Kernel`]: SPIR-V words, workgroup
 //! size, shared memory. The executor caches kernels by `Spec`.
 //!
-//! f32 only for now; every other dtype, and every op not listed in [`plan`], is declined with a
-//! [`GpuError::Declined`] that names the op and why (the partitioner places it elsewhere).
+//! Floats are f32; other dtypes move as words or convert to f32 where [`plan`] says so, and
+//! every other dtype or op is declined with a [`GpuError::Declined`] that names the op and why
+//! (the executor then runs it on the host; the partitioner will place it elsewhere).
 //! Targets depend on `passes` (and through it on `ir`) and never on each other.
 
 pub mod kernels;
@@ -29,12 +30,21 @@ pub struct Limits {
     pub max_groups: [u32; 3],
     /// `maxPushConstantsSize`, bytes.
     pub max_push_bytes: u32,
+    /// Whether compute shaders have subgroup arithmetic (`VkPhysicalDeviceSubgroupProperties`:
+    /// the compute stage and `SUBGROUP_FEATURE_ARITHMETIC`); reductions then use it.
+    pub subgroup_arithmetic: bool,
 }
 
 impl Default for Limits {
     /// Vulkan's required minimums: what any conformant device offers.
     fn default() -> Limits {
-        Limits { max_invocations: 128, max_shared_bytes: 16384, max_groups: [65535; 3], max_push_bytes: 128 }
+        Limits {
+            max_invocations: 128,
+            max_shared_bytes: 16384,
+            max_groups: [65535; 3],
+            max_push_bytes: 128,
+            subgroup_arithmetic: false,
+        }
     }
 }
 

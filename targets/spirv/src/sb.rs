@@ -59,6 +59,8 @@ pub(crate) struct Sb {
     lid: Word,
     wid: Word,
     uvec3: Word,
+    /// SubgroupId, SubgroupLocalInvocationId, NumSubgroups (declared when asked for).
+    sg: Option<[Word; 3]>,
 }
 
 impl Sb {
@@ -71,6 +73,12 @@ impl Sb {
     /// As [`Sb::new`], with buffer `i` an array of u32 words where `words[i]` (packed
     /// integers, indices), else of f32.
     pub fn typed(words: &[bool], push_words: u32, local: [u32; 3], shared_floats: u32) -> Sb {
+        Sb::build(words, push_words, local, shared_floats, false)
+    }
+
+    /// As [`Sb::typed`], with subgroup arithmetic (`GroupNonUniformArithmetic`) and the
+    /// subgroup builtins declared when `subgroups`.
+    pub fn build(words: &[bool], push_words: u32, local: [u32; 3], shared_floats: u32, subgroups: bool) -> Sb {
         let mut b = Builder::new();
         b.set_version(1, 3);
         b.capability(Capability::Shader);
@@ -133,9 +141,21 @@ impl Sb {
         let gid = builtin(&mut b, BuiltIn::GlobalInvocationId);
         let lid = builtin(&mut b, BuiltIn::LocalInvocationId);
         let wid = builtin(&mut b, BuiltIn::WorkgroupId);
+        let sg = subgroups.then(|| {
+            b.capability(Capability::GroupNonUniform);
+            b.capability(Capability::GroupNonUniformArithmetic);
+            let p = b.type_pointer(None, StorageClass::Input, u32);
+            [BuiltIn::SubgroupId, BuiltIn::SubgroupLocalInvocationId, BuiltIn::NumSubgroups].map(|which| {
+                let v = b.variable(p, None, StorageClass::Input, None);
+                b.decorate(v, Decoration::BuiltIn, [Operand::BuiltIn(which)]);
+                v
+            })
+        });
         let fty = b.type_function(void, []);
         let func = b.begin_function(void, None, FunctionControl::NONE, fty).expect("function");
-        b.entry_point(ExecutionModel::GLCompute, func, "main", [gid, lid, wid]);
+        let mut interface = vec![gid, lid, wid];
+        interface.extend(sg.iter().flatten());
+        b.entry_point(ExecutionModel::GLCompute, func, "main", interface);
         b.execution_mode(func, ExecutionMode::LocalSize, local);
         b.begin_block(None).expect("entry block");
         Sb {
@@ -157,6 +177,25 @@ impl Sb {
             lid,
             wid,
             uvec3,
+            sg,
+        }
+    }
+
+    /// (SubgroupId, SubgroupLocalInvocationId, NumSubgroups); the shader must have been built
+    /// with subgroups.
+    pub fn subgroup_ids(&mut self) -> [Word; 3] {
+        let vars = self.sg.expect("built with subgroups");
+        vars.map(|v| self.b.load(self.u32, None, v, None, []).expect("load"))
+    }
+
+    /// The subgroup-wide sum (or max) of `v`, every invocation getting it.
+    pub fn subgroup_reduce(&mut self, v: Word, max: bool) -> Word {
+        let scope = self.cu(spirv::Scope::Subgroup as u32);
+        let op = spirv::GroupOperation::Reduce;
+        if max {
+            self.b.group_non_uniform_f_max(self.f32, None, scope, op, v, None).expect("subgroup max")
+        } else {
+            self.b.group_non_uniform_f_add(self.f32, None, scope, op, v, None).expect("subgroup add")
         }
     }
 

@@ -31,11 +31,18 @@ fn qmatmul_int4_blocked() {
 
 #[test]
 fn layer_norm() {
-    let spec = Spec::Rows(RowFn::LayerNorm { epsilon: 1e-12f32.to_bits(), bias: true });
+    let spec = Spec::Rows { f: RowFn::LayerNorm { epsilon: 1e-12f32.to_bits(), bias: true }, subgroups: false };
     insta::assert_snapshot!("layer_norm", text(spec));
 }
 
 #[test]
 fn attention() {
-    insta::assert_snapshot!("attention", text(Spec::Attention { batch_rank: 2, mask: true, causal: false, cap: 128 }));
+    let spec = Spec::Attention { batch_rank: 2, mask: true, causal: false, cap: 128, subgroups: false };
+    insta::assert_snapshot!("attention", text(spec));
+}
+
+#[test]
+fn layer_norm_with_subgroup_reductions() {
+    let spec = Spec::Rows { f: RowFn::LayerNorm { epsilon: 1e-12f32.to_bits(), bias: true }, subgroups: true };
+    insta::assert_snapshot!("layer_norm_subgroups", text(spec));
 }

@@ -18,19 +18,24 @@ fn all_specs() -> Vec<Spec> {
     }
     specs.extend((0..4).flat_map(|batch_rank| [false, true].map(|bias| Spec::MatMul { batch_rank, bias })));
     let eps = 1e-5f32.to_bits();
-    specs.extend([
-        Spec::Rows(RowFn::Softmax),
-        Spec::Rows(RowFn::LogSoftmax),
-        Spec::Rows(RowFn::LayerNorm { epsilon: eps, bias: true }),
-        Spec::Rows(RowFn::LayerNorm { epsilon: eps, bias: false }),
-        Spec::Rows(RowFn::RmsNorm { epsilon: eps }),
-    ]);
-    for batch_rank in 0..4 {
-        for (mask, causal) in [(false, false), (true, false), (false, true), (true, true)] {
-            specs.push(Spec::Attention { batch_rank, mask, causal, cap: 128 });
+    for subgroups in [false, true] {
+        specs.extend(
+            [
+                RowFn::Softmax,
+                RowFn::LogSoftmax,
+                RowFn::LayerNorm { epsilon: eps, bias: true },
+                RowFn::LayerNorm { epsilon: eps, bias: false },
+                RowFn::RmsNorm { epsilon: eps },
+            ]
+            .map(|f| Spec::Rows { f, subgroups }),
+        );
+        for batch_rank in 0..4 {
+            for (mask, causal) in [(false, false), (true, false), (false, true), (true, true)] {
+                specs.push(Spec::Attention { batch_rank, mask, causal, cap: 128, subgroups });
+            }
         }
+        specs.push(Spec::Attention { batch_rank: 2, mask: true, causal: false, cap: 2048, subgroups });
     }
-    specs.push(Spec::Attention { batch_rank: 2, mask: true, causal: false, cap: 2048 });
     for batch_rank in 0..3 {
         for bits in [4, 8] {
             for (signed, zero) in [(false, false), (false, true), (true, false), (true, true)] {
