@@ -55,6 +55,8 @@ pub struct Vulkan {
     memory: vk::PhysicalDeviceMemoryProperties,
     cache: vk::PipelineCache,
     pipelines: Mutex<HashMap<Spec, Pipeline>>,
+    /// Nanoseconds per timestamp tick, where the compute queue writes timestamps.
+    timestamp_ns: Option<f64>,
     /// The device's name as the driver reports it (`llvmpipe (LLVM ..)` for lavapipe).
     pub name: String,
     pub limits: Limits,
@@ -73,6 +75,9 @@ pub struct KernelReport {
     pub bytes_written: u64,
     /// Floating-point operations, as the planner counts them for the cost model.
     pub flops: u64,
+    /// The kernel's time on the device, from timestamps around its dispatch (where the queue
+    /// has them).
+    pub device_us: Option<f64>,
 }
 
 struct Buffer {
@@ -99,11 +104,11 @@ impl Vulkan {
             // SAFETY: pd comes from this instance.
             let fams = unsafe { instance.get_physical_device_queue_family_properties(pd) };
             if let Some(f) = fams.iter().position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE)) {
-                chosen = Some((pd, f as u32));
+                chosen = Some((pd, f as u32, fams[f].timestamp_valid_bits));
                 break;
             }
         }
-        let Some((pd, family)) = chosen else {
+        let Some((pd, family, timestamp_bits)) = chosen else {
             // SAFETY: no child objects exist.
             unsafe { instance.destroy_instance(None) };
             return Err(GpuRunError::NoVulkan("no device with a compute queue".into()));
@@ -114,6 +119,8 @@ impl Vulkan {
         let memory = unsafe { instance.get_physical_device_memory_properties(pd) };
         let name = props.device_name_as_c_str().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let l = props.limits;
+        let timestamp_ns =
+            (timestamp_bits > 0 && l.timestamp_compute_and_graphics == vk::TRUE).then_some(l.timestamp_period as f64);
         // Vulkan 1.1: subgroup properties through vkGetPhysicalDeviceProperties2.
         let mut sg = vk::PhysicalDeviceSubgroupProperties::default();
         let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut sg);
@@ -127,6 +134,7 @@ impl Vulkan {
             max_groups: l.max_compute_work_group_count,
             max_push_bytes: l.max_push_constants_size,
             subgroup_arithmetic,
+            fast_shared_memory: props.device_type != vk::PhysicalDeviceType::CPU,
         };
         let prio = [1.0f32];
         let qinfo = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&prio)];
@@ -154,6 +162,7 @@ impl Vulkan {
             memory,
             cache,
             pipelines: Mutex::new(HashMap::new()),
+            timestamp_ns,
             name,
             limits,
         })
@@ -339,8 +348,30 @@ impl Vulkan {
                 return Err(vk_err("vkCreateCommandPool")(e));
             }
         };
+        // Two timestamps per dispatch, where the queue writes them.
+        let queries = match self.timestamp_ns {
+            Some(_) => {
+                let info = vk::QueryPoolCreateInfo::default()
+                    .query_type(vk::QueryType::TIMESTAMP)
+                    .query_count(2 * g.n_nodes().max(1) as u32);
+                // SAFETY: valid create info on a live device; destroyed by Exec's drop.
+                match unsafe { d.create_query_pool(&info, None) } {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        // SAFETY: nothing uses the pools yet.
+                        unsafe {
+                            d.destroy_command_pool(cpool, None);
+                            d.destroy_descriptor_pool(pool, None);
+                        }
+                        return Err(vk_err("vkCreateQueryPool")(e));
+                    }
+                }
+            }
+            None => None,
+        };
         let mut ex = Exec {
             vk: self,
+            queries,
             g,
             inputs,
             bindings,
@@ -397,6 +428,7 @@ impl Vulkan {
                         bytes_read,
                         bytes_written,
                         flops,
+                        device_us: None,
                     });
                 }
                 Err(err) => match fallback {
@@ -410,6 +442,7 @@ impl Vulkan {
             outs.push(ex.host_value(*v)?.into_owned());
         }
         ex.flush()?;
+        ex.read_timestamps()?;
         let report = std::mem::take(&mut ex.report);
         Ok((outs, report))
     }
@@ -502,6 +535,8 @@ impl Buffer {
 /// values that live on the host (host nodes' results), and the command buffer being recorded.
 struct Exec<'a> {
     vk: &'a Vulkan,
+    /// Timestamps: kernel `i` writes queries `2i` and `2i + 1`.
+    queries: Option<vk::QueryPool>,
     g: &'a Graph,
     inputs: &'a [Tensor],
     bindings: Bindings,
@@ -652,6 +687,11 @@ impl Exec<'_> {
         let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
         // SAFETY: cb is a fresh primary command buffer.
         unsafe { d.begin_command_buffer(cb, &begin) }.map_err(vk_err("vkBeginCommandBuffer"))?;
+        if let (Some(q), 0) = (self.queries, self.report.submissions) {
+            // Every query is reset once, in the run's first command buffer.
+            // SAFETY: cb is recording; the pool is live and unused.
+            unsafe { d.cmd_reset_query_pool(cb, q, 0, 2 * self.g.n_nodes().max(1) as u32) };
+        }
         self.cb = Some(cb);
         Ok(cb)
     }
@@ -717,7 +757,14 @@ impl Exec<'_> {
             if !push_bytes.is_empty() {
                 d.cmd_push_constants(cb, pipe.layout, vk::ShaderStageFlags::COMPUTE, 0, &push_bytes);
             }
+            let first = 2 * self.report.kernels.len() as u32;
+            if let Some(q) = self.queries {
+                d.cmd_write_timestamp(cb, vk::PipelineStageFlags::COMPUTE_SHADER, q, first);
+            }
             d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
+            if let Some(q) = self.queries {
+                d.cmd_write_timestamp(cb, vk::PipelineStageFlags::COMPUTE_SHADER, q, first + 1);
+            }
             d.cmd_pipeline_barrier(
                 cb,
                 vk::PipelineStageFlags::COMPUTE_SHADER,
@@ -727,6 +774,30 @@ impl Exec<'_> {
                 &[],
                 &[],
             );
+        }
+        Ok(())
+    }
+
+    /// Each kernel's device time, from its two timestamps (after the last submission).
+    fn read_timestamps(&mut self) -> Result<(), GpuRunError> {
+        let (Some(q), Some(ns)) = (self.queries, self.vk.timestamp_ns) else { return Ok(()) };
+        let n = self.report.kernels.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut ticks = vec![0u64; 2 * n];
+        // SAFETY: every query 0..2n was written by a finished submission.
+        unsafe {
+            self.vk.device.get_query_pool_results(
+                q,
+                0,
+                &mut ticks,
+                vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+            )
+        }
+        .map_err(vk_err("vkGetQueryPoolResults"))?;
+        for (k, t) in self.report.kernels.iter_mut().zip(ticks.chunks(2)) {
+            k.device_us = Some(t[1].saturating_sub(t[0]) as f64 * ns / 1e3);
         }
         Ok(())
     }
@@ -781,6 +852,9 @@ impl Drop for Exec<'_> {
         unsafe {
             d.destroy_command_pool(self.cpool, None);
             d.destroy_descriptor_pool(self.pool, None);
+            if let Some(q) = self.queries {
+                d.destroy_query_pool(q, None);
+            }
         }
         for b in self.owned.drain(..) {
             self.vk.free(b);

@@ -117,9 +117,17 @@ fn elementwise_kernels_match_the_interpreter() {
     }
 }
 
+/// Matmul and Gemm with shared-memory tiles (GPUs) and with register blocks (CPU devices).
 #[test]
-fn matmul_transpose_and_rows_match_the_interpreter() {
-    let Some(vk) = vulkan() else { return };
+fn matmul_and_gemm_match_the_interpreter_tiled_and_untiled() {
+    let Some(mut vk) = vulkan() else { return };
+    for tiled in [true, false] {
+        vk.limits.fast_shared_memory = tiled;
+        matmul_cases(&vk, tiled);
+    }
+}
+
+fn matmul_cases(vk: &Vulkan, tiled: bool) {
     // Batched products with broadcast batches and ragged tiles.
     for (sa, sb) in [
         (vec![37, 20], vec![20, 45]),
@@ -132,9 +140,9 @@ fn matmul_transpose_and_rows_match_the_interpreter() {
         let b = g.add_input("b", f32_ty(&sb));
         let y = g.add_op(Op::MatMul, vec![a, b]).unwrap()[0];
         g.add_output("y", y);
-        let reports = check(&vk, &g, vec![tensor(&sa, 3), tensor(&sb, 4)], 2e-4);
-        assert_eq!(reports[0].local, [16, 16, 1]);
-        assert_eq!(reports[0].shared_bytes, 2048);
+        let reports = check(vk, &g, vec![tensor(&sa, 3), tensor(&sb, 4)], 2e-4);
+        assert_eq!(reports[0].local, if tiled { [16, 16, 1] } else { [16, 4, 1] });
+        assert_eq!(reports[0].shared_bytes, if tiled { 2048 } else { 0 });
     }
     // Gemm: every transpose combination, alpha and beta, bias broadcast along rows or full.
     for (ta, tb, bias) in
@@ -153,9 +161,14 @@ fn matmul_transpose_and_rows_match_the_interpreter() {
         }
         let y = g.add_op(Op::Gemm { alpha: 0.5, beta: 2.0, trans_a: ta, trans_b: tb }, args).unwrap()[0];
         g.add_output("y", y);
-        let reports = check(&vk, &g, inputs, 1e-4);
+        let reports = check(vk, &g, inputs, 1e-4);
         assert_eq!(reports[0].op, "gemm");
     }
+}
+
+#[test]
+fn transpose_and_rows_match_the_interpreter() {
+    let Some(vk) = vulkan() else { return };
     // Transpose (attention's head split) then softmax, layer norm and RMS norm over rows.
     let mut g = Graph::new("rows");
     let x = g.add_input("x", f32_ty(&[2, 7, 4, 33]));
@@ -299,7 +312,14 @@ fn floats(n: usize, seed: u32) -> String {
 
 #[test]
 fn qmatmul_unpacks_packed_weights_in_the_shader() {
-    let Some(vk) = vulkan() else { return };
+    let Some(mut vk) = vulkan() else { return };
+    for tiled in [true, false] {
+        vk.limits.fast_shared_memory = tiled;
+        qmatmul_cases(&vk);
+    }
+}
+
+fn qmatmul_cases(vk: &Vulkan) {
     // (dtype, range, granularity, scale shape, zero point) on x [2, 5, 64] @ w [64, 24].
     let (k, n) = (64usize, 24usize);
     let cases = [
@@ -326,7 +346,7 @@ fn qmatmul_unpacks_packed_weights_in_the_shader() {
         );
         let g = tessera_ir::parse(&text).unwrap_or_else(|e| panic!("case {i}: {e}\n{text}"));
         tessera_ir::verify(&g).unwrap_or_else(|e| panic!("case {i}: {e}\n{text}"));
-        let reports = check(&vk, &g, vec![tensor(&[2, 5, k], 20 + i as u32)], 1e-4);
+        let reports = check(vk, &g, vec![tensor(&[2, 5, k], 20 + i as u32)], 1e-4);
         assert_eq!(reports[0].op, "qmatmul", "case {i} ({dt} {gran})");
         // The weight stays packed: 4-bit weights read half the bytes of 8-bit ones.
         let wbytes = if dt.ends_with('4') { k * n / 2 } else { k * n };

@@ -255,15 +255,16 @@ fn print_gpu_report(
     let Some(device) = device else { return };
     let gpu = device.gpu.as_ref().map_or("no GPU", |g| g.name.as_str());
     println!(
-        "  {:>5} {:<12} {:>9} {:>12} {:>6} {:>10} {:>10} {:>11} {:>9}",
-        "node", "op", "workgroup", "groups", "shared", "read", "written", "MFLOP", "est us"
+        "  {:>5} {:<12} {:>9} {:>12} {:>6} {:>10} {:>10} {:>11} {:>10} {:>9}",
+        "node", "op", "workgroup", "groups", "shared", "read", "written", "MFLOP", "here us", "est us"
     );
-    let mut total = 0.0;
+    let (mut total, mut here) = (0.0, 0.0);
     for k in &r.kernels {
         let est = device.gpu_estimate_us(k.flops, k.bytes_read + k.bytes_written);
         total += est.unwrap_or(0.0);
+        here += k.device_us.unwrap_or(0.0);
         println!(
-            "  {:>5} {:<12} {:>9} {:>12} {:>6} {:>10} {:>10} {:>11.3} {:>9}",
+            "  {:>5} {:<12} {:>9} {:>12} {:>6} {:>10} {:>10} {:>11.3} {:>10} {:>9}",
             format!("n{}", k.node),
             k.op,
             format!("{}x{}x{}", k.local[0], k.local[1], k.local[2]),
@@ -272,9 +273,11 @@ fn print_gpu_report(
             k.bytes_read,
             k.bytes_written,
             k.flops as f64 / 1e6,
+            k.device_us.map_or("-".to_string(), |t| format!("{t:.1}")),
             est.map_or("-".to_string(), |e| format!("{e:.1}"))
         );
     }
+    println!("  measured {:.2} ms in kernels on this device (timestamps around each dispatch)", here / 1e3);
     println!(
         "  estimated {:.2} ms on {} ({gpu}) by the roofline cost model of profiles/{}.toml (assumed efficiencies)",
         total / 1e3,

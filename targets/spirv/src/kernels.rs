@@ -14,16 +14,18 @@ pub enum Spec {
     /// (0 where it broadcasts).
     Elementwise { f: EwFn, rank: u32 },
     /// `c[b] = alpha * a[b] @ b[b] (+ beta * bias)`, batch dims broadcast (`batch_rank` of
-    /// them), operands read through strides (so Gemm's transposes cost nothing), 16x16 tiles
-    /// staged in shared memory.
-    MatMul { batch_rank: u32, bias: bool },
+    /// them), operands read through strides (so Gemm's transposes cost nothing). `tiled`: 16x16
+    /// tiles staged in shared memory (GPUs); else each invocation keeps a 1x4 block of results
+    /// in registers and reads its operands directly (CPU Vulkan devices such as lavapipe,
+    /// where a workgroup barrier is a context switch per invocation).
+    MatMul { batch_rank: u32, bias: bool, tiled: bool },
     /// One workgroup per row of `cols` floats; reductions through subgroup arithmetic when
     /// `subgroups`.
     Rows { f: RowFn, subgroups: bool },
     /// `x @ dequantize(w)` with `w` a 2-D `[k, n]` weight of `bits`-bit integers (packed in u32
     /// words, unpacked in the shader) and its scales (and zero points, packed alike) per
     /// tensor, column, row or block; the matmul's tiling, the B tile dequantized as it loads.
-    QMatMul { batch_rank: u32, bits: u32, signed: bool, zero: bool },
+    QMatMul { batch_rank: u32, bits: u32, signed: bool, zero: bool, tiled: bool },
     /// `data[.., indices[j], ..]` with i64 (`wide`) or i32 indices, checked in range by the
     /// executor before the dispatch.
     Gather { wide: bool },
@@ -101,6 +103,10 @@ pub enum Plan {
 }
 
 const EW_LOCAL: u32 = 64;
+/// The untiled matmul: 16 x 4 invocations, each with `DIRECT_COLS` results of one row,
+/// 16 columns apart.
+const DIRECT_LOCAL: [u32; 3] = [16, 4, 1];
+const DIRECT_COLS: u32 = 4;
 const TILE: u32 = 16;
 const ROW_LOCAL: u32 = 64;
 
@@ -417,7 +423,13 @@ fn qmatmul(g: &Graph, xv: Value, w: Value, ins: &[&[usize]], out: &[usize], limi
     let bytes_read = numel(x) as u64 * 4 + wbytes + nscale as u64 * 4;
     let batch_rank = (out.len() - 2) as u32;
     Ok(Plan::Dispatch {
-        spec: Spec::QMatMul { batch_rank, bits, signed, zero: q.zero_point.is_some() },
+        spec: Spec::QMatMul {
+            batch_rank,
+            bits,
+            signed,
+            zero: q.zero_point.is_some(),
+            tiled: limits.fast_shared_memory,
+        },
         operands,
         push: p,
         groups,
@@ -584,14 +596,18 @@ fn matmul(
     push.extend(batch.iter().map(|&d| d as u32));
     push.extend(batch_strides(&a[..a.len() - 2], m * k, batch));
     push.extend(batch_strides(&b[..b.len() - 2], k * n, batch));
-    let groups =
-        [n.div_ceil(TILE as usize).max(1) as u32, m.div_ceil(TILE as usize).max(1) as u32, batches.max(1) as u32];
+    let groups = if limits.fast_shared_memory {
+        [n.div_ceil(TILE as usize).max(1) as u32, m.div_ceil(TILE as usize).max(1) as u32, batches.max(1) as u32]
+    } else {
+        let (cols, rows) = (DIRECT_LOCAL[0] * DIRECT_COLS, DIRECT_LOCAL[1]);
+        [n.div_ceil(cols as usize).max(1) as u32, m.div_ceil(rows as usize).max(1) as u32, batches.max(1) as u32]
+    };
     if groups[0] > limits.max_groups[0] || groups[1] > limits.max_groups[1] {
         return Err(GpuError::declined("matmul", "the product exceeds the device's grid"));
     }
     let bytes_read = (numel(a) + numel(b) + bias.map_or(0, numel)) as u64 * 4;
     Ok(Plan::Dispatch {
-        spec: Spec::MatMul { batch_rank: batch.len() as u32, bias: bias.is_some() },
+        spec: Spec::MatMul { batch_rank: batch.len() as u32, bias: bias.is_some(), tiled: limits.fast_shared_memory },
         operands: Vec::new(),
         push,
         groups,
@@ -703,12 +719,18 @@ pub fn build(spec: &Spec) -> Kernel {
             reduce_body(&mut sb, *mean, *out_rank, *red_rank);
             (sb, 2, push_words, [EW_LOCAL, 1, 1], 0)
         }
-        Spec::MatMul { batch_rank, bias } => {
+        Spec::MatMul { batch_rank, bias, tiled } => {
             let push_words = MM_FIXED + 3 * batch_rank;
             let nbuf = 3 + *bias as usize;
-            let mut sb = Sb::new(nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
-            matmul_body(&mut sb, *batch_rank, *bias, None);
-            (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+            if *tiled {
+                let mut sb = Sb::new(nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
+                matmul_body(&mut sb, *batch_rank, *bias, None);
+                (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+            } else {
+                let mut sb = Sb::new(nbuf, push_words, DIRECT_LOCAL, 0);
+                matmul_direct_body(&mut sb, *batch_rank, *bias, None);
+                (sb, nbuf, push_words, DIRECT_LOCAL, 0)
+            }
         }
         Spec::Rows { f, subgroups } => {
             let params = match f {
@@ -720,17 +742,23 @@ pub fn build(spec: &Spec) -> Kernel {
             rows_body(&mut sb, *f, params, *subgroups);
             (sb, params + 2, 3, [ROW_LOCAL, 1, 1], ROW_LOCAL * 4)
         }
-        Spec::QMatMul { batch_rank, bits, signed, zero } => {
+        Spec::QMatMul { batch_rank, bits, signed, zero, tiled } => {
             let push_words = MM_FIXED + 3 * batch_rank + 4;
             let mut words = vec![false, true, false];
             if *zero {
                 words.push(true);
             }
             words.push(false);
-            let mut sb = Sb::typed(&words, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
             let q = QLoad { bits: *bits, signed: *signed, zero: *zero, params: MM_FIXED + 3 * batch_rank };
-            matmul_body(&mut sb, *batch_rank, false, Some(q));
-            (sb, words.len(), push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+            if *tiled {
+                let mut sb = Sb::typed(&words, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
+                matmul_body(&mut sb, *batch_rank, false, Some(q));
+                (sb, words.len(), push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+            } else {
+                let mut sb = Sb::typed(&words, push_words, DIRECT_LOCAL, 0);
+                matmul_direct_body(&mut sb, *batch_rank, false, Some(q));
+                (sb, words.len(), push_words, DIRECT_LOCAL, 0)
+            }
         }
         Spec::Gather { wide } => {
             let mut sb = Sb::typed(&[false, true, false], 5, [EW_LOCAL, 1, 1], 0);
@@ -1089,13 +1117,12 @@ fn pow(sb: &mut Sb, x: Word, y: Word) -> Word {
     sb.select(y0, one, r, true)
 }
 
-/// `cond ? buffer[index()] : 0`, the index computed (and the load made) only when `cond`.
-fn load_or_zero(sb: &mut Sb, cond: Word, buf: usize, index: &dyn Fn(&mut Sb) -> Word) -> Word {
+/// `cond ? load() : 0`, the load made only when `cond`.
+fn load_or_zero(sb: &mut Sb, cond: Word, load: &dyn Fn(&mut Sb) -> Word) -> Word {
     let fz = sb.cf(0.0);
     let v = sb.var(true, fz);
     sb.if_then(cond, |sb| {
-        let i = index(sb);
-        let x = sb.load(buf, i);
+        let x = load(sb);
         sb.set(v, x);
     });
     sb.get(v, true)
@@ -1143,24 +1170,8 @@ fn unpack(sb: &mut Sb, buf: usize, e: Word, bits: u32, signed: bool) -> Word {
     }
 }
 
-fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
-    let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
-    let (a_rs, a_cs, b_rs, b_cs) = (sb.push(3), sb.push(4), sb.push(5), sb.push(6));
-    let lx = sb.local_id(0);
-    let ly = sb.local_id(1);
-    let wx = sb.group_id(0);
-    let wy = sb.group_id(1);
-    let bz = sb.group_id(2);
-    let tile = sb.cu(TILE);
-    let col = {
-        let t = sb.imul(wx, tile);
-        sb.iadd(t, lx)
-    };
-    let row = {
-        let t = sb.imul(wy, tile);
-        sb.iadd(t, ly)
-    };
-    // Batch offsets of A and B from the batch index.
+/// A and B's offsets for batch index `bz`, and C's.
+fn batch_offsets(sb: &mut Sb, br: u32, bz: Word) -> (Word, Word, Word) {
     let zero = sb.cu(0);
     let (mut aoff, mut boff) = (zero, zero);
     let mut rem = bz;
@@ -1175,8 +1186,104 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
         let tb = sb.imul(c, sbb);
         boff = sb.iadd(boff, tb);
     }
+    let (m, n) = (sb.push(0), sb.push(1));
     let mn = sb.imul(m, n);
     let coff = sb.imul(bz, mn);
+    (aoff, boff, coff)
+}
+
+/// `A[row, kk]` (in range).
+fn load_a(sb: &mut Sb, row: Word, kk: Word, aoff: Word) -> Word {
+    let (a_rs, a_cs) = (sb.push(3), sb.push(4));
+    let r = sb.imul(row, a_rs);
+    let c = sb.imul(kk, a_cs);
+    let i = sb.iadd(r, c);
+    let i = sb.iadd(i, aoff);
+    sb.load(0, i)
+}
+
+/// `B[kk, col]` (in range), dequantized for a qmatmul.
+fn load_b(sb: &mut Sb, quant: Option<QLoad>, kk: Word, col: Word, boff: Word) -> Word {
+    match quant {
+        None => {
+            let (b_rs, b_cs) = (sb.push(5), sb.push(6));
+            let r = sb.imul(kk, b_rs);
+            let c = sb.imul(col, b_cs);
+            let i = sb.iadd(r, c);
+            let i = sb.iadd(i, boff);
+            sb.load(1, i)
+        }
+        Some(q) => {
+            let n = sb.push(1);
+            let r = sb.imul(kk, n);
+            let e = sb.iadd(r, col);
+            let w = unpack(sb, 1, e, q.bits, q.signed);
+            let (dk, sk, dn, sn) =
+                (sb.push(q.params), sb.push(q.params + 1), sb.push(q.params + 2), sb.push(q.params + 3));
+            let a = sb.udiv(kk, dk);
+            let a = sb.imul(a, sk);
+            let c = sb.udiv(col, dn);
+            let c = sb.imul(c, sn);
+            let si = sb.iadd(a, c);
+            let w = if q.zero {
+                let z = unpack(sb, 3, si, q.bits, q.signed);
+                sb.fsub(w, z)
+            } else {
+                w
+            };
+            let sc = sb.load(2, si);
+            sb.fmul(w, sc)
+        }
+    }
+}
+
+/// `C[row, col] = alpha * s (+ beta * bias[row, col])`.
+fn store_c(sb: &mut Sb, bias: bool, quant: Option<QLoad>, row: Word, col: Word, coff: Word, s: Word) {
+    let n = sb.push(1);
+    let rn = sb.imul(row, n);
+    let i = sb.iadd(rn, col);
+    let i = sb.iadd(i, coff);
+    let alpha = sb.push(7);
+    let alpha = sb.bits_to_f32(alpha);
+    let s = sb.fmul(alpha, s);
+    let s = if bias {
+        let beta = sb.push(8);
+        let beta = sb.bits_to_f32(beta);
+        let (c_rs, c_cs) = (sb.push(9), sb.push(10));
+        let r = sb.imul(row, c_rs);
+        let c = sb.imul(col, c_cs);
+        let ci = sb.iadd(r, c);
+        let cv = sb.load(2, ci);
+        let bc = sb.fmul(beta, cv);
+        sb.fadd(s, bc)
+    } else {
+        s
+    };
+    let out = match quant {
+        Some(q) => 3 + q.zero as usize,
+        None => 2 + bias as usize,
+    };
+    sb.store(out, i, s);
+}
+
+fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
+    let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
+    let lx = sb.local_id(0);
+    let ly = sb.local_id(1);
+    let wx = sb.group_id(0);
+    let wy = sb.group_id(1);
+    let bz = sb.group_id(2);
+    let tile = sb.cu(TILE);
+    let col = {
+        let t = sb.imul(wx, tile);
+        sb.iadd(t, lx)
+    };
+    let row = {
+        let t = sb.imul(wy, tile);
+        sb.iadd(t, ly)
+    };
+    let (aoff, boff, coff) = batch_offsets(sb, br, bz);
+    let zero = sb.cu(0);
     let fz = sb.cf(0.0);
     let acc = sb.var(true, fz);
     let ly16 = sb.imul(ly, tile);
@@ -1197,51 +1304,13 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
         let ka = sb.iadd(t16, lx);
         let ka_in = sb.ult(ka, k);
         let ok = sb.b.logical_and(sb.bool, None, row_in, ka_in).expect("and");
-        let x = load_or_zero(sb, ok, 0, &|sb| {
-            let r = sb.imul(row, a_rs);
-            let c = sb.imul(ka, a_cs);
-            let i = sb.iadd(r, c);
-            sb.iadd(i, aoff)
-        });
+        let x = load_or_zero(sb, ok, &|sb| load_a(sb, row, ka, aoff));
         sb.store_shared(slot, x);
         // B tile: Bs[ly][lx] = B[t16 + ly][col].
         let kb = sb.iadd(t16, ly);
         let kb_in = sb.ult(kb, k);
         let ok = sb.b.logical_and(sb.bool, None, kb_in, col_in).expect("and");
-        let x = match quant {
-            None => load_or_zero(sb, ok, 1, &|sb| {
-                let r = sb.imul(kb, b_rs);
-                let c = sb.imul(col, b_cs);
-                let i = sb.iadd(r, c);
-                sb.iadd(i, boff)
-            }),
-            Some(q) => {
-                let fz = sb.cf(0.0);
-                let v = sb.var(true, fz);
-                sb.if_then(ok, |sb| {
-                    let r = sb.imul(kb, n);
-                    let e = sb.iadd(r, col);
-                    let w = unpack(sb, 1, e, q.bits, q.signed);
-                    let (dk, sk, dn, sn) =
-                        (sb.push(q.params), sb.push(q.params + 1), sb.push(q.params + 2), sb.push(q.params + 3));
-                    let a = sb.udiv(kb, dk);
-                    let a = sb.imul(a, sk);
-                    let c = sb.udiv(col, dn);
-                    let c = sb.imul(c, sn);
-                    let si = sb.iadd(a, c);
-                    let w = if q.zero {
-                        let z = unpack(sb, 3, si, q.bits, q.signed);
-                        sb.fsub(w, z)
-                    } else {
-                        w
-                    };
-                    let sc = sb.load(2, si);
-                    let y = sb.fmul(w, sc);
-                    sb.set(v, y);
-                });
-                sb.get(v, true)
-            }
-        };
+        let x = load_or_zero(sb, ok, &|sb| load_b(sb, quant, kb, col, boff));
         sb.store_shared(bslot, x);
         sb.barrier();
         let zero = sb.cu(0);
@@ -1262,31 +1331,74 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
     });
     let ok = sb.b.logical_and(sb.bool, None, row_in, col_in).expect("and");
     sb.if_then(ok, |sb| {
-        let rn = sb.imul(row, n);
-        let i = sb.iadd(rn, col);
-        let i = sb.iadd(i, coff);
         let s = sb.get(acc, true);
-        let alpha = sb.push(7);
-        let alpha = sb.bits_to_f32(alpha);
-        let s = sb.fmul(alpha, s);
-        let s = if bias {
-            let beta = sb.push(8);
-            let beta = sb.bits_to_f32(beta);
-            let (c_rs, c_cs) = (sb.push(9), sb.push(10));
-            let r = sb.imul(row, c_rs);
-            let c = sb.imul(col, c_cs);
-            let ci = sb.iadd(r, c);
-            let cv = sb.load(2, ci);
-            let bc = sb.fmul(beta, cv);
-            sb.fadd(s, bc)
-        } else {
-            s
-        };
-        let out = match quant {
-            Some(q) => 3 + q.zero as usize,
-            None => 2 + bias as usize,
-        };
-        sb.store(out, i, s);
+        store_c(sb, bias, quant, row, col, coff, s);
+    });
+}
+
+/// The untiled matmul: no shared memory and no barriers; each invocation accumulates
+/// `DIRECT_COLS` results of one row in registers, reading each A element once for
+/// them (the same sums, in the same `k` order, as the tiled kernel).
+fn matmul_direct_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
+    let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
+    let lx = sb.local_id(0);
+    let ly = sb.local_id(1);
+    let wx = sb.group_id(0);
+    let wy = sb.group_id(1);
+    let bz = sb.group_id(2);
+    // Invocation lx of a workgroup's row takes columns lx, lx + 16, lx + 32, lx + 48 of its
+    // 64: neighbouring invocations read neighbouring B elements (one vector load per step).
+    let col0 = {
+        let w = sb.cu(DIRECT_LOCAL[0] * DIRECT_COLS);
+        let t = sb.imul(wx, w);
+        sb.iadd(t, lx)
+    };
+    let row = {
+        let h = sb.cu(DIRECT_LOCAL[1]);
+        let t = sb.imul(wy, h);
+        sb.iadd(t, ly)
+    };
+    let (aoff, boff, coff) = batch_offsets(sb, br, bz);
+    let row_in = sb.ult(row, m);
+    let col_in = sb.ult(col0, n);
+    let ok = sb.b.logical_and(sb.bool, None, row_in, col_in).expect("and");
+    sb.if_then(ok, |sb| {
+        // Columns past the end read the last column (in range) and are not stored.
+        let one = sb.cu(1);
+        let last = sb.isub(n, one);
+        let cols: Vec<Word> = (0..DIRECT_COLS)
+            .map(|j| {
+                let jw = sb.cu(j * DIRECT_LOCAL[0]);
+                let c = sb.iadd(col0, jw);
+                let past = sb.ult(last, c);
+                sb.select(past, last, c, false)
+            })
+            .collect();
+        let accs: Vec<Word> = (0..DIRECT_COLS)
+            .map(|_| {
+                let fz = sb.cf(0.0);
+                sb.var(true, fz)
+            })
+            .collect();
+        let zero = sb.cu(0);
+        sb.for_range(zero, k, one, |sb, kk| {
+            let a = load_a(sb, row, kk, aoff);
+            for (&c, &acc) in cols.iter().zip(&accs) {
+                let b = load_b(sb, quant, kk, c, boff);
+                let s = sb.get(acc, true);
+                let s = sb.glsl(Glsl::Fma, &[a, b, s]);
+                sb.set(acc, s);
+            }
+        });
+        for (j, &acc) in accs.iter().enumerate() {
+            let jw = sb.cu(j as u32 * DIRECT_LOCAL[0]);
+            let c = sb.iadd(col0, jw);
+            let inside = sb.ult(c, n);
+            sb.if_then(inside, |sb| {
+                let s = sb.get(acc, true);
+                store_c(sb, bias, quant, row, c, coff, s);
+            });
+        }
     });
 }
 

@@ -33,6 +33,10 @@ pub struct Limits {
     /// Whether compute shaders have subgroup arithmetic (`VkPhysicalDeviceSubgroupProperties`:
     /// the compute stage and `SUBGROUP_FEATURE_ARITHMETIC`); reductions then use it.
     pub subgroup_arithmetic: bool,
+    /// Whether workgroup memory and barriers are cheap (a GPU); false for CPU implementations
+    /// of Vulkan (lavapipe), where matmuls then keep results in registers instead of tiling
+    /// through shared memory.
+    pub fast_shared_memory: bool,
 }
 
 impl Default for Limits {
@@ -44,6 +48,7 @@ impl Default for Limits {
             max_groups: [65535; 3],
             max_push_bytes: 128,
             subgroup_arithmetic: false,
+            fast_shared_memory: true,
         }
     }
 }

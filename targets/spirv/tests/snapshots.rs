@@ -21,12 +21,20 @@ fn text(spec: Spec) -> String {
 
 #[test]
 fn matmul() {
-    insta::assert_snapshot!("matmul", text(Spec::MatMul { batch_rank: 1, bias: false }));
+    insta::assert_snapshot!("matmul", text(Spec::MatMul { batch_rank: 1, bias: false, tiled: true }));
+}
+
+#[test]
+fn matmul_untiled() {
+    insta::assert_snapshot!("matmul_untiled", text(Spec::MatMul { batch_rank: 1, bias: false, tiled: false }));
 }
 
 #[test]
 fn qmatmul_int4_blocked() {
-    insta::assert_snapshot!("qmatmul_i4", text(Spec::QMatMul { batch_rank: 1, bits: 4, signed: true, zero: false }));
+    insta::assert_snapshot!(
+        "qmatmul_i4",
+        text(Spec::QMatMul { batch_rank: 1, bits: 4, signed: true, zero: false, tiled: true })
+    );
 }
 
 #[test]

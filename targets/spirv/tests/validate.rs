@@ -16,7 +16,9 @@ fn all_specs() -> Vec<Spec> {
         use tessera_ir::DType::*;
         specs.extend([I64, I32, U8, I8, U4, I4, Bool].map(|from| Spec::Elementwise { f: EwFn::ToF32 { from }, rank }));
     }
-    specs.extend((0..4).flat_map(|batch_rank| [false, true].map(|bias| Spec::MatMul { batch_rank, bias })));
+    for tiled in [false, true] {
+        specs.extend((0..4).flat_map(|batch_rank| [false, true].map(|bias| Spec::MatMul { batch_rank, bias, tiled })));
+    }
     let eps = 1e-5f32.to_bits();
     for subgroups in [false, true] {
         specs.extend(
@@ -39,7 +41,7 @@ fn all_specs() -> Vec<Spec> {
     for batch_rank in 0..3 {
         for bits in [4, 8] {
             for (signed, zero) in [(false, false), (false, true), (true, false), (true, true)] {
-                specs.push(Spec::QMatMul { batch_rank, bits, signed, zero });
+                specs.extend([false, true].map(|tiled| Spec::QMatMul { batch_rank, bits, signed, zero, tiled }));
             }
         }
     }
