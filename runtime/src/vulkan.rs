@@ -720,10 +720,9 @@ impl Exec<'_> {
         let nd = self.g.node(n);
         let pipe = self.vk.pipeline(spec)?;
         let mut ids = Vec::with_capacity(pipe.buffers);
-        for &v in operands {
+        for &v in operands.iter().chain(&nd.outputs) {
             ids.push(self.gpu(v)?);
         }
-        ids.push(self.gpu(nd.outputs[0])?);
         let cb = self.recording()?;
         let d = &self.vk.device;
         let layouts = [pipe.set_layout];

@@ -448,3 +448,66 @@ fn layout_casts_and_reductions_match_the_interpreter() {
     assert_eq!(got[7], want[7]);
     assert_eq!(report.host.len(), 0);
 }
+
+#[test]
+fn int8_dynamic_quantization_runs_exactly_on_the_gpu() {
+    let Some(vk) = vulkan() else { return };
+    // DynamicQuantizeLinear, exact u8 x i8 and u8 x u8 matmul_integer (scalar and per-column
+    // zero points, and onnxruntime's pair saturation), dequantize per tensor and per axis, and
+    // a gather of bytes: the integer results equal the interpreter's bit for bit.
+    let (k, n) = (37usize, 19usize);
+    let text = format!(
+        r#"graph @int8 {{
+  v0: f32[2, 5, {k}] = input "x"
+  v1: i64[3] = input "ids"
+  v2: u8[2, 5, {k}], v3: f32[], v4: u8[] = dynamic_quantize v0
+  v5: i8[{k}, {n}] = const [{w_i8}]
+  v6: i8[] = const [3]
+  v7: i32[2, 5, {n}] = matmul_integer v2, v5, v4, v6 {{pair_saturate = false}}
+  v8: u8[{k}, {n}] = const [{w_u8}]
+  v9: u8[{n}] = const [{z_u8}]
+  v10: i32[2, 5, {n}] = matmul_integer v2, v8, v4, v9 {{pair_saturate = false}}
+  v11: i32[2, 5, {n}] = matmul_integer v2, v5, v4, v6 {{pair_saturate = true}}
+  v12: i32[2, 5, {n}] = matmul_integer v2, v5 {{pair_saturate = false}}
+  v13: f32[2, 5, {n}] = cast v7 {{to = f32}}
+  v14: f32[2, 5, {n}] = mul v13, v3
+  v15: f32[{n}] = const [{scales}]
+  v16: f32[{k}, {n}] = dequantize v8, v15, v9 {{axis = 1, block = 0}}
+  v17: f32[2, 5, {k}] = dequantize v2, v3, v4 {{axis = 0, block = 0}}
+  v18: u8[3, {n}] = gather v8, v1 {{axis = 0}}
+  output "y" = v2
+  output "scale" = v3
+  output "zero" = v4
+  output "mi" = v7
+  output "mu" = v10
+  output "pair" = v11
+  output "nozero" = v12
+  output "real" = v14
+  output "dq_axis" = v16
+  output "dq_x" = v17
+  output "gathered" = v18
+}}
+"#,
+        w_i8 = ints(k * n, -128, 127, 1),
+        w_u8 = ints(k * n, 0, 255, 2),
+        z_u8 = ints(n, 100, 155, 3),
+        scales = floats(n, 4),
+    );
+    let g = tessera_ir::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    tessera_ir::verify(&g).unwrap();
+    // Wide activations so the pairs of u8 x i8 products saturate int16 somewhere.
+    let xs: Vec<f32> = values(2 * 5 * k, 9).iter().map(|v| v * 40.0).collect();
+    let inputs = vec![
+        Tensor::from_f32(DType::F32, &[2, 5, k], xs).unwrap(),
+        Tensor::from_i64(DType::I64, &[3], vec![0, k as i64 - 1, -2]).unwrap(),
+    ];
+    let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+    let (got, report) = vk.run(&g, &inputs, Fallback::Fail).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.host.is_empty());
+    let names = ["y", "scale", "zero", "mi", "mu", "pair", "nozero", "real", "dq_axis", "dq_x", "gathered"];
+    for (j, name) in names.iter().enumerate() {
+        assert_eq!(got[j], want[j], "{name}");
+    }
+    // The pair-saturated product differs from the exact one somewhere (the test exercises it).
+    assert_ne!(want[5], want[3], "no pair saturated: widen the inputs");
+}

@@ -27,8 +27,16 @@ pub enum Spec {
     /// tensor, column, row or block; the matmul's tiling, the B tile dequantized as it loads.
     QMatMul { batch_rank: u32, bits: u32, signed: bool, zero: bool, tiled: bool },
     /// `data[.., indices[j], ..]` with i64 (`wide`) or i32 indices, checked in range by the
-    /// executor before the dispatch.
-    Gather { wide: bool },
+    /// executor before the dispatch; f32 data, or bytes (`bytes`: u8/i8, four results packed
+    /// per word by each invocation).
+    Gather { wide: bool, bytes: bool },
+    /// ONNX DynamicQuantizeLinear in one workgroup: the min and max reduced, then scale, zero
+    /// point and every u8 packed four to a word.
+    DynQuant,
+    /// `matmul_integer` on 8-bit operands, exact in 32-bit integers, one result per
+    /// invocation; zero points for A scalar, for B scalar or per column; `pair` computes
+    /// onnxruntime's x86 u8 x s8 pair saturation instead.
+    MatMulInt { batch_rank: u32, a_signed: bool, b_signed: bool, a_zero: bool, b_zero: bool, pair: bool },
     /// `reduce_sum`/`reduce_mean` (`mean`) over `red_rank` dims, one invocation per result
     /// element summing in increasing index order.
     Reduce { mean: bool, out_rank: u32, red_rank: u32 },
@@ -52,6 +60,12 @@ pub enum EwFn {
     /// nibbles unpacked). i64 values beyond i32's range take two roundings (within 1 ulp).
     ToF32 {
         from: DType,
+    },
+    /// `(x - zero) * scale` from 8- or 4-bit integers `x` (and `zero`, when given), per tensor
+    /// or per axis (the strides say which).
+    Dequant {
+        from: DType,
+        zero: bool,
     },
 }
 
@@ -118,7 +132,7 @@ fn numel(s: &[usize]) -> usize {
 pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
     let nd = g.node(n);
     let name = nd.op.name();
-    if nd.outputs.len() != 1 {
+    if nd.outputs.len() != 1 && !matches!(nd.op, Op::DynamicQuantize) {
         return Err(GpuError::declined(name, "more than one result"));
     }
     if let Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity = nd.op {
@@ -136,18 +150,21 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
         | Op::Transpose { .. }
         | Op::Slice { .. }
         | Op::Concat { .. }
-        | Op::Cast { .. } => 0,
+        | Op::Cast { .. }
+        | Op::DynamicQuantize
+        | Op::MatMulInteger { .. }
+        | Op::Dequantize { .. } => 0,
         _ => nd.inputs.len(),
     };
-    let checked = nd.inputs[..data_inputs].iter().chain(&nd.outputs);
-    let moves_any = matches!(nd.op, Op::Expand { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. });
-    for &v in checked.filter(|_| !moves_any) {
+    // (The ops with their own dtype rules check their operands and results below.)
+    let own_rules = data_inputs == 0;
+    for &v in nd.inputs[..data_inputs].iter().chain(&nd.outputs).filter(|_| !own_rules) {
         let d = g.ty(v).dtype;
         if d != DType::F32 {
             return Err(GpuError::declined(name, format!("{d} operands (the GPU target is f32-only so far)")));
         }
     }
-    if matches!(nd.op, Op::QMatMul | Op::Gather { .. }) && g.ty(nd.inputs[0]).dtype != DType::F32 {
+    if matches!(nd.op, Op::QMatMul | Op::DynamicQuantize) && g.ty(nd.inputs[0]).dtype != DType::F32 {
         return Err(GpuError::declined(name, format!("{} data", g.ty(nd.inputs[0]).dtype)));
     }
     // How a data-moving op copies its elements.
@@ -299,7 +316,58 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
         }
         Op::Attention { scale, causal } => attention(ins, out, *scale, *causal, limits)?,
         Op::QMatMul => qmatmul(g, nd.inputs[0], nd.inputs[1], ins, out, limits)?,
-        Op::Gather { axis } => gather(g.ty(nd.inputs[1]).dtype, ins, *axis, out, limits)?,
+        Op::Gather { axis } => gather(g.ty(nd.inputs[0]).dtype, g.ty(nd.inputs[1]).dtype, ins, *axis, out, limits)?,
+        Op::DynamicQuantize => {
+            if ROW_LOCAL > limits.max_invocations {
+                return Err(GpuError::declined(name, "64-wide workgroups exceed the device's limit"));
+            }
+            let total = numel(ins[0]) as u64;
+            Plan::Dispatch {
+                spec: Spec::DynQuant,
+                operands: Vec::new(),
+                push: vec![total as u32],
+                groups: [1, 1, 1],
+                bytes_read: 2 * total * 4,
+                bytes_written: 0,
+                flops: 0,
+            }
+        }
+        Op::MatMulInteger { pair_saturate } => matmul_int(g, nd, ins, out, *pair_saturate, limits)?,
+        Op::Dequantize { axis, block } => {
+            if nd.inputs.len() < 2 {
+                return Err(GpuError::declined(name, "a dequantize of a quantized type (no shader yet)"));
+            }
+            if *block != 0 {
+                return Err(GpuError::declined(name, "blocked scales (no shader yet)"));
+            }
+            let from = g.ty(nd.inputs[0]).dtype;
+            if !matches!(from, DType::U8 | DType::I8 | DType::U4 | DType::I4) {
+                return Err(GpuError::declined(name, format!("{from} values (8- and 4-bit integers have shaders)")));
+            }
+            if g.ty(nd.inputs[1]).dtype != DType::F32 || g.ty(nd.outputs[0]).dtype != DType::F32 {
+                return Err(GpuError::declined(name, "scales or results that are not f32"));
+            }
+            if nd.inputs.len() > 2 && g.ty(nd.inputs[2]).dtype != from {
+                return Err(GpuError::declined(name, "a zero point of another dtype"));
+            }
+            let r = out.len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            // A scalar scale is per tensor; a 1-D one runs along `axis`.
+            let along = |p: &[usize]| -> Vec<usize> {
+                if numel(p) == 1 {
+                    vec![0; out.len()]
+                } else {
+                    (0..out.len()).map(|d| if d as i64 == ax { 1 } else { 0 }).collect()
+                }
+            };
+            if ins[1..].iter().any(|p| numel(p) != 1 && (p.len() != 1 || ax < 0 || ax >= r || p[0] != out[ax as usize]))
+            {
+                return Err(GpuError::declined(name, "scales that are neither per tensor nor per axis"));
+            }
+            let mut operands: Vec<(&[usize], Vec<usize>)> = vec![(ins[0], contiguous(ins[0]))];
+            operands.extend(ins[1..].iter().map(|p| (*p, along(p))));
+            elementwise(EwFn::Dequant { from, zero: nd.inputs.len() > 2 }, &operands, out, limits)?
+        }
         _ => return Err(GpuError::declined(name, "no GPU kernel for this op yet")),
     };
     Ok(match plan {
@@ -328,6 +396,7 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
         Spec::Elementwise { f, .. } => match f {
             EwFn::Copy | EwFn::CopyWords { .. } => 0,
             EwFn::ToF32 { .. } => n,
+            EwFn::Dequant { .. } => 2 * n,
             EwFn::Binary(BinaryOp::Pow) => 8 * n,
             EwFn::Binary(_) => n,
             EwFn::Unary(u) => {
@@ -366,6 +435,8 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
             rows * sk * (2 * d + 12) + 2 * n * sk
         }
         Spec::Gather { .. } => 0,
+        Spec::DynQuant => 6 * numel(ins[0]) as u64,
+        Spec::MatMulInt { .. } => 2 * n * ins[0][ins[0].len() - 1] as u64,
         Spec::Reduce { .. } => numel(ins[0]) as u64,
     }
 }
@@ -439,7 +510,19 @@ fn qmatmul(g: &Graph, xv: Value, w: Value, ins: &[&[usize]], out: &[usize], limi
     })
 }
 
-fn gather(idx: DType, ins: &[&[usize]], axis: i64, out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+fn gather(
+    data: DType,
+    idx: DType,
+    ins: &[&[usize]],
+    axis: i64,
+    out: &[usize],
+    limits: &Limits,
+) -> Result<Plan, GpuError> {
+    let bytes = match data {
+        DType::F32 => false,
+        DType::U8 | DType::I8 => true,
+        d => return Err(GpuError::declined("gather", format!("{d} data (f32 and bytes have shaders)"))),
+    };
     let wide = match idx {
         DType::I64 => true,
         DType::I32 => false,
@@ -457,15 +540,80 @@ fn gather(idx: DType, ins: &[&[usize]], axis: i64, out: &[usize], limits: &Limit
     if total >= u32::MAX as usize || numel(data) >= u32::MAX as usize {
         return Err(GpuError::declined("gather", "more than 2^32 elements"));
     }
-    let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "gather")?;
+    // One invocation per result, or per word of four byte results.
+    let threads = if bytes { total.div_ceil(4) } else { total };
+    let groups = grid(threads.div_ceil(EW_LOCAL as usize), limits, "gather")?;
     let push = vec![total as u32, groups[0] * EW_LOCAL, nidx as u32, inner as u32, dim as u32];
-    let bytes_read = (total + nidx * (1 + wide as usize)) as u64 * 4;
+    let elem = if bytes { 1 } else { 4 };
+    let bytes_read = (total * elem + nidx * 4 * (1 + wide as usize)) as u64;
     Ok(Plan::Dispatch {
-        spec: Spec::Gather { wide },
+        spec: Spec::Gather { wide, bytes },
         operands: Vec::new(),
         push,
         groups,
         bytes_read,
+        bytes_written: 0,
+        flops: 0,
+    })
+}
+
+fn matmul_int(
+    g: &Graph,
+    nd: &tessera_ir::NodeData,
+    ins: &[&[usize]],
+    out: &[usize],
+    pair: bool,
+    limits: &Limits,
+) -> Result<Plan, GpuError> {
+    let no = |why: &str| GpuError::declined("matmul_integer", why);
+    let dt = |i: usize| g.ty(nd.inputs[i]).dtype;
+    let signed = |d: DType| match d {
+        DType::U8 => Ok(false),
+        DType::I8 => Ok(true),
+        d => Err(GpuError::declined("matmul_integer", format!("{d} operands (8-bit have shaders)"))),
+    };
+    let (a_signed, b_signed) = (signed(dt(0))?, signed(dt(1))?);
+    let (a, b) = (ins[0], ins[1]);
+    if a.len() < 2 || b.len() != 2 {
+        return Err(no("operands other than [.., m, k] @ [k, n]"));
+    }
+    let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[1]);
+    let a_zero = nd.inputs.len() > 2;
+    let b_zero = nd.inputs.len() > 3;
+    if a_zero && (numel(ins[2]) != 1 || dt(2) != dt(0)) {
+        return Err(no("an A zero point that is not one value of A's dtype"));
+    }
+    let b_zero_stride = if b_zero {
+        if dt(3) != dt(1) {
+            return Err(no("a B zero point of another dtype"));
+        }
+        match numel(ins[3]) {
+            1 => 0,
+            c if c == n => 1,
+            _ => return Err(no("a B zero point that is neither one value nor one per column")),
+        }
+    } else {
+        0
+    };
+    if pair && (a_signed || !b_signed || b_zero_stride != 0) {
+        return Err(no("pair saturation needs u8 A, i8 B and scalar zero points"));
+    }
+    let batch = &out[..out.len() - 2];
+    let batches = numel(batch);
+    let mut push = vec![m as u32, n as u32, k as u32, k as u32, 1, n as u32, 1, 0, 0, b_zero_stride, 0];
+    push.extend(batch.iter().map(|&d| d as u32));
+    push.extend(batch_strides(&a[..a.len() - 2], m * k, batch));
+    push.extend(batch_strides(&[], k * n, batch));
+    let groups = [n.div_ceil(EW_LOCAL as usize).max(1) as u32, m.max(1) as u32, batches.max(1) as u32];
+    if groups.iter().zip(&limits.max_groups).any(|(g, l)| g > l) {
+        return Err(no("the product exceeds the device's grid"));
+    }
+    Ok(Plan::Dispatch {
+        spec: Spec::MatMulInt { batch_rank: batch.len() as u32, a_signed, b_signed, a_zero, b_zero, pair },
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read: (numel(a) + numel(b)) as u64,
         bytes_written: 0,
         flops: 0,
     })
@@ -545,7 +693,7 @@ fn elementwise(f: EwFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &
     }
     let elem_bytes = match f {
         EwFn::CopyWords { words } => 4 * words as u64,
-        EwFn::ToF32 { from } => (from.bits() as u64).div_ceil(8),
+        EwFn::ToF32 { from } | EwFn::Dequant { from, .. } => (from.bits() as u64).div_ceil(8),
         _ => 4,
     };
     let bytes_read = ins.iter().map(|(s, _)| numel(s) as u64 * elem_bytes).sum();
@@ -702,11 +850,23 @@ fn attention(ins: &[&[usize]], out: &[usize], scale: f32, causal: bool, limits: 
 pub fn build(spec: &Spec) -> Kernel {
     let (sb, buffers, push_words, local, shared) = match spec {
         Spec::Elementwise { f, rank } => {
-            let n_in = if matches!(f, EwFn::Binary(_)) { 2 } else { 1 };
+            let n_in = match f {
+                EwFn::Binary(_) => 2,
+                EwFn::Dequant { zero, .. } => 2 + *zero as u32,
+                _ => 1,
+            };
             let push_words = 2 + n_in + rank * (1 + n_in);
             let words = match f {
                 EwFn::CopyWords { .. } => vec![true, true],
                 EwFn::ToF32 { .. } => vec![true, false],
+                EwFn::Dequant { zero, .. } => {
+                    let mut w = vec![true, false];
+                    if *zero {
+                        w.push(true);
+                    }
+                    w.push(false);
+                    w
+                }
                 _ => vec![false; n_in as usize + 1],
             };
             let mut sb = Sb::typed(&words, push_words, [EW_LOCAL, 1, 1], 0);
@@ -760,10 +920,22 @@ pub fn build(spec: &Spec) -> Kernel {
                 (sb, words.len(), push_words, DIRECT_LOCAL, 0)
             }
         }
-        Spec::Gather { wide } => {
-            let mut sb = Sb::typed(&[false, true, false], 5, [EW_LOCAL, 1, 1], 0);
-            gather_body(&mut sb, *wide);
+        Spec::Gather { wide, bytes } => {
+            let mut sb = Sb::typed(&[*bytes, true, *bytes], 5, [EW_LOCAL, 1, 1], 0);
+            gather_body(&mut sb, *wide, *bytes);
             (sb, 3, 5, [EW_LOCAL, 1, 1], 0)
+        }
+        Spec::DynQuant => {
+            let mut sb = Sb::typed(&[false, true, false, true], 1, [ROW_LOCAL, 1, 1], ROW_LOCAL);
+            dyn_quant_body(&mut sb);
+            (sb, 4, 1, [ROW_LOCAL, 1, 1], ROW_LOCAL * 4)
+        }
+        Spec::MatMulInt { batch_rank, a_signed, b_signed, a_zero, b_zero, pair } => {
+            let push_words = MM_FIXED + 3 * batch_rank;
+            let nbuf = 3 + *a_zero as usize + *b_zero as usize;
+            let mut sb = Sb::typed(&vec![true; nbuf], push_words, [EW_LOCAL, 1, 1], 0);
+            matmul_int_body(&mut sb, *batch_rank, [*a_signed, *b_signed], *a_zero, *b_zero, *pair);
+            (sb, nbuf, push_words, [EW_LOCAL, 1, 1], 0)
         }
         Spec::Attention { batch_rank, mask, causal, cap, subgroups } => {
             let n_in = 3 + *mask as usize;
@@ -825,6 +997,20 @@ fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
             }
             EwFn::ToF32 { from } => {
                 let y = to_f32(sb, from, offs[0]);
+                sb.store(out, i, y);
+                return;
+            }
+            EwFn::Dequant { from, zero } => {
+                let (bits, signed) = (from.bits() as u32, matches!(from, DType::I8 | DType::I4));
+                let x = unpack(sb, 0, offs[0], bits, signed);
+                let x = if zero {
+                    let z = unpack(sb, 2, offs[2], bits, signed);
+                    sb.fsub(x, z)
+                } else {
+                    x
+                };
+                let sc = sb.load(1, offs[1]);
+                let y = sb.fmul(x, sc);
                 sb.store(out, i, y);
                 return;
             }
@@ -1145,6 +1331,17 @@ struct QLoad {
 
 /// Element `e` of a buffer of packed `bits`-bit integers, as f32.
 fn unpack(sb: &mut Sb, buf: usize, e: Word, bits: u32, signed: bool) -> Word {
+    let v = unpack_int(sb, buf, e, bits, signed);
+    if signed {
+        sb.s2f(v)
+    } else {
+        sb.u2f(v)
+    }
+}
+
+/// Element `e` of a buffer of packed `bits`-bit integers, as a 32-bit integer (sign-extended
+/// when `signed`).
+fn unpack_int(sb: &mut Sb, buf: usize, e: Word, bits: u32, signed: bool) -> Word {
     let per_word = 32 / bits;
     let log = per_word.trailing_zeros();
     let lw = sb.cu(log);
@@ -1163,10 +1360,9 @@ fn unpack(sb: &mut Sb, buf: usize, e: Word, bits: u32, signed: bool) -> Word {
         let sbit = sb.band(v, sign);
         let one = sb.cu(1);
         let twice = sb.shl(sbit, one);
-        let v = sb.isub(v, twice);
-        sb.s2f(v)
+        sb.isub(v, twice)
     } else {
-        sb.u2f(v)
+        v
     }
 }
 
@@ -1725,12 +1921,12 @@ fn attention_body(sb: &mut Sb, br: u32, mask: bool, causal: bool, cap: u32, subg
     });
 }
 
-fn gather_body(sb: &mut Sb, wide: bool) {
-    let i = flat_id(sb);
+fn gather_body(sb: &mut Sb, wide: bool, bytes: bool) {
+    let t = flat_id(sb);
     let total = sb.push(0);
-    let inside = sb.ult(i, total);
-    sb.if_then(inside, |sb| {
-        let (nidx, inner, dim) = (sb.push(2), sb.push(3), sb.push(4));
+    let (nidx, inner, dim) = (sb.push(2), sb.push(3), sb.push(4));
+    // The source element of result element i.
+    let source = |sb: &mut Sb, i: Word| -> Word {
         // i = (o * nidx + j) * inner + c
         let c = sb.umod(i, inner);
         let oj = sb.udiv(i, inner);
@@ -1751,8 +1947,256 @@ fn gather_body(sb: &mut Sb, wide: bool) {
         let od = sb.imul(o, dim);
         let row = sb.iadd(od, idx);
         let ri = sb.imul(row, inner);
-        let src = sb.iadd(ri, c);
-        let v = sb.load(0, src);
-        sb.store(2, i, v);
+        sb.iadd(ri, c)
+    };
+    if !bytes {
+        let inside = sb.ult(t, total);
+        sb.if_then(inside, |sb| {
+            let src = source(sb, t);
+            let v = sb.load(0, src);
+            sb.store(2, t, v);
+        });
+        return;
+    }
+    // Four byte results per invocation, packed into one word.
+    let four = sb.cu(4);
+    let first = sb.imul(t, four);
+    let inside = sb.ult(first, total);
+    sb.if_then(inside, |sb| {
+        let zero = sb.cu(0);
+        let word = sb.var(false, zero);
+        for lane in 0..4u32 {
+            let lw = sb.cu(lane);
+            let i = sb.iadd(first, lw);
+            let ok = sb.ult(i, total);
+            sb.if_then(ok, |sb| {
+                let src = source(sb, i);
+                let b = unpack_int(sb, 0, src, 8, false);
+                let sh = sb.cu(8 * lane);
+                let b = sb.shl(b, sh);
+                let w = sb.get(word, false);
+                let w = sb.bor(w, b);
+                sb.set(word, w);
+            });
+        }
+        let w = sb.get(word, false);
+        sb.store_u(2, t, w);
+    });
+}
+
+/// DynamicQuantizeLinear in one workgroup (buffers: x, y words, scale, zero word).
+fn dyn_quant_body(sb: &mut Sb) {
+    let n = sb.push(0);
+    let lid = sb.local_id(0);
+    let step = sb.cu(ROW_LOCAL);
+    let fz = sb.cf(0.0);
+    // lo = min(0, min(x)), hi = max(0, max(x)); NaN never wins (as Rust's min and max).
+    let (lo, hi) = (sb.var(true, fz), sb.var(true, fz));
+    sb.for_range(lid, n, step, |sb, i| {
+        let x = sb.load(0, i);
+        let l = sb.get(lo, true);
+        let less = sb.flt(x, l);
+        let l = sb.select(less, x, l, true);
+        sb.set(lo, l);
+        let h = sb.get(hi, true);
+        let more = sb.fgt(x, h);
+        let h = sb.select(more, x, h, true);
+        sb.set(hi, h);
+    });
+    let l = sb.get(lo, true);
+    let nl = sb.fneg(l);
+    let nlo = reduce(sb, 0, nl, true, false);
+    let lo = sb.fneg(nlo);
+    let h = sb.get(hi, true);
+    let hi = reduce(sb, 0, h, true, false);
+    // scale = (hi - lo) / 255, or 1 when that is 0 or not finite.
+    let d = sb.fsub(hi, lo);
+    let c255 = sb.cf(255.0);
+    let s = sb.fdiv(d, c255);
+    let one = sb.cf(1.0);
+    let is0 = sb.b.f_ord_equal(sb.bool, None, s, fz).expect("feq");
+    let inf = sb.b.is_inf(sb.bool, None, s).expect("isinf");
+    let nan = sb.is_nan(s);
+    let bad = sb.b.logical_or(sb.bool, None, is0, inf).expect("or");
+    let bad = sb.b.logical_or(sb.bool, None, bad, nan).expect("or");
+    let scale = sb.select(bad, one, s, true);
+    // A float in [0, 255] after round-half-even (NaN as 0), as an integer.
+    let sat = |sb: &mut Sb, q: Word| -> Word {
+        let fz = sb.cf(0.0);
+        let c255 = sb.cf(255.0);
+        let nan = sb.is_nan(q);
+        let q = sb.select(nan, fz, q, true);
+        let q = sb.glsl(Glsl::FMax, &[q, fz]);
+        let q = sb.glsl(Glsl::FMin, &[q, c255]);
+        sb.b.convert_f_to_u(sb.u32, None, q).expect("f2u")
+    };
+    let nlo = sb.fneg(lo);
+    let z = sb.fdiv(nlo, scale);
+    let z = sb.glsl(Glsl::RoundEven, &[z]);
+    let zero = sat(sb, z);
+    let zf = sb.u2f(zero);
+    let first = {
+        let z = sb.cu(0);
+        sb.b.i_equal(sb.bool, None, lid, z).expect("ieq")
+    };
+    sb.if_then(first, |sb| {
+        let z = sb.cu(0);
+        sb.store(2, z, scale);
+        sb.store_u(3, z, zero);
+    });
+    // Four results per word.
+    let three = sb.cu(3);
+    let words = {
+        let t = sb.iadd(n, three);
+        let two = sb.cu(2);
+        sb.shr(t, two)
+    };
+    sb.for_range(lid, words, step, |sb, w| {
+        let zero_w = sb.cu(0);
+        let word = sb.var(false, zero_w);
+        for lane in 0..4u32 {
+            let four = sb.cu(4);
+            let base = sb.imul(w, four);
+            let lw = sb.cu(lane);
+            let i = sb.iadd(base, lw);
+            let ok = sb.ult(i, n);
+            sb.if_then(ok, |sb| {
+                let x = sb.load(0, i);
+                let q = sb.fdiv(x, scale);
+                let q = sb.glsl(Glsl::RoundEven, &[q]);
+                let q = sb.fadd(q, zf);
+                let q = sat(sb, q);
+                let sh = sb.cu(8 * lane);
+                let q = sb.shl(q, sh);
+                let v = sb.get(word, false);
+                let v = sb.bor(v, q);
+                sb.set(word, v);
+            });
+        }
+        let v = sb.get(word, false);
+        sb.store_u(1, w, v);
+    });
+}
+
+/// `matmul_integer`, one result per invocation (buffers: A, B, A's zero, B's zero, C; the
+/// zero points only when given).
+fn matmul_int_body(sb: &mut Sb, br: u32, signed: [bool; 2], a_zero: bool, b_zero: bool, pair: bool) {
+    let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
+    let lx = sb.local_id(0);
+    let wx = sb.group_id(0);
+    let row = sb.group_id(1);
+    let bz = sb.group_id(2);
+    let col = {
+        let w = sb.cu(EW_LOCAL);
+        let t = sb.imul(wx, w);
+        sb.iadd(t, lx)
+    };
+    let (aoff, boff, coff) = batch_offsets(sb, br, bz);
+    let row_in = sb.ult(row, m);
+    let col_in = sb.ult(col, n);
+    let ok = sb.b.logical_and(sb.bool, None, row_in, col_in).expect("and");
+    let za_buf = 2;
+    let zb_buf = 2 + a_zero as usize;
+    let out = 2 + a_zero as usize + b_zero as usize;
+    sb.if_then(ok, |sb| {
+        let zero = sb.cu(0);
+        let one = sb.cu(1);
+        let za = if a_zero { unpack_int(sb, za_buf, zero, 8, signed[0]) } else { zero };
+        let zb = if b_zero {
+            let st = sb.push(9);
+            let e = sb.imul(col, st);
+            unpack_int(sb, zb_buf, e, 8, signed[1])
+        } else {
+            zero
+        };
+        let arow = {
+            let t = sb.imul(row, k);
+            sb.iadd(aoff, t)
+        };
+        let a_at = |sb: &mut Sb, kk: Word| {
+            let e = sb.iadd(arow, kk);
+            unpack_int(sb, 0, e, 8, signed[0])
+        };
+        let b_at = |sb: &mut Sb, kk: Word| {
+            let t = sb.imul(kk, n);
+            let e = sb.iadd(t, col);
+            let e = sb.iadd(e, boff);
+            unpack_int(sb, 1, e, 8, signed[1])
+        };
+        let acc = sb.var(false, zero);
+        if !pair {
+            sb.for_range(zero, k, one, |sb, kk| {
+                let a = a_at(sb, kk);
+                let a = sb.isub(a, za);
+                let b = b_at(sb, kk);
+                let b = sb.isub(b, zb);
+                let p = sb.imul(a, b);
+                let s = sb.get(acc, false);
+                let s = sb.iadd(s, p);
+                sb.set(acc, s);
+            });
+        } else {
+            // onnxruntime's x86 u8 x s8 kernel: raw products summed in pairs, saturated to
+            // int16, then the zero points corrected exactly.
+            let (rowsum, colsum) = (sb.var(false, zero), sb.var(false, zero));
+            let pairs = {
+                let t = sb.iadd(k, one);
+                sb.shr(t, one)
+            };
+            sb.for_range(zero, pairs, one, |sb, j| {
+                let k0 = sb.shl(j, one);
+                let k1 = sb.iadd(k0, one);
+                let a0 = a_at(sb, k0);
+                let b0 = b_at(sb, k0);
+                let has1 = sb.ult(k1, k);
+                let zero = sb.cu(0);
+                let (a1v, b1v) = (sb.var(false, zero), sb.var(false, zero));
+                sb.if_then(has1, |sb| {
+                    let a1 = a_at(sb, k1);
+                    let b1 = b_at(sb, k1);
+                    sb.set(a1v, a1);
+                    sb.set(b1v, b1);
+                });
+                let (a1, b1) = (sb.get(a1v, false), sb.get(b1v, false));
+                let p0 = sb.imul(a0, b0);
+                let p1 = sb.imul(a1, b1);
+                let p = sb.iadd(p0, p1);
+                let lo = sb.cu((-32768i32) as u32);
+                let hi = sb.cu(32767);
+                let below = sb.b.s_less_than(sb.bool, None, p, lo).expect("slt");
+                let p = sb.select(below, lo, p, false);
+                let above = sb.b.s_greater_than(sb.bool, None, p, hi).expect("sgt");
+                let p = sb.select(above, hi, p, false);
+                let s = sb.get(acc, false);
+                let s = sb.iadd(s, p);
+                sb.set(acc, s);
+                let ra = sb.iadd(a0, a1);
+                let r = sb.get(rowsum, false);
+                let r = sb.iadd(r, ra);
+                sb.set(rowsum, r);
+                let cb = sb.iadd(b0, b1);
+                let c = sb.get(colsum, false);
+                let c = sb.iadd(c, cb);
+                sb.set(colsum, c);
+            });
+            let s = sb.get(acc, false);
+            let cs = sb.get(colsum, false);
+            let t = sb.imul(za, cs);
+            let s = sb.isub(s, t);
+            let rs = sb.get(rowsum, false);
+            let t = sb.imul(zb, rs);
+            let s = sb.isub(s, t);
+            let kz = sb.imul(k, za);
+            let kz = sb.imul(kz, zb);
+            let s = sb.iadd(s, kz);
+            sb.set(acc, s);
+        }
+        let idx = {
+            let t = sb.imul(row, n);
+            let t = sb.iadd(t, col);
+            sb.iadd(t, coff)
+        };
+        let s = sb.get(acc, false);
+        sb.store_u(out, idx, s);
     });
 }

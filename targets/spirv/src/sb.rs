@@ -27,6 +27,7 @@ pub(crate) enum Glsl {
     FMin = 37,
     FMax = 40,
     Fma = 50,
+    RoundEven = 2,
 }
 
 /// `pub fn name(&mut self, a, b) -> Word`: rspirv's `op` with result type `self.ty`.
@@ -323,6 +324,7 @@ impl Sb {
         shr = shift_right_logical -> u32,
         shl = shift_left_logical -> u32,
         band = bitwise_and -> u32,
+        bor = bitwise_or -> u32,
         umod = u_mod -> u32,
         ult = u_less_than -> bool,
         fadd = f_add -> f32,

@@ -15,6 +15,9 @@ fn all_specs() -> Vec<Spec> {
         specs.extend([1, 2].map(|words| Spec::Elementwise { f: EwFn::CopyWords { words }, rank }));
         use tessera_ir::DType::*;
         specs.extend([I64, I32, U8, I8, U4, I4, Bool].map(|from| Spec::Elementwise { f: EwFn::ToF32 { from }, rank }));
+        for from in [U8, I8, U4, I4] {
+            specs.extend([false, true].map(|zero| Spec::Elementwise { f: EwFn::Dequant { from, zero }, rank }));
+        }
     }
     for tiled in [false, true] {
         specs.extend((0..4).flat_map(|batch_rank| [false, true].map(|bias| Spec::MatMul { batch_rank, bias, tiled })));
@@ -45,7 +48,19 @@ fn all_specs() -> Vec<Spec> {
             }
         }
     }
-    specs.extend([Spec::Gather { wide: true }, Spec::Gather { wide: false }]);
+    for wide in [false, true] {
+        specs.extend([false, true].map(|bytes| Spec::Gather { wide, bytes }));
+    }
+    specs.push(Spec::DynQuant);
+    for batch_rank in 0..3 {
+        for (a_signed, b_signed, pair) in
+            [(false, true, false), (false, false, false), (true, true, false), (false, true, true)]
+        {
+            for (a_zero, b_zero) in [(false, false), (true, false), (true, true)] {
+                specs.push(Spec::MatMulInt { batch_rank, a_signed, b_signed, a_zero, b_zero, pair });
+            }
+        }
+    }
     for out_rank in 0..3 {
         for red_rank in 0..3 {
             specs.extend([false, true].map(|mean| Spec::Reduce { mean, out_rank, red_rank }));
