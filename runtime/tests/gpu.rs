@@ -408,6 +408,11 @@ fn layout_casts_and_reductions_match_the_interpreter() {
   v12: f32[] = reduce_sum v3 {axes = [], keepdims = false}
   v13: f32[2, 3, 2, 5] = slice v3 {starts = [1], ends = [4], axes = [2], steps = [2]}
   v14: f32[2, 3, 2, 5] = concat v13 {axis = 1}
+  v15: f32[2, 3, 8, 5] = concat v3, v13, v13 {axis = -2}
+  v16: i64[3, 9] = concat v4, v5 {axis = 1}
+  v17: f32[2, 4] = reduce_max v3 {axes = [1, 3], keepdims = false}
+  v18: f32[1, 3, 4, 1] = reduce_min v3 {axes = [0, 3], keepdims = true}
+  v19: f32[2, 3, 4] = reduce_prod v3 {axes = [3], keepdims = false}
   output "a" = v6
   output "b" = v8
   output "c" = v9
@@ -416,6 +421,11 @@ fn layout_casts_and_reductions_match_the_interpreter() {
   output "f" = v12
   output "g" = v14
   output "h" = v5
+  output "i" = v15
+  output "j" = v16
+  output "k" = v17
+  output "l" = v18
+  output "m" = v19
 }
 "#;
     let g = tessera_ir::parse(text).unwrap();
@@ -446,6 +456,10 @@ fn layout_casts_and_reductions_match_the_interpreter() {
     assert_eq!(got[1], want[1]);
     assert_eq!(got[2], want[2]);
     assert_eq!(got[7], want[7]);
+    // Concats, max and min are exact too.
+    for j in 8..12 {
+        assert_eq!(got[j], want[j], "output {j}");
+    }
     assert_eq!(report.host.len(), 0);
 }
 

@@ -37,9 +37,12 @@ pub enum Spec {
     /// invocation; zero points for A scalar, for B scalar or per column; `pair` computes
     /// onnxruntime's x86 u8 x s8 pair saturation instead.
     MatMulInt { batch_rank: u32, a_signed: bool, b_signed: bool, a_zero: bool, b_zero: bool, pair: bool },
-    /// `reduce_sum`/`reduce_mean` (`mean`) over `red_rank` dims, one invocation per result
-    /// element summing in increasing index order.
-    Reduce { mean: bool, out_rank: u32, red_rank: u32 },
+    /// `reduce_*` over `red_rank` dims, one invocation per result element combining in
+    /// increasing index order (max and min propagate NaN).
+    Reduce { op: tessera_ir::ReduceOp, out_rank: u32, red_rank: u32 },
+    /// `concat` of `inputs` operands of `words`-word elements (f32 and i32 as one word, i64 as
+    /// two), one invocation per result element.
+    Concat { inputs: u32, words: u32 },
     /// `softmax(q @ k^T * scale + mask) @ v`, one workgroup per query row: the query row and
     /// the row's scores (up to `cap` keys) staged in shared memory, exact two-pass softmax.
     Attention { batch_rank: u32, mask: bool, causal: bool, cap: u32, subgroups: bool },
@@ -245,9 +248,6 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             }
             p
         }
-        Op::Concat { .. } if nd.inputs.len() == 1 => {
-            elementwise(copy_or_decline()?, &[(ins[0], contiguous(ins[0]))], out, limits)?
-        }
         Op::Cast { to } => {
             let from = g.ty(nd.inputs[0]).dtype;
             if *to != DType::F32 {
@@ -263,15 +263,42 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             elementwise(f, &[(ins[0], contiguous(ins[0]))], out, limits)?
         }
         Op::Reduce { op, axes, .. } => {
-            let mean = match op {
-                tessera_ir::ReduceOp::Sum => false,
-                tessera_ir::ReduceOp::Mean => true,
-                o => return Err(GpuError::declined(name, format!("no shader for {}", o.name()))),
-            };
             if nd.inputs.len() > 1 {
                 return Err(GpuError::declined(name, "axes given as an operand (known only at run time)"));
             }
-            reduce_plan(mean, ins[0], axes, out, limits)?
+            reduce_plan(*op, ins[0], axes, out, limits)?
+        }
+        Op::Concat { axis } => {
+            let words = match copy_or_decline()? {
+                EwFn::CopyWords { words } => words,
+                _ => 1,
+            };
+            if ins.len() + 1 > 8 {
+                return Err(GpuError::declined(name, "more than 7 operands (8 buffers per kernel)"));
+            }
+            let r = out.len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            if !(0..r).contains(&ax) {
+                return Err(GpuError::declined(name, "axis out of range"));
+            }
+            let ax = ax as usize;
+            let total = numel(out);
+            let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "concat")?;
+            let mut push = vec![total as u32, groups[0] * EW_LOCAL, out[ax] as u32, numel(&out[ax + 1..]) as u32];
+            let mut offset = 0;
+            for p in ins {
+                push.extend([offset as u32, p[ax] as u32]);
+                offset += p[ax];
+            }
+            Plan::Dispatch {
+                spec: Spec::Concat { inputs: ins.len() as u32, words },
+                operands: Vec::new(),
+                push,
+                groups,
+                bytes_read: total as u64 * 4 * words as u64,
+                bytes_written: 0,
+                flops: 0,
+            }
         }
         Op::MatMul => {
             let (a, b) = (ins[0], ins[1]);
@@ -438,6 +465,7 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
         Spec::DynQuant => 6 * numel(ins[0]) as u64,
         Spec::MatMulInt { .. } => 2 * n * ins[0][ins[0].len() - 1] as u64,
         Spec::Reduce { .. } => numel(ins[0]) as u64,
+        Spec::Concat { .. } => 0,
     }
 }
 
@@ -873,10 +901,17 @@ pub fn build(spec: &Spec) -> Kernel {
             ew_body(&mut sb, *f, *rank, n_in);
             (sb, n_in as usize + 1, push_words, [EW_LOCAL, 1, 1], 0)
         }
-        Spec::Reduce { mean, out_rank, red_rank } => {
+        Spec::Concat { inputs, words } => {
+            let n = *inputs as usize + 1;
+            let push_words = 4 + 2 * inputs;
+            let mut sb = Sb::typed(&vec![true; n], push_words, [EW_LOCAL, 1, 1], 0);
+            concat_body(&mut sb, *inputs, *words);
+            (sb, n, push_words, [EW_LOCAL, 1, 1], 0)
+        }
+        Spec::Reduce { op, out_rank, red_rank } => {
             let push_words = 3 + 2 * (out_rank + red_rank);
             let mut sb = Sb::new(2, push_words, [EW_LOCAL, 1, 1], 0);
-            reduce_body(&mut sb, *mean, *out_rank, *red_rank);
+            reduce_body(&mut sb, *op, *out_rank, *red_rank);
             (sb, 2, push_words, [EW_LOCAL, 1, 1], 0)
         }
         Spec::MatMul { batch_rank, bias, tiled } => {
@@ -1058,7 +1093,13 @@ fn to_f32(sb: &mut Sb, from: DType, e: Word) -> Word {
     }
 }
 
-fn reduce_plan(mean: bool, x: &[usize], axes: &[i64], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+fn reduce_plan(
+    op: tessera_ir::ReduceOp,
+    x: &[usize],
+    axes: &[i64],
+    out: &[usize],
+    limits: &Limits,
+) -> Result<Plan, GpuError> {
     let r = x.len() as i64;
     let mut red: Vec<usize> = if axes.is_empty() {
         (0..x.len()).collect()
@@ -1082,7 +1123,7 @@ fn reduce_plan(mean: bool, x: &[usize], axes: &[i64], out: &[usize], limits: &Li
     push.extend(red.iter().map(|&a| x[a] as u32));
     push.extend(red.iter().map(|&a| st[a] as u32));
     Ok(Plan::Dispatch {
-        spec: Spec::Reduce { mean, out_rank: kept.len() as u32, red_rank: red.len() as u32 },
+        spec: Spec::Reduce { op, out_rank: kept.len() as u32, red_rank: red.len() as u32 },
         operands: Vec::new(),
         push,
         groups,
@@ -1092,7 +1133,8 @@ fn reduce_plan(mean: bool, x: &[usize], axes: &[i64], out: &[usize], limits: &Li
     })
 }
 
-fn reduce_body(sb: &mut Sb, mean: bool, out_rank: u32, red_rank: u32) {
+fn reduce_body(sb: &mut Sb, op: tessera_ir::ReduceOp, out_rank: u32, red_rank: u32) {
+    use tessera_ir::ReduceOp::*;
     let i = flat_id(sb);
     let total = sb.push(0);
     let inside = sb.ult(i, total);
@@ -1116,8 +1158,13 @@ fn reduce_body(sb: &mut Sb, mean: bool, out_rank: u32, red_rank: u32) {
             }
             n
         };
-        let fz = sb.cf(0.0);
-        let acc = sb.var(true, fz);
+        let init = sb.cf(match op {
+            Sum | Mean => 0.0,
+            Prod => 1.0,
+            Max => f32::NEG_INFINITY,
+            Min => f32::INFINITY,
+        });
+        let acc = sb.var(true, init);
         let (zero, one) = (sb.cu(0), sb.cu(1));
         sb.for_range(zero, count, one, |sb, r| {
             let mut rem = r;
@@ -1132,11 +1179,22 @@ fn reduce_body(sb: &mut Sb, mean: bool, out_rank: u32, red_rank: u32) {
             }
             let x = sb.load(0, off);
             let s = sb.get(acc, true);
-            let s = sb.fadd(s, x);
+            let s = match op {
+                Sum | Mean => sb.fadd(s, x),
+                Prod => sb.fmul(s, x),
+                Max | Min => {
+                    let pick = if op == Max { sb.fgt(x, s) } else { sb.flt(x, s) };
+                    let r = sb.select(pick, x, s, true);
+                    let xn = sb.is_nan(x);
+                    let r = sb.select(xn, x, r, true);
+                    let sn = sb.is_nan(s);
+                    sb.select(sn, s, r, true)
+                }
+            };
             sb.set(acc, s);
         });
         let s = sb.get(acc, true);
-        let y = if mean {
+        let y = if op == Mean {
             let n = sb.push(2);
             let n = sb.bits_to_f32(n);
             sb.fdiv(s, n)
@@ -2198,5 +2256,42 @@ fn matmul_int_body(sb: &mut Sb, br: u32, signed: [bool; 2], a_zero: bool, b_zero
         };
         let s = sb.get(acc, false);
         sb.store_u(out, idx, s);
+    });
+}
+
+/// Concat: result element i = (o, a, c) over (outer, the axis, inner) takes operand j's
+/// element (o, a - offset_j, c) where offset_j <= a < offset_j + size_j.
+fn concat_body(sb: &mut Sb, inputs: u32, words: u32) {
+    let i = flat_id(sb);
+    let total = sb.push(0);
+    let inside = sb.ult(i, total);
+    sb.if_then(inside, |sb| {
+        let (dim, inner) = (sb.push(2), sb.push(3));
+        let c = sb.umod(i, inner);
+        let oa = sb.udiv(i, inner);
+        let a = sb.umod(oa, dim);
+        let o = sb.udiv(oa, dim);
+        let w = sb.cu(words);
+        let dst = sb.imul(i, w);
+        for j in 0..inputs {
+            let (off, size) = (sb.push(4 + 2 * j), sb.push(5 + 2 * j));
+            let rel = sb.isub(a, off);
+            // a - off < size, unsigned: also false when a < off (the difference wraps).
+            let mine = sb.ult(rel, size);
+            sb.if_then(mine, |sb| {
+                let t = sb.imul(o, size);
+                let t = sb.iadd(t, rel);
+                let t = sb.imul(t, inner);
+                let src = sb.iadd(t, c);
+                let src = sb.imul(src, w);
+                for k in 0..words {
+                    let kw = sb.cu(k);
+                    let s = sb.iadd(src, kw);
+                    let d = sb.iadd(dst, kw);
+                    let x = sb.load_u(j as usize, s);
+                    sb.store_u(inputs as usize, d, x);
+                }
+            });
+        }
     });
 }

@@ -52,6 +52,9 @@ fn all_specs() -> Vec<Spec> {
         specs.extend([false, true].map(|bytes| Spec::Gather { wide, bytes }));
     }
     specs.push(Spec::DynQuant);
+    for inputs in 1..8 {
+        specs.extend([1, 2].map(|words| Spec::Concat { inputs, words }));
+    }
     for batch_rank in 0..3 {
         for (a_signed, b_signed, pair) in
             [(false, true, false), (false, false, false), (true, true, false), (false, true, true)]
@@ -63,7 +66,8 @@ fn all_specs() -> Vec<Spec> {
     }
     for out_rank in 0..3 {
         for red_rank in 0..3 {
-            specs.extend([false, true].map(|mean| Spec::Reduce { mean, out_rank, red_rank }));
+            use tessera_ir::ReduceOp::*;
+            specs.extend([Sum, Mean, Max, Min, Prod].map(|op| Spec::Reduce { op, out_rank, red_rank }));
         }
     }
     specs
