@@ -57,6 +57,10 @@ pub struct Vulkan {
     pipelines: Mutex<HashMap<Spec, Pipeline>>,
     /// Nanoseconds per timestamp tick, where the compute queue writes timestamps.
     timestamp_ns: Option<f64>,
+    /// A timeline semaphore every submission signals with the next value (Vulkan 1.2), and
+    /// the last value given out (behind the lock the queue shares).
+    timeline: Option<vk::Semaphore>,
+    timeline_value: Mutex<u64>,
     /// The device's name as the driver reports it (`llvmpipe (LLVM ..)` for lavapipe).
     pub name: String,
     pub limits: Limits,
@@ -93,7 +97,11 @@ impl Vulkan {
         // SAFETY: loading the system's Vulkan loader library; its entry points are used as the
         // Vulkan specification defines them.
         let entry = unsafe { ash::Entry::load() }.map_err(|e| GpuRunError::NoVulkan(e.to_string()))?;
-        let app = vk::ApplicationInfo::default().application_name(c"tessera").api_version(vk::API_VERSION_1_1);
+        // Vulkan 1.2 where the loader has it (timeline semaphores are core there), else 1.1.
+        // SAFETY: a global query of the loaded library.
+        let loader = unsafe { entry.try_enumerate_instance_version() }.ok().flatten().unwrap_or(vk::API_VERSION_1_0);
+        let api = if loader >= vk::API_VERSION_1_2 { vk::API_VERSION_1_2 } else { vk::API_VERSION_1_1 };
+        let app = vk::ApplicationInfo::default().application_name(c"tessera").api_version(api);
         let info = vk::InstanceCreateInfo::default().application_info(&app);
         // SAFETY: valid create info; the instance is destroyed in Drop.
         let instance = unsafe { entry.create_instance(&info, None) }.map_err(vk_err("vkCreateInstance"))?;
@@ -138,7 +146,19 @@ impl Vulkan {
         };
         let prio = [1.0f32];
         let qinfo = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&prio)];
-        let dinfo = vk::DeviceCreateInfo::default().queue_create_infos(&qinfo);
+        // Timeline semaphores (Vulkan 1.2) order submissions and let other units wait on them.
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
+        let has_timeline = api >= vk::API_VERSION_1_2 && props.api_version >= vk::API_VERSION_1_2 && {
+            let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut f12);
+            // SAFETY: pd comes from this instance, made for API 1.2.
+            unsafe { instance.get_physical_device_features2(pd, &mut f2) };
+            f12.timeline_semaphore == vk::TRUE
+        };
+        let mut enable12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
+        let mut dinfo = vk::DeviceCreateInfo::default().queue_create_infos(&qinfo);
+        if has_timeline {
+            dinfo = dinfo.push_next(&mut enable12);
+        }
         // SAFETY: valid create info for pd.
         let device = match unsafe { instance.create_device(pd, &dinfo, None) } {
             Ok(d) => d,
@@ -153,6 +173,15 @@ impl Vulkan {
         // SAFETY: device is live.
         let cache = unsafe { device.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default(), None) }
             .map_err(vk_err("vkCreatePipelineCache"))?;
+        let timeline = if has_timeline {
+            let mut ty =
+                vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
+            let info = vk::SemaphoreCreateInfo::default().push_next(&mut ty);
+            // SAFETY: the device was created with timelineSemaphore enabled.
+            Some(unsafe { device.create_semaphore(&info, None) }.map_err(vk_err("vkCreateSemaphore"))?)
+        } else {
+            None
+        };
         Ok(Vulkan {
             _entry: entry,
             instance,
@@ -163,6 +192,8 @@ impl Vulkan {
             cache,
             pipelines: Mutex::new(HashMap::new()),
             timestamp_ns,
+            timeline,
+            timeline_value: Mutex::new(0),
             name,
             limits,
         })
@@ -287,6 +318,29 @@ impl Vulkan {
             self.free(b);
         }
         r
+    }
+
+    /// The device's timeline semaphore and the value the latest submission signals, where the
+    /// device has timeline semaphores: another unit (the CPU, the NPU) waits for a value to
+    /// know the GPU work before it is done, without a fence per submission.
+    pub fn timeline(&self) -> Option<(vk::Semaphore, u64)> {
+        let v = *self.timeline_value.lock().expect("timeline lock");
+        self.timeline.map(|s| (s, v))
+    }
+
+    /// Waits on the host until the timeline reaches `value`, at most `timeout_ns`; false on a
+    /// timeout. Without timeline semaphores every run has already waited: true.
+    pub fn wait_timeline(&self, value: u64, timeout_ns: u64) -> Result<bool, GpuRunError> {
+        let Some(sem) = self.timeline else { return Ok(true) };
+        let sems = [sem];
+        let values = [value];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        // SAFETY: a live timeline semaphore of this device.
+        match unsafe { self.device.wait_semaphores(&info, timeout_ns) } {
+            Ok(()) => Ok(true),
+            Err(vk::Result::TIMEOUT) => Ok(false),
+            Err(e) => Err(vk_err("vkWaitSemaphores")(e)),
+        }
     }
 
     /// [`Vulkan::run`] as a conformance-suite runner: with [`Fallback::Fail`], a declined node
@@ -479,6 +533,8 @@ pub struct RunReport {
     /// Bytes copied into GPU buffers (inputs, constants, host results) and read back.
     pub uploaded: u64,
     pub downloaded: u64,
+    /// The timeline value the run's last submission signalled (see [`Vulkan::timeline`]).
+    pub timeline_value: Option<u64>,
 }
 
 /// A graph ready to run many times on a Vulkan device: its constants stay in GPU buffers
@@ -821,22 +877,49 @@ impl Exec<'_> {
             );
             d.end_command_buffer(cb).map_err(vk_err("vkEndCommandBuffer"))?;
         }
-        // SAFETY: live device.
-        let fence =
-            unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }.map_err(vk_err("vkCreateFence"))?;
         let cbs = [cb];
-        let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
-        let q = self.vk.queue.lock().expect("queue lock");
-        // SAFETY: the queue is externally synchronized by the lock; cb is executable.
-        let r = unsafe { d.queue_submit(*q, &submit, fence) }
-            .map_err(vk_err("vkQueueSubmit"))
-            .and_then(|_| unsafe { d.wait_for_fences(&[fence], true, u64::MAX) }.map_err(vk_err("vkWaitForFences")));
-        drop(q);
-        // SAFETY: the fence is signalled or was never submitted; cb is no longer in use.
-        unsafe {
-            d.destroy_fence(fence, None);
-            d.free_command_buffers(self.cpool, &cbs);
-        }
+        let r = match self.vk.timeline {
+            Some(sem) => {
+                let q = self.vk.queue.lock().expect("queue lock");
+                let mut last = self.vk.timeline_value.lock().expect("timeline lock");
+                let value = *last + 1;
+                let (sems, values) = ([sem], [value]);
+                let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+                let submit =
+                    [vk::SubmitInfo::default().command_buffers(&cbs).signal_semaphores(&sems).push_next(&mut tl)];
+                // SAFETY: the queue is externally synchronized by the lock; cb is executable.
+                let r = unsafe { d.queue_submit(*q, &submit, vk::Fence::null()) }.map_err(vk_err("vkQueueSubmit"));
+                if r.is_ok() {
+                    *last = value;
+                    self.report.timeline_value = Some(value);
+                }
+                drop(last);
+                drop(q);
+                r.and_then(|_| {
+                    let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+                    // SAFETY: a live timeline semaphore; the value is signalled by this submission.
+                    unsafe { d.wait_semaphores(&info, u64::MAX) }.map_err(vk_err("vkWaitSemaphores"))
+                })
+            }
+            None => {
+                // SAFETY: live device.
+                let fence = unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }
+                    .map_err(vk_err("vkCreateFence"))?;
+                let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
+                let q = self.vk.queue.lock().expect("queue lock");
+                // SAFETY: the queue is externally synchronized by the lock; cb is executable.
+                let r = unsafe { d.queue_submit(*q, &submit, fence) }.map_err(vk_err("vkQueueSubmit")).and_then(|_| {
+                    // SAFETY: the fence belongs to this submission.
+                    unsafe { d.wait_for_fences(&[fence], true, u64::MAX) }.map_err(vk_err("vkWaitForFences"))
+                });
+                drop(q);
+                // SAFETY: the fence is signalled or was never submitted.
+                unsafe { d.destroy_fence(fence, None) };
+                r
+            }
+        };
+        // SAFETY: the submission finished (or never started); cb is no longer in use.
+        unsafe { d.free_command_buffers(self.cpool, &cbs) };
         self.report.submissions += 1;
         r
     }
@@ -873,6 +956,9 @@ impl Drop for Vulkan {
                 self.device.destroy_shader_module(p.module, None);
             }
             self.device.destroy_pipeline_cache(self.cache, None);
+            if let Some(t) = self.timeline {
+                self.device.destroy_semaphore(t, None);
+            }
             self.device.destroy_device(None);
             self.instance.destroy_instance(None);
         }

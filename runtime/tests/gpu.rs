@@ -525,3 +525,27 @@ fn int8_dynamic_quantization_runs_exactly_on_the_gpu() {
     // The pair-saturated product differs from the exact one somewhere (the test exercises it).
     assert_ne!(want[5], want[3], "no pair saturated: widen the inputs");
 }
+
+#[test]
+fn submissions_signal_the_timeline_semaphore() {
+    let Some(vk) = vulkan() else { return };
+    let Some((_, start)) = vk.timeline() else {
+        eprintln!("!!! no timeline semaphores on {}: runs wait on fences", vk.name);
+        return;
+    };
+    let mut g = Graph::new("t");
+    let x = g.add_input("x", f32_ty(&[4, 8]));
+    let s = g.add_op(Op::Softmax { axis: -1 }, vec![x]).unwrap()[0];
+    let a = g.add_op(Op::ArgMax { axis: 1, keepdims: false, last: false }, vec![s]).unwrap()[0];
+    g.add_output("a", a);
+    let (_, r1) = vk.run(&g, &[tensor(&[4, 8], 1)], Fallback::Host).unwrap();
+    let (_, r2) = vk.run(&g, &[tensor(&[4, 8], 2)], Fallback::Host).unwrap();
+    // One submission each (the softmax, read back for the host's argmax), values in order.
+    assert_eq!((r1.submissions, r2.submissions), (1, 1));
+    assert_eq!(r1.timeline_value, Some(start + 1));
+    assert_eq!(r2.timeline_value, Some(start + 2));
+    assert_eq!(vk.timeline().unwrap().1, start + 2);
+    // Reached values return at once; a value no submission signals times out.
+    assert!(vk.wait_timeline(start + 2, 0).unwrap());
+    assert!(!vk.wait_timeline(start + 3, 1_000_000).unwrap());
+}
