@@ -161,3 +161,41 @@ fn demo_runs_and_checks() {
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("0 of 40 elements differ"), "{out}");
 }
+
+#[test]
+fn ir_prints_the_gpu_plan_and_spirv() {
+    let o = tessera(&["ir", BLOCK, "--target", "gpu", "--emit", "spirv-asm"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("OpEntryPoint GLCompute"), "{out}");
+    assert!(out.contains("attention: Attention {"), "{out}");
+    assert!(out.lines().last().unwrap_or("").contains(" kernels, "), "{out}");
+}
+
+#[test]
+fn run_checks_on_the_gpu_target_with_a_per_kernel_report() {
+    let o = tessera(&["run", BLOCK, "--inputs", BLOCK_DATA, "--check", "--target", "gpu", "--profile"]);
+    let (out, err) = text(&o);
+    if err.contains("no Vulkan") {
+        eprintln!("!!! SKIPPED: no Vulkan device here: {err}");
+        return;
+    }
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("ran on the GPU target"), "{out}");
+    assert!(out.contains("output 0 \"y\": f32[1, 5, 8] ok"), "{out}");
+    assert!(out.contains("host: 0 nodes"), "{out}");
+    assert!(out.contains("est us") && out.contains("estimated") && out.contains("Adreno 740"), "{out}");
+    // An unknown phone profile is an error naming the built-in ones.
+    let o = tessera(&[
+        "run",
+        BLOCK,
+        "--inputs",
+        BLOCK_DATA,
+        "--target",
+        "gpu",
+        "--profile",
+        "--device-profile",
+        "pixel-99",
+    ]);
+    fails_with(&o, &["pixel-99", "snapdragon-8-gen-2"]);
+}

@@ -59,9 +59,10 @@ pub struct IrArgs {
 pub enum IrTarget {
     /// The Cranelift CPU target.
     Cpu,
-    /// The GPU target (SPIR-V compute shaders). It plans the graph as read, node by node (no
-    /// passes: fused kernel regions are not lowered to SPIR-V yet); symbolic dims take `--bind`
-    /// sizes (default 128).
+    /// The GPU target (SPIR-V compute shaders). It plans the graph node by node after the
+    /// passes `tessera run --target gpu` runs (the optimizer without `fuse` and `plan-memory`:
+    /// fused kernel regions are not lowered to SPIR-V yet), whatever `--passes` says; symbolic
+    /// dims take `--bind` sizes (default 128).
     Gpu,
 }
 
@@ -165,6 +166,7 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
     }
     if let (Some(IrTarget::Gpu), Some(emit)) = (args.target, args.emit) {
         anyhow::ensure!(emit == Emit::SpirvAsm, "--target gpu emits spirv-asm");
+        tessera_compiler::passes::Pipeline::parse(tessera_runtime::GPU_PIPELINE)?.run(&mut g, &mut |_| {})?;
         return emit_gpu(&g, &args);
     }
     anyhow::ensure!(args.emit != Some(Emit::SpirvAsm), "--emit spirv-asm needs --target gpu");
