@@ -43,10 +43,11 @@ pub enum Target {
     Gpu,
 }
 
-/// The passes `default` means for the GPU target: the optimizer without `fuse` (the GPU
-/// target runs ops one kernel each; fused regions are the CPU target's), and without
-/// `plan-memory` (Vulkan buffers are per value).
-pub const GPU_PIPELINE: &str = "canonicalize,saturate,fold-dequantize,schedule";
+/// The passes `default` means for the GPU target: the optimizer without `plan-memory`
+/// (Vulkan buffers are per value). Fused regions the GPU target has one shader for
+/// (elementwise chains, a matmul with an elementwise epilogue) run as one kernel; the others
+/// run their bodies node by node.
+pub const GPU_PIPELINE: &str = "canonicalize,saturate,fold-dequantize,fuse,schedule";
 
 /// Options for [`Session::from_file`] and [`Session::from_graph`].
 #[derive(Clone, Debug)]

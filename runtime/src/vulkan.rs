@@ -383,7 +383,7 @@ impl Vulkan {
         }
         let d = &self.device;
         // At most one descriptor set of up to 8 buffers per node.
-        let sets = g.n_nodes().max(1) as u32;
+        let sets = nodes_within(g).max(1) as u32;
         let sizes = [vk::DescriptorPoolSize { ty: vk::DescriptorType::STORAGE_BUFFER, descriptor_count: sets * 8 }];
         // SAFETY: valid create infos on a live device; both pools are destroyed by Exec's drop,
         // after its last submission finished.
@@ -426,6 +426,9 @@ impl Vulkan {
         let mut ex = Exec {
             vk: self,
             queries,
+            queries_reset: false,
+            timed: Vec::new(),
+            borrowed: false,
             g,
             inputs,
             bindings,
@@ -439,58 +442,7 @@ impl Vulkan {
             cb: None,
             report: RunReport::default(),
         };
-        for (n, nd) in g.nodes() {
-            let ins: Option<Vec<Vec<usize>>> = nd.inputs.iter().map(|&v| ex.shape(v)).collect();
-            let out = nd.outputs.first().and_then(|&o| ex.shape(o));
-            let p = match (ins, out) {
-                (Some(ins), Some(out)) => {
-                    let refs: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
-                    plan(g, n, &refs, &out, &self.limits)
-                }
-                _ => Err(GpuError::declined(nd.op.name(), "its shapes follow from values computed at run time")),
-            };
-            match p {
-                Ok(Plan::View) => ex.view(n)?,
-                Ok(Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written, flops }) => {
-                    if let Op::Gather { axis } = nd.op {
-                        // The shader cannot fail: out-of-range indices go to the host, whose
-                        // interpreter reports them.
-                        if let Err(why) = ex.check_indices(nd.inputs[0], nd.inputs[1], axis) {
-                            match fallback {
-                                Fallback::Fail => {
-                                    return Err(GpuRunError::Declined {
-                                        node: n.index(),
-                                        err: GpuError::declined("gather", why),
-                                    })
-                                }
-                                Fallback::Host => {
-                                    ex.on_host(n, GpuError::declined("gather", why))?;
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    ex.dispatch(n, &spec, &operands, &push, groups)?;
-                    let pipe = self.pipeline(&spec)?;
-                    ex.report.kernels.push(KernelReport {
-                        node: n.index(),
-                        op: nd.op.name(),
-                        spec,
-                        local: pipe.local,
-                        groups,
-                        shared_bytes: pipe.shared_bytes,
-                        bytes_read,
-                        bytes_written,
-                        flops,
-                        device_us: None,
-                    });
-                }
-                Err(err) => match fallback {
-                    Fallback::Fail => return Err(GpuRunError::Declined { node: n.index(), err }),
-                    Fallback::Host => ex.on_host(n, err)?,
-                },
-            }
-        }
+        ex.run_nodes(fallback)?;
         let mut outs = Vec::new();
         for (_, v) in g.outputs() {
             outs.push(ex.host_value(*v)?.into_owned());
@@ -500,6 +452,11 @@ impl Vulkan {
         let report = std::mem::take(&mut ex.report);
         Ok((outs, report))
     }
+}
+
+/// Nodes of `g` and of its regions' bodies, recursively (one descriptor set each at most).
+fn nodes_within(g: &Graph) -> usize {
+    g.nodes().map(|(_, nd)| 1 + nd.body.as_deref().map_or(0, nodes_within)).sum()
 }
 
 /// What to do with a node the GPU target declines.
@@ -591,8 +548,15 @@ impl Buffer {
 /// values that live on the host (host nodes' results), and the command buffer being recorded.
 struct Exec<'a> {
     vk: &'a Vulkan,
-    /// Timestamps: kernel `i` writes queries `2i` and `2i + 1`.
+    /// Timestamps: this run's `i`th dispatch writes queries `2i` and `2i + 1`.
     queries: Option<vk::QueryPool>,
+    /// Whether the query pool was reset (in the first command buffer that writes to it).
+    queries_reset: bool,
+    /// For each of this run's dispatches, its index in `report.kernels` (a region's body
+    /// reports its kernels untimed).
+    timed: Vec<usize>,
+    /// A region's run borrows its parent's pools and command buffer.
+    borrowed: bool,
     g: &'a Graph,
     inputs: &'a [Tensor],
     bindings: Bindings,
@@ -708,6 +672,159 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// Plans and runs (or records) every node of the graph in order.
+    fn run_nodes(&mut self, fallback: Fallback) -> Result<(), GpuRunError> {
+        let g = self.g;
+        for (n, nd) in g.nodes() {
+            let ins: Option<Vec<Vec<usize>>> = nd.inputs.iter().map(|&v| self.shape(v)).collect();
+            let out = nd.outputs.first().and_then(|&o| self.shape(o));
+            let p = match (ins, out) {
+                (Some(ins), Some(out)) => {
+                    let refs: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
+                    plan(g, n, &refs, &out, &self.vk.limits)
+                }
+                _ => Err(GpuError::declined(nd.op.name(), "its shapes follow from values computed at run time")),
+            };
+            match p {
+                Ok(Plan::View) => self.view(n)?,
+                Ok(Plan::Dispatch { spec, operands, push, groups, bytes_read, bytes_written, flops }) => {
+                    if let Op::Gather { axis } = nd.op {
+                        // The shader cannot fail: out-of-range indices go to the host, whose
+                        // interpreter reports them.
+                        if let Err(why) = self.check_indices(nd.inputs[0], nd.inputs[1], axis) {
+                            match fallback {
+                                Fallback::Fail => {
+                                    return Err(GpuRunError::Declined {
+                                        node: n.index(),
+                                        err: GpuError::declined("gather", why),
+                                    })
+                                }
+                                Fallback::Host => {
+                                    self.on_host(n, GpuError::declined("gather", why))?;
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    self.dispatch(n, &spec, &operands, &push, groups)?;
+                    self.timed.push(self.report.kernels.len());
+                    let pipe = self.vk.pipeline(&spec)?;
+                    self.report.kernels.push(KernelReport {
+                        node: n.index(),
+                        op: nd.op.name(),
+                        spec,
+                        local: pipe.local,
+                        groups,
+                        shared_bytes: pipe.shared_bytes,
+                        bytes_read,
+                        bytes_written,
+                        flops,
+                        device_us: None,
+                    });
+                }
+                // A fused region the target has no single shader for runs its body, node by
+                // node, on the GPU.
+                Err(_) if nd.body.is_some() => self.on_region(n, fallback)?,
+                Err(err) => match fallback {
+                    Fallback::Fail => return Err(GpuRunError::Declined { node: n.index(), err }),
+                    Fallback::Host => self.on_host(n, err)?,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a kernel region the target has no single shader for: its body's nodes, planned
+    /// one by one, recorded into this run's command buffer. The body's operands are this run's
+    /// buffers (or host values), its results become this run's; its kernels are reported
+    /// under the region's node (without timestamps).
+    fn on_region(&mut self, n: tessera_ir::Node, fallback: Fallback) -> Result<(), GpuRunError> {
+        let nd = self.g.node(n);
+        let body = nd.body.as_deref().expect("checked by the caller");
+        let consts = Mutex::new(HashMap::new());
+        let mut child = Exec {
+            vk: self.vk,
+            queries: None,
+            queries_reset: true,
+            timed: Vec::new(),
+            g: body,
+            inputs: &[],
+            bindings: Bindings::default(),
+            consts: &consts,
+            owned: Vec::new(),
+            of: HashMap::new(),
+            host: HashMap::new(),
+            shapes: HashMap::new(),
+            pool: self.pool,
+            cpool: self.cpool,
+            borrowed: true,
+            cb: self.cb.take(),
+            report: RunReport { submissions: self.report.submissions, ..Default::default() },
+        };
+        let r = (|| {
+            for (&v, (name, bv)) in nd.inputs.iter().zip(body.inputs()) {
+                let shape = self.known_shape(v)?;
+                body.ty(*bv)
+                    .shape
+                    .bind(&shape, &mut child.bindings)
+                    .map_err(|e| GpuRunError::Input(format!("region operand {name}: {e}")))?;
+                child.shapes.insert(*bv, shape);
+                match self.host.get(&v) {
+                    Some(t) => {
+                        child.host.insert(*bv, t.clone());
+                    }
+                    None => {
+                        let b = self.gpu(v)?;
+                        child.of.insert(*bv, b);
+                    }
+                }
+            }
+            child.run_nodes(fallback)
+        })();
+        // The command buffer, the buffers and the report come back whatever happened.
+        self.cb = child.cb.take();
+        self.owned.append(&mut child.owned);
+        let rep = std::mem::take(&mut child.report);
+        // Each result: on the host, or in a buffer; and its shape.
+        type Result_ = (Option<Tensor>, Option<BufRef>, Option<Vec<usize>>);
+        let results: Vec<Result_> = body
+            .outputs()
+            .iter()
+            .map(|(_, bo)| (child.host.remove(bo), child.of.get(bo).copied(), child.shape(*bo)))
+            .collect();
+        drop(child);
+        for (_, b) in consts.into_inner().expect("constant buffers lock").drain() {
+            self.vk.free(b);
+        }
+        r.map_err(|e| match e {
+            GpuRunError::Declined { err, .. } => GpuRunError::Declined { node: n.index(), err },
+            e => e,
+        })?;
+        for (&v, (t, b, shape)) in nd.outputs.iter().zip(results) {
+            if let Some(shape) = shape {
+                self.shapes.insert(v, shape);
+            }
+            match (t, b) {
+                (Some(t), _) => {
+                    self.host.insert(v, t);
+                }
+                (None, Some(b)) => {
+                    self.of.insert(v, b);
+                }
+                (None, None) => return Err(GpuRunError::Input(format!("region result {v} was never computed"))),
+            }
+        }
+        let r = &mut self.report;
+        r.kernels.extend(rep.kernels.into_iter().map(|k| KernelReport { node: n.index(), ..k }));
+        r.host.extend(rep.host.into_iter().map(|h| HostReport { node: n.index(), ..h }));
+        r.views += rep.views;
+        r.submissions = rep.submissions;
+        r.uploaded += rep.uploaded;
+        r.downloaded += rep.downloaded;
+        r.timeline_value = r.timeline_value.max(rep.timeline_value);
+        Ok(())
+    }
+
     fn on_host(&mut self, n: tessera_ir::Node, err: GpuError) -> Result<(), GpuRunError> {
         let nd = self.g.node(n);
         let mut args = Vec::with_capacity(nd.inputs.len());
@@ -743,11 +860,6 @@ impl Exec<'_> {
         let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
         // SAFETY: cb is a fresh primary command buffer.
         unsafe { d.begin_command_buffer(cb, &begin) }.map_err(vk_err("vkBeginCommandBuffer"))?;
-        if let (Some(q), 0) = (self.queries, self.report.submissions) {
-            // Every query is reset once, in the run's first command buffer.
-            // SAFETY: cb is recording; the pool is live and unused.
-            unsafe { d.cmd_reset_query_pool(cb, q, 0, 2 * self.g.n_nodes().max(1) as u32) };
-        }
         self.cb = Some(cb);
         Ok(cb)
     }
@@ -812,7 +924,12 @@ impl Exec<'_> {
             if !push_bytes.is_empty() {
                 d.cmd_push_constants(cb, pipe.layout, vk::ShaderStageFlags::COMPUTE, 0, &push_bytes);
             }
-            let first = 2 * self.report.kernels.len() as u32;
+            let first = 2 * self.timed.len() as u32;
+            if let (Some(q), false) = (self.queries, self.queries_reset) {
+                // Every query is reset once, before the run's first timestamp.
+                d.cmd_reset_query_pool(cb, q, 0, 2 * self.g.n_nodes().max(1) as u32);
+                self.queries_reset = true;
+            }
             if let Some(q) = self.queries {
                 d.cmd_write_timestamp(cb, vk::PipelineStageFlags::COMPUTE_SHADER, q, first);
             }
@@ -836,7 +953,7 @@ impl Exec<'_> {
     /// Each kernel's device time, from its two timestamps (after the last submission).
     fn read_timestamps(&mut self) -> Result<(), GpuRunError> {
         let (Some(q), Some(ns)) = (self.queries, self.vk.timestamp_ns) else { return Ok(()) };
-        let n = self.report.kernels.len();
+        let n = self.timed.len();
         if n == 0 {
             return Ok(());
         }
@@ -851,8 +968,8 @@ impl Exec<'_> {
             )
         }
         .map_err(vk_err("vkGetQueryPoolResults"))?;
-        for (k, t) in self.report.kernels.iter_mut().zip(ticks.chunks(2)) {
-            k.device_us = Some(t[1].saturating_sub(t[0]) as f64 * ns / 1e3);
+        for (&k, t) in self.timed.iter().zip(ticks.chunks(2)) {
+            self.report.kernels[k].device_us = Some(t[1].saturating_sub(t[0]) as f64 * ns / 1e3);
         }
         Ok(())
     }
@@ -930,6 +1047,13 @@ impl Drop for Exec<'_> {
         let d = &self.vk.device;
         // A run that failed midway may hold a recorded, never submitted command buffer: it is
         // freed with its pool. Submitted work was waited for.
+        if self.borrowed {
+            // A region's run: its parent owns the pools and took back the buffers.
+            for b in self.owned.drain(..) {
+                self.vk.free(b);
+            }
+            return;
+        }
         // SAFETY: no submitted work is pending (flush waits), so the pools and buffers are idle.
         unsafe {
             d.destroy_command_pool(self.cpool, None);

@@ -549,3 +549,61 @@ fn submissions_signal_the_timeline_semaphore() {
     assert!(vk.wait_timeline(start + 2, 0).unwrap());
     assert!(!vk.wait_timeline(start + 3, 1_000_000).unwrap());
 }
+
+#[test]
+fn fused_regions_run_as_one_kernel_or_node_by_node() {
+    let Some(mut vk) = vulkan() else { return };
+    // matmul + bias + GELU + residual, an elementwise chain over an i64 mask, and a reduction
+    // region (no single shader: its body runs node by node inside the same command buffer).
+    let text = r#"graph @regions {
+  v0: f32[2, 9, 24] = input "x"
+  v1: i64[2, 1, 9] = input "mask"
+  v2: f32[24, 40] = const splat(0.03125)
+  v3: f32[40] = const splat(0.5)
+  v4: f32[2, 9, 40] = matmul v0, v2
+  v5: f32[2, 9, 40] = add v4, v3
+  v6: f32[2, 9, 40] = gelu v5
+  v7: f32[40, 24] = const splat(-0.0625)
+  v8: f32[2, 9, 24] = matmul v6, v7
+  v9: f32[2, 9, 24] = add v8, v0
+  v10: f32[2, 1, 9] = cast v1 {to = f32}
+  v11: f32[] = const [1.0]
+  v12: f32[2, 1, 9] = sub v11, v10
+  v13: f32[] = const [-10000.0]
+  v14: f32[2, 1, 9] = mul v12, v13
+  v15: f32[2, 24] = reduce_sum v9 {axes = [1], keepdims = false}
+  v16: f32[] = const [9.0]
+  v17: f32[2, 24] = div v15, v16
+  output "y" = v9
+  output "m" = v14
+  output "mean" = v17
+}
+"#;
+    let g = tessera_ir::parse(text).unwrap();
+    let mut fused = g.clone();
+    tessera_runtime::compiler::passes::Pipeline::parse("canonicalize,fuse")
+        .unwrap()
+        .run(&mut fused, &mut |_| {})
+        .unwrap();
+    let regions = fused.nodes().filter(|(_, nd)| matches!(nd.op, Op::Kernel { .. })).count();
+    assert!(regions >= 4, "the fuse pass formed {regions} regions:\n{}", tessera_ir::print(&fused));
+    let mask = Tensor::from_i64(DType::I64, &[2, 1, 9], (0..18).map(|i| (i % 4 != 0) as i64).collect()).unwrap();
+    let inputs = vec![tensor(&[2, 9, 24], 8), mask];
+    let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+    for tiled in [true, false] {
+        vk.limits.fast_shared_memory = tiled;
+        let (got, report) = vk.run(&fused, &inputs, Fallback::Fail).unwrap_or_else(|e| panic!("{e}"));
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            let (x, y) = (a.to_f64_vec(), b.to_f64_vec());
+            let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-4, "output {j}: max abs error {worst}");
+        }
+        let specs: Vec<&Spec> = report.kernels.iter().map(|k| &k.spec).collect();
+        let fused_mm = specs.iter().filter(|s| matches!(s, Spec::MatMulFused { .. })).count();
+        let fused_ew = specs.iter().filter(|s| matches!(s, Spec::Fused { .. })).count();
+        assert_eq!((fused_mm, fused_ew), (2, 1), "{specs:?}");
+        // One submission: the reduction region's body was recorded in the same command buffer.
+        assert_eq!(report.submissions, 1);
+        assert!(report.host.is_empty());
+    }
+}

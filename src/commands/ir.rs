@@ -59,10 +59,11 @@ pub struct IrArgs {
 pub enum IrTarget {
     /// The Cranelift CPU target.
     Cpu,
-    /// The GPU target (SPIR-V compute shaders). It plans the graph node by node after the
-    /// passes `tessera run --target gpu` runs (the optimizer without `fuse` and `plan-memory`:
-    /// fused kernel regions are not lowered to SPIR-V yet), whatever `--passes` says; symbolic
-    /// dims take `--bind` sizes (default 128).
+    /// The GPU target (SPIR-V compute shaders). It plans the graph after the passes `tessera
+    /// run --target gpu` runs (the optimizer without `plan-memory`), whatever `--passes` says:
+    /// one kernel per node or fused region, or why it is declined (a region the GPU has no
+    /// single shader for runs its body node by node); symbolic dims take `--bind` sizes
+    /// (default 128).
     Gpu,
 }
 

@@ -40,6 +40,14 @@ pub enum Spec {
     /// `reduce_*` over `red_rank` dims, one invocation per result element combining in
     /// increasing index order (max and min propagate NaN).
     Reduce { op: tessera_ir::ReduceOp, out_rank: u32, red_rank: u32 },
+    /// A fused kernel region of elementwise ops: `prog` evaluated per result element over the
+    /// region's operands (`words[j]`: operand `j` is an integer type read as words and cast),
+    /// each with its own broadcast strides; result `out` of the program is stored.
+    Fused { prog: Vec<Step>, out: u32, words: Vec<bool>, rank: u32 },
+    /// A fused region `matmul` then elementwise ops on its result (bias, residual, GELU):
+    /// the matmul kernel with `prog` applied in its epilogue; `extra` further operands read at
+    /// each result's coordinates.
+    MatMulFused { batch_rank: u32, tiled: bool, prog: Vec<Step>, out: u32, extra: u32 },
     /// `concat` of `inputs` operands of `words`-word elements (f32 and i32 as one word, i64 as
     /// two), one invocation per result element.
     Concat { inputs: u32, words: u32 },
@@ -70,6 +78,19 @@ pub enum EwFn {
         from: DType,
         zero: bool,
     },
+}
+
+/// One step of a fused region's program; operands name earlier steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Region operand `j`, f32.
+    Load(u32),
+    /// Region operand `j` of integer or bool type `from`, cast to f32.
+    LoadAs(u32, DType),
+    /// The matmul's result (epilogues).
+    Acc,
+    Unary(UnaryOp, u32),
+    Binary(BinaryOp, u32, u32),
 }
 
 /// The function of a row kernel.
@@ -156,7 +177,8 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
         | Op::Cast { .. }
         | Op::DynamicQuantize
         | Op::MatMulInteger { .. }
-        | Op::Dequantize { .. } => 0,
+        | Op::Dequantize { .. }
+        | Op::Kernel { .. } => 0,
         _ => nd.inputs.len(),
     };
     // (The ops with their own dtype rules check their operands and results below.)
@@ -342,6 +364,11 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             rows(f, ins[0], ax as usize, ins.len() - 1, limits)?
         }
         Op::Attention { scale, causal } => attention(ins, out, *scale, *causal, limits)?,
+        Op::Kernel { name: region } => {
+            let body = nd.body.as_deref().ok_or_else(|| GpuError::declined(name, "a kernel without a body"))?;
+            fused(body, ins, out, limits)
+                .map_err(|why| GpuError::declined(name, format!("region {region:?}: {why}")))?
+        }
         Op::QMatMul => qmatmul(g, nd.inputs[0], nd.inputs[1], ins, out, limits)?,
         Op::Gather { axis } => gather(g.ty(nd.inputs[0]).dtype, g.ty(nd.inputs[1]).dtype, ins, *axis, out, limits)?,
         Op::DynamicQuantize => {
@@ -466,6 +493,11 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
         Spec::MatMulInt { .. } => 2 * n * ins[0][ins[0].len() - 1] as u64,
         Spec::Reduce { .. } => numel(ins[0]) as u64,
         Spec::Concat { .. } => 0,
+        Spec::Fused { prog, .. } => n * prog.len() as u64,
+        Spec::MatMulFused { prog, .. } => {
+            let (_, k) = mat(ins[0]);
+            2 * n * k + n * prog.len() as u64
+        }
     }
 }
 
@@ -645,6 +677,177 @@ fn matmul_int(
         bytes_written: 0,
         flops: 0,
     })
+}
+
+/// Compiles a region body's elementwise nodes into a program. `acc`: the value the epilogue
+/// receives (a matmul's result), whose node is skipped. Returns the program and the step of
+/// the body's result.
+fn compile_region(body: &Graph, acc: Option<Value>) -> Result<(Vec<Step>, u32), String> {
+    let mut prog: Vec<Step> = Vec::new();
+    let mut at: std::collections::HashMap<Value, u32> = std::collections::HashMap::new();
+    let input = |v: Value| body.inputs().iter().position(|(_, x)| *x == v).map(|j| j as u32);
+    let step =
+        |prog: &mut Vec<Step>, at: &mut std::collections::HashMap<Value, u32>, v: Value| -> Result<u32, String> {
+            if let Some(&i) = at.get(&v) {
+                return Ok(i);
+            }
+            let s = if Some(v) == acc {
+                Step::Acc
+            } else if let Some(j) = input(v) {
+                if body.ty(v).dtype != DType::F32 {
+                    return Err(format!("a {} operand used as a float", body.ty(v).dtype));
+                }
+                Step::Load(j)
+            } else {
+                return Err(format!("{v} is not computed by the region's elementwise ops"));
+            };
+            prog.push(s);
+            at.insert(v, prog.len() as u32 - 1);
+            Ok(prog.len() as u32 - 1)
+        };
+    for (_, nd) in body.nodes() {
+        if acc.is_some_and(|a| nd.outputs.contains(&a)) {
+            continue;
+        }
+        let s = match &nd.op {
+            Op::Unary(u) if unary_supported(*u) => Step::Unary(*u, step(&mut prog, &mut at, nd.inputs[0])?),
+            Op::Binary(b) if binary_supported(*b) => {
+                let x = step(&mut prog, &mut at, nd.inputs[0])?;
+                let y = step(&mut prog, &mut at, nd.inputs[1])?;
+                Step::Binary(*b, x, y)
+            }
+            Op::Cast { to: DType::F32 } => {
+                let v = nd.inputs[0];
+                let from = body.ty(v).dtype;
+                match input(v) {
+                    Some(j) if matches!(from, DType::I64 | DType::I32 | DType::U8 | DType::I8 | DType::Bool) => {
+                        Step::LoadAs(j, from)
+                    }
+                    _ if from == DType::F32 => {
+                        let i = step(&mut prog, &mut at, v)?;
+                        at.insert(nd.outputs[0], i);
+                        continue;
+                    }
+                    _ => return Err(format!("a cast from {from} inside the region")),
+                }
+            }
+            op => return Err(format!("{} is not elementwise (or has no shader)", op.name())),
+        };
+        prog.push(s);
+        at.insert(nd.outputs[0], prog.len() as u32 - 1);
+    }
+    let [(_, r)] = body.outputs() else { return Err("more than one result".into()) };
+    let out = step(&mut prog, &mut at, *r)?;
+    Ok((prog, out))
+}
+
+/// Plans a fused kernel region as one shader: elementwise ops, or a matmul whose result only
+/// elementwise ops consume.
+fn fused(body: &Graph, ins: &[&[usize]], out: &[usize], limits: &Limits) -> Result<Plan, String> {
+    let fits =
+        |s: &[usize]| s.len() <= out.len() && s.iter().rev().zip(out.iter().rev()).all(|(&a, &b)| a == 1 || a == b);
+    let first = body.nodes().next().map(|(_, nd)| nd);
+    if let Some(mm) = first.filter(|nd| matches!(nd.op, Op::MatMul)) {
+        let pos = |v: Value| body.inputs().iter().position(|(_, x)| *x == v);
+        let (Some(0), Some(1)) = (pos(mm.inputs[0]), pos(mm.inputs[1])) else {
+            return Err("a matmul on operands other than the region's first two".into());
+        };
+        if body.nodes().skip(1).any(|(_, nd)| nd.inputs.contains(&mm.inputs[0]) || nd.inputs.contains(&mm.inputs[1])) {
+            return Err("the matmul's operands used again in the epilogue".into());
+        }
+        if body.ty(mm.inputs[0]).dtype != DType::F32 || body.ty(mm.inputs[1]).dtype != DType::F32 {
+            return Err("a matmul that is not f32".into());
+        }
+        let (prog, res) = compile_region(body, Some(mm.outputs[0]))?;
+        if ins[2..].iter().any(|s| !fits(s)) {
+            return Err("an operand that does not broadcast to the result".into());
+        }
+        let (a, b) = (ins[0], ins[1]);
+        if a.len() < 2 || b.len() < 2 {
+            return Err("1-D matmul operands".into());
+        }
+        let (k, n) = (a[a.len() - 1], b[b.len() - 1]);
+        // The matmul's own result shape must be the region's (elementwise ops do not widen it).
+        let mut mshape = out.to_vec();
+        let r = mshape.len();
+        mshape[r - 2] = a[a.len() - 2];
+        if mshape != out {
+            return Err("an epilogue that broadcasts the matmul's result".into());
+        }
+        let Plan::Dispatch { mut push, groups, bytes_read, .. } =
+            matmul(a, b, None, out, [k, 1, n, 1], [1.0, 0.0], limits).map_err(|e| e.to_string())?
+        else {
+            unreachable!("matmul plans a dispatch")
+        };
+        for s in &ins[2..] {
+            push.extend(broadcast_strides(s, out).iter().map(|&x| x as u32));
+        }
+        if push.len() as u32 * 4 > limits.max_push_bytes {
+            return Err(format!("{} push-constant bytes needed", push.len() * 4));
+        }
+        let extra_bytes: u64 = ins[2..].iter().map(|s| numel(s) as u64 * 4).sum();
+        return Ok(Plan::Dispatch {
+            spec: Spec::MatMulFused {
+                batch_rank: (out.len() - 2) as u32,
+                tiled: limits.fast_shared_memory,
+                prog,
+                out: res,
+                extra: ins.len() as u32 - 2,
+            },
+            operands: Vec::new(),
+            push,
+            groups,
+            bytes_read: bytes_read + extra_bytes,
+            bytes_written: 0,
+            flops: 0,
+        });
+    }
+    let (prog, res) = compile_region(body, None)?;
+    if ins.iter().any(|s| !fits(s)) {
+        return Err("an operand that does not broadcast to the result".into());
+    }
+    if ins.len() + 1 > 8 {
+        return Err("more than 7 operands (8 buffers per kernel)".into());
+    }
+    let words: Vec<bool> =
+        (0..ins.len() as u32).map(|j| prog.iter().any(|s| matches!(s, Step::LoadAs(i, _) if *i == j))).collect();
+    let operands: Vec<(&[usize], Vec<usize>)> = ins.iter().map(|s| (*s, broadcast_strides(s, out))).collect();
+    let Plan::Dispatch { push, groups, bytes_read, .. } =
+        elementwise(EwFn::Copy, &operands, out, limits).map_err(|e| e.to_string())?
+    else {
+        unreachable!("elementwise plans a dispatch")
+    };
+    let rank = (push.len() as u32 - 2 - ins.len() as u32) / (1 + ins.len() as u32);
+    Ok(Plan::Dispatch {
+        spec: Spec::Fused { prog, out: res, words, rank },
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read,
+        bytes_written: 0,
+        flops: 0,
+    })
+}
+
+/// Evaluates a fused program; `load(j, from)` reads region operand `j` (cast from `from`).
+fn eval_prog(
+    sb: &mut Sb,
+    prog: &[Step],
+    acc: Option<Word>,
+    load: &mut dyn FnMut(&mut Sb, u32, Option<DType>) -> Word,
+) -> Vec<Word> {
+    let mut vals: Vec<Word> = Vec::with_capacity(prog.len());
+    for st in prog {
+        let v = match *st {
+            Step::Load(j) => load(sb, j, None),
+            Step::LoadAs(j, from) => load(sb, j, Some(from)),
+            Step::Acc => acc.expect("epilogue programs receive the matmul's value"),
+            Step::Unary(u, x) => unary(sb, u, vals[x as usize]),
+            Step::Binary(b, x, y) => binary(sb, b, vals[x as usize], vals[y as usize]),
+        };
+        vals.push(v);
+    }
+    vals
 }
 
 /// Whether the GPU target has a shader for `u` (on f32).
@@ -901,6 +1104,29 @@ pub fn build(spec: &Spec) -> Kernel {
             ew_body(&mut sb, *f, *rank, n_in);
             (sb, n_in as usize + 1, push_words, [EW_LOCAL, 1, 1], 0)
         }
+        Spec::Fused { prog, out, words, rank } => {
+            let n_in = words.len() as u32;
+            let push_words = 2 + n_in + rank * (1 + n_in);
+            let mut bufs = words.clone();
+            bufs.push(false);
+            let mut sb = Sb::typed(&bufs, push_words, [EW_LOCAL, 1, 1], 0);
+            fused_body(&mut sb, prog, *out, words, *rank);
+            (sb, bufs.len(), push_words, [EW_LOCAL, 1, 1], 0)
+        }
+        Spec::MatMulFused { batch_rank, tiled, prog, out, extra } => {
+            let push_words = MM_FIXED + 3 * batch_rank + extra * (batch_rank + 2);
+            let nbuf = 3 + *extra as usize;
+            let ep = Epilogue { prog, out: *out, extra: *extra, batch_rank: *batch_rank };
+            if *tiled {
+                let mut sb = Sb::new(nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
+                matmul_body_with(&mut sb, *batch_rank, false, None, Some(&ep));
+                (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
+            } else {
+                let mut sb = Sb::new(nbuf, push_words, DIRECT_LOCAL, 0);
+                matmul_direct_body_with(&mut sb, *batch_rank, false, None, Some(&ep));
+                (sb, nbuf, push_words, DIRECT_LOCAL, 0)
+            }
+        }
         Spec::Concat { inputs, words } => {
             let n = *inputs as usize + 1;
             let push_words = 4 + 2 * inputs;
@@ -1031,7 +1257,7 @@ fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
                 return;
             }
             EwFn::ToF32 { from } => {
-                let y = to_f32(sb, from, offs[0]);
+                let y = to_f32(sb, 0, from, offs[0]);
                 sb.store(out, i, y);
                 return;
             }
@@ -1061,19 +1287,19 @@ fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
     });
 }
 
-/// Element `e` of word buffer 0, of integer or bool type `from`, as f32.
-fn to_f32(sb: &mut Sb, from: DType, e: Word) -> Word {
+/// Element `e` of word buffer `buf`, of integer or bool type `from`, as f32.
+fn to_f32(sb: &mut Sb, buf: usize, from: DType, e: Word) -> Word {
     match from {
         DType::I32 => {
-            let x = sb.load_u(0, e);
+            let x = sb.load_u(buf, e);
             sb.s2f(x)
         }
         DType::I64 => {
             let one = sb.cu(1);
             let lo_i = sb.shl(e, one);
             let hi_i = sb.iadd(lo_i, one);
-            let lo = sb.load_u(0, lo_i);
-            let hi = sb.load_u(0, hi_i);
+            let lo = sb.load_u(buf, lo_i);
+            let hi = sb.load_u(buf, hi_i);
             // Within i32's range the high word is the low word's sign: one exact rounding.
             let sh = sb.cu(31);
             let sign = sb.b.shift_right_arithmetic(sb.u32, None, lo, sh).expect("sra");
@@ -1085,10 +1311,10 @@ fn to_f32(sb: &mut Sb, from: DType, e: Word) -> Word {
             let big = sb.glsl(Glsl::Fma, &[h, two32, l]);
             sb.select(fits, small, big, true)
         }
-        DType::U8 | DType::Bool => unpack(sb, 0, e, 8, false),
-        DType::I8 => unpack(sb, 0, e, 8, true),
-        DType::U4 => unpack(sb, 0, e, 4, false),
-        DType::I4 => unpack(sb, 0, e, 4, true),
+        DType::U8 | DType::Bool => unpack(sb, buf, e, 8, false),
+        DType::I8 => unpack(sb, buf, e, 8, true),
+        DType::U4 => unpack(sb, buf, e, 4, false),
+        DType::I4 => unpack(sb, buf, e, 4, true),
         d => unreachable!("the planner declines casts from {d}"),
     }
 }
@@ -1491,12 +1717,54 @@ fn load_b(sb: &mut Sb, quant: Option<QLoad>, kk: Word, col: Word, boff: Word) ->
     }
 }
 
-/// `C[row, col] = alpha * s (+ beta * bias[row, col])`.
-fn store_c(sb: &mut Sb, bias: bool, quant: Option<QLoad>, row: Word, col: Word, coff: Word, s: Word) {
+/// `C[row, col] = alpha * s (+ beta * bias[row, col])`, or a fused epilogue of `s`.
+#[allow(clippy::too_many_arguments)]
+fn store_c(
+    sb: &mut Sb,
+    bias: bool,
+    quant: Option<QLoad>,
+    ep: Option<&Epilogue>,
+    row: Word,
+    col: Word,
+    coff: Word,
+    s: Word,
+) {
     let n = sb.push(1);
     let rn = sb.imul(row, n);
     let i = sb.iadd(rn, col);
     let i = sb.iadd(i, coff);
+    if let Some(ep) = ep {
+        // Extra operand e at (batch coordinates, row, col) through its broadcast strides.
+        let br = ep.batch_rank;
+        let bz = sb.group_id(2);
+        let mut coords = Vec::new();
+        let mut rem = bz;
+        for d in (0..br).rev() {
+            let dim = sb.push(MM_FIXED + d);
+            coords.push((d, sb.umod(rem, dim)));
+            rem = sb.udiv(rem, dim);
+        }
+        let base = MM_FIXED + 3 * br;
+        let mut load = |sb: &mut Sb, j: u32, _: Option<DType>| -> Word {
+            let e = j - 2;
+            let st0 = base + e * (br + 2);
+            let mut off = sb.cu(0);
+            for &(d, c) in &coords {
+                let st = sb.push(st0 + d);
+                let t = sb.imul(c, st);
+                off = sb.iadd(off, t);
+            }
+            let (sr, sc) = (sb.push(st0 + br), sb.push(st0 + br + 1));
+            let t = sb.imul(row, sr);
+            off = sb.iadd(off, t);
+            let t = sb.imul(col, sc);
+            off = sb.iadd(off, t);
+            sb.load(j as usize, off)
+        };
+        let vals = eval_prog(sb, ep.prog, Some(s), &mut load);
+        sb.store(2 + ep.extra as usize, i, vals[ep.out as usize]);
+        return;
+    }
     let alpha = sb.push(7);
     let alpha = sb.bits_to_f32(alpha);
     let s = sb.fmul(alpha, s);
@@ -1521,6 +1789,18 @@ fn store_c(sb: &mut Sb, bias: bool, quant: Option<QLoad>, row: Word, col: Word, 
 }
 
 fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
+    matmul_body_with(sb, br, bias, quant, None)
+}
+
+/// A fused region's epilogue after a matmul.
+struct Epilogue<'a> {
+    prog: &'a [Step],
+    out: u32,
+    extra: u32,
+    batch_rank: u32,
+}
+
+fn matmul_body_with(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>, ep: Option<&Epilogue>) {
     let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
     let lx = sb.local_id(0);
     let ly = sb.local_id(1);
@@ -1586,7 +1866,7 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
     let ok = sb.b.logical_and(sb.bool, None, row_in, col_in).expect("and");
     sb.if_then(ok, |sb| {
         let s = sb.get(acc, true);
-        store_c(sb, bias, quant, row, col, coff, s);
+        store_c(sb, bias, quant, ep, row, col, coff, s);
     });
 }
 
@@ -1594,6 +1874,10 @@ fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
 /// `DIRECT_COLS` results of one row in registers, reading each A element once for
 /// them (the same sums, in the same `k` order, as the tiled kernel).
 fn matmul_direct_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
+    matmul_direct_body_with(sb, br, bias, quant, None)
+}
+
+fn matmul_direct_body_with(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>, ep: Option<&Epilogue>) {
     let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
     let lx = sb.local_id(0);
     let ly = sb.local_id(1);
@@ -1650,7 +1934,7 @@ fn matmul_direct_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
             let inside = sb.ult(c, n);
             sb.if_then(inside, |sb| {
                 let s = sb.get(acc, true);
-                store_c(sb, bias, quant, row, c, coff, s);
+                store_c(sb, bias, quant, ep, row, c, coff, s);
             });
         }
     });
@@ -2293,5 +2577,35 @@ fn concat_body(sb: &mut Sb, inputs: u32, words: u32) {
                 }
             });
         }
+    });
+}
+
+fn fused_body(sb: &mut Sb, prog: &[Step], out: u32, words: &[bool], rank: u32) {
+    let i = flat_id(sb);
+    let total = sb.push(0);
+    let inside = sb.ult(i, total);
+    let n_in = words.len() as u32;
+    sb.if_then(inside, |sb| {
+        let mut rem = i;
+        let mut offs: Vec<Word> = (0..n_in).map(|j| sb.push(2 + j)).collect();
+        let dims = 2 + n_in;
+        for d in (0..rank).rev() {
+            let dim = sb.push(dims + d);
+            let c = sb.umod(rem, dim);
+            rem = sb.udiv(rem, dim);
+            for (j, off) in offs.iter_mut().enumerate() {
+                let st = sb.push(dims + rank * (1 + j as u32) + d);
+                let t = sb.imul(c, st);
+                *off = sb.iadd(*off, t);
+            }
+        }
+        let mut load = |sb: &mut Sb, j: u32, from: Option<DType>| -> Word {
+            match from {
+                Some(from) => to_f32(sb, j as usize, from, offs[j as usize]),
+                None => sb.load(j as usize, offs[j as usize]),
+            }
+        };
+        let vals = eval_prog(sb, prog, None, &mut load);
+        sb.store(n_in as usize, i, vals[out as usize]);
     });
 }

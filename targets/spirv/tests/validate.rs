@@ -52,6 +52,34 @@ fn all_specs() -> Vec<Spec> {
         specs.extend([false, true].map(|bytes| Spec::Gather { wide, bytes }));
     }
     specs.push(Spec::DynQuant);
+    {
+        use tessera_ir::DType::*;
+        use tessera_target_spirv::kernels::Step;
+        // cast(p0: i64) -> sub(p1, .) -> mul(., p2); and matmul -> add bias -> gelu -> add residual.
+        let prog = vec![
+            Step::LoadAs(0, I64),
+            Step::Load(1),
+            Step::Binary(BinaryOp::Sub, 1, 0),
+            Step::Load(2),
+            Step::Binary(BinaryOp::Mul, 2, 3),
+        ];
+        for rank in 0..4 {
+            specs.push(Spec::Fused { prog: prog.clone(), out: 4, words: vec![true, false, false], rank });
+        }
+        let ep = vec![
+            Step::Acc,
+            Step::Load(2),
+            Step::Binary(BinaryOp::Add, 1, 0),
+            Step::Unary(UnaryOp::Gelu, 2),
+            Step::Load(3),
+            Step::Binary(BinaryOp::Add, 3, 4),
+        ];
+        for batch_rank in 0..3 {
+            for tiled in [false, true] {
+                specs.push(Spec::MatMulFused { batch_rank, tiled, prog: ep.clone(), out: 5, extra: 2 });
+            }
+        }
+    }
     for inputs in 1..8 {
         specs.extend([1, 2].map(|words| Spec::Concat { inputs, words }));
     }
