@@ -150,7 +150,7 @@ fn unsupported_formats_say_so() {
     let f = write(dir.path(), "model.onnx", "not really");
     fails_with(&tessera(&["ir", &f]), &["model.onnx is not a valid ONNX model"]);
     let f = write(dir.path(), "model.gguf", "GGUF");
-    fails_with(&tessera(&["ir", &f]), &["GGUF importer is not built yet"]);
+    fails_with(&tessera(&["ir", &f]), &["model.gguf", "truncated at byte 4"]);
     fails_with(&tessera(&["ir", "no/such/file.tir"]), &["does not exist"]);
 }
 
