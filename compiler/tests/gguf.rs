@@ -165,3 +165,57 @@ fn bad_files_name_the_problem() {
     let e = err(image(3, &[], &[("w", &[4], 0, 8)], 100));
     assert!(e.contains("not a multiple of the alignment"), "{e}");
 }
+
+/// tessera_ir's word-wise FNV-1a, as scripts/gguf_refs.py computes it.
+fn fnv_words(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h ^= u64::from_le_bytes(w.try_into().unwrap());
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    for &b in words.remainder() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// The smallest tensor of each type in gemma-3-270m dequantizes bit for bit as the `gguf`
+/// package's reference does (references from scripts/gguf_refs.py, made by fetch_models.sh).
+#[test]
+fn dequantization_matches_the_gguf_reference_bit_for_bit() {
+    let Some(path) = gemma() else { return };
+    let refs = path.with_file_name("gemma-3-270m-q4_k_m.dequant.json");
+    let Ok(text) = std::fs::read_to_string(&refs) else {
+        eprintln!("\n*** SKIPPED: no {}; run scripts/fetch_models.sh ***\n", refs.display());
+        return;
+    };
+    let g = Gguf::open(&path).unwrap();
+    // A small JSON reader for this one file's shape: "name", "type", "elements", "fnv", "first".
+    let field = |obj: &str, key: &str| -> String {
+        let at = obj.find(&format!("\"{key}\": ")).unwrap_or_else(|| panic!("{key} in {obj}")) + key.len() + 4;
+        let rest = &obj[at..];
+        let end = if rest.starts_with('[') { rest.find(']').unwrap() + 1 } else { rest.find([',', '\n']).unwrap() };
+        rest[..end].trim().trim_matches('"').to_string()
+    };
+    let mut checked = Vec::new();
+    for obj in text.split('{').skip(2) {
+        let name = field(obj, "name");
+        let t = g.tensor(&name).unwrap_or_else(|| panic!("no tensor {name}"));
+        assert_eq!(t.ty.name(), field(obj, "type"));
+        let values = tessera_compiler::gguf::dequantize(t.ty, g.tensor_data(t)).unwrap();
+        assert_eq!(values.len().to_string(), field(obj, "elements"), "{name}");
+        let first: Vec<f32> = field(obj, "first")
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|v| v.trim().parse::<f64>().unwrap() as f32)
+            .collect();
+        assert_eq!(&values[..8], &first[..], "{name}");
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(format!("{:016x}", fnv_words(&bytes)), field(obj, "fnv"), "{name} ({})", t.ty);
+        checked.push(t.ty.name());
+    }
+    checked.sort();
+    assert_eq!(checked, ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]);
+}
