@@ -410,7 +410,7 @@ impl Gguf {
 /// dequantization). `bytes` holds the whole tensor.
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
     let (per_block, block_bytes) = ty.block();
-    if bytes.len() as u64 % block_bytes != 0 {
+    if !(bytes.len() as u64).is_multiple_of(block_bytes) {
         return Err(format!("{} bytes are not a whole number of {ty} blocks", bytes.len()));
     }
     let blocks = bytes.chunks_exact(block_bytes as usize);
