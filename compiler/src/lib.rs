@@ -5,3 +5,4 @@ pub mod conformance;
 pub use tessera_passes as passes;
 pub mod gguf;
 pub mod onnx;
+pub mod tokenizer;

@@ -1,0 +1,214 @@
+//! The SentencePiece-style BPE tokenizer GGUF models carry (`tokenizer.ggml.model = "llama"`,
+//! as gemma and llama use): spaces become `▁`, the text starts as one symbol per UTF-8
+//! character, and adjacent symbols merge while their concatenation is a vocabulary token,
+//! highest score first (leftmost on ties), so every merged symbol is a token; a character no
+//! token covers becomes its UTF-8 bytes as `<0xXX>` tokens. This is llama.cpp's procedure, so
+//! the ids match llama.cpp's for the same file.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use crate::gguf::{Gguf, GgufError, MetaValue};
+
+/// A tokenizer read from a GGUF file's `tokenizer.ggml.*` metadata.
+pub struct Tokenizer {
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    ids: HashMap<String, u32>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+    add_space_prefix: bool,
+    /// `<0xXX>` byte tokens, by byte.
+    bytes: Vec<Option<u32>>,
+}
+
+/// A candidate merge of the symbols at `left` and `right`.
+struct Bigram {
+    left: usize,
+    right: usize,
+    score: f32,
+    len: usize,
+}
+
+impl PartialEq for Bigram {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Bigram {}
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Bigram {
+    /// Higher score first; on a tie, the leftmost.
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
+    }
+}
+
+/// A symbol of the text being merged: a byte range, and its live neighbours.
+#[derive(Clone, Copy)]
+struct Symbol {
+    start: usize,
+    len: usize,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+impl Tokenizer {
+    pub fn from_gguf(g: &Gguf) -> Result<Tokenizer, GgufError> {
+        let bad = |key: &str, message: &str| GgufError::BadMetadata { key: key.into(), message: message.into() };
+        let model = g.get("tokenizer.ggml.model").and_then(MetaValue::as_str).unwrap_or("");
+        if model != "llama" {
+            return Err(bad(
+                "tokenizer.ggml.model",
+                &format!("{model:?}: only the SentencePiece \"llama\" tokenizer is supported"),
+            ));
+        }
+        let Some(MetaValue::Array(toks)) = g.get("tokenizer.ggml.tokens") else {
+            return Err(bad("tokenizer.ggml.tokens", "missing"));
+        };
+        let tokens: Vec<String> = toks
+            .iter()
+            .map(|t| t.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("tokenizer.ggml.tokens", "not all strings"))?;
+        let scores: Vec<f32> = match g.get("tokenizer.ggml.scores") {
+            Some(MetaValue::Array(s)) if s.len() == tokens.len() => s
+                .iter()
+                .map(|v| v.as_f64().map(|x| x as f32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("tokenizer.ggml.scores", "not all numbers"))?,
+            Some(_) => return Err(bad("tokenizer.ggml.scores", "not one number per token")),
+            None => vec![0.0; tokens.len()],
+        };
+        let mut ids = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            // The first of duplicate texts wins, as in llama.cpp's map.
+            ids.entry(t.clone()).or_insert(i as u32);
+        }
+        let mut bytes = vec![None; 256];
+        for (b, slot) in bytes.iter_mut().enumerate() {
+            *slot = ids.get(&format!("<0x{b:02X}>")).copied();
+        }
+        let id = |key: &str| -> Result<Option<u32>, GgufError> {
+            match g.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
+                    _ => Err(bad(key, "not a token id")),
+                },
+            }
+        };
+        let flag = |key: &str, default: bool| match g.get(key) {
+            Some(MetaValue::Bool(b)) => *b,
+            _ => default,
+        };
+        Ok(Tokenizer {
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            add_bos: flag("tokenizer.ggml.add_bos_token", true),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            tokens,
+            scores,
+            ids,
+            bytes,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn token(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// The ids of `text` (with BOS first when the model asks for it and `bos` is true).
+    pub fn encode(&self, text: &str, bos: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        if bos && self.add_bos {
+            out.extend(self.bos);
+        }
+        if text.is_empty() {
+            return out;
+        }
+        let mut s = String::with_capacity(text.len() + 3);
+        if self.add_space_prefix {
+            s.push(' ');
+        }
+        s.push_str(text);
+        let s = s.replace(' ', "\u{2581}");
+        // One symbol per character.
+        let mut syms: Vec<Symbol> = Vec::new();
+        for (i, (start, c)) in s.char_indices().enumerate() {
+            syms.push(Symbol { start, len: c.len_utf8(), prev: i.checked_sub(1), next: None });
+            if i > 0 {
+                syms[i - 1].next = Some(i);
+            }
+        }
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<Bigram>, syms: &[Symbol], left: usize, right: usize| {
+            let (a, b) = (syms[left], syms[right]);
+            let piece = &s[a.start..b.start + b.len];
+            if let Some(&id) = self.ids.get(piece) {
+                heap.push(Bigram { left, right, score: self.scores[id as usize], len: piece.len() });
+            }
+        };
+        for i in 1..syms.len() {
+            push(&mut heap, &syms, i - 1, i);
+        }
+        while let Some(bg) = heap.pop() {
+            let (l, r) = (syms[bg.left], syms[bg.right]);
+            // Stale: one side changed since the bigram was queued.
+            if l.len == 0 || r.len == 0 || l.len + r.len != bg.len || l.next != Some(bg.right) {
+                continue;
+            }
+            // The right symbol's text joins the left's; the right one disappears.
+            syms[bg.left].len += r.len;
+            syms[bg.left].next = r.next;
+            syms[bg.right].len = 0;
+            if let Some(n) = r.next {
+                syms[n].prev = Some(bg.left);
+            }
+            if let Some(p) = syms[bg.left].prev {
+                push(&mut heap, &syms, p, bg.left);
+            }
+            if let Some(n) = syms[bg.left].next {
+                push(&mut heap, &syms, bg.left, n);
+            }
+        }
+        // Every merged symbol is a token; a lone character that is not becomes its bytes.
+        let mut i = if syms.is_empty() { None } else { Some(0) };
+        while let Some(k) = i {
+            let sym = syms[k];
+            let piece = &s[sym.start..sym.start + sym.len];
+            match self.ids.get(piece) {
+                Some(&id) => out.push(id),
+                None => out.extend(piece.bytes().filter_map(|b| self.bytes[b as usize])),
+            }
+            i = sym.next;
+        }
+        out
+    }
+
+    /// The text of `ids`: `▁` back to spaces, byte tokens back to bytes, control tokens
+    /// dropped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            let Some(t) = self.token(id) else { continue };
+            if let Some(b) = self.bytes.iter().position(|x| *x == Some(id)) {
+                bytes.push(b as u8);
+            } else if Some(id) == self.bos || Some(id) == self.eos {
+                continue;
+            } else {
+                bytes.extend(t.replace('\u{2581}', " ").as_bytes());
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
