@@ -2,8 +2,10 @@
 //! as gemma and llama use): spaces become `▁`, the text starts as one symbol per UTF-8
 //! character, and adjacent symbols merge while their concatenation is a vocabulary token,
 //! highest score first (leftmost on ties), so every merged symbol is a token; a character no
-//! token covers becomes its UTF-8 bytes as `<0xXX>` tokens. This is llama.cpp's procedure, so
-//! the ids match llama.cpp's for the same file.
+//! token covers becomes its UTF-8 bytes as `<0xXX>` tokens. Before that, the text is split
+//! around every occurrence of a user-defined token (type 4: gemma's runs of spaces and
+//! newlines), longest first, and those become their own ids. This is llama.cpp's procedure,
+//! so the ids match llama.cpp's for the same file.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -21,6 +23,8 @@ pub struct Tokenizer {
     add_space_prefix: bool,
     /// `<0xXX>` byte tokens, by byte.
     bytes: Vec<Option<u32>>,
+    /// User-defined tokens (matched in the raw text before merging), longest first.
+    user_defined: Vec<u32>,
 }
 
 /// A candidate merge of the symbols at `left` and `right`.
@@ -103,6 +107,16 @@ impl Tokenizer {
                 },
             }
         };
+        // Token types: 4 is user-defined.
+        let mut user_defined: Vec<u32> = match g.get("tokenizer.ggml.token_type") {
+            Some(MetaValue::Array(t)) if t.len() == tokens.len() => {
+                (0..t.len() as u32).filter(|&i| t[i as usize].as_u64() == Some(4)).collect()
+            }
+            Some(_) => return Err(bad("tokenizer.ggml.token_type", "not one type per token")),
+            None => Vec::new(),
+        };
+        user_defined.retain(|&i| !tokens[i as usize].is_empty());
+        user_defined.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
         let flag = |key: &str, default: bool| match g.get(key) {
             Some(MetaValue::Bool(b)) => *b,
             _ => default,
@@ -116,6 +130,7 @@ impl Tokenizer {
             scores,
             ids,
             bytes,
+            user_defined,
         })
     }
 
@@ -133,11 +148,50 @@ impl Tokenizer {
         if bos && self.add_bos {
             out.extend(self.bos);
         }
+        // Split out user-defined tokens, longest first, each occurrence left to right.
+        enum Frag<'t> {
+            Text(&'t str),
+            Token(u32),
+        }
+        let mut frags = vec![Frag::Text(text)];
+        for &id in &self.user_defined {
+            let pat = self.tokens[id as usize].as_str();
+            let mut next = Vec::with_capacity(frags.len());
+            for f in frags {
+                let Frag::Text(mut rest) = f else {
+                    next.push(f);
+                    continue;
+                };
+                while let Some(at) = rest.find(pat) {
+                    if at > 0 {
+                        next.push(Frag::Text(&rest[..at]));
+                    }
+                    next.push(Frag::Token(id));
+                    rest = &rest[at + pat.len()..];
+                }
+                if !rest.is_empty() {
+                    next.push(Frag::Text(rest));
+                }
+            }
+            frags = next;
+        }
+        for (i, f) in frags.into_iter().enumerate() {
+            match f {
+                Frag::Token(id) => out.push(id),
+                // The space prefix goes before the first fragment only.
+                Frag::Text(t) => self.encode_text(t, i == 0 && self.add_space_prefix, &mut out),
+            }
+        }
+        out
+    }
+
+    /// One fragment of text without user-defined tokens, merged into tokens.
+    fn encode_text(&self, text: &str, space_prefix: bool, out: &mut Vec<u32>) {
         if text.is_empty() {
-            return out;
+            return;
         }
         let mut s = String::with_capacity(text.len() + 3);
-        if self.add_space_prefix {
+        if space_prefix {
             s.push(' ');
         }
         s.push_str(text);
@@ -192,7 +246,6 @@ impl Tokenizer {
             }
             i = sym.next;
         }
-        out
     }
 
     /// The text of `ids`: `▁` back to spaces, byte tokens back to bytes, control tokens

@@ -39,3 +39,45 @@ fn round_trips_and_starts_with_bos() {
     let pieces: Vec<&str> = ids.iter().map(|&i| t.token(i).unwrap()).collect();
     assert_eq!(pieces, ["The", "▁capital", "▁of", "▁France", "▁is"]);
 }
+
+/// The ids llama.cpp gives for the same texts (compiler/tests/data/gemma3_tokens.json, made by
+/// scripts/llama_refs.py with llama-cpp-python 0.3.36).
+#[test]
+fn ids_match_llama_cpp() {
+    let Some(g) = gemma() else { return };
+    let t = Tokenizer::from_gguf(&g).unwrap();
+    let refs = include_str!("data/gemma3_tokens.json");
+    let mut checked = 0;
+    for text in TEXTS {
+        // The JSON holds each text (escaped as JSON) followed by its ids.
+        let key = format!("\"text\": {}", json_string(text));
+        let at = refs.find(&key).unwrap_or_else(|| panic!("no reference for {text:?}"));
+        let rest = &refs[at..];
+        let open = rest.find('[').unwrap();
+        let close = rest.find(']').unwrap();
+        let want: Vec<u32> = rest[open + 1..close]
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse().unwrap())
+            .collect();
+        assert_eq!(t.encode(text, true), want, "{text:?}");
+        checked += 1;
+    }
+    assert_eq!(checked, TEXTS.len());
+}
+
+/// A JSON string literal as Python's json.dump(ensure_ascii=False) writes it.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
