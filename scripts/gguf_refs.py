@@ -1,7 +1,9 @@
 """Reference dequantizations for the GGUF reader's tests, made with the `gguf` package (pip,
 pinned in scripts/fetch_models.sh): for the smallest tensor of each type in the model, its
 element count, the first 8 values, and a hash of all its f32 values (little-endian bytes) with
-the word-wise FNV-1a that compiler/tests/gguf.rs computes too.
+the word-wise FNV-1a that compiler/tests/gguf.rs computes too. Then, for every block format
+Tessera dequantizes, three blocks of seeded random bytes (with finite f16 scales) and the hash
+of their dequantization: formats the model does not use are checked too.
 
 Usage: .cache/venv/bin/python scripts/gguf_refs.py MODEL.gguf OUT.json
 """
@@ -46,8 +48,34 @@ def main() -> None:
                 "fnv": f"{fnv_words(values.tobytes()):016x}",
             }
         )
+    synthetic = []
+    rng = np.random.RandomState(20261121)
+    # type name -> byte offsets of its f16 scale fields within a block.
+    f16_fields = {
+        "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
+        "Q2_K": [80, 82], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+        "TQ1_0": [52], "TQ2_0": [64],
+    }
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    for name, fields in f16_fields.items():
+        qtype = GGMLQuantizationType[name]
+        block, size = GGML_QUANT_SIZES[qtype]
+        data = rng.randint(0, 256, size=(3, size)).astype(np.uint8)
+        for off in fields:
+            data[:, off:off + 2] = np.frombuffer(rng.uniform(-2, 2, 3).astype(np.float16).tobytes(), dtype=np.uint8).reshape(3, 2)
+        flat = data.reshape(1, -1)
+        values = dequantize(flat, qtype).astype("<f4").reshape(-1)
+        synthetic.append(
+            {
+                "type": name,
+                "hex": flat.tobytes().hex(),
+                "elements": int(values.size),
+                "first": [float(v) for v in values[:4]],
+                "fnv": f"{fnv_words(values.tobytes()):016x}",
+            }
+        )
     with open(out, "w") as f:
-        json.dump({"model": model.split("/")[-1], "tensors": refs}, f, indent=1)
+        json.dump({"model": model.split("/")[-1], "tensors": refs, "synthetic": synthetic}, f, indent=1)
     print(f"[gguf_refs] {len(refs)} tensors -> {out}")
 
 

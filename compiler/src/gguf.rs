@@ -453,6 +453,102 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
                 }
             }
         }
+        // d, m: f16, then nibbles as Q4_0, unsigned: d * q + m.
+        Q4_1 => {
+            for b in blocks {
+                let (d, m) = (f16(&b[0..2]), f16(&b[2..4]));
+                let qs = &b[4..20];
+                out.extend(qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+        }
+        // d, m: f16, qh: u32, nibbles: as Q5_0, unsigned: d * q + m.
+        Q5_1 => {
+            for b in blocks {
+                let (d, m) = (f16(&b[0..2]), f16(&b[2..4]));
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let qs = &b[8..24];
+                for half_ in 0..2 {
+                    for (j, &q) in qs.iter().enumerate() {
+                        let e = j + 16 * half_;
+                        let lo = if half_ == 0 { q & 0x0F } else { q >> 4 };
+                        let hi = ((qh >> e) & 1) as u8;
+                        out.push(d * (lo | (hi << 4)) as f32 + m);
+                    }
+                }
+            }
+        }
+        // Super-blocks of 256: 16 bytes of 4-bit scale and min pairs (one per 16 elements), 64
+        // bytes of 2-bit values (each 32-byte chunk: four shifts of 32 elements), d, dmin.
+        Q2_K => {
+            for b in blocks {
+                let (scales, qs, d, dmin) = (&b[0..16], &b[16..80], f16(&b[80..82]), f16(&b[82..84]));
+                for e in 0..256 {
+                    let (chunk, s, j) = (e / 128, (e % 128) / 32, e % 32);
+                    let q = (qs[32 * chunk + j] >> (2 * s)) & 3;
+                    let sc = scales[e / 16];
+                    let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
+                    out.push(dl * q as f32 - ml);
+                }
+            }
+        }
+        // As Q4_K plus 32 bytes of fifth bits: bit `s` of byte `j` belongs to sub-block `s`'s
+        // element `j`.
+        Q5_K => {
+            for b in blocks {
+                let (d, dmin) = (f16(&b[0..2]), f16(&b[2..4]));
+                let (sc, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+                for sub in 0..8 {
+                    let (s, m) = k_scale_min(sc, sub);
+                    let (d1, m1) = (d * s as f32, dmin * m as f32);
+                    let chunk = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
+                    let shift = 4 * (sub % 2);
+                    for (j, &q) in chunk.iter().enumerate() {
+                        let v = ((q >> shift) & 0x0F) | (((qh[j] >> sub) & 1) << 4);
+                        out.push(d1 * v as f32 - m1);
+                    }
+                }
+            }
+        }
+        // Ternary, 256 per block: 48 bytes each packing five base-3 digits (32 bytes for
+        // elements 0-159, 16 for 160-239), 4 bytes packing four (240-255), d. Digit `m` of a
+        // byte is read as ((byte * 3^m mod 256) * 3) >> 8, minus 1.
+        TQ1_0 => {
+            for b in blocks {
+                let (qs, qh, d) = (&b[0..48], &b[48..52], f16(&b[52..54]));
+                let trit = |byte: u8, m: u32| -> f32 {
+                    let v = byte.wrapping_mul(3u8.pow(m)) as u16;
+                    ((v * 3) >> 8) as f32 - 1.0
+                };
+                let start = out.len();
+                out.resize(start + 256, 0.0);
+                for m in 0..5 {
+                    for j in 0..32 {
+                        out[start + m * 32 + j] = d * trit(qs[j], m as u32);
+                    }
+                    for j in 0..16 {
+                        out[start + 160 + m * 16 + j] = d * trit(qs[32 + j], m as u32);
+                    }
+                }
+                for m in 0..4 {
+                    for j in 0..4 {
+                        out[start + 240 + m * 4 + j] = d * trit(qh[j], m as u32);
+                    }
+                }
+            }
+        }
+        // Ternary, 256 per block: 64 bytes of 2-bit values (each 32-byte chunk: four shifts of
+        // 32 elements) minus 1, then d.
+        TQ2_0 => {
+            for b in blocks {
+                let (qs, d) = (&b[0..64], f16(&b[64..66]));
+                for e in 0..256 {
+                    let (chunk, s, j) = (e / 128, (e % 128) / 32, e % 32);
+                    let q = ((qs[32 * chunk + j] >> (2 * s)) & 3) as i32 - 1;
+                    out.push(d * q as f32);
+                }
+            }
+        }
         // Super-blocks of 256: d, dmin (f16), 12 bytes of 6-bit scales and mins for eight
         // sub-blocks of 32, then 128 bytes: each 32-byte chunk holds two sub-blocks (low
         // nibbles, then high). Element: d * scale * q - dmin * min.

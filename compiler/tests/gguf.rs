@@ -199,8 +199,9 @@ fn dequantization_matches_the_gguf_reference_bit_for_bit() {
         let end = if rest.starts_with('[') { rest.find(']').unwrap() + 1 } else { rest.find([',', '\n']).unwrap() };
         rest[..end].trim().trim_matches('"').to_string()
     };
+    let (tensors, synthetic) = text.split_at(text.find("\"synthetic\"").expect("synthetic references"));
     let mut checked = Vec::new();
-    for obj in text.split('{').skip(2) {
+    for obj in tensors.split('{').skip(2) {
         let name = field(obj, "name");
         let t = g.tensor(&name).unwrap_or_else(|| panic!("no tensor {name}"));
         assert_eq!(t.ty.name(), field(obj, "type"));
@@ -218,4 +219,34 @@ fn dequantization_matches_the_gguf_reference_bit_for_bit() {
     }
     checked.sort();
     assert_eq!(checked, ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]);
+    // Seeded random blocks of every format Tessera dequantizes, the model's or not.
+    let mut formats = Vec::new();
+    for obj in synthetic.split('{').skip(1) {
+        let ty = field(obj, "type");
+        let t = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q2_K,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+            GgmlType::TQ1_0,
+            GgmlType::TQ2_0,
+        ]
+        .into_iter()
+        .find(|t| t.name() == ty)
+        .unwrap_or_else(|| panic!("unknown type {ty}"));
+        let hex = field(obj, "hex");
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let values = tessera_compiler::gguf::dequantize(t, &bytes).unwrap_or_else(|e| panic!("{ty}: {e}"));
+        assert_eq!(values.len().to_string(), field(obj, "elements"), "{ty}");
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(format!("{:016x}", fnv_words(&bytes)), field(obj, "fnv"), "{ty}: first {:?}", &values[..4]);
+        formats.push(ty);
+    }
+    assert_eq!(formats.len(), 11, "{formats:?}");
 }
