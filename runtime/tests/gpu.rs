@@ -607,3 +607,55 @@ fn fused_regions_run_as_one_kernel_or_node_by_node() {
         assert!(report.host.is_empty());
     }
 }
+
+#[test]
+fn comparisons_logic_and_where_match_the_interpreter() {
+    let Some(vk) = vulkan() else { return };
+    // Bool results are written four to a word: odd sizes check the last partial word.
+    let text = r#"graph @bools {
+  v0: f32[3, 7] = input "x"
+  v1: f32[7] = input "y"
+  v2: bool[3, 7] = less v0, v1
+  v3: bool[3, 7] = greater_equal v0, v1
+  v4: bool[3, 7] = equal v0, v1
+  v5: bool[3, 7] = xor v2, v4
+  v6: bool[3, 7] = and v3, v5
+  v7: bool[3, 7] = or v2, v6
+  v8: bool[3, 7] = not v7
+  v9: f32[3, 7] = where v8, v0, v1
+  v10: bool[3, 7] = less_equal v0, v1
+  v11: bool[3, 7] = greater v0, v1
+  output "lt" = v2
+  output "ge" = v3
+  output "eq" = v4
+  output "x" = v5
+  output "a" = v6
+  output "o" = v7
+  output "n" = v8
+  output "w" = v9
+  output "le" = v10
+  output "gt" = v11
+}
+"#;
+    let g = tessera_ir::parse(text).unwrap();
+    tessera_ir::verify(&g).unwrap();
+    let mut xs = values(21, 6);
+    xs[3] = f32::NAN;
+    let mut ys = values(7, 6);
+    ys[5] = xs[5]; // equal somewhere
+    ys[1] = xs[1];
+    let inputs =
+        vec![Tensor::from_f32(DType::F32, &[3, 7], xs).unwrap(), Tensor::from_f32(DType::F32, &[7], ys).unwrap()];
+    let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+    let (got, report) = vk.run(&g, &inputs, Fallback::Fail).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.host.is_empty());
+    for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+        if j == 7 {
+            // where: NaN stays NaN; compare the bits.
+            let (p, q) = (a.to_f64_vec(), b.to_f64_vec());
+            assert!(p.iter().zip(&q).all(|(x, y)| x.to_bits() == y.to_bits()), "where: {a} vs {b}");
+        } else {
+            assert_eq!(a, b, "output {j}");
+        }
+    }
+}

@@ -30,6 +30,8 @@ pub enum Spec {
     /// executor before the dispatch; f32 data, or bytes (`bytes`: u8/i8, four results packed
     /// per word by each invocation).
     Gather { wide: bool, bytes: bool },
+    /// Elementwise ops with bool results (comparisons, logic), four results per invocation.
+    Bytes { f: ByteFn, rank: u32 },
     /// ONNX DynamicQuantizeLinear in one workgroup: the min and max reduced, then scale, zero
     /// point and every u8 packed four to a word.
     DynQuant,
@@ -78,6 +80,20 @@ pub enum EwFn {
         from: DType,
         zero: bool,
     },
+    /// `where cond, a, b` with a bool (byte) condition and f32 values.
+    Where,
+}
+
+/// An elementwise function with a bool (byte) result: each invocation computes four adjacent
+/// results and writes them as one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ByteFn {
+    /// An ordered comparison of two f32 operands (false when either is NaN, as in Rust).
+    Cmp(BinaryOp),
+    /// `and`, `or`, `xor` of two bools.
+    Logic(BinaryOp),
+    /// `not` of a bool.
+    Not,
 }
 
 /// One step of a fused region's program; operands name earlier steps.
@@ -178,7 +194,10 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
         | Op::DynamicQuantize
         | Op::MatMulInteger { .. }
         | Op::Dequantize { .. }
-        | Op::Kernel { .. } => 0,
+        | Op::Kernel { .. }
+        | Op::Where
+        | Op::Unary(UnaryOp::Not) => 0,
+        Op::Binary(b) if compare_op(b) || logic_op(b) => 0,
         _ => nd.inputs.len(),
     };
     // (The ops with their own dtype rules check their operands and results below.)
@@ -209,11 +228,48 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
     };
     let bytes_out = g.ty(nd.outputs[0]).dtype.storage_bytes(numel(out)) as u64;
     let plan = match &nd.op {
+        Op::Unary(UnaryOp::Not) => {
+            if g.ty(nd.inputs[0]).dtype != DType::Bool {
+                return Err(GpuError::declined(
+                    name,
+                    format!("{} operands (bool has a shader)", g.ty(nd.inputs[0]).dtype),
+                ));
+            }
+            bytes_ew(ByteFn::Not, &[(ins[0], contiguous(ins[0]))], out, limits)?
+        }
         Op::Unary(u) => {
             if !unary_supported(*u) {
                 return Err(GpuError::declined(name, format!("no shader for {}", u.name())));
             }
             elementwise(EwFn::Unary(*u), &[(ins[0], contiguous(ins[0]))], out, limits)?
+        }
+        Op::Binary(b) if compare_op(*b) || logic_op(*b) => {
+            let want = if compare_op(*b) { DType::F32 } else { DType::Bool };
+            for &v in &nd.inputs {
+                if g.ty(v).dtype != want {
+                    return Err(GpuError::declined(name, format!("{} operands ({want} have shaders)", g.ty(v).dtype)));
+                }
+            }
+            let f = if compare_op(*b) { ByteFn::Cmp(*b) } else { ByteFn::Logic(*b) };
+            let a = (ins[0], broadcast_strides(ins[0], out));
+            let c = (ins[1], broadcast_strides(ins[1], out));
+            bytes_ew(f, &[a, c], out, limits)?
+        }
+        Op::Where => {
+            let d = [
+                g.ty(nd.inputs[0]).dtype,
+                g.ty(nd.inputs[1]).dtype,
+                g.ty(nd.inputs[2]).dtype,
+                g.ty(nd.outputs[0]).dtype,
+            ];
+            if d != [DType::Bool, DType::F32, DType::F32, DType::F32] {
+                return Err(GpuError::declined(
+                    name,
+                    format!("{d:?} operands (a bool condition and f32 values have a shader)"),
+                ));
+            }
+            let ops: Vec<(&[usize], Vec<usize>)> = ins.iter().map(|s| (*s, broadcast_strides(s, out))).collect();
+            elementwise(EwFn::Where, &ops, out, limits)?
         }
         Op::Binary(b) => {
             if !matches!(
@@ -451,6 +507,7 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
             EwFn::Copy | EwFn::CopyWords { .. } => 0,
             EwFn::ToF32 { .. } => n,
             EwFn::Dequant { .. } => 2 * n,
+            EwFn::Where => n,
             EwFn::Binary(BinaryOp::Pow) => 8 * n,
             EwFn::Binary(_) => n,
             EwFn::Unary(u) => {
@@ -493,6 +550,7 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
         Spec::MatMulInt { .. } => 2 * n * ins[0][ins[0].len() - 1] as u64,
         Spec::Reduce { .. } => numel(ins[0]) as u64,
         Spec::Concat { .. } => 0,
+        Spec::Bytes { .. } => n,
         Spec::Fused { prog, .. } => n * prog.len() as u64,
         Spec::MatMulFused { prog, .. } => {
             let (_, k) = mat(ins[0]);
@@ -850,6 +908,36 @@ fn eval_prog(
     vals
 }
 
+fn compare_op(b: BinaryOp) -> bool {
+    matches!(b, BinaryOp::Equal | BinaryOp::Less | BinaryOp::LessEqual | BinaryOp::Greater | BinaryOp::GreaterEqual)
+}
+
+fn logic_op(b: BinaryOp) -> bool {
+    matches!(b, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor)
+}
+
+/// Plans a bool-result elementwise kernel: the elementwise layout, a quarter of the threads.
+fn bytes_ew(f: ByteFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
+    let Plan::Dispatch { mut push, bytes_read, .. } = elementwise(EwFn::Copy, ins, out, limits)? else {
+        unreachable!("elementwise plans a dispatch")
+    };
+    let total = numel(out);
+    let groups = grid(total.div_ceil(4).div_ceil(EW_LOCAL as usize), limits, "elementwise")?;
+    push[1] = groups[0] * EW_LOCAL;
+    let n_in = ins.len() as u32;
+    let rank = (push.len() as u32 - 2 - n_in) / (1 + n_in);
+    let elem = if matches!(f, ByteFn::Cmp(_)) { 4 } else { 1 };
+    Ok(Plan::Dispatch {
+        spec: Spec::Bytes { f, rank },
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read: bytes_read / 4 * elem,
+        bytes_written: 0,
+        flops: 0,
+    })
+}
+
 /// Whether the GPU target has a shader for `u` (on f32).
 pub fn unary_supported(u: UnaryOp) -> bool {
     use UnaryOp::*;
@@ -1084,12 +1172,14 @@ pub fn build(spec: &Spec) -> Kernel {
             let n_in = match f {
                 EwFn::Binary(_) => 2,
                 EwFn::Dequant { zero, .. } => 2 + *zero as u32,
+                EwFn::Where => 3,
                 _ => 1,
             };
             let push_words = 2 + n_in + rank * (1 + n_in);
             let words = match f {
                 EwFn::CopyWords { .. } => vec![true, true],
                 EwFn::ToF32 { .. } => vec![true, false],
+                EwFn::Where => vec![true, false, false, false],
                 EwFn::Dequant { zero, .. } => {
                     let mut w = vec![true, false];
                     if *zero {
@@ -1186,6 +1276,17 @@ pub fn build(spec: &Spec) -> Kernel {
             gather_body(&mut sb, *wide, *bytes);
             (sb, 3, 5, [EW_LOCAL, 1, 1], 0)
         }
+        Spec::Bytes { f, rank } => {
+            let n_in: u32 = if matches!(f, ByteFn::Not) { 1 } else { 2 };
+            let push_words = 2 + n_in + rank * (1 + n_in);
+            let words = match f {
+                ByteFn::Cmp(_) => vec![false, false, true],
+                _ => vec![true; n_in as usize + 1],
+            };
+            let mut sb = Sb::typed(&words, push_words, [EW_LOCAL, 1, 1], 0);
+            bytes_body(&mut sb, *f, *rank, n_in);
+            (sb, words.len(), push_words, [EW_LOCAL, 1, 1], 0)
+        }
         Spec::DynQuant => {
             let mut sb = Sb::typed(&[false, true, false, true], 1, [ROW_LOCAL, 1, 1], ROW_LOCAL);
             dyn_quant_body(&mut sb);
@@ -1258,6 +1359,16 @@ fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
             }
             EwFn::ToF32 { from } => {
                 let y = to_f32(sb, 0, from, offs[0]);
+                sb.store(out, i, y);
+                return;
+            }
+            EwFn::Where => {
+                let c = unpack_int(sb, 0, offs[0], 8, false);
+                let zero = sb.cu(0);
+                let t = sb.b.i_not_equal(sb.bool, None, c, zero).expect("ine");
+                let a = sb.load(1, offs[1]);
+                let b = sb.load(2, offs[2]);
+                let y = sb.select(t, a, b, true);
                 sb.store(out, i, y);
                 return;
             }
@@ -2607,5 +2718,78 @@ fn fused_body(sb: &mut Sb, prog: &[Step], out: u32, words: &[bool], rank: u32) {
         };
         let vals = eval_prog(sb, prog, None, &mut load);
         sb.store(n_in as usize, i, vals[out as usize]);
+    });
+}
+
+/// Bool results, four per invocation packed into one word.
+fn bytes_body(sb: &mut Sb, f: ByteFn, rank: u32, n_in: u32) {
+    let t = flat_id(sb);
+    let total = sb.push(0);
+    let four = sb.cu(4);
+    let first = sb.imul(t, four);
+    let inside = sb.ult(first, total);
+    sb.if_then(inside, |sb| {
+        let zero = sb.cu(0);
+        let word = sb.var(false, zero);
+        for lane in 0..4u32 {
+            let lw = sb.cu(lane);
+            let i = sb.iadd(first, lw);
+            let ok = sb.ult(i, total);
+            sb.if_then(ok, |sb| {
+                let mut rem = i;
+                let mut offs: Vec<Word> = (0..n_in).map(|j| sb.push(2 + j)).collect();
+                let dims = 2 + n_in;
+                for d in (0..rank).rev() {
+                    let dim = sb.push(dims + d);
+                    let c = sb.umod(rem, dim);
+                    rem = sb.udiv(rem, dim);
+                    for (j, off) in offs.iter_mut().enumerate() {
+                        let st = sb.push(dims + rank * (1 + j as u32) + d);
+                        let t = sb.imul(c, st);
+                        *off = sb.iadd(*off, t);
+                    }
+                }
+                let zero = sb.cu(0);
+                let truth = |sb: &mut Sb, j: usize| -> Word {
+                    let v = unpack_int(sb, j, offs[j], 8, false);
+                    sb.b.i_not_equal(sb.bool, None, v, zero).expect("ine")
+                };
+                let r = match f {
+                    ByteFn::Cmp(op) => {
+                        let (x, y) = (sb.load(0, offs[0]), sb.load(1, offs[1]));
+                        let bt = sb.bool;
+                        match op {
+                            BinaryOp::Equal => sb.b.f_ord_equal(bt, None, x, y),
+                            BinaryOp::Less => sb.b.f_ord_less_than(bt, None, x, y),
+                            BinaryOp::LessEqual => sb.b.f_ord_less_than_equal(bt, None, x, y),
+                            BinaryOp::Greater => sb.b.f_ord_greater_than(bt, None, x, y),
+                            _ => sb.b.f_ord_greater_than_equal(bt, None, x, y),
+                        }
+                        .expect("compare")
+                    }
+                    ByteFn::Logic(op) => {
+                        let (a, b) = (truth(sb, 0), truth(sb, 1));
+                        let bt = sb.bool;
+                        match op {
+                            BinaryOp::And => sb.b.logical_and(bt, None, a, b),
+                            BinaryOp::Or => sb.b.logical_or(bt, None, a, b),
+                            _ => sb.b.logical_not_equal(bt, None, a, b),
+                        }
+                        .expect("logic")
+                    }
+                    ByteFn::Not => {
+                        let a = truth(sb, 0);
+                        sb.b.logical_not(sb.bool, None, a).expect("not")
+                    }
+                };
+                let one = sb.cu(1 << (8 * lane));
+                let bit = sb.select(r, one, zero, false);
+                let w = sb.get(word, false);
+                let w = sb.bor(w, bit);
+                sb.set(word, w);
+            });
+        }
+        let w = sb.get(word, false);
+        sb.store_u(n_in as usize, t, w);
     });
 }

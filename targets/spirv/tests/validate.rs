@@ -53,6 +53,17 @@ fn all_specs() -> Vec<Spec> {
     }
     specs.push(Spec::DynQuant);
     {
+        use tessera_target_spirv::kernels::ByteFn;
+        for rank in 0..4 {
+            for f in
+                [ByteFn::Cmp(BinaryOp::Less), ByteFn::Cmp(BinaryOp::Equal), ByteFn::Logic(BinaryOp::Xor), ByteFn::Not]
+            {
+                specs.push(Spec::Bytes { f, rank });
+            }
+            specs.push(Spec::Elementwise { f: tessera_target_spirv::kernels::EwFn::Where, rank });
+        }
+    }
+    {
         use tessera_ir::DType::*;
         use tessera_target_spirv::kernels::Step;
         // cast(p0: i64) -> sub(p1, .) -> mul(., p2); and matmul -> add bias -> gelu -> add residual.
