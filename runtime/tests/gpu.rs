@@ -207,23 +207,46 @@ fn unsupported_nodes_are_declined_with_the_op_and_why() {
     let err = vk.run(&g, &[t], Fallback::Fail).unwrap_err().to_string();
     assert!(err.contains("declines neg") && err.contains("i32"), "{err}");
     let mut g = Graph::new("argmax");
-    let x = g.add_input("x", f32_ty(&[4, 5]));
+    let x = g.add_input("x", TensorType::new(DType::I32, Shape::from_static(&[4, 5])));
     let y = g.add_op(Op::ArgMax { axis: 1, keepdims: false, last: false }, vec![x]).unwrap()[0];
     g.add_output("y", y);
-    let err = vk.run(&g, &[tensor(&[4, 5], 1)], Fallback::Fail).unwrap_err().to_string();
-    assert!(err.contains("arg_max") || err.contains("argmax"), "{err}");
+    let t = Tensor::from_i64(DType::I32, &[4, 5], (0..20).collect()).unwrap();
+    let err = vk.run(&g, &[t], Fallback::Fail).unwrap_err().to_string();
+    assert!(err.contains("declines argmax") && err.contains("i32"), "{err}");
+}
+
+#[test]
+fn argmax_matches_the_interpreter() {
+    let Some(vk) = vulkan() else { return };
+    for (axis, last, keepdims) in [(1, false, false), (-1, true, true), (0, false, true)] {
+        let mut g = Graph::new("argmax");
+        let x = g.add_input("x", f32_ty(&[5, 7, 3]));
+        let y = g.add_op(Op::ArgMax { axis, keepdims, last }, vec![x]).unwrap()[0];
+        g.add_output("y", y);
+        // Ties (rounded values) and a NaN: first or last maximum, and the first NaN wins.
+        let mut xs: Vec<f32> = values(105, 4).iter().map(|v| v.round()).collect();
+        xs[10] = f32::NAN;
+        let inputs = vec![Tensor::from_f32(DType::F32, &[5, 7, 3], xs).unwrap()];
+        let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+        let (got, report) = vk.run(&g, &inputs, Fallback::Fail).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, want, "axis {axis} last {last}");
+        assert_eq!(report.kernels[0].op, "argmax");
+    }
 }
 
 #[test]
 fn declined_nodes_run_on_the_host_between_gpu_kernels() {
     let Some(vk) = vulkan() else { return };
-    // GPU softmax -> host argmax (i64) -> reshape of a host value -> GPU cast of the uploaded
-    // result -> GPU add of it and the softmax -> GPU exp of the sum.
+    // GPU softmax -> host cast to i32 (the GPU target casts to f32 only) -> reshape of a host
+    // value -> GPU cast of the uploaded result -> GPU add of it and the softmax -> GPU exp.
     let mut g = Graph::new("mixed");
     let x = g.add_input("x", f32_ty(&[6, 9]));
     let s = g.add_op(Op::Softmax { axis: -1 }, vec![x]).unwrap()[0];
-    let a = g.add_op(Op::ArgMax { axis: 1, keepdims: true, last: false }, vec![s]).unwrap()[0];
-    let r = g.add_op(Op::Reshape { shape: Some(vec![TargetDim::Int(6), TargetDim::Int(1)]) }, vec![a]).unwrap()[0];
+    let ten = g.add_const(f32_ty(&[]), ConstData::from_vec(10f32.to_le_bytes().to_vec()));
+    let s10 = g.add_op(Op::Binary(BinaryOp::Mul), vec![s, ten]).unwrap()[0];
+    let a = g.add_op(Op::Cast { to: DType::I32 }, vec![s10]).unwrap()[0];
+    let r = g.add_op(Op::Reshape { shape: Some(vec![TargetDim::Int(54)]) }, vec![a]).unwrap()[0];
+    let r = g.add_op(Op::Reshape { shape: Some(vec![TargetDim::Int(6), TargetDim::Int(9)]) }, vec![r]).unwrap()[0];
     let c = g.add_op(Op::Cast { to: DType::F32 }, vec![r]).unwrap()[0];
     let y = g.add_op(Op::Binary(BinaryOp::Add), vec![s, c]).unwrap()[0];
     let e = g.add_op(Op::Unary(UnaryOp::Exp), vec![y]).unwrap()[0];
@@ -232,21 +255,22 @@ fn declined_nodes_run_on_the_host_between_gpu_kernels() {
     let inputs = vec![tensor(&[6, 9], 3)];
     let want = tessera_ir::run(&g, inputs.clone()).unwrap();
     let (got, report) = vk.run(&g, &inputs, Fallback::Host).unwrap();
-    assert_eq!(got[1], want[1], "argmax, computed on the host from the GPU's softmax");
+    assert_eq!(got[1], want[1], "the i32 cast, computed on the host from the GPU's softmax");
     let (p, q) = (got[0].as_float().unwrap(), want[0].as_float().unwrap());
     let worst = p.iter().zip(q.iter()).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0f32, f32::max);
     assert!(worst < 1e-6, "max relative error {worst}");
     let host: Vec<&str> = report.host.iter().map(|h| h.op).collect();
-    assert_eq!(host, ["argmax"]);
-    assert!(report.host[0].why.contains("i64"), "{}", report.host[0].why);
+    assert_eq!(host, ["cast"]);
+    assert!(report.host[0].why.contains("casts to i32"), "{}", report.host[0].why);
     let gpu: Vec<&str> = report.kernels.iter().map(|k| k.op).collect();
-    assert_eq!(gpu, ["softmax", "cast", "add", "exp"]);
-    assert_eq!(report.views, 1);
-    // The softmax is read back for argmax, then cast, add and exp run in a second submission.
+    assert_eq!(gpu, ["softmax", "mul", "cast", "add", "exp"]);
+    assert_eq!(report.views, 2);
+    // The scaled softmax is read back for the host's cast, then cast, add and exp run in a
+    // second submission.
     assert_eq!(report.submissions, 2);
     // The same graph with fallback off names the first declined node.
     let err = vk.run(&g, &inputs, Fallback::Fail).unwrap_err().to_string();
-    assert!(err.contains("argmax"), "{err}");
+    assert!(err.contains("declines cast"), "{err}");
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub enum Spec {
     /// executor before the dispatch; f32 data, or bytes (`bytes`: u8/i8, four results packed
     /// per word by each invocation).
     Gather { wide: bool, bytes: bool },
+    /// `argmax` of f32 along one axis (the first maximum, or the last with `last`; the first
+    /// NaN wins), one invocation per result, written as i64.
+    ArgMax { last: bool },
     /// Elementwise ops with bool results (comparisons, logic), four results per invocation.
     Bytes { f: ByteFn, rank: u32 },
     /// ONNX DynamicQuantizeLinear in one workgroup: the min and max reduced, then scale, zero
@@ -196,6 +199,7 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
         | Op::Dequantize { .. }
         | Op::Kernel { .. }
         | Op::Where
+        | Op::ArgMax { .. }
         | Op::Unary(UnaryOp::Not) => 0,
         Op::Binary(b) if compare_op(b) || logic_op(b) => 0,
         _ => nd.inputs.len(),
@@ -254,6 +258,32 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             let a = (ins[0], broadcast_strides(ins[0], out));
             let c = (ins[1], broadcast_strides(ins[1], out));
             bytes_ew(f, &[a, c], out, limits)?
+        }
+        Op::ArgMax { axis, last, .. } => {
+            if g.ty(nd.inputs[0]).dtype != DType::F32 {
+                return Err(GpuError::declined(
+                    name,
+                    format!("{} operands (f32 has a shader)", g.ty(nd.inputs[0]).dtype),
+                ));
+            }
+            let x = ins[0];
+            let r = x.len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            if !(0..r).contains(&ax) || x[ax as usize] == 0 {
+                return Err(GpuError::declined(name, "an empty or out-of-range axis"));
+            }
+            let (n, inner) = (x[ax as usize], numel(&x[ax as usize + 1..]));
+            let total = numel(x) / n;
+            let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "argmax")?;
+            Plan::Dispatch {
+                spec: Spec::ArgMax { last: *last },
+                operands: Vec::new(),
+                push: vec![total as u32, groups[0] * EW_LOCAL, n as u32, inner as u32],
+                groups,
+                bytes_read: numel(x) as u64 * 4,
+                bytes_written: 0,
+                flops: 0,
+            }
         }
         Op::Where => {
             let d = [
@@ -551,6 +581,7 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
         Spec::Reduce { .. } => numel(ins[0]) as u64,
         Spec::Concat { .. } => 0,
         Spec::Bytes { .. } => n,
+        Spec::ArgMax { .. } => numel(ins[0]) as u64,
         Spec::Fused { prog, .. } => n * prog.len() as u64,
         Spec::MatMulFused { prog, .. } => {
             let (_, k) = mat(ins[0]);
@@ -1275,6 +1306,11 @@ pub fn build(spec: &Spec) -> Kernel {
             let mut sb = Sb::typed(&[*bytes, true, *bytes], 5, [EW_LOCAL, 1, 1], 0);
             gather_body(&mut sb, *wide, *bytes);
             (sb, 3, 5, [EW_LOCAL, 1, 1], 0)
+        }
+        Spec::ArgMax { last } => {
+            let mut sb = Sb::typed(&[false, true], 4, [EW_LOCAL, 1, 1], 0);
+            argmax_body(&mut sb, *last);
+            (sb, 2, 4, [EW_LOCAL, 1, 1], 0)
         }
         Spec::Bytes { f, rank } => {
             let n_in: u32 = if matches!(f, ByteFn::Not) { 1 } else { 2 };
@@ -2791,5 +2827,54 @@ fn bytes_body(sb: &mut Sb, f: ByteFn, rank: u32, n_in: u32) {
         }
         let w = sb.get(word, false);
         sb.store_u(n_in as usize, t, w);
+    });
+}
+
+fn argmax_body(sb: &mut Sb, last: bool) {
+    let o = flat_id(sb);
+    let total = sb.push(0);
+    let inside = sb.ult(o, total);
+    sb.if_then(inside, |sb| {
+        let (n, inner) = (sb.push(2), sb.push(3));
+        let outer = sb.udiv(o, inner);
+        let c = sb.umod(o, inner);
+        let base = {
+            let t = sb.imul(outer, n);
+            let t = sb.imul(t, inner);
+            sb.iadd(t, c)
+        };
+        let zero = sb.cu(0);
+        let one = sb.cu(1);
+        let best = sb.var(false, zero);
+        let x0 = sb.load(0, base);
+        let bestv = sb.var(true, x0);
+        sb.for_range(one, n, one, |sb, i| {
+            let t = sb.imul(i, inner);
+            let idx = sb.iadd(base, t);
+            let v = sb.load(0, idx);
+            let b = sb.get(bestv, true);
+            let bt = sb.bool;
+            let better = if last {
+                sb.b.f_ord_greater_than_equal(bt, None, v, b).expect("ge")
+            } else {
+                sb.b.f_ord_greater_than(bt, None, v, b).expect("gt")
+            };
+            // The first NaN wins.
+            let vn = sb.is_nan(v);
+            let bn = sb.is_nan(b);
+            let bnot = sb.b.logical_not(bt, None, bn).expect("not");
+            let nan_first = sb.b.logical_and(bt, None, vn, bnot).expect("and");
+            let take = sb.b.logical_or(bt, None, better, nan_first).expect("or");
+            sb.if_then(take, |sb| {
+                sb.set(best, i);
+                sb.set(bestv, v);
+            });
+        });
+        let two = sb.cu(2);
+        let w = sb.imul(o, two);
+        let bi = sb.get(best, false);
+        sb.store_u(1, w, bi);
+        let w1 = sb.iadd(w, one);
+        sb.store_u(1, w1, zero);
     });
 }

@@ -52,6 +52,7 @@ fn all_specs() -> Vec<Spec> {
         specs.extend([false, true].map(|bytes| Spec::Gather { wide, bytes }));
     }
     specs.push(Spec::DynQuant);
+    specs.extend([Spec::ArgMax { last: false }, Spec::ArgMax { last: true }]);
     {
         use tessera_target_spirv::kernels::ByteFn;
         for rank in 0..4 {
