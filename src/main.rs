@@ -24,7 +24,7 @@ enum Command {
     /// shape, and prints the graph in canonical form. Verifier errors are all listed, each
     /// with its line and column.
     Ir(commands::ir::IrArgs),
-    /// Run a model on the CPU target (default) or the reference interpreter.
+    /// Run a model on the CPU target (default), the GPU target (Vulkan) or the reference interpreter.
     ///
     /// Inputs are ONNX TensorProto files in the backend-test layout: `DIR/input_0.pb`, ...
     /// in the graph's input order. With `--check`, outputs are compared against

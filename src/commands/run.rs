@@ -37,7 +37,8 @@ pub struct RunArgs {
     /// comma-separated list (`canonicalize,fuse`).
     #[arg(long, default_value = "default")]
     pub passes: String,
-    /// Where to run: the CPU target (JIT-compiled with Cranelift) or the reference interpreter.
+    /// Where to run: the CPU target (JIT-compiled with Cranelift), the GPU target (SPIR-V through
+    /// Vulkan) or the reference interpreter.
     #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
     pub target: RunTarget,
     /// Threads for the CPU target (default: all cores).
@@ -53,7 +54,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "snapdragon-8-gen-2")]
     pub device_profile: String,
     /// Print the time each kernel took (CPU target), slowest first; on the GPU target, every
-    /// dispatched kernel with its workgroup, grid, shared memory and bytes read and written.
+    /// dispatched kernel with its workgroup, grid, shared memory, bytes read and written, MFLOP,
+    /// its time on this device and the cost model's estimate on `--device-profile`.
     #[arg(long)]
     pub profile: bool,
 }
