@@ -437,6 +437,8 @@ fn layout_casts_and_reductions_match_the_interpreter() {
   v17: f32[2, 4] = reduce_max v3 {axes = [1, 3], keepdims = false}
   v18: f32[1, 3, 4, 1] = reduce_min v3 {axes = [0, 3], keepdims = true}
   v19: f32[2, 3, 4] = reduce_prod v3 {axes = [3], keepdims = false}
+  v20: f32[2, 1, 4, 5], v21: f32[2, 2, 4, 5] = split v3 {axis = 1, sizes = [1, 2]}
+  v22: i64[3, 2], v23: i64[3, 1], v24: i64[3, 3] = split v4 {axis = -1, sizes = [2, 1, 3]}
   output "a" = v6
   output "b" = v8
   output "c" = v9
@@ -450,6 +452,11 @@ fn layout_casts_and_reductions_match_the_interpreter() {
   output "k" = v17
   output "l" = v18
   output "m" = v19
+  output "s0" = v20
+  output "s1" = v21
+  output "t0" = v22
+  output "t1" = v23
+  output "t2" = v24
 }
 "#;
     let g = tessera_ir::parse(text).unwrap();
@@ -480,8 +487,8 @@ fn layout_casts_and_reductions_match_the_interpreter() {
     assert_eq!(got[1], want[1]);
     assert_eq!(got[2], want[2]);
     assert_eq!(got[7], want[7]);
-    // Concats, max and min are exact too.
-    for j in 8..12 {
+    // Concats, max and min, and splits are exact too.
+    for j in (8..12).chain(13..18) {
         assert_eq!(got[j], want[j], "output {j}");
     }
     assert_eq!(report.host.len(), 0);

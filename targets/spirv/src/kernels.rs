@@ -53,6 +53,9 @@ pub enum Spec {
     /// the matmul kernel with `prog` applied in its epilogue; `extra` further operands read at
     /// each result's coordinates.
     MatMulFused { batch_rank: u32, tiled: bool, prog: Vec<Step>, out: u32, extra: u32 },
+    /// `split` into `outputs` results (up to 7) of `words`-word elements, one invocation per
+    /// operand element.
+    Split { outputs: u32, words: u32 },
     /// `concat` of `inputs` operands of `words`-word elements (f32 and i32 as one word, i64 as
     /// two), one invocation per result element.
     Concat { inputs: u32, words: u32 },
@@ -175,7 +178,7 @@ fn numel(s: &[usize]) -> usize {
 pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
     let nd = g.node(n);
     let name = nd.op.name();
-    if nd.outputs.len() != 1 && !matches!(nd.op, Op::DynamicQuantize) {
+    if nd.outputs.len() != 1 && !matches!(nd.op, Op::DynamicQuantize | Op::Split { .. }) {
         return Err(GpuError::declined(name, "more than one result"));
     }
     if let Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity = nd.op {
@@ -199,6 +202,7 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
         | Op::Dequantize { .. }
         | Op::Kernel { .. }
         | Op::Where
+        | Op::Split { .. }
         | Op::ArgMax { .. }
         | Op::Unary(UnaryOp::Not) => 0,
         Op::Binary(b) if compare_op(b) || logic_op(b) => 0,
@@ -375,6 +379,42 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
                 return Err(GpuError::declined(name, "axes given as an operand (known only at run time)"));
             }
             reduce_plan(*op, ins[0], axes, out, limits)?
+        }
+        Op::Split { axis, sizes } => {
+            if nd.inputs.len() > 1 {
+                return Err(GpuError::declined(name, "sizes given as an operand (known only at run time)"));
+            }
+            let words = match copy_or_decline()? {
+                EwFn::CopyWords { words } => words,
+                _ => 1,
+            };
+            if sizes.len() + 1 > 8 {
+                return Err(GpuError::declined(name, "more than 7 results (8 buffers per kernel)"));
+            }
+            let x = ins[0];
+            let r = x.len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            if !(0..r).contains(&ax) {
+                return Err(GpuError::declined(name, "axis out of range"));
+            }
+            let ax = ax as usize;
+            let total = numel(x);
+            let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "split")?;
+            let mut push = vec![total as u32, groups[0] * EW_LOCAL, x[ax] as u32, numel(&x[ax + 1..]) as u32];
+            let mut offset = 0;
+            for &s in sizes {
+                push.extend([offset as u32, s as u32]);
+                offset += s as usize;
+            }
+            Plan::Dispatch {
+                spec: Spec::Split { outputs: sizes.len() as u32, words },
+                operands: vec![nd.inputs[0]],
+                push,
+                groups,
+                bytes_read: total as u64 * 4 * words as u64,
+                bytes_written: 0,
+                flops: 0,
+            }
         }
         Op::Concat { axis } => {
             let words = match copy_or_decline()? {
@@ -579,7 +619,7 @@ fn flops(spec: &Spec, ins: &[&[usize]], out: &[usize]) -> u64 {
         Spec::DynQuant => 6 * numel(ins[0]) as u64,
         Spec::MatMulInt { .. } => 2 * n * ins[0][ins[0].len() - 1] as u64,
         Spec::Reduce { .. } => numel(ins[0]) as u64,
-        Spec::Concat { .. } => 0,
+        Spec::Concat { .. } | Spec::Split { .. } => 0,
         Spec::Bytes { .. } => n,
         Spec::ArgMax { .. } => numel(ins[0]) as u64,
         Spec::Fused { prog, .. } => n * prog.len() as u64,
@@ -1247,6 +1287,13 @@ pub fn build(spec: &Spec) -> Kernel {
                 matmul_direct_body_with(&mut sb, *batch_rank, false, None, Some(&ep));
                 (sb, nbuf, push_words, DIRECT_LOCAL, 0)
             }
+        }
+        Spec::Split { outputs, words } => {
+            let n = *outputs as usize + 1;
+            let push_words = 4 + 2 * outputs;
+            let mut sb = Sb::typed(&vec![true; n], push_words, [EW_LOCAL, 1, 1], 0);
+            split_body(&mut sb, *outputs, *words);
+            (sb, n, push_words, [EW_LOCAL, 1, 1], 0)
         }
         Spec::Concat { inputs, words } => {
             let n = *inputs as usize + 1;
@@ -2876,5 +2923,42 @@ fn argmax_body(sb: &mut Sb, last: bool) {
         sb.store_u(1, w, bi);
         let w1 = sb.iadd(w, one);
         sb.store_u(1, w1, zero);
+    });
+}
+
+/// Split: operand element i = (o, a, c) over (outer, the axis, inner) goes to result j's
+/// element (o, a - offset_j, c) where offset_j <= a < offset_j + size_j.
+fn split_body(sb: &mut Sb, outputs: u32, words: u32) {
+    let i = flat_id(sb);
+    let total = sb.push(0);
+    let inside = sb.ult(i, total);
+    sb.if_then(inside, |sb| {
+        let (dim, inner) = (sb.push(2), sb.push(3));
+        let c = sb.umod(i, inner);
+        let oa = sb.udiv(i, inner);
+        let a = sb.umod(oa, dim);
+        let o = sb.udiv(oa, dim);
+        let w = sb.cu(words);
+        let src = sb.imul(i, w);
+        for j in 0..outputs {
+            let (off, size) = (sb.push(4 + 2 * j), sb.push(5 + 2 * j));
+            let rel = sb.isub(a, off);
+            // a - off < size, unsigned: also false when a < off (the difference wraps).
+            let mine = sb.ult(rel, size);
+            sb.if_then(mine, |sb| {
+                let t = sb.imul(o, size);
+                let t = sb.iadd(t, rel);
+                let t = sb.imul(t, inner);
+                let dst = sb.iadd(t, c);
+                let dst = sb.imul(dst, w);
+                for k in 0..words {
+                    let kw = sb.cu(k);
+                    let s = sb.iadd(src, kw);
+                    let d = sb.iadd(dst, kw);
+                    let x = sb.load_u(0, s);
+                    sb.store_u(1 + j as usize, d, x);
+                }
+            });
+        }
     });
 }

@@ -94,6 +94,7 @@ fn all_specs() -> Vec<Spec> {
     }
     for inputs in 1..8 {
         specs.extend([1, 2].map(|words| Spec::Concat { inputs, words }));
+        specs.extend([1, 2].map(|words| Spec::Split { outputs: inputs, words }));
     }
     for batch_rank in 0..3 {
         for (a_signed, b_signed, pair) in
