@@ -415,7 +415,6 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
     }
     let blocks = bytes.chunks_exact(block_bytes as usize);
     let mut out = Vec::with_capacity(blocks.len() * per_block as usize);
-    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
     use GgmlType::*;
     match ty {
         F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
@@ -428,142 +427,56 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
                 out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
             }
         }
-        // d: f16, 16 bytes: element j in the low nibble of byte j, element j + 16 in its high.
+        // d: f16, 16 bytes of nibbles: (q - 8) * d.
         Q4_0 => {
             for b in blocks {
                 let d = f16(b);
-                let qs = &b[2..18];
-                out.extend(qs.iter().map(|&q| ((q & 0x0F) as i32 - 8) as f32 * d));
-                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+                out.extend(nibbles(&b[2..18]).map(|q| (q as i32 - 8) as f32 * d));
             }
         }
-        // d: f16, qh: u32 (bit j is element j's fifth bit), then nibbles as Q4_0.
-        Q5_0 => {
-            for b in blocks {
-                let d = f16(b);
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let qs = &b[6..22];
-                for half_ in 0..2 {
-                    for (j, &q) in qs.iter().enumerate() {
-                        let e = j + 16 * half_;
-                        let lo = if half_ == 0 { q & 0x0F } else { q >> 4 };
-                        let hi = ((qh >> e) & 1) as u8;
-                        out.push(((lo | (hi << 4)) as i32 - 16) as f32 * d);
-                    }
-                }
-            }
-        }
-        // d, m: f16, then nibbles as Q4_0, unsigned: d * q + m.
+        // d, m: f16, nibbles: d * q + m.
         Q4_1 => {
             for b in blocks {
                 let (d, m) = (f16(&b[0..2]), f16(&b[2..4]));
-                let qs = &b[4..20];
-                out.extend(qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
-                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+                out.extend(nibbles(&b[4..20]).map(|q| d * q as f32 + m));
             }
         }
-        // d, m: f16, qh: u32, nibbles: as Q5_0, unsigned: d * q + m.
+        // d: f16, qh: u32 of fifth bits, nibbles: (q - 16) * d.
+        Q5_0 => {
+            for b in blocks {
+                let d = f16(b);
+                out.extend(five_bits(&b[2..6], &b[6..22]).map(|q| (q as i32 - 16) as f32 * d));
+            }
+        }
+        // d, m: f16, qh, nibbles: d * q + m.
         Q5_1 => {
             for b in blocks {
                 let (d, m) = (f16(&b[0..2]), f16(&b[2..4]));
-                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                let qs = &b[8..24];
-                for half_ in 0..2 {
-                    for (j, &q) in qs.iter().enumerate() {
-                        let e = j + 16 * half_;
-                        let lo = if half_ == 0 { q & 0x0F } else { q >> 4 };
-                        let hi = ((qh >> e) & 1) as u8;
-                        out.push(d * (lo | (hi << 4)) as f32 + m);
-                    }
-                }
+                out.extend(five_bits(&b[4..8], &b[8..24]).map(|q| d * q as f32 + m));
             }
         }
         // Super-blocks of 256: 16 bytes of 4-bit scale and min pairs (one per 16 elements), 64
-        // bytes of 2-bit values (each 32-byte chunk: four shifts of 32 elements), d, dmin.
+        // bytes of 2-bit values, d, dmin: d * scale * q - dmin * min.
         Q2_K => {
             for b in blocks {
                 let (scales, qs, d, dmin) = (&b[0..16], &b[16..80], f16(&b[80..82]), f16(&b[82..84]));
-                for e in 0..256 {
-                    let (chunk, s, j) = (e / 128, (e % 128) / 32, e % 32);
-                    let q = (qs[32 * chunk + j] >> (2 * s)) & 3;
+                out.extend((0..256).map(|e| {
                     let sc = scales[e / 16];
                     let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
-                    out.push(dl * q as f32 - ml);
-                }
-            }
-        }
-        // As Q4_K plus 32 bytes of fifth bits: bit `s` of byte `j` belongs to sub-block `s`'s
-        // element `j`.
-        Q5_K => {
-            for b in blocks {
-                let (d, dmin) = (f16(&b[0..2]), f16(&b[2..4]));
-                let (sc, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
-                for sub in 0..8 {
-                    let (s, m) = k_scale_min(sc, sub);
-                    let (d1, m1) = (d * s as f32, dmin * m as f32);
-                    let chunk = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
-                    let shift = 4 * (sub % 2);
-                    for (j, &q) in chunk.iter().enumerate() {
-                        let v = ((q >> shift) & 0x0F) | (((qh[j] >> sub) & 1) << 4);
-                        out.push(d1 * v as f32 - m1);
-                    }
-                }
-            }
-        }
-        // Ternary, 256 per block: 48 bytes each packing five base-3 digits (32 bytes for
-        // elements 0-159, 16 for 160-239), 4 bytes packing four (240-255), d. Digit `m` of a
-        // byte is read as ((byte * 3^m mod 256) * 3) >> 8, minus 1.
-        TQ1_0 => {
-            for b in blocks {
-                let (qs, qh, d) = (&b[0..48], &b[48..52], f16(&b[52..54]));
-                let trit = |byte: u8, m: u32| -> f32 {
-                    let v = byte.wrapping_mul(3u8.pow(m)) as u16;
-                    ((v * 3) >> 8) as f32 - 1.0
-                };
-                let start = out.len();
-                out.resize(start + 256, 0.0);
-                for m in 0..5 {
-                    for j in 0..32 {
-                        out[start + m * 32 + j] = d * trit(qs[j], m as u32);
-                    }
-                    for j in 0..16 {
-                        out[start + 160 + m * 16 + j] = d * trit(qs[32 + j], m as u32);
-                    }
-                }
-                for m in 0..4 {
-                    for j in 0..4 {
-                        out[start + 240 + m * 4 + j] = d * trit(qh[j], m as u32);
-                    }
-                }
-            }
-        }
-        // Ternary, 256 per block: 64 bytes of 2-bit values (each 32-byte chunk: four shifts of
-        // 32 elements) minus 1, then d.
-        TQ2_0 => {
-            for b in blocks {
-                let (qs, d) = (&b[0..64], f16(&b[64..66]));
-                for e in 0..256 {
-                    let (chunk, s, j) = (e / 128, (e % 128) / 32, e % 32);
-                    let q = ((qs[32 * chunk + j] >> (2 * s)) & 3) as i32 - 1;
-                    out.push(d * q as f32);
-                }
+                    dl * crumb(qs, e) as f32 - ml
+                }));
             }
         }
         // Super-blocks of 256: d, dmin (f16), 12 bytes of 6-bit scales and mins for eight
-        // sub-blocks of 32, then 128 bytes: each 32-byte chunk holds two sub-blocks (low
-        // nibbles, then high). Element: d * scale * q - dmin * min.
+        // sub-blocks of 32, (Q5_K: 32 bytes of fifth bits), 128 bytes of nibbles.
         Q4_K => {
             for b in blocks {
-                let (d, dmin) = (f16(&b[0..2]), f16(&b[2..4]));
-                let sc = &b[4..16];
-                let qs = &b[16..144];
-                for sub in 0..8 {
-                    let (s, m) = k_scale_min(sc, sub);
-                    let (d1, m1) = (d * s as f32, dmin * m as f32);
-                    let chunk = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
-                    let shift = 4 * (sub % 2);
-                    out.extend(chunk.iter().map(|&q| ((q >> shift) & 0x0F) as f32 * d1 - m1));
-                }
+                k_quant(&b[0..16], None, &b[16..144], &mut out);
+            }
+        }
+        Q5_K => {
+            for b in blocks {
+                k_quant(&b[0..16], Some(&b[16..48]), &b[48..176], &mut out);
             }
         }
         // Super-blocks of 256: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 signed
@@ -591,9 +504,73 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
                 }
             }
         }
+        // Ternary, 256 per block: 48 bytes each packing five base-3 digits (32 bytes for
+        // elements 0-159, 16 for 160-239), 4 bytes packing four (240-255), d. Digit `m` of a
+        // byte is read as ((byte * 3^m mod 256) * 3) >> 8, minus 1.
+        TQ1_0 => {
+            for b in blocks {
+                let (qs, qh, d) = (&b[0..48], &b[48..52], f16(&b[52..54]));
+                let trit = |byte: u8, m: usize| -> f32 {
+                    let v = byte.wrapping_mul(3u8.pow(m as u32)) as u16;
+                    ((v * 3) >> 8) as f32 - 1.0
+                };
+                // (bytes, digits per byte): element m * bytes.len() + j is digit m of byte j.
+                for (bytes, digits) in [(&qs[0..32], 5), (&qs[32..48], 5), (qh, 4)] {
+                    for m in 0..digits {
+                        out.extend(bytes.iter().map(|&q| d * trit(q, m)));
+                    }
+                }
+            }
+        }
+        // Ternary, 256 per block: 64 bytes of 2-bit values minus 1, then d.
+        TQ2_0 => {
+            for b in blocks {
+                let (qs, d) = (&b[0..64], f16(&b[64..66]));
+                out.extend((0..256).map(|e| d * (crumb(qs, e) as i32 - 1) as f32));
+            }
+        }
         _ => return Err(format!("dequantizing {ty} is not built yet")),
     }
     Ok(out)
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// 32 four-bit values: element j in the low nibble of byte j, element j + 16 in its high.
+fn nibbles(qs: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    qs.iter().map(|&q| q & 0x0F).chain(qs.iter().map(|&q| q >> 4))
+}
+
+/// 32 five-bit values: nibbles as [`nibbles`], bit j of the little-endian u32 `qh` the fifth bit
+/// of element j.
+fn five_bits<'a>(qh: &[u8], qs: &'a [u8]) -> impl Iterator<Item = u8> + 'a {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    nibbles(qs).enumerate().map(move |(e, q)| q | (((qh >> e) & 1) as u8) << 4)
+}
+
+/// Element `e` of 256 two-bit values in 64 bytes: each 32-byte chunk holds four shifts of 32.
+fn crumb(qs: &[u8], e: usize) -> u8 {
+    let (chunk, s, j) = (e / 128, (e % 128) / 32, e % 32);
+    (qs[32 * chunk + j] >> (2 * s)) & 3
+}
+
+/// A Q4_K/Q5_K super-block: `head` is d, dmin and the 12 scale bytes; sub-block `sub`'s
+/// element j is `d * scale * q - dmin * min`, q the nibble of `qs` (two sub-blocks per 32-byte
+/// chunk, low then high) plus, for Q5_K, bit `sub` of `qh[j]` as the fifth bit.
+fn k_quant(head: &[u8], qh: Option<&[u8]>, qs: &[u8], out: &mut Vec<f32>) {
+    let (d, dmin, sc) = (f16(&head[0..2]), f16(&head[2..4]), &head[4..16]);
+    for sub in 0..8 {
+        let (s, m) = k_scale_min(sc, sub);
+        let (d1, m1) = (d * s as f32, dmin * m as f32);
+        let chunk = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
+        let shift = 4 * (sub % 2);
+        for (j, &q) in chunk.iter().enumerate() {
+            let hi = qh.map_or(0, |qh| ((qh[j] >> sub) & 1) << 4);
+            out.push(d1 * (((q >> shift) & 0x0F) | hi) as f32 - m1);
+        }
+    }
 }
 
 /// Sub-block `j`'s 6-bit scale and min from a K-quant's 12 scale bytes: sub-blocks 0-3 in the

@@ -454,6 +454,30 @@ impl Vulkan {
     }
 }
 
+/// Records a barrier making compute-shader writes visible to `dst` as `barrier` says.
+///
+/// # Safety
+/// `cb` is a command buffer of `d` in the recording state.
+unsafe fn after_compute(
+    d: &ash::Device,
+    cb: vk::CommandBuffer,
+    dst: vk::PipelineStageFlags,
+    barrier: &[vk::MemoryBarrier],
+) {
+    // SAFETY: the caller guarantees cb is recording on d.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cb,
+            vk::PipelineStageFlags::COMPUTE_SHADER,
+            dst,
+            vk::DependencyFlags::empty(),
+            barrier,
+            &[],
+            &[],
+        )
+    };
+}
+
 /// Nodes of `g` and of its regions' bodies, recursively (one descriptor set each at most).
 fn nodes_within(g: &Graph) -> usize {
     g.nodes().map(|(_, nd)| 1 + nd.body.as_deref().map_or(0, nodes_within)).sum()
@@ -706,9 +730,8 @@ impl Exec<'_> {
                             }
                         }
                     }
-                    self.dispatch(n, &spec, &operands, &push, groups)?;
+                    let pipe = self.dispatch(n, &spec, &operands, &push, groups)?;
                     self.timed.push(self.report.kernels.len());
-                    let pipe = self.vk.pipeline(&spec)?;
                     self.report.kernels.push(KernelReport {
                         node: n.index(),
                         op: nd.op.name(),
@@ -884,7 +907,7 @@ impl Exec<'_> {
         operands: &[Value],
         push: &[u32],
         groups: [u32; 3],
-    ) -> Result<(), GpuRunError> {
+    ) -> Result<Pipeline, GpuRunError> {
         let nd = self.g.node(n);
         let pipe = self.vk.pipeline(spec)?;
         let mut ids = Vec::with_capacity(pipe.buffers);
@@ -937,17 +960,9 @@ impl Exec<'_> {
             if let Some(q) = self.queries {
                 d.cmd_write_timestamp(cb, vk::PipelineStageFlags::COMPUTE_SHADER, q, first + 1);
             }
-            d.cmd_pipeline_barrier(
-                cb,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::DependencyFlags::empty(),
-                &barrier,
-                &[],
-                &[],
-            );
+            after_compute(d, cb, vk::PipelineStageFlags::COMPUTE_SHADER, &barrier);
         }
-        Ok(())
+        Ok(pipe)
     }
 
     /// Each kernel's device time, from its two timestamps (after the last submission).
@@ -983,15 +998,7 @@ impl Exec<'_> {
             .dst_access_mask(vk::AccessFlags::HOST_READ)];
         // SAFETY: cb is recording.
         unsafe {
-            d.cmd_pipeline_barrier(
-                cb,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &host,
-                &[],
-                &[],
-            );
+            after_compute(d, cb, vk::PipelineStageFlags::HOST, &host);
             d.end_command_buffer(cb).map_err(vk_err("vkEndCommandBuffer"))?;
         }
         let cbs = [cb];

@@ -941,12 +941,11 @@ fn fused(body: &Graph, ins: &[&[usize]], out: &[usize], limits: &Limits) -> Resu
     let words: Vec<bool> =
         (0..ins.len() as u32).map(|j| prog.iter().any(|s| matches!(s, Step::LoadAs(i, _) if *i == j))).collect();
     let operands: Vec<(&[usize], Vec<usize>)> = ins.iter().map(|s| (*s, broadcast_strides(s, out))).collect();
-    let Plan::Dispatch { push, groups, bytes_read, .. } =
+    let Plan::Dispatch { spec: Spec::Elementwise { rank, .. }, push, groups, bytes_read, .. } =
         elementwise(EwFn::Copy, &operands, out, limits).map_err(|e| e.to_string())?
     else {
-        unreachable!("elementwise plans a dispatch")
+        unreachable!("elementwise plans an elementwise dispatch")
     };
-    let rank = (push.len() as u32 - 2 - ins.len() as u32) / (1 + ins.len() as u32);
     Ok(Plan::Dispatch {
         spec: Spec::Fused { prog, out: res, words, rank },
         operands: Vec::new(),
@@ -989,14 +988,14 @@ fn logic_op(b: BinaryOp) -> bool {
 
 /// Plans a bool-result elementwise kernel: the elementwise layout, a quarter of the threads.
 fn bytes_ew(f: ByteFn, ins: &[(&[usize], Vec<usize>)], out: &[usize], limits: &Limits) -> Result<Plan, GpuError> {
-    let Plan::Dispatch { mut push, bytes_read, .. } = elementwise(EwFn::Copy, ins, out, limits)? else {
-        unreachable!("elementwise plans a dispatch")
+    let Plan::Dispatch { spec: Spec::Elementwise { rank, .. }, mut push, bytes_read, .. } =
+        elementwise(EwFn::Copy, ins, out, limits)?
+    else {
+        unreachable!("elementwise plans an elementwise dispatch")
     };
     let total = numel(out);
     let groups = grid(total.div_ceil(4).div_ceil(EW_LOCAL as usize), limits, "elementwise")?;
     push[1] = groups[0] * EW_LOCAL;
-    let n_in = ins.len() as u32;
-    let rank = (push.len() as u32 - 2 - n_in) / (1 + n_in);
     let elem = if matches!(f, ByteFn::Cmp(_)) { 4 } else { 1 };
     Ok(Plan::Dispatch {
         spec: Spec::Bytes { f, rank },
@@ -1292,14 +1291,14 @@ pub fn build(spec: &Spec) -> Kernel {
             let n = *outputs as usize + 1;
             let push_words = 4 + 2 * outputs;
             let mut sb = Sb::typed(&vec![true; n], push_words, [EW_LOCAL, 1, 1], 0);
-            split_body(&mut sb, *outputs, *words);
+            pieces_body(&mut sb, *outputs, *words, true);
             (sb, n, push_words, [EW_LOCAL, 1, 1], 0)
         }
         Spec::Concat { inputs, words } => {
             let n = *inputs as usize + 1;
             let push_words = 4 + 2 * inputs;
             let mut sb = Sb::typed(&vec![true; n], push_words, [EW_LOCAL, 1, 1], 0);
-            concat_body(&mut sb, *inputs, *words);
+            pieces_body(&mut sb, *inputs, *words, false);
             (sb, n, push_words, [EW_LOCAL, 1, 1], 0)
         }
         Spec::Reduce { op, out_rank, red_rank } => {
@@ -1407,24 +1406,31 @@ fn flat_id(sb: &mut Sb) -> Word {
     sb.iadd(x, yw)
 }
 
+/// Each operand's element offset for result element `i` of the elementwise layout (push words:
+/// total, grid width, `n_in` base offsets, `rank` dims, then `rank` strides per operand).
+fn ew_offsets(sb: &mut Sb, i: Word, n_in: u32, rank: u32) -> Vec<Word> {
+    let mut rem = i;
+    let mut offs: Vec<Word> = (0..n_in).map(|j| sb.push(2 + j)).collect();
+    let dims = 2 + n_in;
+    for d in (0..rank).rev() {
+        let dim = sb.push(dims + d);
+        let c = sb.umod(rem, dim);
+        rem = sb.udiv(rem, dim);
+        for (j, off) in offs.iter_mut().enumerate() {
+            let st = sb.push(dims + rank * (1 + j as u32) + d);
+            let t = sb.imul(c, st);
+            *off = sb.iadd(*off, t);
+        }
+    }
+    offs
+}
+
 fn ew_body(sb: &mut Sb, f: EwFn, rank: u32, n_in: u32) {
     let i = flat_id(sb);
     let total = sb.push(0);
     let inside = sb.ult(i, total);
     sb.if_then(inside, |sb| {
-        let mut rem = i;
-        let mut offs: Vec<Word> = (0..n_in).map(|j| sb.push(2 + j)).collect();
-        let dims = 2 + n_in;
-        for d in (0..rank).rev() {
-            let dim = sb.push(dims + d);
-            let c = sb.umod(rem, dim);
-            rem = sb.udiv(rem, dim);
-            for (j, off) in offs.iter_mut().enumerate() {
-                let st = sb.push(dims + rank * (1 + j as u32) + d);
-                let t = sb.imul(c, st);
-                *off = sb.iadd(*off, t);
-            }
-        }
+        let offs = ew_offsets(sb, i, n_in, rank);
         let out = n_in as usize;
         match f {
             EwFn::CopyWords { words } => {
@@ -2499,25 +2505,35 @@ fn gather_body(sb: &mut Sb, wide: bool, bytes: bool) {
     let first = sb.imul(t, four);
     let inside = sb.ult(first, total);
     sb.if_then(inside, |sb| {
-        let zero = sb.cu(0);
-        let word = sb.var(false, zero);
-        for lane in 0..4u32 {
-            let lw = sb.cu(lane);
-            let i = sb.iadd(first, lw);
-            let ok = sb.ult(i, total);
-            sb.if_then(ok, |sb| {
-                let src = source(sb, i);
-                let b = unpack_int(sb, 0, src, 8, false);
-                let sh = sb.cu(8 * lane);
-                let b = sb.shl(b, sh);
-                let w = sb.get(word, false);
-                let w = sb.bor(w, b);
-                sb.set(word, w);
-            });
-        }
-        let w = sb.get(word, false);
+        let w = pack_bytes(sb, t, total, &mut |sb, i| {
+            let src = source(sb, i);
+            unpack_int(sb, 0, src, 8, false)
+        });
         sb.store_u(2, t, w);
     });
+}
+
+/// The word holding byte results `4w .. 4w + 4` (those below `total`): `byte(i)` gives
+/// element i's value (0..=255) as a u32.
+fn pack_bytes(sb: &mut Sb, w: Word, total: Word, byte: &mut dyn FnMut(&mut Sb, Word) -> Word) -> Word {
+    let zero = sb.cu(0);
+    let word = sb.var(false, zero);
+    let four = sb.cu(4);
+    let first = sb.imul(w, four);
+    for lane in 0..4u32 {
+        let lw = sb.cu(lane);
+        let i = sb.iadd(first, lw);
+        let ok = sb.ult(i, total);
+        sb.if_then(ok, |sb| {
+            let b = byte(sb, i);
+            let sh = sb.cu(8 * lane);
+            let b = sb.shl(b, sh);
+            let v = sb.get(word, false);
+            let v = sb.bor(v, b);
+            sb.set(word, v);
+        });
+    }
+    sb.get(word, false)
 }
 
 /// DynamicQuantizeLinear in one workgroup (buffers: x, y words, scale, zero word).
@@ -2588,28 +2604,13 @@ fn dyn_quant_body(sb: &mut Sb) {
         sb.shr(t, two)
     };
     sb.for_range(lid, words, step, |sb, w| {
-        let zero_w = sb.cu(0);
-        let word = sb.var(false, zero_w);
-        for lane in 0..4u32 {
-            let four = sb.cu(4);
-            let base = sb.imul(w, four);
-            let lw = sb.cu(lane);
-            let i = sb.iadd(base, lw);
-            let ok = sb.ult(i, n);
-            sb.if_then(ok, |sb| {
-                let x = sb.load(0, i);
-                let q = sb.fdiv(x, scale);
-                let q = sb.glsl(Glsl::RoundEven, &[q]);
-                let q = sb.fadd(q, zf);
-                let q = sat(sb, q);
-                let sh = sb.cu(8 * lane);
-                let q = sb.shl(q, sh);
-                let v = sb.get(word, false);
-                let v = sb.bor(v, q);
-                sb.set(word, v);
-            });
-        }
-        let v = sb.get(word, false);
+        let v = pack_bytes(sb, w, n, &mut |sb, i| {
+            let x = sb.load(0, i);
+            let q = sb.fdiv(x, scale);
+            let q = sb.glsl(Glsl::RoundEven, &[q]);
+            let q = sb.fadd(q, zf);
+            sat(sb, q)
+        });
         sb.store_u(1, w, v);
     });
 }
@@ -2737,62 +2738,13 @@ fn matmul_int_body(sb: &mut Sb, br: u32, signed: [bool; 2], a_zero: bool, b_zero
     });
 }
 
-/// Concat: result element i = (o, a, c) over (outer, the axis, inner) takes operand j's
-/// element (o, a - offset_j, c) where offset_j <= a < offset_j + size_j.
-fn concat_body(sb: &mut Sb, inputs: u32, words: u32) {
-    let i = flat_id(sb);
-    let total = sb.push(0);
-    let inside = sb.ult(i, total);
-    sb.if_then(inside, |sb| {
-        let (dim, inner) = (sb.push(2), sb.push(3));
-        let c = sb.umod(i, inner);
-        let oa = sb.udiv(i, inner);
-        let a = sb.umod(oa, dim);
-        let o = sb.udiv(oa, dim);
-        let w = sb.cu(words);
-        let dst = sb.imul(i, w);
-        for j in 0..inputs {
-            let (off, size) = (sb.push(4 + 2 * j), sb.push(5 + 2 * j));
-            let rel = sb.isub(a, off);
-            // a - off < size, unsigned: also false when a < off (the difference wraps).
-            let mine = sb.ult(rel, size);
-            sb.if_then(mine, |sb| {
-                let t = sb.imul(o, size);
-                let t = sb.iadd(t, rel);
-                let t = sb.imul(t, inner);
-                let src = sb.iadd(t, c);
-                let src = sb.imul(src, w);
-                for k in 0..words {
-                    let kw = sb.cu(k);
-                    let s = sb.iadd(src, kw);
-                    let d = sb.iadd(dst, kw);
-                    let x = sb.load_u(j as usize, s);
-                    sb.store_u(inputs as usize, d, x);
-                }
-            });
-        }
-    });
-}
-
 fn fused_body(sb: &mut Sb, prog: &[Step], out: u32, words: &[bool], rank: u32) {
     let i = flat_id(sb);
     let total = sb.push(0);
     let inside = sb.ult(i, total);
     let n_in = words.len() as u32;
     sb.if_then(inside, |sb| {
-        let mut rem = i;
-        let mut offs: Vec<Word> = (0..n_in).map(|j| sb.push(2 + j)).collect();
-        let dims = 2 + n_in;
-        for d in (0..rank).rev() {
-            let dim = sb.push(dims + d);
-            let c = sb.umod(rem, dim);
-            rem = sb.udiv(rem, dim);
-            for (j, off) in offs.iter_mut().enumerate() {
-                let st = sb.push(dims + rank * (1 + j as u32) + d);
-                let t = sb.imul(c, st);
-                *off = sb.iadd(*off, t);
-            }
-        }
+        let offs = ew_offsets(sb, i, n_in, rank);
         let mut load = |sb: &mut Sb, j: u32, from: Option<DType>| -> Word {
             match from {
                 Some(from) => to_f32(sb, j as usize, from, offs[j as usize]),
@@ -2812,67 +2764,44 @@ fn bytes_body(sb: &mut Sb, f: ByteFn, rank: u32, n_in: u32) {
     let first = sb.imul(t, four);
     let inside = sb.ult(first, total);
     sb.if_then(inside, |sb| {
-        let zero = sb.cu(0);
-        let word = sb.var(false, zero);
-        for lane in 0..4u32 {
-            let lw = sb.cu(lane);
-            let i = sb.iadd(first, lw);
-            let ok = sb.ult(i, total);
-            sb.if_then(ok, |sb| {
-                let mut rem = i;
-                let mut offs: Vec<Word> = (0..n_in).map(|j| sb.push(2 + j)).collect();
-                let dims = 2 + n_in;
-                for d in (0..rank).rev() {
-                    let dim = sb.push(dims + d);
-                    let c = sb.umod(rem, dim);
-                    rem = sb.udiv(rem, dim);
-                    for (j, off) in offs.iter_mut().enumerate() {
-                        let st = sb.push(dims + rank * (1 + j as u32) + d);
-                        let t = sb.imul(c, st);
-                        *off = sb.iadd(*off, t);
+        let w = pack_bytes(sb, t, total, &mut |sb, i| {
+            let offs = ew_offsets(sb, i, n_in, rank);
+            let zero = sb.cu(0);
+            let truth = |sb: &mut Sb, j: usize| -> Word {
+                let v = unpack_int(sb, j, offs[j], 8, false);
+                sb.b.i_not_equal(sb.bool, None, v, zero).expect("ine")
+            };
+            let r = match f {
+                ByteFn::Cmp(op) => {
+                    let (x, y) = (sb.load(0, offs[0]), sb.load(1, offs[1]));
+                    let bt = sb.bool;
+                    match op {
+                        BinaryOp::Equal => sb.b.f_ord_equal(bt, None, x, y),
+                        BinaryOp::Less => sb.b.f_ord_less_than(bt, None, x, y),
+                        BinaryOp::LessEqual => sb.b.f_ord_less_than_equal(bt, None, x, y),
+                        BinaryOp::Greater => sb.b.f_ord_greater_than(bt, None, x, y),
+                        _ => sb.b.f_ord_greater_than_equal(bt, None, x, y),
                     }
+                    .expect("compare")
                 }
-                let zero = sb.cu(0);
-                let truth = |sb: &mut Sb, j: usize| -> Word {
-                    let v = unpack_int(sb, j, offs[j], 8, false);
-                    sb.b.i_not_equal(sb.bool, None, v, zero).expect("ine")
-                };
-                let r = match f {
-                    ByteFn::Cmp(op) => {
-                        let (x, y) = (sb.load(0, offs[0]), sb.load(1, offs[1]));
-                        let bt = sb.bool;
-                        match op {
-                            BinaryOp::Equal => sb.b.f_ord_equal(bt, None, x, y),
-                            BinaryOp::Less => sb.b.f_ord_less_than(bt, None, x, y),
-                            BinaryOp::LessEqual => sb.b.f_ord_less_than_equal(bt, None, x, y),
-                            BinaryOp::Greater => sb.b.f_ord_greater_than(bt, None, x, y),
-                            _ => sb.b.f_ord_greater_than_equal(bt, None, x, y),
-                        }
-                        .expect("compare")
+                ByteFn::Logic(op) => {
+                    let (a, b) = (truth(sb, 0), truth(sb, 1));
+                    let bt = sb.bool;
+                    match op {
+                        BinaryOp::And => sb.b.logical_and(bt, None, a, b),
+                        BinaryOp::Or => sb.b.logical_or(bt, None, a, b),
+                        _ => sb.b.logical_not_equal(bt, None, a, b),
                     }
-                    ByteFn::Logic(op) => {
-                        let (a, b) = (truth(sb, 0), truth(sb, 1));
-                        let bt = sb.bool;
-                        match op {
-                            BinaryOp::And => sb.b.logical_and(bt, None, a, b),
-                            BinaryOp::Or => sb.b.logical_or(bt, None, a, b),
-                            _ => sb.b.logical_not_equal(bt, None, a, b),
-                        }
-                        .expect("logic")
-                    }
-                    ByteFn::Not => {
-                        let a = truth(sb, 0);
-                        sb.b.logical_not(sb.bool, None, a).expect("not")
-                    }
-                };
-                let one = sb.cu(1 << (8 * lane));
-                let bit = sb.select(r, one, zero, false);
-                let w = sb.get(word, false);
-                let w = sb.bor(w, bit);
-                sb.set(word, w);
-            });
-        }
-        let w = sb.get(word, false);
+                    .expect("logic")
+                }
+                ByteFn::Not => {
+                    let a = truth(sb, 0);
+                    sb.b.logical_not(sb.bool, None, a).expect("not")
+                }
+            };
+            let one = sb.cu(1);
+            sb.select(r, one, zero, false)
+        });
         sb.store_u(n_in as usize, t, w);
     });
 }
@@ -2926,9 +2855,11 @@ fn argmax_body(sb: &mut Sb, last: bool) {
     });
 }
 
-/// Split: operand element i = (o, a, c) over (outer, the axis, inner) goes to result j's
-/// element (o, a - offset_j, c) where offset_j <= a < offset_j + size_j.
-fn split_body(sb: &mut Sb, outputs: u32, words: u32) {
+/// Concat and split: the whole tensor's element i = (o, a, c) over (outer, the axis, inner) is
+/// part j's element (o, a - offset_j, c) where offset_j <= a < offset_j + size_j. Concat copies
+/// parts (buffers 0..parts) into the whole (the last buffer); split copies the whole (buffer 0)
+/// into the parts (buffers 1..=parts). One invocation per element of the whole.
+fn pieces_body(sb: &mut Sb, parts: u32, words: u32, split: bool) {
     let i = flat_id(sb);
     let total = sb.push(0);
     let inside = sb.ult(i, total);
@@ -2939,8 +2870,8 @@ fn split_body(sb: &mut Sb, outputs: u32, words: u32) {
         let a = sb.umod(oa, dim);
         let o = sb.udiv(oa, dim);
         let w = sb.cu(words);
-        let src = sb.imul(i, w);
-        for j in 0..outputs {
+        let whole = sb.imul(i, w);
+        for j in 0..parts {
             let (off, size) = (sb.push(4 + 2 * j), sb.push(5 + 2 * j));
             let rel = sb.isub(a, off);
             // a - off < size, unsigned: also false when a < off (the difference wraps).
@@ -2949,14 +2880,15 @@ fn split_body(sb: &mut Sb, outputs: u32, words: u32) {
                 let t = sb.imul(o, size);
                 let t = sb.iadd(t, rel);
                 let t = sb.imul(t, inner);
-                let dst = sb.iadd(t, c);
-                let dst = sb.imul(dst, w);
+                let part = sb.iadd(t, c);
+                let part = sb.imul(part, w);
+                let (from, to) = if split { ((0, whole), (1 + j, part)) } else { ((j, part), (parts, whole)) };
                 for k in 0..words {
                     let kw = sb.cu(k);
-                    let s = sb.iadd(src, kw);
-                    let d = sb.iadd(dst, kw);
-                    let x = sb.load_u(0, s);
-                    sb.store_u(1 + j as usize, d, x);
+                    let s = sb.iadd(from.1, kw);
+                    let d = sb.iadd(to.1, kw);
+                    let x = sb.load_u(from.0 as usize, s);
+                    sb.store_u(to.0 as usize, d, x);
                 }
             });
         }
