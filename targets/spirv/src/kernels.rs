@@ -391,30 +391,8 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             if sizes.len() + 1 > 8 {
                 return Err(GpuError::declined(name, "more than 7 results (8 buffers per kernel)"));
             }
-            let x = ins[0];
-            let r = x.len() as i64;
-            let ax = if *axis < 0 { axis + r } else { *axis };
-            if !(0..r).contains(&ax) {
-                return Err(GpuError::declined(name, "axis out of range"));
-            }
-            let ax = ax as usize;
-            let total = numel(x);
-            let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "split")?;
-            let mut push = vec![total as u32, groups[0] * EW_LOCAL, x[ax] as u32, numel(&x[ax + 1..]) as u32];
-            let mut offset = 0;
-            for &s in sizes {
-                push.extend([offset as u32, s as u32]);
-                offset += s as usize;
-            }
-            Plan::Dispatch {
-                spec: Spec::Split { outputs: sizes.len() as u32, words },
-                operands: vec![nd.inputs[0]],
-                push,
-                groups,
-                bytes_read: total as u64 * 4 * words as u64,
-                bytes_written: 0,
-                flops: 0,
-            }
+            let sizes: Vec<usize> = sizes.iter().map(|&s| s as usize).collect();
+            pieces(ins[0], *axis, &sizes, true, words, limits)?
         }
         Op::Concat { axis } => {
             let words = match copy_or_decline()? {
@@ -426,27 +404,8 @@ pub fn plan(g: &Graph, n: Node, ins: &[&[usize]], out: &[usize], limits: &Limits
             }
             let r = out.len() as i64;
             let ax = if *axis < 0 { axis + r } else { *axis };
-            if !(0..r).contains(&ax) {
-                return Err(GpuError::declined(name, "axis out of range"));
-            }
-            let ax = ax as usize;
-            let total = numel(out);
-            let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, "concat")?;
-            let mut push = vec![total as u32, groups[0] * EW_LOCAL, out[ax] as u32, numel(&out[ax + 1..]) as u32];
-            let mut offset = 0;
-            for p in ins {
-                push.extend([offset as u32, p[ax] as u32]);
-                offset += p[ax];
-            }
-            Plan::Dispatch {
-                spec: Spec::Concat { inputs: ins.len() as u32, words },
-                operands: Vec::new(),
-                push,
-                groups,
-                bytes_read: total as u64 * 4 * words as u64,
-                bytes_written: 0,
-                flops: 0,
-            }
+            let sizes: Vec<usize> = ins.iter().map(|p| p.get(ax as usize).copied().unwrap_or(0)).collect();
+            pieces(out, *axis, &sizes, false, words, limits)?
         }
         Op::MatMul => {
             let (a, b) = (ins[0], ins[1]);
@@ -976,6 +935,43 @@ fn eval_prog(
         vals.push(v);
     }
     vals
+}
+
+/// Concat (parts into `whole`) or split (`whole` into parts) along `axis`, the parts having
+/// `sizes` along it: one invocation per element of the whole.
+fn pieces(
+    whole: &[usize],
+    axis: i64,
+    sizes: &[usize],
+    split: bool,
+    words: u32,
+    limits: &Limits,
+) -> Result<Plan, GpuError> {
+    let what = if split { "split" } else { "concat" };
+    let r = whole.len() as i64;
+    let ax = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&ax) {
+        return Err(GpuError::declined(what, "axis out of range"));
+    }
+    let ax = ax as usize;
+    let total = numel(whole);
+    let groups = grid(total.div_ceil(EW_LOCAL as usize), limits, what)?;
+    let mut push = vec![total as u32, groups[0] * EW_LOCAL, whole[ax] as u32, numel(&whole[ax + 1..]) as u32];
+    let mut offset = 0;
+    for &s in sizes {
+        push.extend([offset as u32, s as u32]);
+        offset += s;
+    }
+    let parts = sizes.len() as u32;
+    Ok(Plan::Dispatch {
+        spec: if split { Spec::Split { outputs: parts, words } } else { Spec::Concat { inputs: parts, words } },
+        operands: Vec::new(),
+        push,
+        groups,
+        bytes_read: total as u64 * 4 * words as u64,
+        bytes_written: 0,
+        flops: 0,
+    })
 }
 
 fn compare_op(b: BinaryOp) -> bool {
