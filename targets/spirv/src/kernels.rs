@@ -1275,11 +1275,11 @@ pub fn build(spec: &Spec) -> Kernel {
             let ep = Epilogue { prog, out: *out, extra: *extra, batch_rank: *batch_rank };
             if *tiled {
                 let mut sb = Sb::new(nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
-                matmul_body_with(&mut sb, *batch_rank, false, None, Some(&ep));
+                matmul_body(&mut sb, *batch_rank, false, None, Some(&ep));
                 (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
             } else {
                 let mut sb = Sb::new(nbuf, push_words, DIRECT_LOCAL, 0);
-                matmul_direct_body_with(&mut sb, *batch_rank, false, None, Some(&ep));
+                matmul_direct_body(&mut sb, *batch_rank, false, None, Some(&ep));
                 (sb, nbuf, push_words, DIRECT_LOCAL, 0)
             }
         }
@@ -1308,11 +1308,11 @@ pub fn build(spec: &Spec) -> Kernel {
             let nbuf = 3 + *bias as usize;
             if *tiled {
                 let mut sb = Sb::new(nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
-                matmul_body(&mut sb, *batch_rank, *bias, None);
+                matmul_body(&mut sb, *batch_rank, *bias, None, None);
                 (sb, nbuf, push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
             } else {
                 let mut sb = Sb::new(nbuf, push_words, DIRECT_LOCAL, 0);
-                matmul_direct_body(&mut sb, *batch_rank, *bias, None);
+                matmul_direct_body(&mut sb, *batch_rank, *bias, None, None);
                 (sb, nbuf, push_words, DIRECT_LOCAL, 0)
             }
         }
@@ -1336,11 +1336,11 @@ pub fn build(spec: &Spec) -> Kernel {
             let q = QLoad { bits: *bits, signed: *signed, zero: *zero, params: MM_FIXED + 3 * batch_rank };
             if *tiled {
                 let mut sb = Sb::typed(&words, push_words, [TILE, TILE, 1], 2 * TILE * TILE);
-                matmul_body(&mut sb, *batch_rank, false, Some(q));
+                matmul_body(&mut sb, *batch_rank, false, Some(q), None);
                 (sb, words.len(), push_words, [TILE, TILE, 1], 2 * TILE * TILE * 4)
             } else {
                 let mut sb = Sb::typed(&words, push_words, DIRECT_LOCAL, 0);
-                matmul_direct_body(&mut sb, *batch_rank, false, Some(q));
+                matmul_direct_body(&mut sb, *batch_rank, false, Some(q), None);
                 (sb, words.len(), push_words, DIRECT_LOCAL, 0)
             }
         }
@@ -1984,10 +1984,6 @@ fn store_c(
     sb.store(out, i, s);
 }
 
-fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
-    matmul_body_with(sb, br, bias, quant, None)
-}
-
 /// A fused region's epilogue after a matmul.
 struct Epilogue<'a> {
     prog: &'a [Step],
@@ -1996,7 +1992,7 @@ struct Epilogue<'a> {
     batch_rank: u32,
 }
 
-fn matmul_body_with(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>, ep: Option<&Epilogue>) {
+fn matmul_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>, ep: Option<&Epilogue>) {
     let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
     let lx = sb.local_id(0);
     let ly = sb.local_id(1);
@@ -2069,11 +2065,7 @@ fn matmul_body_with(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>, ep: 
 /// The untiled matmul: no shared memory and no barriers; each invocation accumulates
 /// `DIRECT_COLS` results of one row in registers, reading each A element once for
 /// them (the same sums, in the same `k` order, as the tiled kernel).
-fn matmul_direct_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>) {
-    matmul_direct_body_with(sb, br, bias, quant, None)
-}
-
-fn matmul_direct_body_with(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>, ep: Option<&Epilogue>) {
+fn matmul_direct_body(sb: &mut Sb, br: u32, bias: bool, quant: Option<QLoad>, ep: Option<&Epilogue>) {
     let (m, n, k) = (sb.push(0), sb.push(1), sb.push(2));
     let lx = sb.local_id(0);
     let ly = sb.local_id(1);
