@@ -17,7 +17,7 @@
 use std::fmt;
 use std::path::Path;
 
-use tessera_ir::Blob;
+use tessera_ir::{Blob, DType};
 
 /// Why a GGUF file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -405,87 +405,124 @@ impl Gguf {
     }
 }
 
-/// A tensor's elements as f32, in row-major order, exactly as ggml dequantizes them (the same
-/// products in the same order, so the values are bit-identical to llama.cpp's reference
-/// dequantization). `bytes` holds the whole tensor.
-pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
+/// A quantized tensor taken apart: one small integer code per element and, per block of
+/// `block` consecutive elements, a scale and (for the formats with a float minimum) an offset.
+/// Element `e` is `codes[e] as f32 * scale[e / block] (+ offset[e / block])`: the same products
+/// and sums, in the same order, as ggml's reference dequantization, so bit-identical to it.
+/// Zero points are folded into the codes (Q4_0 stores `q - 8`), so every code fits `dtype`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Codes {
+    /// The narrowest IR type holding every code of the format: i4, u4, i8 or ternary.
+    pub dtype: DType,
+    pub codes: Vec<i8>,
+    pub block: usize,
+    pub scale: Vec<f32>,
+    pub offset: Option<Vec<f32>>,
+}
+
+impl Codes {
+    /// Element `e` as f32.
+    pub fn value(&self, e: usize) -> f32 {
+        let b = e / self.block;
+        let v = self.codes[e] as f32 * self.scale[b];
+        match &self.offset {
+            Some(o) => v + o[b],
+            None => v,
+        }
+    }
+}
+
+/// Takes a quantized tensor apart (see [`Codes`]); `bytes` holds whole blocks. An error for
+/// the float and integer types (they have no codes) and for formats not read yet.
+pub fn decode(ty: GgmlType, bytes: &[u8]) -> Result<Codes, String> {
     let (per_block, block_bytes) = ty.block();
     if !(bytes.len() as u64).is_multiple_of(block_bytes) {
         return Err(format!("{} bytes are not a whole number of {ty} blocks", bytes.len()));
     }
     let blocks = bytes.chunks_exact(block_bytes as usize);
-    let mut out = Vec::with_capacity(blocks.len() * per_block as usize);
+    let n = blocks.len() * per_block as usize;
+    let mut codes: Vec<i8> = Vec::with_capacity(n);
+    let mut scale: Vec<f32> = Vec::new();
+    let mut offset: Vec<f32> = Vec::new();
     use GgmlType::*;
-    match ty {
-        F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        F16 => out.extend(blocks.map(f16)),
-        BF16 => out.extend(blocks.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        // d: f16, then 32 signed bytes.
+    let (dtype, block) = match ty {
+        // d: f16, then 32 signed bytes: q * d.
         Q8_0 => {
             for b in blocks {
-                let d = f16(b);
-                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
+                scale.push(f16(b));
+                codes.extend(b[2..34].iter().map(|&q| q as i8));
             }
+            (DType::I8, 32)
         }
         // d: f16, 16 bytes of nibbles: (q - 8) * d.
         Q4_0 => {
             for b in blocks {
-                let d = f16(b);
-                out.extend(nibbles(&b[2..18]).map(|q| (q as i32 - 8) as f32 * d));
+                scale.push(f16(b));
+                codes.extend(nibbles(&b[2..18]).map(|q| q as i8 - 8));
             }
+            (DType::I4, 32)
         }
         // d, m: f16, nibbles: d * q + m.
         Q4_1 => {
             for b in blocks {
-                let (d, m) = (f16(&b[0..2]), f16(&b[2..4]));
-                out.extend(nibbles(&b[4..20]).map(|q| d * q as f32 + m));
+                scale.push(f16(&b[0..2]));
+                offset.push(f16(&b[2..4]));
+                codes.extend(nibbles(&b[4..20]).map(|q| q as i8));
             }
+            (DType::U4, 32)
         }
         // d: f16, qh: u32 of fifth bits, nibbles: (q - 16) * d.
         Q5_0 => {
             for b in blocks {
-                let d = f16(b);
-                out.extend(five_bits(&b[2..6], &b[6..22]).map(|q| (q as i32 - 16) as f32 * d));
+                scale.push(f16(b));
+                codes.extend(five_bits(&b[2..6], &b[6..22]).map(|q| q as i8 - 16));
             }
+            (DType::I8, 32)
         }
         // d, m: f16, qh, nibbles: d * q + m.
         Q5_1 => {
             for b in blocks {
-                let (d, m) = (f16(&b[0..2]), f16(&b[2..4]));
-                out.extend(five_bits(&b[4..8], &b[8..24]).map(|q| d * q as f32 + m));
+                scale.push(f16(&b[0..2]));
+                offset.push(f16(&b[2..4]));
+                codes.extend(five_bits(&b[4..8], &b[8..24]).map(|q| q as i8));
             }
+            (DType::I8, 32)
         }
         // Super-blocks of 256: 16 bytes of 4-bit scale and min pairs (one per 16 elements), 64
         // bytes of 2-bit values, d, dmin: d * scale * q - dmin * min.
         Q2_K => {
             for b in blocks {
                 let (scales, qs, d, dmin) = (&b[0..16], &b[16..80], f16(&b[80..82]), f16(&b[82..84]));
-                out.extend((0..256).map(|e| {
-                    let sc = scales[e / 16];
-                    let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
-                    dl * crumb(qs, e) as f32 - ml
-                }));
+                for &sc in scales {
+                    scale.push(d * (sc & 0x0F) as f32);
+                    offset.push(-(dmin * (sc >> 4) as f32));
+                }
+                codes.extend((0..256).map(|e| crumb(qs, e) as i8));
             }
+            (DType::U4, 16)
         }
         // Super-blocks of 256: d, dmin (f16), 12 bytes of 6-bit scales and mins for eight
         // sub-blocks of 32, (Q5_K: 32 bytes of fifth bits), 128 bytes of nibbles.
         Q4_K => {
             for b in blocks {
-                k_quant(&b[0..16], None, &b[16..144], &mut out);
+                k_quant(&b[0..16], None, &b[16..144], &mut codes, &mut scale, &mut offset);
             }
+            (DType::U4, 32)
         }
         Q5_K => {
             for b in blocks {
-                k_quant(&b[0..16], Some(&b[16..48]), &b[48..176], &mut out);
+                k_quant(&b[0..16], Some(&b[16..48]), &b[48..176], &mut codes, &mut scale, &mut offset);
             }
+            (DType::I8, 32)
         }
         // Super-blocks of 256: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 signed
         // scales (one per 16 elements), d (f16). Element: d * scale * (q - 32).
         Q6_K => {
             for b in blocks {
                 let (ql, qh, scales, d) = (&b[0..128], &b[128..192], &b[192..208], f16(&b[208..210]));
-                let start = out.len();
-                out.resize(start + 256, 0.0);
+                scale.extend(scales.iter().map(|&s| d * s as i8 as f32));
+                let start = codes.len();
+                codes.resize(start + 256, 0);
                 for half_ in 0..2 {
                     let (ql, qh) = (&ql[64 * half_..64 * half_ + 64], &qh[32 * half_..32 * half_ + 32]);
                     for l in 0..32 {
@@ -496,42 +533,65 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
                             (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
                         ];
                         for (k, &q) in q.iter().enumerate() {
-                            let e = 128 * half_ + l + 32 * k;
-                            let ds = d * scales[e / 16] as i8 as f32;
-                            out[start + e] = ds * (q as i32 - 32) as f32;
+                            codes[start + 128 * half_ + l + 32 * k] = q as i8 - 32;
                         }
                     }
                 }
             }
+            (DType::I8, 16)
         }
         // Ternary, 256 per block: 48 bytes each packing five base-3 digits (32 bytes for
         // elements 0-159, 16 for 160-239), 4 bytes packing four (240-255), d. Digit `m` of a
         // byte is read as ((byte * 3^m mod 256) * 3) >> 8, minus 1.
         TQ1_0 => {
             for b in blocks {
-                let (qs, qh, d) = (&b[0..48], &b[48..52], f16(&b[52..54]));
-                let trit = |byte: u8, m: usize| -> f32 {
+                let (qs, qh) = (&b[0..48], &b[48..52]);
+                scale.push(f16(&b[52..54]));
+                let trit = |byte: u8, m: usize| -> i8 {
                     let v = byte.wrapping_mul(3u8.pow(m as u32)) as u16;
-                    ((v * 3) >> 8) as f32 - 1.0
+                    ((v * 3) >> 8) as i8 - 1
                 };
                 // (bytes, digits per byte): element m * bytes.len() + j is digit m of byte j.
                 for (bytes, digits) in [(&qs[0..32], 5), (&qs[32..48], 5), (qh, 4)] {
                     for m in 0..digits {
-                        out.extend(bytes.iter().map(|&q| d * trit(q, m)));
+                        codes.extend(bytes.iter().map(|&q| trit(q, m)));
                     }
                 }
             }
+            (DType::Ternary, 256)
         }
         // Ternary, 256 per block: 64 bytes of 2-bit values minus 1, then d.
         TQ2_0 => {
             for b in blocks {
-                let (qs, d) = (&b[0..64], f16(&b[64..66]));
-                out.extend((0..256).map(|e| d * (crumb(qs, e) as i32 - 1) as f32));
+                scale.push(f16(&b[64..66]));
+                codes.extend((0..256).map(|e| crumb(&b[0..64], e) as i8 - 1));
             }
+            (DType::Ternary, 256)
         }
-        _ => return Err(format!("dequantizing {ty} is not built yet")),
+        _ => return Err(format!("{ty} has no quantization codes Tessera reads")),
+    };
+    let offset = (!offset.is_empty()).then_some(offset);
+    Ok(Codes { dtype, codes, block, scale, offset })
+}
+
+/// A tensor's elements as f32, in row-major order, exactly as ggml dequantizes them (the same
+/// products in the same order, so the values are bit-identical to llama.cpp's reference
+/// dequantization). `bytes` holds the whole tensor.
+pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    let (_, unit) = ty.block();
+    if !(bytes.len() as u64).is_multiple_of(unit) {
+        return Err(format!("{} bytes are not a whole number of {ty} blocks", bytes.len()));
     }
-    Ok(out)
+    let units = bytes.chunks_exact(unit as usize);
+    Ok(match ty {
+        GgmlType::F32 => units.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        GgmlType::F16 => units.map(f16).collect(),
+        GgmlType::BF16 => units.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => {
+            let c = decode(ty, bytes)?;
+            (0..c.codes.len()).map(|e| c.value(e)).collect()
+        }
+    })
 }
 
 fn f16(b: &[u8]) -> f32 {
@@ -559,17 +619,25 @@ fn crumb(qs: &[u8], e: usize) -> u8 {
 /// A Q4_K/Q5_K super-block: `head` is d, dmin and the 12 scale bytes; sub-block `sub`'s
 /// element j is `d * scale * q - dmin * min`, q the nibble of `qs` (two sub-blocks per 32-byte
 /// chunk, low then high) plus, for Q5_K, bit `sub` of `qh[j]` as the fifth bit.
-fn k_quant(head: &[u8], qh: Option<&[u8]>, qs: &[u8], out: &mut Vec<f32>) {
+fn k_quant(
+    head: &[u8],
+    qh: Option<&[u8]>,
+    qs: &[u8],
+    codes: &mut Vec<i8>,
+    scale: &mut Vec<f32>,
+    offset: &mut Vec<f32>,
+) {
     let (d, dmin, sc) = (f16(&head[0..2]), f16(&head[2..4]), &head[4..16]);
     for sub in 0..8 {
         let (s, m) = k_scale_min(sc, sub);
-        let (d1, m1) = (d * s as f32, dmin * m as f32);
+        scale.push(d * s as f32);
+        offset.push(-(dmin * m as f32));
         let chunk = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
         let shift = 4 * (sub % 2);
-        for (j, &q) in chunk.iter().enumerate() {
+        codes.extend(chunk.iter().enumerate().map(|(j, &q)| {
             let hi = qh.map_or(0, |qh| ((qh[j] >> sub) & 1) << 4);
-            out.push(d1 * (((q >> shift) & 0x0F) | hi) as f32 - m1);
-        }
+            (((q >> shift) & 0x0F) | hi) as i8
+        }));
     }
 }
 

@@ -4,5 +4,6 @@
 pub mod conformance;
 pub use tessera_passes as passes;
 pub mod gguf;
+pub mod llm;
 pub mod onnx;
 pub mod tokenizer;

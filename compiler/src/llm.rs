@@ -1,0 +1,569 @@
+//! Decoder LLMs from GGUF: the `gemma3` and `llama` architectures lowered into one IR graph
+//! that serves prefill (many tokens) and decode (one token) alike.
+//!
+//! The graph (`seq` new tokens after `past` cached ones, `kv = past + seq`):
+//! - inputs: `tokens: i64[seq]`, `positions: i64[seq]`, for models with sliding-window layers
+//!   `mask_swa: f32[seq, kv]` (0 where a query may see a key, -inf elsewhere: causal and within
+//!   the window), then per layer `l` the cached keys and values `cache.k.l`, `cache.v.l`:
+//!   `f32[past, kv_heads, head_dim]` (position-major, so the first `past` rows of a cache
+//!   preallocated to the context length are one contiguous range);
+//! - outputs: `logits: f32[seq or 1, vocab]` (only the last position's with
+//!   [`Logits::Last`]), then per layer the new rows `k.l`, `v.l`: `f32[seq, kv_heads,
+//!   head_dim]`, which the runtime appends to its cache.
+//!
+//! Weights stay quantized: each GGUF matrix (`[n_out, k]`, k contiguous) becomes one `[k,
+//! n_out]` constant of its narrowest code type (i4, u4, i8 or ternary; see
+//! [`crate::gguf::Codes`]) with a blocked `quant` along axis 0 (scale and, for the K-quants and
+//! `_1` formats, offset per block), used by `qmatmul`; its dequantized values are exactly
+//! ggml's. The token embedding is read by `gather` from the same codes and scales (no f32
+//! copy); a tied output projection reuses that constant.
+//!
+//! Semantics follow llama.cpp's graphs (`src/models/gemma3.cpp`, `llama.cpp`'s llama graph):
+//! gemma3 scales the embedding by `sqrt(n_embd)`, normalizes q and k per head (RMSNorm), uses
+//! NEOX-style RoPE with base 10000 on its sliding-window layers and the file's base on every
+//! sixth (global) layer, scales q by `1/sqrt(head_dim)`, normalizes each sub-layer's output
+//! again before the residual add, and gates the FFN with tanh-GELU; llama uses interleaved
+//! (`NORM`) RoPE, SiLU gating and no extra norms.
+
+use crate::gguf::{self, GgmlType, Gguf, GgufError, MetaValue, TensorInfo};
+use tessera_ir::{
+    BinaryOp, ConstData, DType, Dim, Graph, Op, Quant, QuantGranularity, Shape, TargetDim, TensorType, UnaryOp, Value,
+};
+
+/// Why a GGUF model could not be lowered.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("architecture {0:?} is not supported (gemma3 and llama are)")]
+    Architecture(String),
+    #[error("metadata {key:?}: {message}")]
+    Metadata { key: String, message: String },
+    #[error("tensor {name:?}: {message}")]
+    Tensor { name: String, message: String },
+    #[error("building the graph: {0}")]
+    Build(String),
+}
+
+/// The architecture family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Gemma3,
+    Llama,
+}
+
+/// What a model's metadata says, as the lowering uses it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmConfig {
+    pub arch: Arch,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    /// The context length the model was trained for.
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// Linear RoPE scaling of the global layers (`1 / rope.scaling.factor`; 1 without one).
+    pub rope_scale: f32,
+    /// RoPE base of the sliding-window layers.
+    pub rope_base_swa: f32,
+    /// Sliding window (0: none) and which layers use it.
+    pub window: usize,
+    pub swa_layers: Vec<bool>,
+    /// The factor applied to q before attention.
+    pub attn_scale: f32,
+    /// Final logit soft-capping (`cap * tanh(x / cap)`), when the metadata sets one.
+    pub softcap: Option<f32>,
+}
+
+fn meta_key<'a>(g: &'a Gguf, key: &str) -> Result<&'a MetaValue, LlmError> {
+    g.get(key).ok_or_else(|| LlmError::Metadata { key: key.into(), message: "missing".into() })
+}
+
+fn meta_u(g: &Gguf, key: &str) -> Result<usize, LlmError> {
+    meta_key(g, key)?
+        .as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| LlmError::Metadata { key: key.into(), message: "is not an unsigned integer".into() })
+}
+
+fn meta_f(g: &Gguf, key: &str) -> Result<f32, LlmError> {
+    meta_key(g, key)?
+        .as_f64()
+        .map(|v| v as f32)
+        .ok_or_else(|| LlmError::Metadata { key: key.into(), message: "is not a number".into() })
+}
+
+impl LlmConfig {
+    /// Reads the configuration; an unknown architecture or a missing key is an error naming it.
+    pub fn of(g: &Gguf) -> Result<LlmConfig, LlmError> {
+        let arch_name = g.architecture().unwrap_or("(none)").to_string();
+        let arch = match arch_name.as_str() {
+            "gemma3" => Arch::Gemma3,
+            "llama" => Arch::Llama,
+            _ => return Err(LlmError::Architecture(arch_name)),
+        };
+        let k = |s: &str| format!("{arch_name}.{s}");
+        let n_layer = meta_u(g, &k("block_count"))?;
+        let n_embd = meta_u(g, &k("embedding_length"))?;
+        let n_head = meta_u(g, &k("attention.head_count"))?;
+        let n_head_kv = match g.get(&k("attention.head_count_kv")) {
+            Some(_) => meta_u(g, &k("attention.head_count_kv"))?,
+            None => n_head,
+        };
+        let head_dim = match g.get(&k("attention.key_length")) {
+            Some(_) => meta_u(g, &k("attention.key_length"))?,
+            None => n_embd / n_head.max(1),
+        };
+        if let Some(v) = g.get(&k("attention.value_length")) {
+            if v.as_u64() != Some(head_dim as u64) {
+                return Err(LlmError::Metadata {
+                    key: k("attention.value_length"),
+                    message: format!("{v} differs from the key length {head_dim} (not supported)"),
+                });
+            }
+        }
+        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || head_dim % 2 != 0 {
+            return Err(LlmError::Metadata {
+                key: k("attention.head_count_kv"),
+                message: format!("{n_head} query heads cannot share {n_head_kv} KV heads of {head_dim}"),
+            });
+        }
+        let emb = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| LlmError::Tensor { name: "token_embd.weight".into(), message: "missing".into() })?;
+        let vocab = emb.shape()[0] as usize;
+        let rope_base = match g.get(&k("rope.freq_base")) {
+            Some(_) => meta_f(g, &k("rope.freq_base"))?,
+            None => 10000.0,
+        };
+        let rope_scale = match g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => 1.0,
+            Some("linear") => 1.0 / meta_f(g, &k("rope.scaling.factor"))?,
+            Some(other) => {
+                return Err(LlmError::Metadata {
+                    key: k("rope.scaling.type"),
+                    message: format!("{other:?} RoPE scaling is not supported (linear is)"),
+                })
+            }
+        };
+        let window = match g.get(&k("attention.sliding_window")) {
+            Some(_) if arch == Arch::Gemma3 => meta_u(g, &k("attention.sliding_window"))?,
+            _ => 0,
+        };
+        // llama.cpp's gemma3: every sixth layer is global, the others slide.
+        let swa_layers = (0..n_layer).map(|l| window > 0 && l % 6 < 5).collect();
+        let softcap = match g.get(&k("final_logit_softcapping")) {
+            Some(_) => Some(meta_f(g, &k("final_logit_softcapping"))?).filter(|c| *c > 0.0),
+            None => None,
+        };
+        let rms_key = k("attention.layer_norm_rms_epsilon");
+        Ok(LlmConfig {
+            arch,
+            n_layer,
+            n_embd,
+            n_ff: meta_u(g, &k("feed_forward_length"))?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            vocab,
+            n_ctx_train: meta_u(g, &k("context_length"))?,
+            rms_eps: meta_f(g, &rms_key)?,
+            rope_base,
+            rope_scale,
+            rope_base_swa: 10000.0,
+            window,
+            swa_layers,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap,
+        })
+    }
+
+    pub fn has_swa(&self) -> bool {
+        self.swa_layers.iter().any(|&s| s)
+    }
+}
+
+/// Which positions' logits the graph computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position's (for checking against references).
+    All,
+    /// The last position's only (generation): the output projection runs on one row.
+    Last,
+}
+
+/// A lowered model.
+pub struct LlmGraph {
+    pub config: LlmConfig,
+    pub graph: Graph,
+}
+
+/// Lowers a GGUF decoder model into the IR (see the module docs for the graph's signature).
+pub fn lower(g: &Gguf, logits: Logits) -> Result<LlmGraph, LlmError> {
+    let cfg = LlmConfig::of(g)?;
+    let mut b = Builder { gguf: g, g: Graph::new(g.get("general.name").and_then(|v| v.as_str()).unwrap_or("model")) };
+    let graph = b.build(&cfg, logits)?;
+    Ok(LlmGraph { config: cfg, graph })
+}
+
+struct Builder<'a> {
+    gguf: &'a Gguf,
+    g: Graph,
+}
+
+fn sym(s: &str) -> Dim {
+    Dim::sym(s)
+}
+
+fn t_int(v: i64) -> TargetDim {
+    TargetDim::Int(v)
+}
+
+impl Builder<'_> {
+    fn op(&mut self, op: Op, inputs: Vec<Value>) -> Result<Value, LlmError> {
+        let name = op.name();
+        let mut r = self.g.add_op(op, inputs).map_err(|e| LlmError::Build(format!("{name}: {e}")))?;
+        Ok(r.remove(0))
+    }
+
+    fn bin(&mut self, op: BinaryOp, a: Value, b: Value) -> Result<Value, LlmError> {
+        self.op(Op::Binary(op), vec![a, b])
+    }
+
+    fn un(&mut self, op: UnaryOp, a: Value) -> Result<Value, LlmError> {
+        self.op(Op::Unary(op), vec![a])
+    }
+
+    fn reshape(&mut self, x: Value, dims: &[TargetDim]) -> Result<Value, LlmError> {
+        self.op(Op::Reshape { shape: Some(dims.to_vec()) }, vec![x])
+    }
+
+    fn transpose(&mut self, x: Value, perm: &[usize]) -> Result<Value, LlmError> {
+        self.op(Op::Transpose { perm: perm.to_vec() }, vec![x])
+    }
+
+    fn f32s(&mut self, dims: &[usize], v: &[f32]) -> Value {
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.g.add_const(TensorType::with_static(DType::F32, dims), ConstData::from_vec(bytes))
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo, LlmError> {
+        self.gguf.tensor(name).ok_or_else(|| LlmError::Tensor { name: name.into(), message: "missing".into() })
+    }
+
+    /// A 1-D float tensor (norm weights) as an f32 constant of `n` elements.
+    fn vector(&mut self, name: &str, n: usize) -> Result<Value, LlmError> {
+        let t = self.info(name)?.clone();
+        if t.elements() != n as u64 {
+            return Err(LlmError::Tensor {
+                name: name.into(),
+                message: format!("has shape {:?}, expected [{n}]", t.shape()),
+            });
+        }
+        let v = gguf::dequantize(t.ty, self.gguf.tensor_data(&t))
+            .map_err(|m| LlmError::Tensor { name: name.into(), message: m })?;
+        Ok(self.f32s(&[n], &v))
+    }
+
+    /// A weight matrix `[n_out, k]` as a `[k, n_out]` constant (quantized, see the module docs).
+    fn matrix(&mut self, name: &str, n_out: usize, k: usize) -> Result<Value, LlmError> {
+        let t = self.info(name)?.clone();
+        if t.shape() != [n_out as u64, k as u64] {
+            return Err(LlmError::Tensor {
+                name: name.into(),
+                message: format!("has shape {:?}, expected [{n_out}, {k}]", t.shape()),
+            });
+        }
+        let data = self.gguf.tensor_data(&t);
+        let row_bytes = data.len() / n_out;
+        let bad = |m: String| LlmError::Tensor { name: name.into(), message: m };
+        if matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            let v = gguf::dequantize(t.ty, data).map_err(bad)?;
+            let mut out = vec![0f32; v.len()];
+            for (r, row) in v.chunks_exact(k).enumerate() {
+                for (c, &x) in row.iter().enumerate() {
+                    out[c * n_out + r] = x;
+                }
+            }
+            return Ok(self.f32s(&[k, n_out], &out));
+        }
+        let probe = gguf::decode(t.ty, &data[..row_bytes]).map_err(bad)?;
+        let (dtype, block) = (probe.dtype, probe.block);
+        let nb = k / block;
+        // Codes and parameters transposed: rows of the file become columns. Tiles of 64 file
+        // rows keep the writes of each k row together.
+        let mut codes = vec![0i8; k * n_out];
+        let mut scale = vec![0f32; nb * n_out];
+        let mut offset = probe.offset.as_ref().map(|_| vec![0f32; nb * n_out]);
+        for r0 in (0..n_out).step_by(64) {
+            let rows: Vec<gguf::Codes> = (r0..(r0 + 64).min(n_out))
+                .map(|r| gguf::decode(t.ty, &data[r * row_bytes..(r + 1) * row_bytes]))
+                .collect::<Result<_, _>>()
+                .map_err(bad)?;
+            for kk in 0..k {
+                let dst = &mut codes[kk * n_out + r0..kk * n_out + r0 + rows.len()];
+                for (d, row) in dst.iter_mut().zip(&rows) {
+                    *d = row.codes[kk];
+                }
+            }
+            for bi in 0..nb {
+                for (j, row) in rows.iter().enumerate() {
+                    scale[bi * n_out + r0 + j] = row.scale[bi];
+                    if let (Some(o), Some(ro)) = (offset.as_mut(), row.offset.as_ref()) {
+                        o[bi * n_out + r0 + j] = ro[bi];
+                    }
+                }
+            }
+        }
+        let scale = self.f32s(&[nb, n_out], &scale);
+        let offset = offset.map(|o| self.f32s(&[nb, n_out], &o));
+        let quant = Quant {
+            granularity: QuantGranularity::PerBlock { axis: 0, size: block as u64 },
+            scale,
+            zero_point: None,
+            offset,
+        };
+        let ty = TensorType { dtype, shape: Shape::from_static(&[k, n_out]), quant: Some(Box::new(quant)) };
+        Ok(self.g.add_const(ty, ConstData::from_vec(pack(dtype, &codes))))
+    }
+
+    fn rms(&mut self, x: Value, name: &str, n: usize, eps: f32) -> Result<Value, LlmError> {
+        let w = self.vector(name, n)?;
+        self.op(Op::RmsNorm { axis: -1, epsilon: eps }, vec![x, w])
+    }
+
+    fn qmm(&mut self, x: Value, w: Value) -> Result<Value, LlmError> {
+        self.op(Op::QMatMul, vec![x, w])
+    }
+
+    /// `(cos, sin)` of `positions * freq` as `[seq, 1, half]` (broadcast over heads), the
+    /// frequencies `base^(-2i/d)` built as ggml does (repeated products of `base^(-2/d)`).
+    fn rope_tables(&mut self, pos: Value, half: usize, base: f32, scale: f32) -> Result<(Value, Value), LlmError> {
+        let step = base.powf(-2.0 / (2 * half) as f32);
+        let mut freq = Vec::with_capacity(half);
+        let mut f = scale;
+        for _ in 0..half {
+            freq.push(f);
+            f *= step;
+        }
+        let freq = self.f32s(&[1, half], &freq);
+        let p = self.op(Op::Cast { to: DType::F32 }, vec![pos])?;
+        let p = self.reshape(p, &[TargetDim::Sym("seq".into()), t_int(1)])?;
+        let theta = self.bin(BinaryOp::Mul, p, freq)?;
+        let theta = self.reshape(theta, &[TargetDim::Sym("seq".into()), t_int(1), t_int(half as i64)])?;
+        let c = self.un(UnaryOp::Cos, theta)?;
+        let s = self.un(UnaryOp::Sin, theta)?;
+        Ok((c, s))
+    }
+
+    /// RoPE on `x: [seq, heads, d]`: NEOX rotates the pairs `(i, i + d/2)`, NORM `(2i, 2i+1)`.
+    fn rope(&mut self, x: Value, cs: (Value, Value), heads: usize, d: usize, neox: bool) -> Result<Value, LlmError> {
+        let seq = TargetDim::Sym("seq".into());
+        let (h, dd) = (heads as i64, d as i64);
+        let (c, s) = cs;
+        let (x0, x1, axis) = if neox {
+            let r = self.g.add_op(Op::Split { axis: 2, sizes: vec![d as u64 / 2; 2] }, vec![x]);
+            let r = r.map_err(LlmError::Build)?;
+            (r[0], r[1], 2)
+        } else {
+            let xr = self.reshape(x, &[seq.clone(), t_int(h), t_int(dd / 2), t_int(2)])?;
+            let r = self.g.add_op(Op::Split { axis: 3, sizes: vec![1, 1] }, vec![xr]).map_err(LlmError::Build)?;
+            (r[0], r[1], 3)
+        };
+        let (c, s) = if neox {
+            (c, s)
+        } else {
+            let shape = [seq.clone(), t_int(1), t_int(dd / 2), t_int(1)];
+            (self.reshape(c, &shape)?, self.reshape(s, &shape)?)
+        };
+        let a = self.bin(BinaryOp::Mul, x0, c)?;
+        let b = self.bin(BinaryOp::Mul, x1, s)?;
+        let o0 = self.bin(BinaryOp::Sub, a, b)?;
+        let a = self.bin(BinaryOp::Mul, x0, s)?;
+        let b = self.bin(BinaryOp::Mul, x1, c)?;
+        let o1 = self.bin(BinaryOp::Add, a, b)?;
+        let o = self.op(Op::Concat { axis }, vec![o0, o1])?;
+        if neox {
+            Ok(o)
+        } else {
+            self.reshape(o, &[seq, t_int(h), t_int(dd)])
+        }
+    }
+
+    /// The token embedding `[seq, n_embd]` gathered from the quantized `[n_embd, vocab]`
+    /// constant's codes and scales: `codes[:, t] * scale[:, t]` per block.
+    fn embed(&mut self, emb: Value, tokens: Value, n_embd: usize) -> Result<Value, LlmError> {
+        let seq = TargetDim::Sym("seq".into());
+        let ty = self.g.ty(emb).clone();
+        let Some(q) = ty.quant.clone() else {
+            let rows = self.op(Op::Gather { axis: 1 }, vec![emb, tokens])?;
+            return self.transpose(rows, &[1, 0]);
+        };
+        let QuantGranularity::PerBlock { size, .. } = q.granularity else {
+            return Err(LlmError::Build("the embedding is not block-quantized".into()));
+        };
+        let nb = (n_embd as u64 / size) as i64;
+        let data = self.g.const_data(emb).cloned().ok_or_else(|| LlmError::Build("embedding without data".into()))?;
+        let codes = self.g.add_const(ty.plain(), data);
+        let c = self.op(Op::Gather { axis: 1 }, vec![codes, tokens])?;
+        let c = self.op(Op::Cast { to: DType::F32 }, vec![c])?;
+        let c = self.reshape(c, &[t_int(nb), t_int(size as i64), seq.clone()])?;
+        let s = self.op(Op::Gather { axis: 1 }, vec![q.scale, tokens])?;
+        let s = self.reshape(s, &[t_int(nb), t_int(1), seq.clone()])?;
+        let mut x = self.bin(BinaryOp::Mul, c, s)?;
+        if let Some(off) = q.offset {
+            let o = self.op(Op::Gather { axis: 1 }, vec![off, tokens])?;
+            let o = self.reshape(o, &[t_int(nb), t_int(1), seq.clone()])?;
+            x = self.bin(BinaryOp::Add, x, o)?;
+        }
+        let x = self.reshape(x, &[t_int(n_embd as i64), seq])?;
+        self.transpose(x, &[1, 0])
+    }
+
+    fn build(&mut self, cfg: &LlmConfig, logits: Logits) -> Result<Graph, LlmError> {
+        let (e, hd, h, kvh) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+        let gemma = cfg.arch == Arch::Gemma3;
+        let seq = TargetDim::Sym("seq".into());
+        let tokens = self.g.add_input("tokens", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
+        let pos = self.g.add_input("positions", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
+        let mask = cfg
+            .has_swa()
+            .then(|| self.g.add_input("mask_swa", TensorType::new(DType::F32, Shape(vec![sym("seq"), sym("kv")]))));
+        let cache_ty =
+            TensorType::new(DType::F32, Shape(vec![sym("past"), Dim::Static(kvh as u64), Dim::Static(hd as u64)]));
+        let caches: Vec<(Value, Value)> = (0..cfg.n_layer)
+            .map(|l| {
+                (
+                    self.g.add_input(&format!("cache.k.{l}"), cache_ty.clone()),
+                    self.g.add_input(&format!("cache.v.{l}"), cache_ty.clone()),
+                )
+            })
+            .collect();
+
+        let emb = self.matrix("token_embd.weight", cfg.vocab, e)?;
+        let mut x = self.embed(emb, tokens, e)?;
+        if gemma {
+            let s = self.f32s(&[], &[(e as f32).sqrt()]);
+            x = self.bin(BinaryOp::Mul, x, s)?;
+        }
+        let half = hd / 2;
+        let rope_global = self.rope_tables(pos, half, cfg.rope_base, cfg.rope_scale)?;
+        let rope_swa = match cfg.has_swa() {
+            true => Some(self.rope_tables(pos, half, cfg.rope_base_swa, 1.0)?),
+            false => None,
+        };
+        let group = h / kvh;
+        let mut new_kv = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            let name = |s: &str| format!("blk.{l}.{s}.weight");
+            let swa = cfg.swa_layers[l];
+            let hn = self.rms(x, &name("attn_norm"), e, cfg.rms_eps)?;
+            let wq = self.matrix(&name("attn_q"), h * hd, e)?;
+            let wk = self.matrix(&name("attn_k"), kvh * hd, e)?;
+            let wv = self.matrix(&name("attn_v"), kvh * hd, e)?;
+            let q = self.qmm(hn, wq)?;
+            let k = self.qmm(hn, wk)?;
+            let v = self.qmm(hn, wv)?;
+            let mut q = self.reshape(q, &[seq.clone(), t_int(h as i64), t_int(hd as i64)])?;
+            let mut k = self.reshape(k, &[seq.clone(), t_int(kvh as i64), t_int(hd as i64)])?;
+            let v = self.reshape(v, &[seq.clone(), t_int(kvh as i64), t_int(hd as i64)])?;
+            if gemma {
+                q = self.rms(q, &name("attn_q_norm"), hd, cfg.rms_eps)?;
+                k = self.rms(k, &name("attn_k_norm"), hd, cfg.rms_eps)?;
+            }
+            let tables = if swa { rope_swa.expect("swa tables") } else { rope_global };
+            let q = self.rope(q, tables, h, hd, gemma)?;
+            let k = self.rope(k, tables, kvh, hd, gemma)?;
+            new_kv.push((k, v));
+            // Keys and values of every position: [kv_heads, 1, kv, hd], shared by the group.
+            let (ck, cv) = caches[l];
+            let mut all = [ck, cv];
+            for (slot, new) in all.iter_mut().zip([k, v]) {
+                let c = self.op(Op::Concat { axis: 0 }, vec![*slot, new])?;
+                let c = self.reshape(c, &[t_int(-1), t_int(kvh as i64), t_int(hd as i64)])?;
+                let c = self.transpose(c, &[1, 0, 2])?;
+                *slot = self.op(Op::Unsqueeze { axes: vec![1] }, vec![c])?;
+            }
+            let q = self.reshape(q, &[seq.clone(), t_int(kvh as i64), t_int(group as i64), t_int(hd as i64)])?;
+            let q = self.transpose(q, &[1, 2, 0, 3])?;
+            let mut ins = vec![q, all[0], all[1]];
+            if swa {
+                ins.push(mask.expect("mask input"));
+            }
+            let a = self.op(Op::Attention { scale: cfg.attn_scale, causal: !swa }, ins)?;
+            let a = self.transpose(a, &[2, 0, 1, 3])?;
+            let a = self.reshape(a, &[seq.clone(), t_int((h * hd) as i64)])?;
+            let wo = self.matrix(&name("attn_output"), e, h * hd)?;
+            let mut o = self.qmm(a, wo)?;
+            if gemma {
+                o = self.rms(o, &name("post_attention_norm"), e, cfg.rms_eps)?;
+            }
+            x = self.bin(BinaryOp::Add, o, x)?;
+            let hn = self.rms(x, &name("ffn_norm"), e, cfg.rms_eps)?;
+            let wg = self.matrix(&name("ffn_gate"), cfg.n_ff, e)?;
+            let wu = self.matrix(&name("ffn_up"), cfg.n_ff, e)?;
+            let wd = self.matrix(&name("ffn_down"), e, cfg.n_ff)?;
+            let gt = self.qmm(hn, wg)?;
+            let up = self.qmm(hn, wu)?;
+            let act = self.un(if gemma { UnaryOp::GeluTanh } else { UnaryOp::Silu }, gt)?;
+            let f = self.bin(BinaryOp::Mul, act, up)?;
+            let mut d = self.qmm(f, wd)?;
+            if gemma {
+                d = self.rms(d, &name("post_ffw_norm"), e, cfg.rms_eps)?;
+            }
+            x = self.bin(BinaryOp::Add, d, x)?;
+        }
+        if logits == Logits::Last {
+            x = self.op(
+                Op::Slice { starts: vec![t_int(-1)], ends: vec![t_int(i64::MAX)], axes: vec![0], steps: vec![1] },
+                vec![x],
+            )?;
+        }
+        let x = self.rms(x, "output_norm.weight", e, cfg.rms_eps)?;
+        let out_w = match self.gguf.tensor("output.weight") {
+            Some(_) => self.matrix("output.weight", cfg.vocab, e)?,
+            None => emb,
+        };
+        let mut y = self.qmm(x, out_w)?;
+        if let Some(cap) = cfg.softcap {
+            let inv = self.f32s(&[], &[1.0 / cap]);
+            let c = self.f32s(&[], &[cap]);
+            y = self.bin(BinaryOp::Mul, y, inv)?;
+            y = self.un(UnaryOp::Tanh, y)?;
+            y = self.bin(BinaryOp::Mul, y, c)?;
+        }
+        self.g.add_output("logits", y);
+        for (l, (k, v)) in new_kv.into_iter().enumerate() {
+            self.g.add_output(&format!("k.{l}"), k);
+            self.g.add_output(&format!("v.{l}"), v);
+        }
+        Ok(std::mem::take(&mut self.g))
+    }
+}
+
+/// Codes packed as `dtype.rs` lays them out (i8: a byte each; i4/u4: two per byte, low nibble
+/// first; ternary: four per byte, 0b00 = 0, 0b01 = +1, 0b11 = -1).
+fn pack(dtype: DType, codes: &[i8]) -> Vec<u8> {
+    match dtype {
+        DType::I4 | DType::U4 => {
+            let mut out = vec![0u8; codes.len().div_ceil(2)];
+            for (i, &c) in codes.iter().enumerate() {
+                out[i / 2] |= ((c as u8) & 15) << (4 * (i % 2));
+            }
+            out
+        }
+        DType::Ternary => {
+            let mut out = vec![0u8; codes.len().div_ceil(4)];
+            for (i, &c) in codes.iter().enumerate() {
+                out[i / 4] |= ((c as u8) & 3) << (2 * (i % 4));
+            }
+            out
+        }
+        _ => codes.iter().map(|&c| c as u8).collect(),
+    }
+}
