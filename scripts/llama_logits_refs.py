@@ -5,7 +5,11 @@ compiler/tests/data/gemma3_logits.json (committed; a few hundred KB at most):
 - the prompt's token ids (with BOS);
 - at every prompt position: the argmax, the logit range (max - min over the whole vocabulary)
   and the top 32 (id, logit) pairs;
-- the first 32 greedy tokens after the prompt, with their text.
+- the first 32 greedy tokens after the prompt, with their text, and at each step (llama.cpp's
+  one-token decode) the logit range and top 32 pairs that chose the token: where two logits
+  are within a few hundredths, another engine's f32 arithmetic may rightly pick the other one
+  (llama.cpp's own batched prefill ranks the same candidates differently there), so the test
+  checks the decode teacher-forced on these tokens and reports the margins.
 
 llama.cpp runs with an f32 KV cache and without flash attention, so its attention is f32 like
 Tessera's; its matrix products still quantize activations to 8 bits (Q8_0/Q8_K), which is where
@@ -43,22 +47,21 @@ def main() -> None:
     )
     ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
     llm.eval(ids)
-    positions = []
-    for p in range(len(ids)):
-        row = np.array(llm.scores[p], dtype=np.float32)
+    def summary(row):
         top = np.argsort(-row, kind="stable")[:TOP]
-        positions.append(
-            {
-                "argmax": int(np.argmax(row)),
-                "range": float(row.max() - row.min()),
-                "top": [[int(i), float(row[i])] for i in top],
-            }
-        )
-    greedy = []
+        return {
+            "argmax": int(np.argmax(row)),
+            "range": float(row.max() - row.min()),
+            "top": [[int(i), float(row[i])] for i in top],
+        }
+
+    positions = [summary(np.array(llm.scores[p], dtype=np.float32)) for p in range(len(ids))]
+    greedy, steps = [], []
     for _ in range(GREEDY):
         row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
         t = int(np.argmax(row))
         greedy.append(t)
+        steps.append(summary(row))
         llm.eval([t])
     text = llm.detokenize(greedy).decode("utf-8", errors="replace")
     with open(out, "w") as f:
@@ -71,6 +74,7 @@ def main() -> None:
                 "ids": ids,
                 "positions": positions,
                 "greedy": greedy,
+                "steps": steps,
                 "greedy_text": text,
             },
             f,

@@ -57,6 +57,14 @@ enum Command {
     /// file) and prints each metadata entry, bytes and bits per weight per tensor type, and the
     /// tensors with their row-major shapes.
     Inspect(commands::inspect::InspectArgs),
+    /// Generate text with a GGUF decoder model (gemma3, llama), streamed to stdout.
+    ///
+    /// The model is lowered into Tessera IR (weights stay quantized) and JIT-compiled for this
+    /// CPU; the prompt runs as one prefill, then one token at a time through a KV cache sized by
+    /// `--context`. Greedy by default (`--temperature 0`); a temperature samples among the
+    /// `--top-k` / `--top-p` candidates with `--seed`. Load, compile, prefill and decode
+    /// figures go to stderr.
+    Generate(commands::generate::GenerateArgs),
     /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
     Demo,
 }
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
         Command::BenchKernels => commands::bench::kernels(),
         Command::Demo => commands::demo::run(),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Generate(args) => commands::generate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,9 +2,9 @@
 //! that serves prefill (many tokens) and decode (one token) alike.
 //!
 //! The graph (`seq` new tokens after `past` cached ones, `kv = past + seq`):
-//! - inputs: `tokens: i64[seq]`, `positions: i64[seq]`, for models with sliding-window layers
-//!   `mask_swa: f32[seq, kv]` (0 where a query may see a key, -inf elsewhere: causal and within
-//!   the window), then per layer `l` the cached keys and values `cache.k.l`, `cache.v.l`:
+//! - inputs: `tokens: i64[seq]`, `positions: i64[seq]`, `mask: f32[seq, kv]` (0 where a query
+//!   may see a key, -inf elsewhere: causal and within the sliding window; layers without a
+//!   window use the causal flag instead), then per layer `l` the cached keys and values `cache.k.l`, `cache.v.l`:
 //!   `f32[past, kv_heads, head_dim]` (position-major, so the first `past` rows of a cache
 //!   preallocated to the context length are one contiguous range);
 //! - outputs: `logits: f32[seq or 1, vocab]` (only the last position's with
@@ -231,6 +231,20 @@ impl Builder<'_> {
         Ok(r.remove(0))
     }
 
+    /// A node whose result type is declared where inference can only say `?` (a concat of
+    /// `past` and `seq` rows is `kv` rows; the last row of `seq` is one): the verifier accepts
+    /// a declared dim where it infers `?`, and the run checks it against the bound symbol.
+    fn op_typed(&mut self, op: Op, inputs: Vec<Value>, ty: TensorType) -> Result<Value, LlmError> {
+        let name = op.name();
+        let inferred = tessera_ir::infer::infer_types(&self.g, &op, &inputs, None)
+            .map_err(|e| LlmError::Build(format!("{name}: {e}")))?;
+        if inferred.len() != 1 || inferred[0].rank() != ty.rank() || inferred[0].dtype != ty.dtype {
+            return Err(LlmError::Build(format!("{name}: declared {ty}, inferred {:?}", inferred)));
+        }
+        let n = self.g.add_node(op, inputs, vec![ty]);
+        Ok(self.g.node(n).outputs[0])
+    }
+
     fn bin(&mut self, op: BinaryOp, a: Value, b: Value) -> Result<Value, LlmError> {
         self.op(Op::Binary(op), vec![a, b])
     }
@@ -431,9 +445,8 @@ impl Builder<'_> {
         let seq = TargetDim::Sym("seq".into());
         let tokens = self.g.add_input("tokens", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
         let pos = self.g.add_input("positions", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
-        let mask = cfg
-            .has_swa()
-            .then(|| self.g.add_input("mask_swa", TensorType::new(DType::F32, Shape(vec![sym("seq"), sym("kv")]))));
+        // Also binds `kv` for the key and value shapes, where a model has no window.
+        let mask = self.g.add_input("mask", TensorType::new(DType::F32, Shape(vec![sym("seq"), sym("kv")])));
         let cache_ty =
             TensorType::new(DType::F32, Shape(vec![sym("past"), Dim::Static(kvh as u64), Dim::Static(hd as u64)]));
         let caches: Vec<(Value, Value)> = (0..cfg.n_layer)
@@ -459,7 +472,7 @@ impl Builder<'_> {
         };
         let group = h / kvh;
         let mut new_kv = Vec::with_capacity(cfg.n_layer);
-        for l in 0..cfg.n_layer {
+        for (l, &(ck, cv)) in caches.iter().enumerate() {
             let name = |s: &str| format!("blk.{l}.{s}.weight");
             let swa = cfg.swa_layers[l];
             let hn = self.rms(x, &name("attn_norm"), e, cfg.rms_eps)?;
@@ -481,11 +494,13 @@ impl Builder<'_> {
             let k = self.rope(k, tables, kvh, hd, gemma)?;
             new_kv.push((k, v));
             // Keys and values of every position: [kv_heads, 1, kv, hd], shared by the group.
-            let (ck, cv) = caches[l];
             let mut all = [ck, cv];
             for (slot, new) in all.iter_mut().zip([k, v]) {
-                let c = self.op(Op::Concat { axis: 0 }, vec![*slot, new])?;
-                let c = self.reshape(c, &[t_int(-1), t_int(kvh as i64), t_int(hd as i64)])?;
+                let kv_ty = TensorType::new(
+                    DType::F32,
+                    Shape(vec![sym("kv"), Dim::Static(kvh as u64), Dim::Static(hd as u64)]),
+                );
+                let c = self.op_typed(Op::Concat { axis: 0 }, vec![*slot, new], kv_ty)?;
                 let c = self.transpose(c, &[1, 0, 2])?;
                 *slot = self.op(Op::Unsqueeze { axes: vec![1] }, vec![c])?;
             }
@@ -493,7 +508,7 @@ impl Builder<'_> {
             let q = self.transpose(q, &[1, 2, 0, 3])?;
             let mut ins = vec![q, all[0], all[1]];
             if swa {
-                ins.push(mask.expect("mask input"));
+                ins.push(mask);
             }
             let a = self.op(Op::Attention { scale: cfg.attn_scale, causal: !swa }, ins)?;
             let a = self.transpose(a, &[2, 0, 1, 3])?;
@@ -519,9 +534,10 @@ impl Builder<'_> {
             x = self.bin(BinaryOp::Add, d, x)?;
         }
         if logits == Logits::Last {
-            x = self.op(
+            x = self.op_typed(
                 Op::Slice { starts: vec![t_int(-1)], ends: vec![t_int(i64::MAX)], axes: vec![0], steps: vec![1] },
                 vec![x],
+                TensorType::with_static(DType::F32, &[1, e]),
             )?;
         }
         let x = self.rms(x, "output_norm.weight", e, cfg.rms_eps)?;

@@ -253,15 +253,24 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
         for &id in ids {
-            let Some(t) = self.token(id) else { continue };
-            if let Some(b) = self.bytes.iter().position(|x| *x == Some(id)) {
-                bytes.push(b as u8);
-            } else if Some(id) == self.bos || Some(id) == self.eos {
-                continue;
-            } else {
-                bytes.extend(t.replace('\u{2581}', " ").as_bytes());
-            }
+            self.piece_bytes(id, &mut bytes);
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Appends the bytes token `id` stands for (see [`Tokenizer::decode`]); a byte token may be
+    /// part of a multi-byte character, so a streaming caller prints only whole characters.
+    pub fn piece_bytes(&self, id: u32, out: &mut Vec<u8>) {
+        let Some(t) = self.token(id) else { return };
+        if let Some(b) = self.bytes.iter().position(|x| *x == Some(id)) {
+            out.push(b as u8);
+        } else if Some(id) != self.bos && Some(id) != self.eos {
+            out.extend(t.replace('\u{2581}', " ").as_bytes());
+        }
+    }
+
+    /// The id of a token given by its text (`<end_of_turn>`), if the vocabulary has it.
+    pub fn id(&self, token: &str) -> Option<u32> {
+        self.ids.get(token).copied()
     }
 }

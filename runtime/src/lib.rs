@@ -21,6 +21,7 @@
 //! the session's thread pool. Inputs are checked against the model's signature (names, dtypes,
 //! shapes with symbolic dims such as `sequence_length`) before any kernel runs.
 
+pub mod llm;
 pub mod vulkan;
 
 use std::path::Path;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod demo;
+pub mod generate;
 pub mod inspect;
 pub mod ir;
 pub mod run;
@@ -44,14 +45,11 @@ pub fn load_graph_with(path: &Path, options: &tessera_compiler::onnx::ImportOpti
         }
         Some("gguf") => {
             let g = tessera_compiler::gguf::Gguf::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            bail!(
-                "{}: a GGUF model of architecture {:?}; its lowering into Tessera IR is not built yet \
-                 (`tessera inspect` lists its metadata and tensors)",
-                path.display(),
-                g.architecture().unwrap_or("?")
-            )
+            let m = tessera_compiler::llm::lower(&g, tessera_compiler::llm::Logits::Last)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            return Ok(m.graph);
         }
-        _ => bail!("{}: unknown file type (expected .tir or .onnx)", path.display()),
+        _ => bail!("{}: unknown file type (expected .tir, .onnx or .gguf)", path.display()),
     }
     let g = parse_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     verify(&g).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())).context("the graph does not verify")?;

@@ -71,6 +71,16 @@ pub enum RunTarget {
     Gpu,
 }
 
+impl From<RunTarget> for tessera_runtime::Target {
+    fn from(t: RunTarget) -> Self {
+        match t {
+            RunTarget::Cpu => tessera_runtime::Target::Cpu,
+            RunTarget::Interp => tessera_runtime::Target::Interpreter,
+            RunTarget::Gpu => tessera_runtime::Target::Gpu,
+        }
+    }
+}
+
 /// The test-data folders to run: DIR itself, or its test_data_set_N children.
 fn data_sets(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     crate::must_exist(dir, "the inputs folder")?;
@@ -110,11 +120,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
     let g = super::load_graph_with(&args.file, &options)?;
     let mut sopts = tessera_runtime::SessionOptions { passes: args.passes.clone(), ..Default::default() };
-    sopts.target = match args.target {
-        RunTarget::Cpu => tessera_runtime::Target::Cpu,
-        RunTarget::Interp => tessera_runtime::Target::Interpreter,
-        RunTarget::Gpu => tessera_runtime::Target::Gpu,
-    };
+    sopts.target = args.target.into();
     if let Some(t) = args.threads {
         sopts.threads = t;
     }
