@@ -36,9 +36,14 @@ enum Command {
     /// The last line reads `N passed, M failed, K unsupported`; a test needing an op, opset or
     /// dtype Tessera lacks counts as unsupported, never as passed. Exit code 1 when any fails.
     Conformance(commands::conformance::ConformanceArgs),
-    /// Time a model on Tessera's CPU target against onnxruntime, in the same run.
+    /// Time a model on Tessera's CPU target against onnxruntime (.onnx) or llama.cpp (.gguf), in the same run.
     ///
-    /// Alternating rounds on the same deterministic inputs (batch 1, `--seq` tokens), for each
+    /// For a .gguf model: a `--seq`-token prompt (prefill) and `--gen` greedy tokens (decode) on
+    /// Tessera and llama.cpp (llama-cpp-python in .cache/venv) in alternating rounds; prints
+    /// tokens/s and ratios, the memory bandwidth measured here and the decode ceiling it sets,
+    /// startup and time to first token, and resident memory.
+    ///
+    /// For an .onnx model: alternating rounds on the same deterministic inputs (batch 1, `--seq` tokens), for each
     /// thread count; prints medians, the ratio tessera / onnxruntime, and startup times (import +
     /// passes + JIT compile against onnxruntime's session creation). Needs the Python
     /// environment scripts/fetch_models.sh makes (.cache/venv with onnxruntime).

@@ -13,21 +13,30 @@ use tessera_runtime::{Session, SessionOptions};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Peer {
+    /// onnxruntime (for .onnx models).
     Onnxruntime,
+    /// llama.cpp through llama-cpp-python (for .gguf models).
+    #[value(name = "llama.cpp", alias = "llama-cpp")]
+    LlamaCpp,
     /// No peer: Tessera alone.
     None,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// The model (.onnx).
+    /// The model: .onnx (against onnxruntime) or .gguf (against llama.cpp).
     pub model: PathBuf,
-    /// The engine to compare with, in the same run.
-    #[arg(long, value_enum, default_value_t = Peer::Onnxruntime)]
-    pub vs: Peer,
-    /// Sequence length for symbolic sequence dims (batch dims are 1).
+    /// The engine to compare with, in the same run [default: onnxruntime for .onnx, llama.cpp
+    /// for .gguf].
+    #[arg(long, value_enum)]
+    pub vs: Option<Peer>,
+    /// Sequence length for symbolic sequence dims (batch dims are 1); for a .gguf model, the
+    /// prompt's length in tokens (the prefill).
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
+    /// For a .gguf model: tokens generated greedily after the prompt (the decode).
+    #[arg(long, default_value_t = 32)]
+    pub gen: usize,
     /// Thread counts to measure, comma-separated.
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
     pub threads: Vec<usize>,
@@ -55,7 +64,7 @@ pub struct BenchArgs {
     pub match_onnxruntime: bool,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return f64::NAN;
@@ -211,8 +220,19 @@ fn profile(session: &Session, inputs: &[Tensor], runs: usize) -> anyhow::Result<
     Ok(s)
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
     crate::must_exist(&args.model, "the model file")?;
+    let gguf = args.model.extension().is_some_and(|e| e == "gguf");
+    let peer = args.vs.unwrap_or(if gguf { Peer::LlamaCpp } else { Peer::Onnxruntime });
+    args.vs = Some(peer);
+    match (gguf, peer) {
+        (true, Peer::Onnxruntime) => {
+            bail!("a .gguf model is compared with llama.cpp (--vs llama.cpp) or nothing (--vs none)")
+        }
+        (false, Peer::LlamaCpp) => bail!("llama.cpp runs .gguf models; compare an .onnx model with onnxruntime"),
+        (true, _) => return super::bench_llm::run(&args),
+        _ => {}
+    }
     let python = args.python.clone().unwrap_or_else(|| PathBuf::from(".cache/venv/bin/python"));
     let dir = tempfile::tempdir()?;
     println!(
@@ -277,9 +297,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(median(&mut t))
         };
-        let mut ort = match args.vs {
+        let mut ort = match peer {
             Peer::Onnxruntime => Some(Ort::start(&python, &args.model, dir.path(), threads)?),
-            Peer::None => None,
+            _ => None,
         };
         if startup.is_none() {
             let st = &session.startup;
