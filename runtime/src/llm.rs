@@ -261,9 +261,13 @@ impl Llm {
         2 * self.config.n_layer * self.cache.capacity * self.cache.row * 4
     }
 
-    /// Runs `tokens` after the cached ones, appends their keys and values to the cache, and
-    /// returns the logits of the last one.
-    pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, LlmRunError> {
+    /// The compiled session (for profiling its kernels with [`Llm::inputs_for`]).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The graph's inputs for running `tokens` after the cached ones (checked: context, vocabulary).
+    pub fn inputs_for(&self, tokens: &[u32]) -> Result<Vec<Tensor>, LlmRunError> {
         let (n, past) = (tokens.len(), self.cache.len);
         if n == 0 {
             return Err(LlmRunError::EmptyPrompt);
@@ -283,28 +287,34 @@ impl Llm {
             Tensor::from_i64(DType::I64, &[n], tokens.iter().map(|&t| t as i64).collect()).expect("sizes agree"),
             Tensor::from_i64(DType::I64, &[n], (past..past + n).map(|p| p as i64).collect()).expect("sizes agree"),
         ];
-        {
-            // Query i (position past + i) sees key j when j <= past + i and past + i - j < window.
-            let kv = past + n;
-            let w = if self.config.has_swa() { self.config.window } else { usize::MAX };
-            let mask = (0..n * kv)
-                .map(|e| {
-                    let (p, j) = (past + e / kv, e % kv);
-                    if j <= p && p - j < w {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-                .collect();
-            inputs.push(tensor(DType::F32, &[n, kv], mask));
-        }
+        // Query i (position past + i) sees key j when j <= past + i and past + i - j < window.
+        let kv = past + n;
+        let w = if self.config.has_swa() { self.config.window } else { usize::MAX };
+        let mask = (0..n * kv)
+            .map(|e| {
+                let (p, j) = (past + e / kv, e % kv);
+                if j <= p && p - j < w {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        inputs.push(tensor(DType::F32, &[n, kv], mask));
         let (kvh, hd) = (self.config.n_head_kv, self.config.head_dim);
         for l in 0..self.config.n_layer {
             for c in [&self.cache.k[l], &self.cache.v[l]] {
                 inputs.push(tensor(DType::F32, &[past, kvh, hd], c[..past * self.cache.row].to_vec()));
             }
         }
+        Ok(inputs)
+    }
+
+    /// Runs `tokens` after the cached ones, appends their keys and values to the cache, and
+    /// returns the logits of the last one.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, LlmRunError> {
+        let (n, past) = (tokens.len(), self.cache.len);
+        let inputs = self.inputs_for(tokens)?;
         let out = self.session.run(&inputs)?;
         let row = self.cache.row;
         for l in 0..self.config.n_layer {

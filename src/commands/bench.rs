@@ -178,7 +178,7 @@ impl Drop for Ort {
 }
 
 /// Median time of each step over `runs` profiled runs, summed by kernel kind, then the slowest steps.
-fn profile(session: &Session, inputs: &[Tensor], runs: usize) -> anyhow::Result<String> {
+pub(super) fn profile(session: &Session, inputs: &[Tensor], runs: usize) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let p = session.cpu_program().context("profiling needs the CPU target")?;
     let names = p.step_names();

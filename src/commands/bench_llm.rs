@@ -224,6 +224,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             if rss <= budget { "" } else { " (over)" }
         );
     }
+    if args.profile {
+        // One decode step after the prompt, profiled kernel by kernel.
+        llm.reset();
+        llm.eval(&ids).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let inputs = llm.inputs_for(&[tess_first]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = super::bench::profile(llm.session(), &inputs, 5)?;
+        println!("\ndecode step at position {n_prompt}, by kernel:\n{text}");
+    }
     if let Some(lf) = llama_first {
         println!(
             "first generated token: tessera {tess_first}, llama.cpp {lf}{}",

@@ -1,11 +1,15 @@
-//! Products with 4-bit weights (`qmatmul` on an i4/u4 constant quantized per tensor, per column
-//! or in blocks along K) that stay 4-bit in memory, over panel pairs and blocked along K.
+//! Products with 4- and 8-bit weights (`qmatmul` on an i4/u4/i8/u8/ternary constant
+//! quantized per tensor, per column or in blocks along K, with or without zero points and
+//! offsets) that stay narrow in memory, over panel pairs and blocked along K.
 //!
-//! At compile time the nibbles are regrouped, not widened: panels of 8 columns, one u32 per `k`
-//! holding the panel's 8 nibbles (`[ceil(N/8)][K]` u32, i4 stored with its sign bit flipped so
-//! every nibble reads as unsigned), and per panel and block of K the 8 scales and 8 offsets
-//! (zero point, +8 for i4) as f32 (`[ceil(N/8)][ceil(K/bs)][16]`): MiniLM's q4 weights are
-//! 2.7 MB this way instead of 21 MB of f32 panels.
+//! At compile time the codes are regrouped, not widened: panels of 8 columns, per `k` one u32
+//! holding the panel's 8 nibbles (4-bit; i4 stored with its sign bit flipped so every nibble
+//! reads as unsigned, the flip added to the zero point) or 8 signed bytes (8-bit; u8 stored as
+//! `q - 128`, likewise; ternary as -1, 0, 1), and per panel and block of K the parameter lanes
+//! as f32: 8 scales, then 8 zero points when any is non-zero, then 8 offsets when the type has
+//! them (`[ceil(N/8)][ceil(K/bs)][lanes][8]`). MiniLM's q4 weights are 2.7 MB this way instead
+//! of 21 MB of f32 panels; gemma-3-270m's Q8_0/Q5_0/Q6_K weights a byte and an eighth (a
+//! quarter for Q6_K's blocks of 16) per weight instead of four.
 //!
 //! A kernel call takes a range of panel pairs (16 columns; the threads split the columns, so no
 //! weight is unpacked twice), and for each pair walks K in blocks of `kc` rows ([`k_block`]):
@@ -15,9 +19,9 @@
 //! epilogue reads the accumulators and stores the result. Each weight is unpacked once per call
 //! and used by every row: unpacking inside the FMA loop itself would redo it for every block of
 //! 6 rows on the ports the FMAs need. The unpacking is a `std::arch` routine
-//! ([`ukernel::Q4Unpack`]) or, with the tiles switched off, Cranelift code doing the same
-//! arithmetic 4 lanes at a time; both give each weight as `(q - zero) as f32 * scale`, exactly
-//! the interpreter's value.
+//! ([`ukernel::QUnpack`]) or, with the tiles switched off, Cranelift code doing the same
+//! arithmetic 4 lanes at a time; both give each weight as `(q - zero) as f32 * scale (+
+//! offset)`, exactly the interpreter's value.
 
 use std::sync::Arc;
 
@@ -31,11 +35,15 @@ use crate::{ukernel, CpuError};
 
 /// A constant weight laid out for the kernel (see the module docs).
 pub(crate) struct Pack {
-    nib: Vec<u8>,
+    codes: Vec<u8>,
     par: Vec<u8>,
     k: usize,
     n: usize,
     bs: usize,
+    /// 4 or 8.
+    bits: usize,
+    zero: bool,
+    offset: bool,
 }
 
 /// Rows of K multiplied at a time: a divisor of K that keeps a panel pair's block (`kc * 64`
@@ -48,44 +56,63 @@ fn k_block(k: usize, bs: usize) -> usize {
     (64..=256).rev().find(|kc| k.is_multiple_of(*kc) && (bs >= k || kc.is_multiple_of(bs))).unwrap_or(k)
 }
 
-/// The weight `v` (`K x N`, not transposed) regrouped, or None when it is not a 4-bit
+/// The weight `v` (`K x N`, not transposed) regrouped, or None when it is not a 4- or 8-bit
 /// [`QuantWeight`].
-pub(crate) fn pack_q4(g: &Graph, v: tessera_ir::Value) -> Option<Pack> {
+pub(crate) fn pack(g: &Graph, v: tessera_ir::Value) -> Option<Pack> {
     use rayon::prelude::*;
     let w = QuantWeight::of(g, v)?;
-    if !matches!(w.dtype, DType::I4 | DType::U4) || w.rows == 0 || w.cols == 0 {
+    let (bits, shift): (usize, i64) = match w.dtype {
+        DType::U4 => (4, 0),
+        DType::I4 => (4, 8),
+        DType::I8 | DType::Ternary => (8, 0),
+        DType::U8 => (8, -128),
+        _ => return None,
+    };
+    if w.rows == 0 || w.cols == 0 {
         return None;
     }
     let (k, n, bs) = (w.rows, w.cols, w.block_rows);
     let nb = k.div_ceil(bs);
     let panels = n.div_ceil(8);
-    let flip: u8 = if w.dtype == DType::I4 { 8 } else { 0 };
-    let mut nib = vec![0u8; panels * k * 4];
-    nib.par_chunks_mut(k * 4).enumerate().for_each(|(p, panel)| {
+    // Bytes per k per panel: 8 nibbles are 4, 8 bytes are 8.
+    let word = bits;
+    let mut codes = vec![0u8; panels * k * word];
+    codes.par_chunks_mut(k * word).enumerate().for_each(|(p, panel)| {
         for kk in 0..k {
-            let mut word = 0u32;
+            let row = &mut panel[kk * word..(kk + 1) * word];
             for j in 0..8.min(n - p * 8) {
-                let i = kk * n + p * 8 + j;
-                let q = ((w.raw[i / 2] >> ((i % 2) * 4)) & 15) ^ flip;
-                word |= u32::from(q) << (4 * j);
+                let q = w.code(kk * n + p * 8 + j) + shift;
+                if bits == 4 {
+                    row[j / 2] |= ((q as u8) & 15) << (4 * (j % 2));
+                } else {
+                    row[j] = q as i8 as u8;
+                }
             }
-            panel[kk * 4..kk * 4 + 4].copy_from_slice(&word.to_le_bytes());
         }
     });
+    let zero = shift != 0 || w.zero.iter().any(|&z| z != 0);
+    let offset = w.offset.is_some();
+    let lanes = 1 + zero as usize + offset as usize;
     // Padding columns get scale 0: their (unstored) results stay finite.
-    let mut par = vec![0u8; panels * nb * 16 * 4];
+    let mut par = vec![0u8; panels * nb * lanes * 32];
     for p in 0..panels {
         for b in 0..nb {
             for j in 0..8.min(n - p * 8) {
                 let at = (w.at)(b * bs, p * 8 + j);
-                let o = ((p * nb + b) * 16 + j) * 4;
+                let o = ((p * nb + b) * lanes * 8 + j) * 4;
                 par[o..o + 4].copy_from_slice(&w.scale[at].to_le_bytes());
-                let off = (w.zero[at] + i64::from(flip)) as f32;
-                par[o + 32..o + 36].copy_from_slice(&off.to_le_bytes());
+                if zero {
+                    let z = (w.zero[at] + shift) as f32;
+                    par[o + 32..o + 36].copy_from_slice(&z.to_le_bytes());
+                }
+                if let Some(off) = &w.offset {
+                    let e = o + (lanes - 1) * 32;
+                    par[e..e + 4].copy_from_slice(&off[at].to_le_bytes());
+                }
             }
         }
     }
-    Some(Pack { nib, par, k, n, bs })
+    Some(Pack { codes, par, k, n, bs, bits, zero, offset })
 }
 
 /// The kernel for a product whose weight (operand `b_buf` of `bufs`) is `pack`: the packed
@@ -102,8 +129,8 @@ pub(crate) fn lower<'g>(
     name: &str,
     owned: &mut Build,
 ) -> Lowered<'g> {
-    let Pack { nib, par, k, n, bs } = pack;
-    bufs[b_buf] = BufRef::Owned(owned.push(nib));
+    let Pack { codes, par, k, n, bs, bits, zero, offset } = pack;
+    bufs[b_buf] = BufRef::Owned(owned.push(codes));
     bufs.push(BufRef::Owned(owned.push(par)));
     let par_buf = bufs.len() - 1;
     let scratch_buf = bufs.len();
@@ -112,7 +139,7 @@ pub(crate) fn lower<'g>(
     let kc = k_block(k, bs);
     let cfg = Cfg {
         a_buf,
-        nib_buf: b_buf,
+        codes_buf: b_buf,
         par_buf,
         out_buf,
         scratch_buf,
@@ -121,8 +148,11 @@ pub(crate) fn lower<'g>(
         bs: bs as i64,
         kc: kc as i64,
         mode,
+        bits: bits as i64,
+        zero,
+        offset,
     };
-    let suffix = if ukernel::q4_unpack(mode).is_some() { "q4_ukernel" } else { "q4" };
+    let suffix = format!("q{bits}{}", if ukernel::q_unpack(mode).is_some() { "_ukernel" } else { "" });
     let scratch_rows = rows_dims.clone();
     let mut lw = Lowered::new(format!("{name}_{suffix}"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
     lw.par = Some((vec![Dim::Static(units)], 1));
@@ -136,7 +166,7 @@ pub(crate) fn lower<'g>(
 
 struct Cfg {
     a_buf: usize,
-    nib_buf: usize,
+    codes_buf: usize,
     par_buf: usize,
     out_buf: usize,
     scratch_buf: usize,
@@ -146,12 +176,27 @@ struct Cfg {
     /// K per block ([`k_block`]).
     kc: i64,
     mode: crate::Ukernels,
+    /// Code width (4 or 8) and which parameter lanes follow the scales.
+    bits: i64,
+    zero: bool,
+    offset: bool,
+}
+
+impl Cfg {
+    fn lanes(&self) -> i64 {
+        1 + self.zero as i64 + self.offset as i64
+    }
+
+    /// `form` for [`ukernel::QUnpack`].
+    fn form(&self) -> i64 {
+        self.bits | if self.zero { ukernel::ZERO } else { 0 } | if self.offset { ukernel::OFFSET } else { 0 }
+    }
 }
 
 fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(), CpuError> {
     let (k, n, kc) = (cfg.k, cfg.n, cfg.kc);
     let a = fx.buf(cfg.a_buf);
-    let nib = fx.buf(cfg.nib_buf);
+    let codes = fx.buf(cfg.codes_buf);
     let par = fx.buf(cfg.par_buf);
     let out = fx.buf(cfg.out_buf);
     let scratch = fx.buf(cfg.scratch_buf);
@@ -172,7 +217,7 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
     // accumulators (or set them, for the first block).
     let block = |fx: &mut Fx, p: Value, np: usize, kb: Value, first: bool| -> Result<(), CpuError> {
         let k0 = fx.imul_imm(kb, kc);
-        unpack.emit(fx, np, p, kb, nib, par, scratch, cfg)?;
+        unpack.emit(fx, np, p, kb, codes, par, scratch, cfg)?;
         fx.for_row_blocks(zero, rows, tiles.rows(), |fx, m0, mr| {
             let at = fx.imul_imm(m0, k);
             let at = fx.b.ins().iadd(at, k0);
@@ -219,13 +264,13 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
 /// Unpacks panels into the scratch: the `std::arch` routine, or Cranelift code.
 struct Unpack {
     host: Option<usize>,
-    /// Cranelift's form: lane masks `0xF << 4i` and their inverse scales `16^-i`.
+    /// Cranelift's 4-bit form: lane masks `0xF << 4i` and their inverse scales `16^-i`.
     lanes: Option<(Value, Value)>,
 }
 
 impl Unpack {
     fn new(fx: &mut Fx, mode: crate::Ukernels) -> Unpack {
-        if let Some(f) = ukernel::q4_unpack(mode) {
+        if let Some(f) = ukernel::q_unpack(mode) {
             return Unpack { host: Some(f as usize), lanes: None };
         }
         let m0 = fx.b.ins().iconst(types::I32, 0xF);
@@ -248,31 +293,38 @@ impl Unpack {
         np: usize,
         p: Value,
         kb: Value,
-        nib: Value,
+        codes: Value,
         par: Value,
         out: Value,
         cfg: &Cfg,
     ) -> Result<(), CpuError> {
         let (k, kc) = (cfg.k, cfg.kc);
+        // Bytes per row of a panel (8 nibbles or 8 bytes), floats per parameter block.
+        let (word, blk) = (cfg.bits, cfg.lanes() * 8);
         // Parameter blocks per panel, and the rows sharing one within this K block.
         let nb = (k + cfg.bs - 1) / cfg.bs;
         let bs = cfg.bs.min(kc);
-        let noff = fx.imul_imm(p, k * 4);
-        let nibp = fx.b.ins().iadd(nib, noff);
+        let noff = fx.imul_imm(p, k * word);
+        let cp = fx.b.ins().iadd(codes, noff);
         let k0 = fx.imul_imm(kb, kc);
-        let nibp = fx.addr(nibp, k0, 4);
-        let poff = fx.imul_imm(p, nb * 64);
+        let cp = fx.addr(cp, k0, word);
+        let poff = fx.imul_imm(p, nb * blk * 4);
         let parp = fx.b.ins().iadd(par, poff);
         let parp = if cfg.bs < k {
             // K blocks are whole parameter blocks (`k_block`).
             let b0 = fx.imul_imm(kb, kc / cfg.bs);
-            fx.addr(parp, b0, 64)
+            fx.addr(parp, b0, blk * 4)
         } else {
             parp
         };
         if let Some(f) = self.host {
-            let args = [kc, bs, np as i64, k, nb * 16].map(|v| fx.iconst(v));
-            fx.call_host(f, &[types::I64; 8], None, &[args[0], args[1], args[2], nibp, args[3], parp, args[4], out]);
+            let args = [kc, bs, np as i64, k * word, nb * blk, cfg.form()].map(|v| fx.iconst(v));
+            fx.call_host(
+                f,
+                &[types::I64; 9],
+                None,
+                &[args[0], args[1], args[2], cp, args[3], parp, args[4], out, args[5]],
+            );
             return Ok(());
         }
         let (masks, pows) = self.lanes.expect("Cranelift unpacking");
@@ -280,25 +332,43 @@ impl Unpack {
             let nbv = fx.iconst((kc + bs - 1) / bs);
             let kcv = fx.iconst(kc);
             fx.for_n(nbv, |fx, b| {
-                let pa = fx.addr(parp, b, 64);
-                let ld = |fx: &mut Fx, o: i64| fx.b.ins().load(F4, mem(), pa, (q * nb * 64 + o) as i32);
+                let pa = fx.addr(parp, b, blk * 4);
+                let ld = |fx: &mut Fx, o: i64| fx.b.ins().load(F4, mem(), pa, (q * nb * blk * 4 + o) as i32);
                 let sc = [ld(fx, 0), ld(fx, 16)];
-                let of = [ld(fx, 32), ld(fx, 48)];
+                let zr = if cfg.zero { Some([ld(fx, 32), ld(fx, 48)]) } else { None };
+                let last = (cfg.lanes() - 1) * 32;
+                let of = if cfg.offset { Some([ld(fx, last), ld(fx, last + 16)]) } else { None };
                 let kk0 = fx.imul_imm(b, bs);
                 let kk1 = fx.iadd_imm(kk0, bs);
                 let kk1 = fx.b.ins().smin(kk1, kcv);
                 fx.for_range(kk0, kk1, 1, false, |fx, kk| {
-                    let wa = fx.addr(nibp, kk, 4);
-                    let word = fx.b.ins().load(types::I32, mem(), wa, (q * k * 4) as i32);
+                    let wa = fx.addr(cp, kk, word);
                     let oa = fx.addr(out, kk, 32);
-                    for (h, (s, o)) in sc.iter().zip(&of).enumerate() {
-                        let wh = if h == 0 { word } else { fx.b.ins().ushr_imm_u(word, 16) };
-                        let v = fx.b.ins().splat(types::I32X4, wh);
-                        let u = fx.b.ins().band(v, masks);
-                        let u = fx.b.ins().fcvt_from_sint(F4, u);
-                        let u = fx.b.ins().fmul(u, pows);
-                        let d = fx.b.ins().fsub(u, *o);
-                        let w = fx.b.ins().fmul(d, *s);
+                    // The row's codes as two i32x4 (lanes 0-3, 4-7).
+                    let u = if cfg.bits == 4 {
+                        let word = fx.b.ins().load(types::I32, mem(), wa, (q * k * 4) as i32);
+                        let hi = fx.b.ins().ushr_imm_u(word, 16);
+                        [word, hi].map(|w| {
+                            let v = fx.b.ins().splat(types::I32X4, w);
+                            let u = fx.b.ins().band(v, masks);
+                            let u = fx.b.ins().fcvt_from_sint(F4, u);
+                            fx.b.ins().fmul(u, pows)
+                        })
+                    } else {
+                        let h = fx.b.ins().sload8x8(mem(), wa, (q * k * 8) as i32);
+                        let lo = fx.b.ins().swiden_low(h);
+                        let hi = fx.b.ins().swiden_high(h);
+                        [lo, hi].map(|v| fx.b.ins().fcvt_from_sint(F4, v))
+                    };
+                    for (h, u) in u.into_iter().enumerate() {
+                        let d = match zr {
+                            Some(z) => fx.b.ins().fsub(u, z[h]),
+                            None => u,
+                        };
+                        let mut w = fx.b.ins().fmul(d, sc[h]);
+                        if let Some(o) = of {
+                            w = fx.b.ins().fadd(w, o[h]);
+                        }
                         fx.b.ins().store(mem(), w, oa, (q * kc * 32) as i32 + h as i32 * 16);
                     }
                     Ok(())

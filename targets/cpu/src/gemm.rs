@@ -345,7 +345,7 @@ fn lower_mm<'g>(
     let b_const = matches!(g.value(b_v).def, ValueDef::Const(_));
     if b_const && b_dims.len() == 2 && !prod.trans_a && a_dims.len() >= 2 {
         if !prod.trans_b {
-            if let Some(pack) = crate::blocked::pack_q4(g, b_v) {
+            if let Some(pack) = crate::blocked::pack(g, b_v) {
                 let rows_dims = out_dims[..out_dims.len() - 1].to_vec();
                 return Ok(crate::blocked::lower(pack, epi, bufs, prod.a, prod.b, out_buf, rows_dims, &name, owned));
             }
@@ -907,10 +907,11 @@ impl General {
     }
 }
 
-/// A 2-D quantized constant weight read straight from its stored bytes: 8/4-bit integers with a
-/// per-tensor, per-column (axis 1) or per-block-along-rows (axis 0) f32 scale and optional zero
-/// point. Element `(r, c)` is `(code(r * cols + c) - zero[at(r, c)]) as f32 * scale[at(r, c)]`,
-/// as the interpreter computes it; rows `block_rows` apart share their parameters.
+/// A 2-D quantized constant weight read straight from its stored bytes: 8/4-bit or ternary
+/// integers with a per-tensor, per-column (axis 1) or per-block-along-rows (axis 0) f32 scale,
+/// optional zero point and optional offset. Element `(r, c)` is `(code(r * cols + c) -
+/// zero[at(r, c)]) as f32 * scale[at(r, c)] (+ offset[at(r, c)])`, as the interpreter computes
+/// it; rows `block_rows` apart share their parameters.
 /// The index of element `(r, c)`'s scale and zero point.
 pub(crate) type ParamIndex = Box<dyn Fn(usize, usize) -> usize + Sync>;
 
@@ -923,6 +924,7 @@ pub(crate) struct QuantWeight<'a> {
     pub at: ParamIndex,
     pub scale: Vec<f32>,
     pub zero: Vec<i64>,
+    pub offset: Option<Vec<f32>>,
 }
 
 impl<'a> QuantWeight<'a> {
@@ -934,7 +936,7 @@ impl<'a> QuantWeight<'a> {
         let &[rows, cols] = dims.as_slice() else { return None };
         let raw = g.const_data(v)?.bytes()?;
         let q = t.quant.as_deref()?;
-        if q.offset.is_some() || !matches!(t.dtype, DType::I4 | DType::U4 | DType::I8 | DType::U8) {
+        if !matches!(t.dtype, DType::I4 | DType::U4 | DType::I8 | DType::U8 | DType::Ternary) {
             return None;
         }
         if raw.len() != t.dtype.storage_bytes(rows * cols) {
@@ -954,7 +956,18 @@ impl<'a> QuantWeight<'a> {
         if st.dtype != DType::F32 || sb.len() != groups * 4 {
             return None;
         }
-        let scale = sb.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let floats = |b: &[u8]| b.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let scale = floats(sb);
+        let offset = match q.offset {
+            None => None,
+            Some(o) => {
+                let (ot, ob) = (g.ty(o), g.const_data(o)?.bytes()?);
+                if ot.dtype != DType::F32 || ob.len() != groups * 4 {
+                    return None;
+                }
+                Some(floats(ob))
+            }
+        };
         let zero = match q.zero_point {
             None => vec![0; groups],
             Some(z) => {
@@ -966,7 +979,7 @@ impl<'a> QuantWeight<'a> {
                 (0..groups).map(|i| code(zb, zt.dtype, i)).collect()
             }
         };
-        Some(QuantWeight { raw, dtype: t.dtype, rows, cols, block_rows, at, scale, zero })
+        Some(QuantWeight { raw, dtype: t.dtype, rows, cols, block_rows, at, scale, zero, offset })
     }
 
     /// The stored integer of element `i` (row-major).
@@ -975,9 +988,11 @@ impl<'a> QuantWeight<'a> {
     }
 }
 
-/// Element `i` of packed 8- or 4-bit integers (4-bit: low nibble first).
+/// Element `i` of packed 8-bit, 4-bit (low nibble first) or ternary integers.
 fn code(bytes: &[u8], dt: DType, i: usize) -> i64 {
     match dt {
+        // 2-bit two's complement: 0b00 = 0, 0b01 = +1, 0b11 = -1.
+        DType::Ternary => ((((bytes[i / 4] >> ((i % 4) * 2)) & 3) << 6) as i8 >> 6) as i64,
         DType::I8 => bytes[i] as i8 as i64,
         DType::U8 => bytes[i] as i64,
         DType::I4 => ((((bytes[i / 2] >> ((i % 2) * 4)) & 15) << 4) as i8 >> 4) as i64,
@@ -1008,6 +1023,9 @@ fn dequantize_fast(g: &tessera_ir::Graph, v: tessera_ir::Value) -> Option<(Vec<f
         for (c, o) in row.iter_mut().enumerate() {
             let j = (w.at)(r, c);
             *o = (w.code(r * cols + c) - w.zero[j]) as f32 * w.scale[j];
+            if let Some(off) = &w.offset {
+                *o += off[j];
+            }
         }
     });
     Some((out, rows, cols))

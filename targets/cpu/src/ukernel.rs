@@ -77,20 +77,29 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
 }
 
 /// Unpacks 4-bit weight panels into f32 panels for [`F32Tile`]: for panel `p < np` and `kk < k`,
-/// `out[p * k * 8 + kk * 8 + j] = (u - off) * scale` where `u` is nibble `j` (bits `4j..4j+4`)
-/// of the u32 at `nib + p * ldn + kk` and `scale`, `off` are the 8 floats at `par + p * ldp +
-/// (kk / bs) * 16` and the 8 floats after: the layout of [`crate::blocked`] (`nib` and `par`
-/// point at the first `k` of a block of `bs`). `u - off` is an exact small integer, so each
-/// weight has one rounding, as in the interpreter. Arguments: `k`, `bs`, `np`, `nib`, `ldn`
-/// (u32), `par`, `ldp` (floats), `out`.
-pub type Q4Unpack = unsafe extern "C" fn(i64, i64, i64, *const u32, i64, *const f32, i64, *mut f32);
+/// `out[p * k * 8 + kk * 8 + j] = (u - zero) * scale (+ offset)` where `u` is code `j` of row
+/// `kk` of panel `p` and `scale`, `zero`, `offset` are lane `j` of the parameter block of `kk`:
+/// the layout of [`crate::blocked`]. Codes: 4-bit (`bits = 4`: nibble `j` of the u32 at `codes
+/// + p * ldc + kk * 4`, unsigned) or 8-bit (`bits = 8`: byte `j` of the 8 at `codes + p * ldc +
+/// kk * 8`, signed). Parameters: per block of `bs` rows, `lanes` groups of 8 floats at `par + p
+/// * ldp + (kk / bs) * lanes * 8`: the scales, then the zero points (`form & ZERO`), then the
+/// offsets (`form & OFFSET`); a missing zero point is 0 and a missing offset is not added.
+/// `u - zero` is an exact small integer, so each weight is rounded as the interpreter rounds it.
+/// Arguments: `k`, `bs`, `np`, `codes`, `ldc` (bytes), `par`, `ldp` (floats), `out`, `form`
+/// (`bits | ZERO | OFFSET`).
+pub type QUnpack = unsafe extern "C" fn(i64, i64, i64, *const u8, i64, *const f32, i64, *mut f32, i64);
 
-/// The 4-bit unpacking routine, if this host has one and `mode` allows it.
-pub fn q4_unpack(mode: Ukernels) -> Option<Q4Unpack> {
+/// `form` bit: the parameter blocks hold zero points.
+pub const ZERO: i64 = 0x100;
+/// `form` bit: the parameter blocks hold offsets.
+pub const OFFSET: i64 = 0x200;
+
+/// The unpacking routine, if this host has one and `mode` allows it.
+pub fn q_unpack(mode: Ukernels) -> Option<QUnpack> {
     if mode == Ukernels::Off {
         return None;
     }
-    imp::q4_unpack()
+    imp::q_unpack()
 }
 
 /// The addresses of a tile family for the two shapes packed kernels call, `[rows mr | 1][panels
@@ -111,48 +120,59 @@ pub fn describe(mode: Ukernels) -> Option<&'static str> {
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{F32Tile, I16Tile, Q4Unpack, SatTile};
+    use super::{F32Tile, I16Tile, QUnpack, SatTile};
     use std::arch::x86_64::*;
 
-    pub fn q4_unpack() -> Option<Q4Unpack> {
+    pub fn q_unpack() -> Option<QUnpack> {
         if !is_x86_feature_detected!("avx2") {
             return None;
         }
-        Some(q4)
+        Some(unpack)
     }
 
     /// # Safety
-    /// `nib` holds `np` panels of `k` u32 (any alignment) `ldn` apart, `par` holds `np` panels of
-    /// `ceil(k / bs) * 16` floats `ldp` apart, `out` holds `np * k * 8` floats, and the CPU has
-    /// AVX2 (checked by [`q4_unpack`]).
+    /// `codes` holds `np` panels of `k * bits` bytes `ldc` apart, `par` holds `np` panels of
+    /// `ceil(k / bs) * lanes * 8` floats `ldp` apart (`lanes` = 1 + zero + offset), `out` holds
+    /// `np * k * 8` floats, and the CPU has AVX2 (checked by [`q_unpack`]).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
-    unsafe extern "C" fn q4(
+    unsafe extern "C" fn unpack(
         k: i64,
         bs: i64,
         np: i64,
-        nib: *const u32,
-        ldn: i64,
+        codes: *const u8,
+        ldc: i64,
         par: *const f32,
         ldp: i64,
         out: *mut f32,
+        form: i64,
     ) {
         let (k, bs, np) = (k.max(0) as usize, bs.max(1) as usize, np.max(0) as usize);
-        let (ldn, ldp) = (ldn as usize, ldp as usize);
+        let (ldc, ldp) = (ldc as usize, ldp as usize);
+        let (zero, offset) = (form & super::ZERO != 0, form & super::OFFSET != 0);
+        let lanes = 1 + zero as usize + offset as usize;
         let nb = k.div_ceil(bs);
         let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
         let mask = _mm256_set1_epi32(15);
         // SAFETY (whole body): the caller's contract above bounds every offset.
         unsafe {
             for p in 0..np {
-                let (nibp, parp, outp) = (nib.add(p * ldn), par.add(p * ldp), out.add(p * k * 8));
+                let (cp, pp, outp) = (codes.add(p * ldc), par.add(p * ldp), out.add(p * k * 8));
                 for b in 0..nb {
-                    let s = _mm256_loadu_ps(parp.add(b * 16));
-                    let o = _mm256_loadu_ps(parp.add(b * 16 + 8));
+                    let base = pp.add(b * lanes * 8);
+                    let s = _mm256_loadu_ps(base);
+                    let z = if zero { _mm256_loadu_ps(base.add(8)) } else { _mm256_setzero_ps() };
+                    let o = if offset { _mm256_loadu_ps(base.add(8 * lanes - 8)) } else { _mm256_setzero_ps() };
                     for kk in b * bs..((b + 1) * bs).min(k) {
-                        let w = _mm256_set1_epi32(nibp.add(kk).read_unaligned() as i32);
-                        let u = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(w, shifts), mask));
-                        _mm256_storeu_ps(outp.add(kk * 8), _mm256_mul_ps(_mm256_sub_ps(u, o), s));
+                        let u = if form & 0xFF == 4 {
+                            let w = _mm256_set1_epi32(cp.add(kk * 4).cast::<u32>().read_unaligned() as i32);
+                            _mm256_and_si256(_mm256_srlv_epi32(w, shifts), mask)
+                        } else {
+                            _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(kk * 8).cast::<__m128i>()))
+                        };
+                        let w = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(u), z), s);
+                        let w = if offset { _mm256_add_ps(w, o) } else { w };
+                        _mm256_storeu_ps(outp.add(kk * 8), w);
                     }
                 }
             }
@@ -355,9 +375,9 @@ mod imp {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    use super::{F32Tile, I16Tile, Q4Unpack, SatTile};
+    use super::{F32Tile, I16Tile, QUnpack, SatTile};
 
-    pub fn q4_unpack() -> Option<Q4Unpack> {
+    pub fn q_unpack() -> Option<QUnpack> {
         None
     }
 

@@ -566,25 +566,36 @@ fn quantized_product_chains_become_one_kernel() {
     assert!(names.iter().any(|name| name.contains("qmatmul_add_gelu")), "{names:?}");
 }
 
-/// 4-bit weights unpacked at run time: i4 and u4, per tensor, per column and in blocks (with a
-/// last partial block), panel counts odd and even, a last panel of fewer than 8 columns, row
+/// 4- and 8-bit weights unpacked at run time: i4, u4, i8, u8 and ternary, per tensor, per
+/// column and in blocks (with a last partial block), with and without zero points and offsets
+/// (GGUF's K-quants), panel counts odd and even, a last panel of fewer than 8 columns, row
 /// counts off the tile, one row, and an epilogue; both ways and on 1 and 2 threads (threads
 /// split the columns).
 #[test]
-fn four_bit_weight_products_match_the_interpreter_both_ways() {
+fn narrow_weight_products_match_the_interpreter_both_ways() {
     let cases = [
-        ("u4", "block(axis=0, size=4)", 13usize, 10usize, 27usize, true),
-        ("i4", "block(axis=0, size=32)", 7, 70, 16, true),
-        ("i4", "axis(1)", 1, 9, 40, false),
-        ("u4", "tensor", 20, 24, 8, true),
-        ("i4", "block(axis=0, size=8)", 6, 16, 5, false),
+        ("u4", "block(axis=0, size=4)", 13usize, 10usize, 27usize, true, false),
+        ("i4", "block(axis=0, size=32)", 7, 70, 16, true, false),
+        ("i4", "axis(1)", 1, 9, 40, false, false),
+        ("u4", "tensor", 20, 24, 8, true, false),
+        ("i4", "block(axis=0, size=8)", 6, 16, 5, false, false),
         // Blocked along K: 384 in two blocks of 192, 320 per column in two of 160, 300 in
         // blocks of 32 that do not divide it (one K block, a partial last parameter block).
-        ("u4", "block(axis=0, size=32)", 9, 384, 24, true),
-        ("i4", "axis(1)", 8, 320, 17, true),
-        ("u4", "block(axis=0, size=32)", 7, 300, 16, false),
+        ("u4", "block(axis=0, size=32)", 9, 384, 24, true, false),
+        ("i4", "axis(1)", 8, 320, 17, true, false),
+        ("u4", "block(axis=0, size=32)", 7, 300, 16, false, false),
+        // Q4_K: u4 with offsets; Q8_0 / Q5_0 / Q6_K: i8 in blocks of 32 or 16; u8 with zero
+        // points; TQ1_0 / TQ2_0: ternary in blocks of 256.
+        ("u4", "block(axis=0, size=32)", 1, 320, 24, false, true),
+        ("u4", "block(axis=0, size=32)", 5, 64, 13, true, true),
+        ("i8", "block(axis=0, size=32)", 1, 640, 40, false, false),
+        ("i8", "block(axis=0, size=16)", 7, 96, 17, false, true),
+        ("u8", "block(axis=0, size=32)", 3, 64, 9, true, false),
+        ("i8", "axis(1)", 2, 50, 8, true, false),
+        ("ternary", "block(axis=0, size=256)", 1, 512, 16, false, false),
+        ("ternary", "block(axis=0, size=256)", 6, 256, 11, false, true),
     ];
-    for (dt, gran, m, k, n, zero) in cases {
+    for (dt, gran, m, k, n, zero, offset) in cases {
         let groups = match gran {
             "tensor" => 1,
             "axis(1)" => n,
@@ -595,7 +606,13 @@ fn four_bit_weight_products_match_the_interpreter_both_ways() {
             "axis(1)" => format!("{n}"),
             _ => format!("{}, {n}", groups / n),
         };
-        let code = |i: usize| if dt == "u4" { (i * 7 % 16) as i64 } else { (i * 7 % 16) as i64 - 8 };
+        let code = |i: usize| match dt {
+            "u4" => (i * 7 % 16) as i64,
+            "i4" => (i * 7 % 16) as i64 - 8,
+            "u8" => (i * 37 % 256) as i64,
+            "i8" => (i * 37 % 256) as i64 - 128,
+            _ => (i % 3) as i64 - 1,
+        };
         let w: Vec<String> = (0..k * n).map(|i| code(i).to_string()).collect();
         let scale = const_list(groups, |i| 0.02 + (i % 5) as f32 * 0.013);
         let zp: Vec<String> = (0..groups).map(|i| code(i * 3 + 1).to_string()).collect();
@@ -604,11 +621,19 @@ fn four_bit_weight_products_match_the_interpreter_both_ways() {
         } else {
             (String::new(), String::new())
         };
+        let (oline, oref) = if offset {
+            (
+                format!("  v8: f32[{pshape}] = const [{}]\n", const_list(groups, |i| (i % 7) as f32 * 0.05 - 0.15)),
+                ", offset=v8".to_string(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let src = format!(
             "graph @g {{
   v0: f32[{m}, {k}] = input \"x\"
   v1: f32[{pshape}] = const [{scale}]
-{zline}  v3: {dt}[{k}, {n}] quant({gran}, scale=v1{zref}) = const [{}]
+{zline}{oline}  v3: {dt}[{k}, {n}] quant({gran}, scale=v1{zref}{oref}) = const [{}]
   v4: f32[{n}] = const [{}]
   v5: f32[{m}, {n}] = qmatmul v0, v3
   v6: f32[{m}, {n}] = add v5, v4
@@ -619,8 +644,11 @@ fn four_bit_weight_products_match_the_interpreter_both_ways() {
             const_list(n, |i| i as f32 * 0.1 - 0.3)
         );
         let x = Tensor::from_f32(DType::F32, &[m, k], (0..m * k).map(|i| (i as f32 * 0.41).sin()).collect()).unwrap();
-        both_ways(&src, vec![x], 1e-5);
+        // 8-bit codes make sums up to a few hundred: f32 rounding of the reordered sum is
+        // ~1e-5 of that.
+        let bits = if dt.ends_with('4') { "_q4" } else { "_q8" };
+        both_ways(&src, vec![x], if bits == "_q4" { 1e-5 } else { 1e-4 });
         let names = kernel_names(&src, tessera_target_cpu::Ukernels::Off);
-        assert!(names.iter().any(|name| name.ends_with("_q4")), "{dt} {gran}: {names:?}");
+        assert!(names.iter().any(|name| name.ends_with(bits)), "{dt} {gran}: {names:?}");
     }
 }
