@@ -79,14 +79,14 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
 /// Unpacks 4-bit weight panels into f32 panels for [`F32Tile`]: for panel `p < np` and `kk < k`,
 /// `out[p * k * 8 + kk * 8 + j] = (u - zero) * scale (+ offset)` where `u` is code `j` of row
 /// `kk` of panel `p` and `scale`, `zero`, `offset` are lane `j` of the parameter block of `kk`:
-/// the layout of [`crate::blocked`]. Codes: 4-bit (`bits = 4`: nibble `j` of the u32 at `codes
-/// + p * ldc + kk * 4`, unsigned) or 8-bit (`bits = 8`: byte `j` of the 8 at `codes + p * ldc +
-/// kk * 8`, signed). Parameters: per block of `bs` rows, `lanes` groups of 8 floats at `par + p
-/// * ldp + (kk / bs) * lanes * 8`: the scales, then the zero points (`form & ZERO`), then the
-/// offsets (`form & OFFSET`); a missing zero point is 0 and a missing offset is not added.
-/// `u - zero` is an exact small integer, so each weight is rounded as the interpreter rounds it.
-/// Arguments: `k`, `bs`, `np`, `codes`, `ldc` (bytes), `par`, `ldp` (floats), `out`, `form`
-/// (`bits | ZERO | OFFSET`).
+/// the layout of [`crate::blocked`]. Codes are 4-bit (`bits = 4`: nibble `j` of the u32 at
+/// `codes + p * ldc + kk * 4`, unsigned) or 8-bit (`bits = 8`: byte `j` of the 8 at
+/// `codes + p * ldc + kk * 8`, signed). Parameters: per block of `bs` rows, `lanes` groups of
+/// 8 floats at `par + p * ldp + (kk / bs) * lanes * 8`: the scales, then the zero points
+/// (`form & ZERO`), then the offsets (`form & OFFSET`); a missing zero point is 0 and a
+/// missing offset is not added. `u - zero` is an exact small integer, so each weight is
+/// rounded as the interpreter rounds it. Arguments: `k`, `bs`, `np`, `codes`, `ldc` (bytes),
+/// `par`, `ldp` (floats), `out`, `form` (`bits | ZERO | OFFSET`).
 pub type QUnpack = unsafe extern "C" fn(i64, i64, i64, *const u8, i64, *const f32, i64, *mut f32, i64);
 
 /// `form` bit: the parameter blocks hold zero points.
