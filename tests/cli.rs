@@ -223,8 +223,23 @@ fn inspect_lists_a_gguf_file_and_names_bad_ones() {
         out.contains("GGUF v3: 1 metadata entries, 0 tensors") && out.contains("general.architecture = \"llama\""),
         "{out}"
     );
-    // Lowering is not built: `tessera ir` says so, naming the architecture.
-    fails_with(&tessera(&["ir", good.to_str().unwrap()]), &["architecture \"llama\"", "tessera inspect"]);
+    // Lowering needs the architecture's metadata: the error names the missing key, and
+    // `generate` says the same after naming the file.
+    fails_with(&tessera(&["ir", good.to_str().unwrap()]), &["tiny.gguf", "\"llama.block_count\": missing"]);
+    fails_with(
+        &tessera(&["generate", good.to_str().unwrap(), "-p", "hi"]),
+        &["loading", "tiny.gguf", "\"llama.block_count\": missing"],
+    );
+    // An architecture Tessera does not lower is named.
+    let mut other = b.clone();
+    let n = other.len();
+    other[n - 5..].copy_from_slice(b"mamba");
+    let other_path = dir.path().join("other.gguf");
+    std::fs::write(&other_path, &other).unwrap();
+    fails_with(
+        &tessera(&["ir", other_path.to_str().unwrap()]),
+        &["architecture \"mamba\" is not supported", "gemma3 and llama"],
+    );
     // A truncated file names the place: its one metadata entry cannot fit in what is left.
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &b[..30]).unwrap();

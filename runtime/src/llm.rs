@@ -204,6 +204,8 @@ impl Llm {
     pub fn from_gguf(path: impl AsRef<Path>, opts: &LlmOptions) -> Result<Llm, LlmRunError> {
         let t0 = Instant::now();
         let gguf = Gguf::open(path.as_ref()).map_err(lower::LlmError::from)?;
+        // The architecture and its metadata first: the most basic problem is the one reported.
+        LlmConfig::of(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| LlmRunError::Tokenizer(e.to_string()))?;
         let m = lower::lower(&gguf, Logits::Last)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
