@@ -234,6 +234,22 @@ impl Graph {
         v.index() < self.values.len()
     }
 
+    /// Drops the bytes of every constant `keep` rejects, leaving its summary (size and content
+    /// hash): for a target that has copied what it needs, so the weights are not held twice.
+    /// The graph still prints and verifies; running it on the interpreter then fails with an
+    /// error naming the constant. Returns the bytes dropped.
+    pub fn release_constants(&mut self, keep: impl Fn(Value) -> bool) -> u64 {
+        let mut dropped = 0;
+        for c in &mut self.constants {
+            if matches!(c.data, ConstData::Bytes(_)) && !keep(c.value) {
+                let (bytes, hash) = (c.data.byte_len(), c.data.hash());
+                c.data = ConstData::Summary { bytes, hash };
+                dropped += bytes;
+            }
+        }
+        dropped
+    }
+
     /// Total bytes of constant data, as stored (packed).
     pub fn constant_bytes(&self) -> u64 {
         self.constants.iter().map(|c| c.data.byte_len()).sum()

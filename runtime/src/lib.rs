@@ -186,7 +186,18 @@ impl Session {
                     // `?` dims the passes left: compiled at the first run, per value.
                     Engine::CpuSpecializing(Box::new(tessera_target_cpu::Specializing::new(&g, &copts)?))
                 } else {
-                    Engine::Cpu(Box::new(tessera_target_cpu::compile(&g, &copts)?))
+                    let p = tessera_target_cpu::compile(&g, &copts)?;
+                    // Weights the program packed into its own bytes are not kept twice.
+                    if g.release_constants(|v| p.reads(v)) > 0 {
+                        // Hand the freed weights back to the system now: glibc keeps freed
+                        // blocks below its mmap threshold (most weight matrices) otherwise.
+                        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                        // SAFETY: malloc_trim only returns free memory to the kernel.
+                        unsafe {
+                            libc::malloc_trim(0);
+                        }
+                    }
+                    Engine::Cpu(Box::new(p))
                 }
             }
             Target::Interpreter => Engine::Interpreter,

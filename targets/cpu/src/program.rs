@@ -56,7 +56,10 @@ pub struct RunOptions {
 /// A graph compiled for the host CPU; runs any number of times, from any number of threads.
 pub struct Program {
     _code: Code,
+    /// The compiled graph; constants no kernel reads keep only their summary.
     graph: Graph,
+    /// Per value: whether a kernel reads it or it is a graph output.
+    reads: Vec<bool>,
     steps: Vec<Step>,
     owned: Vec<Vec<u8>>,
     syms: Vec<Arc<str>>,
@@ -120,10 +123,25 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
         })
         .collect();
     // The weights now live packed in `owned`; the model file's pages that were read to pack
-    // them leave the resident set (constants the kernels read directly fault back in on use).
+    // them leave the resident set (constants the kernels read directly fault back in on use),
+    // and the program's copy of the graph keeps only the constants a kernel reads.
     for c in g.constants() {
         c.data.release_resident_pages();
     }
+    let mut reads = vec![false; g.n_values()];
+    // A graph output may be a constant itself: copied out of the graph's bytes after a run.
+    for (_, v) in g.outputs() {
+        reads[v.index()] = true;
+    }
+    for s in &steps {
+        for b in &s.bufs {
+            if let BufRef::Value(v) = b {
+                reads[v.index()] = true;
+            }
+        }
+    }
+    let mut graph = g.clone();
+    graph.release_constants(|v| reads[v.index()]);
     let threads = opts.threads.max(1);
     let pool = if threads > 1 {
         Some(crate::pool::Pool::new(threads).map_err(|e| CpuError::Codegen(format!("thread pool: {e}")))?)
@@ -139,7 +157,8 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
     };
     Ok(Program {
         _code: Code(module),
-        graph: g.clone(),
+        graph,
+        reads,
         steps,
         owned,
         syms,
@@ -340,6 +359,12 @@ impl Program {
     }
 
     /// Runs, and with `opts.profile` returns the seconds each step took.
+    /// Whether a kernel reads value `v` (a constant that none reads was packed into the
+    /// program's own bytes, or is unused).
+    pub fn reads(&self, v: tessera_ir::Value) -> bool {
+        self.reads.get(v.index()).copied().unwrap_or(false)
+    }
+
     pub fn run_profiled(&self, inputs: &[Tensor], opts: &RunOptions) -> Result<(Vec<Tensor>, Vec<f64>), CpuError> {
         let g = &self.graph;
         let b = self.bind(inputs)?;
@@ -356,6 +381,9 @@ impl Program {
             }
         }
         for c in g.constants() {
+            if !self.reads[c.value.index()] {
+                continue;
+            }
             if let Some(bytes) = c.data.bytes() {
                 if !bytes.is_empty() {
                     ptrs[c.value.index()] = bytes.as_ptr() as *mut u8;
