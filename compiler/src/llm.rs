@@ -3,10 +3,13 @@
 //!
 //! The graph (`seq` new tokens after `past` cached ones, `kv = past + seq`):
 //! - inputs: `tokens: i64[seq]`, `positions: i64[seq]`, `mask: f32[seq, kv]` (0 where a query
-//!   may see a key, -inf elsewhere: causal and within the sliding window; layers without a
-//!   window use the causal flag instead), then per layer `l` the cached keys and values `cache.k.l`, `cache.v.l`:
-//!   `f32[past, kv_heads, head_dim]` (position-major, so the first `past` rows of a cache
-//!   preallocated to the context length are one contiguous range);
+//!   may see a key, -inf elsewhere: causal), for models with sliding-window layers `mask_swa`
+//!   (the same, within the window), then per layer `l` the cached keys and values `cache.k.l`,
+//!   `cache.v.l`: `f32[past, kv_heads, head_dim]` (position-major, so the first rows of a cache
+//!   preallocated to the context length are one contiguous range). Key column `j` of the masks
+//!   is cache row `j` for `j < past` and new token `j - past` after: the masks alone say what
+//!   is visible, so a runtime may pass more cache rows than it filled (padding, masked out) to
+//!   keep shapes, and the compiled plans for them, the same across decode steps;
 //! - outputs: `logits: f32[seq or 1, vocab]` (only the last position's with
 //!   [`Logits::Last`]), then per layer the new rows `k.l`, `v.l`: `f32[seq, kv_heads,
 //!   head_dim]`, which the runtime appends to its cache.
@@ -445,8 +448,9 @@ impl Builder<'_> {
         let seq = TargetDim::Sym("seq".into());
         let tokens = self.g.add_input("tokens", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
         let pos = self.g.add_input("positions", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
-        // Also binds `kv` for the key and value shapes, where a model has no window.
-        let mask = self.g.add_input("mask", TensorType::new(DType::F32, Shape(vec![sym("seq"), sym("kv")])));
+        let mask_ty = TensorType::new(DType::F32, Shape(vec![sym("seq"), sym("kv")]));
+        let mask = self.g.add_input("mask", mask_ty.clone());
+        let mask_swa = cfg.has_swa().then(|| self.g.add_input("mask_swa", mask_ty));
         let cache_ty =
             TensorType::new(DType::F32, Shape(vec![sym("past"), Dim::Static(kvh as u64), Dim::Static(hd as u64)]));
         let caches: Vec<(Value, Value)> = (0..cfg.n_layer)
@@ -506,11 +510,8 @@ impl Builder<'_> {
             }
             let q = self.reshape(q, &[seq.clone(), t_int(kvh as i64), t_int(group as i64), t_int(hd as i64)])?;
             let q = self.transpose(q, &[1, 2, 0, 3])?;
-            let mut ins = vec![q, all[0], all[1]];
-            if swa {
-                ins.push(mask);
-            }
-            let a = self.op(Op::Attention { scale: cfg.attn_scale, causal: !swa }, ins)?;
+            let m = if swa { mask_swa.expect("a window") } else { mask };
+            let a = self.op(Op::Attention { scale: cfg.attn_scale, causal: false }, vec![q, all[0], all[1], m])?;
             let a = self.transpose(a, &[2, 0, 1, 3])?;
             let a = self.reshape(a, &[seq.clone(), t_int((h * hd) as i64)])?;
             let wo = self.matrix(&name("attn_output"), e, h * hd)?;

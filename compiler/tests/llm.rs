@@ -45,7 +45,9 @@ fn prompt_logits_match_llama_cpp() {
         Tensor::from_i64(tessera_ir::DType::I64, &[n], (0..n as i64).collect()).unwrap(),
     ];
     let mask: Vec<f32> = (0..n * n).map(|i| if i % n <= i / n { 0.0 } else { f32::NEG_INFINITY }).collect();
-    inputs.push(Tensor::from_f32(tessera_ir::DType::F32, &[n, n], mask).unwrap());
+    // The causal mask, and the sliding-window one (the same: the prompt is shorter than 512).
+    let mask = Tensor::from_f32(tessera_ir::DType::F32, &[n, n], mask).unwrap();
+    inputs.extend([mask.clone(), mask]);
     for _ in 0..2 * m.config.n_layer {
         inputs.push(Tensor::zeros(tessera_ir::DType::F32, &[0, 1, 256]).unwrap());
     }

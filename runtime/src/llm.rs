@@ -176,6 +176,9 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     cand[cand.len() - 1].0
 }
 
+/// Cached rows are passed padded to a multiple of this (see [`Llm::inputs_for`]).
+const PAD: usize = 64;
+
 /// The KV cache: per layer, keys and values of every position so far.
 struct KvCache {
     k: Vec<Vec<f32>>,
@@ -289,24 +292,38 @@ impl Llm {
             Tensor::from_i64(DType::I64, &[n], tokens.iter().map(|&t| t as i64).collect()).expect("sizes agree"),
             Tensor::from_i64(DType::I64, &[n], (past..past + n).map(|p| p as i64).collect()).expect("sizes agree"),
         ];
-        // Query i (position past + i) sees key j when j <= past + i and past + i - j < window.
-        let kv = past + n;
-        let w = if self.config.has_swa() { self.config.window } else { usize::MAX };
-        let mask = (0..n * kv)
-            .map(|e| {
-                let (p, j) = (past + e / kv, e % kv);
-                if j <= p && p - j < w {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        inputs.push(tensor(DType::F32, &[n, kv], mask));
+        // The cached rows go in padded to a multiple of PAD (up to the capacity), so the shapes
+        // stay the same over PAD decode steps and the compiled program reuses its run plan;
+        // the masks hide the padding. Query i (position past + i) sees the key at position p
+        // when p <= past + i (and, within a window, past + i - p < window).
+        let rows = past.div_ceil(PAD).saturating_mul(PAD).min(self.cache.capacity).max(past);
+        let kv = rows + n;
+        let key_pos = |j: usize| -> Option<usize> {
+            match j {
+                j if j < past => Some(j),
+                j if j < rows => None,
+                j => Some(past + j - rows),
+            }
+        };
+        let mask = |window: usize| -> Vec<f32> {
+            (0..n * kv)
+                .map(|e| {
+                    let (q, j) = (past + e / kv, e % kv);
+                    match key_pos(j) {
+                        Some(p) if p <= q && q - p < window => 0.0,
+                        _ => f32::NEG_INFINITY,
+                    }
+                })
+                .collect()
+        };
+        inputs.push(tensor(DType::F32, &[n, kv], mask(usize::MAX)));
+        if self.config.has_swa() {
+            inputs.push(tensor(DType::F32, &[n, kv], mask(self.config.window)));
+        }
         let (kvh, hd) = (self.config.n_head_kv, self.config.head_dim);
         for l in 0..self.config.n_layer {
             for c in [&self.cache.k[l], &self.cache.v[l]] {
-                inputs.push(tensor(DType::F32, &[past, kvh, hd], c[..past * self.cache.row].to_vec()));
+                inputs.push(tensor(DType::F32, &[rows, kvh, hd], c[..rows * self.cache.row].to_vec()));
             }
         }
         Ok(inputs)

@@ -227,13 +227,42 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
             tiles.emit(fx, mr, np, kcv, arow, kv, scratch, mem(), dst, !first)
         })
     };
+    let gemv = ukernel::q_gemv(cfg.mode);
     // Panels `p..p + np` over every row.
     let pass = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
-        block(fx, p, np, zero, true)?;
-        if k > kc {
-            let one = fx.iconst(1);
-            let nkb = fx.iconst(k / kc);
-            fx.for_range(one, nkb, 1, false, |fx, kb| block(fx, p, np, kb, false))?;
+        let blocks = |fx: &mut Fx| -> Result<(), CpuError> {
+            block(fx, p, np, zero, true)?;
+            if k > kc {
+                let one = fx.iconst(1);
+                let nkb = fx.iconst(k / kc);
+                fx.for_range(one, nkb, 1, false, |fx, kb| block(fx, p, np, kb, false))?;
+            }
+            Ok(())
+        };
+        match gemv {
+            // One row (a decoded token): the fused routine reads the codes once, no scratch.
+            Some(f) => {
+                let one = fx.b.ins().icmp_imm_s(IntCC::Equal, rows, 1);
+                fx.if_then(one, |fx| {
+                    let (word, blk) = (cfg.bits, cfg.lanes() * 8);
+                    let nb = (k + cfg.bs - 1) / cfg.bs;
+                    let off = fx.imul_imm(p, k * word);
+                    let cp = fx.b.ins().iadd(codes, off);
+                    let off = fx.imul_imm(p, nb * blk * 4);
+                    let pp = fx.b.ins().iadd(par, off);
+                    let args = [k, cfg.bs, np as i64, k * word, nb * blk, cfg.form()].map(|v| fx.iconst(v));
+                    fx.call_host(
+                        f as usize,
+                        &[types::I64; 10],
+                        None,
+                        &[args[0], args[1], args[2], cp, args[3], pp, args[4], a, acc, args[5]],
+                    );
+                    Ok(())
+                })?;
+                let many = fx.b.ins().icmp_imm_s(IntCC::NotEqual, rows, 1);
+                fx.if_then(many, blocks)?;
+            }
+            None => blocks(fx)?,
         }
         let n0 = fx.imul_imm(p, 8);
         fx.for_row_blocks(zero, rows, tiles.rows(), |fx, m0, mr| {

@@ -89,6 +89,21 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
 /// `par`, `ldp` (floats), `out`, `form` (`bits | ZERO | OFFSET`).
 pub type QUnpack = unsafe extern "C" fn(i64, i64, i64, *const u8, i64, *const f32, i64, *mut f32, i64);
 
+/// One activation row times the weights of `np` (1 or 2) panels, each weight exactly as
+/// [`QUnpack`] makes it: `acc[q * 8 + j] = sum_kk a[kk] * w(kk, q, j)` (f32 FMA, k in two
+/// interleaved partial sums). For decoding one token, where unpacking into a scratch and
+/// reading it back costs more than the product. Arguments as [`QUnpack`], with `a` (`k`
+/// floats) and `acc` in place of `out`.
+pub type QGemv = unsafe extern "C" fn(i64, i64, i64, *const u8, i64, *const f32, i64, *const f32, *mut f32, i64);
+
+/// The one-row routine, if this host has one and `mode` allows it.
+pub fn q_gemv(mode: Ukernels) -> Option<QGemv> {
+    if mode == Ukernels::Off {
+        return None;
+    }
+    imp::q_gemv()
+}
+
 /// `form` bit: the parameter blocks hold zero points.
 pub const ZERO: i64 = 0x100;
 /// `form` bit: the parameter blocks hold offsets.
@@ -120,7 +135,7 @@ pub fn describe(mode: Ukernels) -> Option<&'static str> {
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{F32Tile, I16Tile, QUnpack, SatTile};
+    use super::{F32Tile, I16Tile, QGemv, QUnpack, SatTile};
     use std::arch::x86_64::*;
 
     pub fn q_unpack() -> Option<QUnpack> {
@@ -174,6 +189,137 @@ mod imp {
                         let w = if offset { _mm256_add_ps(w, o) } else { w };
                         _mm256_storeu_ps(outp.add(kk * 8), w);
                     }
+                }
+            }
+        }
+    }
+
+    pub fn q_gemv() -> Option<QGemv> {
+        if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("fma") {
+            return None;
+        }
+        Some(gemv)
+    }
+
+    /// # Safety
+    /// As [`unpack`] for `codes` and `par` (with `np` at most 2), `a` holds `k` floats, `acc`
+    /// holds `np * 8` floats, and the CPU has AVX2 and FMA (checked by [`q_gemv`]).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe extern "C" fn gemv(
+        k: i64,
+        bs: i64,
+        np: i64,
+        codes: *const u8,
+        ldc: i64,
+        par: *const f32,
+        ldp: i64,
+        a: *const f32,
+        acc: *mut f32,
+        form: i64,
+    ) {
+        let (k, bs) = (k.max(0) as usize, bs.max(1) as usize);
+        let g = Gemv { k, bs, codes, ldc: ldc as usize, par, ldp: ldp as usize, a, acc };
+        let (zero, offset) = (form & super::ZERO != 0, form & super::OFFSET != 0);
+        // One copy of the loop per form, so nothing is decided inside it.
+        macro_rules! go {
+            ($four:expr) => {
+                match (np, zero, offset) {
+                    (1, false, false) => g.run::<$four, false, false, 1>(),
+                    (1, true, false) => g.run::<$four, true, false, 1>(),
+                    (1, false, true) => g.run::<$four, false, true, 1>(),
+                    (1, true, true) => g.run::<$four, true, true, 1>(),
+                    (2, false, false) => g.run::<$four, false, false, 2>(),
+                    (2, true, false) => g.run::<$four, true, false, 2>(),
+                    (2, false, true) => g.run::<$four, false, true, 2>(),
+                    (2, true, true) => g.run::<$four, true, true, 2>(),
+                    _ => {}
+                }
+            };
+        }
+        // SAFETY: the caller's contract above.
+        unsafe {
+            if form & 0xFF == 4 {
+                go!(true)
+            } else {
+                go!(false)
+            }
+        }
+    }
+
+    /// The operands of one [`gemv`] call.
+    struct Gemv {
+        k: usize,
+        bs: usize,
+        codes: *const u8,
+        ldc: usize,
+        par: *const f32,
+        ldp: usize,
+        a: *const f32,
+        acc: *mut f32,
+    }
+
+    impl Gemv {
+        /// # Safety
+        /// As [`gemv`].
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<const FOUR: bool, const ZERO: bool, const OFFSET: bool, const NP: usize>(&self) {
+            let lanes = 1 + ZERO as usize + OFFSET as usize;
+            let nb = self.k.div_ceil(self.bs);
+            let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+            let mask = _mm256_set1_epi32(15);
+            // SAFETY (whole body): the caller's contract bounds every offset.
+            unsafe {
+                // Two partial sums per panel, k steps alternating between them.
+                let mut sum = [[_mm256_setzero_ps(); 2]; NP];
+                for b in 0..nb {
+                    let mut prm = [[_mm256_setzero_ps(); 3]; NP];
+                    for (q, p) in prm.iter_mut().enumerate() {
+                        let base = self.par.add(q * self.ldp + b * lanes * 8);
+                        p[0] = _mm256_loadu_ps(base);
+                        if ZERO {
+                            p[1] = _mm256_loadu_ps(base.add(8));
+                        }
+                        if OFFSET {
+                            p[2] = _mm256_loadu_ps(base.add(8 * lanes - 8));
+                        }
+                    }
+                    // The weight as the interpreter computes it, (u - z) * s (+ o), times a[kk]
+                    // into partial sum `h` of each panel.
+                    let mut step = |kk: usize, h: usize| {
+                        let av = _mm256_set1_ps(self.a.add(kk).read());
+                        for q in 0..NP {
+                            let cp = self.codes.add(q * self.ldc);
+                            let u = if FOUR {
+                                let w = _mm256_set1_epi32(cp.add(kk * 4).cast::<u32>().read_unaligned() as i32);
+                                _mm256_and_si256(_mm256_srlv_epi32(w, shifts), mask)
+                            } else {
+                                _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(kk * 8).cast::<__m128i>()))
+                            };
+                            let mut d = _mm256_cvtepi32_ps(u);
+                            if ZERO {
+                                d = _mm256_sub_ps(d, prm[q][1]);
+                            }
+                            let mut w = _mm256_mul_ps(d, prm[q][0]);
+                            if OFFSET {
+                                w = _mm256_add_ps(w, prm[q][2]);
+                            }
+                            sum[q][h] = _mm256_fmadd_ps(av, w, sum[q][h]);
+                        }
+                    };
+                    let (k0, k1) = (b * self.bs, ((b + 1) * self.bs).min(self.k));
+                    let mut kk = k0;
+                    while kk + 1 < k1 {
+                        step(kk, 0);
+                        step(kk + 1, 1);
+                        kk += 2;
+                    }
+                    if kk < k1 {
+                        step(kk, 0);
+                    }
+                }
+                for (q, s) in sum.iter().enumerate() {
+                    _mm256_storeu_ps(self.acc.add(q * 8), _mm256_add_ps(s[0], s[1]));
                 }
             }
         }
@@ -375,7 +521,11 @@ mod imp {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    use super::{F32Tile, I16Tile, QUnpack, SatTile};
+    use super::{F32Tile, I16Tile, QGemv, QUnpack, SatTile};
+
+    pub fn q_gemv() -> Option<QGemv> {
+        None
+    }
 
     pub fn q_unpack() -> Option<QUnpack> {
         None
