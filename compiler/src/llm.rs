@@ -223,6 +223,11 @@ fn sym(s: &str) -> Dim {
     Dim::sym(s)
 }
 
+/// The new tokens' count, as a target dim.
+fn seq() -> TargetDim {
+    TargetDim::Sym("seq".into())
+}
+
 fn t_int(v: i64) -> TargetDim {
     TargetDim::Int(v)
 }
@@ -309,34 +314,37 @@ impl Builder<'_> {
             }
             return Ok(self.f32s(&[k, n_out], &out));
         }
-        let probe = gguf::decode(t.ty, &data[..row_bytes]).map_err(bad)?;
-        let (dtype, block) = (probe.dtype, probe.block);
-        let nb = k / block;
         // Codes and parameters transposed: rows of the file become columns. Tiles of 64 file
-        // rows keep the writes of each k row together.
+        // rows are decoded at once and keep the writes of each k row together.
+        const TILE: usize = 64;
         let mut codes = vec![0i8; k * n_out];
-        let mut scale = vec![0f32; nb * n_out];
-        let mut offset = probe.offset.as_ref().map(|_| vec![0f32; nb * n_out]);
-        for r0 in (0..n_out).step_by(64) {
-            let rows: Vec<gguf::Codes> = (r0..(r0 + 64).min(n_out))
-                .map(|r| gguf::decode(t.ty, &data[r * row_bytes..(r + 1) * row_bytes]))
-                .collect::<Result<_, _>>()
-                .map_err(bad)?;
+        let (mut scale, mut offset, mut form) = (Vec::new(), None, None);
+        for r0 in (0..n_out).step_by(TILE) {
+            let rows = TILE.min(n_out - r0);
+            let tile = gguf::decode(t.ty, &data[r0 * row_bytes..(r0 + rows) * row_bytes]).map_err(bad)?;
+            let nb = k / tile.block;
+            if form.is_none() {
+                form = Some((tile.dtype, tile.block));
+                scale = vec![0f32; nb * n_out];
+                offset = tile.offset.as_ref().map(|_| vec![0f32; nb * n_out]);
+            }
             for kk in 0..k {
-                let dst = &mut codes[kk * n_out + r0..kk * n_out + r0 + rows.len()];
-                for (d, row) in dst.iter_mut().zip(&rows) {
-                    *d = row.codes[kk];
+                let dst = &mut codes[kk * n_out + r0..kk * n_out + r0 + rows];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = tile.codes[j * k + kk];
                 }
             }
-            for bi in 0..nb {
-                for (j, row) in rows.iter().enumerate() {
-                    scale[bi * n_out + r0 + j] = row.scale[bi];
-                    if let (Some(o), Some(ro)) = (offset.as_mut(), row.offset.as_ref()) {
-                        o[bi * n_out + r0 + j] = ro[bi];
-                    }
+            for (i, &v) in tile.scale.iter().enumerate() {
+                scale[(i % nb) * n_out + r0 + i / nb] = v;
+            }
+            if let (Some(o), Some(to)) = (offset.as_mut(), tile.offset.as_ref()) {
+                for (i, &v) in to.iter().enumerate() {
+                    o[(i % nb) * n_out + r0 + i / nb] = v;
                 }
             }
         }
+        let (dtype, block) = form.ok_or_else(|| bad("has no rows".into()))?;
+        let nb = k / block;
         let scale = self.f32s(&[nb, n_out], &scale);
         let offset = offset.map(|o| self.f32s(&[nb, n_out], &o));
         let quant = Quant {
@@ -370,9 +378,9 @@ impl Builder<'_> {
         }
         let freq = self.f32s(&[1, half], &freq);
         let p = self.op(Op::Cast { to: DType::F32 }, vec![pos])?;
-        let p = self.reshape(p, &[TargetDim::Sym("seq".into()), t_int(1)])?;
+        let p = self.reshape(p, &[seq(), t_int(1)])?;
         let theta = self.bin(BinaryOp::Mul, p, freq)?;
-        let theta = self.reshape(theta, &[TargetDim::Sym("seq".into()), t_int(1), t_int(half as i64)])?;
+        let theta = self.reshape(theta, &[seq(), t_int(1), t_int(half as i64)])?;
         let c = self.un(UnaryOp::Cos, theta)?;
         let s = self.un(UnaryOp::Sin, theta)?;
         Ok((c, s))
@@ -380,7 +388,7 @@ impl Builder<'_> {
 
     /// RoPE on `x: [seq, heads, d]`: NEOX rotates the pairs `(i, i + d/2)`, NORM `(2i, 2i+1)`.
     fn rope(&mut self, x: Value, cs: (Value, Value), heads: usize, d: usize, neox: bool) -> Result<Value, LlmError> {
-        let seq = TargetDim::Sym("seq".into());
+        let seq = seq();
         let (h, dd) = (heads as i64, d as i64);
         let (c, s) = cs;
         let (x0, x1, axis) = if neox {
@@ -415,7 +423,7 @@ impl Builder<'_> {
     /// The token embedding `[seq, n_embd]` gathered from the quantized `[n_embd, vocab]`
     /// constant's codes and scales: `codes[:, t] * scale[:, t]` per block.
     fn embed(&mut self, emb: Value, tokens: Value, n_embd: usize) -> Result<Value, LlmError> {
-        let seq = TargetDim::Sym("seq".into());
+        let seq = seq();
         let ty = self.g.ty(emb).clone();
         let Some(q) = ty.quant.clone() else {
             let rows = self.op(Op::Gather { axis: 1 }, vec![emb, tokens])?;
@@ -445,7 +453,7 @@ impl Builder<'_> {
     fn build(&mut self, cfg: &LlmConfig, logits: Logits) -> Result<Graph, LlmError> {
         let (e, hd, h, kvh) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let gemma = cfg.arch == Arch::Gemma3;
-        let seq = TargetDim::Sym("seq".into());
+        let seq = seq();
         let tokens = self.g.add_input("tokens", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
         let pos = self.g.add_input("positions", TensorType::new(DType::I64, Shape(vec![sym("seq")])));
         let mask_ty = TensorType::new(DType::F32, Shape(vec![sym("seq"), sym("kv")]));

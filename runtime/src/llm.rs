@@ -198,8 +198,10 @@ pub struct Llm {
     cache: KvCache,
     eog: Vec<u32>,
     pub startup: LlmStartup,
-    /// The file's size, for the memory and bandwidth figures.
+    /// The file's size, for the memory figures.
     pub file_bytes: u64,
+    /// Bytes of the file's weight matrices: what decoding one token reads from them.
+    pub matrix_bytes: u64,
 }
 
 impl Llm {
@@ -208,9 +210,12 @@ impl Llm {
         let t0 = Instant::now();
         let gguf = Gguf::open(path.as_ref()).map_err(lower::LlmError::from)?;
         // The architecture and its metadata first: the most basic problem is the one reported.
-        LlmConfig::of(&gguf)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| LlmRunError::Tokenizer(e.to_string()))?;
         let m = lower::lower(&gguf, Logits::Last)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| LlmRunError::Tokenizer(e.to_string()))?;
+        // What a decoded token reads: every matrix as the file stores it (the tied embedding is
+        // the output projection).
+        let matrix_bytes =
+            gguf.tensors.iter().filter(|t| t.ggml_dims.len() == 2 && t.ggml_dims[1] > 1).map(|t| t.bytes).sum();
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let sopts = SessionOptions {
@@ -248,6 +253,7 @@ impl Llm {
             eog,
             startup: LlmStartup { load_ms, compile_ms },
             file_bytes: gguf.file_bytes(),
+            matrix_bytes,
         })
     }
 

@@ -220,17 +220,16 @@ pub(super) fn profile(session: &Session, inputs: &[Tensor], runs: usize) -> anyh
     Ok(s)
 }
 
-pub fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     crate::must_exist(&args.model, "the model file")?;
     let gguf = args.model.extension().is_some_and(|e| e == "gguf");
     let peer = args.vs.unwrap_or(if gguf { Peer::LlamaCpp } else { Peer::Onnxruntime });
-    args.vs = Some(peer);
     match (gguf, peer) {
         (true, Peer::Onnxruntime) => {
             bail!("a .gguf model is compared with llama.cpp (--vs llama.cpp) or nothing (--vs none)")
         }
         (false, Peer::LlamaCpp) => bail!("llama.cpp runs .gguf models; compare an .onnx model with onnxruntime"),
-        (true, _) => return super::bench_llm::run(&args),
+        (true, _) => return super::bench_llm::run(&args, peer),
         _ => {}
     }
     let python = args.python.clone().unwrap_or_else(|| PathBuf::from(".cache/venv/bin/python"));

@@ -118,7 +118,7 @@ fn argmax(v: &[f32]) -> u32 {
 
 const MB: f64 = 1e6;
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode> {
     let python = args.python.clone().unwrap_or_else(|| PathBuf::from(".cache/venv/bin/python"));
     let (n_prompt, gen) = (args.seq.max(1), args.gen.max(2));
     let threads = *args.threads.iter().max().unwrap_or(&2);
@@ -142,19 +142,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     ids.truncate(n_prompt);
 
-    // Weights read per decoded token: every matrix (the tied embedding is the output
-    // projection), as the file stores them; the KV cache read at the prompt's length.
-    let g = tessera_compiler::gguf::Gguf::open(&args.model)?;
-    let weight_bytes: u64 =
-        g.tensors.iter().filter(|t| t.ggml_dims.len() == 2 && t.ggml_dims[1] > 1).map(|t| t.bytes).sum();
+    // Read per decoded token: the weight matrices as the file stores them, and the KV cache at
+    // the prompt's length.
+    let weight_bytes = llm.matrix_bytes;
     let c = &llm.config;
     let kv_bytes = (2 * c.n_layer * n_prompt * c.n_head_kv * c.head_dim * 4) as u64;
     let per_token = weight_bytes + kv_bytes;
     let ceiling = bw * 1e9 / per_token as f64;
-    drop(g);
 
-    let mut peer = match args.vs {
-        Some(Peer::LlamaCpp) => Some(LlamaCpp::start(&python, &args.model, threads, ctx)?),
+    let mut peer = match vs {
+        Peer::LlamaCpp => Some(LlamaCpp::start(&python, &args.model, threads, ctx)?),
         _ => None,
     };
     // Tessera's first round: time to first token after startup.

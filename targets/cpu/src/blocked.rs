@@ -187,6 +187,21 @@ impl Cfg {
         1 + self.zero as i64 + self.offset as i64
     }
 
+    /// Bytes between panels' codes, floats between panels' parameters.
+    fn strides(&self) -> (i64, i64) {
+        let nb = (self.k + self.bs - 1) / self.bs;
+        (self.k * self.bits, nb * self.lanes() * 8)
+    }
+
+    /// Where panel `p`'s codes and parameters start.
+    fn panel(&self, fx: &mut Fx, p: Value, codes: Value, par: Value) -> (Value, Value) {
+        let (ldc, ldp) = self.strides();
+        let off = fx.imul_imm(p, ldc);
+        let cp = fx.b.ins().iadd(codes, off);
+        let off = fx.imul_imm(p, ldp * 4);
+        (cp, fx.b.ins().iadd(par, off))
+    }
+
     /// `form` for [`ukernel::QUnpack`].
     fn form(&self) -> i64 {
         self.bits | if self.zero { ukernel::ZERO } else { 0 } | if self.offset { ukernel::OFFSET } else { 0 }
@@ -244,13 +259,9 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
             Some(f) => {
                 let one = fx.b.ins().icmp_imm_s(IntCC::Equal, rows, 1);
                 fx.if_then(one, |fx| {
-                    let (word, blk) = (cfg.bits, cfg.lanes() * 8);
-                    let nb = (k + cfg.bs - 1) / cfg.bs;
-                    let off = fx.imul_imm(p, k * word);
-                    let cp = fx.b.ins().iadd(codes, off);
-                    let off = fx.imul_imm(p, nb * blk * 4);
-                    let pp = fx.b.ins().iadd(par, off);
-                    let args = [k, cfg.bs, np as i64, k * word, nb * blk, cfg.form()].map(|v| fx.iconst(v));
+                    let (cp, pp) = cfg.panel(fx, p, codes, par);
+                    let (ldc, ldp) = cfg.strides();
+                    let args = [k, cfg.bs, np as i64, ldc, ldp, cfg.form()].map(|v| fx.iconst(v));
                     fx.call_host(
                         f as usize,
                         &[types::I64; 10],
@@ -328,17 +339,14 @@ impl Unpack {
         cfg: &Cfg,
     ) -> Result<(), CpuError> {
         let (k, kc) = (cfg.k, cfg.kc);
-        // Bytes per row of a panel (8 nibbles or 8 bytes), floats per parameter block.
+        // Bytes per row of a panel (8 nibbles or 8 bytes), floats per parameter block; bytes
+        // and floats between panels; the rows sharing a parameter block within this K block.
         let (word, blk) = (cfg.bits, cfg.lanes() * 8);
-        // Parameter blocks per panel, and the rows sharing one within this K block.
-        let nb = (k + cfg.bs - 1) / cfg.bs;
+        let (ldc, ldp) = cfg.strides();
         let bs = cfg.bs.min(kc);
-        let noff = fx.imul_imm(p, k * word);
-        let cp = fx.b.ins().iadd(codes, noff);
+        let (cp, parp) = cfg.panel(fx, p, codes, par);
         let k0 = fx.imul_imm(kb, kc);
         let cp = fx.addr(cp, k0, word);
-        let poff = fx.imul_imm(p, nb * blk * 4);
-        let parp = fx.b.ins().iadd(par, poff);
         let parp = if cfg.bs < k {
             // K blocks are whole parameter blocks (`k_block`).
             let b0 = fx.imul_imm(kb, kc / cfg.bs);
@@ -347,7 +355,7 @@ impl Unpack {
             parp
         };
         if let Some(f) = self.host {
-            let args = [kc, bs, np as i64, k * word, nb * blk, cfg.form()].map(|v| fx.iconst(v));
+            let args = [kc, bs, np as i64, ldc, ldp, cfg.form()].map(|v| fx.iconst(v));
             fx.call_host(
                 f,
                 &[types::I64; 9],
@@ -362,7 +370,7 @@ impl Unpack {
             let kcv = fx.iconst(kc);
             fx.for_n(nbv, |fx, b| {
                 let pa = fx.addr(parp, b, blk * 4);
-                let ld = |fx: &mut Fx, o: i64| fx.b.ins().load(F4, mem(), pa, (q * nb * blk * 4 + o) as i32);
+                let ld = |fx: &mut Fx, o: i64| fx.b.ins().load(F4, mem(), pa, (q * ldp * 4 + o) as i32);
                 let sc = [ld(fx, 0), ld(fx, 16)];
                 let zr = if cfg.zero { Some([ld(fx, 32), ld(fx, 48)]) } else { None };
                 let last = (cfg.lanes() - 1) * 32;
@@ -375,7 +383,7 @@ impl Unpack {
                     let oa = fx.addr(out, kk, 32);
                     // The row's codes as two i32x4 (lanes 0-3, 4-7).
                     let u = if cfg.bits == 4 {
-                        let word = fx.b.ins().load(types::I32, mem(), wa, (q * k * 4) as i32);
+                        let word = fx.b.ins().load(types::I32, mem(), wa, (q * ldc) as i32);
                         let hi = fx.b.ins().ushr_imm_u(word, 16);
                         [word, hi].map(|w| {
                             let v = fx.b.ins().splat(types::I32X4, w);
@@ -384,7 +392,7 @@ impl Unpack {
                             fx.b.ins().fmul(u, pows)
                         })
                     } else {
-                        let h = fx.b.ins().sload8x8(mem(), wa, (q * k * 8) as i32);
+                        let h = fx.b.ins().sload8x8(mem(), wa, (q * ldc) as i32);
                         let lo = fx.b.ins().swiden_low(h);
                         let hi = fx.b.ins().swiden_high(h);
                         [lo, hi].map(|v| fx.b.ins().fcvt_from_sint(F4, v))

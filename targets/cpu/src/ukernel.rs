@@ -76,8 +76,8 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
     imp::sat_tile(mr, np)
 }
 
-/// Unpacks 4-bit weight panels into f32 panels for [`F32Tile`]: for panel `p < np` and `kk < k`,
-/// `out[p * k * 8 + kk * 8 + j] = (u - zero) * scale (+ offset)` where `u` is code `j` of row
+/// Unpacks 4- or 8-bit weight panels into f32 panels for [`F32Tile`]: for panel `p < np` (1 or
+/// 2) and `kk < k`, `out[p * k * 8 + kk * 8 + j] = (u - zero) * scale (+ offset)` where `u` is code `j` of row
 /// `kk` of panel `p` and `scale`, `zero`, `offset` are lane `j` of the parameter block of `kk`:
 /// the layout of [`crate::blocked`]. Codes are 4-bit (`bits = 4`: nibble `j` of the u32 at
 /// `codes + p * ldc + kk * 4`, unsigned) or 8-bit (`bits = 8`: byte `j` of the 8 at
@@ -145,10 +145,45 @@ mod imp {
         Some(unpack)
     }
 
+    pub fn q_gemv() -> Option<QGemv> {
+        if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("fma") {
+            return None;
+        }
+        Some(gemv)
+    }
+
+    /// Calls `panels.$method::<FOUR, ZERO, OFFSET, NP>(args)` for a `form` and a panel count
+    /// (1 or 2): one copy of each loop per form, so nothing is decided inside it.
+    macro_rules! by_form {
+        ($panels:ident . $method:ident ( $($arg:expr),* ), $form:expr, $np:expr) => {{
+            let four = $form & 0xFF == 4;
+            let (zero, offset) = ($form & super::ZERO != 0, $form & super::OFFSET != 0);
+            match (four, zero, offset, $np) {
+                (true, false, false, 1) => $panels.$method::<true, false, false, 1>($($arg),*),
+                (true, true, false, 1) => $panels.$method::<true, true, false, 1>($($arg),*),
+                (true, false, true, 1) => $panels.$method::<true, false, true, 1>($($arg),*),
+                (true, true, true, 1) => $panels.$method::<true, true, true, 1>($($arg),*),
+                (false, false, false, 1) => $panels.$method::<false, false, false, 1>($($arg),*),
+                (false, true, false, 1) => $panels.$method::<false, true, false, 1>($($arg),*),
+                (false, false, true, 1) => $panels.$method::<false, false, true, 1>($($arg),*),
+                (false, true, true, 1) => $panels.$method::<false, true, true, 1>($($arg),*),
+                (true, false, false, 2) => $panels.$method::<true, false, false, 2>($($arg),*),
+                (true, true, false, 2) => $panels.$method::<true, true, false, 2>($($arg),*),
+                (true, false, true, 2) => $panels.$method::<true, false, true, 2>($($arg),*),
+                (true, true, true, 2) => $panels.$method::<true, true, true, 2>($($arg),*),
+                (false, false, false, 2) => $panels.$method::<false, false, false, 2>($($arg),*),
+                (false, true, false, 2) => $panels.$method::<false, true, false, 2>($($arg),*),
+                (false, false, true, 2) => $panels.$method::<false, false, true, 2>($($arg),*),
+                (false, true, true, 2) => $panels.$method::<false, true, true, 2>($($arg),*),
+                _ => {}
+            }
+        }};
+    }
+
     /// # Safety
-    /// `codes` holds `np` panels of `k * bits` bytes `ldc` apart, `par` holds `np` panels of
-    /// `ceil(k / bs) * lanes * 8` floats `ldp` apart (`lanes` = 1 + zero + offset), `out` holds
-    /// `np * k * 8` floats, and the CPU has AVX2 (checked by [`q_unpack`]).
+    /// `codes` holds `np` (1 or 2) panels of `k * bits` bytes `ldc` apart, `par` holds `np`
+    /// panels of `ceil(k / bs) * lanes * 8` floats `ldp` apart (`lanes` = 1 + zero + offset),
+    /// `out` holds `np * k * 8` floats, and the CPU has AVX2 (checked by [`q_unpack`]).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     unsafe extern "C" fn unpack(
@@ -162,48 +197,14 @@ mod imp {
         out: *mut f32,
         form: i64,
     ) {
-        let (k, bs, np) = (k.max(0) as usize, bs.max(1) as usize, np.max(0) as usize);
-        let (ldc, ldp) = (ldc as usize, ldp as usize);
-        let (zero, offset) = (form & super::ZERO != 0, form & super::OFFSET != 0);
-        let lanes = 1 + zero as usize + offset as usize;
-        let nb = k.div_ceil(bs);
-        let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-        let mask = _mm256_set1_epi32(15);
-        // SAFETY (whole body): the caller's contract above bounds every offset.
-        unsafe {
-            for p in 0..np {
-                let (cp, pp, outp) = (codes.add(p * ldc), par.add(p * ldp), out.add(p * k * 8));
-                for b in 0..nb {
-                    let base = pp.add(b * lanes * 8);
-                    let s = _mm256_loadu_ps(base);
-                    let z = if zero { _mm256_loadu_ps(base.add(8)) } else { _mm256_setzero_ps() };
-                    let o = if offset { _mm256_loadu_ps(base.add(8 * lanes - 8)) } else { _mm256_setzero_ps() };
-                    for kk in b * bs..((b + 1) * bs).min(k) {
-                        let u = if form & 0xFF == 4 {
-                            let w = _mm256_set1_epi32(cp.add(kk * 4).cast::<u32>().read_unaligned() as i32);
-                            _mm256_and_si256(_mm256_srlv_epi32(w, shifts), mask)
-                        } else {
-                            _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(kk * 8).cast::<__m128i>()))
-                        };
-                        let w = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(u), z), s);
-                        let w = if offset { _mm256_add_ps(w, o) } else { w };
-                        _mm256_storeu_ps(outp.add(kk * 8), w);
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn q_gemv() -> Option<QGemv> {
-        if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("fma") {
-            return None;
-        }
-        Some(gemv)
+        let p = Panels::new(k, bs, codes, ldc, par, ldp);
+        // SAFETY: the caller's contract above.
+        unsafe { by_form!(p.unpack(out), form, np) }
     }
 
     /// # Safety
-    /// As [`unpack`] for `codes` and `par` (with `np` at most 2), `a` holds `k` floats, `acc`
-    /// holds `np * 8` floats, and the CPU has AVX2 and FMA (checked by [`q_gemv`]).
+    /// As [`unpack`] for `codes` and `par`, `a` holds `k` floats, `acc` holds `np * 8` floats,
+    /// and the CPU has AVX2 and FMA (checked by [`q_gemv`]).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe extern "C" fn gemv(
@@ -218,92 +219,124 @@ mod imp {
         acc: *mut f32,
         form: i64,
     ) {
-        let (k, bs) = (k.max(0) as usize, bs.max(1) as usize);
-        let g = Gemv { k, bs, codes, ldc: ldc as usize, par, ldp: ldp as usize, a, acc };
-        let (zero, offset) = (form & super::ZERO != 0, form & super::OFFSET != 0);
-        // One copy of the loop per form, so nothing is decided inside it.
-        macro_rules! go {
-            ($four:expr) => {
-                match (np, zero, offset) {
-                    (1, false, false) => g.run::<$four, false, false, 1>(),
-                    (1, true, false) => g.run::<$four, true, false, 1>(),
-                    (1, false, true) => g.run::<$four, false, true, 1>(),
-                    (1, true, true) => g.run::<$four, true, true, 1>(),
-                    (2, false, false) => g.run::<$four, false, false, 2>(),
-                    (2, true, false) => g.run::<$four, true, false, 2>(),
-                    (2, false, true) => g.run::<$four, false, true, 2>(),
-                    (2, true, true) => g.run::<$four, true, true, 2>(),
-                    _ => {}
-                }
-            };
-        }
+        let p = Panels::new(k, bs, codes, ldc, par, ldp);
         // SAFETY: the caller's contract above.
-        unsafe {
-            if form & 0xFF == 4 {
-                go!(true)
-            } else {
-                go!(false)
-            }
-        }
+        unsafe { by_form!(p.gemv(a, acc), form, np) }
     }
 
-    /// The operands of one [`gemv`] call.
-    struct Gemv {
+    /// Packed panels of [`crate::blocked`]: codes and parameter blocks.
+    struct Panels {
         k: usize,
         bs: usize,
         codes: *const u8,
         ldc: usize,
         par: *const f32,
         ldp: usize,
-        a: *const f32,
-        acc: *mut f32,
     }
 
-    impl Gemv {
+    impl Panels {
+        fn new(k: i64, bs: i64, codes: *const u8, ldc: i64, par: *const f32, ldp: i64) -> Panels {
+            Panels { k: k.max(0) as usize, bs: bs.max(1) as usize, codes, ldc: ldc as usize, par, ldp: ldp as usize }
+        }
+
+        /// Parameter block `b` of panel `q`: scales, zero points, offsets (0 where absent).
+        ///
+        /// # Safety
+        /// The block lies in `par` (the callers' contracts).
+        #[target_feature(enable = "avx2")]
+        unsafe fn params<const ZERO: bool, const OFFSET: bool>(&self, q: usize, b: usize) -> [__m256; 3] {
+            let lanes = 1 + ZERO as usize + OFFSET as usize;
+            // SAFETY: as above.
+            unsafe {
+                let base = self.par.add(q * self.ldp + b * lanes * 8);
+                let zero = if ZERO { _mm256_loadu_ps(base.add(8)) } else { _mm256_setzero_ps() };
+                let offset = if OFFSET { _mm256_loadu_ps(base.add(8 * lanes - 8)) } else { _mm256_setzero_ps() };
+                [_mm256_loadu_ps(base), zero, offset]
+            }
+        }
+
+        /// The 8 weights of row `kk` of panel `q`, as the interpreter computes them:
+        /// `(u - zero) * scale (+ offset)`, `u` a nibble (`FOUR`) or a signed byte.
+        ///
+        /// # Safety
+        /// The row lies in `codes` (the callers' contracts).
+        #[target_feature(enable = "avx2")]
+        unsafe fn weights<const FOUR: bool, const ZERO: bool, const OFFSET: bool>(
+            &self,
+            q: usize,
+            kk: usize,
+            prm: &[__m256; 3],
+        ) -> __m256 {
+            // SAFETY: as above.
+            unsafe {
+                let cp = self.codes.add(q * self.ldc);
+                let u = if FOUR {
+                    let w = _mm256_set1_epi32(cp.add(kk * 4).cast::<u32>().read_unaligned() as i32);
+                    let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+                    _mm256_and_si256(_mm256_srlv_epi32(w, shifts), _mm256_set1_epi32(15))
+                } else {
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(kk * 8).cast::<__m128i>()))
+                };
+                let mut d = _mm256_cvtepi32_ps(u);
+                if ZERO {
+                    d = _mm256_sub_ps(d, prm[1]);
+                }
+                let w = _mm256_mul_ps(d, prm[0]);
+                if OFFSET {
+                    _mm256_add_ps(w, prm[2])
+                } else {
+                    w
+                }
+            }
+        }
+
+        /// `out[q * k * 8 + kk * 8 + j]`: every weight of the `NP` panels (see [`QUnpack`]).
+        ///
+        /// # Safety
+        /// As [`unpack`].
+        #[target_feature(enable = "avx2")]
+        unsafe fn unpack<const FOUR: bool, const ZERO: bool, const OFFSET: bool, const NP: usize>(
+            &self,
+            out: *mut f32,
+        ) {
+            // SAFETY: as above.
+            unsafe {
+                for q in 0..NP {
+                    let outp = out.add(q * self.k * 8);
+                    for b in 0..self.k.div_ceil(self.bs) {
+                        let prm = self.params::<ZERO, OFFSET>(q, b);
+                        for kk in b * self.bs..((b + 1) * self.bs).min(self.k) {
+                            let w = self.weights::<FOUR, ZERO, OFFSET>(q, kk, &prm);
+                            _mm256_storeu_ps(outp.add(kk * 8), w);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// `acc[q * 8 + j] = sum_kk a[kk] * w(kk, q, j)` for the `NP` panels (see [`QGemv`]).
+        ///
         /// # Safety
         /// As [`gemv`].
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn run<const FOUR: bool, const ZERO: bool, const OFFSET: bool, const NP: usize>(&self) {
-            let lanes = 1 + ZERO as usize + OFFSET as usize;
-            let nb = self.k.div_ceil(self.bs);
-            let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-            let mask = _mm256_set1_epi32(15);
-            // SAFETY (whole body): the caller's contract bounds every offset.
+        unsafe fn gemv<const FOUR: bool, const ZERO: bool, const OFFSET: bool, const NP: usize>(
+            &self,
+            a: *const f32,
+            acc: *mut f32,
+        ) {
+            // SAFETY: as above.
             unsafe {
                 // Two partial sums per panel, k steps alternating between them.
                 let mut sum = [[_mm256_setzero_ps(); 2]; NP];
-                for b in 0..nb {
+                for b in 0..self.k.div_ceil(self.bs) {
                     let mut prm = [[_mm256_setzero_ps(); 3]; NP];
                     for (q, p) in prm.iter_mut().enumerate() {
-                        let base = self.par.add(q * self.ldp + b * lanes * 8);
-                        p[0] = _mm256_loadu_ps(base);
-                        if ZERO {
-                            p[1] = _mm256_loadu_ps(base.add(8));
-                        }
-                        if OFFSET {
-                            p[2] = _mm256_loadu_ps(base.add(8 * lanes - 8));
-                        }
+                        *p = self.params::<ZERO, OFFSET>(q, b);
                     }
-                    // The weight as the interpreter computes it, (u - z) * s (+ o), times a[kk]
-                    // into partial sum `h` of each panel.
                     let mut step = |kk: usize, h: usize| {
-                        let av = _mm256_set1_ps(self.a.add(kk).read());
+                        let av = _mm256_set1_ps(a.add(kk).read());
                         for q in 0..NP {
-                            let cp = self.codes.add(q * self.ldc);
-                            let u = if FOUR {
-                                let w = _mm256_set1_epi32(cp.add(kk * 4).cast::<u32>().read_unaligned() as i32);
-                                _mm256_and_si256(_mm256_srlv_epi32(w, shifts), mask)
-                            } else {
-                                _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(kk * 8).cast::<__m128i>()))
-                            };
-                            let mut d = _mm256_cvtepi32_ps(u);
-                            if ZERO {
-                                d = _mm256_sub_ps(d, prm[q][1]);
-                            }
-                            let mut w = _mm256_mul_ps(d, prm[q][0]);
-                            if OFFSET {
-                                w = _mm256_add_ps(w, prm[q][2]);
-                            }
+                            let w = self.weights::<FOUR, ZERO, OFFSET>(q, kk, &prm[q]);
                             sum[q][h] = _mm256_fmadd_ps(av, w, sum[q][h]);
                         }
                     };
@@ -319,7 +352,7 @@ mod imp {
                     }
                 }
                 for (q, s) in sum.iter().enumerate() {
-                    _mm256_storeu_ps(self.acc.add(q * 8), _mm256_add_ps(s[0], s[1]));
+                    _mm256_storeu_ps(acc.add(q * 8), _mm256_add_ps(s[0], s[1]));
                 }
             }
         }
