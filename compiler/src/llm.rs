@@ -29,8 +29,10 @@
 //! (`NORM`) RoPE, SiLU gating and no extra norms.
 
 use crate::gguf::{self, GgmlType, Gguf, GgufError, MetaValue, TensorInfo};
+use std::collections::HashMap;
 use tessera_ir::{
-    BinaryOp, ConstData, DType, Dim, Graph, Op, Quant, QuantGranularity, Shape, TargetDim, TensorType, UnaryOp, Value,
+    BinaryOp, ConstData, DType, Dim, FakeQuantFormat, Graph, Op, Quant, QuantGranularity, Shape, TargetDim, TensorType,
+    UnaryOp, Value,
 };
 
 /// Why a GGUF model could not be lowered.
@@ -200,6 +202,65 @@ pub enum Logits {
     Last,
 }
 
+/// How closely the graph follows llama.cpp's CPU arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Numerics {
+    /// f32 throughout: exact products of the activations with the weights' values, exact GELU
+    /// (what the weights define; llama.cpp on an F32 copy of the weights agrees with it to
+    /// 2e-4 of the logit range).
+    #[default]
+    Exact,
+    /// llama.cpp's CPU arithmetic: each matrix product's activations rounded to the format
+    /// ggml multiplies the weight's type with (`fake_quant q8_0` before Q4_0/Q5_0/Q8_0 weights,
+    /// `q8_k` before K-quant and ternary ones, f16/bf16 before f16/bf16 weights; f32 weights
+    /// take f32), and GELU read from ggml's f16 table (input and result rounded to f16; 0 at or
+    /// below -10, the input at or above 10). Not reproduced: for Q4_1/Q5_1 weights ggml also
+    /// rounds each activation block's sum to f16. The rounding makes the logits sensitive to
+    /// the order of float sums (a value near a rounding boundary flips a whole 8-bit step):
+    /// on gemma-3-270m the CPU target and the interpreter, both in this mode, differ by up to
+    /// 2.5% of the logit range, as much as either differs from llama.cpp, so this mode gives
+    /// llama.cpp's error statistics, not its exact text.
+    Ggml,
+}
+
+impl Numerics {
+    /// The activation rounding ggml applies before a product with a weight of type `ty`.
+    fn rounding(self, ty: GgmlType) -> Option<Rounding> {
+        use GgmlType as T;
+        if self == Numerics::Exact {
+            return None;
+        }
+        match ty {
+            T::F16 => Some(Rounding::Cast(DType::F16)),
+            T::BF16 => Some(Rounding::Cast(DType::BF16)),
+            T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 | T::Q8_1 => Some(Rounding::Blocks(FakeQuantFormat::Q8_0)),
+            T::Q2_K | T::Q3_K | T::Q4_K | T::Q5_K | T::Q6_K | T::Q8_K | T::TQ1_0 | T::TQ2_0 => {
+                Some(Rounding::Blocks(FakeQuantFormat::Q8K))
+            }
+            T::F32 | T::F64 | T::I8 | T::I16 | T::I32 | T::I64 => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Rounding {
+    Cast(DType),
+    Blocks(FakeQuantFormat),
+}
+
+/// How to lower a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LowerOptions {
+    pub logits: Logits,
+    pub numerics: Numerics,
+}
+
+impl LowerOptions {
+    pub fn new(logits: Logits) -> LowerOptions {
+        LowerOptions { logits, numerics: Numerics::default() }
+    }
+}
+
 /// A lowered model.
 pub struct LlmGraph {
     pub config: LlmConfig,
@@ -207,16 +268,27 @@ pub struct LlmGraph {
 }
 
 /// Lowers a GGUF decoder model into the IR (see the module docs for the graph's signature).
-pub fn lower(g: &Gguf, logits: Logits) -> Result<LlmGraph, LlmError> {
+pub fn lower(g: &Gguf, opts: &LowerOptions) -> Result<LlmGraph, LlmError> {
     let cfg = LlmConfig::of(g)?;
-    let mut b = Builder { gguf: g, g: Graph::new(g.get("general.name").and_then(|v| v.as_str()).unwrap_or("model")) };
-    let graph = b.build(&cfg, logits)?;
+    let mut b = Builder {
+        gguf: g,
+        g: Graph::new(g.get("general.name").and_then(|v| v.as_str()).unwrap_or("model")),
+        numerics: opts.numerics,
+        weight_types: HashMap::new(),
+        rounded: HashMap::new(),
+    };
+    let graph = b.build(&cfg, opts.logits)?;
     Ok(LlmGraph { config: cfg, graph })
 }
 
 struct Builder<'a> {
     gguf: &'a Gguf,
     g: Graph,
+    numerics: Numerics,
+    /// The GGUF type of each weight constant, which says how its activations are rounded.
+    weight_types: HashMap<Value, GgmlType>,
+    /// Rounded activations already built, shared by the products that read them (q, k, v).
+    rounded: HashMap<(Value, Rounding), Value>,
 }
 
 fn sym(s: &str) -> Dim {
@@ -312,7 +384,9 @@ impl Builder<'_> {
                     out[c * n_out + r] = x;
                 }
             }
-            return Ok(self.f32s(&[k, n_out], &out));
+            let w = self.f32s(&[k, n_out], &out);
+            self.weight_types.insert(w, t.ty);
+            return Ok(w);
         }
         // Codes and parameters transposed: rows of the file become columns. Tiles of 64 file
         // rows are decoded at once and keep the writes of each k row together.
@@ -354,7 +428,9 @@ impl Builder<'_> {
             offset,
         };
         let ty = TensorType { dtype, shape: Shape::from_static(&[k, n_out]), quant: Some(Box::new(quant)) };
-        Ok(self.g.add_const(ty, ConstData::from_vec(pack(dtype, &codes))))
+        let w = self.g.add_const(ty, ConstData::from_vec(pack(dtype, &codes)));
+        self.weight_types.insert(w, t.ty);
+        Ok(w)
     }
 
     fn rms(&mut self, x: Value, name: &str, n: usize, eps: f32) -> Result<Value, LlmError> {
@@ -362,8 +438,48 @@ impl Builder<'_> {
         self.op(Op::RmsNorm { axis: -1, epsilon: eps }, vec![x, w])
     }
 
+    /// `x @ w`, with `x` rounded first as [`Numerics`] says for `w`'s GGUF type.
     fn qmm(&mut self, x: Value, w: Value) -> Result<Value, LlmError> {
+        let rounding = self.weight_types.get(&w).and_then(|&ty| self.numerics.rounding(ty));
+        let x = match rounding {
+            None => x,
+            Some(r) => match self.rounded.get(&(x, r)) {
+                Some(&v) => v,
+                None => {
+                    let v = match r {
+                        Rounding::Blocks(format) => self.op(Op::FakeQuant { format }, vec![x])?,
+                        Rounding::Cast(to) => {
+                            let h = self.op(Op::Cast { to }, vec![x])?;
+                            self.op(Op::Cast { to: DType::F32 }, vec![h])?
+                        }
+                    };
+                    self.rounded.insert((x, r), v);
+                    v
+                }
+            },
+        };
         self.op(Op::QMatMul, vec![x, w])
+    }
+
+    /// Tanh GELU; with [`Numerics::Ggml`] as ggml's f16 table gives it (`GGML_GELU_FP16`).
+    fn gelu(&mut self, x: Value) -> Result<Value, LlmError> {
+        if self.numerics == Numerics::Exact {
+            return self.un(UnaryOp::GeluTanh, x);
+        }
+        let f16 = |b: &mut Self, v: Value| -> Result<Value, LlmError> {
+            let h = b.op(Op::Cast { to: DType::F16 }, vec![v])?;
+            b.op(Op::Cast { to: DType::F32 }, vec![h])
+        };
+        let xh = f16(self, x)?;
+        let t = self.un(UnaryOp::GeluTanh, xh)?;
+        let t = f16(self, t)?;
+        let lo = self.f32s(&[], &[-10.0]);
+        let hi = self.f32s(&[], &[10.0]);
+        let zero = self.f32s(&[], &[0.0]);
+        let below = self.bin(BinaryOp::LessEqual, x, lo)?;
+        let t = self.op(Op::Where, vec![below, zero, t])?;
+        let above = self.bin(BinaryOp::GreaterEqual, x, hi)?;
+        self.op(Op::Where, vec![above, x, t])
     }
 
     /// `(cos, sin)` of `positions * freq` as `[seq, 1, half]` (broadcast over heads), the
@@ -534,7 +650,7 @@ impl Builder<'_> {
             let wd = self.matrix(&name("ffn_down"), e, cfg.n_ff)?;
             let gt = self.qmm(hn, wg)?;
             let up = self.qmm(hn, wu)?;
-            let act = self.un(if gemma { UnaryOp::GeluTanh } else { UnaryOp::Silu }, gt)?;
+            let act = if gemma { self.gelu(gt)? } else { self.un(UnaryOp::Silu, gt)? };
             let f = self.bin(BinaryOp::Mul, act, up)?;
             let mut d = self.qmm(f, wd)?;
             if gemma {

@@ -2,7 +2,7 @@
 //! prints and parses the same way.
 
 use crate::dtype::DType;
-use crate::op::{BinaryOp, Op, ReduceOp, TargetDim, UnaryOp};
+use crate::op::{BinaryOp, FakeQuantFormat, Op, ReduceOp, TargetDim, UnaryOp};
 use crate::tensor::write_f32;
 use std::fmt::Write;
 
@@ -107,6 +107,7 @@ pub fn op_attrs(op: &Op) -> Vec<(&'static str, Attr)> {
             vec![("value", Attr::Float(*value)), ("dtype", Attr::Word(dtype.name().into()))]
         }
         Op::Kernel { name } => vec![("name", Attr::Str(name.clone()))],
+        Op::FakeQuant { format } => vec![("format", Attr::Word(format.name().into()))],
         Op::MatMulInteger { pair_saturate } => vec![("pair_saturate", word(*pair_saturate))],
         Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul | Op::QMatMul => vec![],
         Op::DynamicQuantize | Op::ShapeOf | Op::Range | Op::Identity => vec![],
@@ -238,6 +239,17 @@ pub fn op_from_text(name: &str, mut a: AttrReader) -> Result<Op, String> {
             }
             "dequantize" => Op::Dequantize { axis: a.int("axis", Some(1))?, block: a.uint("block", 0)? },
             "dynamic_quantize" => Op::DynamicQuantize,
+            "fake_quant" => {
+                let format = match a.take("format") {
+                    Some(Attr::Word(w)) => FakeQuantFormat::ALL
+                        .into_iter()
+                        .find(|f| f.name() == w)
+                        .ok_or_else(|| format!("unknown `fake_quant` format `{w}` (known: q8_0, q8_k)"))?,
+                    Some(other) => return Err(format!("attribute `format` must be q8_0 or q8_k, got {other:?}")),
+                    None => return Err("missing attribute `format`".into()),
+                };
+                Op::FakeQuant { format }
+            }
             "argmax" => Op::ArgMax {
                 axis: a.int("axis", Some(0))?,
                 keepdims: a.bool("keepdims", true)?,

@@ -183,6 +183,21 @@ pub fn infer_types(g: &Graph, op: &Op, operands: &[Value], body: Option<&Graph>)
                 TensorType::scalar(DType::U8),
             ])
         }
+        Op::FakeQuant { format } => {
+            let xt = x.expect("arity");
+            if xt.dtype != DType::F32 {
+                return Err(format!("`fake_quant` needs f32, got {}", xt.dtype));
+            }
+            let b = format.block() as u64;
+            match xt.shape.0.last().map(|d| d.as_static()) {
+                Some(Some(n)) if n.is_multiple_of(b) => one(DType::F32, xt.shape.clone()),
+                Some(Some(n)) => Err(format!(
+                    "`fake_quant {{format = {}}}` needs a last dim that is a multiple of {b}, got {n}",
+                    format.name()
+                )),
+                _ => Err(format!("`fake_quant` needs a static last dim (a multiple of {b})")),
+            }
+        }
         Op::Reduce { op: r, axes, keepdims } => {
             let xt = x.expect("arity");
             if xt.dtype == DType::Bool || (*r == crate::op::ReduceOp::Mean && !xt.dtype.is_float()) {

@@ -19,7 +19,7 @@ pub mod infer;
 pub mod interp;
 pub mod op;
 pub use graph::{Device, Graph, MemSlot, NodeData, Span, ValueDef};
-pub use op::{BinaryOp, Op, ReduceOp, TargetDim, UnaryOp};
+pub use op::{BinaryOp, FakeQuantFormat, Op, ReduceOp, TargetDim, UnaryOp};
 pub mod attrs;
 pub mod compare;
 pub mod write;

@@ -15,6 +15,51 @@ use crate::dtype::DType;
 use crate::shape::Dim;
 use std::fmt;
 
+/// The block formats of `fake_quant`: ggml's 8-bit activation formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FakeQuantFormat {
+    /// `block_q8_0`: 32 values, an f16 scale (the activations of Q4_0, Q5_0 and Q8_0 weights).
+    Q8_0,
+    /// `block_q8_K`: 256 values, an f32 scale (the activations of K-quant and ternary weights).
+    Q8K,
+}
+
+impl FakeQuantFormat {
+    pub const ALL: [FakeQuantFormat; 2] = [FakeQuantFormat::Q8_0, FakeQuantFormat::Q8K];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FakeQuantFormat::Q8_0 => "q8_0",
+            FakeQuantFormat::Q8K => "q8_k",
+        }
+    }
+
+    /// Values per block.
+    pub fn block(self) -> usize {
+        match self {
+            FakeQuantFormat::Q8_0 => 32,
+            FakeQuantFormat::Q8K => 256,
+        }
+    }
+
+    /// A block's `(multiplier, d)` from its `amax`: each value becomes
+    /// `round_half_even(x * multiplier) * d` (see `Op::FakeQuant`). Targets call this for the
+    /// per-block scalars so that they round exactly as the interpreter does.
+    pub fn block_params(self, amax: f32) -> (f32, f32) {
+        match self {
+            FakeQuantFormat::Q8_0 => {
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                (id, half::f16::from_f32(amax / 127.0).to_f32())
+            }
+            FakeQuantFormat::Q8K if amax == 0.0 => (0.0, 0.0),
+            FakeQuantFormat::Q8K => {
+                let iscale = 127.0 / amax;
+                (iscale, 1.0 / iscale)
+            }
+        }
+    }
+}
+
 /// Elementwise functions of one operand. The result has the operand's type unless noted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
@@ -322,6 +367,22 @@ pub enum Op {
     /// `lo = min(0, min(x))`, `hi = max(0, max(x))`, `scale = (hi - lo) / 255` (1.0 when that
     /// is 0), `zero = saturate(round_half_even(-lo / scale))`, `y = quantize(x, scale, zero)`.
     DynamicQuantize,
+    /// `fake_quant x {format}`: rounds f32 `x` to the values an 8-bit symmetric quantization of
+    /// each block of consecutive elements along the last axis represents, as ggml (llama.cpp)
+    /// quantizes a matrix product's activations before its integer dot products; the result is
+    /// f32 `q * d`. The last dim must be static and a multiple of the block. For each block,
+    /// `amax = max |x|` (a NaN in the block makes the whole block NaN):
+    /// - `q8_0` (block 32, ggml's `quantize_row_q8_0` on x86): `q = round_half_even(x * id)` with
+    ///   `id = 127 / amax` (0 when `amax` is 0), `d = f16(amax / 127)` (rounded to f16, nearest
+    ///   even, as the block stores it).
+    /// - `q8_k` (block 256, `quantize_row_q8_K`): `iscale = 127 / amax`,
+    ///   `q = round_half_even(x * iscale)`, `d = 1 / iscale`; a block whose `amax` is 0 gives 0.
+    ///   (ggml takes the sign of `iscale` from the element of largest magnitude; `q * d` does
+    ///   not depend on it.)
+    ///
+    /// With these values `matmul (fake_quant x), w` equals ggml's quantized product up to the
+    /// order of float sums.
+    FakeQuant { format: FakeQuantFormat },
     /// `reduce_* x {axes, keepdims}`: reduce over `axes` (all axes when empty).
     /// `reduce_* x, axes {keepdims}` takes the axes as a 1-D i64 operand known only at run
     /// time (the attribute is then empty); an empty operand reduces all axes.
@@ -413,6 +474,7 @@ impl Op {
             Op::Quantize { .. } => "quantize",
             Op::Dequantize { .. } => "dequantize",
             Op::DynamicQuantize => "dynamic_quantize",
+            Op::FakeQuant { .. } => "fake_quant",
             Op::Reduce { op, .. } => op.name(),
             Op::ArgMax { .. } => "argmax",
             Op::Softmax { .. } => "softmax",
@@ -441,7 +503,9 @@ impl Op {
     /// The allowed operand counts, inclusive (None: any count from the minimum up).
     pub fn arity(&self) -> (usize, Option<usize>) {
         match self {
-            Op::Unary(_) | Op::Cast { .. } | Op::DynamicQuantize | Op::ArgMax { .. } => (1, Some(1)),
+            Op::Unary(_) | Op::Cast { .. } | Op::DynamicQuantize | Op::ArgMax { .. } | Op::FakeQuant { .. } => {
+                (1, Some(1))
+            }
             Op::Reduce { .. } => (1, Some(2)),
             Op::Slice { starts, .. } if starts.is_empty() => (3, Some(5)),
             Op::Split { .. } => (1, Some(2)),

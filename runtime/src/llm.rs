@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use tessera_compiler::gguf::Gguf;
-use tessera_compiler::llm::{self as lower, LlmConfig, Logits};
+use tessera_compiler::llm::{self as lower, LlmConfig, Logits, LowerOptions, Numerics};
 use tessera_compiler::tokenizer::Tokenizer;
 use tessera_ir::{DType, Tensor};
 
@@ -54,12 +54,21 @@ pub struct LlmOptions {
     pub passes: String,
     /// Tokens the KV cache holds (prompt and generated); at most the model's training context.
     pub context: usize,
+    /// f32 throughout (the default) or rounded as llama.cpp's CPU backend rounds (8-bit
+    /// activation blocks before quantized products, GELU from an f16 table); see [`Numerics`].
+    pub numerics: Numerics,
 }
 
 impl Default for LlmOptions {
     fn default() -> Self {
         let s = SessionOptions::default();
-        LlmOptions { target: s.target, threads: s.threads, passes: s.passes, context: 1024 }
+        LlmOptions {
+            target: s.target,
+            threads: s.threads,
+            passes: s.passes,
+            context: 1024,
+            numerics: Numerics::default(),
+        }
     }
 }
 
@@ -210,7 +219,7 @@ impl Llm {
         let t0 = Instant::now();
         let gguf = Gguf::open(path.as_ref()).map_err(lower::LlmError::from)?;
         // The architecture and its metadata first: the most basic problem is the one reported.
-        let m = lower::lower(&gguf, Logits::Last)?;
+        let m = lower::lower(&gguf, &LowerOptions { logits: Logits::Last, numerics: opts.numerics })?;
         let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| LlmRunError::Tokenizer(e.to_string()))?;
         // What a decoded token reads: every matrix as the file stores it (the tied embedding is
         // the output projection).

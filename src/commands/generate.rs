@@ -38,11 +38,39 @@ pub struct GenerateArgs {
     /// Threads for the CPU target (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// `exact` computes in f32 throughout (the weights' values, exactly); `ggml` rounds as
+    /// llama.cpp's CPU backend does (8-bit activation blocks before each quantized product,
+    /// GELU from an f16 table): its error statistics, though not its exact text.
+    #[arg(long, value_enum, default_value_t = NumericsArg::Exact)]
+    pub numerics: NumericsArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum NumericsArg {
+    /// f32 throughout: exact products with the weights' values.
+    Exact,
+    /// llama.cpp's rounding (q8_0 before Q4_0/Q5_0/Q8_0 weights, q8_K before K-quant and
+    /// ternary weights, f16 before f16 weights; GELU in f16).
+    Ggml,
+}
+
+impl From<NumericsArg> for tessera_compiler::llm::Numerics {
+    fn from(a: NumericsArg) -> Self {
+        match a {
+            NumericsArg::Ggml => tessera_compiler::llm::Numerics::Ggml,
+            NumericsArg::Exact => tessera_compiler::llm::Numerics::Exact,
+        }
+    }
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     crate::must_exist(&args.model, "the model file")?;
-    let mut opts = LlmOptions { target: args.target.into(), context: args.context, ..Default::default() };
+    let mut opts = LlmOptions {
+        target: args.target.into(),
+        context: args.context,
+        numerics: args.numerics.into(),
+        ..Default::default()
+    };
     if let Some(t) = args.threads {
         opts.threads = t;
     }

@@ -46,8 +46,11 @@ pub fn load_graph_with(path: &Path, options: &tessera_compiler::onnx::ImportOpti
         }
         Some("gguf") => {
             let g = tessera_compiler::gguf::Gguf::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let m = tessera_compiler::llm::lower(&g, tessera_compiler::llm::Logits::Last)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let m = tessera_compiler::llm::lower(
+                &g,
+                &tessera_compiler::llm::LowerOptions::new(tessera_compiler::llm::Logits::Last),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             return Ok(m.graph);
         }
         _ => bail!("{}: unknown file type (expected .tir, .onnx or .gguf)", path.display()),

@@ -234,6 +234,7 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &Bindings) -> OpResult<Vec<Tensor>>
             one(quant::dequantize(args, *axis, *block)?)
         }
         Op::DynamicQuantize => quant::dynamic_quantize(args[0]),
+        Op::FakeQuant { format } => one(quant::fake_quant(args[0], *format)?),
         Op::Reduce { op, axes, keepdims } => match args.get(1) {
             Some(a) => one(nn::reduce(*op, args[0], &ints(a)?.iter().copied().collect::<Vec<_>>(), *keepdims)?),
             None => one(nn::reduce(*op, args[0], axes, *keepdims)?),

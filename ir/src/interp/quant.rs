@@ -1,8 +1,9 @@
 //! Quantization: quantize, dequantize (explicit parameters or the operand type's `quant`) and
-//! dynamic_quantize.
+//! dynamic_quantize and fake_quant.
 
 use super::{axis, float_result, floats, ints, OpResult};
 use crate::dtype::DType;
+use crate::op::FakeQuantFormat;
 use crate::tensor::{Tensor, TensorData};
 use crate::types::{Quant, QuantGranularity};
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -104,4 +105,23 @@ pub(crate) fn dynamic_quantize(x: &Tensor) -> OpResult<Vec<Tensor>> {
     let zero_t = Tensor::from_i64(DType::U8, &[], vec![zero]).map_err(|e| e.to_string())?;
     let y = quantize(&[x, &scale_t, &zero_t], 0, 0, DType::U8)?;
     Ok(vec![y, scale_t, zero_t])
+}
+
+/// `fake_quant`: each block of the last axis rounded to ggml's 8-bit activation values.
+pub(crate) fn fake_quant(x: &Tensor, format: FakeQuantFormat) -> OpResult<Tensor> {
+    let a = floats(x)?;
+    let b = format.block();
+    let mut out: Vec<f32> = a.iter().copied().collect();
+    if !out.len().is_multiple_of(b) {
+        return Err(format!("`fake_quant`: {} elements are not whole blocks of {b}", out.len()));
+    }
+    for block in out.chunks_mut(b) {
+        let amax = block.iter().fold(0f32, |m, &v| if m.is_nan() || v.is_nan() { f32::NAN } else { m.max(v.abs()) });
+        let (mul, d) = format.block_params(amax);
+        for v in block.iter_mut() {
+            *v = (*v * mul).round_ties_even() * d;
+        }
+    }
+    let shape: Vec<usize> = a.shape().to_vec();
+    Tensor::from_f32(DType::F32, &shape, out).map_err(|e| e.to_string())
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Value};
-use tessera_ir::{DType, Dim, Graph, Node, Op};
+use tessera_ir::{DType, Dim, FakeQuantFormat, Graph, Node, Op};
 
 use crate::fx::{broadcast_moves, broadcast_strides, mem, mem_ro, Fx, F4};
 use crate::gemm::{for_panel_pairs, TileEmitter, TILE_MR};
@@ -705,6 +705,93 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
         vec![(floats * 4) as i64]
     }));
     Ok(lw)
+}
+
+/// `fake_quant`: parallel over rows; per block of the last axis, `amax` in f32x4 lanes (the
+/// NaN-propagating `fmax`, as the interpreter's fold), the block's multiplier and scale from
+/// [`FakeQuantFormat::block_params`] (a host call per block, so f16 rounding is the
+/// interpreter's), then `nearest(x * multiplier) * d` four lanes at a time.
+pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> Result<Lowered<'_>, CpuError> {
+    let nd = g.node(n);
+    f32_only(g, &nd.inputs, "fake_quant")?;
+    let xd = dims(g, nd.inputs[0]);
+    let (outer, last) = xd.split_at(xd.len().saturating_sub(1));
+    let width = last
+        .first()
+        .and_then(Dim::as_static)
+        .ok_or_else(|| CpuError::Unsupported("fake_quant of a scalar or a dynamic last dim".into()))?
+        as i64;
+    let block = format.block() as i64;
+    if width % block != 0 {
+        return Err(CpuError::Codegen(format!("fake_quant row of {width} is not whole blocks of {block}")));
+    }
+    let host: extern "C" fn(f32, *mut f32) = match format {
+        FakeQuantFormat::Q8_0 => host_fq_q8_0,
+        FakeQuantFormat::Q8K => host_fq_q8_k,
+    };
+    let mut bufs = values(&nd.inputs);
+    bufs.push(BufRef::Value(nd.outputs[0]));
+    let mut lw = Lowered::new(
+        "fake_quant",
+        bufs,
+        Box::new(move |fx| {
+            let (xp, yp) = (fx.buf(0), fx.buf(1));
+            let params = fx.stack_buf(8, 3);
+            let (lo, hi) = (fx.lo, fx.hi);
+            let b0 = fx.imul_imm(lo, width / block);
+            let b1 = fx.imul_imm(hi, width / block);
+            fx.for_range(b0, b1, 1, false, |fx, b| {
+                let off = fx.imul_imm(b, block * 4);
+                let xb = fx.b.ins().iadd(xp, off);
+                let yb = fx.b.ins().iadd(yp, off);
+                let mut acc = fx.fsplat(0.0);
+                for j in 0..block / 4 {
+                    let v = fx.b.ins().load(F4, mem(), xb, (j * 16) as i32);
+                    let a = fx.b.ins().fabs(v);
+                    acc = fx.b.ins().fmax(acc, a);
+                }
+                let mut amax = fx.b.ins().extractlane(acc, 0);
+                for lane in 1..4u8 {
+                    let e = fx.b.ins().extractlane(acc, lane);
+                    amax = fx.b.ins().fmax(amax, e);
+                }
+                fx.call_host(host as *const () as usize, &[types::F32, types::I64], None, &[amax, params]);
+                let m = fx.b.ins().load(types::F32, mem(), params, 0);
+                let d = fx.b.ins().load(types::F32, mem(), params, 4);
+                let mv = fx.b.ins().splat(F4, m);
+                let dv = fx.b.ins().splat(F4, d);
+                for j in 0..block / 4 {
+                    let v = fx.b.ins().load(F4, mem(), xb, (j * 16) as i32);
+                    let q = fx.b.ins().fmul(v, mv);
+                    let q = fx.b.ins().nearest(q);
+                    let y = fx.b.ins().fmul(q, dv);
+                    fx.b.ins().store(mem(), y, yb, (j * 16) as i32);
+                }
+                Ok(())
+            })?;
+            Ok(())
+        }),
+    );
+    lw.par = Some((if outer.is_empty() { vec![Dim::Static(1)] } else { outer.to_vec() }, 1));
+    Ok(lw)
+}
+
+extern "C" fn host_fq_q8_0(amax: f32, out: *mut f32) {
+    let (m, d) = FakeQuantFormat::Q8_0.block_params(amax);
+    // SAFETY: `out` is the kernel's 8-byte stack slot.
+    unsafe {
+        *out = m;
+        *out.add(1) = d;
+    }
+}
+
+extern "C" fn host_fq_q8_k(amax: f32, out: *mut f32) {
+    let (m, d) = FakeQuantFormat::Q8K.block_params(amax);
+    // SAFETY: `out` is the kernel's 8-byte stack slot.
+    unsafe {
+        *out = m;
+        *out.add(1) = d;
+    }
 }
 
 pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {

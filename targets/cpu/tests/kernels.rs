@@ -271,6 +271,35 @@ fn dynamic_quantize_matches_the_interpreter_with_nan_and_a_tail() {
     }
 }
 
+/// ggml's activation rounding, both block formats, bit for bit: rows of varied magnitude (so
+/// f16 scales and their rounding differ per block), an all-zero block, a block with a NaN
+/// (NaN throughout, as the interpreter), and ties at `x * multiplier = k + 0.5`.
+#[test]
+fn fake_quant_matches_the_interpreter_bit_for_bit() {
+    let (rows, width) = (5, 512);
+    let mut xs: Vec<f32> =
+        (0..rows * width).map(|i| (i as f32 * 0.731).sin() * (1.0 + (i / 97) as f32 * 0.37).powi(3)).collect();
+    xs[width..width + 256].fill(0.0);
+    xs[2 * width + 300] = f32::NAN;
+    // amax 127 in the first q8_0 block of row 3: multiplier 1, so these are exact ties.
+    xs[3 * width] = 127.0;
+    xs[3 * width + 1..3 * width + 5].copy_from_slice(&[0.5, 1.5, -2.5, 3.5]);
+    for (format, block) in [("q8_0", 32), ("q8_k", 256)] {
+        let src = format!(
+            "graph @g {{\n  v0: f32[{rows}, {width}] = input \"x\"\n  v1: f32[{rows}, {width}] = fake_quant v0 {{format = {format}}}\n  output \"y\" = v1\n}}\n"
+        );
+        let x = Tensor::from_f32(DType::F32, &[rows, width], xs.clone()).unwrap();
+        let (got, want) = run_both(&src, vec![x]);
+        let bits = |t: &Tensor| t.to_f64_vec().iter().map(|v| (*v as f32).to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got[0]), bits(&want[0]), "{format}");
+        let w = want[0].to_f64_vec();
+        let nan_block = 2 * width + 300 / block * block;
+        assert!(w[nan_block..nan_block + block].iter().all(|v| v.is_nan()), "{format}: the NaN block");
+        assert!(!w[nan_block - 1].is_nan() && !w[nan_block + block].is_nan(), "{format}: only that block");
+        assert_ne!(w[..width], xs[..width].iter().map(|&v| v as f64).collect::<Vec<_>>()[..], "{format} rounds");
+    }
+}
+
 /// onnxruntime's saturating pair sums (`pair_saturate`): weights and activations chosen so that
 /// some pairs saturate at both ends, sizes off the tiles; equal to the interpreter both ways.
 #[test]
