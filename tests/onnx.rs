@@ -303,9 +303,11 @@ fn conformance_node_tests_on_the_cpu_target_after_the_default_pipeline() {
 #[test]
 fn every_minilm_variant_runs_on_the_cpu_target_like_the_interpreter() {
     variants_like_the_interpreter("CPU", tessera_compiler::passes::DEFAULT_PIPELINE, &mut |name, g| {
-        let program =
-            tessera_target_cpu::compile(g, &tessera_target_cpu::CpuOptions { threads: 2, ..Default::default() })
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let program = tessera_target_cpu::compile(
+            g,
+            &tessera_target_cpu::CpuOptions { threads: 2, min_split_bytes: 0, ..Default::default() },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         Box::new(move |inputs| program.run(inputs).map_err(|e| e.to_string()))
     });
 }

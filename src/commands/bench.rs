@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// spec defines it: the same arithmetic as the peer, for an int8 model.
     #[arg(long)]
     pub match_onnxruntime: bool,
+    /// For a .gguf model: `exact` (f32 activations) or `ggml` (llama.cpp's 8-bit activation
+    /// rounding and f16 GELU table), as `tessera generate --numerics`.
+    #[arg(long, value_enum, default_value_t = super::generate::NumericsArg::Exact)]
+    pub numerics: super::generate::NumericsArg,
 }
 
 pub(super) fn median(v: &mut [f64]) -> f64 {

@@ -132,7 +132,7 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
     println!("memory bandwidth (STREAM triad, {threads} threads, best of 5): {bw:.1} GB/s");
 
     let t0 = Instant::now();
-    let opts = LlmOptions { threads, context: ctx, ..Default::default() };
+    let opts = LlmOptions { threads, context: ctx, numerics: args.numerics.into(), ..Default::default() };
     let mut llm = Llm::from_gguf(&args.model, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
     let tess_start_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut ids = llm.tokenizer.encode(FILLER, true);
@@ -188,27 +188,27 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
     let (t_pre, t_dec) = (tps(n_prompt, tp), tps(gen - 1, td));
     let (l_pre, l_dec) = (tps(n_prompt, lp), tps(gen - 1, ld));
     println!("{:>10} {:>18} {:>18} {:>10}", "", "tessera", "llama.cpp", "ratio");
-    println!("{:>10} {:>12.1} tok/s {:>12.1} tok/s {:>10.2}", "prefill", t_pre, l_pre, t_pre / l_pre);
-    println!("{:>10} {:>12.1} tok/s {:>12.1} tok/s {:>10.2}", "decode", t_dec, l_dec, t_dec / l_dec);
+    println!("{:>10} {:>12.1} tok/s {:>12} tok/s {:>10}", "prefill", t_pre, num(l_pre, 1), num(t_pre / l_pre, 2));
+    println!("{:>10} {:>12.1} tok/s {:>12} tok/s {:>10}", "decode", t_dec, num(l_dec, 1), num(t_dec / l_dec, 2));
     println!("ratio = tessera / llama.cpp tokens per second (above 1.0: Tessera is faster)");
     println!(
-        "decode ceiling: {:.1} MB read per token ({:.1} MB of weights as the file stores them + {:.1} MB of KV cache) / {bw:.1} GB/s = {ceiling:.1} tok/s; tessera {:.0}%, llama.cpp {:.0}% of it",
+        "decode ceiling: {:.1} MB read per token ({:.1} MB of weights as the file stores them + {:.1} MB of KV cache) / {bw:.1} GB/s = {ceiling:.1} tok/s; tessera {:.0}%, llama.cpp {}% of it",
         per_token as f64 / MB,
         weight_bytes as f64 / MB,
         kv_bytes as f64 / MB,
         100.0 * t_dec / ceiling,
-        100.0 * l_dec / ceiling
+        num(100.0 * l_dec / ceiling, 0)
     );
     println!(
-        "startup: tessera load {:.0} ms + compile {:.0} ms (total {tess_start_ms:.0} ms); llama.cpp model load {:.0} ms",
+        "startup: tessera load {:.0} ms + compile {:.0} ms (total {tess_start_ms:.0} ms); llama.cpp model load {} ms",
         llm.startup.load_ms,
         llm.startup.compile_ms,
-        peer.as_ref().map_or(f64::NAN, |p| p.loaded_ms)
+        num(peer.as_ref().map_or(f64::NAN, |p| p.loaded_ms), 0)
     );
     println!(
-        "time to first token: tessera {:.0} ms (startup + first prefill {first_prefill:.0} ms); llama.cpp {:.0} ms (load + median prefill)",
+        "time to first token: tessera {:.0} ms (startup + first prefill {first_prefill:.0} ms); llama.cpp {} ms (load + median prefill)",
         tess_start_ms + first_prefill,
-        peer.as_ref().map_or(f64::NAN, |p| p.loaded_ms) + lp
+        num(peer.as_ref().map_or(f64::NAN, |p| p.loaded_ms) + lp, 0)
     );
     if let Some(rss) = rss {
         let budget = llm.file_bytes + llm.cache_bytes() as u64 + (50 << 20);
@@ -236,4 +236,13 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A figure, or `-` where there is none (no peer measured).
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "-".into()
+    }
 }

@@ -47,6 +47,11 @@ pub struct CpuOptions {
     pub listing: Listing,
     /// Whether kernels may call the `std::arch` inner tiles of [`ukernel`] (AVX2 f32 GEMM tile).
     pub ukernels: Ukernels,
+    /// A parallel kernel whose buffers (weights included) hold fewer bytes than this runs on
+    /// the calling thread: handing it to the pool costs more than the work (a decoded token
+    /// runs hundreds of such kernels: norms of one row, per-head copies). 0 splits every one
+    /// (tests use it to exercise the split on small shapes).
+    pub min_split_bytes: u64,
 }
 
 impl Default for CpuOptions {
@@ -55,6 +60,7 @@ impl Default for CpuOptions {
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             listing: Listing::default(),
             ukernels: Ukernels::Auto,
+            min_split_bytes: 64 << 10,
         }
     }
 }

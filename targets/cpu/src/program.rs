@@ -67,6 +67,7 @@ pub struct Program {
     arenas: Mutex<Vec<Vec<Chunk>>>,
     pool: Option<crate::pool::Pool>,
     threads: usize,
+    min_split_bytes: u64,
     pub stats: ProgramStats,
     /// (kernel, Cranelift IR) when compiled with `listing.clif`.
     pub clif: Vec<(String, String)>,
@@ -83,6 +84,9 @@ struct RunPlan {
     offsets: Vec<Option<u64>>,
     arena_bytes: u64,
     shapes: Vec<Vec<usize>>,
+    /// Per step: whether its buffers are big enough to be worth splitting across threads
+    /// (`CpuOptions::min_split_bytes`).
+    split: Vec<bool>,
 }
 
 /// The graph as the CPU target lowers it (see `legalize.rs`), or None when it is unchanged.
@@ -166,6 +170,7 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
         arenas: Mutex::new(Vec::new()),
         pool,
         threads,
+        min_split_bytes: opts.min_split_bytes,
         stats,
         clif,
         asm,
@@ -342,7 +347,22 @@ impl Program {
         for (v, off) in plan.offsets {
             offsets[v.index()] = Some(off);
         }
-        let rp = Arc::new(RunPlan { bindings: b.clone(), offsets, arena_bytes: plan.arena_bytes, shapes });
+        let split = self
+            .steps
+            .iter()
+            .map(|st| {
+                let bytes: u64 = st
+                    .bufs
+                    .iter()
+                    .map(|r| match r {
+                        BufRef::Value(v) => sizes[v.index()],
+                        BufRef::Owned(i) => self.owned[*i].len() as u64,
+                    })
+                    .sum();
+                bytes >= self.min_split_bytes
+            })
+            .collect();
+        let rp = Arc::new(RunPlan { bindings: b.clone(), offsets, arena_bytes: plan.arena_bytes, shapes, split });
         self.plans.lock().expect("plan cache").insert(key, rp.clone());
         Ok(rp)
     }
@@ -452,7 +472,7 @@ impl Program {
         let mut bufs: Vec<*mut u8> = Vec::with_capacity(16);
         let mut args: Vec<i64> = Vec::with_capacity(syms.len() + 8);
         let mut scratch: Vec<Chunk> = Vec::new();
-        for step in &self.steps {
+        for (si, step) in self.steps.iter().enumerate() {
             let t0 = times.as_ref().map(|_| Instant::now());
             bufs.clear();
             for r in &step.bufs {
@@ -473,7 +493,7 @@ impl Program {
                 }
                 None => 1,
             };
-            let chunks = if step.par.is_some() && self.pool.is_some() && !step.serial {
+            let chunks = if step.par.is_some() && self.pool.is_some() && !step.serial && plan.split[si] {
                 (self.threads as i64).min(units).max(1)
             } else {
                 1

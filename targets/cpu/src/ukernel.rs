@@ -89,10 +89,11 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
 /// `par`, `ldp` (floats), `out`, `form` (`bits | ZERO | OFFSET`).
 pub type QUnpack = unsafe extern "C" fn(i64, i64, i64, *const u8, i64, *const f32, i64, *mut f32, i64);
 
-/// One activation row times the weights of `np` (1 or 2) panels, each weight exactly as
-/// [`QUnpack`] makes it: `acc[q * 8 + j] = sum_kk a[kk] * w(kk, q, j)` (f32 FMA, k in two
-/// interleaved partial sums). For decoding one token, where unpacking into a scratch and
-/// reading it back costs more than the product. Arguments as [`QUnpack`], with `a` (`k`
+/// One activation row times the weights of `np` (1 or 2) panels, the weights as [`QUnpack`]
+/// defines them: `acc[q * 8 + j] = sum_kk a[kk] * w(kk, q, j)`, summed per parameter block as
+/// `scale * (sum a * u - zero * sum a) + offset * sum a` (f32 FMA on the codes, k in two
+/// interleaved partial sums; one parameter step per block, not per weight). For decoding one
+/// token, where unpacking into a scratch and reading it back costs more than the product. Arguments as [`QUnpack`], with `a` (`k`
 /// floats) and `acc` in place of `out`.
 pub type QGemv = unsafe extern "C" fn(i64, i64, i64, *const u8, i64, *const f32, i64, *const f32, *mut f32, i64);
 
@@ -269,15 +270,7 @@ mod imp {
         ) -> __m256 {
             // SAFETY: as above.
             unsafe {
-                let cp = self.codes.add(q * self.ldc);
-                let u = if FOUR {
-                    let w = _mm256_set1_epi32(cp.add(kk * 4).cast::<u32>().read_unaligned() as i32);
-                    let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-                    _mm256_and_si256(_mm256_srlv_epi32(w, shifts), _mm256_set1_epi32(15))
-                } else {
-                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(kk * 8).cast::<__m128i>()))
-                };
-                let mut d = _mm256_cvtepi32_ps(u);
+                let mut d = self.codes_f32::<FOUR>(q, kk);
                 if ZERO {
                     d = _mm256_sub_ps(d, prm[1]);
                 }
@@ -314,7 +307,29 @@ mod imp {
             }
         }
 
-        /// `acc[q * 8 + j] = sum_kk a[kk] * w(kk, q, j)` for the `NP` panels (see [`QGemv`]).
+        /// The 8 codes of row `kk` of panel `q` as f32 (a nibble when `FOUR`, else a signed byte).
+        ///
+        /// # Safety
+        /// The row lies in `codes` (the callers' contracts).
+        #[target_feature(enable = "avx2")]
+        unsafe fn codes_f32<const FOUR: bool>(&self, q: usize, kk: usize) -> __m256 {
+            // SAFETY: as above.
+            unsafe {
+                let cp = self.codes.add(q * self.ldc);
+                let u = if FOUR {
+                    let w = _mm256_set1_epi32(cp.add(kk * 4).cast::<u32>().read_unaligned() as i32);
+                    let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+                    _mm256_and_si256(_mm256_srlv_epi32(w, shifts), _mm256_set1_epi32(15))
+                } else {
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(kk * 8).cast::<__m128i>()))
+                };
+                _mm256_cvtepi32_ps(u)
+            }
+        }
+
+        /// `acc[q * 8 + j] = sum_kk a[kk] * w(kk, q, j)` for the `NP` panels (see [`QGemv`]),
+        /// factored by parameter block: `t = sum a[kk] * u` over the block's rows (codes as
+        /// f32, no parameter per weight), then `scale * (t - zero * sum a) + offset * sum a`.
         ///
         /// # Safety
         /// As [`gemv`].
@@ -326,18 +341,18 @@ mod imp {
         ) {
             // SAFETY: as above.
             unsafe {
-                // Two partial sums per panel, k steps alternating between them.
-                let mut sum = [[_mm256_setzero_ps(); 2]; NP];
+                let mut sum = [_mm256_setzero_ps(); NP];
                 for b in 0..self.k.div_ceil(self.bs) {
-                    let mut prm = [[_mm256_setzero_ps(); 3]; NP];
-                    for (q, p) in prm.iter_mut().enumerate() {
-                        *p = self.params::<ZERO, OFFSET>(q, b);
-                    }
+                    // Two partial sums per panel (and of `a`), k steps alternating between them.
+                    let mut t = [[_mm256_setzero_ps(); 2]; NP];
+                    let mut asum = [_mm256_setzero_ps(); 2];
                     let mut step = |kk: usize, h: usize| {
                         let av = _mm256_set1_ps(a.add(kk).read());
-                        for q in 0..NP {
-                            let w = self.weights::<FOUR, ZERO, OFFSET>(q, kk, &prm[q]);
-                            sum[q][h] = _mm256_fmadd_ps(av, w, sum[q][h]);
+                        if ZERO || OFFSET {
+                            asum[h] = _mm256_add_ps(asum[h], av);
+                        }
+                        for (q, tq) in t.iter_mut().enumerate() {
+                            tq[h] = _mm256_fmadd_ps(av, self.codes_f32::<FOUR>(q, kk), tq[h]);
                         }
                     };
                     let (k0, k1) = (b * self.bs, ((b + 1) * self.bs).min(self.k));
@@ -350,9 +365,21 @@ mod imp {
                     if kk < k1 {
                         step(kk, 0);
                     }
+                    let asv = _mm256_add_ps(asum[0], asum[1]);
+                    for (q, tq) in t.iter().enumerate() {
+                        let prm = self.params::<ZERO, OFFSET>(q, b);
+                        let mut tv = _mm256_add_ps(tq[0], tq[1]);
+                        if ZERO {
+                            tv = _mm256_fnmadd_ps(prm[1], asv, tv);
+                        }
+                        sum[q] = _mm256_fmadd_ps(prm[0], tv, sum[q]);
+                        if OFFSET {
+                            sum[q] = _mm256_fmadd_ps(prm[2], asv, sum[q]);
+                        }
+                    }
                 }
                 for (q, s) in sum.iter().enumerate() {
-                    _mm256_storeu_ps(acc.add(q * 8), _mm256_add_ps(s[0], s[1]));
+                    _mm256_storeu_ps(acc.add(q * 8), *s);
                 }
             }
         }

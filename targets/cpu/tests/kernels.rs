@@ -6,7 +6,8 @@ use tessera_target_cpu::{compile, CpuOptions};
 fn run_both(src: &str, inputs: Vec<Tensor>) -> (Vec<Tensor>, Vec<Tensor>) {
     let g = parse(src).unwrap_or_else(|e| panic!("{e}"));
     verify(&g).unwrap_or_else(|e| panic!("{e}"));
-    let p = compile(&g, &CpuOptions { threads: 2, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"));
+    let p = compile(&g, &CpuOptions { threads: 2, min_split_bytes: 0, ..Default::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
     let got = p.run(&inputs).unwrap_or_else(|e| panic!("{e}"));
     let want = tessera_ir::run(&g, inputs).unwrap();
     (got, want)
@@ -112,8 +113,8 @@ fn both_ways(src: &str, inputs: Vec<Tensor>, tol: f64) {
     let want = tessera_ir::run(&g, inputs.clone()).unwrap();
     for ukernels in [Ukernels::Auto, Ukernels::Off] {
         for threads in [1, 2] {
-            let p =
-                compile(&g, &CpuOptions { threads, ukernels, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"));
+            let p = compile(&g, &CpuOptions { threads, ukernels, min_split_bytes: 0, ..Default::default() })
+                .unwrap_or_else(|e| panic!("{e}"));
             let got = p.run(&inputs).unwrap_or_else(|e| panic!("{e}"));
             for (a, b) in got.iter().zip(&want) {
                 let err = max_abs(a, b);
