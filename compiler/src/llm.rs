@@ -276,6 +276,7 @@ pub fn lower(g: &Gguf, opts: &LowerOptions) -> Result<LlmGraph, LlmError> {
         numerics: opts.numerics,
         weight_types: HashMap::new(),
         rounded: HashMap::new(),
+        scalars: HashMap::new(),
     };
     let graph = b.build(&cfg, opts.logits)?;
     Ok(LlmGraph { config: cfg, graph })
@@ -289,6 +290,8 @@ struct Builder<'a> {
     weight_types: HashMap<Value, GgmlType>,
     /// Rounded activations already built, shared by the products that read them (q, k, v).
     rounded: HashMap<(Value, Rounding), Value>,
+    /// Scalar constants by bit pattern ([`Builder::scalar`]).
+    scalars: HashMap<u32, Value>,
 }
 
 fn sym(s: &str) -> Dim {
@@ -344,6 +347,16 @@ impl Builder<'_> {
     fn f32s(&mut self, dims: &[usize], v: &[f32]) -> Value {
         let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.g.add_const(TensorType::with_static(DType::F32, dims), ConstData::from_vec(bytes))
+    }
+
+    /// An f32 scalar constant, one per value in the graph (GELU's clamps are used by every layer).
+    fn scalar(&mut self, v: f32) -> Value {
+        if let Some(&c) = self.scalars.get(&v.to_bits()) {
+            return c;
+        }
+        let c = self.f32s(&[], &[v]);
+        self.scalars.insert(v.to_bits(), c);
+        c
     }
 
     fn info(&self, name: &str) -> Result<&TensorInfo, LlmError> {
@@ -473,9 +486,9 @@ impl Builder<'_> {
         let xh = f16(self, x)?;
         let t = self.un(UnaryOp::GeluTanh, xh)?;
         let t = f16(self, t)?;
-        let lo = self.f32s(&[], &[-10.0]);
-        let hi = self.f32s(&[], &[10.0]);
-        let zero = self.f32s(&[], &[0.0]);
+        let lo = self.scalar(-10.0);
+        let hi = self.scalar(10.0);
+        let zero = self.scalar(0.0);
         let below = self.bin(BinaryOp::LessEqual, x, lo)?;
         let t = self.op(Op::Where, vec![below, zero, t])?;
         let above = self.bin(BinaryOp::GreaterEqual, x, hi)?;
@@ -589,7 +602,7 @@ impl Builder<'_> {
         let emb = self.matrix("token_embd.weight", cfg.vocab, e)?;
         let mut x = self.embed(emb, tokens, e)?;
         if gemma {
-            let s = self.f32s(&[], &[(e as f32).sqrt()]);
+            let s = self.scalar((e as f32).sqrt());
             x = self.bin(BinaryOp::Mul, x, s)?;
         }
         let half = hd / 2;
@@ -672,8 +685,8 @@ impl Builder<'_> {
         };
         let mut y = self.qmm(x, out_w)?;
         if let Some(cap) = cfg.softcap {
-            let inv = self.f32s(&[], &[1.0 / cap]);
-            let c = self.f32s(&[], &[cap]);
+            let inv = self.scalar(1.0 / cap);
+            let c = self.scalar(cap);
             y = self.bin(BinaryOp::Mul, y, inv)?;
             y = self.un(UnaryOp::Tanh, y)?;
             y = self.bin(BinaryOp::Mul, y, c)?;

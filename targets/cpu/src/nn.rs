@@ -726,8 +726,8 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
         return Err(CpuError::Codegen(format!("fake_quant row of {width} is not whole blocks of {block}")));
     }
     let host: extern "C" fn(f32, *mut f32) = match format {
-        FakeQuantFormat::Q8_0 => host_fq_q8_0,
-        FakeQuantFormat::Q8K => host_fq_q8_k,
+        FakeQuantFormat::Q8_0 => host_fake_quant_params::<false>,
+        FakeQuantFormat::Q8K => host_fake_quant_params::<true>,
     };
     let mut bufs = values(&nd.inputs);
     bufs.push(BufRef::Value(nd.outputs[0]));
@@ -776,17 +776,11 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
     Ok(lw)
 }
 
-extern "C" fn host_fq_q8_0(amax: f32, out: *mut f32) {
-    let (m, d) = FakeQuantFormat::Q8_0.block_params(amax);
-    // SAFETY: `out` is the kernel's 8-byte stack slot.
-    unsafe {
-        *out = m;
-        *out.add(1) = d;
-    }
-}
-
-extern "C" fn host_fq_q8_k(amax: f32, out: *mut f32) {
-    let (m, d) = FakeQuantFormat::Q8K.block_params(amax);
+/// `(multiplier, d)` of a block for `fake_quant` ([`FakeQuantFormat::block_params`]) written to
+/// the kernel's 8-byte stack slot; `Q8K` picks the format (`q8_k`, else `q8_0`).
+extern "C" fn host_fake_quant_params<const Q8K: bool>(amax: f32, out: *mut f32) {
+    let format = if Q8K { FakeQuantFormat::Q8K } else { FakeQuantFormat::Q8_0 };
+    let (m, d) = format.block_params(amax);
     // SAFETY: `out` is the kernel's 8-byte stack slot.
     unsafe {
         *out = m;
