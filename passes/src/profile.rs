@@ -42,6 +42,34 @@ pub struct GpuProfile {
     pub subgroup_size: u32,
 }
 
+/// The NPU the NPU target compiles for and its simulator models. Public figures for phone NPUs
+/// are aggregate TOPS; the array shape, SRAM and DMA parameters that give them are assumptions,
+/// labelled so in each profile.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NpuProfile {
+    pub name: String,
+    pub clock_mhz: f64,
+    /// The MAC array: `mac_rows x mac_cols` int8 multiply-accumulates per cycle.
+    pub mac_rows: u32,
+    pub mac_cols: u32,
+    /// Whether the MAC array reads 4-bit weights (unpacked in the array, at the int8 rate).
+    pub int4_weights: bool,
+    /// Elements per cycle of the vector unit (requantization, lookup tables).
+    pub vector_lanes: u32,
+    pub sram_kib: u32,
+    pub sram_banks: u32,
+    pub dma_channels: u32,
+    /// Cycles from a DMA command's start to its first byte.
+    pub dma_setup_cycles: u32,
+    /// DRAM moves whole bursts: a row of a box costs its bytes rounded up to this.
+    pub dma_burst_bytes: u32,
+    /// The fraction of the SoC's DRAM bandwidth the NPU's DMA reaches.
+    pub dram_efficiency: f64,
+    /// Cycles to fill and drain the MAC array once per matmul command.
+    pub matmul_fill_cycles: u32,
+}
+
 /// One SoC.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +79,7 @@ pub struct DeviceProfile {
     pub sources: Vec<Source>,
     pub dram: Dram,
     pub gpu: Option<GpuProfile>,
+    pub npu: Option<NpuProfile>,
 }
 
 /// Why a profile could not be loaded.
@@ -94,6 +123,31 @@ impl DeviceProfile {
                 if !(v > 0.0 && v <= 1.0) {
                     return Err(bad(format!("{what} must be in (0, 1], not {v}")));
                 }
+            }
+        }
+        if let Some(n) = &p.npu {
+            positive("npu.clock_mhz", n.clock_mhz)?;
+            for (what, v) in [
+                ("npu.mac_rows", n.mac_rows),
+                ("npu.mac_cols", n.mac_cols),
+                ("npu.vector_lanes", n.vector_lanes),
+                ("npu.sram_kib", n.sram_kib),
+                ("npu.sram_banks", n.sram_banks),
+                ("npu.dma_channels", n.dma_channels),
+                ("npu.dma_burst_bytes", n.dma_burst_bytes),
+            ] {
+                if v == 0 {
+                    return Err(bad(format!("{what} must be at least 1")));
+                }
+            }
+            if n.sram_kib > 1 << 20 {
+                return Err(bad(format!("npu.sram_kib = {} is beyond the 4 GiB an NPU address reaches", n.sram_kib)));
+            }
+            if n.sram_kib * 1024 % n.sram_banks != 0 {
+                return Err(bad(format!("npu.sram_banks = {} does not divide the SRAM evenly", n.sram_banks)));
+            }
+            if !(n.dram_efficiency > 0.0 && n.dram_efficiency <= 1.0) {
+                return Err(bad(format!("npu.dram_efficiency must be in (0, 1], not {}", n.dram_efficiency)));
             }
         }
         Ok(p)
