@@ -245,3 +245,51 @@ fn inspect_lists_a_gguf_file_and_names_bad_ones() {
     std::fs::write(&cut, &b[..30]).unwrap();
     fails_with(&tessera(&["inspect", cut.to_str().unwrap()]), &["cut.gguf", "at byte 24", "bytes left"]);
 }
+
+/// `--target npu`: the product runs on the simulated NPU, checks against the interpreter's
+/// outputs, and the summary names cycles, MAC utilization, DRAM bytes, SRAM peak and DMA hidden;
+/// `ir --target npu --emit npu-asm` prints the command stream.
+#[test]
+fn run_checks_on_the_npu_target_and_ir_prints_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights: Vec<String> = (0..40 * 8).map(|i: i32| (i * 37 % 255 - 127).to_string()).collect();
+    let model = write(
+        dir.path(),
+        "npu.tir",
+        &format!(
+            "graph @npu {{\n  v0: u8[4, 40] = input \"a\"\n  v1: i8[40, 8] = const [{}]\n  v2: u8[] = const [3]\n  v3: i8[] = const [-2]\n  v4: i32[4, 8] = matmul_integer v0, v1, v2, v3 {{pair_saturate = false}}\n  output \"y\" = v4\n}}\n",
+            weights.join(", ")
+        ),
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let a =
+        tessera_ir::Tensor::from_i64(tessera_ir::DType::U8, &[4, 40], (0..160).map(|i| i * 7 % 256).collect()).unwrap();
+    tessera_compiler::onnx::write_tensor_pb(&data.join("input_0.pb"), "a", &a).unwrap();
+    let data = data.to_str().unwrap();
+    let o = tessera(&["run", &model, "--inputs", data, "--target", "interp", "--outputs", data]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = tessera(&["run", &model, "--inputs", data, "--check", "--target", "npu", "--profile"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for needle in [
+        "ran on the NPU target",
+        "NPU: 1 kernels",
+        "NPU summary: cycles",
+        "MAC utilization",
+        "DRAM bytes read",
+        "SRAM peak",
+        "DMA hidden",
+        "ok (max abs error 0.00e0",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing:\n{out}");
+    }
+    let o = tessera(&["ir", &model, "--target", "npu", "--emit", "npu-asm"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for needle in ["; kernel n0 matmul_integer", "npu stream v1", "dma.load", "matmul", "dma.store", "stop"] {
+        assert!(out.contains(needle), "{needle:?} missing:\n{out}");
+    }
+    let o = tessera(&["run", &model, "--inputs", data, "--target", "npu", "--device-profile", "no-such-phone"]);
+    fails_with(&o, &["no built-in profile", "snapdragon-8-gen-2"]);
+}

@@ -427,3 +427,101 @@ fn every_minilm_variant_runs_on_the_gpu_target_like_the_interpreter() {
         })
     });
 }
+
+/// The NPU target on the node tests: every test that passes on the interpreter passes with
+/// the NPU (integer products on the simulator, the rest on the host), with integer outputs
+/// identical to the interpreter's; the integer products (MatMulInteger, QLinearMatMul in all
+/// 2-D and 3-D, int8 and uint8 variants) run on the NPU.
+#[test]
+fn conformance_node_tests_on_the_npu_target() {
+    let Some(cache) = cache() else { return };
+    let dev = tessera_target_npu::Device::default_profile();
+    let on_npu = std::cell::RefCell::new(Vec::<String>::new());
+    let (mut passed, mut problems) = (0, Vec::new());
+    for d in cases(&cache.join("onnx-node-tests"), None).unwrap() {
+        if run_case(&d).outcome != Outcome::Passed {
+            continue;
+        }
+        let name = d.file_name().unwrap().to_string_lossy().to_string();
+        let runner = |g: &tessera_ir::Graph, inputs: &[tessera_ir::Tensor]| {
+            let model = tessera_target_npu::NpuModel::new(g.clone(), dev.clone());
+            let (got, report) =
+                model.run(inputs).map_err(|e| tessera_compiler::conformance::RunnerError::Failed(e.to_string()))?;
+            let want = tessera_ir::run(g, inputs.to_vec())
+                .map_err(|e| tessera_compiler::conformance::RunnerError::Failed(e.to_string()))?;
+            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                if a.dtype() != b.dtype() || a.shape() != b.shape() || a.to_bytes() != b.to_bytes() {
+                    return Err(tessera_compiler::conformance::RunnerError::Failed(format!(
+                        "output {j} differs from the interpreter's bits"
+                    )));
+                }
+            }
+            if !report.kernels.is_empty() {
+                on_npu.borrow_mut().push(name.clone());
+            }
+            Ok(got)
+        };
+        match run_case_by(&d, None, 1e-7, &runner).outcome {
+            Outcome::Passed => passed += 1,
+            other => problems.push(format!("{name}: {other:?}")),
+        }
+    }
+    let on_npu = on_npu.into_inner();
+    println!("NPU target: {passed} node tests pass, {} with kernels on the NPU: {on_npu:?}", on_npu.len());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    for t in [
+        "test_matmulinteger",
+        "test_qlinearmatmul_2D_int8_float32",
+        "test_qlinearmatmul_2D_uint8_float32",
+        "test_qlinearmatmul_3D_int8_float32",
+        "test_qlinearmatmul_3D_uint8_float32",
+        "test_qlinearmatmul_2D_int8_float16",
+        "test_qlinearmatmul_3D_uint8_float16",
+    ] {
+        assert!(on_npu.iter().any(|n| n == t), "{t} did not run on the NPU ({on_npu:?})");
+    }
+}
+
+/// The integer variants of MiniLM-L3 with the NPU: the same outputs as the interpreter, bit for
+/// bit, on every data set; every product of the int8 and uint8 per-channel models (18 each) on
+/// the NPU. The 4-bit variants' products have float activations (QDQ weights, MatMulNBits):
+/// the NPU declines them and says so.
+#[test]
+fn minilm_integer_variants_run_with_the_npu_like_the_interpreter() {
+    let Some(cache) = cache() else { return };
+    let dev = tessera_target_npu::Device::default_profile();
+    for (name, products) in [
+        ("minilm-l3-int8-dynamic", 18),
+        ("minilm-l3-uint8-dynamic-perchannel", 18),
+        ("minilm-l3-qdq-int4-b32", 0),
+        ("minilm-l3-matmulnbits-q4-b32", 0),
+    ] {
+        let mut g = import_file(&cache.join(format!("models/{name}.onnx"))).unwrap();
+        tessera_compiler::passes::Pipeline::parse(tessera_runtime::NPU_PIPELINE)
+            .unwrap()
+            .run(&mut g, &mut |_| {})
+            .unwrap();
+        let model = tessera_target_npu::NpuModel::new(g.clone(), dev.clone());
+        let set = cache.join(format!("models/{name}/test_data_set_0"));
+        let inputs: Vec<tessera_ir::Tensor> =
+            (0..g.inputs().len()).map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).unwrap().tensor).collect();
+        let want = tessera_ir::run(&g, inputs.clone()).unwrap();
+        let (got, report) = model.run(&inputs).unwrap();
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.to_bytes(), b.to_bytes(), "{name} output {j}");
+        }
+        let t = report.total();
+        println!(
+            "{name}: {} products on the NPU, {} host nodes; {} cycles, MAC utilization {:.1}%, DMA hidden {:.1}%",
+            report.kernels.len(),
+            report.host.len(),
+            t.cycles,
+            100.0 * t.mac_utilization(),
+            100.0 * t.dma_hidden()
+        );
+        assert_eq!(report.kernels.len(), products, "{name}: {:?}", report.host_summary());
+        if products == 0 {
+            assert!(report.host.iter().any(|(_, why)| why.contains("float activations")), "{name}");
+        }
+    }
+}

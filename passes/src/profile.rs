@@ -202,6 +202,7 @@ mod tests {
         let p = DeviceProfile::builtin("snapdragon-8-gen-2").unwrap();
         assert!(p.sources.iter().all(|s| s.url.starts_with("https://")));
         assert_eq!(p.gpu.as_ref().unwrap().name, "Adreno 740");
+        assert_eq!(p.npu.as_ref().unwrap().mac_rows, 32);
         // 1 GFLOP of matmul is compute-bound: 8 us + 1e9 / (3700e3 * 0.35) us.
         let t = p.gpu_estimate_us(1_000_000_000, 1_000_000).unwrap();
         assert!((t - (8.0 + 1e9 / (3700e3 * 0.35))).abs() < 1e-6, "{t}");
@@ -227,5 +228,16 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("compute_efficiency"), "{err}");
+        let err =
+            DeviceProfile::parse(&text.replace("mac_rows = 32", "mac_rows = 0"), "n.toml").unwrap_err().to_string();
+        assert!(err.contains("n.toml") && err.contains("npu.mac_rows must be at least 1"), "{err}");
+        let err = DeviceProfile::parse(&text.replace("dram_efficiency = 0.8", "dram_efficiency = 1.8"), "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("npu.dram_efficiency"), "{err}");
+        let err = DeviceProfile::parse(&text.replace("clock_mhz = 1000.0", "clock_mhz = 0.0"), "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("npu.clock_mhz must be a positive number"), "{err}");
     }
 }

@@ -30,6 +30,7 @@ use std::time::Instant;
 pub use tessera_compiler as compiler;
 pub use tessera_ir::{DType, Tensor, TensorType};
 pub use tessera_target_cpu::{CpuError, RunOptions};
+pub use tessera_target_npu as npu;
 
 /// Where a session runs its kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -42,6 +43,9 @@ pub enum Target {
     /// The GPU target: SPIR-V kernels run through Vulkan (lavapipe where there is no GPU);
     /// nodes it declines run on the host through the interpreter.
     Gpu,
+    /// The NPU target: integer products compiled to command streams and run on the simulated
+    /// NPU of [`SessionOptions::device_profile`]; the rest on the host through the interpreter.
+    Npu,
 }
 
 /// The passes `default` means for the GPU target: the optimizer without `plan-memory`
@@ -49,6 +53,10 @@ pub enum Target {
 /// (elementwise chains, a matmul with an elementwise epilogue) run as one kernel; the others
 /// run their bodies node by node.
 pub const GPU_PIPELINE: &str = "canonicalize,saturate,fold-dequantize,fuse,schedule";
+
+/// The passes `default` means for the NPU target: those of the GPU target (fused regions run
+/// their bodies, with each integer product and its output stage on the NPU).
+pub const NPU_PIPELINE: &str = GPU_PIPELINE;
 
 /// Options for [`Session::from_file`] and [`Session::from_graph`].
 #[derive(Clone, Debug)]
@@ -63,6 +71,9 @@ pub struct SessionOptions {
     /// Whether the CPU target's kernels may call `std::arch` inner tiles (AVX2 f32 GEMM tile)
     /// where the host has the features; `Off` keeps all code Cranelift's.
     pub ukernels: tessera_target_cpu::Ukernels,
+    /// The device profile (a built-in name or a `.toml` path) whose NPU the NPU target
+    /// compiles for and simulates.
+    pub device_profile: String,
 }
 
 impl Default for SessionOptions {
@@ -73,6 +84,7 @@ impl Default for SessionOptions {
             passes: "default".into(),
             import: Default::default(),
             ukernels: Default::default(),
+            device_profile: "snapdragon-8-gen-2".into(),
         }
     }
 }
@@ -90,6 +102,10 @@ pub enum SessionError {
     Interpreter(#[from] tessera_ir::InterpError),
     #[error("GPU: {0}")]
     Gpu(#[from] vulkan::GpuRunError),
+    #[error("NPU: {0}")]
+    Npu(#[from] tessera_target_npu::NpuError),
+    #[error("device profile: {0}")]
+    Profile(String),
     #[error("input {name:?} given twice")]
     DuplicateInput { name: String },
 }
@@ -114,6 +130,7 @@ enum Engine {
     CpuSpecializing(Box<tessera_target_cpu::Specializing>),
     Interpreter,
     Gpu(Box<vulkan::GpuModel>),
+    Npu(Box<tessera_target_npu::NpuModel>),
 }
 
 /// A compiled model, ready to run many times.
@@ -167,6 +184,7 @@ impl Session {
         }
         let passes = match (opts.target, opts.passes.trim()) {
             (Target::Gpu, "default") => GPU_PIPELINE,
+            (Target::Npu, "default") => NPU_PIPELINE,
             (_, p) => p,
         };
         let mut pipeline =
@@ -205,6 +223,14 @@ impl Session {
                 let vk = std::sync::Arc::new(vulkan::Vulkan::new()?);
                 Engine::Gpu(Box::new(vulkan::GpuModel::new(vk, g.clone())))
             }
+            Target::Npu => {
+                let p = tessera_compiler::passes::profile::DeviceProfile::load(&opts.device_profile)
+                    .map_err(|e| SessionError::Profile(e.to_string()))?;
+                let dev = tessera_target_npu::Device::from_profile(&p).ok_or_else(|| {
+                    SessionError::Profile(format!("profile {:?} describes no NPU (no [npu] section)", p.name))
+                })?;
+                Engine::Npu(Box::new(tessera_target_npu::NpuModel::new(g.clone(), dev)))
+            }
         };
         let codegen_ms = t1.elapsed().as_secs_f64() * 1e3;
         Ok(Session { graph: g, engine, startup: StartupTimes { import_ms: 0.0, passes_ms, codegen_ms } })
@@ -242,6 +268,15 @@ impl Session {
         }
     }
 
+    /// The NPU model, when the target is the NPU: run it directly for the simulator's report
+    /// ([`tessera_target_npu::NpuModel::run`]).
+    pub fn npu_model(&self) -> Option<&tessera_target_npu::NpuModel> {
+        match &self.engine {
+            Engine::Npu(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// Runs on inputs in the model's input order; returns owned outputs in its output order.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, SessionError> {
         match &self.engine {
@@ -249,6 +284,7 @@ impl Session {
             Engine::CpuSpecializing(s) => Ok(s.run(inputs)?),
             Engine::Interpreter => Ok(tessera_ir::run(&self.graph, inputs.to_vec())?),
             Engine::Gpu(m) => Ok(m.run(inputs, vulkan::Fallback::Host)?.0),
+            Engine::Npu(m) => Ok(m.run(inputs)?.0),
         }
     }
 

@@ -50,6 +50,9 @@ pub struct IrArgs {
     /// With `--emit`, only kernels whose name contains this text (e.g. `matmul`, `k42_`).
     #[arg(long)]
     pub kernel: Option<String>,
+    /// The phone profile whose NPU `--target npu` compiles for (a built-in name or a .toml file).
+    #[arg(long, default_value = "snapdragon-8-gen-2")]
+    pub device_profile: String,
     /// With `--emit`: whether kernels call the `std::arch` inner tiles (see `tessera run --help`).
     #[arg(long, value_enum, default_value_t = super::UkernelArg::Auto)]
     pub ukernel: super::UkernelArg,
@@ -65,6 +68,11 @@ pub enum IrTarget {
     /// single shader for runs its body node by node); symbolic dims take `--bind` sizes
     /// (default 128).
     Gpu,
+    /// The NPU target (command streams for the simulated NPU of `--device-profile`). It runs
+    /// the graph after the NPU pipeline on zero inputs (symbolic dims take `--bind` sizes:
+    /// batch dims 1, others 128) and prints each kernel's tiling, simulated cycles and stream,
+    /// then the nodes the NPU declines and why.
+    Npu,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -76,6 +84,8 @@ pub enum Emit {
     /// SPIR-V assembly of each GPU kernel, with its workgroup size, shared memory and bytes moved
     /// (`--target gpu`).
     SpirvAsm,
+    /// The NPU command stream of each kernel, disassembled (`--target npu`).
+    NpuAsm,
 }
 
 /// How to choose and watch the passes.
@@ -171,6 +181,12 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
         return emit_gpu(&g, &args);
     }
     anyhow::ensure!(args.emit != Some(Emit::SpirvAsm), "--emit spirv-asm needs --target gpu");
+    if let (Some(IrTarget::Npu), Some(emit)) = (args.target, args.emit) {
+        anyhow::ensure!(emit == Emit::NpuAsm, "--target npu emits npu-asm");
+        tessera_compiler::passes::Pipeline::parse(tessera_runtime::NPU_PIPELINE)?.run(&mut g, &mut |_| {})?;
+        return emit_npu(g, &args);
+    }
+    anyhow::ensure!(args.emit != Some(Emit::NpuAsm), "--emit npu-asm needs --target npu");
     args.pipeline.apply(&mut g)?;
     if let (Some(IrTarget::Cpu), Some(emit)) = (args.target, args.emit) {
         let flags: Vec<(String, String)> = args
@@ -302,5 +318,61 @@ fn emit_gpu(g: &tessera_ir::Graph, args: &IrArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!("; {dispatches} kernels, {views} views, {declined} declined (limits of {device})");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tessera ir FILE --target npu --emit npu-asm`: the NPU's kernels for the graph at `--bind`
+/// shapes (found by running the graph on zero inputs), each with its tiling, simulated cycles and
+/// command stream, then the declined nodes.
+fn emit_npu(g: tessera_ir::Graph, args: &IrArgs) -> anyhow::Result<ExitCode> {
+    let mut bind = tessera_ir::Bindings::default();
+    for (name, size) in parse_binds(&args.bind)? {
+        bind.set(&name, size);
+    }
+    let mut inputs = Vec::new();
+    for (name, v) in g.inputs() {
+        let ty = g.ty(*v);
+        let shape: Vec<usize> = ty
+            .shape
+            .dims()
+            .iter()
+            .map(|d| match d {
+                tessera_ir::Dim::Sym(s) => bind.get(s).unwrap_or(if s.contains("batch") { 1 } else { 128 }),
+                d => bind.resolve(d).unwrap_or(1),
+            })
+            .collect();
+        inputs.push(tessera_ir::Tensor::zeros(ty.dtype, &shape).map_err(|e| anyhow::anyhow!("input {name:?}: {e}"))?);
+    }
+    let p = tessera_compiler::passes::profile::DeviceProfile::load(&args.device_profile)?;
+    let dev = tessera_runtime::npu::Device::from_profile(&p)
+        .ok_or_else(|| anyhow::anyhow!("profile {:?} describes no NPU (no [npu] section)", p.name))?;
+    let model = tessera_runtime::npu::NpuModel::new(g, dev);
+    let (_, report) = model.run(&inputs)?;
+    let kernels = model.compile_for(&inputs)?;
+    for (place, c) in &kernels {
+        let k = report.kernels.iter().find(|k| &k.place == place);
+        let name = format!("{place} {}", k.map_or("", |k| k.what.as_str()));
+        if args.kernel.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let s = &c.estimate;
+        println!(
+            "; kernel {name}: tile {}x{}x{} {:?}, {} cycles, MAC utilization {:.1}%, SRAM peak {} bytes, DMA hidden {:.1}% (weights {:.1}%)",
+            c.tiling.tm,
+            c.tiling.tn,
+            c.tiling.tk,
+            c.tiling.order,
+            s.cycles,
+            100.0 * s.mac_utilization(),
+            s.sram_peak,
+            100.0 * s.dma_hidden(),
+            100.0 * s.weight_dma_hidden()
+        );
+        println!("{}", c.stream.disassemble());
+    }
+    println!("; {} kernels on the NPU ({}); on the host:", kernels.len(), model.device().name);
+    for (op, why, n) in report.host_summary() {
+        println!(";   {n} x {op}: {why}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
-//! `tessera run`: run a model on the CPU target, the GPU target or the interpreter with ONNX TensorProto inputs,
-//! and check outputs.
+//! `tessera run`: run a model on the CPU target, the GPU target, the NPU target (simulated) or the
+//! interpreter with ONNX TensorProto inputs, and check outputs.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -38,7 +38,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "default")]
     pub passes: String,
     /// Where to run: the CPU target (JIT-compiled with Cranelift), the GPU target (SPIR-V through
-    /// Vulkan) or the reference interpreter.
+    /// Vulkan), the NPU target (command streams on the simulated NPU of `--device-profile`) or
+    /// the reference interpreter.
     #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
     pub target: RunTarget,
     /// Threads for the CPU target (default: all cores).
@@ -49,8 +50,9 @@ pub struct RunArgs {
     /// epilogue around it); `off` runs Cranelift-emitted code only.
     #[arg(long, value_enum, default_value_t = super::UkernelArg::Auto)]
     pub ukernel: super::UkernelArg,
-    /// The phone profile (a built-in name or a .toml file, see profiles/) whose cost model
-    /// estimates each GPU kernel's time in the `--profile` table.
+    /// The phone profile (a built-in name or a .toml file, see profiles/): its NPU is the one
+    /// `--target npu` compiles for and simulates, and its cost model estimates each GPU
+    /// kernel's time in the `--profile` table.
     #[arg(long, default_value = "snapdragon-8-gen-2")]
     pub device_profile: String,
     /// Print the time each kernel took (CPU target), slowest first; on the GPU target, every
@@ -69,6 +71,11 @@ pub enum RunTarget {
     /// The GPU target: SPIR-V compute shaders through Vulkan (Mesa's lavapipe where there is
     /// no GPU). Nodes it declines run on the host; the report says which and why.
     Gpu,
+    /// The NPU target: integer matrix products (and their requantization) compiled to command
+    /// streams and run bit-exactly on the cycle-counting NPU simulator; the rest on the host
+    /// (the interpreter). Prints the simulator's summary: cycles, MAC utilization, DRAM bytes,
+    /// SRAM peak, DMA hidden behind compute (`--profile`: per kernel).
+    Npu,
 }
 
 impl From<RunTarget> for tessera_runtime::Target {
@@ -77,6 +84,7 @@ impl From<RunTarget> for tessera_runtime::Target {
             RunTarget::Cpu => tessera_runtime::Target::Cpu,
             RunTarget::Interp => tessera_runtime::Target::Interpreter,
             RunTarget::Gpu => tessera_runtime::Target::Gpu,
+            RunTarget::Npu => tessera_runtime::Target::Npu,
         }
     }
 }
@@ -125,6 +133,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         sopts.threads = t;
     }
     sopts.ukernels = args.ukernel.into();
+    sopts.device_profile = args.device_profile.clone();
     let session =
         tessera_runtime::Session::from_graph(g, &sopts).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let where_ = match args.target {
@@ -133,6 +142,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         RunTarget::Gpu => match session.gpu_model() {
             Some(m) => format!("the GPU target ({})", m.vulkan().name),
             None => "the GPU target".to_string(),
+        },
+        RunTarget::Npu => match session.npu_model() {
+            Some(m) => format!("the NPU target ({}, simulated)", m.device().name),
+            None => "the NPU target".to_string(),
         },
     };
     if let Some(p) = session.cpu_program() {
@@ -161,14 +174,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for set in data_sets(&args.inputs)? {
         let inputs = read_inputs(g, &set)?;
         let start = std::time::Instant::now();
-        let (outputs, gpu_report) = match session.gpu_model() {
-            Some(m) => {
+        let mut npu_report = None;
+        let (outputs, gpu_report) = match (session.gpu_model(), session.npu_model()) {
+            (Some(m), _) => {
                 let (o, r) = m
                     .run(&inputs, tessera_runtime::vulkan::Fallback::Host)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
                 (o, Some(r))
             }
-            None => (session.run(&inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?, None),
+            (_, Some(m)) => {
+                let (o, r) = m.run(&inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+                npu_report = Some(r);
+                (o, None)
+            }
+            _ => (session.run(&inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?, None),
         };
         let elapsed = start.elapsed();
         if args.profile {
@@ -187,6 +206,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         println!("{}: ran on {where_} in {:.2} ms", set.display(), elapsed.as_secs_f64() * 1e3);
         if let Some(r) = &gpu_report {
             print_gpu_report(r, device.as_ref());
+        }
+        if let (Some(r), Some(m)) = (&npu_report, session.npu_model()) {
+            print_npu_report(r, m.device(), args.profile);
         }
         for (j, ((name, _), t)) in g.outputs().iter().zip(&outputs).enumerate() {
             let expected_path = set.join(format!("output_{j}.pb"));
@@ -291,5 +313,68 @@ fn print_gpu_report(
         total / 1e3,
         device.soc,
         device.name
+    );
+}
+
+/// The NPU simulator's summary (like Vela's per-pass summary): kernels and host nodes, then the
+/// totals; with `--profile`, one line per kernel.
+fn print_npu_report(r: &tessera_runtime::npu::NpuReport, dev: &tessera_runtime::npu::Device, per_kernel: bool) {
+    println!(
+        "  NPU: {} kernels ({}x{} MACs at {} MHz, {} KiB SRAM); host: {} nodes",
+        r.kernels.len(),
+        dev.mac_rows,
+        dev.mac_cols,
+        dev.clock_mhz,
+        dev.sram_bytes / 1024,
+        r.host.len()
+    );
+    for (op, why, n) in r.host_summary() {
+        println!("    on the host: {n} x {op} ({why})");
+    }
+    if per_kernel && !r.kernels.is_empty() {
+        println!(
+            "  {:<10} {:<28} {:>16} {:>14} {:>9} {:>8} {:>9} {:>9} {:>9} {:>7}",
+            "node", "what", "batch x MxKxN", "tile", "cycles", "MAC %", "read", "written", "SRAM", "DMA hid"
+        );
+        for k in &r.kernels {
+            let s = &k.stats;
+            println!(
+                "  {:<10} {:<28} {:>16} {:>14} {:>9} {:>7.1}% {:>9} {:>9} {:>9} {:>6.1}%",
+                k.place,
+                k.what,
+                format!("{}x{}x{}x{}", k.batch, k.m, k.k, k.n),
+                format!(
+                    "{}x{}x{}{}",
+                    k.tiling.tm,
+                    k.tiling.tn,
+                    k.tiling.tk,
+                    if k.tiling.order == tessera_runtime::npu::compile::Order::RowsOuter { " r" } else { " c" }
+                ),
+                s.cycles,
+                100.0 * s.mac_utilization(),
+                s.dram_read,
+                s.dram_written,
+                s.sram_peak,
+                100.0 * s.dma_hidden()
+            );
+        }
+    }
+    let t = r.total();
+    if r.kernels.is_empty() {
+        println!("  NPU summary: no kernel ran on the NPU");
+        return;
+    }
+    println!(
+        "  NPU summary: cycles {} ({:.1} us at {} MHz), MAC utilization {:.1}%, DRAM bytes read {} written {}, SRAM peak {} KiB, DMA hidden {:.1}% (weights {:.1}%), bank-conflict stalls {} cycles",
+        t.cycles,
+        dev.micros(t.cycles),
+        dev.clock_mhz,
+        100.0 * t.mac_utilization(),
+        t.dram_read,
+        t.dram_written,
+        t.sram_peak.div_ceil(1024),
+        100.0 * t.dma_hidden(),
+        100.0 * t.weight_dma_hidden(),
+        t.bank_conflict_cycles
     );
 }

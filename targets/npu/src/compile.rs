@@ -21,9 +21,16 @@ pub enum Src {
     Int(i32),
     Float(f32),
     /// Known at compile time: its bytes as the NPU reads them (`ty` i32, f32 or fixed).
-    Const { ty: ElemType, bytes: Vec<u8>, vector: bool },
+    Const {
+        ty: ElemType,
+        bytes: Vec<u8>,
+        vector: bool,
+    },
     /// Given at run time in type `ty` (u8, i8, i32 or f32): one value, or one per row or column.
-    Input { ty: ElemType, vector: bool },
+    Input {
+        ty: ElemType,
+        vector: bool,
+    },
 }
 
 /// The output stage: `y = f32(acc) * scale + offset`, stored as `out` (f32, or u8/i8 rounded
@@ -146,16 +153,22 @@ impl MatMulKernel {
         match self.b_ty {
             ElemType::U8 | ElemType::I8 => {}
             ElemType::U4 | ElemType::I4 if !dev.int4_weights => {
-                return Err(Decline(format!("{} weights: this device's profile has no 4-bit weights", self.b_ty.name())))
+                return Err(Decline(format!(
+                    "{} weights: this device's profile has no 4-bit weights",
+                    self.b_ty.name()
+                )))
             }
             ElemType::U4 | ElemType::I4 if self.b_const.is_none() => {
-                return Err(Decline("4-bit weights computed at run time: only constant 4-bit weights stream packed".into()))
+                return Err(Decline(
+                    "4-bit weights computed at run time: only constant 4-bit weights stream packed".into(),
+                ))
             }
             ElemType::U4 | ElemType::I4 => {}
             t => return Err(Decline(format!("{} weights: the MAC array reads 8- and 4-bit weights", t.name()))),
         }
         if let Some(b) = &self.b_const {
-            let want = self.b_ty.bytes((if self.b_batched { self.batch } else { 1 }) as u64 * self.k as u64 * self.n as u64);
+            let want =
+                self.b_ty.bytes((if self.b_batched { self.batch } else { 1 }) as u64 * self.k as u64 * self.n as u64);
             if b.len() as u64 != want {
                 return Err(Decline(format!("the constant weight has {} bytes, its shape needs {want}", b.len())));
             }
@@ -167,7 +180,11 @@ impl MatMulKernel {
             };
             match &p.src {
                 Src::Input { ty, vector } => {
-                    let ok = if int { matches!(ty, ElemType::U8 | ElemType::I8 | ElemType::I32) } else { *ty == ElemType::F32 };
+                    let ok = if int {
+                        matches!(ty, ElemType::U8 | ElemType::I8 | ElemType::I32)
+                    } else {
+                        *ty == ElemType::F32
+                    };
                     if !ok {
                         return Err(Decline(format!("{what} of type {} given at run time", ty.name())));
                     }
@@ -264,9 +281,7 @@ impl MatMulKernel {
             for &tn in &side(self.n, dev.mac_cols) {
                 for order in [Order::RowsOuter, Order::ColumnsOuter] {
                     // The largest reduction that fits.
-                    if let Some(&tk) =
-                        ks.iter().find(|&&tk| self.layout(dev, Tiling { tm, tn, tk, order }).is_some())
-                    {
+                    if let Some(&tk) = ks.iter().find(|&&tk| self.layout(dev, Tiling { tm, tn, tk, order }).is_some()) {
                         out.push(Tiling { tm, tn, tk, order });
                     }
                 }
@@ -275,6 +290,10 @@ impl MatMulKernel {
         out
     }
 }
+
+/// Two SRAM slots of an operand: the tile each holds (batch, row or column tile, reduction
+/// tile) and the number of the load that filled it.
+type Slots = [Option<((u32, u32, u32), u32)>; 2];
 
 struct Emit<'a> {
     dev: &'a Device,
@@ -406,7 +425,9 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
     }
     // A vector parameter for the tile starting at row or column `at`.
     let shifted = |p: Param, at: u32| match p {
-        Param::Sram { addr, ty, vector: true } => Param::Sram { addr: addr + ty.bytes(at as u64) as u32, ty, vector: true },
+        Param::Sram { addr, ty, vector: true } => {
+            Param::Sram { addr: addr + ty.bytes(at as u64) as u32, ty, vector: true }
+        }
         p => p,
     };
 
@@ -415,13 +436,16 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
     let mut steps = Vec::new();
     for bi in 0..kernel.batch {
         match t.order {
-            Order::RowsOuter => (0..mt).for_each(|mi| (0..nt).for_each(|ni| (0..kt).for_each(|ki| steps.push((bi, mi, ni, ki))))),
-            Order::ColumnsOuter => (0..nt).for_each(|ni| (0..mt).for_each(|mi| (0..kt).for_each(|ki| steps.push((bi, mi, ni, ki))))),
+            Order::RowsOuter => {
+                (0..mt).for_each(|mi| (0..nt).for_each(|ni| (0..kt).for_each(|ki| steps.push((bi, mi, ni, ki)))))
+            }
+            Order::ColumnsOuter => {
+                (0..nt).for_each(|ni| (0..mt).for_each(|mi| (0..kt).for_each(|ki| steps.push((bi, mi, ni, ki)))))
+            }
         }
     }
-    let dims = |mi: u32, ni: u32, ki: u32| {
-        ((m - mi * t.tm).min(t.tm), (n - ni * t.tn).min(t.tn), (k - ki * t.tk).min(t.tk))
-    };
+    let dims =
+        |mi: u32, ni: u32, ki: u32| ((m - mi * t.tm).min(t.tm), (n - ni * t.tn).min(t.tn), (k - ki * t.tk).min(t.tk));
     let bb = |bi: u32| if kernel.b_batched { bi } else { 0 };
     let a_key = |s: &(u32, u32, u32, u32)| (s.0, s.1, s.3);
     let b_key = |s: &(u32, u32, u32, u32)| (bb(s.0), s.2, s.3);
@@ -449,21 +473,29 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
             DramBox::linear(bufs.b, bufs.b_blocks[index], row * tk)
         } else {
             let off = (bb(s.0) as u64 * k as u64 + (s.3 * t.tk) as u64) * n as u64 + (s.2 * t.tn) as u64;
-            DramBox { buffer: bufs.b, offset: off, row_bytes: row, rows: tk, row_stride: n as u64, planes: 1, plane_stride: 0 }
+            DramBox {
+                buffer: bufs.b,
+                offset: off,
+                row_bytes: row,
+                rows: tk,
+                row_stride: n as u64,
+                planes: 1,
+                plane_stride: 0,
+            }
         };
         let sram = e.l.b[slot];
         e.dma(Command::DmaLoad { ch: 0, src, sram })
     };
     // Slot contents: (key, load number).
-    let mut a_slots: [Option<((u32, u32, u32), u32)>; 2] = [None, None];
-    let mut b_slots: [Option<((u32, u32, u32), u32)>; 2] = [None, None];
+    let mut a_slots: Slots = [None, None];
+    let mut b_slots: Slots = [None, None];
     // Places step `s`'s operands, avoiding the slots `busy` (the current step's); returns the
     // slots and load numbers.
     let place = |e: &mut Emit,
-                     s: &(u32, u32, u32, u32),
-                     busy: Option<(usize, usize)>,
-                     a_slots: &mut [Option<((u32, u32, u32), u32)>; 2],
-                     b_slots: &mut [Option<((u32, u32, u32), u32)>; 2]| {
+                 s: &(u32, u32, u32, u32),
+                 busy: Option<(usize, usize)>,
+                 a_slots: &mut Slots,
+                 b_slots: &mut Slots| {
         let ak = a_key(s);
         let a = match a_slots.iter().position(|x| x.is_some_and(|(key, _)| key == ak)) {
             Some(i) => (i, a_slots[i].map_or(0, |x| x.1)),
@@ -494,7 +526,13 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
     let s0 = steps[0];
     let (tm0, tn0, tk0) = dims(s0.1, s0.2, s0.3);
     let row0 = kernel.b_ty.bytes(tn0 as u64) as u32;
-    let n_chunks = if kt == 1 && tk0 >= 256 { 4 } else if kt == 1 && tk0 >= 128 { 2 } else { 1 };
+    let n_chunks = if kt == 1 && tk0 >= 256 {
+        4
+    } else if kt == 1 && tk0 >= 128 {
+        2
+    } else {
+        1
+    };
     let mut prologue: Vec<(u32, u32, u32)> = Vec::new();
     let mut cur = if n_chunks > 1 {
         let ck = align((tk0 / n_chunks) as u64, 32) as u32;
@@ -502,7 +540,15 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
         while k0 < tk0 {
             let c = ck.min(tk0 - k0);
             let a_off = (s0.0 as u64 * m as u64 + (s0.1 * t.tm) as u64) * k as u64 + k0 as u64;
-            let src = DramBox { buffer: bufs.a, offset: a_off, row_bytes: c, rows: tm0, row_stride: k as u64, planes: 1, plane_stride: 0 };
+            let src = DramBox {
+                buffer: bufs.a,
+                offset: a_off,
+                row_bytes: c,
+                rows: tm0,
+                row_stride: k as u64,
+                planes: 1,
+                plane_stride: 0,
+            };
             let sram = e.l.a[0] + tm0 * k0;
             e.dma(Command::DmaLoad { ch: 0, src, sram });
             let src = if kernel.b_const.is_some() {
@@ -511,7 +557,15 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
                 DramBox::linear(bufs.b, bufs.b_blocks[index] + (k0 * row0) as u64, c * row0)
             } else {
                 let off = (bb(s0.0) as u64 * k as u64 + k0 as u64) * n as u64 + (s0.2 * t.tn) as u64;
-                DramBox { buffer: bufs.b, offset: off, row_bytes: row0, rows: c, row_stride: n as u64, planes: 1, plane_stride: 0 }
+                DramBox {
+                    buffer: bufs.b,
+                    offset: off,
+                    row_bytes: row0,
+                    rows: c,
+                    row_stride: n as u64,
+                    planes: 1,
+                    plane_stride: 0,
+                }
             };
             let sram = e.l.b[0] + k0 * row0;
             let seq = e.dma(Command::DmaLoad { ch: 0, src, sram });
@@ -654,7 +708,8 @@ pub fn compile_with(kernel: &MatMulKernel, dev: &Device, tiling: Option<Tiling>)
         let stats = sim::run(&stream, &checked, dev, &mut [], false).map_err(|e| Decline(e.to_string()))?;
         // The fastest; within 0.5% of it, the one moving the fewest DRAM bytes.
         let better = |b: &Stats| {
-            let close = (stats.cycles as f64) < b.cycles as f64 * 1.005 && (b.cycles as f64) < stats.cycles as f64 * 1.005;
+            let close =
+                (stats.cycles as f64) < b.cycles as f64 * 1.005 && (b.cycles as f64) < stats.cycles as f64 * 1.005;
             if close {
                 stats.dram_read + stats.dram_written < b.dram_read + b.dram_written
             } else {

@@ -73,7 +73,7 @@ impl NpuReport {
                 None => m.push((op.clone(), why.clone(), 1)),
             }
         }
-        m.sort_by(|a, b| b.2.cmp(&a.2));
+        m.sort_by_key(|e| std::cmp::Reverse(e.2));
         m
     }
 }
@@ -190,7 +190,11 @@ fn chain(g: &Graph, users: &[Vec<Node>], n: Node) -> Result<Chain, String> {
 }
 
 fn operand<'e>(env: &'e [Option<Tensor>], n: Node, nd: &ir::NodeData, v: Value) -> Result<&'e Tensor, InterpError> {
-    env[v.index()].as_ref().ok_or_else(|| InterpError::Op { node: n, op: nd.op.name(), message: format!("operand {v} is not defined") })
+    env[v.index()].as_ref().ok_or_else(|| InterpError::Op {
+        node: n,
+        op: nd.op.name(),
+        message: format!("operand {v} is not defined"),
+    })
 }
 
 /// Why a host node is not on the NPU.
@@ -276,7 +280,13 @@ impl NpuModel {
 impl Ctx<'_> {
     /// Runs graph `g` (the model or a fused kernel's body); `consts[i]` says input `i` is a
     /// constant of the enclosing graph.
-    fn graph(&mut self, g: &Graph, prefix: &str, inputs: Vec<Tensor>, consts: &[bool]) -> Result<Vec<Tensor>, NpuError> {
+    fn graph(
+        &mut self,
+        g: &Graph,
+        prefix: &str,
+        inputs: Vec<Tensor>,
+        consts: &[bool],
+    ) -> Result<Vec<Tensor>, NpuError> {
         let mut env: Vec<Option<Tensor>> = vec![None; g.n_values()];
         let mut is_const = vec![false; g.n_values()];
         let mut bindings = Bindings::default();
@@ -286,11 +296,15 @@ impl Ctx<'_> {
         for (i, ((name, v), t)) in g.inputs().iter().zip(inputs).enumerate() {
             let ty = g.ty(*v);
             if t.dtype() != ty.dtype {
-                return Err(NpuError::Input { name: name.clone(), message: format!("is {}, the graph takes {}", t.dtype(), ty.dtype) });
+                return Err(NpuError::Input {
+                    name: name.clone(),
+                    message: format!("is {}, the graph takes {}", t.dtype(), ty.dtype),
+                });
             }
-            ty.shape
-                .bind(t.shape(), &mut bindings)
-                .map_err(|message| NpuError::Input { name: name.clone(), message: format!("shape {:?}: {message}", t.shape()) })?;
+            ty.shape.bind(t.shape(), &mut bindings).map_err(|message| NpuError::Input {
+                name: name.clone(),
+                message: format!("shape {:?}: {message}", t.shape()),
+            })?;
             env[v.index()] = Some(t);
             is_const[v.index()] = consts.get(i).copied().unwrap_or(false);
         }
@@ -323,7 +337,8 @@ impl Ctx<'_> {
             }
             let place = format!("{prefix}{n}");
             if let (Op::Kernel { .. }, Some(body)) = (&nd.op, &nd.body) {
-                let args = nd.inputs.iter().map(|&v| operand(&env, n, nd, v).cloned()).collect::<Result<Vec<_>, _>>()?;
+                let args =
+                    nd.inputs.iter().map(|&v| operand(&env, n, nd, v).cloned()).collect::<Result<Vec<_>, _>>()?;
                 let consts: Vec<bool> = nd.inputs.iter().map(|v| is_const[v.index()]).collect();
                 let outs = self.graph(body, &format!("{place}/"), args, &consts)?;
                 for (&v, t) in nd.outputs.iter().zip(outs) {
@@ -342,7 +357,10 @@ impl Ctx<'_> {
                     Err(why) => {
                         self.report.host.push((g.node(first).op.name().to_string(), why.0));
                         for &x in &c.nodes[1..] {
-                            self.report.host.push((g.node(x).op.name().to_string(), "the output stage of a product the NPU declined".into()));
+                            self.report.host.push((
+                                g.node(x).op.name().to_string(),
+                                "the output stage of a product the NPU declined".into(),
+                            ));
                         }
                         on_host = c.nodes.clone();
                     }
@@ -364,8 +382,9 @@ impl Ctx<'_> {
         g.outputs()
             .iter()
             .map(|(_, v)| {
-                env[v.index()].clone().ok_or_else(|| {
-                    NpuError::Kernel { place: prefix.to_string(), message: format!("output {v} was not computed") }
+                env[v.index()].clone().ok_or_else(|| NpuError::Kernel {
+                    place: prefix.to_string(),
+                    message: format!("output {v} was not computed"),
                 })
             })
             .collect()
@@ -381,7 +400,9 @@ impl Ctx<'_> {
         is_const: &[bool],
     ) -> Result<Result<Tensor, Decline>, NpuError> {
         let get = |v: Value| {
-            env[v.index()].as_ref().ok_or_else(|| NpuError::Kernel { place: place.into(), message: format!("{v} undefined") })
+            env[v.index()]
+                .as_ref()
+                .ok_or_else(|| NpuError::Kernel { place: place.into(), message: format!("{v} undefined") })
         };
         let (a, b) = (get(c.a)?, get(c.b)?);
         let (ash, bsh) = (a.shape().to_vec(), b.shape().to_vec());

@@ -208,9 +208,8 @@ impl Dma<'_> {
 }
 
 fn box_rows(b: &DramBox) -> impl Iterator<Item = usize> + '_ {
-    (0..b.planes as u64).flat_map(move |p| {
-        (0..b.rows as u64).map(move |r| (b.offset + p * b.plane_stride + r * b.row_stride) as usize)
-    })
+    (0..b.planes as u64)
+        .flat_map(move |p| (0..b.rows as u64).map(move |r| (b.offset + p * b.plane_stride + r * b.row_stride) as usize))
 }
 
 /// Reads element `c` of row `r` of an 8- or 4-bit operand.
@@ -221,7 +220,7 @@ fn int_elem(sram: &[u8], o: &Operand, r: u32, c: u32) -> i32 {
         ElemType::I8 => sram[row + c as usize] as i8 as i32,
         ElemType::U4 | ElemType::I4 => {
             let byte = sram[row + c as usize / 2];
-            let nib = if c % 2 == 0 { byte & 0xf } else { byte >> 4 };
+            let nib = if c.is_multiple_of(2) { byte & 0xf } else { byte >> 4 };
             if o.ty == ElemType::I4 {
                 ((nib << 4) as i8 >> 4) as i32
             } else {
@@ -315,7 +314,8 @@ pub fn run(
     let mut st = Stats { macs_per_cycle: dev.macs_per_cycle(), sram_peak: checked.sram_peak, ..Default::default() };
     let mut t = 0.0f64;
     let burst = dev.dma_burst_bytes as u64;
-    let xfer_bytes = |b: &DramBox| (b.planes as u64 * b.rows as u64 * (b.row_bytes as u64).div_ceil(burst) * burst) as f64;
+    let xfer_bytes =
+        |b: &DramBox| (b.planes as u64 * b.rows as u64 * (b.row_bytes as u64).div_ceil(burst) * burst) as f64;
     for c in &stream.commands {
         t += 1.0;
         match c {
@@ -403,7 +403,8 @@ pub fn run(
                             let brow = &bt[c * k as usize..(c + 1) * k as usize];
                             let dot = arow.iter().zip(brow).fold(0i32, |s, (x, y)| s.wrapping_add(x.wrapping_mul(*y)));
                             let at = *acc as usize + r * *acc_stride as usize + 4 * c;
-                            let v = if *accumulate { i32::from_le_bytes(word(&sram, at)).wrapping_add(dot) } else { dot };
+                            let v =
+                                if *accumulate { i32::from_le_bytes(word(&sram, at)).wrapping_add(dot) } else { dot };
                             sram[at..at + 4].copy_from_slice(&v.to_le_bytes());
                         }
                     }
@@ -411,7 +412,10 @@ pub fn run(
             }
             Command::Requant { acc, acc_stride, dst, m, n, scale, offset } => {
                 let cycles = ((*m as u64 * *n as u64).div_ceil(dev.vector_lanes as u64) + 8) as f64;
-                let used = [banks(dev, *acc, *acc_stride as u64 * *m as u64), banks(dev, dst.addr, dst.stride as u64 * *m as u64)];
+                let used = [
+                    banks(dev, *acc, *acc_stride as u64 * *m as u64),
+                    banks(dev, dst.addr, dst.stride as u64 * *m as u64),
+                ];
                 let stall = conflicts(&mut dma, dev, t, cycles, &used);
                 st.bank_conflict_cycles += stall as u64;
                 compute.push(t, t + cycles + stall);
@@ -451,7 +455,10 @@ pub fn run(
             }
             Command::Lut { src, dst, table, m, n } => {
                 let cycles = ((*m as u64 * *n as u64).div_ceil(dev.vector_lanes as u64) + 8) as f64;
-                let used = [banks(dev, src.addr, src.stride as u64 * *m as u64), banks(dev, dst.addr, dst.stride as u64 * *m as u64)];
+                let used = [
+                    banks(dev, src.addr, src.stride as u64 * *m as u64),
+                    banks(dev, dst.addr, dst.stride as u64 * *m as u64),
+                ];
                 let stall = conflicts(&mut dma, dev, t, cycles, &used);
                 st.bank_conflict_cycles += stall as u64;
                 compute.push(t, t + cycles + stall);

@@ -124,8 +124,15 @@ pub enum Param {
     Int(i32),
     Float(f32),
     /// `multiplier * 2^-shift`.
-    Fixed { multiplier: i32, shift: i8 },
-    Sram { addr: u32, ty: ElemType, vector: bool },
+    Fixed {
+        multiplier: i32,
+        shift: i8,
+    },
+    Sram {
+        addr: u32,
+        ty: ElemType,
+        vector: bool,
+    },
 }
 
 /// A strided box in a DRAM buffer: `planes` of `rows` of `row_bytes` contiguous bytes. The SRAM
@@ -147,9 +154,9 @@ impl DramBox {
         DramBox { buffer, offset, row_bytes: bytes, rows: 1, row_stride: bytes as u64, planes: 1, plane_stride: 0 }
     }
 
-    /// Bytes moved.
+    /// Bytes moved (saturating: a box that large fails validation anyway).
     pub fn bytes(&self) -> u64 {
-        self.planes as u64 * self.rows as u64 * self.row_bytes as u64
+        (self.planes as u64).saturating_mul(self.rows as u64).saturating_mul(self.row_bytes as u64)
     }
 
     /// One past the last DRAM byte touched (None on overflow).
@@ -585,10 +592,9 @@ impl fmt::Display for Command {
                 "matmul    {m}x{n}x{k} acc[{acc:#07x}, stride {acc_stride}] {} a {a} - {a_zero}, b {b} - {b_zero}",
                 if *accumulate { "+=" } else { "=" }
             ),
-            Command::Requant { acc, acc_stride, dst, m, n, scale, offset } => write!(
-                f,
-                "requant   {m}x{n} acc[{acc:#07x}, stride {acc_stride}] * {scale} + {offset} -> {dst}"
-            ),
+            Command::Requant { acc, acc_stride, dst, m, n, scale, offset } => {
+                write!(f, "requant   {m}x{n} acc[{acc:#07x}, stride {acc_stride}] * {scale} + {offset} -> {dst}")
+            }
             Command::Lut { src, dst, table, m, n } => write!(f, "lut       {m}x{n} {src} -> {dst} table[{table:#07x}]"),
             Command::Stop => write!(f, "stop"),
         }
@@ -599,7 +605,8 @@ impl Stream {
     /// The text disassembly: a header line, one line per buffer, one numbered line per command.
     pub fn disassemble(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "; npu stream v{VERSION}: {} buffers, {} commands", self.buffers.len(), self.commands.len());
+        let _ =
+            writeln!(out, "; npu stream v{VERSION}: {} buffers, {} commands", self.buffers.len(), self.commands.len());
         for (i, b) in self.buffers.iter().enumerate() {
             let role = match b.role {
                 BufferRole::Input(n) => format!("input {n}"),

@@ -73,10 +73,7 @@ impl V<'_> {
     fn sram(&mut self, start: u64, bytes: u64, what: &str) -> Check<Range> {
         let end = start.checked_add(bytes).ok_or_else(|| format!("{what} overflows the address space"))?;
         if end > self.dev.sram_bytes as u64 {
-            return Err(format!(
-                "{what} [{start:#x}, {end:#x}) is outside the SRAM ({} bytes)",
-                self.dev.sram_bytes
-            ));
+            return Err(format!("{what} [{start:#x}, {end:#x}) is outside the SRAM ({} bytes)", self.dev.sram_bytes));
         }
         self.peak = self.peak.max(end);
         Ok(Range { start, end })
@@ -155,8 +152,7 @@ impl V<'_> {
     }
 
     fn dram(&self, b: &DramBox, store: bool) -> Check<()> {
-        let decl =
-            self.stream.buffers.get(b.buffer as usize).ok_or_else(|| format!("no buffer b{}", b.buffer))?;
+        let decl = self.stream.buffers.get(b.buffer as usize).ok_or_else(|| format!("no buffer b{}", b.buffer))?;
         if b.bytes() == 0 {
             return Err("an empty transfer".into());
         }
@@ -164,7 +160,7 @@ impl V<'_> {
             return Err(format!("b{} is not an output buffer: only outputs are written", b.buffer));
         }
         if (b.rows > 1 && b.row_stride < b.row_bytes as u64)
-            || (b.planes > 1 && b.plane_stride < b.rows as u64 * b.row_stride.max(b.row_bytes as u64))
+            || (b.planes > 1 && b.plane_stride < (b.rows as u64).saturating_mul(b.row_stride.max(b.row_bytes as u64)))
         {
             return Err(format!("the box's rows or planes overlap ({b})"));
         }
@@ -236,7 +232,11 @@ impl V<'_> {
                     return Err(format!("an empty product {m}x{n}x{k}"));
                 }
                 if !a.ty.is_int8_or_4() || !b.ty.is_int8_or_4() {
-                    return Err(format!("operands are {} and {}: the MAC array multiplies 8- and 4-bit integers", a.ty.name(), b.ty.name()));
+                    return Err(format!(
+                        "operands are {} and {}: the MAC array multiplies 8- and 4-bit integers",
+                        a.ty.name(),
+                        b.ty.name()
+                    ));
                 }
                 let four = |t: ElemType| matches!(t, ElemType::U4 | ElemType::I4);
                 if four(a.ty) || (four(b.ty) && !self.dev.int4_weights) {
@@ -345,5 +345,9 @@ pub fn validate(stream: &Stream, dev: &Device) -> Result<Validated, ValidationEr
             return Ok(Validated { sram_peak: v.peak as u32 });
         }
     }
-    Err(ValidationError { index: stream.commands.len(), op: "end", message: "the stream does not end with stop".into() })
+    Err(ValidationError {
+        index: stream.commands.len(),
+        op: "end",
+        message: "the stream does not end with stop".into(),
+    })
 }

@@ -148,7 +148,14 @@ fn products_match_the_interpreter_bit_for_bit() {
             let want = ir::run(&g, inputs.clone()).unwrap();
             let model = NpuModel::new(g.clone(), dev.clone());
             let (got, report) = model.run(&inputs).unwrap();
-            assert_eq!(report.kernels.len(), 1, "case {case} on {}: declined: {:?}\n{}", dev.name, report.host, ir::print(&g));
+            assert_eq!(
+                report.kernels.len(),
+                1,
+                "case {case} on {}: declined: {:?}\n{}",
+                dev.name,
+                report.host,
+                ir::print(&g)
+            );
             assert_eq!(got[0].dtype(), want[0].dtype(), "case {case}");
             assert_eq!(got[0].shape(), want[0].shape(), "case {case}");
             assert_eq!(got[0].to_bytes(), want[0].to_bytes(), "case {case} on {}\n{}", dev.name, ir::print(&g));
@@ -180,7 +187,7 @@ fn the_small_device_tiles_the_reduction_and_accumulates() {
     assert!(c.tiling.tk < 700, "{:?}", c.tiling);
     assert!(c.stream.commands.iter().any(|c| matches!(c, Command::MatMul { accumulate: true, .. })));
     let a: Vec<u8> = (0..40 * 700).map(|i| (i % 251) as u8).collect();
-    let (out, _) = c.run(&dev, &[a.clone()]).unwrap();
+    let (out, _) = c.run(&dev, std::slice::from_ref(&a)).unwrap();
     for (row, chunk) in out.chunks(24 * 4).enumerate() {
         let want: i32 = a[row * 700..(row + 1) * 700].iter().map(|&x| (x as i32 - 2) * 3).sum();
         for w in chunk.chunks(4) {
@@ -240,7 +247,12 @@ fn minilm_sized_products_keep_the_mac_array_busy_and_hide_weight_dma() {
     for (k, n) in [(384, 384), (384, 1536), (1536, 384)] {
         let c = compile(&minilm_product(k, n), &dev).unwrap();
         let s = &c.estimate;
-        assert!(s.mac_utilization() >= 0.8, "{k}x{n}: MAC utilization {:.3} ({:?}, {s:?})", s.mac_utilization(), c.tiling);
+        assert!(
+            s.mac_utilization() >= 0.8,
+            "{k}x{n}: MAC utilization {:.3} ({:?}, {s:?})",
+            s.mac_utilization(),
+            c.tiling
+        );
         assert!(s.weight_dma_hidden() >= 0.9, "{k}x{n}: weight DMA hidden {:.3} ({s:?})", s.weight_dma_hidden());
         assert!(s.sram_peak <= dev.sram_bytes);
     }
@@ -286,23 +298,47 @@ fn the_validator_rejects_unsafe_streams_naming_the_command() {
     let mm = matmul(a, false);
     let wait = Command::Wait { ch: 0, count: 1 };
     // A good stream passes.
-    let good = stream_of(vec![load.clone(), wait.clone(), mm.clone(), store.clone(), Command::Wait { ch: 1, count: 1 }, Command::Stop]);
+    let good = stream_of(vec![
+        load.clone(),
+        wait.clone(),
+        mm.clone(),
+        store.clone(),
+        Command::Wait { ch: 1, count: 1 },
+        Command::Stop,
+    ]);
     validate(&good, &dev).unwrap();
     let cases: Vec<(Vec<Command>, &str)> = vec![
         (vec![load.clone(), mm.clone(), Command::Stop], "still writing it: wait for it first"),
         (vec![mm.clone(), Command::Stop], "which nothing has written"),
         (vec![load.clone(), Command::Wait { ch: 0, count: 2 }, Command::Stop], "it would never finish"),
-        (vec![Command::DmaLoad { ch: 0, src: DramBox::linear(0, 0, 64), sram: dev.sram_bytes - 32 }, Command::Stop], "outside the SRAM"),
-        (vec![Command::DmaLoad { ch: 0, src: DramBox::linear(0, 32, 64), sram: 0 }, Command::Stop], "past b0's 64 bytes"),
+        (
+            vec![Command::DmaLoad { ch: 0, src: DramBox::linear(0, 0, 64), sram: dev.sram_bytes - 32 }, Command::Stop],
+            "outside the SRAM",
+        ),
+        (
+            vec![Command::DmaLoad { ch: 0, src: DramBox::linear(0, 32, 64), sram: 0 }, Command::Stop],
+            "past b0's 64 bytes",
+        ),
         (vec![Command::DmaLoad { ch: 0, src: DramBox::linear(7, 0, 64), sram: 0 }, Command::Stop], "no buffer b7"),
-        (vec![load.clone(), wait.clone(), Command::DmaStore { ch: 0, sram: 0, dst: DramBox::linear(0, 0, 64) }, Command::Stop], "not an output buffer"),
+        (
+            vec![
+                load.clone(),
+                wait.clone(),
+                Command::DmaStore { ch: 0, sram: 0, dst: DramBox::linear(0, 0, 64) },
+                Command::Stop,
+            ],
+            "not an output buffer",
+        ),
         (vec![load.clone(), wait.clone(), store.clone(), Command::Stop], "unfinished"),
         (vec![load.clone(), wait.clone()], "does not end with stop"),
         (vec![Command::Wait { ch: 5, count: 0 }, Command::Stop], "channel 5 does not exist"),
         (vec![Command::Stop, Command::Stop], "commands after stop"),
         (vec![load.clone(), load.clone(), Command::Stop], "still using it"),
         (vec![load.clone(), wait.clone(), matmul(a, true), Command::Stop], "which nothing has written"),
-        (vec![load.clone(), wait.clone(), matmul(Operand { ty: ElemType::F32, ..a }, false), Command::Stop], "8- and 4-bit integers"),
+        (
+            vec![load.clone(), wait.clone(), matmul(Operand { ty: ElemType::F32, ..a }, false), Command::Stop],
+            "8- and 4-bit integers",
+        ),
     ];
     for (i, (commands, want)) in cases.into_iter().enumerate() {
         let err = validate(&stream_of(commands), &dev).unwrap_err().to_string();
@@ -353,4 +389,3 @@ fn float_attention_and_layernorm_are_declined_with_reasons() {
     let text = report.host.iter().map(|(op, why)| format!("{op}: {why}")).collect::<Vec<_>>().join("\n");
     insta::assert_snapshot!("declined_attention_and_layernorm", text);
 }
-
