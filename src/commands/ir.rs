@@ -347,8 +347,7 @@ fn emit_npu(g: tessera_ir::Graph, args: &IrArgs) -> anyhow::Result<ExitCode> {
     let dev = tessera_runtime::npu::Device::from_profile(&p)
         .ok_or_else(|| anyhow::anyhow!("profile {:?} describes no NPU (no [npu] section)", p.name))?;
     let model = tessera_runtime::npu::NpuModel::new(g, dev);
-    let (_, report) = model.run(&inputs)?;
-    let kernels = model.compile_for(&inputs)?;
+    let (kernels, report) = model.compile_for(&inputs)?;
     for (place, c) in &kernels {
         let k = report.kernels.iter().find(|k| &k.place == place);
         let name = format!("{place} {}", k.map_or("", |k| k.what.as_str()));

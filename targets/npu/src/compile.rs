@@ -266,15 +266,10 @@ impl MatMulKernel {
             v.dedup();
             v
         };
+        // The whole reduction, then halves (rounded up to 64) down to 64.
         let mut ks = vec![self.k];
-        let mut tk = self.k;
-        while tk > 64 {
-            tk = align((tk / 2) as u64, 64) as u32;
-            if tk < *ks.last().unwrap_or(&0) {
-                ks.push(tk);
-            } else {
-                break;
-            }
+        while let Some(&tk) = ks.last().filter(|&&tk| tk > 64) {
+            ks.push(align((tk / 2) as u64, 64) as u32);
         }
         let mut out = Vec::new();
         for &tm in &side(self.m, dev.mac_rows) {
@@ -449,40 +444,31 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
     let bb = |bi: u32| if kernel.b_batched { bi } else { 0 };
     let a_key = |s: &(u32, u32, u32, u32)| (s.0, s.1, s.3);
     let b_key = |s: &(u32, u32, u32, u32)| (bb(s.0), s.2, s.3);
+    // The DRAM box of `kc` reduction elements from `k0` within step `s`'s tile of `a` or `b`.
+    let a_box = |s: &(u32, u32, u32, u32), k0: u32, kc: u32| {
+        let (tm, _, _) = dims(s.1, s.2, s.3);
+        let off = (s.0 as u64 * m as u64 + (s.1 * t.tm) as u64) * k as u64 + (s.3 * t.tk + k0) as u64;
+        DramBox::rows(bufs.a, off, tm, kc, k as u64)
+    };
+    let b_box = |s: &(u32, u32, u32, u32), k0: u32, kc: u32| {
+        let (_, tn, _) = dims(s.1, s.2, s.3);
+        let row = kernel.b_ty.bytes(tn as u64) as u32;
+        if kernel.b_const.is_some() {
+            let (_, nn, nk) = blocks(kernel, t);
+            let index = (bb(s.0) as usize * nn + s.2 as usize) * nk + s.3 as usize;
+            DramBox::linear(bufs.b, bufs.b_blocks[index] + (k0 * row) as u64, kc * row)
+        } else {
+            let off = (bb(s.0) as u64 * k as u64 + (s.3 * t.tk + k0) as u64) * n as u64 + (s.2 * t.tn) as u64;
+            DramBox::rows(bufs.b, off, kc, row, n as u64)
+        }
+    };
     let load_a = |e: &mut Emit, s: &(u32, u32, u32, u32), slot: usize| {
-        let (tm, _, tk) = dims(s.1, s.2, s.3);
-        let off = (s.0 as u64 * m as u64 + (s.1 * t.tm) as u64) * k as u64 + (s.3 * t.tk) as u64;
-        let src = DramBox {
-            buffer: bufs.a,
-            offset: off,
-            row_bytes: tk,
-            rows: tm,
-            row_stride: k as u64,
-            planes: 1,
-            plane_stride: 0,
-        };
+        let src = a_box(s, 0, dims(s.1, s.2, s.3).2);
         let sram = e.l.a[slot];
         e.dma(Command::DmaLoad { ch: 0, src, sram })
     };
     let load_b = |e: &mut Emit, s: &(u32, u32, u32, u32), slot: usize| {
-        let (_, tn, tk) = dims(s.1, s.2, s.3);
-        let row = kernel.b_ty.bytes(tn as u64) as u32;
-        let src = if kernel.b_const.is_some() {
-            let (_, nn, nk) = blocks(kernel, t);
-            let index = (bb(s.0) as usize * nn + s.2 as usize) * nk + s.3 as usize;
-            DramBox::linear(bufs.b, bufs.b_blocks[index], row * tk)
-        } else {
-            let off = (bb(s.0) as u64 * k as u64 + (s.3 * t.tk) as u64) * n as u64 + (s.2 * t.tn) as u64;
-            DramBox {
-                buffer: bufs.b,
-                offset: off,
-                row_bytes: row,
-                rows: tk,
-                row_stride: n as u64,
-                planes: 1,
-                plane_stride: 0,
-            }
-        };
+        let src = b_box(s, 0, dims(s.1, s.2, s.3).2);
         let sram = e.l.b[slot];
         e.dma(Command::DmaLoad { ch: 0, src, sram })
     };
@@ -539,34 +525,8 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
         let mut k0 = 0;
         while k0 < tk0 {
             let c = ck.min(tk0 - k0);
-            let a_off = (s0.0 as u64 * m as u64 + (s0.1 * t.tm) as u64) * k as u64 + k0 as u64;
-            let src = DramBox {
-                buffer: bufs.a,
-                offset: a_off,
-                row_bytes: c,
-                rows: tm0,
-                row_stride: k as u64,
-                planes: 1,
-                plane_stride: 0,
-            };
-            let sram = e.l.a[0] + tm0 * k0;
-            e.dma(Command::DmaLoad { ch: 0, src, sram });
-            let src = if kernel.b_const.is_some() {
-                let (_, nn, nk) = blocks(kernel, t);
-                let index = (bb(s0.0) as usize * nn + s0.2 as usize) * nk + s0.3 as usize;
-                DramBox::linear(bufs.b, bufs.b_blocks[index] + (k0 * row0) as u64, c * row0)
-            } else {
-                let off = (bb(s0.0) as u64 * k as u64 + k0 as u64) * n as u64 + (s0.2 * t.tn) as u64;
-                DramBox {
-                    buffer: bufs.b,
-                    offset: off,
-                    row_bytes: row0,
-                    rows: c,
-                    row_stride: n as u64,
-                    planes: 1,
-                    plane_stride: 0,
-                }
-            };
+            e.dma(Command::DmaLoad { ch: 0, src: a_box(&s0, k0, c), sram: e.l.a[0] + tm0 * k0 });
+            let src = b_box(&s0, k0, c);
             let sram = e.l.b[0] + k0 * row0;
             let seq = e.dma(Command::DmaLoad { ch: 0, src, sram });
             prologue.push((k0, c, seq));
@@ -631,15 +591,7 @@ fn emit(kernel: &MatMulKernel, dev: &Device, t: Tiling, l: Layout, bufs: &Buffer
                 acc
             };
             let off = ((bi as u64 * m as u64 + (mi * t.tm) as u64) * n as u64 + (ni * t.tn) as u64) * ob as u64;
-            let dst = DramBox {
-                buffer: bufs.out,
-                offset: off,
-                row_bytes: tn * ob,
-                rows: tm,
-                row_stride: n as u64 * ob as u64,
-                planes: 1,
-                plane_stride: 0,
-            };
+            let dst = DramBox::rows(bufs.out, off, tm, tn * ob, n as u64 * ob as u64);
             stores_from[j] = e.dma(Command::DmaStore { ch: sc, sram: src, dst });
             tile += 1;
         }

@@ -212,6 +212,9 @@ fn host_reason(op: &Op) -> &'static str {
 
 type Key = (String, Vec<Vec<usize>>);
 
+/// A compiled kernel and where it is in the graph (`n12`, `n12/n3`).
+pub type PlacedKernel = (String, Arc<Compiled>);
+
 /// A graph prepared to run with the NPU.
 pub struct NpuModel {
     graph: Graph,
@@ -266,14 +269,14 @@ impl NpuModel {
         Ok((out, ctx.report))
     }
 
-    /// The kernels the NPU would compile for the graph at the given input shapes, with their
-    /// streams (for `--emit npu-asm`): runs the graph on zero-filled inputs.
-    pub fn compile_for(&self, inputs: &[Tensor]) -> Result<Vec<(String, Arc<Compiled>)>, NpuError> {
-        self.run(inputs)?;
+    /// The kernels the NPU compiles for the graph at the given input shapes, with their
+    /// streams (for `--emit npu-asm`), and the run's report: runs the graph once on `inputs`.
+    pub fn compile_for(&self, inputs: &[Tensor]) -> Result<(Vec<PlacedKernel>, NpuReport), NpuError> {
+        let (_, report) = self.run(inputs)?;
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<(String, Arc<Compiled>)> = cache.iter().map(|(k, c)| (k.0.clone(), c.clone())).collect();
+        let mut v: Vec<PlacedKernel> = cache.iter().map(|(k, c)| (k.0.clone(), c.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(v)
+        Ok((v, report))
     }
 }
 

@@ -21,6 +21,7 @@ use crate::device::Device;
 use crate::stream::{Command, DramBox, ElemType, Operand, Param, Stream};
 use crate::validate::Validated;
 use std::collections::VecDeque;
+use tessera_passes::ir::DType;
 
 /// Counters of one run.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -256,7 +257,8 @@ fn fixed(multiplier: i32, shift: i8) -> f32 {
 
 fn float_param(sram: &[u8], p: &Param, i: u32) -> Option<f32> {
     match *p {
-        Param::None => None,
+        // The validator admits no integer scale or offset.
+        Param::None | Param::Int(_) => None,
         Param::Float(v) => Some(v),
         Param::Fixed { multiplier, shift } => Some(fixed(multiplier, shift)),
         Param::Sram { addr, ty, vector } => {
@@ -269,7 +271,6 @@ fn float_param(sram: &[u8], p: &Param, i: u32) -> Option<f32> {
                 _ => f32::from_le_bytes(word(sram, addr as usize + 4 * i)),
             })
         }
-        Param::Int(v) => Some(v as f32),
     }
 }
 
@@ -377,10 +378,7 @@ pub fn run(
                     banks(dev, b.addr, b.stride as u64 * k as u64),
                     banks(dev, *acc, *acc_stride as u64 * m as u64),
                 ];
-                let stall = conflicts(&mut dma, dev, t, cycles, &used);
-                st.bank_conflict_cycles += stall as u64;
-                compute.push(t, t + cycles + stall);
-                t += cycles + stall;
+                t = occupy(&mut dma, dev, &mut st, &mut compute, t, cycles, &used);
                 if data {
                     // Zero-corrected operands, b transposed so each dot product reads rows.
                     let av: Vec<i32> = (0..m)
@@ -411,15 +409,12 @@ pub fn run(
                 }
             }
             Command::Requant { acc, acc_stride, dst, m, n, scale, offset } => {
-                let cycles = ((*m as u64 * *n as u64).div_ceil(dev.vector_lanes as u64) + 8) as f64;
+                let cycles = vector_cycles(dev, *m, *n);
                 let used = [
                     banks(dev, *acc, *acc_stride as u64 * *m as u64),
                     banks(dev, dst.addr, dst.stride as u64 * *m as u64),
                 ];
-                let stall = conflicts(&mut dma, dev, t, cycles, &used);
-                st.bank_conflict_cycles += stall as u64;
-                compute.push(t, t + cycles + stall);
-                t += cycles + stall;
+                t = occupy(&mut dma, dev, &mut st, &mut compute, t, cycles, &used);
                 if data {
                     for r in 0..*m as usize {
                         for c in 0..*n {
@@ -438,14 +433,11 @@ pub fn run(
                                     sram[o..o + 4].copy_from_slice(&y.to_le_bytes());
                                 }
                                 ElemType::U8 | ElemType::I8 => {
+                                    // The IR's `quantize` by 1: its rounding and saturation.
                                     let q = y.round_ties_even();
-                                    let q = if q.is_nan() { 0.0 } else { q };
-                                    let v = if dst.ty == ElemType::U8 {
-                                        q.clamp(0.0, 255.0) as u8
-                                    } else {
-                                        q.clamp(-128.0, 127.0) as i8 as u8
-                                    };
-                                    sram[row + c as usize] = v;
+                                    let q = if q.is_nan() { 0.0 } else { q.clamp(-1e15, 1e15) };
+                                    let to = if dst.ty == ElemType::U8 { DType::U8 } else { DType::I8 };
+                                    sram[row + c as usize] = to.saturate_int(q as i64) as u8;
                                 }
                                 _ => {}
                             }
@@ -454,15 +446,12 @@ pub fn run(
                 }
             }
             Command::Lut { src, dst, table, m, n } => {
-                let cycles = ((*m as u64 * *n as u64).div_ceil(dev.vector_lanes as u64) + 8) as f64;
+                let cycles = vector_cycles(dev, *m, *n);
                 let used = [
                     banks(dev, src.addr, src.stride as u64 * *m as u64),
                     banks(dev, dst.addr, dst.stride as u64 * *m as u64),
                 ];
-                let stall = conflicts(&mut dma, dev, t, cycles, &used);
-                st.bank_conflict_cycles += stall as u64;
-                compute.push(t, t + cycles + stall);
-                t += cycles + stall;
+                t = occupy(&mut dma, dev, &mut st, &mut compute, t, cycles, &used);
                 if data {
                     for r in 0..*m as usize {
                         for c in 0..*n as usize {
@@ -488,6 +477,28 @@ pub fn run(
     st.weight_dma_cycles = dma.weight_busy.total().round() as u64;
     st.weight_dma_hidden_cycles = dma.weight_busy.overlap(&compute).round() as u64;
     Ok(st)
+}
+
+/// Cycles of a vector-unit command over `m x n` elements.
+fn vector_cycles(dev: &Device, m: u32, n: u32) -> f64 {
+    ((m as u64 * n as u64).div_ceil(dev.vector_lanes as u64) + 8) as f64
+}
+
+/// A compute command of `cycles` issued at `t` using SRAM banks `used`: adds its bank-conflict
+/// stalls, records it busy, and returns the time it finishes.
+fn occupy(
+    dma: &mut Dma,
+    dev: &Device,
+    st: &mut Stats,
+    compute: &mut Busy,
+    t: f64,
+    cycles: f64,
+    used: &[(u32, u32)],
+) -> f64 {
+    let stall = conflicts(dma, dev, t, cycles, used);
+    st.bank_conflict_cycles += stall as u64;
+    compute.push(t, t + cycles + stall);
+    t + cycles + stall
 }
 
 /// Stall cycles of a compute command over `[t, t + cycles)` using banks `used`: one per port

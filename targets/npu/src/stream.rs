@@ -154,6 +154,11 @@ impl DramBox {
         DramBox { buffer, offset, row_bytes: bytes, rows: 1, row_stride: bytes as u64, planes: 1, plane_stride: 0 }
     }
 
+    /// `rows` rows of `row_bytes`, `row_stride` apart.
+    pub fn rows(buffer: u16, offset: u64, rows: u32, row_bytes: u32, row_stride: u64) -> DramBox {
+        DramBox { buffer, offset, row_bytes, rows, row_stride, planes: 1, plane_stride: 0 }
+    }
+
     /// Bytes moved (saturating: a box that large fails validation anyway).
     pub fn bytes(&self) -> u64 {
         (self.planes as u64).saturating_mul(self.rows as u64).saturating_mul(self.row_bytes as u64)

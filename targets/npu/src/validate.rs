@@ -131,7 +131,9 @@ impl V<'_> {
         Ok(())
     }
 
-    fn writes(&mut self, ranges: &[Range], what: &str) -> Check<()> {
+    /// Checks that nothing in flight uses `ranges`, then marks them written (`done`) or, for a
+    /// load, not readable until a wait completes it.
+    fn writes(&mut self, ranges: &[Range], what: &str, done: bool) -> Check<()> {
         for r in ranges {
             if let Some(p) = self.pending.iter().find(|p| p.sram.overlaps(r)) {
                 return Err(format!(
@@ -146,7 +148,7 @@ impl V<'_> {
             }
         }
         for r in ranges {
-            self.written[r.start as usize..r.end as usize].fill(true);
+            self.written[r.start as usize..r.end as usize].fill(done);
         }
         Ok(())
     }
@@ -188,9 +190,7 @@ impl V<'_> {
                 if let Some(p) = self.pending.iter().find(|p| !p.load && boxes_overlap(&p.dram, src)) {
                     return Err(format!("reads DRAM b{} that dma.store {} is still writing", src.buffer, p.index));
                 }
-                self.writes(&[r], "the load")?;
-                // Written only once a wait completes it.
-                self.written[r.start as usize..r.end as usize].fill(false);
+                self.writes(&[r], "the load", false)?;
                 self.pending.push(Pending { ch: *ch, seq: self.issued[chi], index, load: true, sram: r, dram: *src });
                 self.issued[chi] += 1;
             }
@@ -251,7 +251,7 @@ impl V<'_> {
                     reads.extend(accr.iter().copied());
                 }
                 self.reads(&reads, "the matmul")?;
-                self.writes(&accr, "the matmul")?;
+                self.writes(&accr, "the matmul", true)?;
             }
             Command::Requant { acc, acc_stride, dst, m, n, scale, offset } => {
                 if *m == 0 || *n == 0 {
@@ -268,7 +268,7 @@ impl V<'_> {
                 reads.extend(self.param(offset, *n, false, "the offset")?);
                 self.reads(&reads, "the requant")?;
                 let w = self.operand(dst, *m, *n, "the destination")?;
-                self.writes(&w, "the requant")?;
+                self.writes(&w, "the requant", true)?;
             }
             Command::Lut { src, dst, table, m, n } => {
                 if *m == 0 || *n == 0 {
@@ -281,7 +281,7 @@ impl V<'_> {
                 reads.push(self.sram(*table as u64, 256, "the table")?);
                 self.reads(&reads, "the lut")?;
                 let w = self.operand(dst, *m, *n, "the destination")?;
-                self.writes(&w, "the lut")?;
+                self.writes(&w, "the lut", true)?;
             }
             Command::Stop => {
                 if let Some(p) = self.pending.iter().find(|p| !p.load) {
