@@ -70,6 +70,25 @@ enum Command {
     /// `--top-k` / `--top-p` candidates with `--seed`. Load, compile, prefill and decode
     /// figures go to stderr.
     Generate(commands::generate::GenerateArgs),
+    /// Show where each kernel of a model runs on a phone's CPU, GPU and NPU, and why.
+    ///
+    /// The model is optimized as for running, then every kernel is priced on every unit of
+    /// the profile: the CPU and GPU by the profile's roofline (FLOPs and bytes at its peaks and
+    /// efficiencies, plus launch costs), the NPU by compiling the kernel and counting its cycles
+    /// in the simulator. The partitioner assigns kernels to units by the makespan of the
+    /// runtime's schedule, charging every hand-over between units (shared DRAM: a signal and
+    /// cache maintenance, no copy). Prints per kernel the chosen unit, its cost on each unit,
+    /// its hand-overs and why; then why units decline kernels, and the simulated latency of
+    /// each unit alone against the partitioned graph.
+    Explain(commands::explain::ExplainArgs),
+    /// Measure this machine into the `host` device profile and check the cost model.
+    ///
+    /// Measures STREAM-triad memory bandwidth, the CPU target's f32 and int8 product
+    /// throughput, the fixed cost of a kernel and a cross-thread hand-over, and writes them as a
+    /// profile (`--profile host` reads it). Then compares the cost model's prediction of every
+    /// CPU kernel of a real model with its measured time here, and the NPU roofline with the
+    /// simulator's cycles, and prints the median absolute errors.
+    Calibrate(commands::calibrate::CalibrateArgs),
     /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
     Demo,
 }
@@ -83,6 +102,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchKernels => commands::bench::kernels(),
         Command::Demo => commands::demo::run(),
+        Command::Explain(args) => commands::explain::run(args),
+        Command::Calibrate(args) => commands::calibrate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Generate(args) => commands::generate::run(args),
     };

@@ -174,7 +174,7 @@ fn ir_prints_the_gpu_plan_and_spirv() {
 
 #[test]
 fn run_checks_on_the_gpu_target_with_a_per_kernel_report() {
-    let o = tessera(&["run", BLOCK, "--inputs", BLOCK_DATA, "--check", "--target", "gpu", "--profile"]);
+    let o = tessera(&["run", BLOCK, "--inputs", BLOCK_DATA, "--check", "--target", "gpu", "--kernel-times"]);
     let (out, err) = text(&o);
     if err.contains("no Vulkan") {
         eprintln!("!!! SKIPPED: no Vulkan device here: {err}");
@@ -193,7 +193,7 @@ fn run_checks_on_the_gpu_target_with_a_per_kernel_report() {
         BLOCK_DATA,
         "--target",
         "gpu",
-        "--profile",
+        "--kernel-times",
         "--device-profile",
         "pixel-99",
     ]);
@@ -269,7 +269,7 @@ fn run_checks_on_the_npu_target_and_ir_prints_the_stream() {
     let data = data.to_str().unwrap();
     let o = tessera(&["run", &model, "--inputs", data, "--target", "interp", "--outputs", data]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let o = tessera(&["run", &model, "--inputs", data, "--check", "--target", "npu", "--profile"]);
+    let o = tessera(&["run", &model, "--inputs", data, "--check", "--target", "npu", "--kernel-times"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     for needle in [
@@ -292,4 +292,143 @@ fn run_checks_on_the_npu_target_and_ir_prints_the_stream() {
     }
     let o = tessera(&["run", &model, "--inputs", data, "--target", "npu", "--device-profile", "no-such-phone"]);
     fails_with(&o, &["no built-in profile", "snapdragon-8-gen-2"]);
+}
+
+#[test]
+fn explain_places_kernels_with_a_picture_a_timeline_and_the_exact_optimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let dot = dir.path().join("p.dot");
+    let trace = dir.path().join("t.json");
+    let (dot_s, trace_s) = (dot.to_str().unwrap(), trace.to_str().unwrap());
+    let o = tessera(&[
+        "explain",
+        BLOCK,
+        "--profile",
+        "dimensity-9300",
+        "--dot",
+        dot_s,
+        "--trace",
+        trace_s,
+        "--exact",
+        "64",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for needle in [
+        "profile dimensity-9300 (MediaTek Dimensity 9300)",
+        "unit",
+        "why units decline kernels:",
+        "hand-overs:",
+        "cpu-only",
+        "gpu-only",
+        "npu-only",
+        "partitioned",
+        "speed-up over the best single unit",
+        "exact search: optimum",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing:\n{out}");
+    }
+    let gap: f64 = out
+        .split("the partitioner is ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gap in\n{out}"));
+    assert!(gap <= 3.0, "{gap}% above the optimum:\n{out}");
+    let dot_text = std::fs::read_to_string(&dot).unwrap();
+    assert!(dot_text.starts_with("digraph placement {") && dot_text.contains("fillcolor"), "{dot_text}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = json["traceEvents"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["ph"] == "X"), "no spans");
+    assert!(events.iter().any(|e| e["args"]["name"] == "dimensity-9300 (simulated)"), "no process name");
+    // A profile with a nonsensical field names it.
+    let text_p = std::fs::read_to_string(root().join("profiles/dimensity-9300.toml")).unwrap();
+    let bad = write(dir.path(), "bad.toml", &text_p.replace("bandwidth_gbps = 76.8", "bandwidth_gbps = -76.8"));
+    fails_with(
+        &tessera(&["explain", BLOCK, "--profile", &bad]),
+        &["bad.toml", "dram.bandwidth_gbps must be a positive number"],
+    );
+    let bad = write(dir.path(), "bad2.toml", &text_p.replace("clock_mhz = 1000.0", "clock_mhz = 0.0"));
+    fails_with(&tessera(&["explain", BLOCK, "--profile", &bad]), &["npu.clock_mhz must be a positive number"]);
+    fails_with(&tessera(&["explain", BLOCK, "--profile", "pixel-99"]), &["no built-in profile", "snapdragon-8-gen-3"]);
+}
+
+#[test]
+fn run_with_a_profile_runs_the_units_concurrently_and_writes_both_timelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.json");
+    let o = tessera(&[
+        "run",
+        BLOCK,
+        "--inputs",
+        BLOCK_DATA,
+        "--check",
+        "--profile",
+        "snapdragon-8-gen-3",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for needle in
+        ["simulated latency on snapdragon-8-gen-3", "partitioned", "segments here", "output 0 \"y\": f32[1, 5, 8] ok"]
+    {
+        assert!(out.contains(needle), "{needle:?} missing:\n{out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let names: Vec<String> = json["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "process_name")
+        .map(|e| e["args"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(names.contains(&"host (measured)".to_string()), "{names:?}");
+    assert!(names.contains(&"snapdragon-8-gen-3 (simulated)".to_string()), "{names:?}");
+    // --trace needs a placement.
+    let o = tessera(&["run", BLOCK, "--inputs", BLOCK_DATA, "--target", "cpu", "--trace", "x.json"]);
+    fails_with(&o, &["--trace and --dot show a placement"]);
+}
+
+#[test]
+fn calibrate_writes_a_host_profile_that_explain_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["calibrate", "--model", "no-such-model.onnx"])
+        .env("TESSERA_HOST_PROFILE", &host)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("cost model check skipped"), "{out}");
+    let profile = std::fs::read_to_string(&host).unwrap();
+    for needle in [
+        "name = \"host\"",
+        "bandwidth_gbps = ",
+        "fp32_gflops = ",
+        "int8_gops = ",
+        "[cpu.class_efficiency]",
+        "attention = ",
+    ] {
+        assert!(profile.contains(needle), "{needle:?} missing:\n{profile}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["explain", BLOCK, "--profile", "host"])
+        .env("TESSERA_HOST_PROFILE", &host)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("gpu-only") && out.contains("profile host has no GPU"), "{out}");
+    // No host profile yet: the error says how to make one.
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["explain", BLOCK, "--profile", "host"])
+        .env("TESSERA_HOST_PROFILE", dir.path().join("none.toml"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    fails_with(&o, &["run `tessera calibrate`"]);
 }

@@ -525,3 +525,50 @@ fn minilm_integer_variants_run_with_the_npu_like_the_interpreter() {
         }
     }
 }
+
+/// MiniLM placed across the CPU, GPU and NPU of the phone profiles: the segments run
+/// concurrently here (the units overlap), and the outputs are the interpreter's (integers
+/// exact, floats within the GPU's 1e-4), the same on every run.
+#[test]
+fn minilm_placed_across_units_runs_concurrently_like_the_interpreter() {
+    let Some(cache) = cache() else { return };
+    for (name, profile) in
+        [("minilm-l3-int8-dynamic", "snapdragon-8-gen-3"), ("minilm-l3-qdq-int4-b32", "dimensity-9300")]
+    {
+        let path = cache.join(format!("models/{name}.onnx"));
+        let opts = tessera_runtime::SessionOptions {
+            target: tessera_runtime::Target::Hetero,
+            device_profile: profile.into(),
+            ..Default::default()
+        };
+        let session = tessera_runtime::Session::from_file(&path, &opts).unwrap();
+        let m = session.hetero_model().unwrap();
+        let units: std::collections::HashSet<_> = m.segments.iter().map(|s| s.unit).collect();
+        assert!(units.len() >= 2 || !m.unavailable.is_empty(), "{name}: one unit only: {units:?}");
+        let pl = &m.placement;
+        let (best_unit, best) = pl.best_single().unwrap();
+        assert!(pl.schedule.makespan <= best + 1e-6, "{name}: worse than the {best_unit} alone");
+        let set = cache.join(format!("models/{name}/test_data_set_0"));
+        let inputs: Vec<tessera_ir::Tensor> = (0..session.inputs().len())
+            .map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).unwrap().tensor)
+            .collect();
+        let want = tessera_ir::run(session.graph(), inputs.clone()).unwrap();
+        let (got, report) = m.run(&inputs).unwrap();
+        let (again, _) = m.run(&inputs).unwrap();
+        for (j, ((a, b), c)) in got.iter().zip(&want).zip(&again).enumerate() {
+            assert_eq!(a.to_bytes(), c.to_bytes(), "{name} output {j} differs between runs");
+            let cmp = tessera_ir::compare::compare(a, b, 0.0, 1e-4).unwrap();
+            assert!(cmp.passed(), "{name} output {j}: {cmp}");
+        }
+        assert!(report.fallbacks.is_empty(), "{name}: {:?}", report.fallbacks);
+        println!(
+            "{name} on {profile}: {} segments on {units:?}, two or more units at once for {:.1} of {:.1} ms",
+            report.spans.len(),
+            report.overlap_us() / 1e3,
+            report.total_us / 1e3
+        );
+        if units.len() >= 2 && m.segments.len() > 2 {
+            assert!(report.overlap_us() > 0.0, "{name}: the units never overlapped: {:?}", report.spans);
+        }
+    }
+}

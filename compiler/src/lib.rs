@@ -6,4 +6,5 @@ pub use tessera_passes as passes;
 pub mod gguf;
 pub mod llm;
 pub mod onnx;
+pub mod place;
 pub mod tokenizer;

@@ -24,6 +24,54 @@ pub struct Dram {
     pub bandwidth_gbps: f64,
 }
 
+/// One cluster of identical CPU cores.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuCluster {
+    pub core: String,
+    pub count: u32,
+    pub ghz: f64,
+}
+
+/// The CPU: its clusters (as cited) and the peaks of the cores a session's kernels use.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuProfile {
+    pub name: String,
+    pub clusters: Vec<CpuCluster>,
+    /// SIMD register width in bits (NEON: 128).
+    pub simd_bits: u32,
+    /// The cores a session's kernels use (the fastest ones).
+    pub threads: u32,
+    /// Peak f32 GFLOP/s of those cores together (a multiply-add counts 2).
+    pub fp32_gflops: f64,
+    /// Peak 8-bit integer GOP/s of those cores together (dot-product instructions).
+    pub int8_gops: f64,
+    /// Fraction of the peaks a JIT kernel reaches (an assumption, or measured on the host).
+    pub compute_efficiency: f64,
+    /// Fraction of DRAM bandwidth a kernel reaches.
+    pub bandwidth_efficiency: f64,
+    /// Fixed cost of one kernel (splitting it across threads and joining), in microseconds.
+    pub kernel_us: f64,
+    /// Per kernel class (its principal op: `matmul_integer`, `attention`, `transpose`, ...),
+    /// how much faster (above 1) or slower than the roofline the JIT kernels run: measured by
+    /// `tessera calibrate` on the host; phone profiles leave it empty (1 for every class).
+    #[serde(default)]
+    pub class_efficiency: std::collections::BTreeMap<String, f64>,
+}
+
+/// What handing a buffer from one unit to another costs. The units share DRAM, so nothing is
+/// copied: the producer's caches are cleaned and the consumer's invalidated over the buffer,
+/// and the consumer waits on the producer's signal.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncProfile {
+    /// One cross-unit signal and wake-up (fence or semaphore), in microseconds.
+    pub handoff_us: f64,
+    /// Rate of cache maintenance over a handed-over buffer, GB/s.
+    pub cache_gbps: f64,
+}
+
 /// The GPU's peaks, the assumed efficiencies, and its Vulkan limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +116,8 @@ pub struct NpuProfile {
     pub dram_efficiency: f64,
     /// Cycles to fill and drain the MAC array once per matmul command.
     pub matmul_fill_cycles: u32,
+    /// Fixed cost of starting one command stream (driver submit, NPU wake), microseconds.
+    pub launch_us: f64,
 }
 
 /// One SoC.
@@ -78,6 +128,8 @@ pub struct DeviceProfile {
     pub soc: String,
     pub sources: Vec<Source>,
     pub dram: Dram,
+    pub cpu: CpuProfile,
+    pub sync: SyncProfile,
     pub gpu: Option<GpuProfile>,
     pub npu: Option<NpuProfile>,
 }
@@ -94,7 +146,28 @@ pub enum ProfileError {
 }
 
 /// The profiles in the repository's `profiles/` folder, built in.
-const BUILTIN: &[(&str, &str)] = &[("snapdragon-8-gen-2", include_str!("../../profiles/snapdragon-8-gen-2.toml"))];
+const BUILTIN: &[(&str, &str)] = &[
+    ("snapdragon-8-gen-2", include_str!("../../profiles/snapdragon-8-gen-2.toml")),
+    ("snapdragon-8-gen-3", include_str!("../../profiles/snapdragon-8-gen-3.toml")),
+    ("dimensity-9300", include_str!("../../profiles/dimensity-9300.toml")),
+];
+
+/// Where `tessera calibrate` writes this machine's profile, which `host` names:
+/// `$TESSERA_HOST_PROFILE`, or else `$XDG_CACHE_HOME/tessera/host.toml` (`~/.cache/...`).
+pub fn host_profile_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("TESSERA_HOST_PROFILE") {
+        return Some(p.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("tessera").join("host.toml"))
+}
+
+/// The names of the built-in profiles.
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTIN.iter().map(|(n, _)| *n).collect()
+}
 
 impl DeviceProfile {
     /// Parses a profile's TOML text; `file` names it in errors.
@@ -113,17 +186,50 @@ impl DeviceProfile {
             }
         };
         positive("dram.bandwidth_gbps", p.dram.bandwidth_gbps)?;
+        let fraction = |what: &str, v: f64| {
+            if v > 0.0 && v <= 1.0 {
+                Ok(())
+            } else {
+                Err(bad(format!("{what} must be in (0, 1], not {v}")))
+            }
+        };
+        let c = &p.cpu;
+        positive("cpu.fp32_gflops", c.fp32_gflops)?;
+        positive("cpu.int8_gops", c.int8_gops)?;
+        fraction("cpu.compute_efficiency", c.compute_efficiency)?;
+        fraction("cpu.bandwidth_efficiency", c.bandwidth_efficiency)?;
+        if !(c.kernel_us.is_finite() && c.kernel_us >= 0.0) {
+            return Err(bad(format!("cpu.kernel_us must be zero or more, not {}", c.kernel_us)));
+        }
+        if c.threads == 0 || c.simd_bits == 0 {
+            return Err(bad("cpu.threads and cpu.simd_bits must be at least 1".into()));
+        }
+        if c.clusters.is_empty() {
+            return Err(bad("cpu.clusters lists at least one cluster".into()));
+        }
+        for (i, k) in c.clusters.iter().enumerate() {
+            positive(&format!("cpu.clusters[{i}].ghz"), k.ghz)?;
+            if k.count == 0 {
+                return Err(bad(format!("cpu.clusters[{i}].count must be at least 1")));
+            }
+        }
+        for (class, v) in &c.class_efficiency {
+            positive(&format!("cpu.class_efficiency.{class}"), *v)?;
+        }
+        let cores: u32 = c.clusters.iter().map(|k| k.count).sum();
+        if c.threads > cores {
+            return Err(bad(format!("cpu.threads = {} is more than the {cores} cores of cpu.clusters", c.threads)));
+        }
+        positive("sync.cache_gbps", p.sync.cache_gbps)?;
+        if !(p.sync.handoff_us.is_finite() && p.sync.handoff_us >= 0.0) {
+            return Err(bad(format!("sync.handoff_us must be zero or more, not {}", p.sync.handoff_us)));
+        }
         if let Some(g) = &p.gpu {
             positive("gpu.fp32_gflops", g.fp32_gflops)?;
             positive("gpu.fp16_gflops", g.fp16_gflops)?;
             positive("gpu.dispatch_us", g.dispatch_us)?;
-            for (what, v) in
-                [("gpu.compute_efficiency", g.compute_efficiency), ("gpu.bandwidth_efficiency", g.bandwidth_efficiency)]
-            {
-                if !(v > 0.0 && v <= 1.0) {
-                    return Err(bad(format!("{what} must be in (0, 1], not {v}")));
-                }
-            }
+            fraction("gpu.compute_efficiency", g.compute_efficiency)?;
+            fraction("gpu.bandwidth_efficiency", g.bandwidth_efficiency)?;
         }
         if let Some(n) = &p.npu {
             positive("npu.clock_mhz", n.clock_mhz)?;
@@ -146,8 +252,9 @@ impl DeviceProfile {
             if n.sram_kib * 1024 % n.sram_banks != 0 {
                 return Err(bad(format!("npu.sram_banks = {} does not divide the SRAM evenly", n.sram_banks)));
             }
-            if !(n.dram_efficiency > 0.0 && n.dram_efficiency <= 1.0) {
-                return Err(bad(format!("npu.dram_efficiency must be in (0, 1], not {}", n.dram_efficiency)));
+            fraction("npu.dram_efficiency", n.dram_efficiency)?;
+            if !(n.launch_us.is_finite() && n.launch_us >= 0.0) {
+                return Err(bad(format!("npu.launch_us must be zero or more, not {}", n.launch_us)));
             }
         }
         Ok(p)
@@ -169,8 +276,18 @@ impl DeviceProfile {
         DeviceProfile::parse(text, &format!("profiles/{name}.toml"))
     }
 
-    /// A built-in profile's name, or else a file's path.
+    /// A built-in profile's name, `host` (this machine's, measured by `tessera calibrate`), or
+    /// else a file's path.
     pub fn load(name_or_path: &str) -> Result<DeviceProfile, ProfileError> {
+        if name_or_path == "host" {
+            let Some(path) = host_profile_path().filter(|p| p.exists()) else {
+                return Err(ProfileError::Read {
+                    file: host_profile_path().map_or("host.toml".into(), |p| p.display().to_string()),
+                    message: "no host profile yet: run `tessera calibrate` to measure this machine".into(),
+                });
+            };
+            return DeviceProfile::from_file(&path);
+        }
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "toml") || path.exists() {
             DeviceProfile::from_file(path)
@@ -191,6 +308,36 @@ impl DeviceProfile {
         let memory = bytes as f64 / (self.dram.bandwidth_gbps * 1e3 * g.bandwidth_efficiency);
         Some(g.dispatch_us + compute.max(memory))
     }
+
+    /// A roofline estimate of one CPU kernel, in microseconds: the kernel's fixed cost plus the
+    /// longer of its arithmetic (`flops` in f32, `int_ops` in 8-bit integers) and its DRAM
+    /// traffic, at the profile's efficiencies.
+    pub fn cpu_estimate_us(&self, flops: u64, int_ops: u64, bytes: u64) -> f64 {
+        self.cpu_kernel_us("", flops, int_ops, bytes)
+    }
+
+    /// [`cpu_estimate_us`](Self::cpu_estimate_us) for a kernel of `class`, corrected by the
+    /// class's measured efficiency where the profile has one.
+    pub fn cpu_kernel_us(&self, class: &str, flops: u64, int_ops: u64, bytes: u64) -> f64 {
+        let c = &self.cpu;
+        let compute = flops as f64 / (c.fp32_gflops * 1e3 * c.compute_efficiency)
+            + int_ops as f64 / (c.int8_gops * 1e3 * c.compute_efficiency);
+        let memory = bytes as f64 / (self.dram.bandwidth_gbps * 1e3 * c.bandwidth_efficiency);
+        let e = c.class_efficiency.get(class).copied().unwrap_or(1.0);
+        c.kernel_us + compute.max(memory) / e
+    }
+
+    /// The NPU's time for a stream the simulator counted `cycles` for, with its launch cost.
+    pub fn npu_us(&self, cycles: u64) -> Option<f64> {
+        let n = self.npu.as_ref()?;
+        Some(n.launch_us + cycles as f64 / n.clock_mhz)
+    }
+
+    /// Handing `bytes` from one unit to another: the signal plus cache maintenance over the
+    /// buffer (shared DRAM: no copy).
+    pub fn handoff_us(&self, bytes: u64) -> f64 {
+        self.sync.handoff_us + bytes as f64 / (self.sync.cache_gbps * 1e3)
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +356,42 @@ mod tests {
         // 64 MB of traffic is bandwidth-bound: 8 us + 64e6 / (64e3 * 0.6) us.
         let t = p.gpu_estimate_us(1000, 64_000_000).unwrap();
         assert!((t - (8.0 + 64e6 / (64e3 * 0.6))).abs() < 1e-6, "{t}");
+    }
+
+    #[test]
+    fn every_builtin_profile_parses_with_a_cpu_and_sources() {
+        for name in builtin_names() {
+            let p = DeviceProfile::builtin(name).unwrap();
+            assert_eq!(p.name, name);
+            assert!(p.cpu.threads >= 1 && p.cpu.fp32_gflops > 0.0, "{name}");
+            assert!(p.sources.len() >= 2, "{name}: cite more than one source");
+            // The CPU's fixed cost shows in a tiny kernel; a hand-over costs its signal at least.
+            assert!(p.cpu_estimate_us(1, 0, 4) >= p.cpu.kernel_us);
+            assert!(p.handoff_us(0) == p.sync.handoff_us);
+        }
+        let p = DeviceProfile::builtin("snapdragon-8-gen-3").unwrap();
+        assert_eq!(p.dram.bandwidth_gbps, 76.8, "LPDDR5X-9600");
+        let d = DeviceProfile::builtin("dimensity-9300").unwrap();
+        assert_eq!(d.cpu.clusters.iter().map(|c| c.count).sum::<u32>(), 8);
+    }
+
+    #[test]
+    fn bad_cpu_and_sync_fields_are_named() {
+        let text = include_str!("../../profiles/dimensity-9300.toml");
+        let err = DeviceProfile::parse(&text.replace("threads = 4", "threads = 9"), "d.toml").unwrap_err().to_string();
+        assert!(err.contains("cpu.threads = 9 is more than the 8 cores"), "{err}");
+        let err = DeviceProfile::parse(&text.replace("handoff_us = 30.0", "handoff_us = -1.0"), "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sync.handoff_us"), "{err}");
+        let err = DeviceProfile::parse(&text.replace("ghz = 3.25", "ghz = 0.0"), "d.toml").unwrap_err().to_string();
+        assert!(err.contains("cpu.clusters[0].ghz"), "{err}");
+        let err = DeviceProfile::parse(&text.replace("[sync]", "[synk]"), "d.toml").unwrap_err().to_string();
+        assert!(err.contains("d.toml"), "{err}");
+        let err = DeviceProfile::parse(&format!("{text}\n[cpu.class_efficiency]\nattention = 0.0\n"), "d.toml");
+        // A table after [npu] re-opens [cpu]: TOML allows it; the value is checked.
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("cpu.class_efficiency.attention"), "{err}");
     }
 
     #[test]

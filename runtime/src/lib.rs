@@ -21,6 +21,7 @@
 //! the session's thread pool. Inputs are checked against the model's signature (names, dtypes,
 //! shapes with symbolic dims such as `sequence_length`) before any kernel runs.
 
+pub mod hetero;
 pub mod llm;
 pub mod vulkan;
 
@@ -46,6 +47,10 @@ pub enum Target {
     /// The NPU target: integer products compiled to command streams and run on the simulated
     /// NPU of [`SessionOptions::device_profile`]; the rest on the host through the interpreter.
     Npu,
+    /// Every unit: the partitioner places each kernel on the CPU, GPU or NPU of
+    /// [`SessionOptions::device_profile`] by its cost model, and the runtime runs the segments
+    /// concurrently, one queue per unit ([`hetero::HeteroModel`]).
+    Hetero,
 }
 
 /// The passes `default` means for the GPU target: the optimizer without `plan-memory`
@@ -53,6 +58,10 @@ pub enum Target {
 /// (elementwise chains, a matmul with an elementwise epilogue) run as one kernel; the others
 /// run their bodies node by node.
 pub const GPU_PIPELINE: &str = "canonicalize,saturate,fold-dequantize,fuse,schedule";
+
+/// The passes before heterogeneous placement: those of the GPU target, so that a kernel is one
+/// node (a fused region is one) whichever unit runs it.
+pub const HETERO_PIPELINE: &str = GPU_PIPELINE;
 
 /// The passes `default` means for the NPU target: those of the GPU target (fused regions run
 /// their bodies, with each integer product and its output stage on the NPU).
@@ -74,6 +83,9 @@ pub struct SessionOptions {
     /// The device profile (a built-in name or a `.toml` path) whose NPU the NPU target
     /// compiles for and simulates.
     pub device_profile: String,
+    /// Sizes of symbolic dims to price kernels at for [`Target::Hetero`] (others: batch 1,
+    /// the rest 128).
+    pub placement_bindings: Vec<(String, usize)>,
 }
 
 impl Default for SessionOptions {
@@ -85,6 +97,7 @@ impl Default for SessionOptions {
             import: Default::default(),
             ukernels: Default::default(),
             device_profile: "snapdragon-8-gen-2".into(),
+            placement_bindings: Vec::new(),
         }
     }
 }
@@ -104,6 +117,8 @@ pub enum SessionError {
     Gpu(#[from] vulkan::GpuRunError),
     #[error("NPU: {0}")]
     Npu(#[from] tessera_target_npu::NpuError),
+    #[error(transparent)]
+    Hetero(#[from] hetero::HeteroError),
     #[error("device profile: {0}")]
     Profile(String),
     #[error("input {name:?} given twice")]
@@ -131,6 +146,7 @@ enum Engine {
     Interpreter,
     Gpu(Box<vulkan::GpuModel>),
     Npu(Box<tessera_target_npu::NpuModel>),
+    Hetero(Box<hetero::HeteroModel>),
 }
 
 /// A compiled model, ready to run many times.
@@ -185,6 +201,7 @@ impl Session {
         let passes = match (opts.target, opts.passes.trim()) {
             (Target::Gpu, "default") => GPU_PIPELINE,
             (Target::Npu, "default") => NPU_PIPELINE,
+            (Target::Hetero, "default") => HETERO_PIPELINE,
             (_, p) => p,
         };
         let mut pipeline =
@@ -230,6 +247,17 @@ impl Session {
                     SessionError::Profile(format!("profile {:?} describes no NPU (no [npu] section)", p.name))
                 })?;
                 Engine::Npu(Box::new(tessera_target_npu::NpuModel::new(g.clone(), dev)))
+            }
+            Target::Hetero => {
+                let p = tessera_compiler::passes::profile::DeviceProfile::load(&opts.device_profile)
+                    .map_err(|e| SessionError::Profile(e.to_string()))?;
+                let b = tessera_compiler::place::Problem::default_bindings(&g, &opts.placement_bindings);
+                let copts = tessera_target_cpu::CpuOptions {
+                    threads: opts.threads.max(1),
+                    ukernels: opts.ukernels,
+                    ..Default::default()
+                };
+                Engine::Hetero(Box::new(hetero::HeteroModel::new(g.clone(), &p, &b, &copts)?))
             }
         };
         let codegen_ms = t1.elapsed().as_secs_f64() * 1e3;
@@ -277,6 +305,15 @@ impl Session {
         }
     }
 
+    /// The placed model, when the target is [`Target::Hetero`]: run it directly for the
+    /// timeline of what ran where ([`hetero::HeteroModel::run`]).
+    pub fn hetero_model(&self) -> Option<&hetero::HeteroModel> {
+        match &self.engine {
+            Engine::Hetero(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// Runs on inputs in the model's input order; returns owned outputs in its output order.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, SessionError> {
         match &self.engine {
@@ -285,6 +322,7 @@ impl Session {
             Engine::Interpreter => Ok(tessera_ir::run(&self.graph, inputs.to_vec())?),
             Engine::Gpu(m) => Ok(m.run(inputs, vulkan::Fallback::Host)?.0),
             Engine::Npu(m) => Ok(m.run(inputs)?.0),
+            Engine::Hetero(m) => Ok(m.run(inputs)?.0),
         }
     }
 

@@ -251,7 +251,7 @@ pub fn run(args: IrArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--bind NAME=SIZE` arguments.
-fn parse_binds(binds: &[String]) -> anyhow::Result<Vec<(String, usize)>> {
+pub(crate) fn parse_binds(binds: &[String]) -> anyhow::Result<Vec<(String, usize)>> {
     binds
         .iter()
         .map(|b| {

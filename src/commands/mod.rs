@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod bench_llm;
+pub mod calibrate;
 pub mod conformance;
 pub mod demo;
+pub mod explain;
 pub mod generate;
 pub mod inspect;
 pub mod ir;

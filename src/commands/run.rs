@@ -38,10 +38,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "default")]
     pub passes: String,
     /// Where to run: the CPU target (JIT-compiled with Cranelift), the GPU target (SPIR-V through
-    /// Vulkan), the NPU target (command streams on the simulated NPU of `--device-profile`) or
-    /// the reference interpreter.
-    #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
-    pub target: RunTarget,
+    /// Vulkan), the NPU target (command streams on the simulated NPU of `--profile`), every unit
+    /// placed by cost (`auto`), or the reference interpreter [default: cpu; auto when `--profile`
+    /// is given].
+    #[arg(long, value_enum)]
+    pub target: Option<RunTarget>,
     /// Threads for the CPU target (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -50,16 +51,25 @@ pub struct RunArgs {
     /// epilogue around it); `off` runs Cranelift-emitted code only.
     #[arg(long, value_enum, default_value_t = super::UkernelArg::Auto)]
     pub ukernel: super::UkernelArg,
-    /// The phone profile (a built-in name or a .toml file, see profiles/): its NPU is the one
-    /// `--target npu` compiles for and simulates, and its cost model estimates each GPU
-    /// kernel's time in the `--profile` table.
-    #[arg(long, default_value = "snapdragon-8-gen-2")]
-    pub device_profile: String,
+    /// The device profile (snapdragon-8-gen-3, dimensity-9300, snapdragon-8-gen-2, `host`
+    /// measured by `tessera calibrate`, or a .toml file; see profiles/): `--target auto` places
+    /// kernels by its cost model, `--target npu` simulates its NPU, and the GPU report's
+    /// estimates use its GPU.
+    #[arg(long, visible_alias = "device-profile", value_name = "NAME")]
+    pub profile: Option<String>,
     /// Print the time each kernel took (CPU target), slowest first; on the GPU target, every
     /// dispatched kernel with its workgroup, grid, shared memory, bytes read and written, MFLOP,
-    /// its time on this device and the cost model's estimate on `--device-profile`.
+    /// its time on this device and the cost model's estimate on `--profile`; on the NPU, one
+    /// line per kernel.
     #[arg(long)]
-    pub profile: bool,
+    pub kernel_times: bool,
+    /// Write a Chrome-trace JSON timeline (open in ui.perfetto.dev): with `--target auto`, each
+    /// unit's real work on this machine and the simulated schedule on the profile's phone.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// With `--target auto`: write a Graphviz picture of the kernels coloured by unit.
+    #[arg(long, value_name = "FILE")]
+    pub dot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -74,8 +84,12 @@ pub enum RunTarget {
     /// The NPU target: integer matrix products (and their requantization) compiled to command
     /// streams and run bit-exactly on the cycle-counting NPU simulator; the rest on the host
     /// (the interpreter). Prints the simulator's summary: cycles, MAC utilization, DRAM bytes,
-    /// SRAM peak, DMA hidden behind compute (`--profile`: per kernel).
+    /// SRAM peak, DMA hidden behind compute (`--kernel-times`: per kernel).
     Npu,
+    /// Every unit of `--profile`: the partitioner places each kernel on the CPU, GPU or NPU by
+    /// the profile's cost model, and the segments run concurrently here (CPU JIT, Vulkan,
+    /// NPU simulator), one queue per unit. Prints the placement and the overlap.
+    Auto,
 }
 
 impl From<RunTarget> for tessera_runtime::Target {
@@ -85,6 +99,7 @@ impl From<RunTarget> for tessera_runtime::Target {
             RunTarget::Interp => tessera_runtime::Target::Interpreter,
             RunTarget::Gpu => tessera_runtime::Target::Gpu,
             RunTarget::Npu => tessera_runtime::Target::Npu,
+            RunTarget::Auto => tessera_runtime::Target::Hetero,
         }
     }
 }
@@ -128,15 +143,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
     let g = super::load_graph_with(&args.file, &options)?;
     let mut sopts = tessera_runtime::SessionOptions { passes: args.passes.clone(), ..Default::default() };
-    sopts.target = args.target.into();
+    let target = args.target.unwrap_or(if args.profile.is_some() { RunTarget::Auto } else { RunTarget::Cpu });
+    sopts.target = target.into();
     if let Some(t) = args.threads {
         sopts.threads = t;
     }
     sopts.ukernels = args.ukernel.into();
-    sopts.device_profile = args.device_profile.clone();
+    if let Some(p) = &args.profile {
+        sopts.device_profile = p.clone();
+    }
+    if (args.trace.is_some() || args.dot.is_some()) && !matches!(target, RunTarget::Auto) {
+        bail!("--trace and --dot show a placement: use them with --target auto (or --profile NAME)");
+    }
     let session =
         tessera_runtime::Session::from_graph(g, &sopts).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    let where_ = match args.target {
+    let where_ = match target {
         RunTarget::Cpu => format!("the CPU target ({} threads)", sopts.threads),
         RunTarget::Interp => "the interpreter".to_string(),
         RunTarget::Gpu => match session.gpu_model() {
@@ -147,7 +168,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(m) => format!("the NPU target ({}, simulated)", m.device().name),
             None => "the NPU target".to_string(),
         },
+        RunTarget::Auto => format!("the CPU, GPU and NPU as placed for {}", sopts.device_profile),
     };
+    if let Some(m) = session.hetero_model() {
+        print!("{}", tessera_compiler::place::report::summary(&m.problem, &m.placement));
+        for u in &m.unavailable {
+            println!("  not used here: {u}");
+        }
+        if let Some(path) = &args.dot {
+            std::fs::write(path, tessera_compiler::place::report::dot(&m.problem, &m.placement.schedule))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("placement picture: {} (render: dot -Tsvg {} -o placement.svg)", path.display(), path.display());
+        }
+    }
     if let Some(p) = session.cpu_program() {
         println!(
             "compiled {} kernels ({} KiB of code) for {} in {:.1} ms (passes {:.1} ms)",
@@ -158,16 +191,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             session.startup.passes_ms
         );
     }
-    let device = match args.target {
-        RunTarget::Gpu if args.profile => Some(
-            tessera_compiler::passes::profile::DeviceProfile::load(&args.device_profile)
-                .map_err(|e| anyhow::anyhow!("--device-profile: {e}"))?,
+    let device = match target {
+        RunTarget::Gpu if args.kernel_times => Some(
+            tessera_compiler::passes::profile::DeviceProfile::load(&sopts.device_profile)
+                .map_err(|e| anyhow::anyhow!("--profile: {e}"))?,
         ),
         _ => None,
     };
     let g = session.graph();
-    let atol = args.atol.unwrap_or(match args.target {
-        RunTarget::Gpu => 1e-4,
+    let atol = args.atol.unwrap_or(match target {
+        RunTarget::Gpu | RunTarget::Auto => 1e-4,
         _ => 1e-7,
     });
     let mut failed = 0;
@@ -175,7 +208,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let inputs = read_inputs(g, &set)?;
         let start = std::time::Instant::now();
         let mut npu_report = None;
+        let mut hetero_report = None;
         let (outputs, gpu_report) = match (session.gpu_model(), session.npu_model()) {
+            _ if session.hetero_model().is_some() => {
+                let m = session.hetero_model().expect("checked");
+                let (o, r) = m.run(&inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+                hetero_report = Some(r);
+                (o, None)
+            }
             (Some(m), _) => {
                 let (o, r) = m
                     .run(&inputs, tessera_runtime::vulkan::Fallback::Host)
@@ -190,7 +230,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ => (session.run(&inputs).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?, None),
         };
         let elapsed = start.elapsed();
-        if args.profile {
+        if args.kernel_times {
             if let Some(p) = session.cpu_program() {
                 let (_, times) = p.run_profiled(&inputs, &tessera_runtime::RunOptions { profile: true })?;
                 let names = p.step_names();
@@ -208,7 +248,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             print_gpu_report(r, device.as_ref());
         }
         if let (Some(r), Some(m)) = (&npu_report, session.npu_model()) {
-            print_npu_report(r, m.device(), args.profile);
+            print_npu_report(r, m.device(), args.kernel_times);
+        }
+        if let (Some(r), Some(m)) = (&hetero_report, session.hetero_model()) {
+            print_hetero_report(r, m, args.trace.as_deref())?;
         }
         for (j, ((name, _), t)) in g.outputs().iter().zip(&outputs).enumerate() {
             let expected_path = set.join(format!("output_{j}.pb"));
@@ -247,6 +290,42 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What ran where on this machine, how much the units overlapped, and the trace.
+fn print_hetero_report(
+    r: &tessera_runtime::hetero::HeteroReport,
+    m: &tessera_runtime::hetero::HeteroModel,
+    trace: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut busy = [0.0f64; 3];
+    for s in &r.spans {
+        busy[tessera_compiler::place::unit_index(s.unit)] += s.end_us - s.start_us;
+    }
+    println!(
+        "  {} segments here: cpu busy {:.1} ms, gpu {:.1} ms, npu (simulator) {:.1} ms; two or more units at once for {:.1} ms of {:.1} ms",
+        r.spans.len(),
+        busy[0] / 1e3,
+        busy[1] / 1e3,
+        busy[2] / 1e3,
+        r.overlap_us() / 1e3,
+        r.total_us / 1e3
+    );
+    for f in &r.fallbacks {
+        println!("  FALLBACK: {f}");
+    }
+    if let Some(path) = trace {
+        let mut spans = m.spans(r);
+        spans.extend(tessera_compiler::place::report::schedule_spans(
+            &m.problem,
+            &m.placement.schedule,
+            &format!("{} (simulated)", m.problem.profile.name),
+        ));
+        std::fs::write(path, tessera_compiler::place::report::chrome_trace(&spans))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("  timeline: {} (open in https://ui.perfetto.dev)", path.display());
+    }
+    Ok(())
 }
 
 /// The first few values of a tensor.

@@ -1,0 +1,461 @@
+//! `tessera calibrate`: measure this machine into the `host` device profile, and report how
+//! well the cost model predicts measured CPU kernels and simulated NPU cycles.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use tessera_compiler::passes::profile::{self, DeviceProfile};
+use tessera_compiler::place::{self, Problem};
+use tessera_ir::{DType, Graph, Op, Shape, Tensor, TensorType};
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// Where to write the profile [default: $TESSERA_HOST_PROFILE, or ~/.cache/tessera/host.toml,
+    /// which `--profile host` reads].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// The model whose CPU kernels check the cost model against measured times (and whose
+    /// integer products check the NPU roofline against the simulator).
+    #[arg(long, default_value = ".cache/models/minilm-l3-int8-dynamic.onnx")]
+    pub model: PathBuf,
+    /// Sequence length for the check.
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// The phone profile whose NPU the roofline check uses.
+    #[arg(long, default_value = "snapdragon-8-gen-3")]
+    pub npu_profile: String,
+    /// Only check an existing host profile (no measuring).
+    #[arg(long)]
+    pub check_only: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// STREAM triad (a = b + s * c) over arrays far larger than the caches, on `threads` threads: GB/s.
+fn triad_gbps(threads: usize) -> f64 {
+    let n = 8 << 20; // 8M f32 per array: 3 x 32 MB
+    let b = vec![1.0f32; n];
+    let c = vec![2.0f32; n];
+    let mut a = vec![0.0f32; n];
+    let chunk = n.div_ceil(threads);
+    let mut runs = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for ((a, b), c) in a.chunks_mut(chunk).zip(b.chunks(chunk)).zip(c.chunks(chunk)) {
+                s.spawn(move || {
+                    for ((x, y), z) in a.iter_mut().zip(b).zip(c) {
+                        *x = y + 3.0 * z;
+                    }
+                });
+            }
+        });
+        runs.push((3 * n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    std::hint::black_box(&a);
+    median(runs)
+}
+
+/// A product `[m, k] x [k, n]` with a constant weight, f32 or u8 x i8.
+fn product_graph(m: usize, k: usize, n: usize, int8: bool) -> Graph {
+    let mut g = Graph::new("calibrate");
+    let (adt, wdt) = if int8 { (DType::U8, DType::I8) } else { (DType::F32, DType::F32) };
+    let a = g.add_input("a", TensorType::new(adt, Shape::from_static(&[m, k])));
+    let bytes: Vec<u8> = if int8 {
+        // Weights of a real model's size (|w| < 64), so the integer tiles take their fast path.
+        (0..k * n).map(|i| ((i * 7 % 127) as i32 - 63) as i8 as u8).collect()
+    } else {
+        (0..k * n).flat_map(|i| (((i * 7 % 251) as f32 - 125.0) / 125.0).to_le_bytes()).collect()
+    };
+    let w = g.add_const(TensorType::new(wdt, Shape::from_static(&[k, n])), tessera_ir::ConstData::from_vec(bytes));
+    let out = if int8 {
+        let za = g
+            .add_const(TensorType::new(DType::U8, Shape::from_static(&[])), tessera_ir::ConstData::from_vec(vec![128]));
+        let zb =
+            g.add_const(TensorType::new(DType::I8, Shape::from_static(&[])), tessera_ir::ConstData::from_vec(vec![0]));
+        g.add_op(Op::MatMulInteger { pair_saturate: false }, vec![a, w, za, zb]).expect("a valid product")[0]
+    } else {
+        g.add_op(Op::MatMul, vec![a, w]).expect("a valid product")[0]
+    };
+    g.add_output("y", out);
+    g
+}
+
+/// Median seconds a compiled graph's kernels take on zeros (the steps' own times, without
+/// the run's input copies), divided by its number of steps when `per_step`.
+fn time_graph(g: &Graph, threads: usize, reps: usize) -> anyhow::Result<f64> {
+    time_steps(g, threads, reps, false)
+}
+
+fn time_steps(g: &Graph, threads: usize, reps: usize, per_step: bool) -> anyhow::Result<f64> {
+    let opts = tessera_target_cpu::CpuOptions { threads, ..Default::default() };
+    let p = tessera_target_cpu::compile(g, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let inputs: Vec<Tensor> = g
+        .inputs()
+        .iter()
+        .map(|(_, v)| {
+            let ty = g.ty(*v);
+            Tensor::zeros(ty.dtype, &ty.shape.as_static().unwrap_or_default()).expect("static input")
+        })
+        .collect();
+    let profile = tessera_target_cpu::RunOptions { profile: true };
+    p.run_profiled(&inputs, &profile).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut runs = Vec::new();
+    for _ in 0..reps {
+        let (_, steps) = p.run_profiled(&inputs, &profile).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let total: f64 = steps.iter().sum();
+        runs.push(if per_step { total / steps.len().max(1) as f64 } else { total });
+    }
+    Ok(median(runs))
+}
+
+/// One cross-thread signal and wake-up, round trip halved: microseconds.
+fn handoff_us() -> f64 {
+    let (tx, rx) = std::sync::mpsc::channel::<u32>();
+    let (tx2, rx2) = std::sync::mpsc::channel::<u32>();
+    let h = std::thread::spawn(move || {
+        for v in rx {
+            if tx2.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let mut runs = Vec::new();
+    for i in 0..2000 {
+        let t = Instant::now();
+        let _ = tx.send(i);
+        let _ = rx2.recv();
+        runs.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+    }
+    drop(tx);
+    let _ = h.join();
+    median(runs)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "this machine's CPU".into())
+}
+
+/// Synthetic kernels, one per class, at shapes unlike any model's: (class, graph text).
+const CLASS_KERNELS: &[(&str, &str)] = &[
+    ("attention", "v0: f32[1, 8, 200, 64] = input \"q\"\n v1: f32[1, 8, 200, 64] = input \"k\"\n v2: f32[1, 8, 200, 64] = input \"v\"\n v3: f32[1, 1, 1, 200] = input \"m\"\n v4: f32[1, 8, 200, 64] = attention v0, v1, v2, v3 {scale = 0.125, causal = false}"),
+    ("layer_norm", "v0: f32[1, 200, 512] = input \"x\"\n v1: f32[512] = input \"s\"\n v2: f32[512] = input \"b\"\n v3: f32[1, 200, 512] = layer_norm v0, v1, v2 {axis = -1, epsilon = 1e-5}"),
+    ("softmax", "v0: f32[1, 8, 200, 200] = input \"x\"\n v1: f32[1, 8, 200, 200] = softmax v0 {axis = -1}"),
+    ("transpose", "v0: f32[1, 200, 8, 64] = input \"x\"\n v1: f32[1, 8, 200, 64] = transpose v0 {perm = [0, 2, 1, 3]}"),
+    ("reshape", "v0: f32[1, 200, 512] = input \"x\"\n v1: f32[1, 200, 8, 64] = reshape v0 {shape = [1, 200, 8, 64]}"),
+    ("add", "v0: f32[1, 200, 512] = input \"x\"\n v1: f32[1, 200, 512] = input \"y\"\n v2: f32[1, 200, 512] = add v0, v1"),
+    ("mul", "v0: f32[1, 200, 512] = input \"x\"\n v1: f32[1, 200, 1] = input \"y\"\n v2: f32[1, 200, 512] = mul v0, v1"),
+    ("dequantize", "v0: u8[1, 200, 512] = input \"x\"\n v1: f32[] = input \"s\"\n v2: u8[] = input \"z\"\n v3: f32[1, 200, 512] = dequantize v0, v1, v2 {axis = 0, block = 0}"),
+    ("dynamic_quantize", "v0: f32[1, 200, 512] = input \"x\"\n v1: u8[1, 200, 512], v2: f32[], v3: u8[] = dynamic_quantize v0"),
+    ("cast", "v0: i64[1, 200, 512] = input \"x\"\n v1: f32[1, 200, 512] = cast v0 {to = f32}"),
+    ("reduce_sum", "v0: f32[1, 200, 512] = input \"x\"\n v1: f32[1, 512] = reduce_sum v0 {axes = [1], keepdims = false}"),
+    ("gather", "v0: f32[4096, 512] = input \"t\"\n v1: i64[1, 200] = input \"i\"\n v2: f32[1, 200, 512] = gather v0, v1 {axis = 0}"),
+];
+
+/// Each class's speed against the roofline of `host` (measured over predicted kernel time,
+/// the fixed cost excluded), from its synthetic kernel and, for products, `products`.
+fn class_efficiencies(host: &DeviceProfile, threads: usize) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut graphs: Vec<(String, Graph)> = vec![
+        ("matmul".into(), product_graph(200, 512, 640, false)),
+        ("matmul_integer".into(), product_graph(200, 512, 640, true)),
+    ];
+    for (class, body) in CLASS_KERNELS {
+        let last = body.rsplit("v").next().and_then(|s| s.split(':').next()).unwrap_or("1");
+        let results: Vec<&str> = body.lines().last().unwrap_or("").split('=').next().unwrap_or("").split(',').collect();
+        let first = results[0].trim().split(':').next().unwrap_or("").trim().to_string();
+        let _ = last;
+        let text = format!("graph @c {{\n {body}\n output \"y\" = {first}\n}}\n");
+        let g = tessera_ir::parse(&text).map_err(|e| anyhow::anyhow!("calibration kernel {class}: {e}\n{text}"))?;
+        graphs.push((class.to_string(), g));
+    }
+    let mut out = Vec::new();
+    for (class, g) in graphs {
+        let b = tessera_ir::Bindings::default();
+        let problem = Problem::build(&g, &b, host)?;
+        let Some(k) = problem.kernels.last() else { continue };
+        let pred = k.us(tessera_ir::Device::Cpu).unwrap_or(0.0) - host.cpu.kernel_us;
+        let meas = time_graph(&g, threads, 15)? * 1e6 - host.cpu.kernel_us;
+        if pred > 0.0 && meas > 0.0 {
+            out.push((class, (pred / meas).clamp(0.02, 50.0)));
+        }
+    }
+    Ok(out)
+}
+
+fn measure(threads: usize) -> anyhow::Result<String> {
+    eprintln!("measuring memory bandwidth (STREAM triad, 3 x 32 MB, {threads} threads) ...");
+    let bw = triad_gbps(threads);
+    eprintln!("  {bw:.1} GB/s");
+    eprintln!("measuring the CPU target's f32 and int8 products (256 x 1536 x 1536) ...");
+    let (m, k, n) = (256, 1536, 1536);
+    let flops = 2.0 * (m * k * n) as f64;
+    let f32_s = time_graph(&product_graph(m, k, n, false), threads, 7)?;
+    let i8_s = time_graph(&product_graph(m, k, n, true), threads, 7)?;
+    let (gflops, gops) = (flops / f32_s / 1e9, flops / i8_s / 1e9);
+    eprintln!("  f32 {gflops:.1} GFLOP/s, int8 {gops:.1} GOP/s");
+    eprintln!("measuring the fixed cost of a kernel (a 1-element add) and a cross-thread hand-over ...");
+    // 32 independent scalar products, each its own kernel with its own buffers.
+    let mut tiny = Graph::new("tiny");
+    for i in 0..32 {
+        let x = tiny.add_input(&format!("x{i}"), TensorType::new(DType::F32, Shape::from_static(&[])));
+        let y = tiny.add_op(Op::Binary(tessera_ir::BinaryOp::Mul), vec![x, x]).expect("mul")[0];
+        tiny.add_output(&format!("y{i}"), y);
+    }
+    let kernel_us = time_steps(&tiny, threads, 201, true)? * 1e6;
+    let hand = handoff_us();
+    eprintln!("  kernel {kernel_us:.2} us, hand-over {hand:.2} us");
+    let ghz = tessera_target_cpu::microbench::clock_hz().map_or(0.0, |h| h / 1e9);
+    let ghz = if ghz > 0.0 { ghz } else { 1.0 };
+    Ok(format!(
+        r#"# This machine, measured by `tessera calibrate` on {date}. Figures are effective rates of
+# the CPU target's own kernels (so the efficiencies are 1): the f32 and int8 throughput of a
+# 256 x 1536 x 1536 product, STREAM-triad bandwidth, the run time of a one-element kernel, and a
+# cross-thread signal and wake-up. No GPU or NPU section: Vulkan here is lavapipe, which runs
+# on these same cores, and the NPU is a simulator.
+
+name = "host"
+soc = "{cpu}"
+
+[[sources]]
+url = "https://www.cs.virginia.edu/stream/ref.html"
+what = "measured here: STREAM triad {bw:.1} GB/s; products f32 {gflops:.1} GFLOP/s, int8 {gops:.1} GOP/s on {threads} threads; kernel {kernel_us:.2} us; hand-over {hand:.2} us"
+
+[dram]
+bandwidth_gbps = {bw:.2}
+
+[cpu]
+name = "{cpu}"
+clusters = [{{ core = "{cpu}", count = {threads}, ghz = {ghz:.2} }}]
+simd_bits = 128            # the CPU target's vectors (Cranelift's 128-bit SIMD)
+threads = {threads}
+fp32_gflops = {gflops:.2}
+int8_gops = {gops:.2}
+compute_efficiency = 1.0
+bandwidth_efficiency = 1.0
+kernel_us = {kernel_us:.3}
+
+[sync]
+handoff_us = {hand:.3}
+cache_gbps = {bw:.2}       # coherent caches: a hand-over costs at most re-reading the buffer
+"#,
+        date = chrono_free_date(),
+        cpu = cpu_name().replace('"', "'"),
+    ))
+}
+
+/// Today's date from the system clock, as YYYY-MM-DD (UTC).
+fn chrono_free_date() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86400) as i64;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Predicted against measured time of every CPU kernel of `model` at `seq` on the host.
+fn check_cpu(
+    host: &DeviceProfile,
+    model: &Path,
+    seq: usize,
+    threads: usize,
+) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    let mut g = super::load_graph(model)?;
+    let mut pipeline = tessera_compiler::passes::Pipeline::parse("default")?;
+    pipeline.verify_each = false;
+    pipeline.run(&mut g, &mut |_| {})?;
+    let p = tessera_target_cpu::compile(&g, &tessera_target_cpu::CpuOptions { threads, ..Default::default() })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pg = p.graph();
+    let b = Problem::default_bindings(pg, &[("sequence_length".into(), seq)]);
+    let problem = Problem::build(pg, &b, host)?;
+    let inputs: Vec<Tensor> = pg
+        .inputs()
+        .iter()
+        .map(|(_, v)| {
+            let ty = pg.ty(*v);
+            let shape: Vec<usize> = ty.shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).collect();
+            // Token ids and a mask of ones.
+            let numel = shape.iter().product();
+            if ty.dtype == DType::I64 {
+                Tensor::from_i64(DType::I64, &shape, vec![1; numel]).expect("ids")
+            } else {
+                Tensor::zeros(ty.dtype, &shape).expect("zeros")
+            }
+        })
+        .collect();
+    let names = p.step_names();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for _ in 0..9 {
+        let (_, t) = p
+            .run_profiled(&inputs, &tessera_target_cpu::RunOptions { profile: true })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, s) in t.into_iter().enumerate() {
+            times[i].push(s * 1e6);
+        }
+    }
+    let mut rows = Vec::new();
+    for (name, t) in names.iter().zip(times) {
+        let node = name.split_whitespace().next().unwrap_or("");
+        let Some(k) = problem.kernels.iter().find(|k| k.name.split_whitespace().next() == Some(node)) else { continue };
+        let Some(pred) = k.us(tessera_ir::Device::Cpu) else { continue };
+        rows.push((name.clone(), pred, median(t)));
+    }
+    Ok(rows)
+}
+
+/// The NPU roofline (corrected by a factor fitted on other shapes) against the simulator's
+/// cycles for every integer product of `model` at `seq`.
+/// Per kernel: its name, the predicted and the measured (or simulated) cost.
+type Rows = Vec<(String, f64, f64)>;
+
+fn check_npu(phone: &DeviceProfile, model: &Path, seq: usize) -> anyhow::Result<(f64, Rows)> {
+    let dev = tessera_runtime::npu::Device::from_profile(phone)
+        .ok_or_else(|| anyhow::anyhow!("profile {} has no NPU", phone.name))?;
+    // Fit on shapes unlike the model's.
+    let mut ratios = Vec::new();
+    for &(m, k, n) in &[(64usize, 256usize, 256usize), (200, 512, 320), (96, 1024, 768), (256, 768, 128)] {
+        let g = product_graph(m, k, n, true);
+        let cycles = simulate(&g, &dev, &[vec![m, k]])?;
+        ratios.push(cycles as f64 / place::npu_roofline_cycles(&dev, 1, m, k, n, 1, 4));
+    }
+    let factor = median(ratios);
+    let mut g = super::load_graph(model)?;
+    let mut pipeline = tessera_compiler::passes::Pipeline::parse(tessera_runtime::NPU_PIPELINE)?;
+    pipeline.verify_each = false;
+    pipeline.run(&mut g, &mut |_| {})?;
+    let b = Problem::default_bindings(&g, &[("sequence_length".into(), seq)]);
+    let inputs: Vec<Tensor> = g
+        .inputs()
+        .iter()
+        .map(|(_, v)| {
+            let ty = g.ty(*v);
+            let shape: Vec<usize> = ty.shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).collect();
+            let numel = shape.iter().product();
+            if ty.dtype == DType::I64 {
+                Tensor::from_i64(DType::I64, &shape, vec![1; numel]).expect("ids")
+            } else {
+                Tensor::zeros(ty.dtype, &shape).expect("zeros")
+            }
+        })
+        .collect();
+    let model = tessera_runtime::npu::NpuModel::new(g, dev.clone());
+    let (_, report) = model.run(&inputs)?;
+    let rows = report
+        .kernels
+        .iter()
+        .map(|k| {
+            let out_bytes = if k.what.ends_with("quantize") { 1 } else { 4 };
+            let pred = factor
+                * place::npu_roofline_cycles(
+                    &dev,
+                    k.batch as usize,
+                    k.m as usize,
+                    k.k as usize,
+                    k.n as usize,
+                    1,
+                    out_bytes,
+                );
+            (format!("{} {}", k.place, k.what), pred, k.stats.cycles as f64)
+        })
+        .collect();
+    Ok((factor, rows))
+}
+
+fn simulate(g: &Graph, dev: &tessera_runtime::npu::Device, shapes: &[Vec<usize>]) -> anyhow::Result<u64> {
+    let inputs: Vec<Tensor> =
+        g.inputs().iter().zip(shapes).map(|((_, v), s)| Tensor::zeros(g.ty(*v).dtype, s).expect("zeros")).collect();
+    let model = tessera_runtime::npu::NpuModel::new(g.clone(), dev.clone());
+    let (_, r) = model.run(&inputs)?;
+    Ok(r.total().cycles)
+}
+
+fn print_errors(what: &str, rows: &[(String, f64, f64)], show: usize) -> f64 {
+    let errs: Vec<f64> = rows.iter().map(|(_, p, m)| (p - m).abs() / m.max(1e-9)).collect();
+    let med = median(errs.clone());
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    let weighted = rows.iter().map(|(_, p, m)| (p - m).abs()).sum::<f64>() / total.max(1e-9);
+    let big: Vec<f64> =
+        rows.iter().filter(|r| r.2 >= 0.01 * total).map(|(_, p, m)| (p - m).abs() / m.max(1e-9)).collect();
+    println!(
+        "{what}: median absolute error {:.1}% over {} kernels (target <= 15%); {:.1}% over the {} kernels each above 1% of the time; time-weighted {:.1}%; predicted total {:.0}, measured {:.0}",
+        100.0 * med,
+        rows.len(),
+        100.0 * median(big.clone()),
+        big.len(),
+        100.0 * weighted,
+        rows.iter().map(|r| r.1).sum::<f64>(),
+        total
+    );
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| rows[b].2.total_cmp(&rows[a].2));
+    let show = if std::env::var_os("TESSERA_CALIBRATE_ALL").is_some() { rows.len() } else { show };
+    for &i in order.iter().take(show) {
+        let (name, p, m) = &rows[i];
+        println!("  {:>10.1} predicted {:>10.1} measured {:>+6.0}%  {name}", p, m, 100.0 * (p - m) / m.max(1e-9));
+    }
+    med
+}
+
+pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let path = match &args.output {
+        Some(p) => p.clone(),
+        None => profile::host_profile_path().context("no home folder: give --output")?,
+    };
+    if !args.check_only {
+        let mut text = measure(threads)?;
+        eprintln!("measuring each kernel class against the roofline ...");
+        let base = DeviceProfile::parse(&text, "host.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+        text.push_str("\n[cpu.class_efficiency]\n# measured / roofline time of a synthetic kernel of each class (1: as predicted)\n");
+        for (class, e) in class_efficiencies(&base, threads)? {
+            eprintln!("  {class}: {e:.2}");
+            text.push_str(&format!("{class} = {e:.3}\n"));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {} (use it with --profile host, or --profile {})", path.display(), path.display());
+    }
+    let host = DeviceProfile::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !args.model.exists() {
+        println!("cost model check skipped: {} is missing (scripts/fetch_models.sh fetches it)", args.model.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("cost model against this machine ({}, seq {}), microseconds:", args.model.display(), args.seq);
+    let rows = check_cpu(&host, &args.model, args.seq, threads)?;
+    print_errors("CPU kernels (roofline with the measured rates vs the JIT kernels' median times)", &rows, 12);
+    let phone = DeviceProfile::load(&args.npu_profile).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (factor, rows) = check_npu(&phone, &args.model, args.seq)?;
+    println!(
+        "NPU roofline of {} (MACs at the array's rate or DRAM bytes at the DMA's, whichever is longer, x {factor:.3} fitted on four other shapes) vs the simulator's cycles:",
+        phone.name
+    );
+    print_errors("NPU kernels", &rows, 6);
+    Ok(ExitCode::SUCCESS)
+}
