@@ -204,10 +204,18 @@ impl Session {
             (Target::Hetero, "default") => HETERO_PIPELINE,
             (_, p) => p,
         };
-        let mut pipeline =
-            tessera_compiler::passes::Pipeline::parse(passes).map_err(|e| SessionError::Passes(e.to_string()))?;
-        pipeline.verify_each = false;
-        pipeline.run(&mut g, &mut |_| {}).map_err(|e| SessionError::Passes(e.to_string()))?;
+        if opts.target == Target::Hetero && opts.passes.trim() == "default" {
+            // The rewrites extract by the same cost model the placement uses.
+            let p = tessera_compiler::passes::profile::DeviceProfile::load(&opts.device_profile)
+                .map_err(|e| SessionError::Profile(e.to_string()))?;
+            tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, passes, &p)
+                .map_err(|e| SessionError::Passes(e.to_string()))?;
+        } else {
+            let mut pipeline =
+                tessera_compiler::passes::Pipeline::parse(passes).map_err(|e| SessionError::Passes(e.to_string()))?;
+            pipeline.verify_each = false;
+            pipeline.run(&mut g, &mut |_| {}).map_err(|e| SessionError::Passes(e.to_string()))?;
+        }
         let passes_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let engine = match opts.target {

@@ -39,9 +39,8 @@ pub fn bindings(g: &tessera_ir::Graph, binds: &[String]) -> anyhow::Result<tesse
 pub fn price(model: &std::path::Path, profile: &str, binds: &[String]) -> anyhow::Result<(tessera_ir::Graph, Problem)> {
     let p = DeviceProfile::load(profile).map_err(|e| anyhow::anyhow!("--profile: {e}"))?;
     let mut g = super::load_graph(model)?;
-    let mut pipeline = tessera_compiler::passes::Pipeline::parse(tessera_runtime::HETERO_PIPELINE)?;
-    pipeline.verify_each = false;
-    pipeline.run(&mut g, &mut |_| {})?;
+    // The rewrites extract by the same cost model the placement uses.
+    tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, tessera_runtime::HETERO_PIPELINE, &p)?;
     let b = bindings(&g, binds)?;
     eprintln!("pricing {} kernels on the CPU, GPU and NPU of {} ...", g.n_nodes(), p.name);
     let t = std::time::Instant::now();

@@ -51,6 +51,19 @@ impl FlopsBytes {
 
 impl CostModel for FlopsBytes {
     fn op_cost(&self, node: &TensorLang, result: Option<&TensorType>, operands: &[Option<&TensorType>]) -> f64 {
+        let (flops, moved) = self.flops_bytes(node, result, operands);
+        1.0 + flops + moved
+    }
+}
+
+impl FlopsBytes {
+    /// The op's floating-point operations and the bytes it moves.
+    pub fn flops_bytes(
+        &self,
+        node: &TensorLang,
+        result: Option<&TensorType>,
+        operands: &[Option<&TensorType>],
+    ) -> (f64, f64) {
         use TensorLang as T;
         let n = self.numel(result);
         let flops_per_element = match node {
@@ -99,7 +112,35 @@ impl CostModel for FlopsBytes {
         };
         let moved: f64 =
             operands.iter().filter(|t| t.is_some()).map(|t| self.bytes(*t)).sum::<f64>() + self.bytes(result);
-        1.0 + flops + moved
+        (flops, moved)
+    }
+}
+
+/// The placement cost model as the extraction's: each op at the time its best unit of a device
+/// profile takes by the profile's roofline (CPU or GPU, with their fixed per-kernel costs), in
+/// nanoseconds, so that the terms egg extracts are the ones the partitioner prices cheapest.
+#[derive(Clone, Debug)]
+pub struct ProfileCost {
+    pub profile: crate::profile::DeviceProfile,
+    pub counts: FlopsBytes,
+}
+
+impl ProfileCost {
+    pub fn new(profile: crate::profile::DeviceProfile) -> ProfileCost {
+        ProfileCost { profile, counts: FlopsBytes::default() }
+    }
+}
+
+impl CostModel for ProfileCost {
+    fn op_cost(&self, node: &TensorLang, result: Option<&TensorType>, operands: &[Option<&TensorType>]) -> f64 {
+        let (flops, bytes) = self.counts.flops_bytes(node, result, operands);
+        if flops == 0.0 && bytes == 0.0 {
+            return 1.0;
+        }
+        let (flops, bytes) = (flops as u64, bytes as u64);
+        let cpu = self.profile.cpu_estimate_us(flops, 0, bytes);
+        let gpu = self.profile.gpu_estimate_us(flops, bytes).unwrap_or(f64::INFINITY);
+        1.0 + 1e3 * cpu.min(gpu)
     }
 }
 

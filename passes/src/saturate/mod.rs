@@ -107,6 +107,27 @@ impl Saturate {
     }
 }
 
+/// Runs a pipeline (`a,b,c`), with `saturate` extracting by `profile`'s cost model
+/// ([`cost::ProfileCost`]) instead of FLOPs plus bytes: the optimization before placement.
+pub fn run_pipeline_for_profile(
+    g: &mut Graph,
+    pipeline: &str,
+    profile: &crate::profile::DeviceProfile,
+) -> Result<Vec<PassReport>, PassError> {
+    let model = cost::ProfileCost::new(profile.clone());
+    let mut reports = Vec::new();
+    for part in pipeline.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if part == "saturate" {
+            reports.push(Saturate::default().run_with(g, &model)?);
+        } else {
+            let mut p = crate::Pipeline::parse(part)?;
+            p.verify_each = false;
+            reports.extend(p.run(g, &mut |_| {})?.into_iter().map(|(_, r, _)| r));
+        }
+    }
+    Ok(reports)
+}
+
 impl Pass for Saturate {
     fn name(&self) -> &'static str {
         "saturate"

@@ -613,3 +613,50 @@ fn norms_softmax_feeds_attention() {
     let (g, _) = rewrites(start, &["attention v0, v1, v2"], &["exp", "softmax", "matmul"]);
     assert_eq!(g.n_nodes(), 1);
 }
+
+#[test]
+fn the_placement_cost_model_extracts_the_same_fused_kernels() {
+    // Rewrites and placement agree: extraction by a phone profile's roofline (each op at its
+    // best unit, with per-kernel costs) picks the fused attention and GELU too.
+    let start = "graph @attn {
+  v0: f32[2, 6, 4, 8] = input \"q\"
+  v1: f32[2, 6, 4, 8] = input \"k\"
+  v2: f32[2, 6, 4, 8] = input \"v\"
+  v3: f32[2, 1, 1, 6] = input \"mask\"
+  v4: f32[] = const [2.828427]
+  v5: f32[2, 4, 6, 8] = transpose v0 {perm = [0, 2, 1, 3]}
+  v6: f32[2, 4, 8, 6] = transpose v1 {perm = [0, 2, 3, 1]}
+  v7: f32[2, 4, 6, 8] = transpose v2 {perm = [0, 2, 1, 3]}
+  v8: f32[2, 4, 6, 6] = matmul v5, v6
+  v9: f32[2, 4, 6, 6] = div v8, v4
+  v10: f32[2, 4, 6, 6] = add v9, v3
+  v11: f32[2, 4, 6, 6] = softmax v10 {axis = -1}
+  v12: f32[2, 4, 6, 8] = matmul v11, v7
+  v13: f32[] = const [1.4142135]
+  v14: f32[2, 4, 6, 8] = div v12, v13
+  v15: f32[2, 4, 6, 8] = erf v14
+  v16: f32[] = const [1.0]
+  v17: f32[2, 4, 6, 8] = add v15, v16
+  v18: f32[2, 4, 6, 8] = mul v12, v17
+  v19: f32[] = const [0.5]
+  v20: f32[2, 4, 6, 8] = mul v18, v19
+  output \"y\" = v20
+}";
+    let g0 = parse(start).unwrap();
+    let profile = crate::profile::DeviceProfile::builtin("snapdragon-8-gen-3").unwrap();
+    let mut by_profile = g0.clone();
+    super::Saturate::default().run_with(&mut by_profile, &super::cost::ProfileCost::new(profile.clone())).unwrap();
+    let mut by_flops = g0.clone();
+    Saturate::default().run(&mut by_flops).unwrap();
+    verify(&by_profile).unwrap();
+    let text = print(&by_profile);
+    assert!(text.contains("= attention v") && text.contains("= gelu v"), "{text}");
+    assert_eq!(super::fused_counts(&by_profile), super::fused_counts(&by_flops));
+    let ins = inputs(&g0);
+    assert_close(&run(&g0, ins.clone()).unwrap(), &run(&by_profile, ins).unwrap());
+    // The pipeline helper runs the others by name around it.
+    let mut g = g0.clone();
+    let reports = super::run_pipeline_for_profile(&mut g, "canonicalize,saturate,fuse", &profile).unwrap();
+    assert_eq!(reports.len(), 3);
+    verify(&g).unwrap();
+}
