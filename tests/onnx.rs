@@ -572,3 +572,25 @@ fn minilm_placed_across_units_runs_concurrently_like_the_interpreter() {
         }
     }
 }
+
+/// The partitioner against the branch-and-bound optimum on real kernels: every window of 24
+/// consecutive kernels of MiniLM int8 and int4, priced on the phone profiles.
+#[test]
+fn the_partitioner_is_within_three_percent_of_the_optimum_on_windows_of_minilm() {
+    let Some(cache) = cache() else { return };
+    for name in ["minilm-l3-int8-dynamic", "minilm-l3-qdq-int4-b32"] {
+        let g = import_file(&cache.join(format!("models/{name}.onnx"))).unwrap();
+        for profile in ["snapdragon-8-gen-3", "dimensity-9300"] {
+            let p = tessera_compiler::passes::profile::DeviceProfile::builtin(profile).unwrap();
+            let mut g = g.clone();
+            tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, tessera_runtime::HETERO_PIPELINE, &p)
+                .unwrap();
+            let b = tessera_compiler::place::Problem::default_bindings(&g, &[]);
+            let problem = tessera_compiler::place::Problem::build(&g, &b, &p).unwrap();
+            let (solved, tried, worst) = tessera_compiler::place::partition::check_windows(&problem, 24, 5_000_000);
+            println!("{name} on {profile}: {solved} of {tried} windows solved, worst gap {:.2}%", 100.0 * worst);
+            assert_eq!(solved, tried, "{name} on {profile}");
+            assert!(worst <= 0.03, "{name} on {profile}: {:.2}% above the optimum", 100.0 * worst);
+        }
+    }
+}

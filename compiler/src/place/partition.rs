@@ -273,8 +273,81 @@ pub fn partition(p: &Problem) -> Result<Placement, super::PlaceError> {
             assign = a;
         }
     }
+    // Large neighbourhoods: every assignment of each window of consecutive kernels, the rest
+    // fixed, until none improves.
+    loop {
+        let (m, a) = exhaust_windows(p, assign.clone(), best_m);
+        let (m, a) = improve(p, a.clone()).min_by_m((m, a));
+        if m < best_m - 1e-9 {
+            best_m = m;
+            assign = a;
+        } else {
+            break;
+        }
+    }
     let schedule = evaluate(p, &assign).map_err(super::PlaceError::Other)?;
     Ok(Placement { schedule, singles })
+}
+
+/// Kernels per window in [`exhaust_windows`] (3^6 = 729 assignments each).
+const WINDOW: usize = 6;
+
+trait MinByM {
+    fn min_by_m(self, other: (f64, Vec<Unit>)) -> (f64, Vec<Unit>);
+}
+
+impl MinByM for (f64, Vec<Unit>) {
+    fn min_by_m(self, other: (f64, Vec<Unit>)) -> (f64, Vec<Unit>) {
+        if self.0 <= other.0 {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+/// Tries every assignment of each window of [`WINDOW`] consecutive kernels, and of each
+/// kernel with its producers and consumers (up to [`WINDOW`] + 1 of them), units that cannot run
+/// a kernel skipped and the others fixed; keeps each improvement.
+fn exhaust_windows(p: &Problem, mut a: Vec<Unit>, mut best: f64) -> (f64, Vec<Unit>) {
+    let n = a.len();
+    let w = WINDOW.min(n);
+    let mut sets: Vec<Vec<usize>> = (0..=n.saturating_sub(w)).map(|s| (s..s + w).collect()).collect();
+    let mut succs: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (k, kern) in p.kernels.iter().enumerate() {
+        for &(q, _) in &kern.preds {
+            succs[q].push(k);
+        }
+    }
+    for (k, (kern, after)) in p.kernels.iter().zip(&succs).enumerate() {
+        let mut set: Vec<usize> = vec![k];
+        for q in kern.preds.iter().map(|(q, _)| *q).chain(after.iter().copied()) {
+            if !set.contains(&q) && set.len() <= WINDOW {
+                set.push(q);
+            }
+        }
+        if set.len() > 1 {
+            sets.push(set);
+        }
+    }
+    for set in sets {
+        let options: Vec<Vec<Unit>> =
+            set.iter().map(|&k| UNITS.into_iter().filter(|&u| p.kernels[k].us(u).is_some()).collect()).collect();
+        let total: usize = options.iter().map(Vec::len).product();
+        let mut b = a.clone();
+        for mut code in 0..total {
+            for (&k, opts) in set.iter().zip(&options) {
+                b[k] = opts[code % opts.len()];
+                code /= opts.len();
+            }
+            let m = makespan(p, &b);
+            if m < best - 1e-9 {
+                best = m;
+                a.copy_from_slice(&b);
+            }
+        }
+    }
+    (best, a)
 }
 
 /// Perturbations of the iterated local search.
@@ -391,6 +464,72 @@ pub fn exact(p: &Problem, budget: u64) -> Option<(Schedule, u64)> {
         stack.extend(children);
     }
     evaluate(p, &best.1).ok().map(|s| (s, expanded))
+}
+
+/// Kernels `start..start + len` of `p` as a problem of their own: operands from kernels before
+/// the window arrive like graph inputs (in CPU memory), results read after it leave like graph
+/// outputs. For checking the partitioner against [`exact`] on real graphs too big to solve whole.
+pub fn window(p: &Problem, start: usize, len: usize) -> Problem {
+    let end = (start + len).min(p.kernels.len());
+    let mut read_after = vec![0u64; p.kernels.len()];
+    for k in &p.kernels[end..] {
+        for &(q, bytes) in &k.preds {
+            read_after[q] += bytes;
+        }
+    }
+    let kernels = (start..end)
+        .map(|i| {
+            let mut k = p.kernels[i].clone();
+            let (inside, outside): (Vec<_>, Vec<_>) = k.preds.iter().partition(|(q, _)| *q >= start);
+            k.input_bytes += outside.iter().map(|(_, b)| b).sum::<u64>();
+            k.preds = inside.into_iter().map(|(q, b)| (q - start, b)).collect();
+            k.output_bytes += read_after[i];
+            k
+        })
+        .collect();
+    Problem { kernels, profile: p.profile.clone(), bindings: p.bindings.clone() }
+}
+
+/// The partitioner against the exact optimum on every window of `len` consecutive kernels
+/// (stride `len / 2`): (windows solved, windows tried, the worst gap as a fraction).
+pub fn check_windows(p: &Problem, len: usize, budget: u64) -> (usize, usize, f64) {
+    let (mut solved, mut tried, mut worst) = (0, 0, 0.0f64);
+    let stride = (len / 2).max(1);
+    let mut start = 0;
+    while start < p.kernels.len() {
+        let w = window(p, start, len);
+        tried += 1;
+        if let (Ok(pl), Some((opt, _))) = (partition(&w), exact(&w, budget)) {
+            solved += 1;
+            let gap = pl.schedule.makespan / opt.makespan.max(1e-12) - 1.0;
+            if gap > 0.01 && std::env::var_os("TESSERA_DEBUG_WINDOWS").is_some() {
+                let show = |a: &[Unit]| a.iter().map(|u| &u.name()[..1]).collect::<String>();
+                eprintln!(
+                    "window {start}: heuristic {:.1} {} exact {:.1} {}",
+                    pl.schedule.makespan,
+                    show(&pl.schedule.assign),
+                    opt.makespan,
+                    show(&opt.assign)
+                );
+                for (i, k) in w.kernels.iter().enumerate() {
+                    eprintln!(
+                        "  {i} {} {:?} preds {:?} in {} out {}",
+                        k.name,
+                        k.cost.iter().map(|c| c.us()).collect::<Vec<_>>(),
+                        k.preds,
+                        k.input_bytes,
+                        k.output_bytes
+                    );
+                }
+            }
+            worst = worst.max(gap);
+        }
+        if start + len >= p.kernels.len() {
+            break;
+        }
+        start += stride;
+    }
+    (solved, tried, worst)
 }
 
 #[cfg(test)]
