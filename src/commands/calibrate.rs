@@ -118,6 +118,35 @@ fn time_steps(g: &Graph, threads: usize, reps: usize, per_step: bool) -> anyhow:
     Ok(median(runs))
 }
 
+/// The median time of the steps of `g` that write a scalar, in microseconds.
+fn small_steps_us(g: &Graph, threads: usize, reps: usize) -> anyhow::Result<f64> {
+    let opts = tessera_target_cpu::CpuOptions { threads, ..Default::default() };
+    let p = tessera_target_cpu::compile(g, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let inputs: Vec<Tensor> = g
+        .inputs()
+        .iter()
+        .map(|(_, v)| Tensor::zeros(g.ty(*v).dtype, &g.ty(*v).shape.as_static().unwrap_or_default()).expect("zeros"))
+        .collect();
+    let scalar: Vec<bool> = p
+        .step_names()
+        .iter()
+        .map(|name| {
+            let node = name.split_whitespace().next().unwrap_or("");
+            p.graph()
+                .nodes()
+                .find(|(n, _)| n.to_string() == node)
+                .is_some_and(|(_, nd)| p.graph().ty(nd.outputs[0]).rank() == 0)
+        })
+        .collect();
+    let profile = tessera_target_cpu::RunOptions { profile: true };
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let (_, steps) = p.run_profiled(&inputs, &profile).map_err(|e| anyhow::anyhow!("{e}"))?;
+        times.extend(steps.iter().zip(&scalar).filter(|(_, s)| **s).map(|(t, _)| t * 1e6));
+    }
+    Ok(median(times))
+}
+
 /// One cross-thread signal and wake-up, round trip halved: microseconds.
 fn handoff_us() -> f64 {
     let (tx, rx) = std::sync::mpsc::channel::<u32>();
@@ -210,15 +239,22 @@ fn measure(threads: usize) -> anyhow::Result<String> {
     let i8_s = time_graph(&product_graph(m, k, n, true), threads, 7)?;
     let (gflops, gops) = (flops / f32_s / 1e9, flops / i8_s / 1e9);
     eprintln!("  f32 {gflops:.1} GFLOP/s, int8 {gops:.1} GOP/s");
-    eprintln!("measuring the fixed cost of a kernel (a 1-element add) and a cross-thread hand-over ...");
-    // 32 independent scalar products, each its own kernel with its own buffers.
+    eprintln!(
+        "measuring the fixed cost of a kernel (scalar kernels between large ones) and a cross-thread hand-over ..."
+    );
+    // A kernel's fixed cost where it runs in a model: scalar products each after a large
+    // elementwise kernel that evicts the caches; the scalar steps' median time.
     let mut tiny = Graph::new("tiny");
-    for i in 0..32 {
+    let big_ty = TensorType::new(DType::F32, Shape::from_static(&[1 << 18]));
+    let mut big = tiny.add_input("big", big_ty);
+    for i in 0..16 {
+        big = tiny.add_op(Op::Binary(tessera_ir::BinaryOp::Add), vec![big, big]).expect("add")[0];
         let x = tiny.add_input(&format!("x{i}"), TensorType::new(DType::F32, Shape::from_static(&[])));
         let y = tiny.add_op(Op::Binary(tessera_ir::BinaryOp::Mul), vec![x, x]).expect("mul")[0];
         tiny.add_output(&format!("y{i}"), y);
     }
-    let kernel_us = time_steps(&tiny, threads, 201, true)? * 1e6;
+    tiny.add_output("big", big);
+    let kernel_us = small_steps_us(&tiny, threads, 51)?;
     let hand = handoff_us();
     eprintln!("  kernel {kernel_us:.2} us, hand-over {hand:.2} us");
     let ghz = tessera_target_cpu::microbench::clock_hz().map_or(0.0, |h| h / 1e9);
@@ -226,7 +262,7 @@ fn measure(threads: usize) -> anyhow::Result<String> {
     Ok(format!(
         r#"# This machine, measured by `tessera calibrate` on {date}. Figures are effective rates of
 # the CPU target's own kernels (so the efficiencies are 1): the f32 and int8 throughput of a
-# 256 x 1536 x 1536 product, STREAM-triad bandwidth, the run time of a one-element kernel, and a
+# 256 x 1536 x 1536 product, STREAM-triad bandwidth, the run time of a scalar kernel, and a
 # cross-thread signal and wake-up. No GPU or NPU section: Vulkan here is lavapipe, which runs
 # on these same cores, and the NPU is a simulator.
 
