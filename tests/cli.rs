@@ -385,6 +385,15 @@ fn run_with_a_profile_runs_the_units_concurrently_and_writes_both_timelines() {
         .collect();
     assert!(names.contains(&"host (measured)".to_string()), "{names:?}");
     assert!(names.contains(&"snapdragon-8-gen-3 (simulated)".to_string()), "{names:?}");
+    // Each segment's kernels on the row below it, with their measured times.
+    let rows: Vec<&str> = json["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .filter_map(|e| e["args"]["name"].as_str())
+        .collect();
+    assert!(rows.iter().any(|r| r.ends_with(" kernels")), "{rows:?}");
     // --trace needs a placement.
     let o = tessera(&["run", BLOCK, "--inputs", BLOCK_DATA, "--target", "cpu", "--trace", "x.json"]);
     fails_with(&o, &["--trace and --dot show a placement"]);

@@ -59,7 +59,14 @@ pub struct SegmentRun {
     pub label: String,
     pub start_us: f64,
     pub end_us: f64,
+    /// Its kernels, laid end to end from the segment's start: (name, microseconds, detail).
+    /// CPU kernels with their measured times, GPU kernels with their device times where the
+    /// queue has timestamps, NPU kernels with their share of the segment by simulated cycles.
+    pub kernels: Vec<(String, f64, String)>,
 }
+
+/// What a segment's engine says it ran.
+type Detail = Vec<(String, f64, String)>;
 
 /// What one run did.
 #[derive(Clone, Debug, Default)]
@@ -209,11 +216,25 @@ impl HeteroModel {
         &self.graph
     }
 
-    fn run_segment(&self, s: &Segment, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<String>), String> {
+    fn run_segment(&self, s: &Segment, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<String>, Detail), String> {
         match &s.engine {
-            Engine::Cpu(p) => p.run(inputs).map(|o| (o, Vec::new())).map_err(|e| e.to_string()),
+            Engine::Cpu(p) => {
+                let opts = tessera_target_cpu::RunOptions { profile: true };
+                let (o, times) = p.run_profiled(inputs, &opts).map_err(|e| e.to_string())?;
+                let detail = p.step_names().into_iter().zip(times).map(|(n, t)| (n, t * 1e6, String::new())).collect();
+                Ok((o, Vec::new(), detail))
+            }
             Engine::Gpu(m) => {
-                m.run(inputs, vulkan::Fallback::Fail).map(|(o, _)| (o, Vec::new())).map_err(|e| e.to_string())
+                let (o, r) = m.run(inputs, vulkan::Fallback::Fail).map_err(|e| e.to_string())?;
+                let detail = r
+                    .kernels
+                    .iter()
+                    .filter_map(|k| {
+                        k.device_us
+                            .map(|us| (format!("n{} {}", k.node, k.op), us, format!("{:?} x {:?}", k.groups, k.local)))
+                    })
+                    .collect();
+                Ok((o, Vec::new(), detail))
             }
             Engine::Npu(m) => {
                 let (o, report) = m.run(inputs).map_err(|e| e.to_string())?;
@@ -222,7 +243,24 @@ impl HeteroModel {
                     .iter()
                     .map(|(op, why)| format!("{op} of segment {} ran on the host: {why}", s.label))
                     .collect();
-                Ok((o, fallbacks))
+                let detail = report
+                    .kernels
+                    .iter()
+                    .map(|k| {
+                        let us = k.stats.cycles as f64 / m.device().clock_mhz;
+                        (
+                            format!("{} {}", k.place, k.what),
+                            us,
+                            format!(
+                                "{} cycles, MAC {:.0}%, DMA hidden {:.0}% (simulated phone time)",
+                                k.stats.cycles,
+                                100.0 * k.stats.mac_utilization(),
+                                100.0 * k.stats.dma_hidden()
+                            ),
+                        )
+                    })
+                    .collect();
+                Ok((o, fallbacks, detail))
             }
         }
     }
@@ -264,7 +302,7 @@ impl HeteroModel {
                 readers[d].push(i);
             }
         }
-        type Done = (usize, Result<(Vec<Tensor>, Vec<String>), String>, f64, f64);
+        type Done = (usize, Result<(Vec<Tensor>, Vec<String>, Detail), String>, f64, f64);
         let result: Result<(), HeteroError> = std::thread::scope(|scope| {
             let (done_tx, done_rx) = mpsc::channel::<Done>();
             let mut queues: HashMap<Unit, mpsc::Sender<(usize, Vec<Tensor>)>> = HashMap::new();
@@ -310,7 +348,7 @@ impl HeteroModel {
                 let (i, r, start, end) =
                     done_rx.recv().map_err(|_| HeteroError::Other("a unit's queue stopped".into()))?;
                 let s = &self.segments[i];
-                let (outs, fallbacks) = r.map_err(|message| HeteroError::Segment {
+                let (outs, fallbacks, kernels) = r.map_err(|message| HeteroError::Segment {
                     segment: i,
                     unit: s.unit,
                     kernels: s.label.clone(),
@@ -323,6 +361,7 @@ impl HeteroModel {
                     label: s.label.clone(),
                     start_us: start,
                     end_us: end,
+                    kernels,
                 });
                 for (v, t) in s.ex.outputs.iter().zip(outs) {
                     values[v.index()] = Some(t);
@@ -350,27 +389,49 @@ impl HeteroModel {
         Ok((outputs, report))
     }
 
-    /// The run's real spans as timeline spans (process `host (measured)`).
+    /// The run's real spans as timeline spans (process `host (measured)`): each segment on its
+    /// unit's row, its kernels on the row below, fallbacks and units left out on their own rows.
     pub fn spans(&self, report: &HeteroReport) -> Vec<place::report::Span> {
-        report
-            .spans
-            .iter()
-            .map(|s| place::report::Span {
-                process: "host (measured)".into(),
+        let host = "host (measured)".to_string();
+        let mut v = Vec::new();
+        for s in &report.spans {
+            v.push(place::report::Span {
+                process: host.clone(),
                 row: s.unit.to_string(),
                 name: s.label.clone(),
                 start_us: s.start_us,
                 dur_us: s.end_us - s.start_us,
                 args: vec![("segment".into(), s.segment.to_string())],
-            })
-            .chain(report.fallbacks.iter().map(|f| place::report::Span {
-                process: "host (measured)".into(),
-                row: "fallback".into(),
-                name: f.clone(),
-                start_us: 0.0,
-                dur_us: 0.0,
-                args: Vec::new(),
-            }))
-            .collect()
+            });
+            let mut t = s.start_us;
+            for (name, us, detail) in &s.kernels {
+                let mut args = Vec::new();
+                if !detail.is_empty() {
+                    args.push(("detail".to_string(), detail.clone()));
+                }
+                v.push(place::report::Span {
+                    process: host.clone(),
+                    row: format!("{} kernels", s.unit),
+                    name: name.clone(),
+                    start_us: t,
+                    dur_us: *us,
+                    args,
+                });
+                t += us;
+            }
+        }
+        for (row, items) in [("fallback", &report.fallbacks), ("not used here", &self.unavailable)] {
+            for f in items {
+                v.push(place::report::Span {
+                    process: host.clone(),
+                    row: row.into(),
+                    name: f.clone(),
+                    start_us: 0.0,
+                    dur_us: 0.0,
+                    args: Vec::new(),
+                });
+            }
+        }
+        v
     }
 }

@@ -235,7 +235,12 @@ pub fn chrome_trace(spans: &[Span]) -> String {
     use serde_json::{json, Value};
     let mut procs: Vec<&str> = Vec::new();
     let mut rows: Vec<(usize, &str)> = Vec::new();
-    let row_order = |r: &str| ["cpu", "gpu", "npu", "sync"].iter().position(|x| *x == r).unwrap_or(4);
+    let row_order = |r: &str| {
+        ["cpu", "cpu kernels", "gpu", "gpu kernels", "npu", "npu kernels", "sync"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap_or(7)
+    };
     let mut events: Vec<Value> = Vec::new();
     for s in spans {
         let pid = match procs.iter().position(|p| *p == s.process) {
