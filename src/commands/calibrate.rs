@@ -90,61 +90,129 @@ fn product_graph(m: usize, k: usize, n: usize, int8: bool) -> Graph {
     g
 }
 
-/// Median seconds a compiled graph's kernels take on zeros (the steps' own times, without
-/// the run's input copies), divided by its number of steps when `per_step`.
-fn time_graph(g: &Graph, threads: usize, reps: usize) -> anyhow::Result<f64> {
-    time_steps(g, threads, reps, false)
+/// A compiled graph and its inputs, run with per-step times, sampled in rounds.
+struct Timed {
+    name: String,
+    prog: tessera_target_cpu::Program,
+    inputs: Vec<Tensor>,
+    /// Per round, each step's microseconds.
+    rounds: Vec<Vec<f64>>,
 }
 
-fn time_steps(g: &Graph, threads: usize, reps: usize, per_step: bool) -> anyhow::Result<f64> {
-    let opts = tessera_target_cpu::CpuOptions { threads, ..Default::default() };
-    let p = tessera_target_cpu::compile(g, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let inputs: Vec<Tensor> = g
-        .inputs()
-        .iter()
-        .map(|(_, v)| {
-            let ty = g.ty(*v);
-            Tensor::zeros(ty.dtype, &ty.shape.as_static().unwrap_or_default()).expect("static input")
-        })
-        .collect();
-    let profile = tessera_target_cpu::RunOptions { profile: true };
-    p.run_profiled(&inputs, &profile).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut runs = Vec::new();
-    for _ in 0..reps {
-        let (_, steps) = p.run_profiled(&inputs, &profile).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let total: f64 = steps.iter().sum();
-        runs.push(if per_step { total / steps.len().max(1) as f64 } else { total });
+impl Timed {
+    /// Compiles `g` with symbols at `b` (inputs: token ids of 1, else zeros).
+    fn new(name: &str, g: &Graph, threads: usize, b: &tessera_ir::Bindings) -> anyhow::Result<Timed> {
+        let opts = tessera_target_cpu::CpuOptions { threads, ..Default::default() };
+        let prog = tessera_target_cpu::compile(g, &opts).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let inputs = g
+            .inputs()
+            .iter()
+            .map(|(_, v)| {
+                let ty = g.ty(*v);
+                let shape: Vec<usize> = ty.shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).collect();
+                let numel = shape.iter().product();
+                if ty.dtype == DType::I64 {
+                    Tensor::from_i64(DType::I64, &shape, vec![1; numel]).expect("ids")
+                } else {
+                    Tensor::zeros(ty.dtype, &shape).expect("zeros")
+                }
+            })
+            .collect();
+        let mut t = Timed { name: name.into(), prog, inputs, rounds: Vec::new() };
+        t.sample()?; // warm up: plans, caches, pages
+        t.rounds.clear();
+        Ok(t)
     }
-    Ok(median(runs))
+
+    fn sample(&mut self) -> anyhow::Result<()> {
+        let opts = tessera_target_cpu::RunOptions { profile: true };
+        let (_, steps) =
+            self.prog.run_profiled(&self.inputs, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", self.name))?;
+        self.rounds.push(steps.into_iter().map(|s| s * 1e6).collect());
+        Ok(())
+    }
+
+    /// The median over rounds of the steps' total, microseconds.
+    fn total_us(&self) -> f64 {
+        median(self.rounds.iter().map(|r| r.iter().sum()).collect())
+    }
+
+    /// Each step's median, microseconds.
+    fn step_us(&self) -> Vec<f64> {
+        let n = self.rounds.first().map_or(0, Vec::len);
+        (0..n).map(|i| median(self.rounds.iter().map(|r| r[i]).collect())).collect()
+    }
 }
 
-/// The median time of the steps of `g` that write a scalar, in microseconds.
-fn small_steps_us(g: &Graph, threads: usize, reps: usize) -> anyhow::Result<f64> {
-    let opts = tessera_target_cpu::CpuOptions { threads, ..Default::default() };
-    let p = tessera_target_cpu::compile(g, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let inputs: Vec<Tensor> = g
-        .inputs()
-        .iter()
-        .map(|(_, v)| Tensor::zeros(g.ty(*v).dtype, &g.ty(*v).shape.as_static().unwrap_or_default()).expect("zeros"))
-        .collect();
-    let scalar: Vec<bool> = p
+/// Small kernels as models have them: the scalar products of a dynamic quantization's scale
+/// (the pattern of every dynamically quantized transformer), each group after a large
+/// elementwise kernel that evicts the caches, with symbolic sizes (each kernel then computes
+/// its sizes when it starts). The steps that write at most 4 elements give a kernel's fixed
+/// cost. Symbols: `rows` 256.
+fn fixed_cost_graph() -> Graph {
+    let mut tiny = Graph::new("tiny");
+    let big_ty = TensorType::new(DType::F32, Shape(vec![tessera_ir::Dim::sym("rows"), tessera_ir::Dim::Static(1024)]));
+    let mut big = tiny.add_input("big", big_ty);
+    for i in 0..8 {
+        big = tiny.add_op(Op::Binary(tessera_ir::BinaryOp::Add), vec![big, big]).expect("add")[0];
+        let dq = tiny.add_op(Op::DynamicQuantize, vec![big]).expect("dynamic_quantize");
+        tiny.add_output(&format!("q{i}"), dq[0]);
+        for j in 0..3 {
+            let c = tiny.add_const(
+                TensorType::new(DType::F32, Shape::from_static(&[])),
+                tessera_ir::ConstData::from_vec((0.01f32 * (j + 1) as f32).to_le_bytes().to_vec()),
+            );
+            let y = tiny.add_op(Op::Binary(tessera_ir::BinaryOp::Mul), vec![dq[1], c]).expect("mul")[0];
+            tiny.add_output(&format!("y{i}_{j}"), y);
+        }
+    }
+    tiny.add_output("big", big);
+    tiny
+}
+
+/// The median time of `t`'s steps that write at most 4 elements.
+fn small_steps_us(t: &Timed, b: &tessera_ir::Bindings) -> f64 {
+    let g = t.prog.graph();
+    let small: Vec<bool> = t
+        .prog
         .step_names()
         .iter()
         .map(|name| {
             let node = name.split_whitespace().next().unwrap_or("");
-            p.graph()
-                .nodes()
-                .find(|(n, _)| n.to_string() == node)
-                .is_some_and(|(_, nd)| p.graph().ty(nd.outputs[0]).rank() == 0)
+            g.nodes().find(|(n, _)| n.to_string() == node).is_some_and(|(_, nd)| {
+                g.ty(nd.outputs[0]).shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).product::<usize>() <= 4
+            })
         })
         .collect();
-    let profile = tessera_target_cpu::RunOptions { profile: true };
-    let mut times = Vec::new();
-    for _ in 0..reps {
-        let (_, steps) = p.run_profiled(&inputs, &profile).map_err(|e| anyhow::anyhow!("{e}"))?;
-        times.extend(steps.iter().zip(&scalar).filter(|(_, s)| **s).map(|(t, _)| t * 1e6));
+    median(
+        t.rounds
+            .iter()
+            .flat_map(|r| r.iter().zip(&small).filter(|(_, s)| **s).map(|(x, _)| *x).collect::<Vec<_>>())
+            .collect(),
+    )
+}
+
+/// The model optimized and compiled as a CPU session would, with its bindings at `seq`.
+fn model_timed(model: &Path, seq: usize, threads: usize) -> anyhow::Result<(Timed, tessera_ir::Bindings)> {
+    let mut g = super::load_graph(model)?;
+    let mut pipeline = tessera_compiler::passes::Pipeline::parse("default")?;
+    pipeline.verify_each = false;
+    pipeline.run(&mut g, &mut |_| {})?;
+    let b = Problem::default_bindings(&g, &[("sequence_length".into(), seq)]);
+    Ok((Timed::new("model", &g, threads, &b)?, b))
+}
+
+/// Each of the model's CPU kernels: predicted by `host` against its measured median.
+fn model_rows(host: &DeviceProfile, t: &Timed, b: &tessera_ir::Bindings) -> anyhow::Result<Rows> {
+    let problem = Problem::build(t.prog.graph(), b, host)?;
+    let mut rows = Vec::new();
+    for (name, us) in t.prog.step_names().iter().zip(t.step_us()) {
+        let node = name.split_whitespace().next().unwrap_or("");
+        let Some(k) = problem.kernels.iter().find(|k| k.name.split_whitespace().next() == Some(node)) else { continue };
+        let Some(pred) = k.us(tessera_ir::Device::Cpu) else { continue };
+        rows.push((name.clone(), pred, us));
     }
-    Ok(median(times))
+    Ok(rows)
 }
 
 /// One cross-thread signal and wake-up, round trip halved: microseconds.
@@ -198,73 +266,75 @@ const CLASS_KERNELS: &[(&str, &str)] = &[
     ("gather", "v0: f32[4096, 512] = input \"t\"\n v1: i64[1, 200] = input \"i\"\n v2: f32[1, 200, 512] = gather v0, v1 {axis = 0}"),
 ];
 
-/// Each class's speed against the roofline of `host` (measured over predicted kernel time,
-/// the fixed cost excluded), from its synthetic kernel and, for products, `products`.
-fn class_efficiencies(host: &DeviceProfile, threads: usize) -> anyhow::Result<Vec<(String, f64)>> {
-    let mut graphs: Vec<(String, Graph)> = vec![
-        ("matmul".into(), product_graph(200, 512, 640, false)),
-        ("matmul_integer".into(), product_graph(200, 512, 640, true)),
-    ];
+/// The synthetic class kernels' graphs ([`CLASS_KERNELS`]).
+fn class_graphs() -> anyhow::Result<Vec<(String, Graph)>> {
+    // Products are calibrated by the product rates themselves.
+    let mut graphs: Vec<(String, Graph)> = Vec::new();
     for (class, body) in CLASS_KERNELS {
-        let last = body.rsplit("v").next().and_then(|s| s.split(':').next()).unwrap_or("1");
-        let results: Vec<&str> = body.lines().last().unwrap_or("").split('=').next().unwrap_or("").split(',').collect();
-        let first = results[0].trim().split(':').next().unwrap_or("").trim().to_string();
-        let _ = last;
+        let results = body.lines().last().unwrap_or("").split('=').next().unwrap_or("");
+        let first = results.split(',').next().unwrap_or("").trim().split(':').next().unwrap_or("").trim();
         let text = format!("graph @c {{\n {body}\n output \"y\" = {first}\n}}\n");
         let g = tessera_ir::parse(&text).map_err(|e| anyhow::anyhow!("calibration kernel {class}: {e}\n{text}"))?;
         graphs.push((class.to_string(), g));
     }
-    let mut out = Vec::new();
-    for (class, g) in graphs {
-        let b = tessera_ir::Bindings::default();
-        let problem = Problem::build(&g, &b, host)?;
-        let Some(k) = problem.kernels.last() else { continue };
-        let pred = k.us(tessera_ir::Device::Cpu).unwrap_or(0.0) - host.cpu.kernel_us;
-        let meas = time_graph(&g, threads, 15)? * 1e6 - host.cpu.kernel_us;
-        if pred > 0.0 && meas > 0.0 {
-            out.push((class, (pred / meas).clamp(0.02, 50.0)));
-        }
-    }
-    Ok(out)
+    Ok(graphs)
 }
 
-fn measure(threads: usize) -> anyhow::Result<String> {
+/// Measures this machine in interleaved rounds (products, the fixed-cost graph, one kernel per
+/// class, and the check model when given, each once per round, so that the host's drifting
+/// speed moves them all alike); returns the profile's text and the model's rows.
+fn measure(threads: usize, check: Option<(&Path, usize)>) -> anyhow::Result<(String, Option<Rows>)> {
     eprintln!("measuring memory bandwidth (STREAM triad, 3 x 32 MB, {threads} threads) ...");
     let bw = triad_gbps(threads);
-    eprintln!("  {bw:.1} GB/s");
-    eprintln!("measuring the CPU target's f32 and int8 products (256 x 1536 x 1536) ...");
+    eprintln!("  {bw:.1} GB/s; a cross-thread hand-over ...");
+    let hand = handoff_us();
+    eprintln!("  {hand:.2} us");
+    let none = tessera_ir::Bindings::default();
     let (m, k, n) = (256, 1536, 1536);
     let flops = 2.0 * (m * k * n) as f64;
-    let f32_s = time_graph(&product_graph(m, k, n, false), threads, 7)?;
-    let i8_s = time_graph(&product_graph(m, k, n, true), threads, 7)?;
-    let (gflops, gops) = (flops / f32_s / 1e9, flops / i8_s / 1e9);
-    eprintln!("  f32 {gflops:.1} GFLOP/s, int8 {gops:.1} GOP/s");
+    let mut f32_gemm = Timed::new("f32 product", &product_graph(m, k, n, false), threads, &none)?;
+    let mut i8_gemm = Timed::new("int8 product", &product_graph(m, k, n, true), threads, &none)?;
+    let mut tb = tessera_ir::Bindings::default();
+    tb.set("rows", 256);
+    let mut tiny = Timed::new("fixed cost", &fixed_cost_graph(), threads, &tb)?;
+    let graphs = class_graphs()?;
+    let mut classes: Vec<Timed> =
+        graphs.iter().map(|(c, g)| Timed::new(c, g, threads, &none)).collect::<anyhow::Result<_>>()?;
+    let mut model = match check {
+        Some((path, seq)) => Some(model_timed(path, seq, threads)?),
+        None => None,
+    };
+    const ROUNDS: usize = 11;
     eprintln!(
-        "measuring the fixed cost of a kernel (scalar kernels between large ones) and a cross-thread hand-over ..."
+        "measuring the products (256 x 1536 x 1536), a kernel's fixed cost, {} kernel classes{} in {ROUNDS} interleaved rounds ...",
+        classes.len(),
+        if model.is_some() { " and the model" } else { "" }
     );
-    // A kernel's fixed cost where it runs in a model: scalar products each after a large
-    // elementwise kernel that evicts the caches; the scalar steps' median time.
-    let mut tiny = Graph::new("tiny");
-    let big_ty = TensorType::new(DType::F32, Shape::from_static(&[1 << 18]));
-    let mut big = tiny.add_input("big", big_ty);
-    for i in 0..16 {
-        big = tiny.add_op(Op::Binary(tessera_ir::BinaryOp::Add), vec![big, big]).expect("add")[0];
-        let x = tiny.add_input(&format!("x{i}"), TensorType::new(DType::F32, Shape::from_static(&[])));
-        let y = tiny.add_op(Op::Binary(tessera_ir::BinaryOp::Mul), vec![x, x]).expect("mul")[0];
-        tiny.add_output(&format!("y{i}"), y);
+    for _ in 0..ROUNDS {
+        f32_gemm.sample()?;
+        i8_gemm.sample()?;
+        for _ in 0..4 {
+            tiny.sample()?;
+        }
+        for c in &mut classes {
+            c.sample()?;
+        }
+        if let Some((t, _)) = &mut model {
+            t.sample()?;
+        }
     }
-    tiny.add_output("big", big);
-    let kernel_us = small_steps_us(&tiny, threads, 51)?;
-    let hand = handoff_us();
-    eprintln!("  kernel {kernel_us:.2} us, hand-over {hand:.2} us");
+    let (gflops, gops) = (flops / f32_gemm.total_us() / 1e3, flops / i8_gemm.total_us() / 1e3);
+    let kernel_us = small_steps_us(&tiny, &tb);
+    eprintln!("  f32 {gflops:.1} GFLOP/s, int8 {gops:.1} GOP/s, kernel {kernel_us:.2} us");
     let ghz = tessera_target_cpu::microbench::clock_hz().map_or(0.0, |h| h / 1e9);
     let ghz = if ghz > 0.0 { ghz } else { 1.0 };
-    Ok(format!(
+    let mut text = format!(
         r#"# This machine, measured by `tessera calibrate` on {date}. Figures are effective rates of
 # the CPU target's own kernels (so the efficiencies are 1): the f32 and int8 throughput of a
-# 256 x 1536 x 1536 product, STREAM-triad bandwidth, the run time of a scalar kernel, and a
-# cross-thread signal and wake-up. No GPU or NPU section: Vulkan here is lavapipe, which runs
-# on these same cores, and the NPU is a simulator.
+# 256 x 1536 x 1536 product, STREAM-triad bandwidth, the run time of a small kernel, a
+# cross-thread signal and wake-up, and per kernel class its speed against that roofline. No GPU
+# or NPU section: Vulkan here is lavapipe, which runs on these same cores, and the NPU is a
+# simulator.
 
 name = "host"
 soc = "{cpu}"
@@ -293,7 +363,30 @@ cache_gbps = {bw:.2}       # coherent caches: a hand-over costs at most re-readi
 "#,
         date = chrono_free_date(),
         cpu = cpu_name().replace('"', "'"),
-    ))
+    );
+    let base = DeviceProfile::parse(&text, "host.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    text.push_str(
+        "\n[cpu.class_efficiency]\n# roofline / measured time of a synthetic kernel of each class (1: as predicted)\n",
+    );
+    for ((class, g), t) in graphs.iter().zip(&classes) {
+        let problem = Problem::build(g, &none, &base)?;
+        let Some(kern) = problem.kernels.last() else { continue };
+        let pred = kern.us(tessera_ir::Device::Cpu).unwrap_or(0.0) - base.cpu.kernel_us;
+        let meas = t.total_us() - base.cpu.kernel_us;
+        if pred > 0.0 && meas > 0.0 {
+            let e = (pred / meas).clamp(0.02, 50.0);
+            eprintln!("  {class}: {e:.2}");
+            text.push_str(&format!("{class} = {e:.3}\n"));
+        }
+    }
+    let rows = match &model {
+        Some((t, b)) => {
+            let host = DeviceProfile::parse(&text, "host.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(model_rows(&host, t, b)?)
+        }
+        None => None,
+    };
+    Ok((text, rows))
 }
 
 /// Today's date from the system clock, as YYYY-MM-DD (UTC).
@@ -311,57 +404,6 @@ fn chrono_free_date() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Predicted against measured time of every CPU kernel of `model` at `seq` on the host.
-fn check_cpu(
-    host: &DeviceProfile,
-    model: &Path,
-    seq: usize,
-    threads: usize,
-) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    let mut g = super::load_graph(model)?;
-    let mut pipeline = tessera_compiler::passes::Pipeline::parse("default")?;
-    pipeline.verify_each = false;
-    pipeline.run(&mut g, &mut |_| {})?;
-    let p = tessera_target_cpu::compile(&g, &tessera_target_cpu::CpuOptions { threads, ..Default::default() })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pg = p.graph();
-    let b = Problem::default_bindings(pg, &[("sequence_length".into(), seq)]);
-    let problem = Problem::build(pg, &b, host)?;
-    let inputs: Vec<Tensor> = pg
-        .inputs()
-        .iter()
-        .map(|(_, v)| {
-            let ty = pg.ty(*v);
-            let shape: Vec<usize> = ty.shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).collect();
-            // Token ids and a mask of ones.
-            let numel = shape.iter().product();
-            if ty.dtype == DType::I64 {
-                Tensor::from_i64(DType::I64, &shape, vec![1; numel]).expect("ids")
-            } else {
-                Tensor::zeros(ty.dtype, &shape).expect("zeros")
-            }
-        })
-        .collect();
-    let names = p.step_names();
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    for _ in 0..9 {
-        let (_, t) = p
-            .run_profiled(&inputs, &tessera_target_cpu::RunOptions { profile: true })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for (i, s) in t.into_iter().enumerate() {
-            times[i].push(s * 1e6);
-        }
-    }
-    let mut rows = Vec::new();
-    for (name, t) in names.iter().zip(times) {
-        let node = name.split_whitespace().next().unwrap_or("");
-        let Some(k) = problem.kernels.iter().find(|k| k.name.split_whitespace().next() == Some(node)) else { continue };
-        let Some(pred) = k.us(tessera_ir::Device::Cpu) else { continue };
-        rows.push((name.clone(), pred, median(t)));
-    }
-    Ok(rows)
 }
 
 /// The NPU roofline (corrected by a factor fitted on other shapes) against the simulator's
@@ -463,28 +505,33 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         Some(p) => p.clone(),
         None => profile::host_profile_path().context("no home folder: give --output")?,
     };
-    if !args.check_only {
-        let mut text = measure(threads)?;
-        eprintln!("measuring each kernel class against the roofline ...");
-        let base = DeviceProfile::parse(&text, "host.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-        text.push_str("\n[cpu.class_efficiency]\n# measured / roofline time of a synthetic kernel of each class (1: as predicted)\n");
-        for (class, e) in class_efficiencies(&base, threads)? {
-            eprintln!("  {class}: {e:.2}");
-            text.push_str(&format!("{class} = {e:.3}\n"));
+    let check = args.model.exists().then_some((args.model.as_path(), args.seq));
+    let rows = if args.check_only {
+        let host = DeviceProfile::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match check {
+            Some((model, seq)) => {
+                let (mut t, b) = model_timed(model, seq, threads)?;
+                for _ in 0..11 {
+                    t.sample()?;
+                }
+                Some(model_rows(&host, &t, &b)?)
+            }
+            None => None,
         }
+    } else {
+        let (text, rows) = measure(threads, check)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {} (use it with --profile host, or --profile {})", path.display(), path.display());
-    }
-    let host = DeviceProfile::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !args.model.exists() {
+        rows
+    };
+    let Some(rows) = rows else {
         println!("cost model check skipped: {} is missing (scripts/fetch_models.sh fetches it)", args.model.display());
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     println!("cost model against this machine ({}, seq {}), microseconds:", args.model.display(), args.seq);
-    let rows = check_cpu(&host, &args.model, args.seq, threads)?;
     print_errors("CPU kernels (roofline with the measured rates vs the JIT kernels' median times)", &rows, 12);
     let phone = DeviceProfile::load(&args.npu_profile).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (factor, rows) = check_npu(&phone, &args.model, args.seq)?;
