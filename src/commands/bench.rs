@@ -52,7 +52,12 @@ pub struct BenchArgs {
     /// After the timings, profile Tessera's kernels at each thread count: the median time of each
     /// step over `--runs` runs, summed by kernel kind, and the slowest steps.
     #[arg(long)]
-    pub profile: bool,
+    pub kernel_times: bool,
+    /// Also place the model on this device profile's CPU, GPU and NPU (an .onnx model): time the
+    /// placed model here (the units running concurrently: CPU JIT, Vulkan, NPU simulator) and
+    /// print the simulated latency on the phone against its best single unit.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Also time Tessera with Cranelift-only code (`--ukernel off`), next to the default that
     /// calls the `std::arch` inner tiles where the CPU has them; `false` times the default only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -179,6 +184,38 @@ impl Drop for Ort {
         }
         let _ = self.child.wait();
     }
+}
+
+/// `--profile NAME`: the model placed on the profile's units, timed here, and its simulated
+/// latency on the phone.
+fn placed(args: &BenchArgs, name: &str, import: &tessera_compiler::onnx::ImportOptions) -> anyhow::Result<()> {
+    let opts = SessionOptions {
+        target: tessera_runtime::Target::Hetero,
+        device_profile: name.to_string(),
+        placement_bindings: vec![("sequence_length".into(), args.seq)],
+        import: import.clone(),
+        ..Default::default()
+    };
+    let session = Session::from_file(&args.model, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let m = session.hetero_model().expect("a placed session");
+    let inputs = make_inputs(&session, args.seq)?;
+    m.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut times, mut overlap) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        let (_, r) = m.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        times.push(r.total_us / 1e3);
+        overlap.push(r.overlap_us() / 1e3);
+    }
+    println!(
+        "\nplaced on {name} ({} segments): here {:.1} ms (median of {} runs; units busy together {:.1} ms; GPU on {}, NPU simulated)",
+        m.segments.len(),
+        median(&mut times),
+        args.rounds,
+        median(&mut overlap),
+        if m.unavailable.is_empty() { "Vulkan" } else { "nothing here" }
+    );
+    print!("{}", tessera_compiler::place::report::summary(&m.problem, &m.placement));
+    Ok(())
 }
 
 /// Median time of each step over `runs` profiled runs, summed by kernel kind, then the slowest steps.
@@ -329,7 +366,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         } else {
             println!("{threads:>8} {tm:>14.3} {om:>14.3} {:>10.2}", tm / om);
         }
-        if args.profile {
+        if args.kernel_times {
             profiles.push((threads, profile(&session, &inputs, args.runs)?));
             if let Some(p) = &plain {
                 profiles.push((threads, format!("(cranelift-only)\n{}", profile(p, &inputs, args.runs)?)));
@@ -338,6 +375,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     for (threads, text) in profiles {
         println!("\nprofile at {threads} thread(s):\n{text}");
+    }
+    if let Some(name) = &args.profile {
+        placed(&args, name, &import)?;
     }
     if let Some((t, o)) = startup {
         println!(

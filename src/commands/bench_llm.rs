@@ -221,7 +221,7 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
             if rss <= budget { "" } else { " (over)" }
         );
     }
-    if args.profile {
+    if args.kernel_times {
         // One decode step after the prompt, profiled kernel by kernel.
         llm.reset();
         llm.eval(&ids).map_err(|e| anyhow::anyhow!("{e}"))?;
