@@ -27,5 +27,5 @@ pub use write::{print, print_inline, print_with, PrintOptions, WeightMode};
 pub mod parse;
 pub use parse::{parse, parse_file, parse_with, ParseError, ParseOptions};
 pub mod verify;
-pub use interp::{const_value, run, run_named, run_node, InterpError};
+pub use interp::{bind_inputs, const_value, run, run_named, run_node, InterpError};
 pub use verify::{verify, VerifyError, VerifyErrors};

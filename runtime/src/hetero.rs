@@ -27,8 +27,8 @@ pub enum HeteroError {
     Place(#[from] place::PlaceError),
     #[error("segment {segment} on the {unit} ({kernels}): {message}")]
     Segment { segment: usize, unit: Unit, kernels: String, message: String },
-    #[error("input {name:?}: {message}")]
-    Input { name: String, message: String },
+    #[error(transparent)]
+    Input(#[from] tessera_ir::InterpError),
     #[error("{0}")]
     Other(String),
 }
@@ -181,7 +181,7 @@ impl HeteroModel {
         let npu_dev = tessera_target_npu::Device::from_profile(&problem.profile);
         let mut segments = Vec::new();
         for (i, (unit, nodes)) in runs.into_iter().enumerate() {
-            let ex = place::extract::extract(&graph, &nodes, &problem.bindings);
+            let ex = place::extract::extract(&graph, &nodes);
             let label = label(&graph, &nodes);
             let err = |message: String| HeteroError::Segment { segment: i, unit, kernels: label.clone(), message };
             let engine = match unit {
@@ -269,27 +269,9 @@ impl HeteroModel {
     /// on their unit as soon as the segments they read have finished.
     pub fn run(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, HeteroReport), HeteroError> {
         let g = &self.graph;
-        if inputs.len() != g.inputs().len() {
-            return Err(HeteroError::Other(format!(
-                "{} inputs given, the model takes {}",
-                inputs.len(),
-                g.inputs().len()
-            )));
-        }
-        let mut b = Bindings::default();
+        let b = tessera_ir::bind_inputs(g, inputs)?;
         let mut values: Vec<Option<Tensor>> = vec![None; g.n_values()];
-        for ((name, v), t) in g.inputs().iter().zip(inputs) {
-            let ty = g.ty(*v);
-            if t.dtype() != ty.dtype {
-                return Err(HeteroError::Input {
-                    name: name.clone(),
-                    message: format!("is {}, the model takes {}", t.dtype(), ty.dtype),
-                });
-            }
-            ty.shape.bind(t.shape(), &mut b).map_err(|message| HeteroError::Input {
-                name: name.clone(),
-                message: format!("shape {:?}: {message}", t.shape()),
-            })?;
+        for ((_, v), t) in g.inputs().iter().zip(inputs) {
             values[v.index()] = Some(t.clone());
         }
         let t0 = Instant::now();

@@ -204,11 +204,17 @@ impl Session {
             (Target::Hetero, "default") => HETERO_PIPELINE,
             (_, p) => p,
         };
-        if opts.target == Target::Hetero && opts.passes.trim() == "default" {
+        // The NPU and placement targets read the device profile.
+        let profile = match opts.target {
+            Target::Npu | Target::Hetero => Some(
+                tessera_compiler::passes::profile::DeviceProfile::load(&opts.device_profile)
+                    .map_err(|e| SessionError::Profile(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        if let (Target::Hetero, "default", Some(p)) = (opts.target, opts.passes.trim(), &profile) {
             // The rewrites extract by the same cost model the placement uses.
-            let p = tessera_compiler::passes::profile::DeviceProfile::load(&opts.device_profile)
-                .map_err(|e| SessionError::Profile(e.to_string()))?;
-            tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, passes, &p)
+            tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, passes, p)
                 .map_err(|e| SessionError::Passes(e.to_string()))?;
         } else {
             let mut pipeline =
@@ -249,23 +255,21 @@ impl Session {
                 Engine::Gpu(Box::new(vulkan::GpuModel::new(vk, g.clone())))
             }
             Target::Npu => {
-                let p = tessera_compiler::passes::profile::DeviceProfile::load(&opts.device_profile)
-                    .map_err(|e| SessionError::Profile(e.to_string()))?;
-                let dev = tessera_target_npu::Device::from_profile(&p).ok_or_else(|| {
+                let p = profile.as_ref().expect("loaded for the NPU target");
+                let dev = tessera_target_npu::Device::from_profile(p).ok_or_else(|| {
                     SessionError::Profile(format!("profile {:?} describes no NPU (no [npu] section)", p.name))
                 })?;
                 Engine::Npu(Box::new(tessera_target_npu::NpuModel::new(g.clone(), dev)))
             }
             Target::Hetero => {
-                let p = tessera_compiler::passes::profile::DeviceProfile::load(&opts.device_profile)
-                    .map_err(|e| SessionError::Profile(e.to_string()))?;
+                let p = profile.as_ref().expect("loaded for placement");
                 let b = tessera_compiler::place::Problem::default_bindings(&g, &opts.placement_bindings);
                 let copts = tessera_target_cpu::CpuOptions {
                     threads: opts.threads.max(1),
                     ukernels: opts.ukernels,
                     ..Default::default()
                 };
-                Engine::Hetero(Box::new(hetero::HeteroModel::new(g.clone(), &p, &b, &copts)?))
+                Engine::Hetero(Box::new(hetero::HeteroModel::new(g.clone(), p, &b, &copts)?))
             }
         };
         let codegen_ms = t1.elapsed().as_secs_f64() * 1e3;

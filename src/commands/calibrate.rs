@@ -90,6 +90,33 @@ fn product_graph(m: usize, k: usize, n: usize, int8: bool) -> Graph {
     g
 }
 
+/// Inputs for `g` with its symbols at `b`: token ids of 1 (i64), zeros otherwise.
+fn inputs_at(g: &Graph, b: &tessera_ir::Bindings) -> Vec<Tensor> {
+    g.inputs()
+        .iter()
+        .map(|(_, v)| {
+            let ty = g.ty(*v);
+            let shape: Vec<usize> = ty.shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).collect();
+            let numel = shape.iter().product();
+            if ty.dtype == DType::I64 {
+                Tensor::from_i64(DType::I64, &shape, vec![1; numel]).expect("ids")
+            } else {
+                Tensor::zeros(ty.dtype, &shape).expect("zeros")
+            }
+        })
+        .collect()
+}
+
+/// A model file through a pipeline, with its bindings at `seq`.
+fn optimized(model: &Path, pipeline: &str, seq: usize) -> anyhow::Result<(Graph, tessera_ir::Bindings)> {
+    let mut g = super::load_graph(model)?;
+    let mut p = tessera_compiler::passes::Pipeline::parse(pipeline)?;
+    p.verify_each = false;
+    p.run(&mut g, &mut |_| {})?;
+    let b = Problem::default_bindings(&g, &[("sequence_length".into(), seq)]);
+    Ok((g, b))
+}
+
 /// A compiled graph and its inputs, run with per-step times, sampled in rounds.
 struct Timed {
     name: String,
@@ -104,20 +131,7 @@ impl Timed {
     fn new(name: &str, g: &Graph, threads: usize, b: &tessera_ir::Bindings) -> anyhow::Result<Timed> {
         let opts = tessera_target_cpu::CpuOptions { threads, ..Default::default() };
         let prog = tessera_target_cpu::compile(g, &opts).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        let inputs = g
-            .inputs()
-            .iter()
-            .map(|(_, v)| {
-                let ty = g.ty(*v);
-                let shape: Vec<usize> = ty.shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).collect();
-                let numel = shape.iter().product();
-                if ty.dtype == DType::I64 {
-                    Tensor::from_i64(DType::I64, &shape, vec![1; numel]).expect("ids")
-                } else {
-                    Tensor::zeros(ty.dtype, &shape).expect("zeros")
-                }
-            })
-            .collect();
+        let inputs = inputs_at(g, b);
         let mut t = Timed { name: name.into(), prog, inputs, rounds: Vec::new() };
         t.sample()?; // warm up: plans, caches, pages
         t.rounds.clear();
@@ -194,11 +208,7 @@ fn small_steps_us(t: &Timed, b: &tessera_ir::Bindings) -> f64 {
 
 /// The model optimized and compiled as a CPU session would, with its bindings at `seq`.
 fn model_timed(model: &Path, seq: usize, threads: usize) -> anyhow::Result<(Timed, tessera_ir::Bindings)> {
-    let mut g = super::load_graph(model)?;
-    let mut pipeline = tessera_compiler::passes::Pipeline::parse("default")?;
-    pipeline.verify_each = false;
-    pipeline.run(&mut g, &mut |_| {})?;
-    let b = Problem::default_bindings(&g, &[("sequence_length".into(), seq)]);
+    let (g, b) = optimized(model, "default", seq)?;
     Ok((Timed::new("model", &g, threads, &b)?, b))
 }
 
@@ -418,29 +428,12 @@ fn check_npu(phone: &DeviceProfile, model: &Path, seq: usize) -> anyhow::Result<
     let mut ratios = Vec::new();
     for &(m, k, n) in &[(64usize, 256usize, 256usize), (200, 512, 320), (96, 1024, 768), (256, 768, 128)] {
         let g = product_graph(m, k, n, true);
-        let cycles = simulate(&g, &dev, &[vec![m, k]])?;
+        let cycles = simulate(&g, &dev)?;
         ratios.push(cycles as f64 / place::npu_roofline_cycles(&dev, 1, m, k, n, 1, 4));
     }
     let factor = median(ratios);
-    let mut g = super::load_graph(model)?;
-    let mut pipeline = tessera_compiler::passes::Pipeline::parse(tessera_runtime::NPU_PIPELINE)?;
-    pipeline.verify_each = false;
-    pipeline.run(&mut g, &mut |_| {})?;
-    let b = Problem::default_bindings(&g, &[("sequence_length".into(), seq)]);
-    let inputs: Vec<Tensor> = g
-        .inputs()
-        .iter()
-        .map(|(_, v)| {
-            let ty = g.ty(*v);
-            let shape: Vec<usize> = ty.shape.dims().iter().map(|d| b.resolve(d).unwrap_or(1)).collect();
-            let numel = shape.iter().product();
-            if ty.dtype == DType::I64 {
-                Tensor::from_i64(DType::I64, &shape, vec![1; numel]).expect("ids")
-            } else {
-                Tensor::zeros(ty.dtype, &shape).expect("zeros")
-            }
-        })
-        .collect();
+    let (g, b) = optimized(model, tessera_runtime::NPU_PIPELINE, seq)?;
+    let inputs = inputs_at(&g, &b);
     let model = tessera_runtime::npu::NpuModel::new(g, dev.clone());
     let (_, report) = model.run(&inputs)?;
     let rows = report
@@ -464,9 +457,9 @@ fn check_npu(phone: &DeviceProfile, model: &Path, seq: usize) -> anyhow::Result<
     Ok((factor, rows))
 }
 
-fn simulate(g: &Graph, dev: &tessera_runtime::npu::Device, shapes: &[Vec<usize>]) -> anyhow::Result<u64> {
-    let inputs: Vec<Tensor> =
-        g.inputs().iter().zip(shapes).map(|((_, v), s)| Tensor::zeros(g.ty(*v).dtype, s).expect("zeros")).collect();
+/// The simulated cycles of a graph with static shapes.
+fn simulate(g: &Graph, dev: &tessera_runtime::npu::Device) -> anyhow::Result<u64> {
+    let inputs = inputs_at(g, &tessera_ir::Bindings::default());
     let model = tessera_runtime::npu::NpuModel::new(g.clone(), dev.clone());
     let (_, r) = model.run(&inputs)?;
     Ok(r.total().cycles)

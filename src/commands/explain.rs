@@ -31,27 +31,23 @@ pub struct ExplainArgs {
     pub exact: Option<usize>,
 }
 
-/// Bindings for `g`: `--bind`, then 1 for batch dims and 128 for the rest.
-pub fn bindings(g: &tessera_ir::Graph, binds: &[String]) -> anyhow::Result<tessera_ir::Bindings> {
-    Ok(Problem::default_bindings(g, &super::ir::parse_binds(binds)?))
-}
-
 /// Loads, optimizes and prices a model on a profile.
-pub fn price(model: &std::path::Path, profile: &str, binds: &[String]) -> anyhow::Result<(tessera_ir::Graph, Problem)> {
+fn price(model: &std::path::Path, profile: &str, binds: &[String]) -> anyhow::Result<Problem> {
     let p = DeviceProfile::load(profile).map_err(|e| anyhow::anyhow!("--profile: {e}"))?;
     let mut g = super::load_graph(model)?;
     // The rewrites extract by the same cost model the placement uses.
     tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, tessera_runtime::HETERO_PIPELINE, &p)?;
-    let b = bindings(&g, binds)?;
+    // --bind, then 1 for batch dims and 128 for the rest.
+    let b = Problem::default_bindings(&g, &super::ir::parse_binds(binds)?);
     eprintln!("pricing {} kernels on the CPU, GPU and NPU of {} ...", g.n_nodes(), p.name);
     let t = std::time::Instant::now();
     let problem = Problem::build(&g, &b, &p)?;
     eprintln!("priced in {:.1} s (NPU kernels compiled and simulated)", t.elapsed().as_secs_f64());
-    Ok((g, problem))
+    Ok(problem)
 }
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let (_, problem) = price(&args.model, &args.profile, &args.bind)?;
+    let problem = price(&args.model, &args.profile, &args.bind)?;
     let placement = place::partition(&problem)?;
     print!("{}", place::report::explain(&problem, &placement));
     if let Some(limit) = args.exact {

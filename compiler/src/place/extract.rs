@@ -35,7 +35,8 @@ impl Extracted {
     pub fn zero_inputs(&self, parent: &Graph, shapes: &[Vec<usize>], b: &Bindings) -> Result<Vec<Tensor>, String> {
         let mut values = vec![None; parent.n_values()];
         for v in &self.inputs {
-            values[v.index()] = Some(super::zeros(parent.ty(*v).dtype, &shapes[v.index()])?);
+            values[v.index()] =
+                Some(Tensor::zeros(parent.ty(*v).dtype, &shapes[v.index()]).map_err(|e| e.to_string())?);
         }
         self.gather(&values, b)
     }
@@ -67,7 +68,7 @@ fn mentions(text: &str, word: &str) -> bool {
 
 /// Makes `nodes` of `g` (in `g`'s order) a graph: values from outside become inputs (constants
 /// stay constants, sharing their bytes), values read outside or graph outputs become outputs.
-pub fn extract(g: &Graph, nodes: &[Node], _b: &Bindings) -> Extracted {
+pub fn extract(g: &Graph, nodes: &[Node]) -> Extracted {
     let inside: std::collections::HashSet<Node> = nodes.iter().copied().collect();
     let mut order: Vec<Node> = g.nodes().map(|(n, _)| n).filter(|n| inside.contains(n)).collect();
     order.dedup();

@@ -22,7 +22,7 @@ pub mod report;
 
 use std::collections::HashMap;
 
-use tessera_ir::{Bindings, DType, Device as Unit, Graph, Node, Op, Tensor, Value};
+use tessera_ir::{Bindings, Device as Unit, Graph, Node, Op, Value};
 use tessera_passes::profile::DeviceProfile;
 use tessera_target_npu as npu;
 use tessera_target_spirv as spirv;
@@ -109,7 +109,7 @@ fn numel(s: &[usize]) -> u64 {
 }
 
 /// Shapes of every value of `g` (a model or a region's body) at `b`.
-pub fn shapes(g: &Graph, b: &Bindings) -> Result<Vec<Vec<usize>>, PlaceError> {
+pub fn value_shapes(g: &Graph, b: &Bindings) -> Result<Vec<Vec<usize>>, PlaceError> {
     let mut out = vec![Vec::new(); g.n_values()];
     for (v, vd) in g.values() {
         out[v.index()] = vd
@@ -190,7 +190,7 @@ fn work(g: &Graph, n: Node, shapes: &[Vec<usize>], b: &Bindings) -> (u64, u64) {
         Op::Reduce { .. } | Op::ArgMax { .. } => (numel(&shapes[nd.inputs[0].index()]), 0),
         Op::Kernel { .. } => {
             let Some(body) = &nd.body else { return (0, 0) };
-            let Ok(bs) = shapes_in(body, b) else { return (0, 0) };
+            let Ok(bs) = value_shapes(body, b) else { return (0, 0) };
             body.nodes().fold((0, 0), |(f, i), (bn, _)| {
                 let (bf, bi) = work(body, bn, &bs, b);
                 (f + bf, i + bi)
@@ -198,10 +198,6 @@ fn work(g: &Graph, n: Node, shapes: &[Vec<usize>], b: &Bindings) -> (u64, u64) {
         }
         _ => (0, 0),
     }
-}
-
-fn shapes_in(g: &Graph, b: &Bindings) -> Result<Vec<Vec<usize>>, PlaceError> {
-    shapes(g, b)
 }
 
 /// The GPU profile's limits, for planning off the device.
@@ -245,7 +241,7 @@ fn gpu_plan(
             nd.outputs.len()
         ));
     };
-    let bs = shapes_in(body, b).map_err(|e| e.to_string())?;
+    let bs = value_shapes(body, b).map_err(|e| e.to_string())?;
     let mut total = (0, 0, 0);
     for (bn, _) in body.nodes() {
         let (d, f, y) = gpu_plan(body, bn, &bs, b, limits)?;
@@ -274,7 +270,7 @@ fn npu_cycles(
         };
         return Err(why.into());
     }
-    let ex = extract::extract(g, &[n], b);
+    let ex = extract::extract(g, &[n]);
     // The same kernel at the same shapes (each layer's) is simulated once: weights' values do
     // not change the cycles.
     let key = format!(
@@ -312,7 +308,7 @@ impl Problem {
     /// Prices every top-level node of `g` (optimized, fused) on every unit of `profile`, with
     /// symbolic dims at `bindings`.
     pub fn build(g: &Graph, bindings: &Bindings, profile: &DeviceProfile) -> Result<Problem, PlaceError> {
-        let shapes = shapes(g, bindings)?;
+        let shapes = value_shapes(g, bindings)?;
         let limits = gpu_limits(profile);
         let npu_dev = npu::Device::from_profile(profile);
         let mut npu_cache = HashMap::new();
@@ -437,9 +433,4 @@ pub fn npu_roofline_cycles(
     let bytes = (batch * m * k * a_bytes) as f64 + weights + (batch * m * n * out_bytes) as f64;
     let dma = bytes / dev.dram_bytes_per_cycle;
     compute.max(dma) + dev.matmul_fill_cycles as f64 + dev.dma_setup_cycles as f64
-}
-
-/// Zero tensors of a value's type at the given shape (for pricing runs).
-pub(crate) fn zeros(dtype: DType, shape: &[usize]) -> Result<Tensor, String> {
-    Tensor::zeros(dtype, shape).map_err(|e| e.to_string())
 }

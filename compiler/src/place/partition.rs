@@ -276,8 +276,7 @@ pub fn partition(p: &Problem) -> Result<Placement, super::PlaceError> {
     // Large neighbourhoods: every assignment of each window of consecutive kernels, the rest
     // fixed, until none improves.
     loop {
-        let (m, a) = exhaust_windows(p, assign.clone(), best_m);
-        let (m, a) = improve(p, a.clone()).min_by_m((m, a));
+        let (m, a) = improve(p, exhaust_windows(p, assign.clone(), best_m).1);
         if m < best_m - 1e-9 {
             best_m = m;
             assign = a;
@@ -291,20 +290,6 @@ pub fn partition(p: &Problem) -> Result<Placement, super::PlaceError> {
 
 /// Kernels per window in [`exhaust_windows`] (3^6 = 729 assignments each).
 const WINDOW: usize = 6;
-
-trait MinByM {
-    fn min_by_m(self, other: (f64, Vec<Unit>)) -> (f64, Vec<Unit>);
-}
-
-impl MinByM for (f64, Vec<Unit>) {
-    fn min_by_m(self, other: (f64, Vec<Unit>)) -> (f64, Vec<Unit>) {
-        if self.0 <= other.0 {
-            self
-        } else {
-            other
-        }
-    }
-}
 
 /// Tries every assignment of each window of [`WINDOW`] consecutive kernels, and of each
 /// kernel with its producers and consumers (up to [`WINDOW`] + 1 of them), units that cannot run
@@ -502,26 +487,6 @@ pub fn check_windows(p: &Problem, len: usize, budget: u64) -> (usize, usize, f64
         if let (Ok(pl), Some((opt, _))) = (partition(&w), exact(&w, budget)) {
             solved += 1;
             let gap = pl.schedule.makespan / opt.makespan.max(1e-12) - 1.0;
-            if gap > 0.01 && std::env::var_os("TESSERA_DEBUG_WINDOWS").is_some() {
-                let show = |a: &[Unit]| a.iter().map(|u| &u.name()[..1]).collect::<String>();
-                eprintln!(
-                    "window {start}: heuristic {:.1} {} exact {:.1} {}",
-                    pl.schedule.makespan,
-                    show(&pl.schedule.assign),
-                    opt.makespan,
-                    show(&opt.assign)
-                );
-                for (i, k) in w.kernels.iter().enumerate() {
-                    eprintln!(
-                        "  {i} {} {:?} preds {:?} in {} out {}",
-                        k.name,
-                        k.cost.iter().map(|c| c.us()).collect::<Vec<_>>(),
-                        k.preds,
-                        k.input_bytes,
-                        k.output_bytes
-                    );
-                }
-            }
             worst = worst.max(gap);
         }
         if start + len >= p.kernels.len() {

@@ -43,6 +43,27 @@ pub enum InterpError {
 /// Errors inside one op; the caller attaches the node.
 pub(crate) type OpResult<T> = Result<T, String>;
 
+/// Checks inputs given in the graph's input order against its signature (count, dtypes,
+/// shapes) and binds its symbolic dims: what every executor does before it runs anything.
+pub fn bind_inputs(g: &Graph, inputs: &[Tensor]) -> Result<Bindings, InterpError> {
+    if inputs.len() != g.inputs().len() {
+        return Err(InterpError::InputCount { expected: g.inputs().len(), actual: inputs.len() });
+    }
+    let mut bindings = Bindings::default();
+    for ((name, v), t) in g.inputs().iter().zip(inputs) {
+        let ty = g.ty(*v);
+        if t.dtype() != ty.dtype {
+            return Err(InterpError::InputDtype { name: name.clone(), expected: ty.dtype, actual: t.dtype() });
+        }
+        ty.shape.bind(t.shape(), &mut bindings).map_err(|message| InterpError::InputShape {
+            name: name.clone(),
+            actual: t.shape().to_vec(),
+            message,
+        })?;
+    }
+    Ok(bindings)
+}
+
 /// Runs a graph on inputs given in the graph's input order.
 pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InterpError> {
     if inputs.len() != g.inputs().len() {

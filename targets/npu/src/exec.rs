@@ -18,9 +18,7 @@ use crate::sim::Stats;
 use crate::stream::ElemType;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tessera_passes::ir::{
-    self, BinaryOp, Bindings, DType, Graph, InterpError, Node, Op, Tensor, TensorType, Value, ValueDef,
-};
+use tessera_passes::ir::{self, BinaryOp, DType, Graph, InterpError, Node, Op, Tensor, TensorType, Value, ValueDef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NpuError {
@@ -292,22 +290,8 @@ impl Ctx<'_> {
     ) -> Result<Vec<Tensor>, NpuError> {
         let mut env: Vec<Option<Tensor>> = vec![None; g.n_values()];
         let mut is_const = vec![false; g.n_values()];
-        let mut bindings = Bindings::default();
-        if inputs.len() != g.inputs().len() {
-            return Err(InterpError::InputCount { expected: g.inputs().len(), actual: inputs.len() }.into());
-        }
-        for (i, ((name, v), t)) in g.inputs().iter().zip(inputs).enumerate() {
-            let ty = g.ty(*v);
-            if t.dtype() != ty.dtype {
-                return Err(NpuError::Input {
-                    name: name.clone(),
-                    message: format!("is {}, the graph takes {}", t.dtype(), ty.dtype),
-                });
-            }
-            ty.shape.bind(t.shape(), &mut bindings).map_err(|message| NpuError::Input {
-                name: name.clone(),
-                message: format!("shape {:?}: {message}", t.shape()),
-            })?;
+        let mut bindings = ir::bind_inputs(g, &inputs)?;
+        for (i, ((_, v), t)) in g.inputs().iter().zip(inputs).enumerate() {
             env[v.index()] = Some(t);
             is_const[v.index()] = consts.get(i).copied().unwrap_or(false);
         }
