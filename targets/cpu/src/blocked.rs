@@ -23,14 +23,13 @@
 //! arithmetic 4 lanes at a time; both give each weight as `(q - zero) as f32 * scale (+
 //! offset)`, exactly the interpreter's value.
 
-use std::sync::Arc;
-
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph};
 
 use crate::fx::{mem, Fx, F4};
 use crate::gemm::{store_tile, Epilogue, QuantWeight, TileEmitter};
 use crate::lower::{BufRef, Build, Lowered};
+use crate::program::{DimSpec, ParamSpec};
 use crate::{ukernel, CpuError};
 
 /// A constant weight laid out for the kernel (see the module docs).
@@ -157,10 +156,8 @@ pub(crate) fn lower<'g>(
     let mut lw = Lowered::new(format!("{name}_{suffix}"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
     lw.par = Some((vec![Dim::Static(units)], 1));
     // Per chunk: the unpacked block of a panel pair, then the pair's accumulators for every row.
-    lw.scratch = Some(Arc::new(move |b| {
-        let rows: i64 = scratch_rows.iter().map(|d| b.resolve(d).unwrap_or(0) as i64).product();
-        vec![kc as i64 * 64 + rows * 64]
-    }));
+    lw.scratch =
+        Some(ParamSpec::Product { dims: scratch_rows.iter().map(DimSpec::of).collect(), mul: 64, add: kc as i64 * 64 });
     lw
 }
 

@@ -27,7 +27,13 @@ pub struct Fx<'a> {
     /// Added to every `buf(i)`: lets two kernels' code share one function (a region's head
     /// and its epilogue) with their own buffer numbering.
     pub buf_base: usize,
+    /// Host functions imported so far, by index in [`crate::host::symbols`].
+    host_refs: std::collections::HashMap<usize, cranelift_codegen::ir::FuncRef>,
 }
+
+/// The namespace of the user external names that stand for host functions ([`Fx::call_host`])
+/// until [`crate::jit::Jit::define`] declares them in the module.
+pub const HOST_NAMESPACE: u32 = 7;
 
 /// Loads and stores: never trapping by construction (shapes are checked before kernels run),
 /// not assumed aligned.
@@ -59,7 +65,18 @@ impl<'a> Fx<'a> {
         let p = b.block_params(entry).to_vec();
         let err = b.create_block();
         b.append_block_param(err, types::I32);
-        Fx { b, bufs: p[0], syms_ptr: p[1], lo: p[2], hi: p[3], syms, err, cc, buf_base: 0 }
+        Fx {
+            b,
+            bufs: p[0],
+            syms_ptr: p[1],
+            lo: p[2],
+            hi: p[3],
+            syms,
+            err,
+            cc,
+            buf_base: 0,
+            host_refs: Default::default(),
+        }
     }
 
     /// Returns 0 from the current position and seals the function.
@@ -236,7 +253,6 @@ impl<'a> Fx<'a> {
         self.b.switch_to_block(cont);
     }
 
-    /// Calls a host function `fn(args) -> ret` by address.
     /// The address of a new `bytes`-sized stack slot aligned to `1 << align_shift`.
     pub fn stack_buf(&mut self, bytes: u32, align_shift: u8) -> Value {
         use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
@@ -244,15 +260,34 @@ impl<'a> Fx<'a> {
         self.b.ins().stack_addr(types::I64, slot, 0)
     }
 
+    /// Calls the host function at address `f` (one of [`crate::host::symbols`]), `fn(args) ->
+    /// ret`, through a named import: the code holds a relocation, never the address.
     pub fn call_host(&mut self, f: usize, params: &[Type], ret: Option<Type>, args: &[Value]) -> Option<Value> {
-        let mut sig = Signature::new(self.cc);
-        sig.params.extend(params.iter().map(|t| AbiParam::new(*t)));
-        if let Some(r) = ret {
-            sig.returns.push(AbiParam::new(r));
-        }
-        let sref = self.b.import_signature(sig);
-        let fp = self.iconst(f as i64);
-        let call = self.b.ins().call_indirect(sref, fp, args);
+        use cranelift_codegen::ir::{ExtFuncData, ExternalName, UserExternalName};
+        let index = crate::host::index_of_addr(f)
+            .unwrap_or_else(|| panic!("host function at {f:#x} is not in host::symbols() (add it there)"));
+        let fref = match self.host_refs.get(&index) {
+            Some(r) => *r,
+            None => {
+                let mut sig = Signature::new(self.cc);
+                sig.params.extend(params.iter().map(|t| AbiParam::new(*t)));
+                if let Some(r) = ret {
+                    sig.returns.push(AbiParam::new(r));
+                }
+                let sref = self.b.import_signature(sig);
+                let name =
+                    self.b.func.declare_imported_user_function(UserExternalName::new(HOST_NAMESPACE, index as u32));
+                let r = self.b.import_function(ExtFuncData {
+                    name: ExternalName::user(name),
+                    signature: sref,
+                    colocated: false,
+                    patchable: false,
+                });
+                self.host_refs.insert(index, r);
+                r
+            }
+        };
+        let call = self.b.ins().call(fref, args);
         ret.map(|_| self.b.inst_results(call)[0])
     }
 

@@ -1,6 +1,7 @@
-//! The Cranelift JIT module: one per compiled program, with the host's ISA flags.
+//! The Cranelift module a program's kernels are compiled into: a JIT module with the host's
+//! ISA flags (run now), or an object module for a target triple (an ahead-of-time artifact).
 
-use cranelift_codegen::ir::{types, AbiParam, Signature, UserFuncName};
+use cranelift_codegen::ir::{types, AbiParam, Signature, UserExternalName, UserFuncName};
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
@@ -11,17 +12,13 @@ use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
 use crate::fx::Fx;
 use crate::CpuError;
 
-/// The signature of every kernel: `fn(bufs: *const *mut u8, syms: *const i64, lo: i64, hi: i64) -> i32`.
-/// `bufs` holds one pointer per operand and result, `syms` the run-time sizes of the graph's
-/// symbolic dims, `[lo, hi)` the part of the kernel's parallel range this call does. The return
-/// value is 0, or an error code (see [`crate::KernelFault`]).
-pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64) -> i32;
+pub use crate::program::KernelFn;
 
 /// A kernel compiled off the module: its id, code alignment, code bytes and relocations.
 type CompiledKernel = (FuncId, u64, Vec<u8>, Vec<ModuleReloc>);
 
-pub(crate) struct Jit {
-    pub module: JITModule,
+pub(crate) struct Jit<M: Module = JITModule> {
+    pub module: M,
     ctx: Context,
     fctx: FunctionBuilderContext,
     pub isa_name: String,
@@ -34,6 +31,8 @@ pub(crate) struct Jit {
     pub asm: Vec<(String, String)>,
     /// Machine code bytes per kernel.
     pub code_bytes: usize,
+    /// Kernels get exported symbols (an object file a loader or a linker reads), else local.
+    pub export: bool,
     /// Kernels built but not yet compiled (without listings): compiled together, in parallel,
     /// by [`Jit::compile_pending`].
     pending: Vec<(FuncId, String, cranelift_codegen::ir::Function)>,
@@ -61,17 +60,58 @@ pub(crate) fn isa_with(extra: &[(String, String)]) -> Result<OwnedTargetIsa, Cpu
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v).map_err(|e| CpuError::Isa(format!("setting {k}={v}: {e}")))
     };
-    set(&mut flags, "opt_level", "speed")?;
-    set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", "false")?;
-    // Cranelift's IR verifier is a large part of compile time; debug builds (and so the tests)
-    // keep it, release builds skip it.
-    set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
+    for (k, v) in base_flags() {
+        set(&mut flags, k, v)?;
+    }
     let mut isa_builder = cranelift_native::builder().map_err(|e| CpuError::Isa(e.to_string()))?;
     for (k, v) in extra {
         isa_builder.set(k, v).map_err(|e| CpuError::Isa(format!("ISA flag {k}={v}: {e}")))?;
     }
     isa_builder.finish(settings::Flags::new(flags)).map_err(|e| CpuError::Isa(e.to_string()))
+}
+
+/// The ISA for a target triple (`aarch64-linux-android`, `x86_64-linux`), at the features
+/// every CPU of that triple has: x86-64-v2 (SSE4.2, POPCNT: Android's x86-64 ABI) on x86-64,
+/// the base architecture (NEON) on AArch64.
+pub(crate) fn triple_isa(triple: &str) -> Result<OwnedTargetIsa, CpuError> {
+    let full = match triple {
+        "x86_64-linux" => "x86_64-unknown-linux-gnu",
+        "aarch64-linux" => "aarch64-unknown-linux-gnu",
+        other => other,
+    };
+    let mut builder = cranelift_codegen::isa::lookup_by_name(full).map_err(|e| {
+        CpuError::Isa(format!("target triple {triple:?}: {e} (try aarch64-linux-android or x86_64-linux)"))
+    })?;
+    if full.starts_with("x86_64") {
+        for f in ["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_popcnt"] {
+            builder.enable(f).map_err(|e| CpuError::Isa(format!("{f}: {e}")))?;
+        }
+    }
+    let mut flags = settings::builder();
+    for (k, v) in base_flags() {
+        flags.set(k, v).map_err(|e| CpuError::Isa(format!("setting {k}={v}: {e}")))?;
+    }
+    builder.finish(settings::Flags::new(flags)).map_err(|e| CpuError::Isa(e.to_string()))
+}
+
+/// The ISA feature flags an ISA has on (`has_avx2`, ...): what a CPU must have to run its code.
+pub(crate) fn enabled_features(isa: &dyn cranelift_codegen::isa::TargetIsa) -> Vec<String> {
+    isa.isa_flags()
+        .iter()
+        .filter(|v| v.name.starts_with("has_") && v.as_bool() == Some(true))
+        .map(|v| v.name.to_string())
+        .collect()
+}
+
+fn base_flags() -> [(&'static str, &'static str); 4] {
+    [
+        ("opt_level", "speed"),
+        ("use_colocated_libcalls", "false"),
+        ("is_pic", "false"),
+        // Cranelift's IR verifier is a large part of compile time; debug builds (and so the
+        // tests) keep it, release builds skip it.
+        ("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }),
+    ]
 }
 
 impl Jit {
@@ -80,10 +120,34 @@ impl Jit {
     }
 
     pub fn with_isa(isa: OwnedTargetIsa, listing: Listing) -> Result<Jit, CpuError> {
+        let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        // Host functions by name (crate::host); nothing else is looked up in the process.
+        builder.symbol_lookup_fn(Box::new(|name| crate::host::resolve(name).map(|a| a as *const u8)));
+        Ok(Jit::with_module(JITModule::new(builder), listing))
+    }
+
+    /// Finalizes the code and returns one function pointer per defined kernel.
+    pub fn finish(mut self) -> Result<(JITModule, Vec<KernelFn>), CpuError> {
+        self.compile_pending()?;
+        self.module.finalize_definitions().map_err(|e| CpuError::Codegen(format!("finalizing: {e}")))?;
+        let ptrs = self
+            .funcs
+            .iter()
+            .map(|(id, _)| {
+                let p = self.module.get_finalized_function(*id);
+                // SAFETY: every function was declared with `signature()`, which is KernelFn's ABI.
+                unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
+            })
+            .collect();
+        Ok((self.module, ptrs))
+    }
+}
+
+impl<M: Module> Jit<M> {
+    pub fn with_module(module: M, listing: Listing) -> Jit<M> {
+        let isa = module.isa();
         let isa_name = format!("{} ({})", isa.triple(), isa.name());
-        let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
-        let module = JITModule::new(builder);
-        Ok(Jit {
+        Jit {
             ctx: module.make_context(),
             module,
             fctx: FunctionBuilderContext::new(),
@@ -93,9 +157,47 @@ impl Jit {
             clif: Vec::new(),
             asm: Vec::new(),
             code_bytes: 0,
+            export: false,
             pending: Vec::new(),
             seen: std::collections::HashMap::new(),
-        })
+        }
+    }
+
+    fn linkage(&self) -> Linkage {
+        if self.export {
+            Linkage::Export
+        } else {
+            Linkage::Local
+        }
+    }
+
+    /// Declares the host functions the function being built calls (placeholder names from
+    /// [`Fx::call_host`]) as imports of the module, and renames the calls to them.
+    fn import_host_calls(&mut self) -> Result<(), CpuError> {
+        let func = &mut self.ctx.func;
+        let wanted: Vec<_> = func
+            .params
+            .user_named_funcs()
+            .iter()
+            .filter(|(_, n)| n.namespace == crate::fx::HOST_NAMESPACE)
+            .map(|(r, n)| (r, n.index as usize))
+            .collect();
+        for (r, index) in wanted {
+            let host = &crate::host::symbols()[index];
+            let sig = func
+                .dfg
+                .ext_funcs
+                .values()
+                .find(|e| e.name == cranelift_codegen::ir::ExternalName::User(r))
+                .map(|e| func.dfg.signatures[e.signature].clone())
+                .ok_or_else(|| CpuError::Codegen(format!("host call {} has no signature", host.name)))?;
+            let id = self
+                .module
+                .declare_function(&host.name, Linkage::Import, &sig)
+                .map_err(|e| CpuError::Codegen(format!("declaring host function {}: {e}", host.name)))?;
+            func.params.reset_user_func_name(r, UserExternalName::new(0, id.as_u32()));
+        }
+        Ok(())
     }
 
     pub fn signature(&self) -> Signature {
@@ -133,6 +235,10 @@ impl Jit {
             }
             fx.finish(self.module.isa().frontend_config());
         }
+        if let Err(e) = self.import_host_calls() {
+            self.module.clear_context(&mut self.ctx);
+            return Err(e);
+        }
         if !self.listing.clif && !self.listing.asm {
             // Deferred: deduplicated now, compiled with the others in `compile_pending`.
             let key = {
@@ -151,7 +257,7 @@ impl Jit {
             }
             let id = self
                 .module
-                .declare_function(&symbol, Linkage::Local, &sig)
+                .declare_function(&symbol, self.linkage(), &sig)
                 .map_err(|e| CpuError::Codegen(format!("declaring {symbol}: {e}")))?;
             self.seen.entry(key).or_default().push(self.pending.len());
             let mut func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
@@ -164,7 +270,7 @@ impl Jit {
         self.ctx.func.name = UserFuncName::user(0, index as u32);
         let id = self
             .module
-            .declare_function(&symbol, Linkage::Local, &sig)
+            .declare_function(&symbol, self.linkage(), &sig)
             .map_err(|e| CpuError::Codegen(format!("declaring {symbol}: {e}")))?;
         if self.listing.clif {
             self.clif.push((symbol.clone(), self.ctx.func.display().to_string()));
@@ -219,21 +325,5 @@ impl Jit {
                 .map_err(|e| CpuError::Codegen(format!("defining compiled code: {e}")))?;
         }
         Ok(())
-    }
-
-    /// Finalizes the code and returns one function pointer per defined kernel.
-    pub fn finish(mut self) -> Result<(JITModule, Vec<KernelFn>), CpuError> {
-        self.compile_pending()?;
-        self.module.finalize_definitions().map_err(|e| CpuError::Codegen(format!("finalizing: {e}")))?;
-        let ptrs = self
-            .funcs
-            .iter()
-            .map(|(id, _)| {
-                let p = self.module.get_finalized_function(*id);
-                // SAFETY: every function was declared with `signature()`, which is KernelFn's ABI.
-                unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
-            })
-            .collect();
-        Ok((self.module, ptrs))
     }
 }

@@ -2,14 +2,13 @@
 //! place), transposes, broadcasts and slices (one strided-box copy each), concat and split (row
 //! copies), gather (bounds-checked row copies), and the shape ops.
 
-use std::sync::Arc;
-
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{Dim, Graph, Node, Op, TargetDim};
 
 use crate::fx::{broadcast_moves, broadcast_strides, elem_bytes, mem, Fx};
 use crate::lower::{dims, values, BufRef, Lowered};
+use crate::program::{DimSpec, ParamSpec, SliceBound};
 use crate::{CpuError, KernelFault};
 
 fn ebytes(g: &Graph, v: tessera_ir::Value) -> Result<i64, CpuError> {
@@ -205,21 +204,17 @@ pub(crate) fn lower(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
             }
             let contiguous = r == 0 || step_of[r - 1] == 1;
             // Run-time parameters: the clamped start of each axis.
-            let (starts, ends, ax2, steps2, in_dims2) =
-                (starts.clone(), ends.clone(), ax_norm.clone(), step_of.clone(), in_dims.clone());
-            let params: crate::program::ParamFn = Arc::new(move |b| {
-                let mut out = vec![0i64; in_dims2.len()];
-                for (i, &a) in ax2.iter().enumerate() {
-                    let n = b.resolve(&in_dims2[a]).unwrap_or(0) as i64;
-                    let t = |d: &TargetDim| match d {
-                        TargetDim::Int(v) => *v,
-                        TargetDim::Sym(s) => b.get(s).unwrap_or(0) as i64,
-                    };
-                    let (s, _) = tessera_ir::infer::slice_bounds(n, t(&starts[i]), t(&ends[i]), steps2[a]);
-                    out[a] = s;
-                }
-                out
-            });
+            let bound = |d: &TargetDim| match d {
+                TargetDim::Int(v) => SliceBound::Int(*v),
+                TargetDim::Sym(s) => SliceBound::Sym(s.to_string()),
+            };
+            let params = ParamSpec::SliceStarts {
+                in_dims: in_dims.iter().map(DimSpec::of).collect(),
+                axes: ax_norm.clone(),
+                starts: starts.iter().map(bound).collect(),
+                ends: ends.iter().map(bound).collect(),
+                steps: step_of.clone(),
+            };
             let mut lw = Lowered::new(
                 "slice",
                 bufs,

@@ -15,9 +15,12 @@
 //! kernel, which returns a [`KernelFault`] instead of reading out of bounds.
 
 mod blocked;
+mod compile;
 mod ew;
 mod fx;
 mod gemm;
+pub mod host;
+pub mod image;
 mod jit;
 mod layout;
 mod legalize;
@@ -32,6 +35,7 @@ mod reduce;
 pub mod specialize;
 pub mod ukernel;
 
+pub use compile::{compile_image, ObjectTarget};
 pub use jit::Listing;
 pub use program::{Program, ProgramStats, RunOptions};
 pub use specialize::Specializing;
@@ -129,7 +133,7 @@ impl CpuError {
 
 /// Compiles a verified graph for the host CPU.
 pub fn compile(g: &tessera_ir::Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
-    program::compile(g, opts)
+    compile::compile(g, opts)
 }
 
 /// Compiles a graph for reading, not running: each kernel's Cranelift IR and machine code
@@ -140,7 +144,7 @@ pub fn listing(
     isa_flags: &[(String, String)],
     ukernels: Ukernels,
 ) -> Result<Vec<(String, String, String)>, CpuError> {
-    program::listing(g, isa_flags, ukernels)
+    compile::listing(g, isa_flags, ukernels)
 }
 
 /// The host's ISA as Cranelift sees it (triple and flags summary).

@@ -7,16 +7,10 @@ use tessera_ir::{Dim, Graph, Node, Op, TensorType, Value};
 
 use crate::ew::{self, EwKernel};
 use crate::fx::Fx;
-use crate::program::ParamFn;
+use crate::program::ParamSpec;
 use crate::{gemm, layout, nn, reduce, CpuError};
 
-/// Where a kernel buffer comes from.
-#[derive(Clone, Debug)]
-pub(crate) enum BufRef {
-    Value(Value),
-    /// Bytes the program owns (packed weights).
-    Owned(usize),
-}
+pub(crate) use crate::program::BufRef;
 
 /// What lowering builds besides kernels: bytes the program owns (packed weights), and the
 /// options that choose kernels.
@@ -40,8 +34,8 @@ pub(crate) struct Lowered<'g> {
     pub name: String,
     pub bufs: Vec<BufRef>,
     pub par: Option<(Vec<Dim>, u64)>,
-    pub params: Option<ParamFn>,
-    pub scratch: Option<ParamFn>,
+    pub params: Option<ParamSpec>,
+    pub scratch: Option<ParamSpec>,
     /// Run the whole parallel range in one call (never split across threads).
     pub serial: bool,
     pub emit: Emit<'g>,

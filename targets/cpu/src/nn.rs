@@ -13,8 +13,6 @@
 //! - `dynamic_quantize`: a min/max pass, then the interpreter's scale and zero point, then a
 //!   quantize pass.
 
-use std::sync::Arc;
-
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, FakeQuantFormat, Graph, Node, Op};
@@ -22,6 +20,7 @@ use tessera_ir::{DType, Dim, FakeQuantFormat, Graph, Node, Op};
 use crate::fx::{broadcast_moves, broadcast_strides, mem, mem_ro, Fx, F4};
 use crate::gemm::{for_panel_pairs, TileEmitter, TILE_MR};
 use crate::lower::{dims, values, BufRef, Lowered};
+use crate::program::{DimSpec, ParamSpec};
 use crate::{math, CpuError};
 
 fn f32_only(g: &Graph, vs: &[tessera_ir::Value], what: &str) -> Result<(), CpuError> {
@@ -297,7 +296,7 @@ fn softmax_strided(g: &Graph, n: Node, a: usize) -> Result<Lowered<'_>, CpuError
         }),
     );
     lw.par = Some((if outer.is_empty() { vec![Dim::Static(1)] } else { outer }, 1));
-    lw.scratch = Some(Arc::new(move |b| vec![(b.resolve(&scratch_lane).unwrap_or(0) * 4) as i64]));
+    lw.scratch = Some(ParamSpec::Product { dims: vec![DimSpec::of(&scratch_lane)], mul: 4, add: 0 });
     Ok(lw)
 }
 
@@ -310,8 +309,9 @@ fn softmax_row(fx: &mut Fx, x: Value, out: Value, n: Value, log: bool) -> Result
         math::exp(fx, d)
     })?;
     if log {
-        let ls =
-            fx.call_host(math::host_log as *const () as usize, &[types::F32], Some(types::F32), &[s]).expect("ret");
+        let ls = fx
+            .call_host(crate::host::host_log as *const () as usize, &[types::F32], Some(types::F32), &[s])
+            .expect("ret");
         let lsv = fx.b.ins().splat(F4, ls);
         row_map(fx, x, out, n, &|fx, v, _, _| {
             let d = fx.b.ins().fsub(v, mv);
@@ -698,12 +698,12 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
         }),
     );
     lw.par = Some((par_dims, 1));
-    lw.scratch = Some(Arc::new(move |b| {
-        let (sk, d, dv) = (b.resolve(&scratch_dims.0), b.resolve(&scratch_dims.1), b.resolve(&scratch_dims.2));
-        let (sk, d, dv) = (sk.unwrap_or(0), d.unwrap_or(0), dv.unwrap_or(0));
-        let floats = sk.div_ceil(8) * 8 * d + dv.div_ceil(8) * 8 * sk + TILE_MR * sk.div_ceil(16) * 16;
-        vec![(floats * 4) as i64]
-    }));
+    lw.scratch = Some(ParamSpec::AttentionScratch {
+        sk: DimSpec::of(&scratch_dims.0),
+        d: DimSpec::of(&scratch_dims.1),
+        dv: DimSpec::of(&scratch_dims.2),
+        mr: TILE_MR as i64,
+    });
     Ok(lw)
 }
 
@@ -726,8 +726,8 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
         return Err(CpuError::Codegen(format!("fake_quant row of {width} is not whole blocks of {block}")));
     }
     let host: extern "C" fn(f32, *mut f32) = match format {
-        FakeQuantFormat::Q8_0 => host_fake_quant_params::<false>,
-        FakeQuantFormat::Q8K => host_fake_quant_params::<true>,
+        FakeQuantFormat::Q8_0 => crate::host::host_fake_quant_params::<false>,
+        FakeQuantFormat::Q8K => crate::host::host_fake_quant_params::<true>,
     };
     let mut bufs = values(&nd.inputs);
     bufs.push(BufRef::Value(nd.outputs[0]));
@@ -774,18 +774,6 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
     );
     lw.par = Some((if outer.is_empty() { vec![Dim::Static(1)] } else { outer.to_vec() }, 1));
     Ok(lw)
-}
-
-/// `(multiplier, d)` of a block for `fake_quant` ([`FakeQuantFormat::block_params`]) written to
-/// the kernel's 8-byte stack slot; `Q8K` picks the format (`q8_k`, else `q8_0`).
-extern "C" fn host_fake_quant_params<const Q8K: bool>(amax: f32, out: *mut f32) {
-    let format = if Q8K { FakeQuantFormat::Q8K } else { FakeQuantFormat::Q8_0 };
-    let (m, d) = format.block_params(amax);
-    // SAFETY: `out` is the kernel's 8-byte stack slot.
-    unsafe {
-        *out = m;
-        *out.add(1) = d;
-    }
 }
 
 pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
@@ -842,11 +830,16 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
                 hi = fx.b.ins().fmax(hi, e);
             }
             let scale = fx
-                .call_host(host_dq_scale as *const () as usize, &[types::F32, types::F32], Some(types::F32), &[lo, hi])
+                .call_host(
+                    crate::host::host_dq_scale as *const () as usize,
+                    &[types::F32, types::F32],
+                    Some(types::F32),
+                    &[lo, hi],
+                )
                 .expect("ret");
             let zpv = fx
                 .call_host(
-                    host_dq_zero as *const () as usize,
+                    crate::host::host_dq_zero as *const () as usize,
                     &[types::F32, types::F32],
                     Some(types::I32),
                     &[lo, scale],
@@ -911,17 +904,4 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
             Ok(())
         }),
     ))
-}
-
-extern "C" fn host_dq_scale(lo: f32, hi: f32) -> f32 {
-    let scale = (hi - lo) / 255.0;
-    if scale == 0.0 || !scale.is_finite() {
-        1.0
-    } else {
-        scale
-    }
-}
-
-extern "C" fn host_dq_zero(lo: f32, scale: f32) -> i32 {
-    DType::U8.saturate_int((-lo / scale).round_ties_even() as i64) as i32
 }

@@ -5,16 +5,113 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cranelift_jit::JITModule;
-use tessera_ir::{Bindings, Dim, Graph, Node, Tensor};
+use tessera_ir::{Bindings, Blob, Dim, Graph, Node, Tensor};
 use tessera_passes::memory;
 
-use crate::jit::{Jit, KernelFn};
-use crate::lower::{self, BufRef, Build, Lowered};
-use crate::{CpuError, CpuOptions, KernelFault};
+use crate::{CpuError, KernelFault};
 
-/// Computes a kernel's run-time parameters from the bound symbol sizes.
-pub(crate) type ParamFn = Arc<dyn Fn(&Bindings) -> Vec<i64> + Send + Sync>;
+/// A kernel buffer: a graph value, or bytes the program owns (packed weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BufRef {
+    Value(tessera_ir::Value),
+    Owned(usize),
+}
+
+/// The signature of every kernel: `fn(bufs: *const *mut u8, syms: *const i64, lo: i64, hi: i64) -> i32`.
+/// `bufs` holds one pointer per operand and result, `syms` the run-time sizes of the graph's
+/// symbolic dims, `[lo, hi)` the part of the kernel's parallel range this call does. The return
+/// value is 0, or an error code (see [`crate::KernelFault`]).
+pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64) -> i32;
+
+/// A dim as data (artifacts hold it): a size, or a symbol's name.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DimSpec {
+    N(u64),
+    S(String),
+}
+
+impl DimSpec {
+    pub fn of(d: &Dim) -> DimSpec {
+        match d {
+            Dim::Static(n) => DimSpec::N(*n),
+            Dim::Sym(s) => DimSpec::S(s.to_string()),
+            // Never in a compiled program (`symbols` refuses it); binds to nothing.
+            Dim::Unknown => DimSpec::S("?".into()),
+        }
+    }
+
+    pub fn dim(&self) -> Dim {
+        match self {
+            DimSpec::N(n) => Dim::Static(*n),
+            DimSpec::S(s) => Dim::Sym(s.as_str().into()),
+        }
+    }
+
+    fn resolve(&self, b: &Bindings) -> i64 {
+        match self {
+            DimSpec::N(n) => *n as i64,
+            DimSpec::S(s) => b.get(s).unwrap_or(0) as i64,
+        }
+    }
+}
+
+/// A kernel's run-time parameters (or scratch bytes per chunk) as a function of the bound
+/// symbol sizes, as data: a JIT-compiled program and a loaded artifact compute them alike.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ParamSpec {
+    /// One value: `prod(dims) * mul + add`.
+    Product { dims: Vec<DimSpec>, mul: i64, add: i64 },
+    /// Attention's scratch bytes per chunk: the transposed keys, the values and `mr` rows of
+    /// scores (`4 * (ceil8(sk) * d + ceil8(dv) * sk + mr * ceil16(sk))`).
+    AttentionScratch { sk: DimSpec, d: DimSpec, dv: DimSpec, mr: i64 },
+    /// A slice's clamped start on every axis (0 on axes it does not slice): `axes[i]` is sliced
+    /// from `starts[i]` to `ends[i]` (an integer, or a symbol's size) by `steps[axes[i]]`.
+    SliceStarts {
+        in_dims: Vec<DimSpec>,
+        axes: Vec<usize>,
+        starts: Vec<SliceBound>,
+        ends: Vec<SliceBound>,
+        steps: Vec<i64>,
+    },
+}
+
+/// A slice bound: an integer, or a symbol's size.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum SliceBound {
+    Int(i64),
+    Sym(String),
+}
+
+impl ParamSpec {
+    pub fn eval(&self, b: &Bindings) -> Vec<i64> {
+        match self {
+            ParamSpec::Product { dims, mul, add } => {
+                vec![dims.iter().map(|d| d.resolve(b)).product::<i64>() * mul + add]
+            }
+            ParamSpec::AttentionScratch { sk, d, dv, mr } => {
+                let (sk, d, dv) = (sk.resolve(b), d.resolve(b), dv.resolve(b));
+                let floats = (sk + 7) / 8 * 8 * d + (dv + 7) / 8 * 8 * sk + mr * ((sk + 15) / 16 * 16);
+                vec![floats * 4]
+            }
+            ParamSpec::SliceStarts { in_dims, axes, starts, ends, steps } => {
+                let mut out = vec![0i64; in_dims.len()];
+                let t = |d: &SliceBound| match d {
+                    SliceBound::Int(v) => *v,
+                    SliceBound::Sym(s) => b.get(s).unwrap_or(0) as i64,
+                };
+                for (i, &a) in axes.iter().enumerate() {
+                    let (Some(n), Some(s), Some(e), Some(&step)) =
+                        (in_dims.get(a), starts.get(i), ends.get(i), steps.get(a))
+                    else {
+                        continue;
+                    };
+                    out[a] = tessera_ir::infer::slice_bounds(n.resolve(b), t(s), t(e), step).0;
+                }
+                out
+            }
+        }
+    }
+}
 
 pub(crate) struct Step {
     pub node: Node,
@@ -23,16 +120,17 @@ pub(crate) struct Step {
     pub bufs: Vec<BufRef>,
     /// Parallel range: `ceil(prod(dims) / div)` units, split evenly across threads.
     pub par: Option<(Vec<Dim>, u64)>,
-    pub params: Option<ParamFn>,
+    pub params: Option<ParamSpec>,
     /// Scratch bytes each parallel chunk needs (f32 rows for attention scores).
-    pub scratch: Option<ParamFn>,
+    pub scratch: Option<ParamSpec>,
     pub serial: bool,
     pub name: String,
 }
 
-struct Code(#[allow(dead_code)] JITModule);
-// SAFETY: the module is only kept alive (its memory holds the finalized code); nothing mutates it
-// after `finalize_definitions`, and the kernels it holds are plain functions of their arguments.
+/// What keeps the kernels' machine code mapped: the JIT module, or an artifact's code mapping.
+pub(crate) struct Code(#[allow(dead_code)] pub Box<dyn std::any::Any>);
+// SAFETY: the holder is only kept alive (its memory holds the finalized code); nothing mutates it
+// once the kernels are callable, and the kernels are plain functions of their arguments.
 unsafe impl Send for Code {}
 unsafe impl Sync for Code {}
 
@@ -61,7 +159,7 @@ pub struct Program {
     /// Per value: whether a kernel reads it or it is a graph output.
     reads: Vec<bool>,
     steps: Vec<Step>,
-    owned: Vec<Vec<u8>>,
+    owned: Vec<Blob>,
     syms: Vec<Arc<str>>,
     plans: Mutex<HashMap<Vec<usize>, Arc<RunPlan>>>,
     arenas: Mutex<Vec<Vec<Chunk>>>,
@@ -89,96 +187,8 @@ struct RunPlan {
     split: Vec<bool>,
 }
 
-/// The graph as the CPU target lowers it (see `legalize.rs`), or None when it is unchanged.
-fn prepare(g: &Graph) -> Option<Graph> {
-    let legal = crate::legalize::legalize(g);
-    let g1 = legal.as_ref().unwrap_or(g);
-    crate::legalize::fuse_qmatmul_chains(g1).or(legal)
-}
-
-pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
-    let t0 = Instant::now();
-    // Half-precision ops as f32 kernels between casts, regions put back or formed (legalize.rs).
-    let prepared = prepare(g);
-    let g = prepared.as_ref().unwrap_or(g);
-    let syms = symbols(g)?;
-    let mut jit = Jit::new(opts.listing)?;
-    let mut build = Build { owned: Vec::new(), ukernels: opts.ukernels };
-    let pending = define_all(g, &syms, &mut jit, &mut build)?;
-    let owned = build.owned;
-    jit.compile_pending()?;
-    let code_bytes = jit.code_bytes;
-    let isa = jit.isa_name.clone();
-    let clif = std::mem::take(&mut jit.clif);
-    let asm = std::mem::take(&mut jit.asm);
-    let (module, fns) = jit.finish()?;
-    let steps: Vec<Step> = pending
-        .into_iter()
-        .map(|(node, op, k, lw)| Step {
-            node,
-            op,
-            kernel: fns[k],
-            bufs: lw.bufs,
-            par: lw.par,
-            params: lw.params,
-            scratch: lw.scratch,
-            serial: lw.serial,
-            name: lw.name,
-        })
-        .collect();
-    // The weights now live packed in `owned`; the model file's pages that were read to pack
-    // them leave the resident set (constants the kernels read directly fault back in on use),
-    // and the program's copy of the graph keeps only the constants a kernel reads.
-    for c in g.constants() {
-        c.data.release_resident_pages();
-    }
-    let mut reads = vec![false; g.n_values()];
-    // A graph output may be a constant itself: copied out of the graph's bytes after a run.
-    for (_, v) in g.outputs() {
-        reads[v.index()] = true;
-    }
-    for s in &steps {
-        for b in &s.bufs {
-            if let BufRef::Value(v) = b {
-                reads[v.index()] = true;
-            }
-        }
-    }
-    let mut graph = g.clone();
-    graph.release_constants(|v| reads[v.index()]);
-    let threads = opts.threads.max(1);
-    let pool = if threads > 1 {
-        Some(crate::pool::Pool::new(threads).map_err(|e| CpuError::Codegen(format!("thread pool: {e}")))?)
-    } else {
-        None
-    };
-    let stats = ProgramStats {
-        kernels: steps.len(),
-        code_bytes,
-        packed_weight_bytes: owned.iter().map(|o| o.len()).sum(),
-        compile_ms: t0.elapsed().as_secs_f64() * 1e3,
-        isa,
-    };
-    Ok(Program {
-        _code: Code(module),
-        graph,
-        reads,
-        steps,
-        owned,
-        syms,
-        plans: Mutex::new(HashMap::new()),
-        arenas: Mutex::new(Vec::new()),
-        pool,
-        threads,
-        min_split_bytes: opts.min_split_bytes,
-        stats,
-        clif,
-        asm,
-    })
-}
-
 /// The graph's symbols, in input order; every symbolic dim must be bound by a graph input.
-fn symbols(g: &Graph) -> Result<Vec<Arc<str>>, CpuError> {
+pub(crate) fn symbols(g: &Graph) -> Result<Vec<Arc<str>>, CpuError> {
     let mut syms: Vec<Arc<str>> = Vec::new();
     for (_, v) in g.inputs() {
         for d in g.ty(*v).shape.dims() {
@@ -211,68 +221,61 @@ fn symbols(g: &Graph) -> Result<Vec<Arc<str>>, CpuError> {
     Ok(syms)
 }
 
-/// Lowers and defines every node's kernel; all unsupported nodes are reported together.
-fn define_all(
-    g: &Graph,
-    syms: &[Arc<str>],
-    jit: &mut Jit,
-    owned: &mut Build,
-) -> Result<Vec<(Node, &'static str, usize, Meta)>, CpuError> {
-    let mut pending: Vec<(Node, &'static str, usize, Meta)> = Vec::new();
-    let mut unsupported: Vec<String> = Vec::new();
-    for (n, nd) in g.nodes() {
-        match lower::lower(g, n, owned) {
-            Ok(lw) => {
-                let Lowered { name, bufs, par, params, scratch, serial, emit } = lw;
-                match jit.define(&name, syms, emit) {
-                    Ok(k) => pending.push((n, nd.op.name(), k, Meta { name, bufs, par, params, scratch, serial })),
-                    Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
-                    Err(e) => return Err(CpuError::Codegen(format!("{n} ({}): {e}", nd.op.name()))),
+pub(crate) fn list(items: &[String]) -> String {
+    items.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n")
+}
+
+/// What [`Program::assemble`] takes besides the code and the steps.
+pub(crate) struct Parts {
+    /// The graph the steps were lowered from (all its constants; those no kernel reads are
+    /// released here).
+    pub graph: Graph,
+    pub owned: Vec<Blob>,
+    pub syms: Vec<Arc<str>>,
+    pub threads: usize,
+    pub min_split_bytes: u64,
+    pub stats: ProgramStats,
+}
+
+impl Program {
+    pub(crate) fn assemble(code: Code, steps: Vec<Step>, parts: Parts) -> Result<Program, CpuError> {
+        let Parts { mut graph, owned, syms, threads, min_split_bytes, stats } = parts;
+        let mut reads = vec![false; graph.n_values()];
+        // A graph output may be a constant itself: copied out of the graph's bytes after a run.
+        for (_, v) in graph.outputs() {
+            reads[v.index()] = true;
+        }
+        for s in &steps {
+            for b in &s.bufs {
+                if let BufRef::Value(v) = b {
+                    reads[v.index()] = true;
                 }
             }
-            Err(e) if e.is_unsupported() => unsupported.push(format!("{n} ({}): {}", nd.op.name(), inner(e))),
-            Err(e) => return Err(e),
         }
+        graph.release_constants(|v| reads[v.index()]);
+        let threads = threads.max(1);
+        let pool = if threads > 1 {
+            Some(crate::pool::Pool::new(threads).map_err(|e| CpuError::Codegen(format!("thread pool: {e}")))?)
+        } else {
+            None
+        };
+        Ok(Program {
+            _code: code,
+            graph,
+            reads,
+            steps,
+            owned,
+            syms,
+            plans: Mutex::new(HashMap::new()),
+            arenas: Mutex::new(Vec::new()),
+            pool,
+            threads,
+            min_split_bytes,
+            stats,
+            clif: Vec::new(),
+            asm: Vec::new(),
+        })
     }
-    if !unsupported.is_empty() {
-        return Err(CpuError::UnsupportedNodes { count: unsupported.len(), list: list(&unsupported) });
-    }
-    Ok(pending)
-}
-
-pub(crate) fn listing(
-    g: &Graph,
-    isa_flags: &[(String, String)],
-    ukernels: crate::Ukernels,
-) -> Result<Vec<(String, String, String)>, CpuError> {
-    let prepared = prepare(g);
-    let g = prepared.as_ref().unwrap_or(g);
-    let syms = symbols(g)?;
-    let mut jit = Jit::with_isa(crate::jit::isa_with(isa_flags)?, crate::Listing { clif: true, asm: true })?;
-    let mut build = Build { owned: Vec::new(), ukernels };
-    define_all(g, &syms, &mut jit, &mut build)?;
-    // Not finalized: code built for flags the host may lack is never made callable.
-    Ok(jit.clif.iter().zip(&jit.asm).map(|((k, c), (_, a))| (k.clone(), c.clone(), a.clone())).collect())
-}
-
-struct Meta {
-    name: String,
-    bufs: Vec<BufRef>,
-    par: Option<(Vec<Dim>, u64)>,
-    params: Option<ParamFn>,
-    scratch: Option<ParamFn>,
-    serial: bool,
-}
-
-fn inner(e: CpuError) -> String {
-    match e {
-        CpuError::Unsupported(m) => m,
-        other => other.to_string(),
-    }
-}
-
-fn list(items: &[String]) -> String {
-    items.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n")
 }
 
 /// A raw pointer the kernels write through; chunks of one step never overlap.
@@ -484,7 +487,7 @@ impl Program {
             args.clear();
             args.extend_from_slice(syms);
             if let Some(p) = &step.params {
-                args.extend(p(&plan.bindings));
+                args.extend(p.eval(&plan.bindings));
             }
             let units = match &step.par {
                 Some((dims, div)) => {
@@ -498,7 +501,7 @@ impl Program {
             } else {
                 1
             };
-            let scratch_per = step.scratch.as_ref().map(|f| f(&plan.bindings)[0] as usize).unwrap_or(0);
+            let scratch_per = step.scratch.as_ref().map(|f| f.eval(&plan.bindings)[0] as usize).unwrap_or(0);
             let code = if chunks <= 1 {
                 if scratch_per > 0 {
                     ensure(&mut scratch, scratch_per);

@@ -16,10 +16,10 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 use tessera_ir::{DType, Dim, Graph, Node, NodeData, Op, ValueDef};
 
 use crate::fx::{mem, Fx, F4};
-use std::sync::Arc;
 
 use crate::gemm::{for_panel_pairs, EpiAddr, Epilogue, TILE_MR};
 use crate::lower::{dims, BufRef, Build, Lowered};
+use crate::program::{DimSpec, ParamSpec};
 use crate::ukernel;
 use crate::{ew, CpuError};
 
@@ -358,10 +358,8 @@ pub(crate) fn lower_packed<'g>(
     );
     lw.par = Some((out_dims[..out_dims.len() - 1].to_vec(), TILE_MR as u64));
     // Per chunk: the activation rows widened to i16, then their sums.
-    lw.scratch = Some(Arc::new(move |b| {
-        let rows: i64 = scratch_rows.iter().map(|d| b.resolve(d).unwrap_or(0) as i64).product();
-        vec![rows * row_bytes]
-    }));
+    lw.scratch =
+        Some(ParamSpec::Product { dims: scratch_rows.iter().map(DimSpec::of).collect(), mul: row_bytes, add: 0 });
     Ok(lw)
 }
 
