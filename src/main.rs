@@ -56,12 +56,23 @@ enum Command {
     /// MiniLM's shapes on one thread, each as GFLOP/s and as a percentage of the peak of its
     /// vector width. Medians of several repetitions; a shared host makes them vary.
     BenchKernels,
-    /// List what a GGUF model holds: metadata, tensor types and the tensor table.
+    /// List what a GGUF model or a Tessera artifact holds.
     ///
-    /// Reads the file as the importer does (every count, offset and size checked against the
-    /// file) and prints each metadata entry, bytes and bits per weight per tensor type, and the
-    /// tensors with their row-major shapes.
+    /// A GGUF file is read as the importer reads it (every count, offset and size checked
+    /// against the file): each metadata entry, bytes and bits per weight per tensor type, and
+    /// the tensors with their row-major shapes. An artifact (.tsa) is checked as the runtime
+    /// checks it (versions, bounds, checksums): its header, sections, kernels, imported host
+    /// functions, relocations, the model's signature, the stored placement, and whether it
+    /// loads on this machine (`--ir` prints the optimized graph it runs).
     Inspect(commands::inspect::InspectArgs),
+    /// Compile a model ahead of time into an artifact (.tsa) for this machine or a phone.
+    ///
+    /// The artifact holds a versioned header (Tessera version, target triple, the CPU features
+    /// the code needs, the source model's hash), the kernels as a relocatable ELF object
+    /// (Cranelift's object backend), the schedule, the weights packed and aligned for mmap, the
+    /// optimized IR, and a checksum per section. `tessera run FILE.tsa` and the runtime's
+    /// `Session::from_artifact` load it without the compiler; `tessera inspect FILE.tsa` shows it.
+    Compile(commands::compile::CompileArgs),
     /// Generate text with a GGUF decoder model (gemma3, llama), streamed to stdout.
     ///
     /// The model is lowered into Tessera IR (weights stay quantized) and JIT-compiled for this
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain::run(args),
         Command::Calibrate(args) => commands::calibrate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Compile(args) => commands::compile::run(args),
         Command::Generate(args) => commands::generate::run(args),
     };
     match result {

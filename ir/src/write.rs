@@ -66,8 +66,9 @@ struct Printer<'a> {
     sidecar: Vec<u8>,
 }
 
-/// Print-order numbering of a graph's values.
-fn numbering(g: &Graph) -> HashMap<Value, usize> {
+/// Print-order numbering of a graph's values: the printer names value `v` `v{numbering[v]}`,
+/// and the parser gives it that index when it reads the text back.
+pub fn numbering(g: &Graph) -> HashMap<Value, usize> {
     let mut names = HashMap::new();
     let order = g.inputs().iter().map(|(_, v)| *v).chain(g.constants().iter().map(|c| c.value));
     for v in order.chain(g.nodes().flat_map(|(_, n)| n.outputs.iter().copied())) {

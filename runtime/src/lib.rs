@@ -21,6 +21,7 @@
 //! the session's thread pool. Inputs are checked against the model's signature (names, dtypes,
 //! shapes with symbolic dims such as `sequence_length`) before any kernel runs.
 
+pub mod artifact;
 pub mod hetero;
 pub mod llm;
 pub mod vulkan;
@@ -123,6 +124,8 @@ pub enum SessionError {
     Profile(String),
     #[error("input {name:?} given twice")]
     DuplicateInput { name: String },
+    #[error(transparent)]
+    Artifact(#[from] artifact::ArtifactError),
 }
 
 /// How long each stage of making a session took.
@@ -131,12 +134,133 @@ pub struct StartupTimes {
     pub import_ms: f64,
     pub passes_ms: f64,
     pub codegen_ms: f64,
+    /// Opening, checking and mapping an artifact (sessions from `.tsa` files).
+    pub load_ms: f64,
 }
 
 impl StartupTimes {
     pub fn total_ms(&self) -> f64 {
-        self.import_ms + self.passes_ms + self.codegen_ms
+        self.import_ms + self.passes_ms + self.codegen_ms + self.load_ms
     }
+}
+
+/// Options for [`compile_artifact`].
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Passes before code generation (`default`: the CPU target's pipeline).
+    pub passes: String,
+    pub import: tessera_compiler::onnx::ImportOptions,
+    /// A target triple (`aarch64-linux-android`, `x86_64-linux`), or None for this machine
+    /// with all its CPU features.
+    pub triple: Option<String>,
+    pub ukernels: tessera_target_cpu::Ukernels,
+    /// A device profile to place the model on; its placement is stored for inspection.
+    pub profile: Option<String>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            passes: "default".into(),
+            import: Default::default(),
+            triple: None,
+            ukernels: Default::default(),
+            profile: None,
+        }
+    }
+}
+
+/// What [`compile_artifact`] produced besides the bytes.
+#[derive(Clone, Debug)]
+pub struct CompileReport {
+    pub kernels: usize,
+    pub distinct_kernels: usize,
+    pub code_bytes: usize,
+    pub packed_weight_bytes: usize,
+    pub triple: String,
+    pub features: Vec<String>,
+    pub times: StartupTimes,
+}
+
+/// Loads a model file (`.onnx`, `.tir`, `.gguf` is not an artifact model yet).
+fn import_model(
+    path: &Path,
+    import: &tessera_compiler::onnx::ImportOptions,
+) -> Result<tessera_ir::Graph, SessionError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => {
+            tessera_compiler::onnx::import_file_with(path, import).map_err(|e| SessionError::Import(e.to_string()))
+        }
+        Some("tir") => {
+            let g = tessera_ir::parse_file(path).map_err(|e| SessionError::Import(e.to_string()))?;
+            tessera_ir::verify(&g).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?;
+            Ok(g)
+        }
+        _ => Err(SessionError::Import(format!(
+            "{}: unknown model type (expected .onnx, .tir or a .tsa artifact)",
+            path.display()
+        ))),
+    }
+}
+
+/// Compiles a model file into an ahead-of-time artifact's bytes ([`artifact`]): imported,
+/// optimized, its kernels compiled for `opts.triple` (or this machine) into an object file.
+pub fn compile_artifact(path: &Path, opts: &CompileOptions) -> Result<(Vec<u8>, CompileReport), SessionError> {
+    let t0 = Instant::now();
+    let bytes = std::fs::read(path).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?;
+    let hash = artifact::hash_bytes(&bytes);
+    drop(bytes);
+    let mut g = import_model(path, &opts.import)?;
+    let import_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let mut pipeline =
+        tessera_compiler::passes::Pipeline::parse(&opts.passes).map_err(|e| SessionError::Passes(e.to_string()))?;
+    pipeline.verify_each = false;
+    pipeline.run(&mut g, &mut |_| {}).map_err(|e| SessionError::Passes(e.to_string()))?;
+    let passes_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let placement = match &opts.profile {
+        Some(name) => Some(placement_summary(path, name, opts)?),
+        None => None,
+    };
+    let t2 = Instant::now();
+    let copts = tessera_target_cpu::CpuOptions { ukernels: opts.ukernels, ..Default::default() };
+    let target = match &opts.triple {
+        None => tessera_target_cpu::ObjectTarget::Host,
+        Some(t) => tessera_target_cpu::ObjectTarget::Triple(t.clone()),
+    };
+    let image = tessera_target_cpu::compile_image(&g, &copts, &target)?;
+    let codegen_ms = t2.elapsed().as_secs_f64() * 1e3;
+    let model = artifact::ModelInfo {
+        source: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        hash,
+        inputs: g.inputs().iter().map(|(n, v)| format!("{n}: {}", g.ty(*v))).collect(),
+        outputs: g.outputs().iter().map(|(n, v)| format!("{n}: {}", g.ty(*v))).collect(),
+    };
+    let report = CompileReport {
+        kernels: image.meta.steps.len(),
+        distinct_kernels: image.meta.kernels,
+        code_bytes: image.meta.code_bytes,
+        packed_weight_bytes: image.owned.iter().map(|o| o.len()).sum(),
+        triple: image.meta.triple.clone(),
+        features: image.meta.features.clone(),
+        times: StartupTimes { import_ms, passes_ms, codegen_ms, load_ms: 0.0 },
+    };
+    let out = artifact::write(&image, model, opts.profile.clone(), placement)?;
+    Ok((out, report))
+}
+
+/// The phone profile's placement of the model (the `tessera explain` summary), as text.
+fn placement_summary(path: &Path, profile: &str, opts: &CompileOptions) -> Result<String, SessionError> {
+    let p = tessera_compiler::passes::profile::DeviceProfile::load(profile)
+        .map_err(|e| SessionError::Profile(e.to_string()))?;
+    let mut g = import_model(path, &opts.import)?;
+    tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, HETERO_PIPELINE, &p)
+        .map_err(|e| SessionError::Passes(e.to_string()))?;
+    let b = tessera_compiler::place::Problem::default_bindings(&g, &[]);
+    let problem =
+        tessera_compiler::place::Problem::build(&g, &b, &p).map_err(|e| SessionError::Profile(e.to_string()))?;
+    let plan = tessera_compiler::place::partition(&problem).map_err(|e| SessionError::Profile(e.to_string()))?;
+    Ok(tessera_compiler::place::report::summary(&problem, &plan))
 }
 
 enum Engine {
@@ -160,26 +284,30 @@ impl Session {
     /// Loads a model (`.onnx`, or Tessera's text IR `.tir`), optimizes and compiles it.
     pub fn from_file(path: impl AsRef<Path>, opts: &SessionOptions) -> Result<Session, SessionError> {
         let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "tsa") {
+            return Session::from_artifact(path, opts.threads);
+        }
         let t0 = Instant::now();
-        let g = match path.extension().and_then(|e| e.to_str()) {
-            Some("onnx") => tessera_compiler::onnx::import_file_with(path, &opts.import)
-                .map_err(|e| SessionError::Import(e.to_string()))?,
-            Some("tir") => {
-                let g = tessera_ir::parse_file(path).map_err(|e| SessionError::Import(e.to_string()))?;
-                tessera_ir::verify(&g).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?;
-                g
-            }
-            _ => {
-                return Err(SessionError::Import(format!(
-                    "{}: unknown model type (expected .onnx or .tir)",
-                    path.display()
-                )))
-            }
-        };
+        let g = import_model(path, &opts.import)?;
         let import_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut s = Session::from_graph(g, opts)?;
         s.startup.import_ms = import_ms;
         Ok(s)
+    }
+
+    /// Opens an ahead-of-time artifact (`tessera compile`), checks it and maps its code:
+    /// no compiler runs. `threads` as [`SessionOptions::threads`].
+    pub fn from_artifact(path: impl AsRef<Path>, threads: usize) -> Result<Session, SessionError> {
+        let t0 = Instant::now();
+        let a = artifact::Artifact::open(path)?;
+        let program = a.cpu_program(threads.max(1))?;
+        let graph = program.graph().clone();
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(Session {
+            graph,
+            engine: Engine::Cpu(Box::new(program)),
+            startup: StartupTimes { load_ms, ..Default::default() },
+        })
     }
 
     /// Optimizes and compiles a graph.
@@ -195,7 +323,7 @@ impl Session {
             };
             let spec = tessera_target_cpu::Specializing::with_pipeline(&g, &copts, &opts.passes)?;
             let engine = Engine::CpuSpecializing(Box::new(spec));
-            let startup = StartupTimes { import_ms: 0.0, passes_ms: 0.0, codegen_ms: t0.elapsed().as_secs_f64() * 1e3 };
+            let startup = StartupTimes { codegen_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() };
             return Ok(Session { graph: g, engine, startup });
         }
         let passes = match (opts.target, opts.passes.trim()) {
@@ -273,7 +401,7 @@ impl Session {
             }
         };
         let codegen_ms = t1.elapsed().as_secs_f64() * 1e3;
-        Ok(Session { graph: g, engine, startup: StartupTimes { import_ms: 0.0, passes_ms, codegen_ms } })
+        Ok(Session { graph: g, engine, startup: StartupTimes { passes_ms, codegen_ms, ..Default::default() } })
     }
 
     /// The model's inputs: names and types (dims may be symbols bound at run time).

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_llm;
 pub mod calibrate;
+pub mod compile;
 pub mod conformance;
 pub mod demo;
 pub mod explain;

@@ -140,8 +140,17 @@ fn read_inputs(g: &Graph, dir: &Path) -> anyhow::Result<Vec<Tensor>> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let is_artifact = args.file.extension().is_some_and(|e| e == "tsa");
+    if is_artifact && !matches!(args.target, None | Some(RunTarget::Cpu)) {
+        bail!("{} is an ahead-of-time artifact: it holds CPU code only (run it without --target, or run the model file on the other targets)", args.file.display());
+    }
     let options = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
-    let g = super::load_graph_with(&args.file, &options)?;
+    let g = if is_artifact {
+        crate::must_exist(&args.file, "the artifact")?;
+        None
+    } else {
+        Some(super::load_graph_with(&args.file, &options)?)
+    };
     let mut sopts = tessera_runtime::SessionOptions { passes: args.passes.clone(), ..Default::default() };
     let target = args.target.unwrap_or(if args.profile.is_some() { RunTarget::Auto } else { RunTarget::Cpu });
     sopts.target = target.into();
@@ -155,8 +164,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if (args.trace.is_some() || args.dot.is_some()) && !matches!(target, RunTarget::Auto) {
         bail!("--trace and --dot show a placement: use them with --target auto (or --profile NAME)");
     }
-    let session =
-        tessera_runtime::Session::from_graph(g, &sopts).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let session = match g {
+        Some(g) => tessera_runtime::Session::from_graph(g, &sopts),
+        None => tessera_runtime::Session::from_artifact(&args.file, sopts.threads),
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let where_ = match target {
         RunTarget::Cpu => format!("the CPU target ({} threads)", sopts.threads),
         RunTarget::Interp => "the interpreter".to_string(),
@@ -181,7 +193,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             println!("placement picture: {} (render: dot -Tsvg {} -o placement.svg)", path.display(), path.display());
         }
     }
-    if let Some(p) = session.cpu_program() {
+    if let (Some(p), true) = (session.cpu_program(), is_artifact) {
+        println!(
+            "loaded {} kernels ({} KiB of code) for {} from the artifact in {:.2} ms (no compiler)",
+            p.stats.kernels,
+            p.stats.code_bytes / 1024,
+            p.stats.isa,
+            session.startup.load_ms
+        );
+    } else if let Some(p) = session.cpu_program() {
         println!(
             "compiled {} kernels ({} KiB of code) for {} in {:.1} ms (passes {:.1} ms)",
             p.stats.kernels,

@@ -239,7 +239,7 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
             tiles.emit(fx, mr, np, kcv, arow, kv, scratch, mem(), dst, !first)
         })
     };
-    let gemv = ukernel::q_gemv(cfg.mode);
+    let gemv = crate::host::q_gemv(cfg.mode);
     // Panels `p..p + np` over every row.
     let pass = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
         let blocks = |fx: &mut Fx| -> Result<(), CpuError> {
@@ -307,8 +307,8 @@ struct Unpack {
 
 impl Unpack {
     fn new(fx: &mut Fx, mode: crate::Ukernels) -> Unpack {
-        if let Some(f) = ukernel::q_unpack(mode) {
-            return Unpack { host: Some(f as usize), lanes: None };
+        if let Some(f) = crate::host::q_unpack(mode) {
+            return Unpack { host: Some(f), lanes: None };
         }
         let m0 = fx.b.ins().iconst(types::I32, 0xF);
         let mut masks = fx.b.ins().splat(types::I32X4, m0);

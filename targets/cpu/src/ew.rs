@@ -61,7 +61,7 @@ pub fn load(fx: &mut Fx, dtype: DType, addr: Value, vector: bool, splat: bool) -
         DType::F16 => {
             let h = fx.b.ins().uload16(types::I32, f, addr, 0);
             let s = fx
-                .call_host(crate::host::host_f16_to_f32 as *const () as usize, &[types::I32], Some(types::F32), &[h])
+                .call_host(crate::host::addr("tessera_host_f16_to_f32"), &[types::I32], Some(types::F32), &[h])
                 .expect("ret");
             Sv::F(fx.b.ins().splat(F4, s))
         }
@@ -95,9 +95,9 @@ pub fn store(fx: &mut Fx, dtype: DType, v: Sv, addr: Value, vector: bool) {
         (DType::F16 | DType::BF16, Sv::F(x)) => {
             let s = fx.b.ins().extractlane(x, 0);
             let h = if dtype == DType::F16 {
-                crate::host::host_f32_to_f16 as *const () as usize
+                crate::host::addr("tessera_host_f32_to_f16")
             } else {
-                crate::host::host_f32_to_bf16 as *const () as usize
+                crate::host::addr("tessera_host_f32_to_bf16")
             };
             let bits = fx.call_host(h, &[types::F32], Some(types::I32), &[s]).expect("ret");
             fx.b.ins().istore16(f, bits, addr, 0);
@@ -145,8 +145,8 @@ fn wrap(fx: &mut Fx, dtype: DType, x: Value) -> Value {
 /// Rounds a float body value to an f16/bf16 dtype (f32 unchanged).
 fn round_float(fx: &mut Fx, dtype: DType, x: Value) -> Value {
     let h = match dtype {
-        DType::F16 => crate::host::host_round_f16 as *const () as usize,
-        DType::BF16 => crate::host::host_round_bf16 as *const () as usize,
+        DType::F16 => crate::host::addr("tessera_host_round_f16"),
+        DType::BF16 => crate::host::addr("tessera_host_round_bf16"),
         _ => return x,
     };
     let s = fx.b.ins().extractlane(x, 0);
@@ -199,7 +199,7 @@ pub fn unary_f(fx: &mut Fx, op: UnaryOp, x: Value) -> Value {
         UnaryOp::Neg => fx.b.ins().fneg(x),
         UnaryOp::Abs => fx.b.ins().fabs(x),
         UnaryOp::Exp => math::exp(fx, x),
-        UnaryOp::Log => fx.map_lanes1(crate::host::host_log, x),
+        UnaryOp::Log => fx.map_lanes1("tessera_host_log", x),
         UnaryOp::Sqrt => fx.b.ins().sqrt(x),
         UnaryOp::Rsqrt => {
             let s = fx.b.ins().sqrt(x);
@@ -225,8 +225,8 @@ pub fn unary_f(fx: &mut Fx, op: UnaryOp, x: Value) -> Value {
             let s = math::sigmoid(fx, x);
             fx.b.ins().fmul(x, s)
         }
-        UnaryOp::Sin => fx.map_lanes1(crate::host::host_sin, x),
-        UnaryOp::Cos => fx.map_lanes1(crate::host::host_cos, x),
+        UnaryOp::Sin => fx.map_lanes1("tessera_host_sin", x),
+        UnaryOp::Cos => fx.map_lanes1("tessera_host_cos", x),
         UnaryOp::Floor => fx.b.ins().floor(x),
         UnaryOp::Ceil => fx.b.ins().ceil(x),
         UnaryOp::Round => fx.b.ins().nearest(x),
@@ -250,11 +250,11 @@ pub fn binary_f(fx: &mut Fx, op: BinaryOp, x: Value, y: Value) -> Value {
         BinaryOp::Sub => fx.b.ins().fsub(x, y),
         BinaryOp::Mul => fx.b.ins().fmul(x, y),
         BinaryOp::Div => fx.b.ins().fdiv(x, y),
-        BinaryOp::Pow => fx.map_lanes2(crate::host::host_pow, x, y),
+        BinaryOp::Pow => fx.map_lanes2("tessera_host_pow", x, y),
         BinaryOp::Max => fx.b.ins().fmax(x, y),
         BinaryOp::Min => fx.b.ins().fmin(x, y),
-        BinaryOp::Fmod => fx.map_lanes2(crate::host::host_fmod, x, y),
-        BinaryOp::Mod => fx.map_lanes2(crate::host::host_mod, x, y),
+        BinaryOp::Fmod => fx.map_lanes2("tessera_host_fmod", x, y),
+        BinaryOp::Mod => fx.map_lanes2("tessera_host_mod", x, y),
         _ => unreachable!("not float arithmetic"),
     }
 }
@@ -418,21 +418,16 @@ fn int_binary(fx: &mut Fx, op: BinaryOp, a: Value, b: Value, out: DType) -> Valu
         BinaryOp::Pow => {
             let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
             fx.fail_if(neg, KernelFault::NegativeExponent);
-            fx.call_host(
-                crate::host::host_ipow as *const () as usize,
-                &[types::I64, types::I64],
-                Some(types::I64),
-                &[a, b],
-            )
-            .expect("ret")
+            fx.call_host(crate::host::addr("tessera_host_ipow"), &[types::I64, types::I64], Some(types::I64), &[a, b])
+                .expect("ret")
         }
         BinaryOp::Mod | BinaryOp::Fmod => {
             let zero = fx.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
             fx.fail_if(zero, KernelFault::DivisionByZero);
             let h = if op == BinaryOp::Mod {
-                crate::host::host_imod as *const () as usize
+                crate::host::addr("tessera_host_imod")
             } else {
-                crate::host::host_irem as *const () as usize
+                crate::host::addr("tessera_host_irem")
             };
             fx.call_host(h, &[types::I64, types::I64], Some(types::I64), &[a, b]).expect("ret")
         }

@@ -260,8 +260,9 @@ impl<'a> Fx<'a> {
         self.b.ins().stack_addr(types::I64, slot, 0)
     }
 
-    /// Calls the host function at address `f` (one of [`crate::host::symbols`]), `fn(args) ->
-    /// ret`, through a named import: the code holds a relocation, never the address.
+    /// Calls the host function at address `f` (from [`crate::host::addr`] or the tile lookups
+    /// there, never a Rust function pointer: Rust may give one function several addresses),
+    /// `fn(args) -> ret`, through a named import: the code holds a relocation, never the address.
     pub fn call_host(&mut self, f: usize, params: &[Type], ret: Option<Type>, args: &[Value]) -> Option<Value> {
         use cranelift_codegen::ir::{ExtFuncData, ExternalName, UserExternalName};
         let index = crate::host::index_of_addr(f)
@@ -292,23 +293,25 @@ impl<'a> Fx<'a> {
     }
 
     /// Applies a host `f32 -> f32` function to each lane of an f32x4.
-    pub fn map_lanes1(&mut self, f: extern "C" fn(f32) -> f32, x: Value) -> Value {
+    pub fn map_lanes1(&mut self, name: &str, x: Value) -> Value {
+        let f = crate::host::addr(name);
         let mut out = x;
         for lane in 0..4u8 {
             let e = self.b.ins().extractlane(x, lane);
-            let r = self.call_host(f as usize, &[types::F32], Some(types::F32), &[e]).expect("returns");
+            let r = self.call_host(f, &[types::F32], Some(types::F32), &[e]).expect("returns");
             out = self.b.ins().insertlane(out, r, lane);
         }
         out
     }
 
     /// Applies a host `(f32, f32) -> f32` function to each lane.
-    pub fn map_lanes2(&mut self, f: extern "C" fn(f32, f32) -> f32, x: Value, y: Value) -> Value {
+    pub fn map_lanes2(&mut self, name: &str, x: Value, y: Value) -> Value {
+        let f = crate::host::addr(name);
         let mut out = x;
         for lane in 0..4u8 {
             let a = self.b.ins().extractlane(x, lane);
             let c = self.b.ins().extractlane(y, lane);
-            let r = self.call_host(f as usize, &[types::F32, types::F32], Some(types::F32), &[a, c]).expect("returns");
+            let r = self.call_host(f, &[types::F32, types::F32], Some(types::F32), &[a, c]).expect("returns");
             out = self.b.ins().insertlane(out, r, lane);
         }
         out

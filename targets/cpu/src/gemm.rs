@@ -464,7 +464,7 @@ struct F32Tiles {
 impl F32Tiles {
     /// The tiles that set their destination, or with `acc` add to it.
     fn new(mode: crate::Ukernels, acc: bool) -> Option<F32Tiles> {
-        ukernel::table(MR, |mr, np| ukernel::f32_tile(mode, mr, np, acc).map(|f| f as usize)).map(|f| F32Tiles { f })
+        ukernel::table(MR, |mr, np| crate::host::f32_tile(mode, mr, np, acc)).map(|f| F32Tiles { f })
     }
 
     fn get(&self, mr: usize, np: usize) -> usize {

@@ -54,6 +54,41 @@ pub fn resolve(name: &str) -> Option<usize> {
     index().1.get(name).map(|&i| symbols()[i].addr)
 }
 
+/// The address of the host function named `name` (a name of this module's table; a missing one
+/// is a bug in the CPU target). Lowering takes host functions' addresses only from here: Rust
+/// may give one function several addresses (a small function is copied into every codegen unit
+/// that uses it), and [`index_of_addr`] knows the table's.
+pub fn addr(name: &str) -> usize {
+    resolve(name).unwrap_or_else(|| panic!("no host function {name} in host::symbols()"))
+}
+
+/// The f32 tile ([`ukernel::F32Tile`]) for `mr` rows and `np` panels, if this CPU has it and `mode`
+/// allows it.
+pub fn f32_tile(mode: Ukernels, mr: usize, np: usize, acc: bool) -> Option<usize> {
+    let tag = if acc { "acc" } else { "set" };
+    (mode != Ukernels::Off).then(|| resolve(&format!("tessera_f32_tile_{mr}x{np}_{tag}"))).flatten()
+}
+
+/// The integer tile ([`ukernel::I16Tile`]), as [`f32_tile`].
+pub fn i16_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| resolve(&format!("tessera_i16_tile_{mr}x{np}"))).flatten()
+}
+
+/// The pair-saturating tile ([`ukernel::SatTile`]), as [`f32_tile`].
+pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| resolve(&format!("tessera_sat_tile_{mr}x{np}"))).flatten()
+}
+
+/// The weight-unpacking routine ([`ukernel::QUnpack`]), if this CPU has it and `mode` allows it.
+pub fn q_unpack(mode: Ukernels) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| resolve("tessera_q_unpack")).flatten()
+}
+
+/// The one-row routine ([`ukernel::QGemv`]), if this CPU has it and `mode` allows it.
+pub fn q_gemv(mode: Ukernels) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| resolve("tessera_q_gemv")).flatten()
+}
+
 /// What a missing host function needs, for errors: the features of the `std::arch` family it
 /// belongs to, when the name is one of them.
 pub fn needs_of(name: &str) -> Option<&'static str> {

@@ -444,3 +444,39 @@ pub fn load(
     };
     Program::assemble(Code(Box::new(code)), out, parts).map_err(|e| LoadError::Memory(e.to_string()))
 }
+
+/// What an object file of kernels holds (for `tessera inspect`).
+#[derive(Clone, Debug)]
+pub struct ObjectSummary {
+    pub architecture: String,
+    /// (name, bytes) of each section with contents.
+    pub sections: Vec<(String, u64)>,
+    /// Kernels defined.
+    pub kernels: usize,
+    /// Host functions the kernels import.
+    pub imports: Vec<String>,
+    pub relocations: usize,
+}
+
+/// Reads an object file's sections, symbols and relocations without loading it.
+pub fn describe_object(bytes: &[u8]) -> Result<ObjectSummary, LoadError> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let file = object::File::parse(bytes).map_err(|e| LoadError::Object(e.to_string()))?;
+    let mut imports: Vec<String> = file
+        .symbols()
+        .filter(|s| s.is_undefined() && !s.name().unwrap_or("").is_empty())
+        .map(|s| s.name().unwrap_or("").to_string())
+        .collect();
+    imports.sort();
+    Ok(ObjectSummary {
+        architecture: format!("{:?}", file.architecture()),
+        sections: file
+            .sections()
+            .filter(|s| s.size() > 0)
+            .map(|s| (s.name().unwrap_or("?").to_string(), s.size()))
+            .collect(),
+        kernels: file.symbols().filter(|s| s.kind() == object::SymbolKind::Text && s.is_definition()).count(),
+        imports,
+        relocations: file.sections().map(|s| s.relocations().count()).sum(),
+    })
+}

@@ -309,9 +309,8 @@ fn softmax_row(fx: &mut Fx, x: Value, out: Value, n: Value, log: bool) -> Result
         math::exp(fx, d)
     })?;
     if log {
-        let ls = fx
-            .call_host(crate::host::host_log as *const () as usize, &[types::F32], Some(types::F32), &[s])
-            .expect("ret");
+        let ls =
+            fx.call_host(crate::host::addr("tessera_host_log"), &[types::F32], Some(types::F32), &[s]).expect("ret");
         let lsv = fx.b.ins().splat(F4, ls);
         row_map(fx, x, out, n, &|fx, v, _, _| {
             let d = fx.b.ins().fsub(v, mv);
@@ -725,10 +724,10 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
     if width % block != 0 {
         return Err(CpuError::Codegen(format!("fake_quant row of {width} is not whole blocks of {block}")));
     }
-    let host: extern "C" fn(f32, *mut f32) = match format {
-        FakeQuantFormat::Q8_0 => crate::host::host_fake_quant_params::<false>,
-        FakeQuantFormat::Q8K => crate::host::host_fake_quant_params::<true>,
-    };
+    let host = crate::host::addr(match format {
+        FakeQuantFormat::Q8_0 => "tessera_host_fake_quant_q8_0",
+        FakeQuantFormat::Q8K => "tessera_host_fake_quant_q8_k",
+    });
     let mut bufs = values(&nd.inputs);
     bufs.push(BufRef::Value(nd.outputs[0]));
     let mut lw = Lowered::new(
@@ -755,7 +754,7 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
                     let e = fx.b.ins().extractlane(acc, lane);
                     amax = fx.b.ins().fmax(amax, e);
                 }
-                fx.call_host(host as *const () as usize, &[types::F32, types::I64], None, &[amax, params]);
+                fx.call_host(host, &[types::F32, types::I64], None, &[amax, params]);
                 let m = fx.b.ins().load(types::F32, mem(), params, 0);
                 let d = fx.b.ins().load(types::F32, mem(), params, 4);
                 let mv = fx.b.ins().splat(F4, m);
@@ -831,7 +830,7 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
             }
             let scale = fx
                 .call_host(
-                    crate::host::host_dq_scale as *const () as usize,
+                    crate::host::addr("tessera_host_dq_scale"),
                     &[types::F32, types::F32],
                     Some(types::F32),
                     &[lo, hi],
@@ -839,7 +838,7 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
                 .expect("ret");
             let zpv = fx
                 .call_host(
-                    crate::host::host_dq_zero as *const () as usize,
+                    crate::host::addr("tessera_host_dq_zero"),
                     &[types::F32, types::F32],
                     Some(types::I32),
                     &[lo, scale],

@@ -394,9 +394,9 @@ enum Tiles {
 impl Tiles {
     fn new(mode: crate::Ukernels, saturate: bool) -> Option<Tiles> {
         if saturate {
-            ukernel::table(TILE_MR, |mr, np| ukernel::sat_tile(mode, mr, np).map(|f| f as usize)).map(Tiles::Sat)
+            ukernel::table(TILE_MR, |mr, np| crate::host::sat_tile(mode, mr, np)).map(Tiles::Sat)
         } else {
-            ukernel::table(TILE_MR, |mr, np| ukernel::i16_tile(mode, mr, np).map(|f| f as usize)).map(Tiles::I16)
+            ukernel::table(TILE_MR, |mr, np| crate::host::i16_tile(mode, mr, np)).map(Tiles::I16)
         }
     }
 }
