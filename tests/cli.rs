@@ -441,3 +441,42 @@ fn calibrate_writes_a_host_profile_that_explain_reads() {
         .unwrap();
     fails_with(&o, &["run `tessera calibrate`"]);
 }
+
+#[test]
+fn compile_writes_an_artifact_that_inspect_shows_and_run_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tsa = dir.path().join("block.tsa");
+    let tsa_s = tsa.to_str().unwrap();
+    let o = tessera(&["compile", BLOCK, "-o", tsa_s, "--profile", "snapdragon-8-gen-3"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("wrote") && out.contains("distinct kernels"), "{out}");
+    let o = tessera(&["inspect", tsa_s]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for needle in [
+        "Tessera artifact",
+        "cpu.code",
+        "cpu.packed",
+        "ir.weights",
+        "loads on this machine: yes",
+        "placed for: snapdragon-8-gen-3",
+        "placement",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    let o = tessera(&["run", tsa_s, "--inputs", BLOCK_DATA, "--check"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("from the artifact") && out.contains("output 0 \"y\": f32[1, 5, 8] ok"), "{out}");
+    // Other targets cannot run an artifact; a damaged one is named.
+    fails_with(&tessera(&["run", tsa_s, "--inputs", BLOCK_DATA, "--target", "gpu"]), &["CPU code only"]);
+    let mut bytes = std::fs::read(&tsa).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 1;
+    let bad = dir.path().join("bad.tsa");
+    std::fs::write(&bad, &bytes).unwrap();
+    fails_with(&tessera(&["run", bad.to_str().unwrap(), "--inputs", BLOCK_DATA]), &["fails its checksum", "corrupted"]);
+    std::fs::write(&bad, &bytes[..n / 3]).unwrap();
+    fails_with(&tessera(&["inspect", bad.to_str().unwrap()]), &["truncated artifact"]);
+}

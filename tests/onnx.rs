@@ -594,3 +594,87 @@ fn the_partitioner_is_within_three_percent_of_the_optimum_on_windows_of_minilm()
         }
     }
 }
+
+/// Every MiniLM form compiled ahead of time into an artifact, written, opened (checked) and
+/// loaded without the compiler, computes exactly what the JIT-compiled session computes.
+#[test]
+fn minilm_artifacts_run_like_the_jit() {
+    use tessera_runtime::{compile_artifact, CompileOptions, Session, SessionOptions};
+    let Some(cache) = cache() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["minilm-l3-int8-dynamic", "minilm-l3-qdq-int4-b32", "minilm-l3-static64"] {
+        let model = cache.join(format!("models/{name}.onnx"));
+        let (bytes, report) =
+            compile_artifact(&model, &CompileOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(report.kernels > 0 && report.code_bytes > 0, "{name}: {report:?}");
+        let path = dir.path().join(format!("{name}.tsa"));
+        std::fs::write(&path, &bytes).unwrap();
+        let aot = Session::from_artifact(&path, 2).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let jit = Session::from_file(&model, &SessionOptions { threads: 2, ..Default::default() }).unwrap();
+        assert_eq!(aot.inputs(), jit.inputs(), "{name}");
+        let set = cache.join(format!("models/{name}/test_data_set_0"));
+        let inputs: Vec<_> = (0..jit.inputs().len())
+            .map(|i| read_tensor_pb(&set.join(format!("input_{i}.pb"))).unwrap().tensor)
+            .collect();
+        let (a, j) = (aot.run(&inputs).unwrap(), jit.run(&inputs).unwrap());
+        for (k, (x, y)) in a.iter().zip(&j).enumerate() {
+            assert_eq!(x.to_bytes(), y.to_bytes(), "{name} output {k}: artifact and JIT differ");
+        }
+        // The same artifact opened from its bytes gives the same session inputs.
+        let opened = tessera_runtime::artifact::Artifact::from_blob(tessera_ir::Blob::from_vec(bytes)).unwrap();
+        assert_eq!(opened.header.model.inputs.len(), jit.inputs().len());
+    }
+}
+
+/// Damaged artifacts are typed errors, found before any code is mapped.
+#[test]
+fn damaged_artifacts_are_refused() {
+    use tessera_runtime::artifact::{reseal, Artifact, ArtifactError};
+    use tessera_runtime::{compile_artifact, CompileOptions};
+    let Some(cache) = cache() else { return };
+    let model = cache.join("models/minilm-l3-qdq-int4-b32.onnx");
+    let (bytes, _) = compile_artifact(&model, &CompileOptions::default()).unwrap();
+    let open =
+        |b: Vec<u8>| Artifact::from_blob(tessera_ir::Blob::from_vec(b)).and_then(|a| a.cpu_program(1).map(|_| ()));
+    assert!(open(bytes.clone()).is_ok());
+    // Not an artifact; truncated (header, then a section).
+    assert!(matches!(open(b"PK\x03\x04 a zip file".to_vec()), Err(ArtifactError::NotAnArtifact)));
+    assert!(matches!(open(bytes[..20].to_vec()), Err(ArtifactError::Truncated { .. })));
+    assert!(matches!(open(bytes[..bytes.len() - 100].to_vec()), Err(ArtifactError::Truncated { .. })));
+    // One flipped bit in the code section: its checksum.
+    let a = Artifact::from_blob(tessera_ir::Blob::from_vec(bytes.clone())).unwrap();
+    let code = a.section("cpu.code").unwrap().clone();
+    let mut flipped = bytes.clone();
+    flipped[code.offset as usize + 100] ^= 0x10;
+    let err = open(flipped).err().unwrap();
+    assert!(matches!(&err, ArtifactError::Checksum { section, .. } if section == "cpu.code"), "{err}");
+    // Another Tessera version, and another format version.
+    let text = String::from_utf8_lossy(&bytes[24..]).to_string();
+    let at = 24
+        + text.find(&format!("\"tessera_version\":\"{}\"", tessera_runtime::artifact::TESSERA_VERSION)).unwrap()
+        + 19;
+    let mut other = bytes.clone();
+    other[at] = b'9';
+    let err = open(reseal(&other).unwrap()).err().unwrap();
+    assert!(matches!(err, ArtifactError::TesseraVersion { .. }), "{err}");
+    let mut other = bytes.clone();
+    other[8] = 2;
+    assert!(matches!(open(other), Err(ArtifactError::FormatVersion { found: 2, .. })));
+    // A relocation moved outside the code, checksums fixed up: the CPU loader refuses it.
+    let obj = &bytes[code.offset as usize..(code.offset + code.bytes) as usize];
+    let rela = find_rela(obj).expect("the object has a .rela.text");
+    let mut moved = bytes.clone();
+    let r_offset = code.offset as usize + rela;
+    moved[r_offset..r_offset + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let err = open(reseal(&moved).unwrap()).err().unwrap();
+    assert!(matches!(err, ArtifactError::Load(tessera_target_cpu::image::LoadError::Relocation { .. })), "{err}");
+}
+
+/// The file offset of the first relocation entry of an ELF64 object's `.rela.text`.
+fn find_rela(obj: &[u8]) -> Option<usize> {
+    let u16_at = |o: usize| u16::from_le_bytes([obj[o], obj[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(obj[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(obj[o..o + 8].try_into().unwrap()) as usize;
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    (0..shnum).map(|i| shoff + i * shentsize).find(|&h| u32_at(h + 4) == 4 /* SHT_RELA */).map(|h| u64_at(h + 0x18))
+}

@@ -373,3 +373,31 @@ impl Artifact {
         self.data.is_empty()
     }
 }
+
+/// For fuzzing and tests: an artifact's bytes with the header's and every section's checksum
+/// recomputed, so that changes made inside sections reach the loaders behind the checksums.
+/// None when the bytes have no readable header.
+pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() < PREFIX || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let hlen = u32::from_le_bytes(bytes[12..16].try_into().ok()?) as usize;
+    let json = bytes.get(PREFIX..PREFIX.checked_add(hlen)?)?;
+    let mut header: Header = serde_json::from_slice(json).ok()?;
+    for s in &mut header.sections {
+        let start = usize::try_from(s.offset).ok()?;
+        let data = bytes.get(start..start.checked_add(usize::try_from(s.bytes).ok()?)?)?;
+        s.xxh3 = hex64(xxhash_rust::xxh3::xxh3_64(data));
+    }
+    let new = serde_json::to_vec(&header).ok()?;
+    // The sections stay where they are: the new header must fit the old one's room.
+    let first = header.sections.iter().map(|s| s.offset as usize).min().unwrap_or(bytes.len());
+    if PREFIX + new.len() > first {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    out[12..16].copy_from_slice(&(new.len() as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(&new).to_le_bytes());
+    out[PREFIX..PREFIX + new.len()].copy_from_slice(&new);
+    Some(out)
+}
