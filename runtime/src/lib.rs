@@ -87,6 +87,10 @@ pub struct SessionOptions {
     /// Sizes of symbolic dims to price kernels at for [`Target::Hetero`] (others: batch 1,
     /// the rest 128).
     pub placement_bindings: Vec<(String, usize)>,
+    /// A folder for the JIT cache (CPU target): a model compiled once is stored there as an
+    /// artifact keyed by the model's bytes, the options, the Tessera version and the CPU's
+    /// features, and later sessions load it instead of compiling ([`StartupTimes::cache`]).
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SessionOptions {
@@ -99,6 +103,7 @@ impl Default for SessionOptions {
             ukernels: Default::default(),
             device_profile: "snapdragon-8-gen-2".into(),
             placement_bindings: Vec::new(),
+            cache_dir: None,
         }
     }
 }
@@ -134,8 +139,33 @@ pub struct StartupTimes {
     pub import_ms: f64,
     pub passes_ms: f64,
     pub codegen_ms: f64,
-    /// Opening, checking and mapping an artifact (sessions from `.tsa` files).
+    /// Opening, checking and mapping an artifact (sessions from `.tsa` files or the JIT cache).
     pub load_ms: f64,
+    /// What the JIT cache did, when [`SessionOptions::cache_dir`] is set.
+    pub cache: Option<CacheOutcome>,
+}
+
+/// The JIT cache's default folder: `$TESSERA_CACHE_DIR`, else `~/.cache/tessera/jit`.
+pub fn default_cache_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("TESSERA_CACHE_DIR") {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/tessera/jit")
+}
+
+/// What the JIT cache did for a session.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CacheOutcome {
+    /// Loaded from the cache: nothing was compiled.
+    Hit { path: std::path::PathBuf },
+    /// Compiled and stored.
+    Miss { path: std::path::PathBuf },
+    /// Compiled, and stored again in place of an entry that would not load (the reason).
+    Replaced { path: std::path::PathBuf, reason: String },
+    /// Not cacheable (a target other than the CPU, or shapes that follow from input values):
+    /// compiled as without a cache.
+    Bypassed { reason: String },
 }
 
 impl StartupTimes {
@@ -203,13 +233,17 @@ fn import_model(
     }
 }
 
+/// xxh3-128 of a file's bytes (mapped, not read), hex.
+fn hash_file(path: &Path) -> Result<String, SessionError> {
+    let b = tessera_ir::Blob::map_file(path).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?;
+    Ok(artifact::hash_bytes(&b))
+}
+
 /// Compiles a model file into an ahead-of-time artifact's bytes ([`artifact`]): imported,
 /// optimized, its kernels compiled for `opts.triple` (or this machine) into an object file.
 pub fn compile_artifact(path: &Path, opts: &CompileOptions) -> Result<(Vec<u8>, CompileReport), SessionError> {
     let t0 = Instant::now();
-    let bytes = std::fs::read(path).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?;
-    let hash = artifact::hash_bytes(&bytes);
-    drop(bytes);
+    let hash = hash_file(path)?;
     let mut g = import_model(path, &opts.import)?;
     let import_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
@@ -243,7 +277,7 @@ pub fn compile_artifact(path: &Path, opts: &CompileOptions) -> Result<(Vec<u8>, 
         packed_weight_bytes: image.owned.iter().map(|o| o.len()).sum(),
         triple: image.meta.triple.clone(),
         features: image.meta.features.clone(),
-        times: StartupTimes { import_ms, passes_ms, codegen_ms, load_ms: 0.0 },
+        times: StartupTimes { import_ms, passes_ms, codegen_ms, load_ms: 0.0, cache: None },
     };
     let out = artifact::write(&image, model, opts.profile.clone(), placement)?;
     Ok((out, report))
@@ -287,6 +321,9 @@ impl Session {
         if path.extension().is_some_and(|e| e == "tsa") {
             return Session::from_artifact(path, opts.threads);
         }
+        if let Some(dir) = &opts.cache_dir {
+            return Session::from_cache(path, dir, opts);
+        }
         let t0 = Instant::now();
         let g = import_model(path, &opts.import)?;
         let import_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -308,6 +345,72 @@ impl Session {
             engine: Engine::Cpu(Box::new(program)),
             startup: StartupTimes { load_ms, ..Default::default() },
         })
+    }
+
+    /// The JIT cache: the artifact for this model and these options if one is stored and
+    /// loads, else compiled into one, stored (written to a temporary file, then renamed), and
+    /// loaded.
+    fn from_cache(path: &Path, dir: &Path, opts: &SessionOptions) -> Result<Session, SessionError> {
+        let bypass = |reason: &str| -> Result<Session, SessionError> {
+            let mut o = opts.clone();
+            o.cache_dir = None;
+            let mut s = Session::from_file(path, &o)?;
+            s.startup.cache = Some(CacheOutcome::Bypassed { reason: reason.into() });
+            Ok(s)
+        };
+        if opts.target != Target::Cpu {
+            return bypass("the JIT cache holds CPU code only");
+        }
+        let t0 = Instant::now();
+        let key = format!(
+            "{}|{}|{:?}|{}|{}|{}",
+            hash_file(path)?,
+            opts.passes,
+            opts.ukernels,
+            opts.import.onnxruntime_x86_matmul_integer,
+            artifact::TESSERA_VERSION,
+            tessera_target_cpu::host_features()?.join(",")
+        );
+        let entry = dir.join(format!("{}.tsa", &artifact::hash_bytes(key.as_bytes())[..24]));
+        let mut replaced = None;
+        if entry.exists() {
+            match Session::from_artifact(&entry, opts.threads) {
+                Ok(mut s) => {
+                    s.startup.load_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    s.startup.cache = Some(CacheOutcome::Hit { path: entry });
+                    return Ok(s);
+                }
+                Err(e) => replaced = Some(e.to_string()),
+            }
+        }
+        let copts = CompileOptions {
+            passes: opts.passes.clone(),
+            import: opts.import.clone(),
+            triple: None,
+            ukernels: opts.ukernels,
+            profile: None,
+        };
+        let (data, report) = match compile_artifact(path, &copts) {
+            Ok(r) => r,
+            // Shapes that follow from input values compile per value: not cacheable.
+            Err(SessionError::Cpu(e)) if e.is_unsupported() => {
+                return bypass(&format!("not compiled ahead of time: {e}"))
+            }
+            Err(e) => return Err(e),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| SessionError::Import(format!("JIT cache {}: {e}", dir.display())))?;
+        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &data)
+            .and_then(|()| std::fs::rename(&tmp, &entry))
+            .map_err(|e| SessionError::Import(format!("JIT cache {}: {e}", entry.display())))?;
+        let t1 = Instant::now();
+        let mut s = Session::from_artifact(&entry, opts.threads)?;
+        s.startup = StartupTimes { load_ms: t1.elapsed().as_secs_f64() * 1e3, ..report.times };
+        s.startup.cache = Some(match replaced {
+            Some(reason) => CacheOutcome::Replaced { path: entry, reason },
+            None => CacheOutcome::Miss { path: entry },
+        });
+        Ok(s)
     }
 
     /// Optimizes and compiles a graph.

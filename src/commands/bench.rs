@@ -384,9 +384,60 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "startup: tessera import + passes + JIT compile {t:.1} ms{split}; onnxruntime session creation {o:.1} ms; ratio {:.2}",
             t / o
         );
+        if let Some((load, first, cold, warm)) = aot_startup(&args, &import, dir.path())? {
+            println!(
+                "startup from an artifact (tessera compile): load {load:.2} ms, load + first run {first:.2} ms (median of 7); ratio to onnxruntime session creation {:.3}",
+                load / o
+            );
+            println!("JIT cache: cold start {cold:.1} ms (compile and store), warm start {warm:.2} ms (hash the model, load; median of 7)");
+        }
     }
     println!("ratio = tessera / onnxruntime (below 1.0: Tessera is faster)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Startup without compiling: the model compiled into an artifact, loaded 7 times (median load,
+/// and load + first run); the JIT cache's cold start and warm start (median of 7). None when
+/// the model does not compile ahead of time (shapes that follow from input values).
+fn aot_startup(
+    args: &BenchArgs,
+    import: &tessera_compiler::onnx::ImportOptions,
+    dir: &std::path::Path,
+) -> anyhow::Result<Option<(f64, f64, f64, f64)>> {
+    let copts = tessera_runtime::CompileOptions { import: import.clone(), ..Default::default() };
+    let bytes = match tessera_runtime::compile_artifact(&args.model, &copts) {
+        Ok((b, _)) => b,
+        Err(tessera_runtime::SessionError::Cpu(e)) if e.is_unsupported() => return Ok(None),
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    let path = dir.join("model.tsa");
+    std::fs::write(&path, bytes)?;
+    let (mut loads, mut firsts) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let t0 = std::time::Instant::now();
+        let s = Session::from_artifact(&path, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
+        loads.push(t0.elapsed().as_secs_f64() * 1e3);
+        let inputs = make_inputs(&s, args.seq)?;
+        let t1 = std::time::Instant::now();
+        s.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        firsts.push(loads.last().copied().unwrap_or(0.0) + t1.elapsed().as_secs_f64() * 1e3);
+    }
+    let cache = dir.join("jit-cache");
+    let opts = SessionOptions { threads: 1, import: import.clone(), cache_dir: Some(cache), ..Default::default() };
+    let t0 = std::time::Instant::now();
+    Session::from_file(&args.model, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cold = t0.elapsed().as_secs_f64() * 1e3;
+    let mut warm = Vec::new();
+    for _ in 0..7 {
+        let t0 = std::time::Instant::now();
+        let s = Session::from_file(&args.model, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        warm.push(t0.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            matches!(s.startup.cache, Some(tessera_runtime::CacheOutcome::Hit { .. })),
+            "the JIT cache missed on a warm start"
+        );
+    }
+    Ok(Some((median(&mut loads), median(&mut firsts), cold, median(&mut warm))))
 }
 
 /// `tessera bench-kernels`: the CPU target's micro-benchmarks.

@@ -63,6 +63,12 @@ pub struct RunArgs {
     /// line per kernel.
     #[arg(long)]
     pub kernel_times: bool,
+    /// Use the JIT cache (CPU target): the model compiled once is stored as an artifact in DIR
+    /// (default: $TESSERA_CACHE_DIR, else ~/.cache/tessera/jit), keyed by the model's bytes,
+    /// the options, the Tessera version and this CPU's features; later runs load it instead of
+    /// compiling.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub cache: Option<PathBuf>,
     /// Write a Chrome-trace JSON timeline (open in ui.perfetto.dev): with `--target auto`, each
     /// unit's real work on this machine and the simulated schedule on the profile's phone.
     #[arg(long, value_name = "FILE")]
@@ -145,8 +151,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("{} is an ahead-of-time artifact: it holds CPU code only (run it without --target, or run the model file on the other targets)", args.file.display());
     }
     let options = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: args.match_onnxruntime };
-    let g = if is_artifact {
-        crate::must_exist(&args.file, "the artifact")?;
+    let cache_dir = args.cache.as_ref().map(|d| {
+        if d.as_os_str().is_empty() {
+            tessera_runtime::default_cache_dir()
+        } else {
+            d.clone()
+        }
+    });
+    let g = if is_artifact || cache_dir.is_some() {
+        crate::must_exist(&args.file, "the model file")?;
         None
     } else {
         Some(super::load_graph_with(&args.file, &options)?)
@@ -164,9 +177,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if (args.trace.is_some() || args.dot.is_some()) && !matches!(target, RunTarget::Auto) {
         bail!("--trace and --dot show a placement: use them with --target auto (or --profile NAME)");
     }
+    sopts.import = options;
+    sopts.cache_dir = cache_dir;
     let session = match g {
         Some(g) => tessera_runtime::Session::from_graph(g, &sopts),
-        None => tessera_runtime::Session::from_artifact(&args.file, sopts.threads),
+        None if is_artifact => tessera_runtime::Session::from_artifact(&args.file, sopts.threads),
+        None => tessera_runtime::Session::from_file(&args.file, &sopts),
     }
     .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let where_ = match target {
@@ -193,7 +209,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             println!("placement picture: {} (render: dot -Tsvg {} -o placement.svg)", path.display(), path.display());
         }
     }
-    if let (Some(p), true) = (session.cpu_program(), is_artifact) {
+    match &session.startup.cache {
+        Some(tessera_runtime::CacheOutcome::Hit { path }) => {
+            println!("JIT cache hit: {} loaded in {:.2} ms (nothing compiled)", path.display(), session.startup.load_ms)
+        }
+        Some(tessera_runtime::CacheOutcome::Miss { path }) => println!(
+            "JIT cache miss: compiled in {:.0} ms (import {:.0}, passes {:.0}, code {:.0}) and stored as {}",
+            session.startup.total_ms(),
+            session.startup.import_ms,
+            session.startup.passes_ms,
+            session.startup.codegen_ms,
+            path.display()
+        ),
+        Some(tessera_runtime::CacheOutcome::Replaced { path, reason }) => {
+            println!("JIT cache: the stored {} did not load ({reason}); compiled and stored again", path.display())
+        }
+        Some(tessera_runtime::CacheOutcome::Bypassed { reason }) => println!("JIT cache not used: {reason}"),
+        None => {}
+    }
+    let loaded = is_artifact || matches!(session.startup.cache, Some(tessera_runtime::CacheOutcome::Hit { .. }));
+    if let (Some(p), true) = (session.cpu_program(), loaded) {
         println!(
             "loaded {} kernels ({} KiB of code) for {} from the artifact in {:.2} ms (no compiler)",
             p.stats.kernels,

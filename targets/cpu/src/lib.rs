@@ -147,6 +147,12 @@ pub fn listing(
     compile::listing(g, isa_flags, ukernels)
 }
 
+/// The ISA feature flags this CPU's code is compiled with (`has_avx2`, ...): part of the JIT
+/// cache's key.
+pub fn host_features() -> Result<Vec<String>, CpuError> {
+    Ok(jit::enabled_features(&*jit::host_isa()?))
+}
+
 /// The host's ISA as Cranelift sees it (triple and flags summary).
 pub fn host_isa_name() -> Result<String, CpuError> {
     let isa = jit::host_isa()?;
