@@ -53,3 +53,12 @@ if [ -d .cache/onnx-node-tests ]; then
         cp "$d/model.onnx" "fuzz/corpus/import_onnx/$(basename "$d").onnx"
     done
 fi
+
+# load_artifact: the transformer block compiled into an artifact (small: 30 KiB).
+if [ -x target/release/tessera ] || [ -x target/debug/tessera ]; then
+    bin=target/release/tessera; [ -x "$bin" ] || bin=target/debug/tessera
+    mkdir -p fuzz/corpus/load_artifact
+    "$bin" compile tests/filetests/run/transformer_block.tir -o fuzz/corpus/load_artifact/block.tsa >/dev/null
+    "$bin" compile tests/filetests/run/transformer_block.tir --triple aarch64-linux-android -o fuzz/corpus/load_artifact/block-arm64.tsa >/dev/null
+    echo "fuzz/corpus/load_artifact: $(find fuzz/corpus/load_artifact -type f | wc -l) files"
+fi

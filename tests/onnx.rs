@@ -663,11 +663,14 @@ fn damaged_artifacts_are_refused() {
     // A relocation moved outside the code, checksums fixed up: the CPU loader refuses it.
     let obj = &bytes[code.offset as usize..(code.offset + code.bytes) as usize];
     let rela = find_rela(obj).expect("the object has a .rela.text");
-    let mut moved = bytes.clone();
-    let r_offset = code.offset as usize + rela;
-    moved[r_offset..r_offset + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    let err = open(reseal(&moved).unwrap()).err().unwrap();
-    assert!(matches!(err, ArtifactError::Load(tessera_target_cpu::image::LoadError::Relocation { .. })), "{err}");
+    // (u64::MAX - 3 made the loader's address arithmetic overflow: found by the fuzzer.)
+    for at in [1u64 << 40, u64::MAX - 3] {
+        let mut moved = bytes.clone();
+        let r_offset = code.offset as usize + rela;
+        moved[r_offset..r_offset + 8].copy_from_slice(&at.to_le_bytes());
+        let err = open(reseal(&moved).unwrap()).err().unwrap();
+        assert!(matches!(err, ArtifactError::Load(tessera_target_cpu::image::LoadError::Relocation { .. })), "{err}");
+    }
 }
 
 /// The file offset of the first relocation entry of an ELF64 object's `.rela.text`.

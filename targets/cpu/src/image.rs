@@ -336,6 +336,9 @@ pub fn load_code(bytes: &[u8]) -> Result<LoadedCode, LoadError> {
             };
             let value = (target as i64).wrapping_add(r.addend());
             let off = usize::try_from(offset).unwrap_or(usize::MAX);
+            if off >= size {
+                return Err(err(&format!("type {r_type}"), format!("points outside the {size}-byte section")));
+            }
             let place = base + at + off;
             let (kind, width, bytes): (&str, usize, Vec<u8>) = match (file.architecture(), r_type) {
                 (object::Architecture::X86_64, object::elf::R_X86_64_64) => {
