@@ -260,7 +260,7 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
                     let (ldc, ldp) = cfg.strides();
                     let args = [k, cfg.bs, np as i64, ldc, ldp, cfg.form()].map(|v| fx.iconst(v));
                     fx.call_host(
-                        f as usize,
+                        f,
                         &[types::I64; 10],
                         None,
                         &[args[0], args[1], args[2], cp, args[3], pp, args[4], a, acc, args[5]],

@@ -31,8 +31,11 @@ pub fn symbols() -> &'static [HostFn] {
     TABLE.get_or_init(build)
 }
 
-fn index() -> &'static (HashMap<usize, usize>, HashMap<&'static str, usize>) {
-    static INDEX: OnceLock<(HashMap<usize, usize>, HashMap<&'static str, usize>)> = OnceLock::new();
+/// The table's positions by address and by name.
+type Index = (HashMap<usize, usize>, HashMap<&'static str, usize>);
+
+fn index() -> &'static Index {
+    static INDEX: OnceLock<Index> = OnceLock::new();
     INDEX.get_or_init(|| {
         let mut by_addr = HashMap::new();
         let mut by_name = HashMap::new();

@@ -190,7 +190,7 @@ fn head_and_epilogue<'g>(
                     Err(CpuError::Unsupported(format!("region `{name}`: head reads a value made inside the region")))
                 }
             },
-            other => Ok(other.clone()),
+            other => Ok(*other),
         }
     };
     let mut bufs: Vec<BufRef> = head.bufs.iter().map(outer).collect::<Result<_, _>>()?;
