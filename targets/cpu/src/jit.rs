@@ -103,6 +103,11 @@ pub(crate) fn enabled_features(isa: &dyn cranelift_codegen::isa::TargetIsa) -> V
         .collect()
 }
 
+/// The functions a function calls, in the order its call references number them.
+fn imports(f: &cranelift_codegen::ir::Function) -> Vec<UserExternalName> {
+    f.params.user_named_funcs().values().cloned().collect()
+}
+
 fn base_flags() -> [(&'static str, &'static str); 4] {
     [
         ("opt_level", "speed"),
@@ -245,10 +250,17 @@ impl<M: Module> Jit<M> {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 self.ctx.func.stencil.hash(&mut h);
+                // The stencil names called functions by reference only: the host functions
+                // themselves are in the parameters, and two kernels calling different ones
+                // (log and sin, a tile that sets and one that adds) must stay apart.
+                imports(&self.ctx.func).hash(&mut h);
                 h.finish()
             };
             let same = self.seen.get(&key).and_then(|ids| {
-                ids.iter().map(|&i| &self.pending[i]).find(|p| p.2.stencil == self.ctx.func.stencil).map(|p| p.0)
+                ids.iter()
+                    .map(|&i| &self.pending[i])
+                    .find(|p| p.2.stencil == self.ctx.func.stencil && imports(&p.2) == imports(&self.ctx.func))
+                    .map(|p| p.0)
             });
             if let Some(id) = same {
                 self.module.clear_context(&mut self.ctx);

@@ -682,3 +682,15 @@ fn narrow_weight_products_match_the_interpreter_both_ways() {
         assert!(names.iter().any(|name| name.ends_with(bits)), "{dt} {gran}: {names:?}");
     }
 }
+
+/// Kernels that differ only in the host function they call (log and sin at the same shape)
+/// are not shared: the kernel deduplication compares the called functions too.
+#[test]
+fn kernels_calling_different_host_functions_stay_apart() {
+    let src = "graph @g {\n  v0: f32[9] = input \"x\"\n  v1: f32[9] = log v0\n  v2: f32[9] = sin v0\n  v3: f32[9] = cos v0\n  output \"a\" = v1\n  output \"b\" = v2\n  output \"c\" = v3\n}\n";
+    let x = Tensor::from_f32(DType::F32, &[9], (1..10).map(|i| i as f32 * 0.7).collect()).unwrap();
+    let (got, want) = run_both(src, vec![x]);
+    for (g, w) in got.iter().zip(&want) {
+        assert!(max_abs(g, w) < 1e-6, "{g} vs {w}");
+    }
+}
