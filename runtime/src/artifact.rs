@@ -118,25 +118,9 @@ pub fn write(
 ) -> Result<Vec<u8>, ArtifactError> {
     let mut opts = tessera_ir::PrintOptions { weights: tessera_ir::WeightMode::Sidecar, ..Default::default() };
     opts.sidecar_name = "ir.weights".into();
-    // The graph keeps only the constants a kernel reads directly (or an output is): the rest
-    // were packed into `cpu.packed` and are summarized.
-    let mut graph = image.graph.clone();
-    let mut reads = vec![false; graph.n_values()];
-    for (_, v) in graph.outputs() {
-        reads[v.index()] = true;
-    }
-    for s in &image.meta.steps {
-        for b in &s.bufs {
-            if let image::BufImage::V(v) = b {
-                if let Some(r) = reads.get_mut(*v as usize) {
-                    *r = true;
-                }
-            }
-        }
-    }
-    graph.release_constants(|v| reads[v.index()]);
-    let (ir_text, ir_weights) = tessera_ir::print_with(&graph, &opts);
-    let values = tessera_ir::write::numbering(&graph);
+    let graph = &image.graph;
+    let (ir_text, ir_weights) = tessera_ir::print_with(graph, &opts);
+    let values = tessera_ir::write::numbering(graph);
     let nodes: std::collections::HashMap<u32, u32> =
         graph.nodes().enumerate().map(|(i, (n, _))| (n.0, i as u32)).collect();
     let mut meta = image.meta.clone();

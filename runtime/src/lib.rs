@@ -242,20 +242,25 @@ fn hash_file(path: &Path) -> Result<String, SessionError> {
 /// Compiles a model file into an ahead-of-time artifact's bytes ([`artifact`]): imported,
 /// optimized, its kernels compiled for `opts.triple` (or this machine) into an object file.
 pub fn compile_artifact(path: &Path, opts: &CompileOptions) -> Result<(Vec<u8>, CompileReport), SessionError> {
+    compile_hashed(path, opts, hash_file(path)?)
+}
+
+/// [`compile_artifact`] for a model whose hash the caller has (the JIT cache keys on it).
+fn compile_hashed(path: &Path, opts: &CompileOptions, hash: String) -> Result<(Vec<u8>, CompileReport), SessionError> {
     let t0 = Instant::now();
-    let hash = hash_file(path)?;
     let mut g = import_model(path, &opts.import)?;
     let import_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // The placement starts from the imported graph, under its own pipeline.
+    let placement = match &opts.profile {
+        Some(name) => Some(placement_summary(g.clone(), name)?),
+        None => None,
+    };
     let t1 = Instant::now();
     let mut pipeline =
         tessera_compiler::passes::Pipeline::parse(&opts.passes).map_err(|e| SessionError::Passes(e.to_string()))?;
     pipeline.verify_each = false;
     pipeline.run(&mut g, &mut |_| {}).map_err(|e| SessionError::Passes(e.to_string()))?;
     let passes_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let placement = match &opts.profile {
-        Some(name) => Some(placement_summary(path, name, opts)?),
-        None => None,
-    };
     let t2 = Instant::now();
     let copts = tessera_target_cpu::CpuOptions { ukernels: opts.ukernels, ..Default::default() };
     let target = match &opts.triple {
@@ -284,10 +289,9 @@ pub fn compile_artifact(path: &Path, opts: &CompileOptions) -> Result<(Vec<u8>, 
 }
 
 /// The phone profile's placement of the model (the `tessera explain` summary), as text.
-fn placement_summary(path: &Path, profile: &str, opts: &CompileOptions) -> Result<String, SessionError> {
+fn placement_summary(mut g: tessera_ir::Graph, profile: &str) -> Result<String, SessionError> {
     let p = tessera_compiler::passes::profile::DeviceProfile::load(profile)
         .map_err(|e| SessionError::Profile(e.to_string()))?;
-    let mut g = import_model(path, &opts.import)?;
     tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, HETERO_PIPELINE, &p)
         .map_err(|e| SessionError::Passes(e.to_string()))?;
     let b = tessera_compiler::place::Problem::default_bindings(&g, &[]);
@@ -362,9 +366,10 @@ impl Session {
             return bypass("the JIT cache holds CPU code only");
         }
         let t0 = Instant::now();
+        let hash = hash_file(path)?;
         let key = format!(
             "{}|{}|{:?}|{}|{}|{}",
-            hash_file(path)?,
+            hash,
             opts.passes,
             opts.ukernels,
             opts.import.onnxruntime_x86_matmul_integer,
@@ -390,7 +395,7 @@ impl Session {
             ukernels: opts.ukernels,
             profile: None,
         };
-        let (data, report) = match compile_artifact(path, &copts) {
+        let (data, report) = match compile_hashed(path, &copts, hash) {
             Ok(r) => r,
             // Shapes that follow from input values compile per value: not cacheable.
             Err(SessionError::Cpu(e)) if e.is_unsupported() => {

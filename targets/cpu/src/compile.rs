@@ -116,6 +116,9 @@ pub fn compile_image(g: &Graph, opts: &CpuOptions, target: &ObjectTarget) -> Res
         .map(|(id, _)| jit.module.declarations().get_function_decl(*id).linkage_name(*id).into_owned())
         .collect();
     let object = jit.module.finish().emit().map_err(|e| CpuError::Codegen(format!("writing the object file: {e}")))?;
+    // The graph keeps only the constants a kernel reads directly: the rest are packed.
+    let mut graph = g.clone();
+    crate::program::release_unread(&mut graph, pending.iter().flat_map(|p| &p.3.bufs));
     let steps = pending
         .into_iter()
         .map(|(node, _, k, lw)| {
@@ -135,7 +138,7 @@ pub fn compile_image(g: &Graph, opts: &CpuOptions, target: &ObjectTarget) -> Res
         code_bytes,
         compile_ms: t0.elapsed().as_secs_f64() * 1e3,
     };
-    Ok(ProgramImage { meta, object, owned: build.owned, graph: g.clone() })
+    Ok(ProgramImage { meta, object, owned: build.owned, graph })
 }
 
 /// Lowers and defines every node's kernel; all unsupported nodes are reported together.

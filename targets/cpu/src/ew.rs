@@ -61,7 +61,7 @@ pub fn load(fx: &mut Fx, dtype: DType, addr: Value, vector: bool, splat: bool) -
         DType::F16 => {
             let h = fx.b.ins().uload16(types::I32, f, addr, 0);
             let s = fx
-                .call_host(crate::host::addr("tessera_host_f16_to_f32"), &[types::I32], Some(types::F32), &[h])
+                .call_host(crate::host::id("tessera_host_f16_to_f32"), &[types::I32], Some(types::F32), &[h])
                 .expect("ret");
             Sv::F(fx.b.ins().splat(F4, s))
         }
@@ -95,9 +95,9 @@ pub fn store(fx: &mut Fx, dtype: DType, v: Sv, addr: Value, vector: bool) {
         (DType::F16 | DType::BF16, Sv::F(x)) => {
             let s = fx.b.ins().extractlane(x, 0);
             let h = if dtype == DType::F16 {
-                crate::host::addr("tessera_host_f32_to_f16")
+                crate::host::id("tessera_host_f32_to_f16")
             } else {
-                crate::host::addr("tessera_host_f32_to_bf16")
+                crate::host::id("tessera_host_f32_to_bf16")
             };
             let bits = fx.call_host(h, &[types::F32], Some(types::I32), &[s]).expect("ret");
             fx.b.ins().istore16(f, bits, addr, 0);
@@ -145,8 +145,8 @@ fn wrap(fx: &mut Fx, dtype: DType, x: Value) -> Value {
 /// Rounds a float body value to an f16/bf16 dtype (f32 unchanged).
 fn round_float(fx: &mut Fx, dtype: DType, x: Value) -> Value {
     let h = match dtype {
-        DType::F16 => crate::host::addr("tessera_host_round_f16"),
-        DType::BF16 => crate::host::addr("tessera_host_round_bf16"),
+        DType::F16 => crate::host::id("tessera_host_round_f16"),
+        DType::BF16 => crate::host::id("tessera_host_round_bf16"),
         _ => return x,
     };
     let s = fx.b.ins().extractlane(x, 0);
@@ -418,16 +418,16 @@ fn int_binary(fx: &mut Fx, op: BinaryOp, a: Value, b: Value, out: DType) -> Valu
         BinaryOp::Pow => {
             let neg = fx.b.ins().icmp_imm_s(IntCC::SignedLessThan, b, 0);
             fx.fail_if(neg, KernelFault::NegativeExponent);
-            fx.call_host(crate::host::addr("tessera_host_ipow"), &[types::I64, types::I64], Some(types::I64), &[a, b])
+            fx.call_host(crate::host::id("tessera_host_ipow"), &[types::I64, types::I64], Some(types::I64), &[a, b])
                 .expect("ret")
         }
         BinaryOp::Mod | BinaryOp::Fmod => {
             let zero = fx.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
             fx.fail_if(zero, KernelFault::DivisionByZero);
             let h = if op == BinaryOp::Mod {
-                crate::host::addr("tessera_host_imod")
+                crate::host::id("tessera_host_imod")
             } else {
-                crate::host::addr("tessera_host_irem")
+                crate::host::id("tessera_host_irem")
             };
             fx.call_host(h, &[types::I64, types::I64], Some(types::I64), &[a, b]).expect("ret")
         }

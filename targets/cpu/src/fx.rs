@@ -260,13 +260,10 @@ impl<'a> Fx<'a> {
         self.b.ins().stack_addr(types::I64, slot, 0)
     }
 
-    /// Calls the host function at address `f` (from [`crate::host::addr`] or the tile lookups
-    /// there, never a Rust function pointer: Rust may give one function several addresses),
-    /// `fn(args) -> ret`, through a named import: the code holds a relocation, never the address.
-    pub fn call_host(&mut self, f: usize, params: &[Type], ret: Option<Type>, args: &[Value]) -> Option<Value> {
+    /// Calls host function `index` (an id from [`crate::host::id`] or the tile lookups there),
+    /// `fn(args) -> ret`, through a named import: the code holds a relocation, never an address.
+    pub fn call_host(&mut self, index: usize, params: &[Type], ret: Option<Type>, args: &[Value]) -> Option<Value> {
         use cranelift_codegen::ir::{ExtFuncData, ExternalName, UserExternalName};
-        let index = crate::host::index_of_addr(f)
-            .unwrap_or_else(|| panic!("host function at {f:#x} is not in host::symbols() (add it there)"));
         let fref = match self.host_refs.get(&index) {
             Some(r) => *r,
             None => {
@@ -294,7 +291,7 @@ impl<'a> Fx<'a> {
 
     /// Applies a host `f32 -> f32` function to each lane of an f32x4.
     pub fn map_lanes1(&mut self, name: &str, x: Value) -> Value {
-        let f = crate::host::addr(name);
+        let f = crate::host::id(name);
         let mut out = x;
         for lane in 0..4u8 {
             let e = self.b.ins().extractlane(x, lane);
@@ -306,7 +303,7 @@ impl<'a> Fx<'a> {
 
     /// Applies a host `(f32, f32) -> f32` function to each lane.
     pub fn map_lanes2(&mut self, name: &str, x: Value, y: Value) -> Value {
-        let f = crate::host::addr(name);
+        let f = crate::host::id(name);
         let mut out = x;
         for lane in 0..4u8 {
             let a = self.b.ins().extractlane(x, lane);

@@ -454,7 +454,7 @@ fn emit_packed(
     })
 }
 
-/// The `std::arch` tiles a packed kernel calls (function addresses), when the host has them.
+/// The `std::arch` tiles a packed kernel calls (host-function ids), when the host has them.
 #[derive(Clone, Copy)]
 struct F32Tiles {
     /// [rows 6 | 1][panels 2 | 1]

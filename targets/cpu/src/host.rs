@@ -20,8 +20,6 @@ pub struct HostFn {
     /// The symbol kernels import (`tessera_host_log`, `tessera_f32_tile_6x2_set`, `fmaf`).
     pub name: String,
     pub addr: usize,
-    /// CPU features the function needs (beyond the baseline the loader's binary was built for).
-    pub needs: &'static str,
 }
 
 /// Every host function of this build on this CPU (the `std::arch` tiles only when the CPU has
@@ -31,65 +29,56 @@ pub fn symbols() -> &'static [HostFn] {
     TABLE.get_or_init(build)
 }
 
-/// The table's positions by address and by name.
-type Index = (HashMap<usize, usize>, HashMap<&'static str, usize>);
-
-fn index() -> &'static Index {
-    static INDEX: OnceLock<Index> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        let mut by_addr = HashMap::new();
-        let mut by_name = HashMap::new();
-        for (i, f) in symbols().iter().enumerate() {
-            by_addr.entry(f.addr).or_insert(i);
-            by_name.insert(f.name.as_str(), i);
-        }
-        (by_addr, by_name)
-    })
+/// Positions in [`symbols`] by name.
+fn by_name() -> &'static HashMap<&'static str, usize> {
+    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    INDEX.get_or_init(|| symbols().iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect())
 }
 
-/// The index in [`symbols`] of the host function at `addr`, if it is one of them.
-pub fn index_of_addr(addr: usize) -> Option<usize> {
-    index().0.get(&addr).copied()
+/// The position in [`symbols`] of the host function named `name`, if this CPU has it.
+fn find(name: &str) -> Option<usize> {
+    by_name().get(name).copied()
 }
 
 /// The address of the host function named `name` on this CPU, if there is one.
 pub fn resolve(name: &str) -> Option<usize> {
-    index().1.get(name).map(|&i| symbols()[i].addr)
+    find(name).map(|i| symbols()[i].addr)
 }
 
-/// The address of the host function named `name` (a name of this module's table; a missing one
-/// is a bug in the CPU target). Lowering takes host functions' addresses only from here: Rust
-/// may give one function several addresses (a small function is copied into every codegen unit
-/// that uses it), and [`index_of_addr`] knows the table's.
-pub fn addr(name: &str) -> usize {
-    resolve(name).unwrap_or_else(|| panic!("no host function {name} in host::symbols()"))
+/// The id (position in [`symbols`]) of the host function named `name`, which lowering hands to
+/// [`crate::fx::Fx::call_host`]; a name missing from the table is a bug in the CPU target.
+/// Lowering names host functions, never takes a Rust function's address: Rust may give one
+/// function several addresses (a small function is copied into every codegen unit that uses it).
+pub fn id(name: &str) -> usize {
+    find(name).unwrap_or_else(|| panic!("no host function {name} in host::symbols()"))
 }
 
-/// The f32 tile ([`ukernel::F32Tile`]) for `mr` rows and `np` panels, if this CPU has it and `mode`
-/// allows it.
+/// The id of the f32 tile ([`ukernel::F32Tile`]) for `mr` rows and `np` panels, if this CPU has
+/// it and `mode` allows it.
 pub fn f32_tile(mode: Ukernels, mr: usize, np: usize, acc: bool) -> Option<usize> {
     let tag = if acc { "acc" } else { "set" };
-    (mode != Ukernels::Off).then(|| resolve(&format!("tessera_f32_tile_{mr}x{np}_{tag}"))).flatten()
+    (mode != Ukernels::Off).then(|| find(&format!("tessera_f32_tile_{mr}x{np}_{tag}"))).flatten()
 }
 
-/// The integer tile ([`ukernel::I16Tile`]), as [`f32_tile`].
+/// The id of the integer tile ([`ukernel::I16Tile`]), as [`f32_tile`].
 pub fn i16_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| resolve(&format!("tessera_i16_tile_{mr}x{np}"))).flatten()
+    (mode != Ukernels::Off).then(|| find(&format!("tessera_i16_tile_{mr}x{np}"))).flatten()
 }
 
-/// The pair-saturating tile ([`ukernel::SatTile`]), as [`f32_tile`].
+/// The id of the pair-saturating tile ([`ukernel::SatTile`]), as [`f32_tile`].
 pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| resolve(&format!("tessera_sat_tile_{mr}x{np}"))).flatten()
+    (mode != Ukernels::Off).then(|| find(&format!("tessera_sat_tile_{mr}x{np}"))).flatten()
 }
 
-/// The weight-unpacking routine ([`ukernel::QUnpack`]), if this CPU has it and `mode` allows it.
+/// The id of the weight-unpacking routine ([`ukernel::QUnpack`]), if this CPU has it and `mode`
+/// allows it.
 pub fn q_unpack(mode: Ukernels) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| resolve("tessera_q_unpack")).flatten()
+    (mode != Ukernels::Off).then(|| find("tessera_q_unpack")).flatten()
 }
 
-/// The one-row routine ([`ukernel::QGemv`]), if this CPU has it and `mode` allows it.
+/// The id of the one-row routine ([`ukernel::QGemv`]), if this CPU has it and `mode` allows it.
 pub fn q_gemv(mode: Ukernels) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| resolve("tessera_q_gemv")).flatten()
+    (mode != Ukernels::Off).then(|| find("tessera_q_gemv")).flatten()
 }
 
 /// What a missing host function needs, for errors: the features of the `std::arch` family it
@@ -107,10 +96,10 @@ pub fn needs_of(name: &str) -> Option<&'static str> {
 
 fn build() -> Vec<HostFn> {
     let mut t = Vec::new();
-    let mut add = |name: String, addr: usize, needs: &'static str| t.push(HostFn { name, addr, needs });
+    let mut add = |name: String, addr: usize| t.push(HostFn { name, addr });
     macro_rules! plain {
         ($($f:ident),* $(,)?) => {
-            $(add(concat!("tessera_", stringify!($f)).to_string(), $f as *const () as usize, "");)*
+            $(add(concat!("tessera_", stringify!($f)).to_string(), $f as *const () as usize);)*
         };
     }
     plain!(
@@ -131,8 +120,8 @@ fn build() -> Vec<HostFn> {
         host_dq_scale,
         host_dq_zero,
     );
-    add("tessera_host_fake_quant_q8_0".into(), host_fake_quant_params::<false> as *const () as usize, "");
-    add("tessera_host_fake_quant_q8_k".into(), host_fake_quant_params::<true> as *const () as usize, "");
+    add("tessera_host_fake_quant_q8_0".into(), host_fake_quant_params::<false> as *const () as usize);
+    add("tessera_host_fake_quant_q8_k".into(), host_fake_quant_params::<true> as *const () as usize);
     // Cranelift's libcalls (`default_libcall_names`), for ISAs without the instruction.
     let libcalls: [(&str, usize); 10] = [
         ("ceilf", libcall_ceilf as *const () as usize),
@@ -147,29 +136,29 @@ fn build() -> Vec<HostFn> {
         ("fma", libcall_fma as *const () as usize),
     ];
     for (name, addr) in libcalls {
-        add(name.into(), addr, "");
+        add(name.into(), addr);
     }
     let mode = Ukernels::Auto;
     for mr in 1..=ukernel::F32_MR {
         for np in 1..=2 {
             for (acc, tag) in [(false, "set"), (true, "acc")] {
                 if let Some(f) = ukernel::f32_tile(mode, mr, np, acc) {
-                    add(format!("tessera_f32_tile_{mr}x{np}_{tag}"), f as usize, "avx2+fma");
+                    add(format!("tessera_f32_tile_{mr}x{np}_{tag}"), f as usize);
                 }
             }
             if let Some(f) = ukernel::i16_tile(mode, mr, np) {
-                add(format!("tessera_i16_tile_{mr}x{np}"), f as usize, "avx2");
+                add(format!("tessera_i16_tile_{mr}x{np}"), f as usize);
             }
             if let Some(f) = ukernel::sat_tile(mode, mr, np) {
-                add(format!("tessera_sat_tile_{mr}x{np}"), f as usize, "avx2");
+                add(format!("tessera_sat_tile_{mr}x{np}"), f as usize);
             }
         }
     }
     if let Some(f) = ukernel::q_unpack(mode) {
-        add("tessera_q_unpack".into(), f as usize, "avx2");
+        add("tessera_q_unpack".into(), f as usize);
     }
     if let Some(f) = ukernel::q_gemv(mode) {
-        add("tessera_q_gemv".into(), f as usize, "avx2+fma");
+        add("tessera_q_gemv".into(), f as usize);
     }
     t
 }
@@ -295,7 +284,7 @@ mod tests {
         assert_eq!(names.len(), t.len(), "duplicate host function names");
         for f in t {
             assert_eq!(super::resolve(&f.name), Some(f.addr), "{}", f.name);
-            assert!(super::index_of_addr(f.addr).is_some(), "{}", f.name);
+            assert_eq!(super::symbols()[super::id(&f.name)].addr, f.addr, "{}", f.name);
         }
         assert_eq!(super::resolve("tessera_no_such_function"), None);
     }

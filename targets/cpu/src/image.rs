@@ -6,7 +6,6 @@
 //! This module does not depend on Cranelift: an app that loads artifacts carries no compiler.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tessera_ir::{Blob, Graph, Node, Value};
@@ -90,7 +89,8 @@ pub struct ProgramImage {
     pub object: Vec<u8>,
     /// Packed weights, in the order steps name them.
     pub owned: Vec<Vec<u8>>,
-    /// The graph the steps index (as the CPU target prepared it), with every constant.
+    /// The graph the steps index (as the CPU target prepared it), with the bytes of the
+    /// constants kernels read directly (the others, packed into `owned`, keep their summary).
     pub graph: Graph,
 }
 
@@ -111,6 +111,8 @@ pub enum LoadError {
     MissingKernel(String),
     #[error("step {step} ({kernel}): {message}")]
     Step { step: usize, kernel: String, message: String },
+    #[error("the program's graph: {0}")]
+    Graph(String),
     #[error("the program's symbols are {found:?}, its graph binds {expected:?}")]
     Symbols { found: Vec<String>, expected: Vec<String> },
     #[error("mapping the CPU code: {0}")]
@@ -386,8 +388,7 @@ pub fn load(
     if !missing.is_empty() {
         return Err(LoadError::Features { missing: missing.join(", ") });
     }
-    let syms =
-        symbols(&graph).map_err(|e| LoadError::Step { step: 0, kernel: String::new(), message: e.to_string() })?;
+    let syms = symbols(&graph).map_err(|e| LoadError::Graph(e.to_string()))?;
     let names: Vec<String> = syms.iter().map(|s| s.to_string()).collect();
     if names != meta.syms {
         return Err(LoadError::Symbols { found: meta.syms.clone(), expected: names });
@@ -395,7 +396,6 @@ pub fn load(
     // Steps: every node, value and weight they name exists; checked before the code is mapped.
     let n_values = graph.n_values();
     let mut steps = Vec::with_capacity(meta.steps.len());
-    let mut kernels: Vec<&str> = Vec::with_capacity(meta.steps.len());
     for (i, s) in meta.steps.iter().enumerate() {
         let bad = |message: String| LoadError::Step { step: i, kernel: s.kernel.clone(), message };
         if s.node as usize >= graph.n_nodes() {
@@ -411,13 +411,12 @@ pub fn load(
                 b => Err(bad(format!("buffer {b:?} is not in the graph or the weights"))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        kernels.push(&s.kernel);
         steps.push((node, bufs));
     }
     let code = load_code(object)?;
     let mut out = Vec::with_capacity(steps.len());
-    for ((i, s), (node, bufs)) in meta.steps.iter().enumerate().zip(steps) {
-        let kernel = code.kernel(kernels[i]).ok_or_else(|| LoadError::MissingKernel(s.kernel.clone()))?;
+    for (s, (node, bufs)) in meta.steps.iter().zip(steps) {
+        let kernel = code.kernel(&s.kernel).ok_or_else(|| LoadError::MissingKernel(s.kernel.clone()))?;
         out.push(Step {
             node,
             op: graph.node(node).op.name(),
@@ -437,14 +436,7 @@ pub fn load(
         compile_ms: 0.0,
         isa: format!("{} (loaded: {} bytes, {} relocations)", meta.triple, code.bytes, code.relocations),
     };
-    let parts = Parts {
-        graph,
-        owned,
-        syms: syms.iter().map(|s| Arc::from(&**s)).collect(),
-        threads: opts.threads,
-        min_split_bytes: meta.min_split_bytes,
-        stats,
-    };
+    let parts = Parts { graph, owned, syms, threads: opts.threads, min_split_bytes: meta.min_split_bytes, stats };
     Program::assemble(Code(Box::new(code)), out, parts).map_err(|e| LoadError::Memory(e.to_string()))
 }
 

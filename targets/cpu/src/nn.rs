@@ -309,8 +309,7 @@ fn softmax_row(fx: &mut Fx, x: Value, out: Value, n: Value, log: bool) -> Result
         math::exp(fx, d)
     })?;
     if log {
-        let ls =
-            fx.call_host(crate::host::addr("tessera_host_log"), &[types::F32], Some(types::F32), &[s]).expect("ret");
+        let ls = fx.call_host(crate::host::id("tessera_host_log"), &[types::F32], Some(types::F32), &[s]).expect("ret");
         let lsv = fx.b.ins().splat(F4, ls);
         row_map(fx, x, out, n, &|fx, v, _, _| {
             let d = fx.b.ins().fsub(v, mv);
@@ -724,7 +723,7 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
     if width % block != 0 {
         return Err(CpuError::Codegen(format!("fake_quant row of {width} is not whole blocks of {block}")));
     }
-    let host = crate::host::addr(match format {
+    let host = crate::host::id(match format {
         FakeQuantFormat::Q8_0 => "tessera_host_fake_quant_q8_0",
         FakeQuantFormat::Q8K => "tessera_host_fake_quant_q8_k",
     });
@@ -830,7 +829,7 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
             }
             let scale = fx
                 .call_host(
-                    crate::host::addr("tessera_host_dq_scale"),
+                    crate::host::id("tessera_host_dq_scale"),
                     &[types::F32, types::F32],
                     Some(types::F32),
                     &[lo, hi],
@@ -838,7 +837,7 @@ pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, 
                 .expect("ret");
             let zpv = fx
                 .call_host(
-                    crate::host::addr("tessera_host_dq_zero"),
+                    crate::host::id("tessera_host_dq_zero"),
                     &[types::F32, types::F32],
                     Some(types::I32),
                     &[lo, scale],

@@ -225,6 +225,23 @@ pub(crate) fn list(items: &[String]) -> String {
     items.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n")
 }
 
+/// Marks the values kernels read through `bufs` and the graph's outputs (an output may be a
+/// constant itself, copied out of the graph's bytes after a run), and releases every other
+/// constant's bytes (packed into the program's own, or unused). Returns the marks per value.
+pub(crate) fn release_unread<'a>(graph: &mut Graph, bufs: impl Iterator<Item = &'a BufRef>) -> Vec<bool> {
+    let mut reads = vec![false; graph.n_values()];
+    for (_, v) in graph.outputs() {
+        reads[v.index()] = true;
+    }
+    for b in bufs {
+        if let BufRef::Value(v) = b {
+            reads[v.index()] = true;
+        }
+    }
+    graph.release_constants(|v| reads[v.index()]);
+    reads
+}
+
 /// What [`Program::assemble`] takes besides the code and the steps.
 pub(crate) struct Parts {
     /// The graph the steps were lowered from (all its constants; those no kernel reads are
@@ -240,19 +257,7 @@ pub(crate) struct Parts {
 impl Program {
     pub(crate) fn assemble(code: Code, steps: Vec<Step>, parts: Parts) -> Result<Program, CpuError> {
         let Parts { mut graph, owned, syms, threads, min_split_bytes, stats } = parts;
-        let mut reads = vec![false; graph.n_values()];
-        // A graph output may be a constant itself: copied out of the graph's bytes after a run.
-        for (_, v) in graph.outputs() {
-            reads[v.index()] = true;
-        }
-        for s in &steps {
-            for b in &s.bufs {
-                if let BufRef::Value(v) = b {
-                    reads[v.index()] = true;
-                }
-            }
-        }
-        graph.release_constants(|v| reads[v.index()]);
+        let reads = release_unread(&mut graph, steps.iter().flat_map(|s| &s.bufs));
         let threads = threads.max(1);
         let pool = if threads > 1 {
             Some(crate::pool::Pool::new(threads).map_err(|e| CpuError::Codegen(format!("thread pool: {e}")))?)
@@ -308,23 +313,13 @@ impl Program {
     }
 
     fn bind(&self, inputs: &[Tensor]) -> Result<Bindings, CpuError> {
-        let g = &self.graph;
-        if inputs.len() != g.inputs().len() {
-            return Err(CpuError::InputCount { expected: g.inputs().len(), actual: inputs.len() });
-        }
-        let mut b = Bindings::default();
-        for ((name, v), t) in g.inputs().iter().zip(inputs) {
-            let ty = g.ty(*v);
-            if t.dtype() != ty.dtype {
-                return Err(CpuError::InputDtype { name: name.clone(), expected: ty.dtype, actual: t.dtype() });
-            }
-            ty.shape.bind(t.shape(), &mut b).map_err(|message| CpuError::InputShape {
-                name: name.clone(),
-                actual: t.shape().to_vec(),
-                message,
-            })?;
-        }
-        Ok(b)
+        use tessera_ir::InterpError as E;
+        tessera_ir::bind_inputs(&self.graph, inputs).map_err(|e| match e {
+            E::InputCount { expected, actual } => CpuError::InputCount { expected, actual },
+            E::InputDtype { name, expected, actual } => CpuError::InputDtype { name, expected, actual },
+            E::InputShape { name, actual, message } => CpuError::InputShape { name, actual, message },
+            other => CpuError::Memory(other.to_string()),
+        })
     }
 
     fn plan(&self, b: &Bindings) -> Result<Arc<RunPlan>, CpuError> {

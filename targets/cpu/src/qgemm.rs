@@ -382,7 +382,7 @@ fn pack(flat: &[i8], k: usize, nn: usize, pairs: bool) -> Vec<u8> {
     packed
 }
 
-/// The `std::arch` integer tiles a kernel calls (function addresses, `[rows 6 | 1][panels 2 |
+/// The `std::arch` integer tiles a kernel calls (host-function ids, `[rows 6 | 1][panels 2 |
 /// 1]`), when the host has them: exact on i16-widened rows, or onnxruntime's saturating pairs
 /// on the raw bytes.
 #[derive(Clone, Copy)]

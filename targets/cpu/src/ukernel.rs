@@ -118,9 +118,10 @@ pub fn q_unpack(mode: Ukernels) -> Option<QUnpack> {
     imp::q_unpack()
 }
 
-/// The addresses of a tile family for the two shapes packed kernels call, `[rows mr | 1][panels
-/// 2 | 1]` (a block of `mr` rows, then the leftover rows one by one; panel pairs, then a last odd
-/// panel), when the host has all four. `tile(mr, np)` is one of the functions above.
+/// The host-function ids ([`crate::host`]) of a tile family for the two shapes packed kernels
+/// call, `[rows mr | 1][panels 2 | 1]` (a block of `mr` rows, then the leftover rows one by one;
+/// panel pairs, then a last odd panel), when the host has all four. `tile(mr, np)` is one of
+/// `host`'s tile lookups.
 pub fn table(mr: usize, tile: impl Fn(usize, usize) -> Option<usize>) -> Option<[[usize; 2]; 2]> {
     Some([[tile(mr, 2)?, tile(mr, 1)?], [tile(1, 2)?, tile(1, 1)?]])
 }
