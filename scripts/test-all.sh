@@ -15,6 +15,13 @@ if ! command -v spirv-val >/dev/null || ! [ -e /usr/share/vulkan/icd.d/lvp_icd.x
   $sudo_ apt-get install -y $pkgs >/dev/null 2>&1 || { $sudo_ apt-get update >/dev/null 2>&1 && $sudo_ apt-get install -y $pkgs >/dev/null; } ||
     { echo "installing $pkgs failed: the GPU tests need them" >&2; exit 1; }
 fi
+# The arm64 tests (tests/arm64.rs): a cross compiler and qemu-user run the aarch64 kernels.
+if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+  pkgs="gcc-aarch64-linux-gnu qemu-user"
+  sudo_=""; [ "$(id -u)" != 0 ] && sudo_="sudo"
+  $sudo_ apt-get install -y $pkgs >/dev/null 2>&1 || { $sudo_ apt-get update >/dev/null 2>&1 && $sudo_ apt-get install -y $pkgs >/dev/null; } ||
+    { echo "installing $pkgs failed: the arm64 tests need them" >&2; exit 1; }
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"

@@ -328,9 +328,20 @@ impl Artifact {
     pub fn cpu_program(&self, threads: usize) -> Result<tessera_target_cpu::Program, ArtifactError> {
         let meta = self.cpu_meta()?;
         let graph = self.graph()?;
+        let owned = self.cpu_packed()?;
+        let code = self.bytes(self.need("cpu.code")?);
+        Ok(image::load(&meta, code, owned, graph, &LoadOptions { threads })?)
+    }
+
+    /// The CPU code: a relocatable ELF object for the artifact's triple.
+    pub fn cpu_code(&self) -> Result<&[u8], ArtifactError> {
+        Ok(self.bytes(self.need("cpu.code")?))
+    }
+
+    /// The packed weights, in the order the CPU steps name them.
+    pub fn cpu_packed(&self) -> Result<Vec<Blob>, ArtifactError> {
         let p = self.need("cpu.packed")?;
-        let owned = self
-            .header
+        self.header
             .packed
             .iter()
             .enumerate()
@@ -343,9 +354,7 @@ impl Artifact {
                         message: format!("packed weight {i} ({off}+{n}) lies outside the section ({} bytes)", p.bytes),
                     })
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let code = self.bytes(self.need("cpu.code")?);
-        Ok(image::load(&meta, code, owned, graph, &LoadOptions { threads })?)
+            .collect::<Result<Vec<_>, _>>()
     }
 
     /// The file's size in bytes.

@@ -166,7 +166,7 @@ fn check_verify(text: &str) -> Outcome {
 }
 
 /// Reads `; input "NAME": TYPE = DATA` lines into tensors, using the IR's own constant syntax.
-fn inputs_from_header(lines: &[&str]) -> Result<Vec<(String, Tensor)>, String> {
+pub fn inputs_from_header(lines: &[&str]) -> Result<Vec<(String, Tensor)>, String> {
     let mut out = Vec::new();
     for line in lines {
         let Some(rest) = line.trim().strip_prefix("; input ") else { continue };

@@ -32,6 +32,7 @@ mod pool;
 mod program;
 mod qgemm;
 mod reduce;
+pub mod replay;
 pub mod specialize;
 pub mod ukernel;
 

@@ -188,6 +188,47 @@ struct RunPlan {
 }
 
 /// The graph's symbols, in input order; every symbolic dim must be bound by a graph input.
+/// Where every value lives for one set of symbol sizes: its shape, its bytes, its offset in
+/// the activation arena (inputs and constants have none).
+pub(crate) struct Layout {
+    pub shapes: Vec<Vec<usize>>,
+    pub sizes: Vec<u64>,
+    pub offsets: Vec<Option<u64>>,
+    pub arena_bytes: u64,
+}
+
+pub(crate) fn layout(g: &Graph, b: &Bindings) -> Result<Layout, CpuError> {
+    let mut shapes = vec![Vec::new(); g.n_values()];
+    for (v, vd) in g.values() {
+        shapes[v.index()] = vd
+            .ty
+            .shape
+            .dims()
+            .iter()
+            .map(|d| b.resolve(d).ok_or_else(|| CpuError::Memory(format!("{v}: dim {d} is not bound"))))
+            .collect::<Result<_, _>>()?;
+    }
+    let sizes = memory::sizes(g, b).map_err(|e| CpuError::Memory(e.to_string()))?;
+    let order = memory::current_order(g);
+    let plan = memory::best_plan(g, &order, &sizes);
+    let mut offsets = vec![None; g.n_values()];
+    for (v, off) in plan.offsets {
+        offsets[v.index()] = Some(off);
+    }
+    Ok(Layout { shapes, sizes, offsets, arena_bytes: plan.arena_bytes })
+}
+
+/// Checks inputs against the graph's signature and binds its symbols.
+pub(crate) fn bind(graph: &Graph, inputs: &[Tensor]) -> Result<Bindings, CpuError> {
+    use tessera_ir::InterpError as E;
+    tessera_ir::bind_inputs(graph, inputs).map_err(|e| match e {
+        E::InputCount { expected, actual } => CpuError::InputCount { expected, actual },
+        E::InputDtype { name, expected, actual } => CpuError::InputDtype { name, expected, actual },
+        E::InputShape { name, actual, message } => CpuError::InputShape { name, actual, message },
+        other => CpuError::Memory(other.to_string()),
+    })
+}
+
 pub(crate) fn symbols(g: &Graph) -> Result<Vec<Arc<str>>, CpuError> {
     let mut syms: Vec<Arc<str>> = Vec::new();
     for (_, v) in g.inputs() {
@@ -313,13 +354,7 @@ impl Program {
     }
 
     fn bind(&self, inputs: &[Tensor]) -> Result<Bindings, CpuError> {
-        use tessera_ir::InterpError as E;
-        tessera_ir::bind_inputs(&self.graph, inputs).map_err(|e| match e {
-            E::InputCount { expected, actual } => CpuError::InputCount { expected, actual },
-            E::InputDtype { name, expected, actual } => CpuError::InputDtype { name, expected, actual },
-            E::InputShape { name, actual, message } => CpuError::InputShape { name, actual, message },
-            other => CpuError::Memory(other.to_string()),
-        })
+        bind(&self.graph, inputs)
     }
 
     fn plan(&self, b: &Bindings) -> Result<Arc<RunPlan>, CpuError> {
@@ -327,24 +362,7 @@ impl Program {
         if let Some(p) = self.plans.lock().expect("plan cache").get(&key) {
             return Ok(p.clone());
         }
-        let g = &self.graph;
-        let mut shapes = vec![Vec::new(); g.n_values()];
-        for (v, vd) in g.values() {
-            shapes[v.index()] = vd
-                .ty
-                .shape
-                .dims()
-                .iter()
-                .map(|d| b.resolve(d).ok_or_else(|| CpuError::Memory(format!("{v}: dim {d} is not bound"))))
-                .collect::<Result<_, _>>()?;
-        }
-        let sizes = memory::sizes(g, b).map_err(|e| CpuError::Memory(e.to_string()))?;
-        let order = memory::current_order(g);
-        let plan = memory::best_plan(g, &order, &sizes);
-        let mut offsets = vec![None; g.n_values()];
-        for (v, off) in plan.offsets {
-            offsets[v.index()] = Some(off);
-        }
+        let Layout { shapes, sizes, offsets, arena_bytes } = layout(&self.graph, b)?;
         let split = self
             .steps
             .iter()
@@ -360,7 +378,7 @@ impl Program {
                 bytes >= self.min_split_bytes
             })
             .collect();
-        let rp = Arc::new(RunPlan { bindings: b.clone(), offsets, arena_bytes: plan.arena_bytes, shapes, split });
+        let rp = Arc::new(RunPlan { bindings: b.clone(), offsets, arena_bytes, shapes, split });
         self.plans.lock().expect("plan cache").insert(key, rp.clone());
         Ok(rp)
     }
