@@ -98,7 +98,8 @@ pub struct SourceMap {
     pub nodes: Vec<Option<Span>>,
     /// Where each `output` line is, by output position.
     pub outputs: Vec<Span>,
-    pub lines: Vec<String>,
+    /// The source text's lines, shared by a graph and its region bodies.
+    pub lines: std::sync::Arc<[String]>,
 }
 
 impl SourceMap {

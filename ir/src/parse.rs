@@ -90,7 +90,7 @@ pub fn parse_with(text: &str, opts: &ParseOptions) -> Result<Graph, ParseError> 
     }
     let text = stripped.as_str();
     let tokens = lex(text)?;
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let lines: std::sync::Arc<[String]> = text.lines().map(str::to_string).collect();
     let mut p = Parser { tokens, pos: 0, lines, opts, sidecar: opts.sidecar.clone() };
     let g = p.graph()?;
     p.expect_eof()?;
@@ -264,7 +264,7 @@ struct Pending {
 struct Parser<'a> {
     tokens: Vec<(Tok, Span)>,
     pos: usize,
-    lines: Vec<String>,
+    lines: std::sync::Arc<[String]>,
     opts: &'a ParseOptions,
     sidecar: Option<Blob>,
 }

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod plan_memory;
 pub mod profile;
 pub mod refine_types;
+#[cfg(feature = "saturate")]
 pub mod saturate;
 pub mod schedule;
 pub mod simplify_layout;

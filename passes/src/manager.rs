@@ -55,6 +55,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(crate::dce::Dce),
         Box::new(crate::refine_types::RefineTypes),
         Box::new(crate::canonicalize::Canonicalize),
+        #[cfg(feature = "saturate")]
         Box::new(crate::saturate::Saturate::default()),
         Box::new(crate::fold_dequantize::FoldDequantize),
         Box::new(crate::fuse::Fuse),

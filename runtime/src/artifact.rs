@@ -224,7 +224,8 @@ impl Artifact {
     /// Maps and checks an artifact file.
     pub fn open(path: impl AsRef<Path>) -> Result<Artifact, ArtifactError> {
         let path = path.as_ref();
-        let data = Blob::map_file(path).map_err(|source| ArtifactError::Io { path: path.to_path_buf(), source })?;
+        let data =
+            Blob::map_file_populated(path).map_err(|source| ArtifactError::Io { path: path.to_path_buf(), source })?;
         Artifact::from_blob(data)
     }
 

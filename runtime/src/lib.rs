@@ -22,16 +22,21 @@
 //! shapes with symbolic dims such as `sequence_length`) before any kernel runs.
 
 pub mod artifact;
+#[cfg(feature = "jit")]
 pub mod hetero;
+#[cfg(feature = "jit")]
 pub mod llm;
+#[cfg(feature = "jit")]
 pub mod vulkan;
 
 use std::path::Path;
 use std::time::Instant;
 
+#[cfg(feature = "jit")]
 pub use tessera_compiler as compiler;
 pub use tessera_ir::{DType, Tensor, TensorType};
 pub use tessera_target_cpu::{CpuError, RunOptions};
+#[cfg(feature = "jit")]
 pub use tessera_target_npu as npu;
 
 /// Where a session runs its kernels.
@@ -77,6 +82,7 @@ pub struct SessionOptions {
     /// Passes to run before code generation (`default`, `none`, or `a,b,c`).
     pub passes: String,
     /// ONNX import options.
+    #[cfg(feature = "jit")]
     pub import: tessera_compiler::onnx::ImportOptions,
     /// Whether the CPU target's kernels may call `std::arch` inner tiles (AVX2 f32 GEMM tile)
     /// where the host has the features; `Off` keeps all code Cranelift's.
@@ -97,8 +103,9 @@ impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
             target: Target::Cpu,
-            threads: tessera_target_cpu::CpuOptions::default().threads,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             passes: "default".into(),
+            #[cfg(feature = "jit")]
             import: Default::default(),
             ukernels: Default::default(),
             device_profile: "snapdragon-8-gen-2".into(),
@@ -119,10 +126,13 @@ pub enum SessionError {
     Cpu(#[from] CpuError),
     #[error("interpreter: {0}")]
     Interpreter(#[from] tessera_ir::InterpError),
+    #[cfg(feature = "jit")]
     #[error("GPU: {0}")]
     Gpu(#[from] vulkan::GpuRunError),
+    #[cfg(feature = "jit")]
     #[error("NPU: {0}")]
     Npu(#[from] tessera_target_npu::NpuError),
+    #[cfg(feature = "jit")]
     #[error(transparent)]
     Hetero(#[from] hetero::HeteroError),
     #[error("device profile: {0}")]
@@ -174,6 +184,7 @@ impl StartupTimes {
     }
 }
 
+#[cfg(feature = "jit")]
 /// Options for [`compile_artifact`].
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
@@ -188,6 +199,7 @@ pub struct CompileOptions {
     pub profile: Option<String>,
 }
 
+#[cfg(feature = "jit")]
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
@@ -200,6 +212,7 @@ impl Default for CompileOptions {
     }
 }
 
+#[cfg(feature = "jit")]
 /// What [`compile_artifact`] produced besides the bytes.
 #[derive(Clone, Debug)]
 pub struct CompileReport {
@@ -212,6 +225,7 @@ pub struct CompileReport {
     pub times: StartupTimes,
 }
 
+#[cfg(feature = "jit")]
 /// Loads a model file (`.onnx`, `.tir`, `.gguf` is not an artifact model yet).
 fn import_model(
     path: &Path,
@@ -233,18 +247,21 @@ fn import_model(
     }
 }
 
+#[cfg(feature = "jit")]
 /// xxh3-128 of a file's bytes (mapped, not read), hex.
 fn hash_file(path: &Path) -> Result<String, SessionError> {
     let b = tessera_ir::Blob::map_file(path).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?;
     Ok(artifact::hash_bytes(&b))
 }
 
+#[cfg(feature = "jit")]
 /// Compiles a model file into an ahead-of-time artifact's bytes ([`artifact`]): imported,
 /// optimized, its kernels compiled for `opts.triple` (or this machine) into an object file.
 pub fn compile_artifact(path: &Path, opts: &CompileOptions) -> Result<(Vec<u8>, CompileReport), SessionError> {
     compile_hashed(path, opts, hash_file(path)?)
 }
 
+#[cfg(feature = "jit")]
 /// [`compile_artifact`] for a model whose hash the caller has (the JIT cache keys on it).
 fn compile_hashed(path: &Path, opts: &CompileOptions, hash: String) -> Result<(Vec<u8>, CompileReport), SessionError> {
     let t0 = Instant::now();
@@ -288,6 +305,7 @@ fn compile_hashed(path: &Path, opts: &CompileOptions, hash: String) -> Result<(V
     Ok((out, report))
 }
 
+#[cfg(feature = "jit")]
 /// The phone profile's placement of the model (the `tessera explain` summary), as text.
 fn placement_summary(mut g: tessera_ir::Graph, profile: &str) -> Result<String, SessionError> {
     let p = tessera_compiler::passes::profile::DeviceProfile::load(profile)
@@ -304,10 +322,15 @@ fn placement_summary(mut g: tessera_ir::Graph, profile: &str) -> Result<String, 
 enum Engine {
     Cpu(Box<tessera_target_cpu::Program>),
     /// A graph whose shapes follow from input values, compiled per value at run time.
+    #[cfg(feature = "jit")]
     CpuSpecializing(Box<tessera_target_cpu::Specializing>),
+    #[cfg(feature = "jit")]
     Interpreter,
+    #[cfg(feature = "jit")]
     Gpu(Box<vulkan::GpuModel>),
+    #[cfg(feature = "jit")]
     Npu(Box<tessera_target_npu::NpuModel>),
+    #[cfg(feature = "jit")]
     Hetero(Box<hetero::HeteroModel>),
 }
 
@@ -325,15 +348,25 @@ impl Session {
         if path.extension().is_some_and(|e| e == "tsa") {
             return Session::from_artifact(path, opts.threads);
         }
-        if let Some(dir) = &opts.cache_dir {
-            return Session::from_cache(path, dir, opts);
+        #[cfg(feature = "jit")]
+        {
+            if let Some(dir) = &opts.cache_dir {
+                return Session::from_cache(path, dir, opts);
+            }
+            let t0 = Instant::now();
+            let g = import_model(path, &opts.import)?;
+            let import_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let mut s = Session::from_graph(g, opts)?;
+            s.startup.import_ms = import_ms;
+            Ok(s)
         }
-        let t0 = Instant::now();
-        let g = import_model(path, &opts.import)?;
-        let import_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut s = Session::from_graph(g, opts)?;
-        s.startup.import_ms = import_ms;
-        Ok(s)
+        #[cfg(not(feature = "jit"))]
+        Err(SessionError::Import(format!(
+            "{}: this runtime loads ahead-of-time artifacts only (built without the `jit` feature): \
+             compile the model with `tessera compile {} -o model.tsa` and open the .tsa",
+            path.display(),
+            path.display()
+        )))
     }
 
     /// Opens an ahead-of-time artifact (`tessera compile`), checks it and maps its code:
@@ -351,6 +384,7 @@ impl Session {
         })
     }
 
+    #[cfg(feature = "jit")]
     /// The JIT cache: the artifact for this model and these options if one is stored and
     /// loads, else compiled into one, stored (written to a temporary file, then renamed), and
     /// loaded.
@@ -418,6 +452,7 @@ impl Session {
         Ok(s)
     }
 
+    #[cfg(feature = "jit")]
     /// Optimizes and compiles a graph.
     pub fn from_graph(mut g: tessera_ir::Graph, opts: &SessionOptions) -> Result<Session, SessionError> {
         let t0 = Instant::now();
@@ -531,10 +566,12 @@ impl Session {
     pub fn cpu_program(&self) -> Option<&tessera_target_cpu::Program> {
         match &self.engine {
             Engine::Cpu(p) => Some(p),
+            #[cfg(feature = "jit")]
             _ => None,
         }
     }
 
+    #[cfg(feature = "jit")]
     /// The GPU model, when the target is the GPU: run it directly for a report of what ran
     /// where ([`vulkan::GpuModel::run`]).
     pub fn gpu_model(&self) -> Option<&vulkan::GpuModel> {
@@ -544,6 +581,7 @@ impl Session {
         }
     }
 
+    #[cfg(feature = "jit")]
     /// The NPU model, when the target is the NPU: run it directly for the simulator's report
     /// ([`tessera_target_npu::NpuModel::run`]).
     pub fn npu_model(&self) -> Option<&tessera_target_npu::NpuModel> {
@@ -553,6 +591,7 @@ impl Session {
         }
     }
 
+    #[cfg(feature = "jit")]
     /// The placed model, when the target is [`Target::Hetero`]: run it directly for the
     /// timeline of what ran where ([`hetero::HeteroModel::run`]).
     pub fn hetero_model(&self) -> Option<&hetero::HeteroModel> {
@@ -566,10 +605,15 @@ impl Session {
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, SessionError> {
         match &self.engine {
             Engine::Cpu(p) => Ok(p.run(inputs)?),
+            #[cfg(feature = "jit")]
             Engine::CpuSpecializing(s) => Ok(s.run(inputs)?),
+            #[cfg(feature = "jit")]
             Engine::Interpreter => Ok(tessera_ir::run(&self.graph, inputs.to_vec())?),
+            #[cfg(feature = "jit")]
             Engine::Gpu(m) => Ok(m.run(inputs, vulkan::Fallback::Host)?.0),
+            #[cfg(feature = "jit")]
             Engine::Npu(m) => Ok(m.run(inputs)?.0),
+            #[cfg(feature = "jit")]
             Engine::Hetero(m) => Ok(m.run(inputs)?.0),
         }
     }

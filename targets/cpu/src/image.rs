@@ -52,6 +52,7 @@ pub enum BufImage {
 }
 
 impl StepImage {
+    #[cfg(feature = "jit")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         node: Node,

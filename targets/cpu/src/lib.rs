@@ -14,35 +14,54 @@
 //! from a validated input, and every data-dependent index (gather) is bounds-checked in the
 //! kernel, which returns a [`KernelFault`] instead of reading out of bounds.
 
+#[cfg(feature = "jit")]
 mod blocked;
+#[cfg(feature = "jit")]
 mod compile;
+#[cfg(feature = "jit")]
 mod ew;
+#[cfg(feature = "jit")]
 mod fx;
+#[cfg(feature = "jit")]
 mod gemm;
 pub mod host;
 pub mod image;
+#[cfg(feature = "jit")]
 mod jit;
+#[cfg(feature = "jit")]
 mod layout;
+#[cfg(feature = "jit")]
 mod legalize;
+#[cfg(feature = "jit")]
 mod lower;
+#[cfg(feature = "jit")]
 mod math;
+#[cfg(feature = "jit")]
 pub mod microbench;
+#[cfg(feature = "jit")]
 mod nn;
 mod pool;
 mod program;
+#[cfg(feature = "jit")]
 mod qgemm;
+#[cfg(feature = "jit")]
 mod reduce;
 pub mod replay;
+#[cfg(feature = "jit")]
 pub mod specialize;
 pub mod ukernel;
 
+#[cfg(feature = "jit")]
 pub use compile::{compile_image, ObjectTarget};
+#[cfg(feature = "jit")]
 pub use jit::Listing;
 pub use program::{Program, ProgramStats, RunOptions};
+#[cfg(feature = "jit")]
 pub use specialize::Specializing;
 pub use ukernel::Ukernels;
 
 /// Options for [`compile`].
+#[cfg(feature = "jit")]
 #[derive(Clone, Debug)]
 pub struct CpuOptions {
     /// Threads the program's kernels may use (1 = the calling thread only).
@@ -59,6 +78,7 @@ pub struct CpuOptions {
     pub min_split_bytes: u64,
 }
 
+#[cfg(feature = "jit")]
 impl Default for CpuOptions {
     fn default() -> Self {
         CpuOptions {
@@ -132,11 +152,13 @@ impl CpuError {
     }
 }
 
+#[cfg(feature = "jit")]
 /// Compiles a verified graph for the host CPU.
 pub fn compile(g: &tessera_ir::Graph, opts: &CpuOptions) -> Result<Program, CpuError> {
     compile::compile(g, opts)
 }
 
+#[cfg(feature = "jit")]
 /// Compiles a graph for reading, not running: each kernel's Cranelift IR and machine code
 /// listing, with extra Cranelift ISA flags (`("has_avx_vnni", "true")`) to see what the target
 /// emits on a CPU with features this host lacks. Returns (kernel, clif, asm) triples.
@@ -148,12 +170,14 @@ pub fn listing(
     compile::listing(g, isa_flags, ukernels)
 }
 
+#[cfg(feature = "jit")]
 /// The ISA feature flags this CPU's code is compiled with (`has_avx2`, ...): part of the JIT
 /// cache's key.
 pub fn host_features() -> Result<Vec<String>, CpuError> {
     Ok(jit::enabled_features(&*jit::host_isa()?))
 }
 
+#[cfg(feature = "jit")]
 /// The host's ISA as Cranelift sees it (triple and flags summary).
 pub fn host_isa_name() -> Result<String, CpuError> {
     let isa = jit::host_isa()?;
