@@ -100,8 +100,15 @@ enum Command {
     /// CPU kernel of a real model with its measured time here, and the NPU roofline with the
     /// simulator's cycles, and prints the median absolute errors.
     Calibrate(commands::calibrate::CalibrateArgs),
-    /// Run the built-in demo: a small int4-quantized transformer block on the interpreter.
-    Demo,
+    /// The demo: check, compile ahead of time and place a real int4 model.
+    ///
+    /// Runs the committed int4 transformer block against numpy; fetches the real models if
+    /// they are missing (scripts/fetch_models.sh, run from a Tessera checkout); checks
+    /// paraphrase-MiniLM-L3-v2 (fp32, int4) against onnxruntime on the interpreter and the CPU
+    /// target; compiles the int4 model into artifacts for this machine and for a phone (arm64,
+    /// placed on --profile), runs the host artifact on onnxruntime's reference data, and writes
+    /// the phone's simulated timeline (SVG) and placement picture into --out.
+    Demo(commands::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -112,7 +119,7 @@ fn main() -> ExitCode {
         Command::Conformance(args) => commands::conformance::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchKernels => commands::bench::kernels(),
-        Command::Demo => commands::demo::run(),
+        Command::Demo(args) => commands::demo::run(args),
         Command::Explain(args) => commands::explain::run(args),
         Command::Calibrate(args) => commands::calibrate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),

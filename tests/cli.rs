@@ -156,10 +156,29 @@ fn unsupported_formats_say_so() {
 
 #[test]
 fn demo_runs_and_checks() {
-    let o = tessera(&["demo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let o = tessera(&["demo", "--out", out_dir]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("0 of 40 elements differ"), "{out}");
+    assert!(out.contains("ok   host artifact: 4 reference data sets match onnxruntime"), "{out}");
+    assert!(out.contains("arm64 NEON code for aarch64-linux-android"), "{out}");
+    for f in [
+        "minilm-l3-qdq-int4-b32.host.tsa",
+        "minilm-l3-qdq-int4-b32.aarch64-android.tsa",
+        "placement.dot",
+        "timeline.json",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} not written:\n{out}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<title>").count() > 50, "{svg}");
+    // The phone artifact holds the placement.
+    let o = tessera(&["inspect", &format!("{out_dir}/minilm-l3-qdq-int4-b32.aarch64-android.tsa")]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("aarch64"), "{out}");
 }
 
 #[test]

@@ -281,6 +281,132 @@ fn color(u: Unit) -> &'static str {
     }
 }
 
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn row_color(row: &str) -> &'static str {
+    match row.split_whitespace().next().unwrap_or("") {
+        "cpu" => color(Unit::Cpu),
+        "gpu" => color(Unit::Gpu),
+        "npu" => color(Unit::Npu),
+        _ => "#d9d9d9",
+    }
+}
+
+/// A timeline as a self-contained SVG picture (open it in a browser): one lane per unit, a box
+/// per span coloured by unit (hover for its name, times and arguments), a time axis, and each
+/// lane's busy share.
+pub fn timeline_svg(spans: &[Span], title: &str) -> String {
+    const LEFT: f64 = 190.0;
+    const WIDTH: f64 = 1200.0;
+    const LANE: f64 = 30.0;
+    const TOP: f64 = 46.0;
+    let order = |r: &str| ["cpu", "gpu", "npu", "sync"].iter().position(|x| r.starts_with(x)).unwrap_or(4);
+    let mut lanes: Vec<(&str, &str)> = Vec::new();
+    for s in spans {
+        if !lanes.contains(&(s.process.as_str(), s.row.as_str())) {
+            lanes.push((&s.process, &s.row));
+        }
+    }
+    // Every unit gets a lane, an idle one too: a unit the placement left out is worth seeing.
+    let processes: Vec<&str> = lanes.iter().map(|(p, _)| *p).collect();
+    for p in processes {
+        if lanes.iter().any(|(q, r)| *q == p && order(r) < 3) {
+            for unit in ["cpu", "gpu", "npu"] {
+                if !lanes.iter().any(|(q, r)| *q == p && r.starts_with(unit)) {
+                    lanes.push((p, unit));
+                }
+            }
+        }
+    }
+    lanes.sort_by_key(|(p, r)| (spans.iter().position(|s| s.process == *p), order(r), *r));
+    let end = spans.iter().map(|s| s.start_us + s.dur_us).fold(0.0, f64::max).max(1e-3);
+    let scale = (WIDTH - LEFT - 20.0) / end;
+    let height = TOP + LANE * lanes.len() as f64 + 40.0;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"12\">"
+    );
+    let _ = writeln!(o, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let _ = writeln!(o, "<text x=\"10\" y=\"20\" font-size=\"15\" font-weight=\"bold\">{}</text>", xml(title));
+    let _ = writeln!(
+        o,
+        "<text x=\"10\" y=\"36\" fill=\"#555\">{} spans over {}; hover a box for its kernel, times and cost estimates</text>",
+        spans.len(),
+        fmt_us(end)
+    );
+    for (i, (process, row)) in lanes.iter().enumerate() {
+        let y = TOP + LANE * i as f64;
+        let busy = spans.iter().filter(|s| s.process == *process && s.row == *row).fold(0.0, |a, s| a + s.dur_us);
+        let _ = writeln!(
+            o,
+            "<rect x=\"0\" y=\"{y}\" width=\"{WIDTH}\" height=\"{LANE}\" fill=\"{}\"/>",
+            if i % 2 == 0 { "#fafafa" } else { "#f0f0f0" }
+        );
+        let label = if lanes.iter().filter(|(p, _)| p == process).count() == lanes.len() {
+            row.to_string()
+        } else {
+            format!("{process}: {row}")
+        };
+        let _ = writeln!(
+            o,
+            "<text x=\"8\" y=\"{:.1}\">{}</text><text x=\"8\" y=\"{:.1}\" fill=\"#777\" font-size=\"10\">busy {:.0}%</text>",
+            y + 13.0,
+            xml(&label),
+            y + 25.0,
+            100.0 * busy / end
+        );
+        for s in spans.iter().filter(|s| s.process == *process && s.row == *row) {
+            let x = LEFT + s.start_us * scale;
+            let w = (s.dur_us * scale).max(0.8);
+            let mut tip = format!("{}\nstart {}, {}", s.name, fmt_us(s.start_us), fmt_us(s.dur_us));
+            for (k, v) in &s.args {
+                tip += &format!("\n{k}: {v}");
+            }
+            let _ = writeln!(
+                o,
+                "<rect x=\"{x:.2}\" y=\"{:.1}\" width=\"{w:.2}\" height=\"{:.1}\" fill=\"{}\" stroke=\"#444\" stroke-width=\"0.3\"><title>{}</title></rect>",
+                y + 4.0,
+                LANE - 8.0,
+                row_color(row),
+                xml(&tip)
+            );
+        }
+    }
+    // The time axis.
+    let y = TOP + LANE * lanes.len() as f64 + 4.0;
+    let step = {
+        let raw = end / 8.0;
+        let p = 10f64.powf(raw.log10().floor());
+        [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
+    };
+    let _ = writeln!(o, "<line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{:.1}\" y2=\"{y}\" stroke=\"#444\"/>", LEFT + end * scale);
+    let mut t = 0.0;
+    while t <= end * 1.0001 {
+        let x = LEFT + t * scale;
+        let _ = writeln!(
+            o,
+            "<line x1=\"{x:.1}\" y1=\"{y}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#444\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{}</text>",
+            y + 5.0,
+            y + 17.0,
+            fmt_us(t)
+        );
+        t += step;
+    }
+    let _ = writeln!(o, "</svg>");
+    o
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.1} us")
+    }
+}
+
 /// A Graphviz picture: kernels coloured by unit, hand-overs as bold red edges with their bytes.
 pub fn dot(p: &Problem, s: &Schedule) -> String {
     let mut o = String::new();
@@ -322,4 +448,34 @@ pub fn dot(p: &Problem, s: &Schedule) -> String {
     }
     let _ = writeln!(o, "}}");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(row: &str, name: &str, start_us: f64, dur_us: f64) -> Span {
+        Span { process: "phone".into(), row: row.into(), name: name.into(), start_us, dur_us, args: vec![] }
+    }
+
+    #[test]
+    fn timeline_svg_draws_a_lane_per_unit_and_a_box_per_span() {
+        let spans = [
+            span("cpu", "n1 matmul<f32>", 0.0, 10.0),
+            span("gpu", "n2 add", 10.0, 30.0),
+            span("sync", "cpu -> gpu", 9.0, 1.0),
+        ];
+        let svg = timeline_svg(&spans, "a & b");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+        // The idle NPU gets its lane; names are escaped.
+        for lane in [">cpu<", ">gpu<", ">npu<", ">sync<"] {
+            assert!(svg.contains(lane), "{lane} missing:\n{svg}");
+        }
+        assert!(svg.contains("a &amp; b") && svg.contains("n1 matmul&lt;f32&gt;"), "{svg}");
+        assert_eq!(svg.matches("<title>").count(), spans.len());
+        // The GPU box starts a quarter of the way along and spans three quarters of the axis.
+        let width = 1200.0 - 190.0 - 20.0;
+        assert!(svg.contains(&format!("x=\"{:.2}\"", 190.0 + width / 4.0)), "{svg}");
+        assert!(svg.contains("busy 75%") && svg.contains("busy 25%") && svg.contains("busy 0%"), "{svg}");
+    }
 }
