@@ -260,3 +260,54 @@ fn minilm_artifacts_for_arm64_run_under_qemu() {
         eprintln!("arm64 {name}: {} kernel calls, max abs difference from x86-64 {worst:.2e}", arm.meta.steps.len());
     }
 }
+
+/// The ONNX backend node tests of the transformer set (the ops transformers use) after the
+/// default pipeline, on arm64 under qemu: every one that passes on the interpreter passes on
+/// arm64, or is unsupported by the CPU target as on x86-64, or has shapes that follow from
+/// input values (the JIT compiles those per value at run time; ahead of time they are declined,
+/// on any triple); none is wrong.
+#[test]
+fn transformer_node_tests_on_arm64() {
+    use tessera_compiler::conformance::{cases, run_case_by, run_case_on, Backend, Outcome, RunnerError};
+    if toolchain().is_none() {
+        return;
+    }
+    let Some(models) = models() else { return };
+    let dir = models.join("../onnx-node-tests");
+    let pipeline = Some(tessera_compiler::passes::DEFAULT_PIPELINE);
+    let runner = |g: &Graph, inputs: &[Tensor]| -> Result<Vec<Tensor>, RunnerError> {
+        let image =
+            compile_image(g, &CpuOptions { threads: 1, ..Default::default() }, &ObjectTarget::Triple(TRIPLE.into()))
+                .map_err(|e| {
+                    if e.is_unsupported() {
+                        RunnerError::Unsupported(e.to_string())
+                    } else {
+                        RunnerError::Failed(e.to_string())
+                    }
+                })?;
+        let arm = Arm64::link(image.meta, &image.object, image.graph, image.owned);
+        Ok(arm.run(inputs))
+    };
+    let t0 = std::time::Instant::now();
+    let (mut passed, mut unsupported, mut per_value, mut problems) = (0, 0, 0, Vec::new());
+    for d in cases(&dir, None).unwrap() {
+        let on_interp = run_case_on(&d, pipeline, Backend::Interp);
+        if on_interp.outcome != Outcome::Passed || !on_interp.is_transformer() {
+            continue;
+        }
+        let on_host = run_case_on(&d, pipeline, Backend::Cpu).outcome;
+        match (run_case_by(&d, pipeline, 1e-7, &runner).outcome, on_host) {
+            (Outcome::Passed, _) => passed += 1,
+            (Outcome::Unsupported(_), Outcome::Unsupported(_)) => unsupported += 1,
+            (Outcome::Unsupported(why), Outcome::Passed) if why.contains("known only from data") => per_value += 1,
+            (arm, host) => problems.push(format!("{}: arm64 {arm:?}, x86-64 {host:?}", d.display())),
+        }
+    }
+    eprintln!(
+        "arm64: {passed} transformer-set node tests pass under qemu, {unsupported} unsupported (as on x86-64), {per_value} with shapes from input values (JIT only), {} differ, in {:.0} s",
+        problems.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(passed >= 350, "only {passed} node tests ran on arm64");
+}
