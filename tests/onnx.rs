@@ -648,6 +648,15 @@ fn damaged_artifacts_are_refused() {
     flipped[code.offset as usize + 100] ^= 0x10;
     let err = open(flipped).err().unwrap();
     assert!(matches!(&err, ArtifactError::Checksum { section, .. } if section == "cpu.code"), "{err}");
+    // And in each of the large sections (hashed on their own threads).
+    for name in ["cpu.packed", "ir.weights"] {
+        let s = a.section(name).unwrap().clone();
+        assert!(s.bytes >= 1 << 20, "{name} is {} bytes: the threaded path is not exercised", s.bytes);
+        let mut flipped = bytes.clone();
+        flipped[(s.offset + s.bytes - 1) as usize] ^= 0x01;
+        let err = open(flipped).err().unwrap();
+        assert!(matches!(&err, ArtifactError::Checksum { section, .. } if section == name), "{err}");
+    }
     // Another Tessera version, and another format version.
     let text = String::from_utf8_lossy(&bytes[24..]).to_string();
     let at = 24
