@@ -372,6 +372,25 @@ impl Gguf {
         Ok(Gguf { version, metadata, tensors, alignment, data_offset, data })
     }
 
+    /// The file's header and metadata with no tensors: a GGUF image a tokenizer (and
+    /// anything else reading metadata only) can be made from, as artifacts store it.
+    pub fn metadata_only(&self) -> Result<Vec<u8>, GgufError> {
+        let mut r = Reader { b: &self.data[..], at: 0 };
+        r.take(4, "the magic")?;
+        r.u32("the version")?;
+        r.u64("the tensor count")?;
+        let n_meta = r.u64("the metadata count")?;
+        for _ in 0..n_meta {
+            let key = r.string("a metadata key")?;
+            let at = r.at as u64;
+            let ty = r.u32(&format!("the type of {key:?}"))?;
+            r.value(ty, &key, at, 0)?;
+        }
+        let mut out = self.data[..r.at].to_vec();
+        out[8..16].copy_from_slice(&0u64.to_le_bytes());
+        Ok(out)
+    }
+
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }

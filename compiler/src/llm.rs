@@ -51,14 +51,14 @@ pub enum LlmError {
 }
 
 /// The architecture family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Arch {
     Gemma3,
     Llama,
 }
 
-/// What a model's metadata says, as the lowering uses it.
-#[derive(Clone, Debug, PartialEq)]
+/// What a model's metadata says, as the lowering uses it (stored in artifacts as JSON).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlmConfig {
     pub arch: Arch,
     pub n_layer: usize,

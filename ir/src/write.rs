@@ -87,7 +87,7 @@ impl Printer<'_> {
         };
         let pad = "  ".repeat(indent + 1);
         if top {
-            let _ = write!(self.out, "graph @{}", g.name);
+            let _ = write!(self.out, "graph @{}", ident(&g.name));
             if self.opts.weights == WeightMode::Sidecar {
                 let _ = write!(self.out, " weights {:?}", self.opts.sidecar_name);
             }
@@ -227,5 +227,33 @@ pub fn describe_def(g: &Graph, v: Value) -> String {
         ValueDef::Input(i) => format!("input {:?}", g.inputs()[*i].0),
         ValueDef::Const(_) => "const".into(),
         ValueDef::Result(n, _) => g.node(*n).op.name().to_string(),
+    }
+}
+
+/// A graph name as the text format's identifier (`[A-Za-z_][A-Za-z0-9_.]*`): other characters
+/// become `_` (a GGUF model's `general.name` is free text such as `Gemma 3 270m`).
+fn ident(name: &str) -> String {
+    let mut s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '_' }).collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        s.insert(0, '_');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_text_graph_names_print_as_identifiers_that_parse_back() {
+        for (name, printed) in [("Gemma 3 270m", "Gemma_3_270m"), ("3-layer", "_3_layer"), ("ok_name.v2", "ok_name.v2")]
+        {
+            let mut g = crate::Graph::new(name);
+            let x = g.add_input("x", crate::TensorType::with_static(crate::DType::F32, &[2]));
+            g.add_output("y", x);
+            let text = crate::print(&g);
+            assert!(text.starts_with(&format!("graph @{printed} {{")), "{text}");
+            let back = crate::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+            assert_eq!(crate::print(&back), text);
+        }
     }
 }

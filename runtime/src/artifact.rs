@@ -13,6 +13,9 @@
 //!   signature, shapes and buffer plan);
 //! - `ir.weights`: the graph's constants the kernels read directly, as the IR's sidecar;
 //! - `placement` (optional): the phone profile's placement of the model, for inspection.
+//! - `llm.config` and `llm.gguf` (decoder models from GGUF files): the model's configuration
+//!   (JSON) and the GGUF file's metadata without its tensors (the tokenizer), for
+//!   `Llm::from_artifact`.
 //!
 //! [`Artifact::open`] maps the file and checks everything (magic, versions, section bounds and
 //! overlaps, every checksum) before [`Artifact::cpu_program`] maps any code; the CPU loader then
@@ -115,6 +118,7 @@ pub fn write(
     model: ModelInfo,
     profile: Option<String>,
     placement: Option<String>,
+    extra: &[(&str, &[u8])],
 ) -> Result<Vec<u8>, ArtifactError> {
     let mut opts = tessera_ir::PrintOptions { weights: tessera_ir::WeightMode::Sidecar, ..Default::default() };
     opts.sidecar_name = "ir.weights".into();
@@ -168,6 +172,7 @@ pub fn write(
     if let Some(p) = &placement {
         parts.push(("placement", p.as_bytes()));
     }
+    parts.extend(extra.iter().copied());
     // The header's length depends on the offsets it holds: lay out after a header of the
     // final size (offsets printed at fixed width are not needed: iterate until it is stable).
     let mut header = Header {

@@ -226,7 +226,7 @@ pub struct CompileReport {
 }
 
 #[cfg(feature = "jit")]
-/// Loads a model file (`.onnx`, `.tir`, `.gguf` is not an artifact model yet).
+/// Loads a model file (`.onnx`, `.tir`; GGUF files go through `llm::lower_for_artifact`).
 fn import_model(
     path: &Path,
     import: &tessera_compiler::onnx::ImportOptions,
@@ -265,7 +265,12 @@ pub fn compile_artifact(path: &Path, opts: &CompileOptions) -> Result<(Vec<u8>, 
 /// [`compile_artifact`] for a model whose hash the caller has (the JIT cache keys on it).
 fn compile_hashed(path: &Path, opts: &CompileOptions, hash: String) -> Result<(Vec<u8>, CompileReport), SessionError> {
     let t0 = Instant::now();
-    let mut g = import_model(path, &opts.import)?;
+    // A GGUF decoder model: the graph `llm::Llm` compiles, with its configuration and tokenizer.
+    let (mut g, extra) = if path.extension().is_some_and(|e| e == "gguf") {
+        llm::lower_for_artifact(path).map_err(|e| SessionError::Import(format!("{}: {e}", path.display())))?
+    } else {
+        (import_model(path, &opts.import)?, Vec::new())
+    };
     let import_ms = t0.elapsed().as_secs_f64() * 1e3;
     // The placement starts from the imported graph, under its own pipeline.
     let placement = match &opts.profile {
@@ -301,7 +306,8 @@ fn compile_hashed(path: &Path, opts: &CompileOptions, hash: String) -> Result<(V
         features: image.meta.features.clone(),
         times: StartupTimes { import_ms, passes_ms, codegen_ms, load_ms: 0.0, cache: None },
     };
-    let out = artifact::write(&image, model, opts.profile.clone(), placement)?;
+    let extra: Vec<(&str, &[u8])> = extra.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let out = artifact::write(&image, model, opts.profile.clone(), placement, &extra)?;
     Ok((out, report))
 }
 
@@ -374,6 +380,15 @@ impl Session {
     pub fn from_artifact(path: impl AsRef<Path>, threads: usize) -> Result<Session, SessionError> {
         let t0 = Instant::now();
         let a = artifact::Artifact::open(path)?;
+        Session::from_opened_artifact(&a, threads, t0)
+    }
+
+    /// A session from an artifact already opened and checked (`t0`: when opening began).
+    pub(crate) fn from_opened_artifact(
+        a: &artifact::Artifact,
+        threads: usize,
+        t0: Instant,
+    ) -> Result<Session, SessionError> {
         let program = a.cpu_program(threads.max(1))?;
         let graph = program.graph().clone();
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;

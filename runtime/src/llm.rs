@@ -123,6 +123,33 @@ pub struct LlmStartup {
     pub compile_ms: f64,
 }
 
+/// What an artifact of a decoder model says about it (section `llm.config`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ArtifactLlm {
+    config: LlmConfig,
+    file_bytes: u64,
+    matrix_bytes: u64,
+}
+
+/// Named artifact sections.
+pub(crate) type Sections = Vec<(String, Vec<u8>)>;
+
+/// The graph `Llm::from_gguf` compiles (last-position logits, f32 numerics) for a GGUF file,
+/// with the artifact sections [`Llm::from_artifact`] reads back.
+pub(crate) fn lower_for_artifact(path: &Path) -> Result<(tessera_ir::Graph, Sections), LlmRunError> {
+    let gguf = Gguf::open(path).map_err(lower::LlmError::from)?;
+    let m = lower::lower(&gguf, &LowerOptions { logits: Logits::Last, numerics: Numerics::default() })?;
+    // The tokenizer must build from what the artifact keeps.
+    let meta = gguf.metadata_only().map_err(lower::LlmError::from)?;
+    let check = Gguf::parse(tessera_ir::Blob::from_vec(meta.clone())).map_err(lower::LlmError::from)?;
+    Tokenizer::from_gguf(&check).map_err(|e| LlmRunError::Tokenizer(e.to_string()))?;
+    let matrix_bytes =
+        gguf.tensors.iter().filter(|t| t.ggml_dims.len() == 2 && t.ggml_dims[1] > 1).map(|t| t.bytes).sum();
+    let info = ArtifactLlm { config: m.config, file_bytes: gguf.file_bytes(), matrix_bytes };
+    let json = serde_json::to_vec(&info).expect("the configuration serializes");
+    Ok((m.graph, vec![("llm.config".into(), json), ("llm.gguf".into(), meta)]))
+}
+
 /// A small deterministic generator (SplitMix64) for sampling with a seed.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -235,7 +262,43 @@ impl Llm {
         };
         let session = Session::from_graph(m.graph, &sopts)?;
         let compile_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let cfg = m.config;
+        let startup = LlmStartup { load_ms, compile_ms };
+        Llm::assemble(m.config, tokenizer, session, opts, startup, gguf.file_bytes(), matrix_bytes)
+    }
+
+    /// Opens an artifact compiled from a GGUF file (`tessera compile model.gguf -o model.tsa`):
+    /// its CPU program, configuration and tokenizer; no compiler runs. `opts.threads` and
+    /// `opts.context` apply; the passes, target and numerics are the artifact's (f32 numerics).
+    pub fn from_artifact(path: impl AsRef<Path>, opts: &LlmOptions) -> Result<Llm, LlmRunError> {
+        let path = path.as_ref();
+        let t0 = Instant::now();
+        let a = crate::artifact::Artifact::open(path).map_err(SessionError::from)?;
+        let not_llm = || {
+            LlmRunError::Session(SessionError::Import(format!(
+                "{}: not a decoder model's artifact (no llm.config section): compile a .gguf file with `tessera compile`",
+                path.display()
+            )))
+        };
+        let info: ArtifactLlm = serde_json::from_slice(a.section_bytes("llm.config").ok_or_else(not_llm)?)
+            .map_err(|e| LlmRunError::Session(SessionError::Import(format!("{}: llm.config: {e}", path.display()))))?;
+        let meta = a.section_bytes("llm.gguf").ok_or_else(not_llm)?;
+        let gguf = Gguf::parse(tessera_ir::Blob::from_vec(meta.to_vec())).map_err(lower::LlmError::from)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| LlmRunError::Tokenizer(e.to_string()))?;
+        let session = Session::from_opened_artifact(&a, opts.threads, t0)?;
+        let startup = LlmStartup { load_ms: t0.elapsed().as_secs_f64() * 1e3, compile_ms: 0.0 };
+        Llm::assemble(info.config, tokenizer, session, opts, startup, info.file_bytes, info.matrix_bytes)
+    }
+
+    /// The KV cache and stop tokens around a compiled session.
+    fn assemble(
+        cfg: LlmConfig,
+        tokenizer: Tokenizer,
+        session: Session,
+        opts: &LlmOptions,
+        startup: LlmStartup,
+        file_bytes: u64,
+        matrix_bytes: u64,
+    ) -> Result<Llm, LlmRunError> {
         if opts.context == 0 || opts.context > cfg.n_ctx_train {
             return Err(LlmRunError::ContextFull {
                 need: opts.context,
@@ -254,16 +317,7 @@ impl Llm {
         // End of generation: the end-of-sequence token and the chat turn ends the vocabulary has.
         let mut eog: Vec<u32> = tokenizer.eos.into_iter().collect();
         eog.extend(["<end_of_turn>", "<|eot_id|>", "<|im_end|>"].iter().filter_map(|t| tokenizer.id(t)));
-        Ok(Llm {
-            config: cfg,
-            tokenizer,
-            session,
-            cache,
-            eog,
-            startup: LlmStartup { load_ms, compile_ms },
-            file_bytes: gguf.file_bytes(),
-            matrix_bytes,
-        })
+        Ok(Llm { config: cfg, tokenizer, session, cache, eog, startup, file_bytes, matrix_bytes })
     }
 
     /// Tokens in the cache.

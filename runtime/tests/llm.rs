@@ -207,3 +207,39 @@ fn sampling_is_seeded_and_respects_top_k_and_top_p() {
     let cold = draws(&Sampling { temperature: 0.01, ..hot }, 9);
     assert!(cold.iter().all(|&t| t == 1));
 }
+
+/// gemma-3-270m compiled into an artifact (`tessera compile model.gguf`) opens without
+/// compiling and decodes exactly what the JIT-compiled model decodes: the same logits bits at
+/// every step of a greedy run through the KV cache.
+#[test]
+fn an_artifact_decodes_like_the_jit() {
+    use tessera_runtime::{compile_artifact, CompileOptions};
+    let Some(path) = model() else { return };
+    let (bytes, report) = compile_artifact(&path, &CompileOptions::default()).unwrap();
+    assert!(report.kernels > 100, "{report:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("gemma.tsa");
+    std::fs::write(&artifact, &bytes).unwrap();
+    drop(bytes);
+    let opts = LlmOptions { target: Target::Cpu, threads: 2, context: 64, ..Default::default() };
+    let mut jit = Llm::from_gguf(&path, &opts).unwrap();
+    let mut aot = Llm::from_artifact(&artifact, &opts).unwrap();
+    assert_eq!(aot.config, jit.config);
+    assert_eq!(aot.startup.compile_ms, 0.0);
+    let prompt = jit.tokenizer.encode("The capital of France is", true);
+    assert_eq!(aot.tokenizer.encode("The capital of France is", true), prompt);
+    let (mut a, mut j) = (aot.eval(&prompt).unwrap(), jit.eval(&prompt).unwrap());
+    for step in 0..8 {
+        assert!(a.iter().zip(&j).all(|(x, y)| x.to_bits() == y.to_bits()), "step {step}: logits differ");
+        let t = argmax(&j);
+        a = aot.eval(&[t]).unwrap();
+        j = jit.eval(&[t]).unwrap();
+    }
+    // An artifact of an encoder model is not a decoder: a typed error that says so.
+    let onnx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/minilm-l3-int8-dynamic.onnx");
+    let (bytes, _) = compile_artifact(&onnx, &CompileOptions::default()).unwrap();
+    let other = dir.path().join("minilm.tsa");
+    std::fs::write(&other, bytes).unwrap();
+    let err = Llm::from_artifact(&other, &opts).err().expect("refused");
+    assert!(err.to_string().contains("not a decoder model's artifact"), "{err}");
+}

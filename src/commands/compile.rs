@@ -35,12 +35,6 @@ pub struct CompileArgs {
 
 pub fn run(args: CompileArgs) -> anyhow::Result<ExitCode> {
     crate::must_exist(&args.file, "the model file")?;
-    if args.file.extension().is_some_and(|e| e == "gguf") {
-        anyhow::bail!(
-            "{}: GGUF models do not compile into artifacts yet (their KV-cache runtime is JIT only): use `tessera generate`",
-            args.file.display()
-        );
-    }
     let output = args.output.clone().unwrap_or_else(|| {
         PathBuf::from(args.file.file_stem().map(|s| s.to_os_string()).unwrap_or_else(|| "model".into()))
             .with_extension("tsa")

@@ -1,4 +1,5 @@
-//! `tessera generate`: stream text from a GGUF decoder model.
+//! `tessera generate`: stream text from a GGUF decoder model, or from its artifact
+//! (`tessera compile model.gguf -o model.tsa`: nothing is compiled at startup).
 
 use anyhow::Context;
 use clap::Args;
@@ -9,7 +10,8 @@ use tessera_runtime::llm::{Llm, LlmOptions, Sampling};
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// The model (.gguf; architectures gemma3 and llama).
+    /// The model (.gguf; architectures gemma3 and llama), or its artifact (.tsa, from `tessera
+    /// compile model.gguf`: loads without compiling; --target and --numerics are the artifact's).
     pub model: PathBuf,
     /// The prompt, tokenized with the model's BOS.
     #[arg(long, short)]
@@ -74,7 +76,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.threads {
         opts.threads = t;
     }
-    let mut llm = Llm::from_gguf(&args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut llm = if args.model.extension().is_some_and(|e| e == "tsa") {
+        Llm::from_artifact(&args.model, &opts)
+    } else {
+        Llm::from_gguf(&args.model, &opts)
+    }
+    .with_context(|| format!("loading {}", args.model.display()))?;
     let c = &llm.config;
     eprintln!(
         "[tessera] {}: {:?}, {} layers, width {}, {} heads ({} KV), vocabulary {}; loaded in {:.0} ms, compiled in {:.0} ms; KV cache {:.1} MiB for {} tokens",
