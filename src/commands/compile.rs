@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct CompileArgs {
-    /// The model file (.onnx or .tir).
+    /// The model file (.onnx, .tir, or .gguf: a decoder model with its tokenizer, for `tessera generate`).
     pub file: PathBuf,
     /// Where to write the artifact (default: the model's name with .tsa, in the current folder).
     #[arg(short, long)]
