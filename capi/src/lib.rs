@@ -539,22 +539,9 @@ pub unsafe extern "C" fn tessera_outputs_free(outputs: *mut TesseraOutputs) {
 /// The name of a dtype (`"f32"`, `"i64"`, ...), as a static string; null for an invalid value.
 #[no_mangle]
 pub extern "C" fn tessera_dtype_name(dtype: u32) -> *const c_char {
-    const NAMES: [&str; 13] = [
-        "f32\0",
-        "f16\0",
-        "bf16\0",
-        "i64\0",
-        "i32\0",
-        "i16\0",
-        "i8\0",
-        "u8\0",
-        "i4\0",
-        "u4\0",
-        "ternary\0",
-        "binary\0",
-        "bool\0",
-    ];
-    NAMES.get(dtype as usize).map_or(std::ptr::null(), |s| s.as_ptr().cast())
+    static NAMES: std::sync::OnceLock<Vec<CString>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| DType::ALL.iter().map(|d| cstring(d.name())).collect());
+    names.get(dtype as usize).map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
 #[cfg(test)]

@@ -280,6 +280,8 @@ pub struct Gguf {
     pub alignment: u64,
     /// Where the data section begins.
     pub data_offset: u64,
+    /// Where the metadata ends (the tensor table begins).
+    metadata_end: usize,
     data: Blob,
 }
 
@@ -314,6 +316,7 @@ impl Gguf {
             let v = r.value(ty, &key, at, 0)?;
             metadata.push((key, v));
         }
+        let metadata_end = r.at;
         r.fits(n_tensors, 24, "the tensor count")?;
         let mut infos = Vec::with_capacity(n_tensors as usize);
         for _ in 0..n_tensors {
@@ -369,26 +372,15 @@ impl Gguf {
             }
             tensors.push(TensorInfo { name, ggml_dims: dims, ty, offset: start, bytes });
         }
-        Ok(Gguf { version, metadata, tensors, alignment, data_offset, data })
+        Ok(Gguf { version, metadata, tensors, alignment, data_offset, metadata_end, data })
     }
 
     /// The file's header and metadata with no tensors: a GGUF image a tokenizer (and
     /// anything else reading metadata only) can be made from, as artifacts store it.
-    pub fn metadata_only(&self) -> Result<Vec<u8>, GgufError> {
-        let mut r = Reader { b: &self.data[..], at: 0 };
-        r.take(4, "the magic")?;
-        r.u32("the version")?;
-        r.u64("the tensor count")?;
-        let n_meta = r.u64("the metadata count")?;
-        for _ in 0..n_meta {
-            let key = r.string("a metadata key")?;
-            let at = r.at as u64;
-            let ty = r.u32(&format!("the type of {key:?}"))?;
-            r.value(ty, &key, at, 0)?;
-        }
-        let mut out = self.data[..r.at].to_vec();
+    pub fn metadata_only(&self) -> Vec<u8> {
+        let mut out = self.data[..self.metadata_end].to_vec();
         out[8..16].copy_from_slice(&0u64.to_le_bytes());
-        Ok(out)
+        out
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {

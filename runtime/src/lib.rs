@@ -223,6 +223,9 @@ pub struct CompileReport {
     pub triple: String,
     pub features: Vec<String>,
     pub times: StartupTimes,
+    /// The placement on [`CompileOptions::profile`], when one was named (its summary is
+    /// stored in the artifact).
+    pub placed: Option<Placed>,
 }
 
 #[cfg(feature = "jit")]
@@ -273,10 +276,11 @@ fn compile_hashed(path: &Path, opts: &CompileOptions, hash: String) -> Result<(V
     };
     let import_ms = t0.elapsed().as_secs_f64() * 1e3;
     // The placement starts from the imported graph, under its own pipeline.
-    let placement = match &opts.profile {
-        Some(name) => Some(placement_summary(g.clone(), name)?),
+    let placed = match &opts.profile {
+        Some(name) => Some(place_on_profile(g.clone(), name)?),
         None => None,
     };
+    let placement = placed.as_ref().map(|p| tessera_compiler::place::report::summary(&p.problem, &p.placement));
     let t1 = Instant::now();
     let mut pipeline =
         tessera_compiler::passes::Pipeline::parse(&opts.passes).map_err(|e| SessionError::Passes(e.to_string()))?;
@@ -305,15 +309,25 @@ fn compile_hashed(path: &Path, opts: &CompileOptions, hash: String) -> Result<(V
         triple: image.meta.triple.clone(),
         features: image.meta.features.clone(),
         times: StartupTimes { import_ms, passes_ms, codegen_ms, load_ms: 0.0, cache: None },
+        placed,
     };
     let extra: Vec<(&str, &[u8])> = extra.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     let out = artifact::write(&image, model, opts.profile.clone(), placement, &extra)?;
     Ok((out, report))
 }
 
+/// A model priced and partitioned on a phone profile (what `tessera explain` reports).
 #[cfg(feature = "jit")]
-/// The phone profile's placement of the model (the `tessera explain` summary), as text.
-fn placement_summary(mut g: tessera_ir::Graph, profile: &str) -> Result<String, SessionError> {
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub problem: tessera_compiler::place::Problem,
+    pub placement: tessera_compiler::place::Placement,
+}
+
+#[cfg(feature = "jit")]
+/// Places the imported graph on `profile`: the placement pipeline (rewrites extracted by the
+/// profile's cost model), kernels priced at the default bindings, then partitioned.
+fn place_on_profile(mut g: tessera_ir::Graph, profile: &str) -> Result<Placed, SessionError> {
     let p = tessera_compiler::passes::profile::DeviceProfile::load(profile)
         .map_err(|e| SessionError::Profile(e.to_string()))?;
     tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, HETERO_PIPELINE, &p)
@@ -321,8 +335,8 @@ fn placement_summary(mut g: tessera_ir::Graph, profile: &str) -> Result<String, 
     let b = tessera_compiler::place::Problem::default_bindings(&g, &[]);
     let problem =
         tessera_compiler::place::Problem::build(&g, &b, &p).map_err(|e| SessionError::Profile(e.to_string()))?;
-    let plan = tessera_compiler::place::partition(&problem).map_err(|e| SessionError::Profile(e.to_string()))?;
-    Ok(tessera_compiler::place::report::summary(&problem, &plan))
+    let placement = tessera_compiler::place::partition(&problem).map_err(|e| SessionError::Profile(e.to_string()))?;
+    Ok(Placed { problem, placement })
 }
 
 enum Engine {

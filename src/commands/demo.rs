@@ -216,7 +216,10 @@ fn deploy(args: &DemoArgs) -> anyhow::Result<(bool, Vec<String>)> {
     println!("\n3. {DEFAULT_MODEL} compiled ahead of time, for this machine and for a phone ({})", args.profile);
     let pb = spinner("compiling for this machine");
     let (host_bytes, host) = compile_artifact(&model, &CompileOptions::default())?;
-    pb.set_message(format!("compiling for aarch64-linux-android, placed on {}", args.profile));
+    pb.set_message(format!(
+        "compiling for aarch64-linux-android, placed on {} (NPU kernels compiled and simulated to price them)",
+        args.profile
+    ));
     let phone_opts = CompileOptions {
         triple: Some("aarch64-linux-android".into()),
         profile: Some(args.profile.clone()),
@@ -280,23 +283,19 @@ fn deploy(args: &DemoArgs) -> anyhow::Result<(bool, Vec<String>)> {
     ));
 
     println!("\n5. {DEFAULT_MODEL} placed on the {} (CPU, GPU and NPU by the cost model)", args.profile);
-    let p = tessera_compiler::passes::profile::DeviceProfile::load(&args.profile)
-        .map_err(|e| anyhow::anyhow!("--profile: {e}"))?;
-    let mut g = import_file(&model)?;
-    tessera_compiler::passes::saturate::run_pipeline_for_profile(&mut g, tessera_runtime::HETERO_PIPELINE, &p)?;
-    let b = tessera_compiler::place::Problem::default_bindings(&g, &[]);
-    let pb = spinner(&format!("pricing {} kernels on every unit (NPU kernels compiled and simulated)", g.n_nodes()));
-    let problem = tessera_compiler::place::Problem::build(&g, &b, &p)?;
-    let placement = tessera_compiler::place::partition(&problem)?;
-    pb.finish_and_clear();
+    // The phone compile placed the model already (its summary is in the phone artifact).
+    let tessera_runtime::Placed { problem, placement } =
+        phone.placed.as_ref().ok_or_else(|| anyhow::anyhow!("the phone compile returned no placement"))?;
+    let p = &problem.profile;
+    let b = &problem.bindings;
     let bound: Vec<String> = b.iter().map(|(n, v)| format!("{n} = {v}")).collect();
     println!("  (symbolic dims priced at {})", bound.join(", "));
-    let text = tessera_compiler::place::report::summary(&problem, &placement);
+    let text = tessera_compiler::place::report::summary(problem, placement);
     for line in text.lines() {
         println!("  {line}");
     }
     let spans = tessera_compiler::place::report::schedule_spans(
-        &problem,
+        problem,
         &placement.schedule,
         &format!("{} (simulated)", p.name),
     );
@@ -311,7 +310,7 @@ fn deploy(args: &DemoArgs) -> anyhow::Result<(bool, Vec<String>)> {
     let trace = args.out.join("timeline.json");
     std::fs::write(&trace, tessera_compiler::place::report::chrome_trace(&spans))?;
     let dot = args.out.join("placement.dot");
-    std::fs::write(&dot, tessera_compiler::place::report::dot(&problem, &placement.schedule))?;
+    std::fs::write(&dot, tessera_compiler::place::report::dot(problem, &placement.schedule))?;
     let rendered = args.out.join("placement.svg");
     let have_dot = std::process::Command::new("dot")
         .arg("-Tsvg")

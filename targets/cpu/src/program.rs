@@ -353,10 +353,6 @@ impl Program {
         self.steps.iter().map(|s| format!("{} {}", s.node, s.name)).collect()
     }
 
-    fn bind(&self, inputs: &[Tensor]) -> Result<Bindings, CpuError> {
-        bind(&self.graph, inputs)
-    }
-
     fn plan(&self, b: &Bindings) -> Result<Arc<RunPlan>, CpuError> {
         let key: Vec<usize> = self.syms.iter().map(|s| b.get(s).unwrap_or(0)).collect();
         if let Some(p) = self.plans.lock().expect("plan cache").get(&key) {
@@ -385,7 +381,7 @@ impl Program {
 
     /// Bytes of the activation arena for the sizes `inputs` bind (plans and caches it).
     pub fn arena_bytes(&self, inputs: &[Tensor]) -> Result<u64, CpuError> {
-        let b = self.bind(inputs)?;
+        let b = bind(&self.graph, inputs)?;
         Ok(self.plan(&b)?.arena_bytes)
     }
 
@@ -403,7 +399,7 @@ impl Program {
 
     pub fn run_profiled(&self, inputs: &[Tensor], opts: &RunOptions) -> Result<(Vec<Tensor>, Vec<f64>), CpuError> {
         let g = &self.graph;
-        let b = self.bind(inputs)?;
+        let b = bind(&self.graph, inputs)?;
         let plan = self.plan(&b)?;
         let syms: Vec<i64> = self.syms.iter().map(|s| b.get(s).unwrap_or(0) as i64).collect();
         // Input bytes.
