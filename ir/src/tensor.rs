@@ -265,6 +265,27 @@ impl Tensor {
         self.data
     }
 
+    /// The values of a float tensor as one row-major `Vec` (its own storage when the array is
+    /// in standard layout, so a vector moved in with [`Tensor::from_f32`] comes back with its
+    /// allocation and capacity); the tensor back when it is not a float tensor.
+    pub fn into_f32_vec(self) -> Result<Vec<f32>, Tensor> {
+        match self.data {
+            TensorData::Float(a) if a.is_standard_layout() => {
+                let n = a.len();
+                let (mut v, offset) = a.into_raw_vec_and_offset();
+                let o = offset.unwrap_or(0);
+                if o == 0 && v.len() == n {
+                    return Ok(v);
+                }
+                v.drain(..o);
+                v.truncate(n);
+                Ok(v)
+            }
+            TensorData::Float(a) => Ok(a.iter().copied().collect()),
+            data => Err(Tensor { dtype: self.dtype, data }),
+        }
+    }
+
     pub fn as_float(&self) -> Option<&ArrayD<f32>> {
         match &self.data {
             TensorData::Float(a) => Some(a),
@@ -368,6 +389,25 @@ mod tests {
         let bytes = t.to_bytes();
         assert_eq!(bytes, vec![0b1000_1101, 1]);
         assert_eq!(Tensor::from_bytes(DType::Binary, &[9], &bytes).unwrap(), t);
+    }
+
+    #[test]
+    fn an_f32_vector_moves_in_and_out_with_its_allocation() {
+        let mut v = Vec::with_capacity(100);
+        v.extend([1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let ptr = v.as_ptr();
+        let t = Tensor::from_f32(DType::F32, &[2, 3], v).unwrap();
+        let back = t.into_f32_vec().unwrap();
+        assert_eq!((back.as_ptr(), back.capacity()), (ptr, 100));
+        assert_eq!(back, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        // A view that is not the whole storage comes back as its own values.
+        let t = Tensor::from_f32(DType::F32, &[2, 3], back).unwrap();
+        let TensorData::Float(a) = t.into_data() else { unreachable!() };
+        let col = a.slice_move(ndarray::s![.., 1..]).into_dyn();
+        let t = Tensor::from_data(DType::F32, TensorData::Float(col));
+        assert_eq!(t.into_f32_vec().unwrap(), [2.0, 3.0, 5.0, 6.0]);
+        let ints = Tensor::from_i64(DType::I64, &[1], vec![7]).unwrap();
+        assert_eq!(ints.clone().into_f32_vec().unwrap_err(), ints);
     }
 
     #[test]

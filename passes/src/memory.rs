@@ -308,6 +308,8 @@ pub struct Plan {
     pub arena_bytes: u64,
     /// Which heuristic produced it.
     pub strategy: String,
+    /// Bytes of results written over an operand's buffer (copies an in-place reshape saves).
+    pub inplace_bytes: u64,
 }
 
 impl Plan {
@@ -375,6 +377,7 @@ pub fn place(bufs: &[Buffer], sequence: &[usize], fit: Fit) -> (Vec<u64>, u64) {
 fn plan_from(bufs: &[Buffer], offsets: &[u64], strategy: &str) -> Plan {
     let mut out = Vec::new();
     let mut arena = 0;
+    let inplace_bytes = bufs.iter().map(|b| b.bytes * (b.values.len().max(1) - 1) as u64).sum();
     for (b, &o) in bufs.iter().zip(offsets) {
         for &v in &b.values {
             out.push((v, o));
@@ -384,7 +387,7 @@ fn plan_from(bufs: &[Buffer], offsets: &[u64], strategy: &str) -> Plan {
         }
     }
     out.sort_unstable();
-    Plan { offsets: out, arena_bytes: arena, strategy: strategy.to_string() }
+    Plan { offsets: out, arena_bytes: arena, strategy: strategy.to_string(), inplace_bytes }
 }
 
 /// Buffers by size, largest first; ties by longer lifetime, then earlier start.
@@ -438,7 +441,8 @@ fn by_breadth(bufs: &[Buffer], steps: usize) -> Vec<usize> {
 
 /// The best of several heuristics (greedy-by-size and greedy-by-breadth orders, by lifetime and
 /// by start, with first and best fit; with and without in-place sharing), never above
-/// [`greedy_by_size`]. Deterministic: ties go to the earlier heuristic.
+/// [`greedy_by_size`]. Among plans of the same arena size the one with the most in-place bytes
+/// wins (each shared byte is a copy not made); remaining ties go to the earlier heuristic.
 pub fn best_plan(g: &Graph, order: &[Node], sizes: &[u64]) -> Plan {
     let mut best = greedy_by_size(g, order, sizes);
     for inplace in [true, false] {
@@ -464,7 +468,10 @@ pub fn best_plan(g: &Graph, order: &[Node], sizes: &[u64]) -> Plan {
                     if fit == Fit::Best { " (best fit)" } else { "" }
                 );
                 let p = plan_from(&bufs, &offsets, &strategy);
-                if p.arena_bytes < best.arena_bytes {
+                // The smallest arena; among equal ones, the one sharing most (fewer copies).
+                if (p.arena_bytes, std::cmp::Reverse(p.inplace_bytes))
+                    < (best.arena_bytes, std::cmp::Reverse(best.inplace_bytes))
+                {
                     best = p;
                 }
             }

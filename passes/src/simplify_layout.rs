@@ -1,7 +1,9 @@
 //! `simplify-layout`: removes layout ops that do nothing and merges chains: `identity`;
 //! `cast` to the same dtype; `reshape`/`expand` to the operand's own type; `transpose` of a
-//! `transpose` (one perm, or none when they cancel); `reshape` of a `reshape` (one reshape to the
-//! final type, when that type has no `?` dims); a reshape or expand by a constant shape operand
+//! `transpose` (one perm, or none when they cancel); a `transpose` that moves only unit axes
+//! becomes a `reshape`; chains of `reshape`, `squeeze` and `unsqueeze` become one reshape to the
+//! final type (when that type has no `?` dims, and for a final squeeze or unsqueeze at most one
+//! symbolic dim, which the reshape infers); a reshape or expand by a constant shape operand
 //! becomes the attribute form. Run `dce` after it.
 
 use crate::manager::{Pass, PassError, PassReport};
@@ -76,6 +78,20 @@ impl Pass for SimplifyLayout {
                 rewrites += 1;
                 continue;
             }
+            // A transpose that moves only unit axes (the others keep their order) moves no data:
+            // it is a reshape to its result type.
+            if let Op::Transpose { perm } = &nd.op {
+                let xd = &g.ty(x).shape.0;
+                let moved: Vec<usize> = perm.iter().copied().filter(|&p| xd.get(p) != Some(&Dim::Static(1))).collect();
+                if moved.windows(2).all(|w| w[0] < w[1]) {
+                    if let Some(target) = reshape_target(&g.ty(y).shape.0) {
+                        let node = g.node_mut(n);
+                        node.op = Op::Reshape { shape: Some(target) };
+                        rewrites += 1;
+                        continue;
+                    }
+                }
+            }
             match (&nd.op, producer(g, x)) {
                 (Op::Transpose { perm: outer }, Some(m)) => {
                     if let Op::Transpose { perm: inner } = &g.node(m).op {
@@ -91,11 +107,20 @@ impl Pass for SimplifyLayout {
                         rewrites += 1;
                     }
                 }
-                (Op::Reshape { shape: Some(_) }, Some(m)) => {
-                    let inner_is_reshape =
-                        matches!(&g.node(m).op, Op::Reshape { shape: Some(_) }) && g.node(m).inputs.len() == 1;
-                    let target: Option<Vec<TargetDim>> =
-                        g.ty(y).shape.0.iter().map(|d| (*d != Dim::Unknown).then(|| TargetDim::from(d))).collect();
+                (Op::Reshape { shape: Some(_) } | Op::Squeeze { .. } | Op::Unsqueeze { .. }, Some(m))
+                    if nd.inputs.len() == 1 =>
+                {
+                    // A chain of reshapes, squeezes and unsqueezes: one reshape to the final type.
+                    let reinterprets = |op: &Op| {
+                        matches!(op, Op::Reshape { shape: Some(_) } | Op::Squeeze { .. } | Op::Unsqueeze { .. })
+                    };
+                    let inner_is_reshape = reinterprets(&g.node(m).op) && g.node(m).inputs.len() == 1;
+                    let target = match &nd.op {
+                        Op::Reshape { .. } => {
+                            g.ty(y).shape.0.iter().map(|d| (*d != Dim::Unknown).then(|| TargetDim::from(d))).collect()
+                        }
+                        _ => reshape_target(&g.ty(y).shape.0),
+                    };
                     if let (true, Some(target)) = (inner_is_reshape, target) {
                         let src = g.node(m).inputs[0];
                         let node = g.node_mut(n);
@@ -109,6 +134,22 @@ impl Pass for SimplifyLayout {
         }
         Ok(PassReport::changed(rewrites > 0).note(format!("{rewrites} rewrites")))
     }
+}
+
+/// A reshape target for a result type whose dims are static but for at most one (which the
+/// reshape infers: `-1`); `None` otherwise.
+fn reshape_target(dims: &[Dim]) -> Option<Vec<TargetDim>> {
+    if dims.iter().filter(|d| !matches!(d, Dim::Static(_))).count() > 1 {
+        return None;
+    }
+    Some(
+        dims.iter()
+            .map(|d| match d {
+                Dim::Static(n) => TargetDim::Int(*n as i64),
+                _ => TargetDim::Int(-1),
+            })
+            .collect(),
+    )
 }
 
 /// The attribute form of a squeeze, unsqueeze, reduce, slice or split whose axes, bounds or

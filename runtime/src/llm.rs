@@ -215,7 +215,10 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
 /// Cached rows are passed padded to a multiple of this (see [`Llm::inputs_for`]).
 const PAD: usize = 64;
 
-/// The KV cache: per layer, keys and values of every position so far.
+/// The KV cache: per layer, keys and values of every position so far. Each vector is
+/// reserved for the whole context once (pages are touched as positions fill) and holds at
+/// least the rows the next run passes; it moves into that run's input tensor and back, so the
+/// cache is never copied to be read.
 struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -307,13 +310,8 @@ impl Llm {
             });
         }
         let row = cfg.n_head_kv * cfg.head_dim;
-        let cache = KvCache {
-            k: vec![vec![0.0; opts.context * row]; cfg.n_layer],
-            v: vec![vec![0.0; opts.context * row]; cfg.n_layer],
-            row,
-            len: 0,
-            capacity: opts.context,
-        };
+        let reserve = || (0..cfg.n_layer).map(|_| Vec::with_capacity(opts.context * row)).collect();
+        let cache = KvCache { k: reserve(), v: reserve(), row, len: 0, capacity: opts.context };
         // End of generation: the end-of-sequence token and the chat turn ends the vocabulary has.
         let mut eog: Vec<u32> = tokenizer.eos.into_iter().collect();
         eog.extend(["<end_of_turn>", "<|eot_id|>", "<|im_end|>"].iter().filter_map(|t| tokenizer.id(t)));
@@ -341,7 +339,22 @@ impl Llm {
     }
 
     /// The graph's inputs for running `tokens` after the cached ones (checked: context, vocabulary).
+    /// The cache's rows are copied; [`Llm::eval`] moves them instead.
     pub fn inputs_for(&self, tokens: &[u32]) -> Result<Vec<Tensor>, LlmRunError> {
+        let (mut inputs, rows) = self.leading_inputs(tokens)?;
+        let (kvh, hd, row) = (self.config.n_head_kv, self.config.head_dim, self.cache.row);
+        for l in 0..self.config.n_layer {
+            for c in [&self.cache.k[l], &self.cache.v[l]] {
+                let mut v = c[..c.len().min(rows * row)].to_vec();
+                v.resize(rows * row, 0.0);
+                inputs.push(Tensor::from_f32(DType::F32, &[rows, kvh, hd], v).expect("sizes agree"));
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// The inputs before the caches (tokens, positions, masks), and the cached rows to pass.
+    fn leading_inputs(&self, tokens: &[u32]) -> Result<(Vec<Tensor>, usize), LlmRunError> {
         let (n, past) = (tokens.len(), self.cache.len);
         if n == 0 {
             return Err(LlmRunError::EmptyPrompt);
@@ -389,25 +402,39 @@ impl Llm {
         if self.config.has_swa() {
             inputs.push(tensor(DType::F32, &[n, kv], mask(self.config.window)));
         }
-        let (kvh, hd) = (self.config.n_head_kv, self.config.head_dim);
-        for l in 0..self.config.n_layer {
-            for c in [&self.cache.k[l], &self.cache.v[l]] {
-                inputs.push(tensor(DType::F32, &[rows, kvh, hd], c[..rows * self.cache.row].to_vec()));
-            }
-        }
-        Ok(inputs)
+        Ok((inputs, rows))
     }
 
     /// Runs `tokens` after the cached ones, appends their keys and values to the cache, and
     /// returns the logits of the last one.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, LlmRunError> {
         let (n, past) = (tokens.len(), self.cache.len);
-        let inputs = self.inputs_for(tokens)?;
-        let out = self.session.run(&inputs)?;
-        let row = self.cache.row;
+        let (mut inputs, rows) = self.leading_inputs(tokens)?;
+        let lead = inputs.len();
+        let (kvh, hd, row) = (self.config.n_head_kv, self.config.head_dim, self.cache.row);
+        for l in 0..self.config.n_layer {
+            for c in [&mut self.cache.k[l], &mut self.cache.v[l]] {
+                // Rows past the cached ones are padding the masks hide (zeros or an earlier
+                // sequence's values: finite either way).
+                let mut v = std::mem::take(c);
+                v.resize(rows * row, 0.0);
+                inputs.push(Tensor::from_f32(DType::F32, &[rows, kvh, hd], v).expect("sizes agree"));
+            }
+        }
+        let result = self.session.run(&inputs);
+        // The cache's vectors come back whatever the run did.
+        for (i, t) in inputs.drain(lead..).enumerate() {
+            let (l, j) = (i / 2, i % 2);
+            let c = if j == 0 { &mut self.cache.k[l] } else { &mut self.cache.v[l] };
+            *c = t.into_f32_vec().expect("f32 cache");
+        }
+        let out = result?;
         for l in 0..self.config.n_layer {
             for (j, c) in [&mut self.cache.k[l], &mut self.cache.v[l]].into_iter().enumerate() {
                 let new = out[1 + 2 * l + j].as_float().expect("f32 keys and values");
+                if c.len() < (past + n) * row {
+                    c.resize((past + n) * row, 0.0);
+                }
                 let dst = &mut c[past * row..(past + n) * row];
                 match new.as_slice() {
                     Some(s) => dst.copy_from_slice(s),
@@ -416,8 +443,8 @@ impl Llm {
             }
         }
         self.cache.len = past + n;
-        let logits = out[0].as_float().expect("f32 logits");
-        Ok(logits.iter().copied().collect())
+        let logits = out.into_iter().next().expect("logits").into_f32_vec().expect("f32 logits");
+        Ok(logits)
     }
 
     /// Generates up to `n` tokens after `prompt` (tokenized with the model's BOS; the cache is

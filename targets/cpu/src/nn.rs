@@ -418,6 +418,12 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                 fx.b.ins().iadd(vp, o)
             };
             let inv_slot = fx.stack_buf((TILE_MR * 4) as u32, 4);
+            // The K and V offsets packed last in this chunk's scratch (-1: none yet). Heads that
+            // share keys and values (grouped-query attention broadcasts one KV head over a group
+            // of query heads) reuse the packed panels instead of packing them again.
+            let none = fx.iconst(-1);
+            let packed_k = fx.var(types::I64, none);
+            let packed_v = fx.var(types::I64, none);
             fx.for_range(lo, hi, 1, false, |fx, l| {
                 // Leading offsets of q, k, v, mask and the output.
                 let mut rest = l;
@@ -455,89 +461,98 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                 let k_row = sk_st[r - 2].unwrap_or(zero);
                 let v_row = sv_st[r - 2].unwrap_or(zero);
                 let q_row = sq_st[r - 2].unwrap_or(zero);
-                // Pack K^T: kp[(j / 8) * d * 8 + dd * 8 + j % 8] = K[j][dd]; the last panel's
-                // missing keys are zero.
-                {
-                    let last = fx.iadd_imm(kpan, -1);
-                    let lo8 = fx.b.ins().imul(last, d_);
-                    let lo8 = fx.imul_imm(lo8, 8);
-                    let n8 = fx.imul_imm(d_, 8);
-                    let z4 = fx.fsplat(0.0);
-                    let zero_i = fx.iconst(0);
-                    let last_p = fx.addr(kp, lo8, 4);
-                    fx.for_range(zero_i, n8, 4, true, |fx, i| {
-                        let a = fx.addr(last_p, i, 4);
-                        fx.b.ins().store(mem(), z4, a, 0);
-                        Ok(())
-                    })?;
-                }
-                fx.for_n(sk, |fx, j| {
-                    let kr = {
-                        let o = fx.b.ins().imul(j, k_row);
-                        fx.b.ins().iadd(kb, o)
-                    };
-                    let p = fx.b.ins().ushr_imm_u(j, 3);
-                    let jj = fx.b.ins().band_imm_u(j, 7);
-                    let pd = fx.b.ins().imul(p, d_);
-                    let pd8 = fx.imul_imm(pd, 8);
-                    let base = fx.b.ins().iadd(pd8, jj);
-                    let dst = fx.addr(kp, base, 4);
-                    fx.for_n(d_, |fx, dd| {
-                        let src = fx.addr(kr, dd, 4);
-                        let x = fx.b.ins().load(types::F32, mem_ro(), src, 0);
-                        let o = fx.imul_imm(dd, 32);
-                        let a = fx.b.ins().iadd(dst, o);
-                        fx.b.ins().store(mem(), x, a, 0);
-                        Ok(())
-                    })
-                })?;
-                // Pack V: vp[(c / 8) * sk * 8 + j * 8 + c % 8] = V[j][c], missing columns zero.
-                fx.for_n(sk, |fx, j| {
-                    let vr = {
-                        let o = fx.b.ins().imul(j, v_row);
-                        fx.b.ins().iadd(vb, o)
-                    };
-                    let dst = {
-                        let o = fx.imul_imm(j, 32);
-                        fx.b.ins().iadd(vp, o)
-                    };
-                    let panel_bytes = fx.imul_imm(sk, 32);
-                    fx.for_n(vpan, |fx, p| {
-                        let d0 = {
-                            let o = fx.b.ins().imul(p, panel_bytes);
-                            fx.b.ins().iadd(dst, o)
+                let pk = fx.b.use_var(packed_k);
+                let pv = fx.b.use_var(packed_v);
+                let k_moved = fx.b.ins().icmp(IntCC::NotEqual, pk, ok);
+                let v_moved = fx.b.ins().icmp(IntCC::NotEqual, pv, ov);
+                let repack = fx.b.ins().bor(k_moved, v_moved);
+                fx.b.def_var(packed_k, ok);
+                fx.b.def_var(packed_v, ov);
+                fx.if_then(repack, |fx| {
+                    // Pack K^T: kp[(j / 8) * d * 8 + dd * 8 + j % 8] = K[j][dd]; the last panel's
+                    // missing keys are zero.
+                    {
+                        let last = fx.iadd_imm(kpan, -1);
+                        let lo8 = fx.b.ins().imul(last, d_);
+                        let lo8 = fx.imul_imm(lo8, 8);
+                        let n8 = fx.imul_imm(d_, 8);
+                        let z4 = fx.fsplat(0.0);
+                        let zero_i = fx.iconst(0);
+                        let last_p = fx.addr(kp, lo8, 4);
+                        fx.for_range(zero_i, n8, 4, true, |fx, i| {
+                            let a = fx.addr(last_p, i, 4);
+                            fx.b.ins().store(mem(), z4, a, 0);
+                            Ok(())
+                        })?;
+                    }
+                    fx.for_n(sk, |fx, j| {
+                        let kr = {
+                            let o = fx.b.ins().imul(j, k_row);
+                            fx.b.ins().iadd(kb, o)
                         };
-                        let c0 = fx.imul_imm(p, 8);
-                        let end = fx.iadd_imm(c0, 8);
-                        let whole = fx.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, dv);
-                        let src = fx.addr(vr, c0, 4);
-                        let then_b = fx.b.create_block();
-                        let else_b = fx.b.create_block();
-                        let done = fx.b.create_block();
-                        fx.b.ins().brif(whole, then_b, &[], else_b, &[]);
-                        fx.b.switch_to_block(then_b);
-                        for h in 0..2 {
-                            let x = fx.b.ins().load(F4, mem_ro(), src, h * 16);
-                            fx.b.ins().store(mem(), x, d0, h * 16);
-                        }
-                        fx.b.ins().jump(done, &[]);
-                        fx.b.switch_to_block(else_b);
-                        for cc in 0..8i64 {
-                            let c = fx.iadd_imm(c0, cc);
-                            let inside = fx.b.ins().icmp(IntCC::SignedLessThan, c, dv);
-                            let zf = fx.fconst(0.0);
-                            let v = fx.var(types::F32, zf);
-                            fx.if_then(inside, |fx| {
-                                let x = fx.b.ins().load(types::F32, mem_ro(), src, (cc * 4) as i32);
-                                fx.b.def_var(v, x);
-                                Ok(())
-                            })?;
-                            let x = fx.b.use_var(v);
-                            fx.b.ins().store(mem(), x, d0, (cc * 4) as i32);
-                        }
-                        fx.b.ins().jump(done, &[]);
-                        fx.b.switch_to_block(done);
-                        Ok(())
+                        let p = fx.b.ins().ushr_imm_u(j, 3);
+                        let jj = fx.b.ins().band_imm_u(j, 7);
+                        let pd = fx.b.ins().imul(p, d_);
+                        let pd8 = fx.imul_imm(pd, 8);
+                        let base = fx.b.ins().iadd(pd8, jj);
+                        let dst = fx.addr(kp, base, 4);
+                        fx.for_n(d_, |fx, dd| {
+                            let src = fx.addr(kr, dd, 4);
+                            let x = fx.b.ins().load(types::F32, mem_ro(), src, 0);
+                            let o = fx.imul_imm(dd, 32);
+                            let a = fx.b.ins().iadd(dst, o);
+                            fx.b.ins().store(mem(), x, a, 0);
+                            Ok(())
+                        })
+                    })?;
+                    // Pack V: vp[(c / 8) * sk * 8 + j * 8 + c % 8] = V[j][c], missing columns zero.
+                    fx.for_n(sk, |fx, j| {
+                        let vr = {
+                            let o = fx.b.ins().imul(j, v_row);
+                            fx.b.ins().iadd(vb, o)
+                        };
+                        let dst = {
+                            let o = fx.imul_imm(j, 32);
+                            fx.b.ins().iadd(vp, o)
+                        };
+                        let panel_bytes = fx.imul_imm(sk, 32);
+                        fx.for_n(vpan, |fx, p| {
+                            let d0 = {
+                                let o = fx.b.ins().imul(p, panel_bytes);
+                                fx.b.ins().iadd(dst, o)
+                            };
+                            let c0 = fx.imul_imm(p, 8);
+                            let end = fx.iadd_imm(c0, 8);
+                            let whole = fx.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, dv);
+                            let src = fx.addr(vr, c0, 4);
+                            let then_b = fx.b.create_block();
+                            let else_b = fx.b.create_block();
+                            let done = fx.b.create_block();
+                            fx.b.ins().brif(whole, then_b, &[], else_b, &[]);
+                            fx.b.switch_to_block(then_b);
+                            for h in 0..2 {
+                                let x = fx.b.ins().load(F4, mem_ro(), src, h * 16);
+                                fx.b.ins().store(mem(), x, d0, h * 16);
+                            }
+                            fx.b.ins().jump(done, &[]);
+                            fx.b.switch_to_block(else_b);
+                            for cc in 0..8i64 {
+                                let c = fx.iadd_imm(c0, cc);
+                                let inside = fx.b.ins().icmp(IntCC::SignedLessThan, c, dv);
+                                let zf = fx.fconst(0.0);
+                                let v = fx.var(types::F32, zf);
+                                fx.if_then(inside, |fx| {
+                                    let x = fx.b.ins().load(types::F32, mem_ro(), src, (cc * 4) as i32);
+                                    fx.b.def_var(v, x);
+                                    Ok(())
+                                })?;
+                                let x = fx.b.use_var(v);
+                                fx.b.ins().store(mem(), x, d0, (cc * 4) as i32);
+                            }
+                            fx.b.ins().jump(done, &[]);
+                            fx.b.switch_to_block(done);
+                            Ok(())
+                        })
                     })
                 })?;
                 let q_lda = fx.b.ins().sshr_imm_u(q_row, 2);

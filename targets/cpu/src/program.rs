@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tessera_ir::{Bindings, Blob, Dim, Graph, Node, Tensor};
+use tessera_ir::{Bindings, Blob, DType, Dim, Graph, Node, Tensor, TensorData};
 use tessera_passes::memory;
 
 use crate::{CpuError, KernelFault};
@@ -163,6 +163,8 @@ pub struct Program {
     syms: Vec<Arc<str>>,
     plans: Mutex<HashMap<Vec<usize>, Arc<RunPlan>>>,
     arenas: Mutex<Vec<Vec<Chunk>>>,
+    /// Kernel scratch kept between runs (its pages stay mapped).
+    scratches: Mutex<Vec<Vec<Chunk>>>,
     pool: Option<crate::pool::Pool>,
     threads: usize,
     min_split_bytes: u64,
@@ -314,6 +316,7 @@ impl Program {
             syms,
             plans: Mutex::new(HashMap::new()),
             arenas: Mutex::new(Vec::new()),
+            scratches: Mutex::new(Vec::new()),
             pool,
             threads,
             min_split_bytes,
@@ -402,8 +405,9 @@ impl Program {
         let b = bind(&self.graph, inputs)?;
         let plan = self.plan(&b)?;
         let syms: Vec<i64> = self.syms.iter().map(|s| b.get(s).unwrap_or(0) as i64).collect();
-        // Input bytes.
-        let input_bytes: Vec<Vec<u8>> = inputs.iter().map(|t| t.to_bytes()).collect();
+        // Input bytes: f32 and i64 tensors in standard layout are read where they are (on a
+        // little-endian host their storage is the packed layout); others are packed.
+        let input_bytes: Vec<std::borrow::Cow<[u8]>> = inputs.iter().map(input_bytes).collect();
         let mut arena = self.take_arena(plan.arena_bytes as usize);
         let arena_ptr = arena.as_mut_ptr() as *mut u8;
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::NonNull::<u8>::dangling().as_ptr(); g.n_values()];
@@ -435,7 +439,14 @@ impl Program {
             }
         }
         let mut times = Vec::new();
-        let result = self.run_steps(&plan, &syms, &ptrs, opts.profile.then_some(&mut times));
+        let mut scratch = self.scratches.lock().expect("scratch pool").pop().unwrap_or_default();
+        let result = self.run_steps(&plan, &syms, &ptrs, &mut scratch, opts.profile.then_some(&mut times));
+        {
+            let mut pool = self.scratches.lock().expect("scratch pool");
+            if pool.len() < 4 {
+                pool.push(scratch);
+            }
+        }
         let outputs = result.and_then(|()| {
             g.outputs()
                 .iter()
@@ -479,11 +490,11 @@ impl Program {
         plan: &RunPlan,
         syms: &[i64],
         ptrs: &[*mut u8],
+        scratch: &mut Vec<Chunk>,
         mut times: Option<&mut Vec<f64>>,
     ) -> Result<(), CpuError> {
         let mut bufs: Vec<*mut u8> = Vec::with_capacity(16);
         let mut args: Vec<i64> = Vec::with_capacity(syms.len() + 8);
-        let mut scratch: Vec<Chunk> = Vec::new();
         for (si, step) in self.steps.iter().enumerate() {
             let t0 = times.as_ref().map(|_| Instant::now());
             bufs.clear();
@@ -513,7 +524,7 @@ impl Program {
             let scratch_per = step.scratch.as_ref().map(|f| f.eval(&plan.bindings)[0] as usize).unwrap_or(0);
             let code = if chunks <= 1 {
                 if scratch_per > 0 {
-                    ensure(&mut scratch, scratch_per);
+                    ensure(scratch, scratch_per);
                     bufs.push(scratch.as_mut_ptr() as *mut u8);
                 }
                 // SAFETY: buffers and sizes were checked against the plan; the kernel reads and
@@ -521,7 +532,7 @@ impl Program {
                 unsafe { (step.kernel)(bufs.as_ptr(), args.as_ptr(), 0, units) }
             } else {
                 let per = scratch_per.div_ceil(64) * 64;
-                ensure(&mut scratch, per * chunks as usize);
+                ensure(scratch, per * chunks as usize);
                 let base = scratch.as_mut_ptr() as *mut u8;
                 let pool = self.pool.as_ref().expect("pool");
                 let bufs_ref = Ptrs(&bufs);
@@ -555,6 +566,32 @@ impl Program {
         }
         Ok(())
     }
+}
+
+/// A tensor's bytes in the packed layout kernels read: borrowed where its storage already is
+/// that layout, packed otherwise.
+pub(crate) fn input_bytes(t: &Tensor) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    fn bytes_of<T>(s: &[T]) -> &[u8] {
+        // SAFETY: f32 and i64 have no padding and every byte pattern is a valid u8.
+        unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
+    }
+    if cfg!(target_endian = "little") {
+        match (t.dtype(), t.data()) {
+            (DType::F32, TensorData::Float(a)) => {
+                if let Some(s) = a.as_slice() {
+                    return Cow::Borrowed(bytes_of(s));
+                }
+            }
+            (DType::I64, TensorData::Int(a)) => {
+                if let Some(s) = a.as_slice() {
+                    return Cow::Borrowed(bytes_of(s));
+                }
+            }
+            _ => {}
+        }
+    }
+    Cow::Owned(t.to_bytes())
 }
 
 fn ensure(v: &mut Vec<Chunk>, bytes: usize) {
