@@ -282,6 +282,25 @@ pub fn lower(g: &Gguf, opts: &LowerOptions) -> Result<LlmGraph, LlmError> {
     Ok(LlmGraph { config: cfg, graph })
 }
 
+/// A weight matrix as [`Builder::decode_matrix`] reads it.
+enum Matrix {
+    /// A float matrix, already a constant.
+    Plain(Value),
+    Quantized(Decoded),
+}
+
+/// A block-quantized matrix `[k, n_out]`: codes row-major, block parameters `[k / block, n_out]`.
+struct Decoded {
+    codes: Vec<i8>,
+    scale: Vec<f32>,
+    offset: Option<Vec<f32>>,
+    dtype: DType,
+    block: usize,
+    n_out: usize,
+    k: usize,
+    ty: GgmlType,
+}
+
 struct Builder<'a> {
     gguf: &'a Gguf,
     g: Graph,
@@ -379,6 +398,99 @@ impl Builder<'_> {
 
     /// A weight matrix `[n_out, k]` as a `[k, n_out]` constant (quantized, see the module docs).
     fn matrix(&mut self, name: &str, n_out: usize, k: usize) -> Result<Value, LlmError> {
+        match self.decode_matrix(name, n_out, k)? {
+            Matrix::Plain(w) => Ok(w),
+            Matrix::Quantized(d) => Ok(self.add_matrix(d)),
+        }
+    }
+
+    /// Matrices read by the same activations (q, k and v; gate and up) as one `[k, sum n_out]`
+    /// constant, their columns side by side, when every one is block-quantized with the same
+    /// code type, block and parameters and its activations are rounded alike: one product
+    /// instead of several (fewer, larger kernels; each column is the same dot product).
+    /// `None` (nothing added) when they differ.
+    fn fused_matrix(&mut self, parts: &[(&str, usize)], k: usize) -> Result<Option<Value>, LlmError> {
+        let mut decoded = Vec::with_capacity(parts.len());
+        for &(name, n_out) in parts {
+            let t = self.info(name)?.clone();
+            if matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                return Ok(None);
+            }
+            match self.decode_matrix(name, n_out, k)? {
+                Matrix::Quantized(d) => decoded.push(d),
+                Matrix::Plain(_) => unreachable!("plain types are checked above"),
+            }
+        }
+        let first = &decoded[0];
+        let alike = decoded.iter().all(|d| {
+            d.dtype == first.dtype
+                && d.block == first.block
+                && d.offset.is_some() == first.offset.is_some()
+                && self.numerics.rounding(d.ty) == self.numerics.rounding(first.ty)
+        });
+        if !alike {
+            return Ok(None);
+        }
+        let n: usize = decoded.iter().map(|d| d.n_out).sum();
+        let nb = k / first.block;
+        let mut codes = vec![0i8; k * n];
+        let mut scale = vec![0f32; nb * n];
+        let mut offset = first.offset.as_ref().map(|_| vec![0f32; nb * n]);
+        let mut c0 = 0;
+        for d in &decoded {
+            for kk in 0..k {
+                codes[kk * n + c0..kk * n + c0 + d.n_out].copy_from_slice(&d.codes[kk * d.n_out..(kk + 1) * d.n_out]);
+            }
+            for b in 0..nb {
+                scale[b * n + c0..b * n + c0 + d.n_out].copy_from_slice(&d.scale[b * d.n_out..(b + 1) * d.n_out]);
+                if let (Some(o), Some(src)) = (offset.as_mut(), d.offset.as_ref()) {
+                    o[b * n + c0..b * n + c0 + d.n_out].copy_from_slice(&src[b * d.n_out..(b + 1) * d.n_out]);
+                }
+            }
+            c0 += d.n_out;
+        }
+        let ty = first.ty;
+        let (dtype, block) = (first.dtype, first.block);
+        Ok(Some(self.add_matrix(Decoded { codes, scale, offset, dtype, block, n_out: n, k, ty })))
+    }
+
+    /// `x @ w` for the matrices of [`Builder::fused_matrix`] when they fuse (the product split
+    /// back into one result per matrix), else one product per matrix.
+    fn qmm_many(&mut self, x: Value, parts: &[(&str, usize)], k: usize) -> Result<Vec<Value>, LlmError> {
+        if let Some(w) = self.fused_matrix(parts, k)? {
+            let y = self.qmm(x, w)?;
+            let sizes = parts.iter().map(|p| p.1 as u64).collect();
+            return self.g.add_op(Op::Split { axis: 1, sizes }, vec![y]).map_err(LlmError::Build);
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        for &(name, n_out) in parts {
+            let w = self.matrix(name, n_out, k)?;
+            out.push(self.qmm(x, w)?);
+        }
+        Ok(out)
+    }
+
+    /// A quantized matrix as IR constants.
+    fn add_matrix(&mut self, d: Decoded) -> Value {
+        let nb = d.k / d.block;
+        let scale = self.f32s(&[nb, d.n_out], &d.scale);
+        let offset = d.offset.map(|o| self.f32s(&[nb, d.n_out], &o));
+        let quant = Quant {
+            granularity: QuantGranularity::PerBlock { axis: 0, size: d.block as u64 },
+            scale,
+            zero_point: None,
+            offset,
+        };
+        let ty =
+            TensorType { dtype: d.dtype, shape: Shape::from_static(&[d.k, d.n_out]), quant: Some(Box::new(quant)) };
+        let w = self.g.add_const(ty, ConstData::from_vec(pack(d.dtype, &d.codes)));
+        self.weight_types.insert(w, d.ty);
+        w
+    }
+
+    /// A weight matrix `[n_out, k]` read from the file: an f32 constant (`[k, n_out]`) for
+    /// float types, else its codes and block parameters transposed to `[k, n_out]`.
+    fn decode_matrix(&mut self, name: &str, n_out: usize, k: usize) -> Result<Matrix, LlmError> {
         let t = self.info(name)?.clone();
         if t.shape() != [n_out as u64, k as u64] {
             return Err(LlmError::Tensor {
@@ -399,7 +511,7 @@ impl Builder<'_> {
             }
             let w = self.f32s(&[k, n_out], &out);
             self.weight_types.insert(w, t.ty);
-            return Ok(w);
+            return Ok(Matrix::Plain(w));
         }
         // Codes and parameters transposed: rows of the file become columns. Tiles of 64 file
         // rows are decoded at once and keep the writes of each k row together.
@@ -431,19 +543,7 @@ impl Builder<'_> {
             }
         }
         let (dtype, block) = form.ok_or_else(|| bad("has no rows".into()))?;
-        let nb = k / block;
-        let scale = self.f32s(&[nb, n_out], &scale);
-        let offset = offset.map(|o| self.f32s(&[nb, n_out], &o));
-        let quant = Quant {
-            granularity: QuantGranularity::PerBlock { axis: 0, size: block as u64 },
-            scale,
-            zero_point: None,
-            offset,
-        };
-        let ty = TensorType { dtype, shape: Shape::from_static(&[k, n_out]), quant: Some(Box::new(quant)) };
-        let w = self.g.add_const(ty, ConstData::from_vec(pack(dtype, &codes)));
-        self.weight_types.insert(w, t.ty);
-        Ok(w)
+        Ok(Matrix::Quantized(Decoded { codes, scale, offset, dtype, block, n_out, k, ty: t.ty }))
     }
 
     fn rms(&mut self, x: Value, name: &str, n: usize, eps: f32) -> Result<Value, LlmError> {
@@ -617,12 +717,12 @@ impl Builder<'_> {
             let name = |s: &str| format!("blk.{l}.{s}.weight");
             let swa = cfg.swa_layers[l];
             let hn = self.rms(x, &name("attn_norm"), e, cfg.rms_eps)?;
-            let wq = self.matrix(&name("attn_q"), h * hd, e)?;
-            let wk = self.matrix(&name("attn_k"), kvh * hd, e)?;
-            let wv = self.matrix(&name("attn_v"), kvh * hd, e)?;
-            let q = self.qmm(hn, wq)?;
-            let k = self.qmm(hn, wk)?;
-            let v = self.qmm(hn, wv)?;
+            let qkv = self.qmm_many(
+                hn,
+                &[(&name("attn_q"), h * hd), (&name("attn_k"), kvh * hd), (&name("attn_v"), kvh * hd)],
+                e,
+            )?;
+            let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
             let mut q = self.reshape(q, &[seq.clone(), t_int(h as i64), t_int(hd as i64)])?;
             let mut k = self.reshape(k, &[seq.clone(), t_int(kvh as i64), t_int(hd as i64)])?;
             let v = self.reshape(v, &[seq.clone(), t_int(kvh as i64), t_int(hd as i64)])?;
@@ -658,11 +758,9 @@ impl Builder<'_> {
             }
             x = self.bin(BinaryOp::Add, o, x)?;
             let hn = self.rms(x, &name("ffn_norm"), e, cfg.rms_eps)?;
-            let wg = self.matrix(&name("ffn_gate"), cfg.n_ff, e)?;
-            let wu = self.matrix(&name("ffn_up"), cfg.n_ff, e)?;
+            let gu = self.qmm_many(hn, &[(&name("ffn_gate"), cfg.n_ff), (&name("ffn_up"), cfg.n_ff)], e)?;
+            let (gt, up) = (gu[0], gu[1]);
             let wd = self.matrix(&name("ffn_down"), e, cfg.n_ff)?;
-            let gt = self.qmm(hn, wg)?;
-            let up = self.qmm(hn, wu)?;
             let act = if gemma { self.gelu(gt)? } else { self.un(UnaryOp::Silu, gt)? };
             let f = self.bin(BinaryOp::Mul, act, up)?;
             let mut d = self.qmm(f, wd)?;

@@ -422,6 +422,11 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
             // share keys and values (grouped-query attention broadcasts one KV head over a group
             // of query heads) reuse the packed panels instead of packing them again.
             let none = fx.iconst(-1);
+            // One query row (a decode step): scores straight from the rows of K, then the
+            // weighted rows of V, without packing either (packing would cost more than the
+            // product it serves).
+            let direct = fx.b.ins().icmp_imm_s(IntCC::Equal, sq_, 1);
+            let packs = fx.b.ins().bxor_imm_s(direct, 1);
             let packed_k = fx.var(types::I64, none);
             let packed_v = fx.var(types::I64, none);
             fx.for_range(lo, hi, 1, false, |fx, l| {
@@ -465,7 +470,8 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                 let pv = fx.b.use_var(packed_v);
                 let k_moved = fx.b.ins().icmp(IntCC::NotEqual, pk, ok);
                 let v_moved = fx.b.ins().icmp(IntCC::NotEqual, pv, ov);
-                let repack = fx.b.ins().bor(k_moved, v_moved);
+                let moved = fx.b.ins().bor(k_moved, v_moved);
+                let repack = fx.b.ins().band(moved, packs);
                 fx.b.def_var(packed_k, ok);
                 fx.b.def_var(packed_v, ov);
                 fx.if_then(repack, |fx| {
@@ -556,35 +562,9 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                     })
                 })?;
                 let q_lda = fx.b.ins().sshr_imm_u(q_row, 2);
-                // One block of `mr` query rows from row m0: scores, softmax, weighted values.
-                let rows_block = |fx: &mut Fx, m0: Value, mr: usize| -> Result<(), CpuError> {
-                    let qa = {
-                        let o = fx.b.ins().imul(m0, q_row);
-                        fx.b.ins().iadd(qb, o)
-                    };
-                    // Scores: tiles of 16 keys (a last panel of 8 alone), scaled, into srows.
-                    let kpanel_bytes = fx.imul_imm(d_, 32);
-                    let scores = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
-                        let bo = fx.b.ins().imul(p, kpanel_bytes);
-                        let bp = fx.b.ins().iadd(kp, bo);
-                        tiles.emit(fx, mr, np, d_, qa, q_lda, bp, mem(), tiles.stack(), false)?;
-                        let c0 = fx.imul_imm(p, 8);
-                        for rr in 0..mr {
-                            let row = {
-                                let o = fx.imul_imm(sk_pad, rr as i64);
-                                let o = fx.b.ins().iadd(o, c0);
-                                fx.addr(srows, o, 4)
-                            };
-                            for h in 0..2 * np {
-                                let t = tiles.load(fx, rr, h);
-                                let t = fx.b.ins().fmul(t, scale_v);
-                                fx.b.ins().store(mem(), t, row, (h * 16) as i32);
-                            }
-                        }
-                        Ok(())
-                    };
-                    for_panel_pairs(fx, kpan, scores)?;
-                    // Masks, then softmax per row (exp written in place), 1/sum kept per row.
+                // Masks, then softmax per row (exp written in place), 1/sum kept per row, for
+                // `mr` score rows from query row m0.
+                let mask_softmax = |fx: &mut Fx, m0: Value, mr: usize| -> Result<(), CpuError> {
                     for rr in 0..mr {
                         let i = fx.iadd_imm(m0, rr as i64);
                         let row = {
@@ -657,6 +637,37 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                         let inv = fx.b.ins().select(dead, zf, inv);
                         fx.b.ins().store(mem(), inv, inv_slot, (rr * 4) as i32);
                     }
+                    Ok(())
+                };
+                // One block of `mr` query rows from row m0: scores, softmax, weighted values.
+                let rows_block = |fx: &mut Fx, m0: Value, mr: usize| -> Result<(), CpuError> {
+                    let qa = {
+                        let o = fx.b.ins().imul(m0, q_row);
+                        fx.b.ins().iadd(qb, o)
+                    };
+                    // Scores: tiles of 16 keys (a last panel of 8 alone), scaled, into srows.
+                    let kpanel_bytes = fx.imul_imm(d_, 32);
+                    let scores = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
+                        let bo = fx.b.ins().imul(p, kpanel_bytes);
+                        let bp = fx.b.ins().iadd(kp, bo);
+                        tiles.emit(fx, mr, np, d_, qa, q_lda, bp, mem(), tiles.stack(), false)?;
+                        let c0 = fx.imul_imm(p, 8);
+                        for rr in 0..mr {
+                            let row = {
+                                let o = fx.imul_imm(sk_pad, rr as i64);
+                                let o = fx.b.ins().iadd(o, c0);
+                                fx.addr(srows, o, 4)
+                            };
+                            for h in 0..2 * np {
+                                let t = tiles.load(fx, rr, h);
+                                let t = fx.b.ins().fmul(t, scale_v);
+                                fx.b.ins().store(mem(), t, row, (h * 16) as i32);
+                            }
+                        }
+                        Ok(())
+                    };
+                    for_panel_pairs(fx, kpan, scores)?;
+                    mask_softmax(fx, m0, mr)?;
                     // Weighted values: tiles of 16 value columns over the sk probabilities.
                     let vpanel_bytes = fx.imul_imm(sk, 32);
                     let weighted = |fx: &mut Fx, p: Value, np: usize| -> Result<(), CpuError> {
@@ -705,7 +716,61 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                     };
                     for_panel_pairs(fx, vpan, weighted)
                 };
-                fx.for_row_blocks(zero, sq_, TILE_MR, rows_block)
+                let direct_row = |fx: &mut Fx| -> Result<(), CpuError> {
+                    fx.for_n(sk, |fx, j| {
+                        let kr = {
+                            let o = fx.b.ins().imul(j, k_row);
+                            fx.b.ins().iadd(kb, o)
+                        };
+                        let dot = row_fold(
+                            fx,
+                            d_,
+                            0.0,
+                            &|fx, i, vector| {
+                                let a = load_param(fx, qb, i, vector, false);
+                                let b = load_param(fx, kr, i, vector, false);
+                                fx.b.ins().fmul(a, b)
+                            },
+                            &|fx, a, b| fx.b.ins().fadd(a, b),
+                        )?;
+                        let sc = fx.fconst(scale);
+                        let s = fx.b.ins().fmul(dot, sc);
+                        let sa = fx.addr(srows, j, 4);
+                        fx.b.ins().store(mem(), s, sa, 0);
+                        Ok(())
+                    })?;
+                    mask_softmax(fx, zero, 1)?;
+                    let zv = fx.fsplat(0.0);
+                    row_map(fx, ob, ob, dv, &|_, _, _, _| zv)?;
+                    fx.for_n(sk, |fx, j| {
+                        let vr = {
+                            let o = fx.b.ins().imul(j, v_row);
+                            fx.b.ins().iadd(vb, o)
+                        };
+                        let pa = fx.addr(srows, j, 4);
+                        let p = fx.b.ins().load(types::F32, mem(), pa, 0);
+                        let pv = fx.b.ins().splat(F4, p);
+                        row_map(fx, ob, ob, dv, &|fx, acc, i, vector| {
+                            let v = load_param(fx, vr, i, vector, false);
+                            fx.b.ins().fma(pv, v, acc)
+                        })
+                    })?;
+                    let inv = fx.b.ins().load(types::F32, mem(), inv_slot, 0);
+                    let invv = fx.b.ins().splat(F4, inv);
+                    row_map(fx, ob, ob, dv, &|fx, v, _, _| fx.b.ins().fmul(v, invv))
+                };
+                let then_b = fx.b.create_block();
+                let else_b = fx.b.create_block();
+                let done = fx.b.create_block();
+                fx.b.ins().brif(direct, then_b, &[], else_b, &[]);
+                fx.b.switch_to_block(then_b);
+                direct_row(fx)?;
+                fx.b.ins().jump(done, &[]);
+                fx.b.switch_to_block(else_b);
+                fx.for_row_blocks(zero, sq_, TILE_MR, rows_block)?;
+                fx.b.ins().jump(done, &[]);
+                fx.b.switch_to_block(done);
+                Ok(())
             })?;
             Ok(())
         }),
