@@ -268,7 +268,7 @@ impl Tensor {
     /// The values of a float tensor as one row-major `Vec` (its own storage when the array is
     /// in standard layout, so a vector moved in with [`Tensor::from_f32`] comes back with its
     /// allocation and capacity); the tensor back when it is not a float tensor.
-    pub fn into_f32_vec(self) -> Result<Vec<f32>, Tensor> {
+    pub fn into_f32_vec(self) -> Result<Vec<f32>, Box<Tensor>> {
         match self.data {
             TensorData::Float(a) if a.is_standard_layout() => {
                 let n = a.len();
@@ -282,7 +282,7 @@ impl Tensor {
                 Ok(v)
             }
             TensorData::Float(a) => Ok(a.iter().copied().collect()),
-            data => Err(Tensor { dtype: self.dtype, data }),
+            data => Err(Box::new(Tensor { dtype: self.dtype, data })),
         }
     }
 
@@ -407,7 +407,7 @@ mod tests {
         let t = Tensor::from_data(DType::F32, TensorData::Float(col));
         assert_eq!(t.into_f32_vec().unwrap(), [2.0, 3.0, 5.0, 6.0]);
         let ints = Tensor::from_i64(DType::I64, &[1], vec![7]).unwrap();
-        assert_eq!(ints.clone().into_f32_vec().unwrap_err(), ints);
+        assert_eq!(*ints.clone().into_f32_vec().unwrap_err(), ints);
     }
 
     #[test]
