@@ -301,6 +301,34 @@ struct Decoded {
     ty: GgmlType,
 }
 
+impl Decoded {
+    /// Matrices of one form (code type, block, parameters) with the same `k`, as one matrix
+    /// whose columns are theirs side by side.
+    fn side_by_side(parts: &[&Decoded]) -> Decoded {
+        let first = parts[0];
+        let (k, nb) = (first.k, first.k / first.block);
+        let n: usize = parts.iter().map(|d| d.n_out).sum();
+        let mut codes = vec![0i8; k * n];
+        let mut scale = vec![0f32; nb * n];
+        let mut offset = first.offset.as_ref().map(|_| vec![0f32; nb * n]);
+        let mut c0 = 0;
+        for d in parts {
+            let w = d.n_out;
+            for kk in 0..k {
+                codes[kk * n + c0..kk * n + c0 + w].copy_from_slice(&d.codes[kk * w..(kk + 1) * w]);
+            }
+            for b in 0..nb {
+                scale[b * n + c0..b * n + c0 + w].copy_from_slice(&d.scale[b * w..(b + 1) * w]);
+                if let (Some(o), Some(src)) = (offset.as_mut(), d.offset.as_ref()) {
+                    o[b * n + c0..b * n + c0 + w].copy_from_slice(&src[b * w..(b + 1) * w]);
+                }
+            }
+            c0 += w;
+        }
+        Decoded { codes, scale, offset, dtype: first.dtype, block: first.block, n_out: n, k, ty: first.ty }
+    }
+}
+
 struct Builder<'a> {
     gguf: &'a Gguf,
     g: Graph,
@@ -404,67 +432,43 @@ impl Builder<'_> {
         }
     }
 
-    /// Matrices read by the same activations (q, k and v; gate and up) as one `[k, sum n_out]`
-    /// constant, their columns side by side, when every one is block-quantized with the same
-    /// code type, block and parameters and its activations are rounded alike: one product
-    /// instead of several (fewer, larger kernels; each column is the same dot product).
-    /// `None` (nothing added) when they differ.
-    fn fused_matrix(&mut self, parts: &[(&str, usize)], k: usize) -> Result<Option<Value>, LlmError> {
+    /// `x @ w` for matrices read by the same activations (q, k and v; gate and up). When every
+    /// one is block-quantized with the same code type, block and parameters and its activations
+    /// are rounded alike, they become one `[k, sum n_out]` constant, their columns side by side,
+    /// and one product split back into one result per matrix (fewer, larger kernels; each column
+    /// is the same dot product); otherwise one product per matrix. Each matrix is decoded once.
+    fn qmm_many(&mut self, x: Value, parts: &[(&str, usize)], k: usize) -> Result<Vec<Value>, LlmError> {
         let mut decoded = Vec::with_capacity(parts.len());
         for &(name, n_out) in parts {
-            let t = self.info(name)?.clone();
-            if matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-                return Ok(None);
-            }
-            match self.decode_matrix(name, n_out, k)? {
-                Matrix::Quantized(d) => decoded.push(d),
-                Matrix::Plain(_) => unreachable!("plain types are checked above"),
-            }
+            decoded.push(self.decode_matrix(name, n_out, k)?);
         }
-        let first = &decoded[0];
-        let alike = decoded.iter().all(|d| {
-            d.dtype == first.dtype
-                && d.block == first.block
-                && d.offset.is_some() == first.offset.is_some()
-                && self.numerics.rounding(d.ty) == self.numerics.rounding(first.ty)
-        });
-        if !alike {
-            return Ok(None);
-        }
-        let n: usize = decoded.iter().map(|d| d.n_out).sum();
-        let nb = k / first.block;
-        let mut codes = vec![0i8; k * n];
-        let mut scale = vec![0f32; nb * n];
-        let mut offset = first.offset.as_ref().map(|_| vec![0f32; nb * n]);
-        let mut c0 = 0;
-        for d in &decoded {
-            for kk in 0..k {
-                codes[kk * n + c0..kk * n + c0 + d.n_out].copy_from_slice(&d.codes[kk * d.n_out..(kk + 1) * d.n_out]);
-            }
-            for b in 0..nb {
-                scale[b * n + c0..b * n + c0 + d.n_out].copy_from_slice(&d.scale[b * d.n_out..(b + 1) * d.n_out]);
-                if let (Some(o), Some(src)) = (offset.as_mut(), d.offset.as_ref()) {
-                    o[b * n + c0..b * n + c0 + d.n_out].copy_from_slice(&src[b * d.n_out..(b + 1) * d.n_out]);
-                }
-            }
-            c0 += d.n_out;
-        }
-        let ty = first.ty;
-        let (dtype, block) = (first.dtype, first.block);
-        Ok(Some(self.add_matrix(Decoded { codes, scale, offset, dtype, block, n_out: n, k, ty })))
-    }
-
-    /// `x @ w` for the matrices of [`Builder::fused_matrix`] when they fuse (the product split
-    /// back into one result per matrix), else one product per matrix.
-    fn qmm_many(&mut self, x: Value, parts: &[(&str, usize)], k: usize) -> Result<Vec<Value>, LlmError> {
-        if let Some(w) = self.fused_matrix(parts, k)? {
+        let quantized: Vec<&Decoded> = decoded
+            .iter()
+            .filter_map(|m| match m {
+                Matrix::Quantized(d) => Some(d),
+                Matrix::Plain(_) => None,
+            })
+            .collect();
+        let alike = quantized.len() == decoded.len()
+            && quantized.iter().all(|d| {
+                let first = quantized[0];
+                d.dtype == first.dtype
+                    && d.block == first.block
+                    && d.offset.is_some() == first.offset.is_some()
+                    && self.numerics.rounding(d.ty) == self.numerics.rounding(first.ty)
+            });
+        if alike {
+            let w = self.add_matrix(Decoded::side_by_side(&quantized));
             let y = self.qmm(x, w)?;
             let sizes = parts.iter().map(|p| p.1 as u64).collect();
             return self.g.add_op(Op::Split { axis: 1, sizes }, vec![y]).map_err(LlmError::Build);
         }
         let mut out = Vec::with_capacity(parts.len());
-        for &(name, n_out) in parts {
-            let w = self.matrix(name, n_out, k)?;
+        for m in decoded {
+            let w = match m {
+                Matrix::Plain(w) => w,
+                Matrix::Quantized(d) => self.add_matrix(d),
+            };
             out.push(self.qmm(x, w)?);
         }
         Ok(out)

@@ -273,11 +273,8 @@ impl Tensor {
             TensorData::Float(a) if a.is_standard_layout() => {
                 let n = a.len();
                 let (mut v, offset) = a.into_raw_vec_and_offset();
-                let o = offset.unwrap_or(0);
-                if o == 0 && v.len() == n {
-                    return Ok(v);
-                }
-                v.drain(..o);
+                // Both are no-ops (no copy) for a vector moved in whole.
+                v.drain(..offset.unwrap_or(0));
                 v.truncate(n);
                 Ok(v)
             }

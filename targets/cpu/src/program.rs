@@ -407,7 +407,7 @@ impl Program {
         let syms: Vec<i64> = self.syms.iter().map(|s| b.get(s).unwrap_or(0) as i64).collect();
         // Input bytes: f32 and i64 tensors in standard layout are read where they are (on a
         // little-endian host their storage is the packed layout); others are packed.
-        let input_bytes: Vec<std::borrow::Cow<[u8]>> = inputs.iter().map(input_bytes).collect();
+        let input_bytes: Vec<std::borrow::Cow<[u8]>> = inputs.iter().map(tensor_bytes).collect();
         let mut arena = self.take_arena(plan.arena_bytes as usize);
         let arena_ptr = arena.as_mut_ptr() as *mut u8;
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::NonNull::<u8>::dangling().as_ptr(); g.n_values()];
@@ -439,14 +439,10 @@ impl Program {
             }
         }
         let mut times = Vec::new();
-        let mut scratch = self.scratches.lock().expect("scratch pool").pop().unwrap_or_default();
+        // Scratch grows to what the steps ask (`ensure`), so any kept one will do.
+        let mut scratch = take_chunks(&self.scratches, 0);
         let result = self.run_steps(&plan, &syms, &ptrs, &mut scratch, opts.profile.then_some(&mut times));
-        {
-            let mut pool = self.scratches.lock().expect("scratch pool");
-            if pool.len() < 4 {
-                pool.push(scratch);
-            }
-        }
+        keep_chunks(&self.scratches, scratch);
         let outputs = result.and_then(|()| {
             g.outputs()
                 .iter()
@@ -470,19 +466,11 @@ impl Program {
     }
 
     fn take_arena(&self, bytes: usize) -> Vec<Chunk> {
-        let chunks = bytes.div_ceil(64).max(1);
-        let mut pool = self.arenas.lock().expect("arena pool");
-        match pool.iter().position(|a| a.len() >= chunks) {
-            Some(i) => pool.swap_remove(i),
-            None => vec![Chunk([0; 64]); chunks],
-        }
+        take_chunks(&self.arenas, bytes.div_ceil(64).max(1))
     }
 
     fn put_arena(&self, a: Vec<Chunk>) {
-        let mut pool = self.arenas.lock().expect("arena pool");
-        if pool.len() < 4 {
-            pool.push(a);
-        }
+        keep_chunks(&self.arenas, a)
     }
 
     fn run_steps(
@@ -570,28 +558,35 @@ impl Program {
 
 /// A tensor's bytes in the packed layout kernels read: borrowed where its storage already is
 /// that layout, packed otherwise.
-pub(crate) fn input_bytes(t: &Tensor) -> std::borrow::Cow<'_, [u8]> {
-    use std::borrow::Cow;
+fn tensor_bytes(t: &Tensor) -> std::borrow::Cow<'_, [u8]> {
     fn bytes_of<T>(s: &[T]) -> &[u8] {
         // SAFETY: f32 and i64 have no padding and every byte pattern is a valid u8.
         unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
     }
-    if cfg!(target_endian = "little") {
-        match (t.dtype(), t.data()) {
-            (DType::F32, TensorData::Float(a)) => {
-                if let Some(s) = a.as_slice() {
-                    return Cow::Borrowed(bytes_of(s));
-                }
-            }
-            (DType::I64, TensorData::Int(a)) => {
-                if let Some(s) = a.as_slice() {
-                    return Cow::Borrowed(bytes_of(s));
-                }
-            }
-            _ => {}
-        }
+    let borrowed = match (t.dtype(), t.data()) {
+        _ if cfg!(target_endian = "big") => None,
+        (DType::F32, TensorData::Float(a)) => a.as_slice().map(bytes_of),
+        (DType::I64, TensorData::Int(a)) => a.as_slice().map(bytes_of),
+        _ => None,
+    };
+    borrowed.map_or_else(|| std::borrow::Cow::Owned(t.to_bytes()), std::borrow::Cow::Borrowed)
+}
+
+/// A kept buffer of at least `chunks` chunks from `pool`, or a new one.
+fn take_chunks(pool: &Mutex<Vec<Vec<Chunk>>>, chunks: usize) -> Vec<Chunk> {
+    let mut pool = pool.lock().expect("buffer pool");
+    match pool.iter().position(|a| a.len() >= chunks) {
+        Some(i) => pool.swap_remove(i),
+        None => vec![Chunk([0; 64]); chunks],
     }
-    Cow::Owned(t.to_bytes())
+}
+
+/// Keeps `a` for a later run (at most 4 per pool: one per concurrent run is typical).
+fn keep_chunks(pool: &Mutex<Vec<Vec<Chunk>>>, a: Vec<Chunk>) {
+    let mut pool = pool.lock().expect("buffer pool");
+    if pool.len() < 4 {
+        pool.push(a);
+    }
 }
 
 fn ensure(v: &mut Vec<Chunk>, bytes: usize) {
