@@ -5,11 +5,13 @@
 //! At compile time the codes are regrouped, not widened: panels of 8 columns, per `k` one u32
 //! holding the panel's 8 nibbles (4-bit; i4 stored with its sign bit flipped so every nibble
 //! reads as unsigned, the flip added to the zero point) or 8 signed bytes (8-bit; u8 stored as
-//! `q - 128`, likewise; ternary as -1, 0, 1), and per panel and block of K the parameter lanes
-//! as f32: 8 scales, then 8 zero points when any is non-zero, then 8 offsets when the type has
-//! them (`[ceil(N/8)][ceil(K/bs)][lanes][8]`). MiniLM's q4 weights are 2.7 MB this way instead
-//! of 21 MB of f32 panels; gemma-3-270m's Q8_0/Q5_0/Q6_K weights a byte and an eighth (a
-//! quarter for Q6_K's blocks of 16) per weight instead of four.
+//! `q - 128`, likewise; ternary as -1, 0, 1), and per panel and block of K the parameter lanes:
+//! 8 scales, then 8 zero points when any is non-zero, then 8 offsets when the type has them
+//! (`[ceil(N/8)][ceil(K/bs)][lanes][8]`), as f16 when every one of them is exactly an f16 and
+//! the `std::arch` routines that read them are in use (GGUF's Q8_0 and Q5_0 scales are f16 in
+//! the file), else as f32. MiniLM's q4 weights are 2.7 MB this way instead of 21 MB of f32
+//! panels; gemma-3-270m's Q8_0/Q5_0 weights a byte and a sixteenth per weight (its Q6_K ones a
+//! byte and a quarter: products of an f16 and an int8 scale are not f16) instead of four.
 //!
 //! A kernel call takes a range of panel pairs (16 columns; the threads split the columns, so no
 //! weight is unpacked twice), and for each pair walks K in blocks of `kc` rows ([`k_block`]):
@@ -43,6 +45,8 @@ pub(crate) struct Pack {
     bits: usize,
     zero: bool,
     offset: bool,
+    /// The parameters are f16 (else f32).
+    half: bool,
 }
 
 /// Rows of K multiplied at a time: a divisor of K that keeps a panel pair's block (`kc * 64`
@@ -56,8 +60,9 @@ fn k_block(k: usize, bs: usize) -> usize {
 }
 
 /// The weight `v` (`K x N`, not transposed) regrouped, or None when it is not a 4- or 8-bit
-/// [`QuantWeight`].
-pub(crate) fn pack(g: &Graph, v: tessera_ir::Value) -> Option<Pack> {
+/// [`QuantWeight`]. `half_ok`: the kernel may read f16 parameters (the `std::arch` routines
+/// are in use).
+pub(crate) fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
     use rayon::prelude::*;
     let w = QuantWeight::of(g, v)?;
     let (bits, shift): (usize, i64) = match w.dtype {
@@ -92,26 +97,31 @@ pub(crate) fn pack(g: &Graph, v: tessera_ir::Value) -> Option<Pack> {
     let zero = shift != 0 || w.zero.iter().any(|&z| z != 0);
     let offset = w.offset.is_some();
     let lanes = 1 + zero as usize + offset as usize;
-    // Padding columns get scale 0: their (unstored) results stay finite.
-    let mut par = vec![0u8; panels * nb * lanes * 32];
+    // Lane values per panel, block and column (padding columns get scale 0: their unstored
+    // results stay finite).
+    let mut vals = vec![0f32; panels * nb * lanes * 8];
     for p in 0..panels {
         for b in 0..nb {
             for j in 0..8.min(n - p * 8) {
                 let at = (w.at)(b * bs, p * 8 + j);
-                let o = ((p * nb + b) * lanes * 8 + j) * 4;
-                par[o..o + 4].copy_from_slice(&w.scale[at].to_le_bytes());
+                let o = (p * nb + b) * lanes * 8 + j;
+                vals[o] = w.scale[at];
                 if zero {
-                    let z = (w.zero[at] + shift) as f32;
-                    par[o + 32..o + 36].copy_from_slice(&z.to_le_bytes());
+                    vals[o + 8] = (w.zero[at] + shift) as f32;
                 }
                 if let Some(off) = &w.offset {
-                    let e = o + (lanes - 1) * 32;
-                    par[e..e + 4].copy_from_slice(&off[at].to_le_bytes());
+                    vals[o + (lanes - 1) * 8] = off[at];
                 }
             }
         }
     }
-    Some(Pack { codes, par, k, n, bs, bits, zero, offset })
+    let half = half_ok && vals.iter().all(|&x| half::f16::from_f32(x).to_f32() == x);
+    let par: Vec<u8> = if half {
+        vals.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()
+    } else {
+        vals.iter().flat_map(|&x| x.to_le_bytes()).collect()
+    };
+    Some(Pack { codes, par, k, n, bs, bits, zero, offset, half })
 }
 
 /// The kernel for a product whose weight (operand `b_buf` of `bufs`) is `pack`: the packed
@@ -128,7 +138,7 @@ pub(crate) fn lower<'g>(
     name: &str,
     owned: &mut Build,
 ) -> Lowered<'g> {
-    let Pack { codes, par, k, n, bs, bits, zero, offset } = pack;
+    let Pack { codes, par, k, n, bs, bits, zero, offset, half } = pack;
     bufs[b_buf] = BufRef::Owned(owned.push(codes));
     bufs.push(BufRef::Owned(owned.push(par)));
     let par_buf = bufs.len() - 1;
@@ -150,8 +160,13 @@ pub(crate) fn lower<'g>(
         bits: bits as i64,
         zero,
         offset,
+        half,
     };
-    let suffix = format!("q{bits}{}", if ukernel::q_unpack(mode).is_some() { "_ukernel" } else { "" });
+    let suffix = format!(
+        "q{bits}{}{}",
+        if ukernel::q_unpack(mode).is_some() { "_ukernel" } else { "" },
+        if half { "_f16" } else { "" }
+    );
     let scratch_rows = rows_dims.clone();
     let mut lw = Lowered::new(format!("{name}_{suffix}"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
     lw.par = Some((vec![Dim::Static(units)], 1));
@@ -177,6 +192,8 @@ struct Cfg {
     bits: i64,
     zero: bool,
     offset: bool,
+    /// f16 parameters (only with the `std::arch` routines).
+    half: bool,
 }
 
 impl Cfg {
@@ -184,10 +201,19 @@ impl Cfg {
         1 + self.zero as i64 + self.offset as i64
     }
 
-    /// Bytes between panels' codes, floats between panels' parameters.
+    /// Bytes between panels' codes, parameters between panels' parameters.
     fn strides(&self) -> (i64, i64) {
         let nb = (self.k + self.bs - 1) / self.bs;
         (self.k * self.bits, nb * self.lanes() * 8)
+    }
+
+    /// Bytes per parameter.
+    fn par_bytes(&self) -> i64 {
+        if self.half {
+            2
+        } else {
+            4
+        }
     }
 
     /// Where panel `p`'s codes and parameters start.
@@ -195,13 +221,14 @@ impl Cfg {
         let (ldc, ldp) = self.strides();
         let off = fx.imul_imm(p, ldc);
         let cp = fx.b.ins().iadd(codes, off);
-        let off = fx.imul_imm(p, ldp * 4);
+        let off = fx.imul_imm(p, ldp * self.par_bytes());
         (cp, fx.b.ins().iadd(par, off))
     }
 
     /// `form` for [`ukernel::QUnpack`].
     fn form(&self) -> i64 {
-        self.bits | if self.zero { ukernel::ZERO } else { 0 } | if self.offset { ukernel::OFFSET } else { 0 }
+        let bit = |on: bool, b: i64| if on { b } else { 0 };
+        self.bits | bit(self.zero, ukernel::ZERO) | bit(self.offset, ukernel::OFFSET) | bit(self.half, ukernel::HALF)
     }
 }
 
@@ -347,7 +374,7 @@ impl Unpack {
         let parp = if cfg.bs < k {
             // K blocks are whole parameter blocks (`k_block`).
             let b0 = fx.imul_imm(kb, kc / cfg.bs);
-            fx.addr(parp, b0, blk * 4)
+            fx.addr(parp, b0, blk * cfg.par_bytes())
         } else {
             parp
         };
@@ -362,6 +389,10 @@ impl Unpack {
             return Ok(());
         }
         let (masks, pows) = self.lanes.expect("Cranelift unpacking");
+        // `pack` makes f16 parameters only for the std::arch routines.
+        if cfg.half {
+            return Err(CpuError::Codegen("f16 weight parameters without the unpacking routine".into()));
+        }
         for q in 0..np as i64 {
             let nbv = fx.iconst((kc + bs - 1) / bs);
             let kcv = fx.iconst(kc);

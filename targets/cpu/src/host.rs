@@ -84,10 +84,13 @@ pub fn q_gemv(mode: Ukernels) -> Option<usize> {
 /// What a missing host function needs, for errors: the features of the `std::arch` family it
 /// belongs to, when the name is one of them.
 pub fn needs_of(name: &str) -> Option<&'static str> {
-    if name.starts_with("tessera_f32_tile") || name == "tessera_q_gemv" {
+    if name == "tessera_q_gemv" {
+        Some("avx2+fma+f16c")
+    } else if name == "tessera_q_unpack" {
+        Some("avx2+f16c")
+    } else if name.starts_with("tessera_f32_tile") {
         Some("avx2+fma")
-    } else if name.starts_with("tessera_i16_tile") || name.starts_with("tessera_sat_tile") || name == "tessera_q_unpack"
-    {
+    } else if name.starts_with("tessera_i16_tile") || name.starts_with("tessera_sat_tile") {
         Some("avx2")
     } else {
         None

@@ -625,7 +625,17 @@ fn narrow_weight_products_match_the_interpreter_both_ways() {
         ("ternary", "block(axis=0, size=256)", 1, 512, 16, false, false),
         ("ternary", "block(axis=0, size=256)", 6, 256, 11, false, true),
     ];
-    for (dt, gran, m, k, n, zero, offset) in cases {
+    // Parameters that are all exactly f16 (GGUF's Q8_0 and Q5_0 scales): stored as f16 when the
+    // std::arch routines read them, one row (the one-row routine) and several (unpacking).
+    let half_cases = [
+        ("i8", "block(axis=0, size=32)", 1, 640, 40, false, false),
+        ("i8", "block(axis=0, size=32)", 5, 96, 24, false, false),
+        ("u4", "block(axis=0, size=32)", 1, 320, 24, true, true),
+        ("u4", "block(axis=0, size=32)", 4, 64, 13, true, true),
+        ("u8", "axis(1)", 1, 50, 9, true, false),
+    ];
+    let all = cases.iter().map(|c| (*c, false)).chain(half_cases.iter().map(|c| (*c, true)));
+    for ((dt, gran, m, k, n, zero, offset), half) in all {
         let groups = match gran {
             "tensor" => 1,
             "axis(1)" => n,
@@ -644,7 +654,11 @@ fn narrow_weight_products_match_the_interpreter_both_ways() {
             _ => (i % 3) as i64 - 1,
         };
         let w: Vec<String> = (0..k * n).map(|i| code(i).to_string()).collect();
-        let scale = const_list(groups, |i| 0.02 + (i % 5) as f32 * 0.013);
+        let scale = if half {
+            const_list(groups, |i| (1 + i % 5) as f32 / 64.0)
+        } else {
+            const_list(groups, |i| 0.02 + (i % 5) as f32 * 0.013)
+        };
         let zp: Vec<String> = (0..groups).map(|i| code(i * 3 + 1).to_string()).collect();
         let (zline, zref) = if zero {
             (format!("  v2: {dt}[{pshape}] = const [{}]\n", zp.join(", ")), ", zero=v2".to_string())
@@ -653,7 +667,14 @@ fn narrow_weight_products_match_the_interpreter_both_ways() {
         };
         let (oline, oref) = if offset {
             (
-                format!("  v8: f32[{pshape}] = const [{}]\n", const_list(groups, |i| (i % 7) as f32 * 0.05 - 0.15)),
+                format!(
+                    "  v8: f32[{pshape}] = const [{}]\n",
+                    if half {
+                        const_list(groups, |i| (i % 7) as f32 / 16.0 - 0.125)
+                    } else {
+                        const_list(groups, |i| (i % 7) as f32 * 0.05 - 0.15)
+                    }
+                ),
                 ", offset=v8".to_string(),
             )
         } else {
@@ -680,6 +701,12 @@ fn narrow_weight_products_match_the_interpreter_both_ways() {
         both_ways(&src, vec![x], if bits == "_q4" { 1e-5 } else { 1e-4 });
         let names = kernel_names(&src, tessera_target_cpu::Ukernels::Off);
         assert!(names.iter().any(|name| name.ends_with(bits)), "{dt} {gran}: {names:?}");
+        // f16 parameters exactly when every parameter is an f16 and the routines are there.
+        if tessera_target_cpu::ukernel::q_gemv(tessera_target_cpu::Ukernels::Auto).is_some() {
+            let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
+            let f16 = names.iter().any(|name| name.ends_with("_f16"));
+            assert_eq!(f16, half, "{dt} {gran}: {names:?}");
+        }
     }
 }
 
