@@ -35,7 +35,7 @@ use crate::program::{DimSpec, ParamSpec};
 use crate::{ukernel, CpuError};
 
 /// A constant weight laid out for the kernel (see the module docs).
-pub(crate) struct Pack {
+struct Pack {
     codes: Vec<u8>,
     par: Vec<u8>,
     k: usize,
@@ -62,7 +62,7 @@ fn k_block(k: usize, bs: usize) -> usize {
 /// The weight `v` (`K x N`, not transposed) regrouped, or None when it is not a 4- or 8-bit
 /// [`QuantWeight`]. `half_ok`: the kernel may read f16 parameters (the `std::arch` routines
 /// are in use).
-pub(crate) fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
+fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
     use rayon::prelude::*;
     let w = QuantWeight::of(g, v)?;
     let (bits, shift): (usize, i64) = match w.dtype {
@@ -124,11 +124,177 @@ pub(crate) fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pac
     Some(Pack { codes, par, k, n, bs, bits, zero, offset, half })
 }
 
+/// A packed weight the program holds: the [`crate::lower::Build::owned`] indices of its codes
+/// and parameters, and their layout.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Packed {
+    codes: usize,
+    par: usize,
+    k: usize,
+    n: usize,
+    bs: usize,
+    bits: usize,
+    zero: bool,
+    offset: bool,
+    half: bool,
+}
+
+/// The weight `v` packed once for the whole program (a later call returns the same buffers),
+/// or None when it is not a 4- or 8-bit [`QuantWeight`].
+pub(crate) fn packed(g: &Graph, v: tessera_ir::Value, owned: &mut Build) -> Option<Packed> {
+    if let Some(p) = owned.packs.get(&v) {
+        return *p;
+    }
+    let half_ok = crate::host::q_unpack(owned.ukernels).is_some() && crate::host::q_gemv(owned.ukernels).is_some();
+    let p = pack(g, v, half_ok).map(|p| Packed {
+        codes: owned.push(p.codes),
+        par: owned.push(p.par),
+        k: p.k,
+        n: p.n,
+        bs: p.bs,
+        bits: p.bits,
+        zero: p.zero,
+        offset: p.offset,
+        half: p.half,
+    });
+    owned.packs.insert(v, p);
+    p
+}
+
+/// What a gather reads from a packed weight.
+#[derive(Clone, Copy)]
+enum Part {
+    /// The 8-bit codes (the gathered constant holds the same bytes as the weight).
+    Codes,
+    /// Parameter lane `0` (scales) or the last (offsets).
+    Lane(usize),
+}
+
+/// `gather data, idx {axis = 1}` where `data` (`[rows, cols]`) is the codes, the scales or the
+/// offsets of a narrow weight a product packs (a tied embedding: the token's column of the
+/// output projection): the kernel reads the packed copy, so the program keeps no second one
+/// (the constant, read by no other kernel, is dropped). gemma-3-270m's 168 MB of embedding codes
+/// and 21 MB of scales were held twice before. None when `data` is not such a constant.
+pub(crate) fn lower_gather<'g>(g: &'g Graph, n: tessera_ir::Node, owned: &mut Build) -> Option<Lowered<'g>> {
+    use tessera_ir::{Op, ValueDef};
+    let nd = g.node(n);
+    let Op::Gather { axis } = nd.op else { return None };
+    let (data, idx, out) = (nd.inputs[0], nd.inputs[1], nd.outputs[0]);
+    let dt = g.ty(data);
+    let &[rows, cols] = dt.shape.as_static()?.as_slice() else { return None };
+    if tessera_ir::types::normalize_axis(axis, 2) != Some(1) || dt.quant.is_some() || rows == 0 || cols == 0 {
+        return None;
+    }
+    if !matches!(g.value(data).def, ValueDef::Const(_)) {
+        return None;
+    }
+    let bytes = g.const_data(data)?.bytes()?;
+    let idx_ty = crate::layout::index_type(g, idx, "gather").ok()?;
+    let (w, part) = g.values().find_map(|(w, vd)| {
+        let q = vd.ty.quant.as_deref()?;
+        if !matches!(vd.def, ValueDef::Const(_)) || w == data {
+            return None;
+        }
+        let same_codes = || {
+            let wb = g.const_data(w).and_then(|c| c.bytes());
+            vd.ty.dtype == DType::I8
+                && dt.dtype == DType::I8
+                && vd.ty.shape.as_static().as_deref() == Some(&[rows, cols][..])
+                && wb.is_some_and(|wb| wb.as_ptr() == bytes.as_ptr() && wb.len() == bytes.len())
+        };
+        if same_codes() {
+            Some((w, Part::Codes))
+        } else if dt.dtype == DType::F32 && q.scale == data {
+            Some((w, Part::Lane(0)))
+        } else if dt.dtype == DType::F32 && q.offset == Some(data) {
+            Some((w, Part::Lane(usize::MAX)))
+        } else {
+            None
+        }
+    })?;
+    let p = packed(g, w, owned)?;
+    let nb = p.k.div_ceil(p.bs);
+    let lanes = 1 + p.zero as usize + p.offset as usize;
+    let ok = p.n == cols
+        && match part {
+            Part::Codes => p.bits == 8 && p.k == rows,
+            Part::Lane(_) => nb == rows,
+        };
+    if !ok {
+        return None;
+    }
+    let src = match part {
+        Part::Codes => p.codes,
+        Part::Lane(_) => p.par,
+    };
+    let id = crate::lower::dims(g, idx);
+    let emit = move |fx: &mut Fx| -> Result<(), CpuError> {
+        let (ip, sp, dst) = (fx.buf(0), fx.buf(1), fx.buf(2));
+        let nidx = fx.numel(&id)?;
+        let ncols = fx.iconst(cols as i64);
+        let rowsv = fx.iconst(rows as i64);
+        fx.for_n(nidx, |fx, j| {
+            let t = crate::layout::checked_index(fx, ip, j, idx_ty, ncols);
+            // Column t lives in panel t / 8, lane t % 8.
+            let panel = fx.b.ins().ushr_imm_u(t, 3);
+            let lane = fx.b.ins().band_imm_u(t, 7);
+            fx.for_n(rowsv, |fx, r| {
+                let at = fx.b.ins().imul(r, nidx);
+                let at = fx.b.ins().iadd(at, j);
+                match part {
+                    Part::Codes => {
+                        // Byte (panel, r, lane) of `[panels][k][8]`.
+                        let e = fx.imul_imm(panel, (p.k * 8) as i64);
+                        let e = fx.b.ins().iadd(e, lane);
+                        let rr = fx.imul_imm(r, 8);
+                        let e = fx.b.ins().iadd(e, rr);
+                        let a = fx.b.ins().iadd(sp, e);
+                        let c = fx.b.ins().load(types::I8, mem(), a, 0);
+                        let d = fx.b.ins().iadd(dst, at);
+                        fx.b.ins().store(mem(), c, d, 0);
+                    }
+                    Part::Lane(l) => {
+                        // Element ((panel * nb + r) * lanes + lane_index) * 8 + lane.
+                        let li = if l == usize::MAX { lanes - 1 } else { l };
+                        let e = fx.imul_imm(panel, nb as i64);
+                        let e = fx.b.ins().iadd(e, r);
+                        let e = fx.imul_imm(e, (lanes * 8) as i64);
+                        let e = fx.iadd_imm(e, (li * 8) as i64);
+                        let e = fx.b.ins().iadd(e, lane);
+                        let v = if p.half {
+                            let a = fx.addr(sp, e, 2);
+                            let h = fx.b.ins().uload16(types::I32, mem(), a, 0);
+                            fx.call_host(
+                                crate::host::id("tessera_host_f16_to_f32"),
+                                &[types::I32],
+                                Some(types::F32),
+                                &[h],
+                            )
+                            .expect("f16_to_f32 returns a value")
+                        } else {
+                            let a = fx.addr(sp, e, 4);
+                            fx.b.ins().load(types::F32, mem(), a, 0)
+                        };
+                        let d = fx.addr(dst, at, 4);
+                        fx.b.ins().store(mem(), v, d, 0);
+                    }
+                }
+                Ok(())
+            })
+        })
+    };
+    let name = match part {
+        Part::Codes => "gather_packed_codes",
+        Part::Lane(_) => "gather_packed_params",
+    };
+    Some(Lowered::new(name, vec![BufRef::Value(idx), BufRef::Owned(src), BufRef::Value(out)], Box::new(emit)))
+}
+
 /// The kernel for a product whose weight (operand `b_buf` of `bufs`) is `pack`: the packed
 /// weight replaces the weight's buffer; 4-bit parameters and the scratch are appended.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lower<'g>(
-    pack: Pack,
+    pack: Packed,
     epi: Epilogue<'g>,
     mut bufs: Vec<BufRef>,
     a_buf: usize,
@@ -138,9 +304,9 @@ pub(crate) fn lower<'g>(
     name: &str,
     owned: &mut Build,
 ) -> Lowered<'g> {
-    let Pack { codes, par, k, n, bs, bits, zero, offset, half } = pack;
-    bufs[b_buf] = BufRef::Owned(owned.push(codes));
-    bufs.push(BufRef::Owned(owned.push(par)));
+    let Packed { codes, par, k, n, bs, bits, zero, offset, half } = pack;
+    bufs[b_buf] = BufRef::Owned(codes);
+    bufs.push(BufRef::Owned(par));
     let par_buf = bufs.len() - 1;
     let scratch_buf = bufs.len();
     let mode = owned.ukernels;

@@ -28,7 +28,7 @@ pub(crate) fn compile(g: &Graph, opts: &CpuOptions) -> Result<Program, CpuError>
     let g = prepared.as_ref().unwrap_or(g);
     let syms = symbols(g)?;
     let mut jit = Jit::new(opts.listing)?;
-    let mut build = Build { owned: Vec::new(), ukernels: opts.ukernels };
+    let mut build = Build { ukernels: opts.ukernels, ..Default::default() };
     let pending = define_all(g, &syms, &mut jit, &mut build)?;
     let owned = build.owned;
     jit.compile_pending()?;
@@ -106,7 +106,7 @@ pub fn compile_image(g: &Graph, opts: &CpuOptions, target: &ObjectTarget) -> Res
             .map_err(|e| CpuError::Codegen(format!("object module: {e}")))?;
     let mut jit = Jit::with_module(cranelift_object::ObjectModule::new(builder), crate::Listing::default());
     jit.export = true;
-    let mut build = Build { owned: Vec::new(), ukernels };
+    let mut build = Build { ukernels, ..Default::default() };
     let pending = define_all(g, &syms, &mut jit, &mut build)?;
     jit.compile_pending()?;
     let code_bytes = jit.code_bytes;
@@ -179,7 +179,7 @@ pub(crate) fn listing(
     let g = prepared.as_ref().unwrap_or(g);
     let syms = symbols(g)?;
     let mut jit = Jit::with_isa(crate::jit::isa_with(isa_flags)?, crate::Listing { clif: true, asm: true })?;
-    let mut build = Build { owned: Vec::new(), ukernels };
+    let mut build = Build { ukernels, ..Default::default() };
     define_all(g, &syms, &mut jit, &mut build)?;
     // Not finalized: code built for flags the host may lack is never made callable.
     Ok(jit.clif.iter().zip(&jit.asm).map(|((k, c), (_, a))| (k.clone(), c.clone(), a.clone())).collect())

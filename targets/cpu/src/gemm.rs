@@ -345,8 +345,7 @@ fn lower_mm<'g>(
     let b_const = matches!(g.value(b_v).def, ValueDef::Const(_));
     if b_const && b_dims.len() == 2 && !prod.trans_a && a_dims.len() >= 2 {
         if !prod.trans_b {
-            let half_ok = crate::host::q_unpack(owned.ukernels).is_some() && crate::host::q_gemv(owned.ukernels).is_some();
-            if let Some(pack) = crate::blocked::pack(g, b_v, half_ok) {
+            if let Some(pack) = crate::blocked::packed(g, b_v, owned) {
                 let rows_dims = out_dims[..out_dims.len() - 1].to_vec();
                 return Ok(crate::blocked::lower(pack, epi, bufs, prod.a, prod.b, out_buf, rows_dims, &name, owned));
             }

@@ -366,7 +366,7 @@ pub(crate) fn lower_gather(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> 
 }
 
 /// The Cranelift type of an index operand (i64 or i32).
-fn index_type(g: &Graph, idx: tessera_ir::Value, op: &str) -> Result<types::Type, CpuError> {
+pub(crate) fn index_type(g: &Graph, idx: tessera_ir::Value, op: &str) -> Result<types::Type, CpuError> {
     match g.ty(idx).dtype {
         tessera_ir::DType::I64 => Ok(types::I64),
         tessera_ir::DType::I32 => Ok(types::I32),
@@ -376,7 +376,7 @@ fn index_type(g: &Graph, idx: tessera_ir::Value, op: &str) -> Result<types::Type
 
 /// Index `at` of an i64 or i32 index buffer, negative counting from the end of a dim of size
 /// `n`; out of range stops the kernel with [`KernelFault::IndexOutOfRange`].
-fn checked_index(fx: &mut Fx, ip: Value, at: Value, idx_ty: types::Type, n: Value) -> Value {
+pub(crate) fn checked_index(fx: &mut Fx, ip: Value, at: Value, idx_ty: types::Type, n: Value) -> Value {
     let ia = fx.addr(ip, at, idx_ty.bytes() as i64);
     let raw = fx.b.ins().load(idx_ty, mem(), ia, 0);
     let i = if idx_ty == types::I64 { raw } else { fx.b.ins().sextend(types::I64, raw) };

@@ -18,6 +18,9 @@ pub(crate) use crate::program::BufRef;
 pub(crate) struct Build {
     pub owned: Vec<Vec<u8>>,
     pub ukernels: crate::Ukernels,
+    /// Narrow weights packed so far ([`crate::blocked::packed`]), None where one cannot be:
+    /// every kernel reading a weight shares its one packed copy.
+    pub packs: std::collections::HashMap<Value, Option<crate::blocked::Packed>>,
 }
 
 impl Build {
@@ -114,7 +117,10 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowe
         Op::Transpose { .. } | Op::Expand { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Split { .. } => {
             layout::lower(g, n)
         }
-        Op::Gather { .. } => layout::lower_gather(g, n),
+        Op::Gather { .. } => match crate::blocked::lower_gather(g, n, owned) {
+            Some(l) => Ok(l),
+            None => layout::lower_gather(g, n),
+        },
         Op::GatherNd { .. } => layout::lower_gather_nd(g, n),
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => nn::lower_norm(g, n),
         Op::Attention { .. } => nn::lower_attention(g, n, owned.ukernels),

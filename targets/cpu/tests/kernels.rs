@@ -721,3 +721,65 @@ fn kernels_calling_different_host_functions_stay_apart() {
         assert!(max_abs(g, w) < 1e-6, "{g} vs {w}");
     }
 }
+
+/// A tied embedding: the token's column gathered from the codes and the scales of the weight
+/// a product multiplies by (the codes constant shares the weight's bytes, as the GGUF builder
+/// makes it). The gathers read the product's packed copy (`gather_packed_*`, with f16
+/// parameters and with f32 ones), give the interpreter's values, and still refuse a token out
+/// of range.
+#[test]
+fn gathers_from_a_packed_weight_match_the_interpreter() {
+    use tessera_ir::{ConstData, Graph, Op, Quant, QuantGranularity, Shape, TensorType};
+    use tessera_target_cpu::Ukernels;
+    let (k, n, bs) = (64usize, 37usize, 32usize);
+    let nb = k / bs;
+    for half in [true, false] {
+        let mut g = Graph::new("tied");
+        let x = g.add_input("x", TensorType::with_static(DType::F32, &[1, k]));
+        let tokens = g.add_input("tokens", TensorType::with_static(DType::I64, &[3]));
+        let scales: Vec<f32> = (0..nb * n)
+            .map(|i| if half { (1 + i % 7) as f32 / 128.0 } else { 0.011 + (i % 7) as f32 * 0.003 })
+            .collect();
+        let sbytes = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let scale = g.add_const(TensorType::with_static(DType::F32, &[nb, n]), ConstData::from_vec(sbytes));
+        let codes: Vec<u8> = (0..k * n).map(|i| ((i * 37 % 255) as i64 - 127) as i8 as u8).collect();
+        let data = ConstData::from_vec(codes);
+        let quant = Quant {
+            granularity: QuantGranularity::PerBlock { axis: 0, size: bs as u64 },
+            scale,
+            zero_point: None,
+            offset: None,
+        };
+        let wty = TensorType { dtype: DType::I8, shape: Shape::from_static(&[k, n]), quant: Some(Box::new(quant)) };
+        let w = g.add_const(wty, data.clone());
+        let plain = g.add_const(TensorType::with_static(DType::I8, &[k, n]), data);
+        let logits = g.add_op(Op::QMatMul, vec![x, w]).unwrap()[0];
+        let c = g.add_op(Op::Gather { axis: 1 }, vec![plain, tokens]).unwrap()[0];
+        let c = g.add_op(Op::Cast { to: DType::F32 }, vec![c]).unwrap()[0];
+        let s = g.add_op(Op::Gather { axis: 1 }, vec![scale, tokens]).unwrap()[0];
+        g.add_output("logits", logits);
+        g.add_output("codes", c);
+        g.add_output("scales", s);
+        verify(&g).unwrap_or_else(|e| panic!("{e}"));
+        let xs = Tensor::from_f32(DType::F32, &[1, k], (0..k).map(|i| (i as f32 * 0.3).cos()).collect()).unwrap();
+        let toks = Tensor::from_i64(DType::I64, &[3], vec![0, 36, -2]).unwrap();
+        let want = tessera_ir::run(&g, vec![xs.clone(), toks.clone()]).unwrap();
+        for ukernels in [Ukernels::Auto, Ukernels::Off] {
+            let names: Vec<String> =
+                tessera_target_cpu::listing(&g, &[], ukernels).unwrap().into_iter().map(|(name, _, _)| name).collect();
+            for kind in ["gather_packed_codes", "gather_packed_params"] {
+                assert!(names.iter().any(|name| name.ends_with(kind)), "{ukernels:?}: {names:?}");
+            }
+            let p =
+                compile(&g, &CpuOptions { threads: 2, ukernels, min_split_bytes: 0, ..Default::default() }).unwrap();
+            let got = p.run(&[xs.clone(), toks.clone()]).unwrap();
+            assert!(max_abs(&got[0], &want[0]) <= 1e-4, "{ukernels:?} half {half}: logits");
+            // The gathered codes and scales are exact.
+            assert_eq!(got[1].to_f64_vec(), want[1].to_f64_vec(), "{ukernels:?} half {half}: codes");
+            assert_eq!(got[2].to_f64_vec(), want[2].to_f64_vec(), "{ukernels:?} half {half}: scales");
+            let bad = Tensor::from_i64(DType::I64, &[3], vec![0, 37, 1]).unwrap();
+            let e = p.run(&[xs.clone(), bad]).unwrap_err();
+            assert!(e.to_string().contains("out of range"), "{e}");
+        }
+    }
+}
