@@ -34,19 +34,61 @@ use crate::lower::{BufRef, Build, Lowered};
 use crate::program::{DimSpec, ParamSpec};
 use crate::{ukernel, CpuError};
 
-/// A constant weight laid out for the kernel (see the module docs).
-struct Pack {
-    codes: Vec<u8>,
-    par: Vec<u8>,
+/// How a packed weight is laid out (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
     k: usize,
     n: usize,
     bs: usize,
-    /// 4 or 8.
+    /// Code width: 4 or 8.
     bits: usize,
+    /// Which parameter lanes follow the scales.
     zero: bool,
     offset: bool,
-    /// The parameters are f16 (else f32).
+    /// The parameters are f16 (else f32; f16 only with the `std::arch` routines).
     half: bool,
+}
+
+impl Layout {
+    /// Parameter lanes per block: scales, then zero points and offsets where present.
+    fn lanes(&self) -> usize {
+        1 + self.zero as usize + self.offset as usize
+    }
+
+    /// Parameter blocks along K.
+    fn blocks(&self) -> usize {
+        self.k.div_ceil(self.bs)
+    }
+
+    /// Bytes per parameter.
+    fn par_bytes(&self) -> i64 {
+        if self.half {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// Bytes between panels' codes, parameters between panels' parameters.
+    fn strides(&self) -> (i64, i64) {
+        ((self.k * self.bits) as i64, (self.blocks() * self.lanes() * 8) as i64)
+    }
+
+    /// `form` for [`ukernel::QUnpack`].
+    fn form(&self) -> i64 {
+        let bit = |on: bool, b: i64| if on { b } else { 0 };
+        self.bits as i64
+            | bit(self.zero, ukernel::ZERO)
+            | bit(self.offset, ukernel::OFFSET)
+            | bit(self.half, ukernel::HALF)
+    }
+}
+
+/// A constant weight packed for the kernel: codes and parameters.
+struct Pack {
+    codes: Vec<u8>,
+    par: Vec<u8>,
+    lay: Layout,
 }
 
 /// Rows of K multiplied at a time: a divisor of K that keeps a panel pair's block (`kc * 64`
@@ -76,7 +118,6 @@ fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
         return None;
     }
     let (k, n, bs) = (w.rows, w.cols, w.block_rows);
-    let nb = k.div_ceil(bs);
     let panels = n.div_ceil(8);
     // Bytes per k per panel: 8 nibbles are 4, 8 bytes are 8.
     let word = bits;
@@ -95,8 +136,8 @@ fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
         }
     });
     let zero = shift != 0 || w.zero.iter().any(|&z| z != 0);
-    let offset = w.offset.is_some();
-    let lanes = 1 + zero as usize + offset as usize;
+    let mut lay = Layout { k, n, bs, bits, zero, offset: w.offset.is_some(), half: false };
+    let (nb, lanes) = (lay.blocks(), lay.lanes());
     // Lane values per panel, block and column (padding columns get scale 0: their unstored
     // results stay finite).
     let mut vals = vec![0f32; panels * nb * lanes * 8];
@@ -115,13 +156,13 @@ fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
             }
         }
     }
-    let half = half_ok && vals.iter().all(|&x| half::f16::from_f32(x).to_f32() == x);
-    let par: Vec<u8> = if half {
+    lay.half = half_ok && vals.iter().all(|&x| half::f16::from_f32(x).to_f32() == x);
+    let par: Vec<u8> = if lay.half {
         vals.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()
     } else {
         vals.iter().flat_map(|&x| x.to_le_bytes()).collect()
     };
-    Some(Pack { codes, par, k, n, bs, bits, zero, offset, half })
+    Some(Pack { codes, par, lay })
 }
 
 /// A packed weight the program holds: the [`crate::lower::Build::owned`] indices of its codes
@@ -130,13 +171,7 @@ fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
 pub(crate) struct Packed {
     codes: usize,
     par: usize,
-    k: usize,
-    n: usize,
-    bs: usize,
-    bits: usize,
-    zero: bool,
-    offset: bool,
-    half: bool,
+    lay: Layout,
 }
 
 /// The weight `v` packed once for the whole program (a later call returns the same buffers),
@@ -146,17 +181,7 @@ pub(crate) fn packed(g: &Graph, v: tessera_ir::Value, owned: &mut Build) -> Opti
         return *p;
     }
     let half_ok = crate::host::q_unpack(owned.ukernels).is_some() && crate::host::q_gemv(owned.ukernels).is_some();
-    let p = pack(g, v, half_ok).map(|p| Packed {
-        codes: owned.push(p.codes),
-        par: owned.push(p.par),
-        k: p.k,
-        n: p.n,
-        bs: p.bs,
-        bits: p.bits,
-        zero: p.zero,
-        offset: p.offset,
-        half: p.half,
-    });
+    let p = pack(g, v, half_ok).map(|p| Packed { codes: owned.push(p.codes), par: owned.push(p.par), lay: p.lay });
     owned.packs.insert(v, p);
     p
 }
@@ -166,8 +191,10 @@ pub(crate) fn packed(g: &Graph, v: tessera_ir::Value, owned: &mut Build) -> Opti
 enum Part {
     /// The 8-bit codes (the gathered constant holds the same bytes as the weight).
     Codes,
-    /// Parameter lane `0` (scales) or the last (offsets).
-    Lane(usize),
+    /// The scales: parameter lane 0.
+    Scales,
+    /// The offsets: the last parameter lane.
+    Offsets,
 }
 
 /// `gather data, idx {axis = 1}` where `data` (`[rows, cols]`) is the codes, the scales or the
@@ -205,28 +232,23 @@ pub(crate) fn lower_gather<'g>(g: &'g Graph, n: tessera_ir::Node, owned: &mut Bu
         if same_codes() {
             Some((w, Part::Codes))
         } else if dt.dtype == DType::F32 && q.scale == data {
-            Some((w, Part::Lane(0)))
+            Some((w, Part::Scales))
         } else if dt.dtype == DType::F32 && q.offset == Some(data) {
-            Some((w, Part::Lane(usize::MAX)))
+            Some((w, Part::Offsets))
         } else {
             None
         }
     })?;
     let p = packed(g, w, owned)?;
-    let nb = p.k.div_ceil(p.bs);
-    let lanes = 1 + p.zero as usize + p.offset as usize;
-    let ok = p.n == cols
-        && match part {
-            Part::Codes => p.bits == 8 && p.k == rows,
-            Part::Lane(_) => nb == rows,
-        };
-    if !ok {
+    let lay = p.lay;
+    let (nb, lanes) = (lay.blocks(), lay.lanes());
+    let (src, ok) = match part {
+        Part::Codes => (p.codes, lay.bits == 8 && lay.k == rows),
+        Part::Scales | Part::Offsets => (p.par, nb == rows),
+    };
+    if !ok || lay.n != cols {
         return None;
     }
-    let src = match part {
-        Part::Codes => p.codes,
-        Part::Lane(_) => p.par,
-    };
     let id = crate::lower::dims(g, idx);
     let emit = move |fx: &mut Fx| -> Result<(), CpuError> {
         let (ip, sp, dst) = (fx.buf(0), fx.buf(1), fx.buf(2));
@@ -244,7 +266,7 @@ pub(crate) fn lower_gather<'g>(g: &'g Graph, n: tessera_ir::Node, owned: &mut Bu
                 match part {
                     Part::Codes => {
                         // Byte (panel, r, lane) of `[panels][k][8]`.
-                        let e = fx.imul_imm(panel, (p.k * 8) as i64);
+                        let e = fx.imul_imm(panel, (lay.k * 8) as i64);
                         let e = fx.b.ins().iadd(e, lane);
                         let rr = fx.imul_imm(r, 8);
                         let e = fx.b.ins().iadd(e, rr);
@@ -253,15 +275,15 @@ pub(crate) fn lower_gather<'g>(g: &'g Graph, n: tessera_ir::Node, owned: &mut Bu
                         let d = fx.b.ins().iadd(dst, at);
                         fx.b.ins().store(mem(), c, d, 0);
                     }
-                    Part::Lane(l) => {
-                        // Element ((panel * nb + r) * lanes + lane_index) * 8 + lane.
-                        let li = if l == usize::MAX { lanes - 1 } else { l };
+                    Part::Scales | Part::Offsets => {
+                        // Element ((panel * nb + r) * lanes + li) * 8 + lane.
+                        let li = if matches!(part, Part::Scales) { 0 } else { lanes - 1 };
                         let e = fx.imul_imm(panel, nb as i64);
                         let e = fx.b.ins().iadd(e, r);
                         let e = fx.imul_imm(e, (lanes * 8) as i64);
                         let e = fx.iadd_imm(e, (li * 8) as i64);
                         let e = fx.b.ins().iadd(e, lane);
-                        let v = if p.half {
+                        let v = if lay.half {
                             let a = fx.addr(sp, e, 2);
                             let h = fx.b.ins().uload16(types::I32, mem(), a, 0);
                             fx.call_host(
@@ -285,7 +307,7 @@ pub(crate) fn lower_gather<'g>(g: &'g Graph, n: tessera_ir::Node, owned: &mut Bu
     };
     let name = match part {
         Part::Codes => "gather_packed_codes",
-        Part::Lane(_) => "gather_packed_params",
+        Part::Scales | Part::Offsets => "gather_packed_params",
     };
     Some(Lowered::new(name, vec![BufRef::Value(idx), BufRef::Owned(src), BufRef::Value(out)], Box::new(emit)))
 }
@@ -304,34 +326,20 @@ pub(crate) fn lower<'g>(
     name: &str,
     owned: &mut Build,
 ) -> Lowered<'g> {
-    let Packed { codes, par, k, n, bs, bits, zero, offset, half } = pack;
+    let Packed { codes, par, lay } = pack;
     bufs[b_buf] = BufRef::Owned(codes);
     bufs.push(BufRef::Owned(par));
     let par_buf = bufs.len() - 1;
     let scratch_buf = bufs.len();
     let mode = owned.ukernels;
-    let units = n.div_ceil(16) as u64;
-    let kc = k_block(k, bs);
-    let cfg = Cfg {
-        a_buf,
-        codes_buf: b_buf,
-        par_buf,
-        out_buf,
-        scratch_buf,
-        k: k as i64,
-        n: n as i64,
-        bs: bs as i64,
-        kc: kc as i64,
-        mode,
-        bits: bits as i64,
-        zero,
-        offset,
-        half,
-    };
+    let units = lay.n.div_ceil(16) as u64;
+    let kc = k_block(lay.k, lay.bs);
+    let cfg = Cfg { a_buf, codes_buf: b_buf, par_buf, out_buf, scratch_buf, lay, kc: kc as i64, mode };
     let suffix = format!(
-        "q{bits}{}{}",
+        "q{}{}{}",
+        lay.bits,
         if ukernel::q_unpack(mode).is_some() { "_ukernel" } else { "" },
-        if half { "_f16" } else { "" }
+        if lay.half { "_f16" } else { "" }
     );
     let scratch_rows = rows_dims.clone();
     let mut lw = Lowered::new(format!("{name}_{suffix}"), bufs, Box::new(move |fx| emit(fx, &epi, &cfg, &rows_dims)));
@@ -348,58 +356,25 @@ struct Cfg {
     par_buf: usize,
     out_buf: usize,
     scratch_buf: usize,
-    k: i64,
-    n: i64,
-    bs: i64,
+    lay: Layout,
     /// K per block ([`k_block`]).
     kc: i64,
     mode: crate::Ukernels,
-    /// Code width (4 or 8) and which parameter lanes follow the scales.
-    bits: i64,
-    zero: bool,
-    offset: bool,
-    /// f16 parameters (only with the `std::arch` routines).
-    half: bool,
 }
 
 impl Cfg {
-    fn lanes(&self) -> i64 {
-        1 + self.zero as i64 + self.offset as i64
-    }
-
-    /// Bytes between panels' codes, parameters between panels' parameters.
-    fn strides(&self) -> (i64, i64) {
-        let nb = (self.k + self.bs - 1) / self.bs;
-        (self.k * self.bits, nb * self.lanes() * 8)
-    }
-
-    /// Bytes per parameter.
-    fn par_bytes(&self) -> i64 {
-        if self.half {
-            2
-        } else {
-            4
-        }
-    }
-
     /// Where panel `p`'s codes and parameters start.
     fn panel(&self, fx: &mut Fx, p: Value, codes: Value, par: Value) -> (Value, Value) {
-        let (ldc, ldp) = self.strides();
+        let (ldc, ldp) = self.lay.strides();
         let off = fx.imul_imm(p, ldc);
         let cp = fx.b.ins().iadd(codes, off);
-        let off = fx.imul_imm(p, ldp * self.par_bytes());
+        let off = fx.imul_imm(p, ldp * self.lay.par_bytes());
         (cp, fx.b.ins().iadd(par, off))
-    }
-
-    /// `form` for [`ukernel::QUnpack`].
-    fn form(&self) -> i64 {
-        let bit = |on: bool, b: i64| if on { b } else { 0 };
-        self.bits | bit(self.zero, ukernel::ZERO) | bit(self.offset, ukernel::OFFSET) | bit(self.half, ukernel::HALF)
     }
 }
 
 fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(), CpuError> {
-    let (k, n, kc) = (cfg.k, cfg.n, cfg.kc);
+    let (k, n, kc) = (cfg.lay.k as i64, cfg.lay.n as i64, cfg.kc);
     let a = fx.buf(cfg.a_buf);
     let codes = fx.buf(cfg.codes_buf);
     let par = fx.buf(cfg.par_buf);
@@ -450,8 +425,8 @@ fn emit(fx: &mut Fx, epi: &Epilogue, cfg: &Cfg, rows_dims: &[Dim]) -> Result<(),
                 let one = fx.b.ins().icmp_imm_s(IntCC::Equal, rows, 1);
                 fx.if_then(one, |fx| {
                     let (cp, pp) = cfg.panel(fx, p, codes, par);
-                    let (ldc, ldp) = cfg.strides();
-                    let args = [k, cfg.bs, np as i64, ldc, ldp, cfg.form()].map(|v| fx.iconst(v));
+                    let (ldc, ldp) = cfg.lay.strides();
+                    let args = [k, cfg.lay.bs as i64, np as i64, ldc, ldp, cfg.lay.form()].map(|v| fx.iconst(v));
                     fx.call_host(
                         f,
                         &[types::I64; 10],
@@ -528,24 +503,25 @@ impl Unpack {
         out: Value,
         cfg: &Cfg,
     ) -> Result<(), CpuError> {
-        let (k, kc) = (cfg.k, cfg.kc);
+        let lay = &cfg.lay;
+        let (k, kc, cbs) = (lay.k as i64, cfg.kc, lay.bs as i64);
         // Bytes per row of a panel (8 nibbles or 8 bytes), floats per parameter block; bytes
         // and floats between panels; the rows sharing a parameter block within this K block.
-        let (word, blk) = (cfg.bits, cfg.lanes() * 8);
-        let (ldc, ldp) = cfg.strides();
-        let bs = cfg.bs.min(kc);
+        let (word, blk) = (lay.bits as i64, lay.lanes() as i64 * 8);
+        let (ldc, ldp) = lay.strides();
+        let bs = cbs.min(kc);
         let (cp, parp) = cfg.panel(fx, p, codes, par);
         let k0 = fx.imul_imm(kb, kc);
         let cp = fx.addr(cp, k0, word);
-        let parp = if cfg.bs < k {
+        let parp = if cbs < k {
             // K blocks are whole parameter blocks (`k_block`).
-            let b0 = fx.imul_imm(kb, kc / cfg.bs);
-            fx.addr(parp, b0, blk * cfg.par_bytes())
+            let b0 = fx.imul_imm(kb, kc / cbs);
+            fx.addr(parp, b0, blk * lay.par_bytes())
         } else {
             parp
         };
         if let Some(f) = self.host {
-            let args = [kc, bs, np as i64, ldc, ldp, cfg.form()].map(|v| fx.iconst(v));
+            let args = [kc, bs, np as i64, ldc, ldp, lay.form()].map(|v| fx.iconst(v));
             fx.call_host(
                 f,
                 &[types::I64; 9],
@@ -556,7 +532,7 @@ impl Unpack {
         }
         let (masks, pows) = self.lanes.expect("Cranelift unpacking");
         // `pack` makes f16 parameters only for the std::arch routines.
-        if cfg.half {
+        if lay.half {
             return Err(CpuError::Codegen("f16 weight parameters without the unpacking routine".into()));
         }
         for q in 0..np as i64 {
@@ -566,9 +542,9 @@ impl Unpack {
                 let pa = fx.addr(parp, b, blk * 4);
                 let ld = |fx: &mut Fx, o: i64| fx.b.ins().load(F4, mem(), pa, (q * ldp * 4 + o) as i32);
                 let sc = [ld(fx, 0), ld(fx, 16)];
-                let zr = if cfg.zero { Some([ld(fx, 32), ld(fx, 48)]) } else { None };
-                let last = (cfg.lanes() - 1) * 32;
-                let of = if cfg.offset { Some([ld(fx, last), ld(fx, last + 16)]) } else { None };
+                let zr = if lay.zero { Some([ld(fx, 32), ld(fx, 48)]) } else { None };
+                let last = (lay.lanes() as i64 - 1) * 32;
+                let of = if lay.offset { Some([ld(fx, last), ld(fx, last + 16)]) } else { None };
                 let kk0 = fx.imul_imm(b, bs);
                 let kk1 = fx.iadd_imm(kk0, bs);
                 let kk1 = fx.b.ins().smin(kk1, kcv);
@@ -576,7 +552,7 @@ impl Unpack {
                     let wa = fx.addr(cp, kk, word);
                     let oa = fx.addr(out, kk, 32);
                     // The row's codes as two i32x4 (lanes 0-3, 4-7).
-                    let u = if cfg.bits == 4 {
+                    let u = if lay.bits == 4 {
                         let word = fx.b.ins().load(types::I32, mem(), wa, (q * ldc) as i32);
                         let hi = fx.b.ins().ushr_imm_u(word, 16);
                         [word, hi].map(|w| {
