@@ -174,11 +174,26 @@ fn minilm_pruned_matches_onnxruntime() {
 /// bit for bit until one quantized activation lands one step apart after the float attention path
 /// (fp32 summation order, about 1e-5), which then cascades (`scripts/expose_intermediates.py`).
 /// The bounds here are the measured ones, so a regression still fails.
+///
+/// That holds where onnxruntime (which made the reference outputs on this machine) takes its
+/// AVX2 kernel. On a host with VNNI (AVX-VNNI or AVX512-VNNI) it takes `vpdpbusd`, which sums
+/// the exact products: there the exact import is the one that matches (measured on an
+/// AVX512-VNNI Xeon: 4.7e-3 on set 1, from the same one-step activation flips, cosine
+/// 0.9999998), and the saturating one differs by up to 0.13.
 #[test]
 fn minilm_int8_dynamic_is_close_to_onnxruntime() {
-    check_model("minilm-l3-int8-dynamic", 0.25, 0.995);
-    let ort = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: true };
-    check_model_with_options("minilm-l3-int8-dynamic", 0.1, 0.9998, None, &ort);
+    #[cfg(target_arch = "x86_64")]
+    let ort_exact = std::arch::is_x86_feature_detected!("avxvnni") || std::arch::is_x86_feature_detected!("avx512vnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    let ort_exact = true;
+    if ort_exact {
+        println!("this host has VNNI: onnxruntime's MatMulInteger sums exact products here");
+        check_model("minilm-l3-int8-dynamic", 1e-2, 0.99999);
+    } else {
+        check_model("minilm-l3-int8-dynamic", 0.25, 0.995);
+        let ort = tessera_compiler::onnx::ImportOptions { onnxruntime_x86_matmul_integer: true };
+        check_model_with_options("minilm-l3-int8-dynamic", 0.1, 0.9998, None, &ort);
+    }
 }
 
 /// One data set differs from onnxruntime by up to 1.8e-3 on 700 of 49,152 token-state elements:

@@ -62,9 +62,10 @@ pub struct BenchArgs {
     /// calls the `std::arch` inner tiles where the CPU has them; `false` times the default only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub both_ways: bool,
-    /// Compute u8 x i8 MatMulInteger as onnxruntime's x86 kernel does (adjacent products summed
-    /// in saturating int16, `tessera run --match-onnxruntime`) instead of exactly as the ONNX
-    /// spec defines it: the same arithmetic as the peer, for an int8 model.
+    /// Compute u8 x i8 MatMulInteger as onnxruntime's x86 AVX2 kernel does (adjacent products
+    /// summed in saturating int16, `tessera run --match-onnxruntime`) instead of exactly as the
+    /// ONNX spec defines it: the same arithmetic as the peer, for an int8 model, on a host
+    /// without VNNI (with it, onnxruntime is exact).
     #[arg(long)]
     pub match_onnxruntime: bool,
     /// For a .gguf model: `exact` (f32 activations) or `ggml` (llama.cpp's 8-bit activation

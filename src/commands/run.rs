@@ -29,8 +29,9 @@ pub struct RunArgs {
     /// on the GPU target, whose exp, erf and reductions round differently from the host's].
     #[arg(long)]
     pub atol: Option<f64>,
-    /// Compute u8 x i8 MatMulInteger the way onnxruntime's x86 kernel does (adjacent products
-    /// summed in saturating int16) instead of exactly, to compare with onnxruntime's outputs.
+    /// Compute u8 x i8 MatMulInteger the way onnxruntime's x86 AVX2 kernel does (adjacent
+    /// products summed in saturating int16) instead of exactly, to compare with onnxruntime's
+    /// outputs on a host without VNNI (with AVX-VNNI or AVX512-VNNI onnxruntime is exact).
     #[arg(long)]
     pub match_onnxruntime: bool,
     /// Passes to run before code generation: `default` (the optimizer), `none`, or a
