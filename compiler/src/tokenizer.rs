@@ -8,15 +8,23 @@
 //! so the ids match llama.cpp's for the same file.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use crate::gguf::{Gguf, GgufError, MetaValue};
 
 /// A tokenizer read from a GGUF file's `tokenizer.ggml.*` metadata.
+///
+/// The vocabulary is stored flat (gemma's 262,144 tokens take 5 MB, where a `String` per token
+/// and a `HashMap` from text to id took 27 MB of the process's resident memory): one string of
+/// every token's text, the end of each, and the ids sorted by text for lookups.
 pub struct Tokenizer {
-    tokens: Vec<String>,
+    /// Every token's text, one after another: token `i` is `text[ends[i - 1]..ends[i]]`.
+    text: String,
+    ends: Vec<u32>,
     scores: Vec<f32>,
-    ids: HashMap<String, u32>,
+    /// Token ids in order of their text (bytewise), equal texts by id: a lookup finds the
+    /// first id of a duplicated text, as llama.cpp's map does.
+    by_text: Vec<u32>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
@@ -75,71 +83,80 @@ impl Tokenizer {
         let Some(MetaValue::Array(toks)) = g.get("tokenizer.ggml.tokens") else {
             return Err(bad("tokenizer.ggml.tokens", "missing"));
         };
-        let tokens: Vec<String> = toks
-            .iter()
-            .map(|t| t.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("tokenizer.ggml.tokens", "not all strings"))?;
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(toks.len());
+        for t in toks {
+            text.push_str(t.as_str().ok_or_else(|| bad("tokenizer.ggml.tokens", "not all strings"))?);
+            ends.push(u32::try_from(text.len()).map_err(|_| bad("tokenizer.ggml.tokens", "over 4 GiB of text"))?);
+        }
+        let n = ends.len();
         let scores: Vec<f32> = match g.get("tokenizer.ggml.scores") {
-            Some(MetaValue::Array(s)) if s.len() == tokens.len() => s
+            Some(MetaValue::Array(s)) if s.len() == n => s
                 .iter()
                 .map(|v| v.as_f64().map(|x| x as f32))
                 .collect::<Option<_>>()
                 .ok_or_else(|| bad("tokenizer.ggml.scores", "not all numbers"))?,
             Some(_) => return Err(bad("tokenizer.ggml.scores", "not one number per token")),
-            None => vec![0.0; tokens.len()],
+            None => vec![0.0; n],
         };
-        let mut ids = HashMap::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            // The first of duplicate texts wins, as in llama.cpp's map.
-            ids.entry(t.clone()).or_insert(i as u32);
-        }
-        let mut bytes = vec![None; 256];
-        for (b, slot) in bytes.iter_mut().enumerate() {
-            *slot = ids.get(&format!("<0x{b:02X}>")).copied();
-        }
+        let piece = |i: u32| piece_of(&text, &ends, i);
+        let mut by_text: Vec<u32> = (0..n as u32).collect();
+        by_text.sort_unstable_by(|&a, &b| piece(a).cmp(piece(b)).then(a.cmp(&b)));
+        let mut tok = Tokenizer {
+            text,
+            ends,
+            scores,
+            by_text,
+            bos: None,
+            eos: None,
+            add_bos: true,
+            add_space_prefix: true,
+            bytes: Vec::new(),
+            user_defined: Vec::new(),
+        };
+        tok.bytes = (0..256).map(|b| tok.id(&format!("<0x{b:02X}>"))).collect();
         let id = |key: &str| -> Result<Option<u32>, GgufError> {
             match g.get(key) {
                 None => Ok(None),
                 Some(v) => match v.as_u64() {
-                    Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
+                    Some(i) if (i as usize) < n => Ok(Some(i as u32)),
                     _ => Err(bad(key, "not a token id")),
                 },
             }
         };
         // Token types: 4 is user-defined.
         let mut user_defined: Vec<u32> = match g.get("tokenizer.ggml.token_type") {
-            Some(MetaValue::Array(t)) if t.len() == tokens.len() => {
+            Some(MetaValue::Array(t)) if t.len() == n => {
                 (0..t.len() as u32).filter(|&i| t[i as usize].as_u64() == Some(4)).collect()
             }
             Some(_) => return Err(bad("tokenizer.ggml.token_type", "not one type per token")),
             None => Vec::new(),
         };
-        user_defined.retain(|&i| !tokens[i as usize].is_empty());
-        user_defined.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        user_defined.retain(|&i| !tok.piece(i).is_empty());
+        user_defined.sort_by_key(|&i| std::cmp::Reverse(tok.piece(i).len()));
         let flag = |key: &str, default: bool| match g.get(key) {
             Some(MetaValue::Bool(b)) => *b,
             _ => default,
         };
-        Ok(Tokenizer {
-            bos: id("tokenizer.ggml.bos_token_id")?,
-            eos: id("tokenizer.ggml.eos_token_id")?,
-            add_bos: flag("tokenizer.ggml.add_bos_token", true),
-            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
-            tokens,
-            scores,
-            ids,
-            bytes,
-            user_defined,
-        })
+        tok.bos = id("tokenizer.ggml.bos_token_id")?;
+        tok.eos = id("tokenizer.ggml.eos_token_id")?;
+        tok.add_bos = flag("tokenizer.ggml.add_bos_token", true);
+        tok.add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+        tok.user_defined = user_defined;
+        Ok(tok)
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.ends.len()
     }
 
     pub fn token(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        ((id as usize) < self.ends.len()).then(|| self.piece(id))
+    }
+
+    /// The text of token `id` (< the vocabulary size).
+    fn piece(&self, id: u32) -> &str {
+        piece_of(&self.text, &self.ends, id)
     }
 
     /// The ids of `text` (with BOS first when the model asks for it and `bos` is true).
@@ -155,7 +172,7 @@ impl Tokenizer {
         }
         let mut frags = vec![Frag::Text(text)];
         for &id in &self.user_defined {
-            let pat = self.tokens[id as usize].as_str();
+            let pat = self.piece(id);
             let mut next = Vec::with_capacity(frags.len());
             for f in frags {
                 let Frag::Text(mut rest) = f else {
@@ -208,7 +225,7 @@ impl Tokenizer {
         let push = |heap: &mut BinaryHeap<Bigram>, syms: &[Symbol], left: usize, right: usize| {
             let (a, b) = (syms[left], syms[right]);
             let piece = &s[a.start..b.start + b.len];
-            if let Some(&id) = self.ids.get(piece) {
+            if let Some(id) = self.id(piece) {
                 heap.push(Bigram { left, right, score: self.scores[id as usize], len: piece.len() });
             }
         };
@@ -240,8 +257,8 @@ impl Tokenizer {
         while let Some(k) = i {
             let sym = syms[k];
             let piece = &s[sym.start..sym.start + sym.len];
-            match self.ids.get(piece) {
-                Some(&id) => out.push(id),
+            match self.id(piece) {
+                Some(id) => out.push(id),
                 None => out.extend(piece.bytes().filter_map(|b| self.bytes[b as usize])),
             }
             i = sym.next;
@@ -271,6 +288,14 @@ impl Tokenizer {
 
     /// The id of a token given by its text (`<end_of_turn>`), if the vocabulary has it.
     pub fn id(&self, token: &str) -> Option<u32> {
-        self.ids.get(token).copied()
+        let k = self.by_text.partition_point(|&i| self.piece(i) < token);
+        self.by_text.get(k).copied().filter(|&i| self.piece(i) == token)
     }
+}
+
+/// Token `id`'s text in the flat vocabulary (`ends[id - 1]..ends[id]`).
+fn piece_of<'t>(text: &'t str, ends: &[u32], id: u32) -> &'t str {
+    let i = id as usize;
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &text[start..ends[i] as usize]
 }

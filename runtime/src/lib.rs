@@ -538,13 +538,7 @@ impl Session {
                     let p = tessera_target_cpu::compile(&g, &copts)?;
                     // Weights the program packed into its own bytes are not kept twice.
                     if g.release_constants(|v| p.reads(v)) > 0 {
-                        // Hand the freed weights back to the system now: glibc keeps freed
-                        // blocks below its mmap threshold (most weight matrices) otherwise.
-                        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                        // SAFETY: malloc_trim only returns free memory to the kernel.
-                        unsafe {
-                            libc::malloc_trim(0);
-                        }
+                        release_free_memory();
                     }
                     Engine::Cpu(Box::new(p))
                 }
@@ -691,6 +685,16 @@ impl Session {
             buf.copy_from_slice(&bytes);
         }
         Ok(())
+    }
+}
+
+/// Hands freed heap memory back to the system now: glibc keeps freed blocks below its mmap
+/// threshold (most weight matrices, a model file's parsed metadata) resident otherwise.
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

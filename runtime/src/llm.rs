@@ -266,7 +266,11 @@ impl Llm {
         let session = Session::from_graph(m.graph, &sopts)?;
         let compile_ms = t1.elapsed().as_secs_f64() * 1e3;
         let startup = LlmStartup { load_ms, compile_ms };
-        Llm::assemble(m.config, tokenizer, session, opts, startup, gguf.file_bytes(), matrix_bytes)
+        let file_bytes = gguf.file_bytes();
+        // The file's mapping and parsed metadata (the vocabulary as 262,144 strings) go now.
+        drop(gguf);
+        crate::release_free_memory();
+        Llm::assemble(m.config, tokenizer, session, opts, startup, file_bytes, matrix_bytes)
     }
 
     /// Opens an artifact compiled from a GGUF file (`tessera compile model.gguf -o model.tsa`):
