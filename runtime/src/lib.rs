@@ -665,6 +665,10 @@ impl Session {
     /// Runs and writes each output's bytes (its dtype's packed layout, row-major) into the
     /// caller's buffers, which must have exactly the output's byte size.
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [&mut [u8]]) -> Result<(), SessionError> {
+        if let Engine::Cpu(p) = &self.engine {
+            // Straight from the program's arena: no output tensor is allocated.
+            return Ok(p.run_into(inputs, outputs)?);
+        }
         let outs = self.run(inputs)?;
         if outs.len() != outputs.len() {
             return Err(SessionError::Cpu(CpuError::Memory(format!(

@@ -448,6 +448,15 @@ impl Llm {
         }
         self.cache.len = past + n;
         let logits = out.into_iter().next().expect("logits").into_f32_vec().expect("f32 logits");
+        if n > 1 {
+            // A prompt's activation arena and its keys and values (megabytes, now copied into
+            // the cache) go back to the system rather than stay resident through the decode
+            // that follows, whose buffers are a fraction of the size.
+            if let Some(p) = self.session.cpu_program() {
+                p.release_buffers();
+            }
+            crate::release_free_memory();
+        }
         Ok(logits)
     }
 

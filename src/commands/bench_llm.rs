@@ -222,7 +222,11 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
         );
     }
     if args.kernel_times {
-        // One decode step after the prompt, profiled kernel by kernel.
+        // The prompt's prefill, then one decode step after it, profiled kernel by kernel.
+        llm.reset();
+        let inputs = llm.inputs_for(&ids).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = super::bench::profile(llm.session(), &inputs, 3)?;
+        println!("\nprefill of {n_prompt} tokens, by kernel:\n{text}");
         llm.reset();
         llm.eval(&ids).map_err(|e| anyhow::anyhow!("{e}"))?;
         let inputs = llm.inputs_for(&[tess_first]).map_err(|e| anyhow::anyhow!("{e}"))?;

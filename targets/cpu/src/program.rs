@@ -393,14 +393,63 @@ impl Program {
         self.run_profiled(inputs, &RunOptions::default()).map(|(o, _)| o)
     }
 
-    /// Runs, and with `opts.profile` returns the seconds each step took.
+    /// Frees the activation arenas and kernel scratch kept between runs (the next run
+    /// allocates what it needs): after a run much larger than the ones to follow, such as a
+    /// prompt before token-by-token decoding, so its buffers do not stay resident.
+    pub fn release_buffers(&self) {
+        self.arenas.lock().expect("buffer pool").clear();
+        self.scratches.lock().expect("buffer pool").clear();
+    }
+
     /// Whether a kernel reads value `v` (a constant that none reads was packed into the
     /// program's own bytes, or is unused).
     pub fn reads(&self, v: tessera_ir::Value) -> bool {
         self.reads.get(v.index()).copied().unwrap_or(false)
     }
 
+    /// Runs, and with `opts.profile` returns the seconds each step took.
     pub fn run_profiled(&self, inputs: &[Tensor], opts: &RunOptions) -> Result<(Vec<Tensor>, Vec<f64>), CpuError> {
+        let mut outputs = Vec::with_capacity(self.graph.outputs().len());
+        let times = self.run_with(inputs, opts, &mut |j, dtype, shape, bytes| {
+            outputs.push(
+                Tensor::from_bytes(dtype, shape, bytes).map_err(|e| CpuError::Memory(format!("output {j}: {e}")))?,
+            );
+            Ok(())
+        })?;
+        Ok((outputs, times))
+    }
+
+    /// Runs and writes each output's bytes (its dtype's packed layout, row-major) straight
+    /// from the program's arena into the caller's buffers, which must have exactly the
+    /// output's byte size (no output tensor is allocated).
+    pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [&mut [u8]]) -> Result<(), CpuError> {
+        let n = self.graph.outputs().len();
+        if outputs.len() != n {
+            return Err(CpuError::Memory(format!("{} output buffers given for {n} outputs", outputs.len())));
+        }
+        self.run_with(inputs, &RunOptions::default(), &mut |j, _, _, bytes| {
+            let buf = &mut outputs[j];
+            if bytes.len() != buf.len() {
+                return Err(CpuError::Memory(format!(
+                    "output {j} needs {} bytes, its buffer has {}",
+                    bytes.len(),
+                    buf.len()
+                )));
+            }
+            buf.copy_from_slice(bytes);
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Runs, hands `out` each output (index, dtype, shape, bytes) in order while the arena
+    /// still holds it, and with `opts.profile` returns the seconds each step took.
+    fn run_with(
+        &self,
+        inputs: &[Tensor],
+        opts: &RunOptions,
+        out: &mut dyn FnMut(usize, tessera_ir::DType, &[usize], &[u8]) -> Result<(), CpuError>,
+    ) -> Result<Vec<f64>, CpuError> {
         let g = &self.graph;
         let b = bind(&self.graph, inputs)?;
         let plan = self.plan(&b)?;
@@ -444,25 +493,23 @@ impl Program {
         let result = self.run_steps(&plan, &syms, &ptrs, &mut scratch, opts.profile.then_some(&mut times));
         keep_chunks(&self.scratches, scratch);
         let outputs = result.and_then(|()| {
-            g.outputs()
-                .iter()
-                .map(|(_, v)| {
-                    let ty = g.ty(*v);
-                    let shape = &plan.shapes[v.index()];
-                    let n: usize = shape.iter().product();
-                    let len = ty.dtype.storage_bytes(n);
-                    let bytes: &[u8] = if len == 0 {
-                        &[]
-                    } else {
-                        // SAFETY: the value's buffer holds `len` bytes (planned from the same shape).
-                        unsafe { std::slice::from_raw_parts(ptrs[v.index()], len) }
-                    };
-                    Tensor::from_bytes(ty.dtype, shape, bytes).map_err(|e| CpuError::Memory(format!("output {v}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
+            for (j, (_, v)) in g.outputs().iter().enumerate() {
+                let ty = g.ty(*v);
+                let shape = &plan.shapes[v.index()];
+                let n: usize = shape.iter().product();
+                let len = ty.dtype.storage_bytes(n);
+                let bytes: &[u8] = if len == 0 {
+                    &[]
+                } else {
+                    // SAFETY: the value's buffer holds `len` bytes (planned from the same shape).
+                    unsafe { std::slice::from_raw_parts(ptrs[v.index()], len) }
+                };
+                out(j, ty.dtype, shape, bytes)?;
+            }
+            Ok(())
         });
         self.put_arena(arena);
-        outputs.map(|o| (o, times))
+        outputs.map(|()| times)
     }
 
     fn take_arena(&self, bytes: usize) -> Vec<Chunk> {
@@ -577,7 +624,14 @@ fn take_chunks(pool: &Mutex<Vec<Vec<Chunk>>>, chunks: usize) -> Vec<Chunk> {
     let mut pool = pool.lock().expect("buffer pool");
     match pool.iter().position(|a| a.len() >= chunks) {
         Some(i) => pool.swap_remove(i),
-        None => vec![Chunk([0; 64]); chunks],
+        // None is large enough (a decode step with a few more cached rows than the last): a
+        // kept one grows rather than a new one joining it, so the pool does not collect a
+        // buffer per size.
+        None => {
+            let mut a = pool.pop().unwrap_or_default();
+            a.resize(chunks, Chunk([0; 64]));
+            a
+        }
     }
 }
 
