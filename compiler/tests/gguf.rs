@@ -250,3 +250,33 @@ fn dequantization_matches_the_gguf_reference_bit_for_bit() {
     }
     assert_eq!(formats.len(), 11, "{formats:?}");
 }
+
+/// The tokenizer on a crafted vocabulary: lookups by text find the first of duplicated texts
+/// (as llama.cpp's map does), merges follow the scores of the ids found, and a character no
+/// token covers falls back to its byte token.
+#[test]
+fn tokenizer_from_a_crafted_vocabulary() {
+    let array = |ty: u32, items: &[Vec<u8>]| {
+        let mut a = ty.to_le_bytes().to_vec();
+        a.extend((items.len() as u64).to_le_bytes());
+        items.iter().for_each(|i| a.extend(i));
+        a
+    };
+    let vocab = ["<unk>", "<s>", "</s>", "a", "b", "ab", "ab", "\u{2581}", "\u{2581}ab", "<0x63>"];
+    let scores = [0.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 5.0, 0.0, 2.0, 0.0];
+    let entries = [
+        entry("general.architecture", 8, &string("llama")),
+        entry("tokenizer.ggml.model", 8, &string("llama")),
+        entry("tokenizer.ggml.tokens", 9, &array(8, &vocab.map(string))),
+        entry("tokenizer.ggml.scores", 9, &array(6, &scores.map(|s| s.to_le_bytes().to_vec()))),
+        entry("tokenizer.ggml.bos_token_id", 4, &1u32.to_le_bytes()),
+    ];
+    let t = tessera_compiler::tokenizer::Tokenizer::from_gguf(&parse(image(3, &entries, &[], 0)).unwrap()).unwrap();
+    assert_eq!(t.vocab_size(), 10);
+    assert_eq!((t.id("ab"), t.id("\u{2581}ab"), t.id("abc"), t.id("")), (Some(5), Some(8), None, None));
+    assert_eq!(t.token(6), Some("ab"));
+    assert_eq!(t.token(10), None);
+    let ids = t.encode("ab abc", true);
+    assert_eq!(ids, [1, 8, 8, 9]);
+    assert_eq!(t.decode(&ids), " ab abc");
+}

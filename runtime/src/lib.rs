@@ -665,10 +665,17 @@ impl Session {
     /// Runs and writes each output's bytes (its dtype's packed layout, row-major) into the
     /// caller's buffers, which must have exactly the output's byte size.
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [&mut [u8]]) -> Result<(), SessionError> {
-        if let Engine::Cpu(p) = &self.engine {
+        match &self.engine {
             // Straight from the program's arena: no output tensor is allocated.
-            return Ok(p.run_into(inputs, outputs)?);
+            Engine::Cpu(p) => Ok(p.run_into(inputs, outputs)?),
+            #[cfg(feature = "jit")]
+            _ => self.run_into_by_copy(inputs, outputs),
         }
+    }
+
+    /// [`Session::run_into`] for the engines that return owned tensors.
+    #[cfg(feature = "jit")]
+    fn run_into_by_copy(&self, inputs: &[Tensor], outputs: &mut [&mut [u8]]) -> Result<(), SessionError> {
         let outs = self.run(inputs)?;
         if outs.len() != outputs.len() {
             return Err(SessionError::Cpu(CpuError::Memory(format!(
@@ -694,6 +701,7 @@ impl Session {
 
 /// Hands freed heap memory back to the system now: glibc keeps freed blocks below its mmap
 /// threshold (most weight matrices, a model file's parsed metadata) resident otherwise.
+#[cfg(feature = "jit")]
 pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the kernel.
@@ -711,5 +719,43 @@ mod tests {
     #[test]
     fn session_is_send_and_sync() {
         assert_send_sync::<Session>();
+    }
+
+    /// Outputs written into caller buffers hold what `run` returns; a wrong number of buffers
+    /// or a buffer of the wrong size is an error naming it, and a failed call can be retried.
+    #[cfg(feature = "jit")]
+    #[test]
+    fn run_into_writes_what_run_returns_and_checks_the_buffers() {
+        let g = tessera_ir::parse(
+            "graph @g {
+  v0: f32[2, 3] = input \"x\"
+  v1: f32[2, 3] = exp v0
+  v2: f32[3, 2] = transpose v1 {perm = [1, 0]}
+  v3: f32[2, 3] = add v0, v1
+  output \"t\" = v2
+  output \"s\" = v3
+}
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let x = Tensor::from_f32(DType::F32, &[2, 3], vec![0.5, -1.0, 2.0, 0.0, 1.5, -0.25]).unwrap();
+        let session = Session::from_graph(g, &SessionOptions::default()).unwrap();
+        assert!(session.cpu_program().is_some(), "the default target compiles for the CPU");
+        let expected: Vec<Vec<u8>> =
+            session.run(std::slice::from_ref(&x)).unwrap().iter().map(|t| t.to_bytes().to_vec()).collect();
+        let (mut a, mut b) = (vec![0u8; 24], vec![0u8; 24]);
+        let too_few = session.run_into(std::slice::from_ref(&x), &mut [&mut a[..]]).unwrap_err().to_string();
+        assert!(too_few.contains("1 output buffers given for 2 outputs"), "{too_few}");
+        let mut short = [0u8; 20];
+        let wrong =
+            session.run_into(std::slice::from_ref(&x), &mut [&mut a[..], &mut short[..]]).unwrap_err().to_string();
+        assert!(wrong.contains("output 1 needs 24 bytes, its buffer has 20"), "{wrong}");
+        session.run_into(std::slice::from_ref(&x), &mut [&mut a[..], &mut b[..]]).unwrap();
+        assert_eq!([a, b], [expected[0].clone(), expected[1].clone()]);
+        // Releasing the pooled buffers changes nothing but memory.
+        session.cpu_program().unwrap().release_buffers();
+        let again: Vec<Vec<u8>> =
+            session.run(std::slice::from_ref(&x)).unwrap().iter().map(|t| t.to_bytes().to_vec()).collect();
+        assert_eq!(again, expected);
     }
 }

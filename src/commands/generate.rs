@@ -97,6 +97,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         llm.cache_bytes() as f64 / (1 << 20) as f64,
         args.context
     );
+    if let Some(p) = llm.session().cpu_program() {
+        eprintln!(
+            "[tessera] {} kernels for {}: {} KiB of code, {:.1} MiB of packed weights",
+            p.stats.kernels,
+            p.stats.isa,
+            p.stats.code_bytes / 1024,
+            p.stats.packed_weight_bytes as f64 / (1 << 20) as f64
+        );
+    }
     let sampling = Sampling {
         temperature: args.temperature,
         top_k: args.top_k,

@@ -179,6 +179,9 @@ pub struct Program {
 #[derive(Clone, Copy)]
 struct Chunk([u8; 64]);
 
+/// Takes a run's outputs while the arena holds them: (index, dtype, shape, bytes).
+type OutputSink<'a> = dyn FnMut(usize, tessera_ir::DType, &[usize], &[u8]) -> Result<(), CpuError> + 'a;
+
 struct RunPlan {
     bindings: Bindings,
     offsets: Vec<Option<u64>>,
@@ -444,12 +447,7 @@ impl Program {
 
     /// Runs, hands `out` each output (index, dtype, shape, bytes) in order while the arena
     /// still holds it, and with `opts.profile` returns the seconds each step took.
-    fn run_with(
-        &self,
-        inputs: &[Tensor],
-        opts: &RunOptions,
-        out: &mut dyn FnMut(usize, tessera_ir::DType, &[usize], &[u8]) -> Result<(), CpuError>,
-    ) -> Result<Vec<f64>, CpuError> {
+    fn run_with(&self, inputs: &[Tensor], opts: &RunOptions, out: &mut OutputSink) -> Result<Vec<f64>, CpuError> {
         let g = &self.graph;
         let b = bind(&self.graph, inputs)?;
         let plan = self.plan(&b)?;
