@@ -9,7 +9,8 @@ use std::sync::Arc;
 /// Where a constant's bytes live.
 #[derive(Clone)]
 enum Storage {
-    Owned(Arc<[u8]>),
+    /// The vector itself (not copied into the `Arc`'s own allocation).
+    Owned(Arc<Vec<u8>>),
     Mapped(Arc<memmap2::Mmap>),
 }
 
@@ -34,7 +35,7 @@ impl Blob {
     /// Takes ownership of bytes.
     pub fn from_vec(bytes: Vec<u8>) -> Blob {
         let len = bytes.len();
-        Blob { storage: Storage::Owned(Arc::from(bytes)), start: 0, len }
+        Blob { storage: Storage::Owned(Arc::new(bytes)), start: 0, len }
     }
 
     /// Maps a whole file read-only.

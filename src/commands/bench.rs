@@ -72,6 +72,11 @@ pub struct BenchArgs {
     /// rounding and f16 GELU table), as `tessera generate --numerics`.
     #[arg(long, value_enum, default_value_t = super::generate::NumericsArg::Exact)]
     pub numerics: super::generate::NumericsArg,
+    /// For a .gguf model: Tessera opens this artifact of it (`tessera compile MODEL.gguf -o
+    /// FILE.tsa`) instead of compiling at startup, as a deployed app would; llama.cpp still
+    /// loads the .gguf. Startup and time to first token then compare loading with loading.
+    #[arg(long, value_name = "FILE.tsa")]
+    pub artifact: Option<PathBuf>,
 }
 
 pub(super) fn median(v: &mut [f64]) -> f64 {

@@ -133,7 +133,25 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
 
     let t0 = Instant::now();
     let opts = LlmOptions { threads, context: ctx, numerics: args.numerics.into(), ..Default::default() };
-    let mut llm = Llm::from_gguf(&args.model, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
+    let mut llm = match &args.artifact {
+        Some(a) => {
+            println!("tessera: the artifact {} (compiled ahead of time)", a.display());
+            let llm = Llm::from_artifact(a, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", a.display()))?;
+            let size = std::fs::metadata(&args.model).map(|m| m.len()).unwrap_or(0);
+            if llm.file_bytes != size {
+                anyhow::bail!(
+                    "{} was compiled from a {}-byte file, not {} ({size} bytes): compile it again with `tessera compile {} -o {}`",
+                    a.display(),
+                    llm.file_bytes,
+                    args.model.display(),
+                    args.model.display(),
+                    a.display()
+                );
+            }
+            llm
+        }
+        None => Llm::from_gguf(&args.model, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?,
+    };
     let tess_start_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut ids = llm.tokenizer.encode(FILLER, true);
     while ids.len() < n_prompt {
