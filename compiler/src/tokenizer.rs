@@ -12,19 +12,48 @@ use std::collections::BinaryHeap;
 
 use crate::gguf::{Gguf, GgufError, MetaValue};
 
-/// A tokenizer read from a GGUF file's `tokenizer.ggml.*` metadata.
-///
-/// The vocabulary is stored flat (gemma's 262,144 tokens take 5 MB, where a `String` per token
+/// The vocabulary, stored flat (gemma's 262,144 tokens take 5 MB, where a `String` per token
 /// and a `HashMap` from text to id took 27 MB of the process's resident memory): one string of
 /// every token's text, the end of each, and the ids sorted by text for lookups.
-pub struct Tokenizer {
+struct Vocab {
     /// Every token's text, one after another: token `i` is `text[ends[i - 1]..ends[i]]`.
     text: String,
     ends: Vec<u32>,
-    scores: Vec<f32>,
     /// Token ids in order of their text (bytewise), equal texts by id: a lookup finds the
     /// first id of a duplicated text, as llama.cpp's map does.
     by_text: Vec<u32>,
+}
+
+impl Vocab {
+    fn new(text: String, ends: Vec<u32>) -> Vocab {
+        let mut v = Vocab { text, ends, by_text: Vec::new() };
+        let mut by_text: Vec<u32> = (0..v.ends.len() as u32).collect();
+        by_text.sort_unstable_by(|&a, &b| v.piece(a).cmp(v.piece(b)).then(a.cmp(&b)));
+        v.by_text = by_text;
+        v
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The text of token `id` (< the vocabulary size).
+    fn piece(&self, id: u32) -> &str {
+        let i = id as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    fn id(&self, token: &str) -> Option<u32> {
+        let k = self.by_text.partition_point(|&i| self.piece(i) < token);
+        self.by_text.get(k).copied().filter(|&i| self.piece(i) == token)
+    }
+}
+
+/// A tokenizer read from a GGUF file's `tokenizer.ggml.*` metadata.
+pub struct Tokenizer {
+    vocab: Vocab,
+    scores: Vec<f32>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
@@ -89,7 +118,8 @@ impl Tokenizer {
             text.push_str(t.as_str().ok_or_else(|| bad("tokenizer.ggml.tokens", "not all strings"))?);
             ends.push(u32::try_from(text.len()).map_err(|_| bad("tokenizer.ggml.tokens", "over 4 GiB of text"))?);
         }
-        let n = ends.len();
+        let vocab = Vocab::new(text, ends);
+        let n = vocab.len();
         let scores: Vec<f32> = match g.get("tokenizer.ggml.scores") {
             Some(MetaValue::Array(s)) if s.len() == n => s
                 .iter()
@@ -99,22 +129,7 @@ impl Tokenizer {
             Some(_) => return Err(bad("tokenizer.ggml.scores", "not one number per token")),
             None => vec![0.0; n],
         };
-        let piece = |i: u32| piece_of(&text, &ends, i);
-        let mut by_text: Vec<u32> = (0..n as u32).collect();
-        by_text.sort_unstable_by(|&a, &b| piece(a).cmp(piece(b)).then(a.cmp(&b)));
-        let mut tok = Tokenizer {
-            text,
-            ends,
-            scores,
-            by_text,
-            bos: None,
-            eos: None,
-            add_bos: true,
-            add_space_prefix: true,
-            bytes: Vec::new(),
-            user_defined: Vec::new(),
-        };
-        tok.bytes = (0..256).map(|b| tok.id(&format!("<0x{b:02X}>"))).collect();
+        let bytes = (0..256).map(|b| vocab.id(&format!("<0x{b:02X}>"))).collect();
         let id = |key: &str| -> Result<Option<u32>, GgufError> {
             match g.get(key) {
                 None => Ok(None),
@@ -132,31 +147,30 @@ impl Tokenizer {
             Some(_) => return Err(bad("tokenizer.ggml.token_type", "not one type per token")),
             None => Vec::new(),
         };
-        user_defined.retain(|&i| !tok.piece(i).is_empty());
-        user_defined.sort_by_key(|&i| std::cmp::Reverse(tok.piece(i).len()));
+        user_defined.retain(|&i| !vocab.piece(i).is_empty());
+        user_defined.sort_by_key(|&i| std::cmp::Reverse(vocab.piece(i).len()));
         let flag = |key: &str, default: bool| match g.get(key) {
             Some(MetaValue::Bool(b)) => *b,
             _ => default,
         };
-        tok.bos = id("tokenizer.ggml.bos_token_id")?;
-        tok.eos = id("tokenizer.ggml.eos_token_id")?;
-        tok.add_bos = flag("tokenizer.ggml.add_bos_token", true);
-        tok.add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
-        tok.user_defined = user_defined;
-        Ok(tok)
+        Ok(Tokenizer {
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            add_bos: flag("tokenizer.ggml.add_bos_token", true),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            vocab,
+            scores,
+            bytes,
+            user_defined,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.ends.len()
+        self.vocab.len()
     }
 
     pub fn token(&self, id: u32) -> Option<&str> {
-        ((id as usize) < self.ends.len()).then(|| self.piece(id))
-    }
-
-    /// The text of token `id` (< the vocabulary size).
-    fn piece(&self, id: u32) -> &str {
-        piece_of(&self.text, &self.ends, id)
+        ((id as usize) < self.vocab.len()).then(|| self.vocab.piece(id))
     }
 
     /// The ids of `text` (with BOS first when the model asks for it and `bos` is true).
@@ -172,7 +186,7 @@ impl Tokenizer {
         }
         let mut frags = vec![Frag::Text(text)];
         for &id in &self.user_defined {
-            let pat = self.piece(id);
+            let pat = self.vocab.piece(id);
             let mut next = Vec::with_capacity(frags.len());
             for f in frags {
                 let Frag::Text(mut rest) = f else {
@@ -288,14 +302,6 @@ impl Tokenizer {
 
     /// The id of a token given by its text (`<end_of_turn>`), if the vocabulary has it.
     pub fn id(&self, token: &str) -> Option<u32> {
-        let k = self.by_text.partition_point(|&i| self.piece(i) < token);
-        self.by_text.get(k).copied().filter(|&i| self.piece(i) == token)
+        self.vocab.id(token)
     }
-}
-
-/// Token `id`'s text in the flat vocabulary (`ends[id - 1]..ends[id]`).
-fn piece_of<'t>(text: &'t str, ends: &[u32], id: u32) -> &'t str {
-    let i = id as usize;
-    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-    &text[start..ends[i] as usize]
 }

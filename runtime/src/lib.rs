@@ -677,23 +677,9 @@ impl Session {
     #[cfg(feature = "jit")]
     fn run_into_by_copy(&self, inputs: &[Tensor], outputs: &mut [&mut [u8]]) -> Result<(), SessionError> {
         let outs = self.run(inputs)?;
-        if outs.len() != outputs.len() {
-            return Err(SessionError::Cpu(CpuError::Memory(format!(
-                "{} output buffers given for {} outputs",
-                outputs.len(),
-                outs.len()
-            ))));
-        }
+        tessera_target_cpu::check_output_count(outputs.len(), outs.len())?;
         for (j, (t, buf)) in outs.iter().zip(outputs.iter_mut()).enumerate() {
-            let bytes = t.to_bytes();
-            if bytes.len() != buf.len() {
-                return Err(SessionError::Cpu(CpuError::Memory(format!(
-                    "output {j} needs {} bytes, its buffer has {}",
-                    bytes.len(),
-                    buf.len()
-                ))));
-            }
-            buf.copy_from_slice(&bytes);
+            tessera_target_cpu::copy_output(j, &t.to_bytes(), buf)?;
         }
         Ok(())
     }

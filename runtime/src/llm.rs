@@ -256,6 +256,11 @@ impl Llm {
         let matrix_bytes =
             gguf.tensors.iter().filter(|t| t.ggml_dims.len() == 2 && t.ggml_dims[1] > 1).map(|t| t.bytes).sum();
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let file_bytes = gguf.file_bytes();
+        // The file's mapping and parsed metadata (the vocabulary as 262,144 strings) go before
+        // compiling: the lowered graph holds its own copies, and the memory the compiler frees
+        // once it has packed the weights is handed back with them.
+        drop(gguf);
         let t1 = Instant::now();
         let sopts = SessionOptions {
             target: opts.target,
@@ -266,10 +271,6 @@ impl Llm {
         let session = Session::from_graph(m.graph, &sopts)?;
         let compile_ms = t1.elapsed().as_secs_f64() * 1e3;
         let startup = LlmStartup { load_ms, compile_ms };
-        let file_bytes = gguf.file_bytes();
-        // The file's mapping and parsed metadata (the vocabulary as 262,144 strings) go now.
-        drop(gguf);
-        crate::release_free_memory();
         Llm::assemble(m.config, tokenizer, session, opts, startup, file_bytes, matrix_bytes)
     }
 

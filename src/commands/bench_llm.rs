@@ -135,9 +135,12 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
     let opts = LlmOptions { threads, context: ctx, numerics: args.numerics.into(), ..Default::default() };
     let mut llm = match &args.artifact {
         Some(a) => {
+            if !matches!(args.numerics, super::generate::NumericsArg::Exact) {
+                anyhow::bail!("an artifact computes with the numerics it was compiled with (exact): drop --numerics or --artifact");
+            }
             println!("tessera: the artifact {} (compiled ahead of time)", a.display());
             let llm = Llm::from_artifact(a, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", a.display()))?;
-            let size = std::fs::metadata(&args.model).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(&args.model).with_context(|| args.model.display().to_string())?.len();
             if llm.file_bytes != size {
                 anyhow::bail!(
                     "{} was compiled from a {}-byte file, not {} ({size} bytes): compile it again with `tessera compile {} -o {}`",

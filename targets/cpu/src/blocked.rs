@@ -127,8 +127,8 @@ fn pack(g: &Graph, v: tessera_ir::Value, half_ok: bool) -> Option<Pack> {
         for kk in 0..k {
             let row = &mut panel[kk * word..(kk + 1) * word];
             let at = kk * n + p * 8;
-            // A whole group of 8 straight from the stored bytes (gemma's 250 MB of weights pack
-            // in a tenth of the time): signed bytes as they are, unsigned ones re-centred
+            // A whole group of 8 straight from the stored bytes, copied rather than decoded code
+            // by code (nearly all of a GGUF model's weights pack this way): signed bytes as they are, unsigned ones re-centred
             // (`u - 128` flips the top bit), nibbles 4 bytes at a time when the group starts
             // on a byte (low nibble first, as the panel stores them; `i4 + 8` flips each
             // nibble's top bit).

@@ -55,7 +55,7 @@ pub mod ukernel;
 pub use compile::{compile_image, ObjectTarget};
 #[cfg(feature = "jit")]
 pub use jit::Listing;
-pub use program::{Program, ProgramStats, RunOptions};
+pub use program::{check_output_count, copy_output, Program, ProgramStats, RunOptions};
 #[cfg(feature = "jit")]
 pub use specialize::Specializing;
 pub use ukernel::Ukernels;

@@ -426,23 +426,9 @@ impl Program {
     /// from the program's arena into the caller's buffers, which must have exactly the
     /// output's byte size (no output tensor is allocated).
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [&mut [u8]]) -> Result<(), CpuError> {
-        let n = self.graph.outputs().len();
-        if outputs.len() != n {
-            return Err(CpuError::Memory(format!("{} output buffers given for {n} outputs", outputs.len())));
-        }
-        self.run_with(inputs, &RunOptions::default(), &mut |j, _, _, bytes| {
-            let buf = &mut outputs[j];
-            if bytes.len() != buf.len() {
-                return Err(CpuError::Memory(format!(
-                    "output {j} needs {} bytes, its buffer has {}",
-                    bytes.len(),
-                    buf.len()
-                )));
-            }
-            buf.copy_from_slice(bytes);
-            Ok(())
-        })
-        .map(|_| ())
+        check_output_count(outputs.len(), self.graph.outputs().len())?;
+        self.run_with(inputs, &RunOptions::default(), &mut |j, _, _, bytes| copy_output(j, bytes, outputs[j]))
+            .map(|_| ())
     }
 
     /// Runs, hands `out` each output (index, dtype, shape, bytes) in order while the arena
@@ -617,18 +603,34 @@ fn tensor_bytes(t: &Tensor) -> std::borrow::Cow<'_, [u8]> {
     borrowed.map_or_else(|| std::borrow::Cow::Owned(t.to_bytes()), std::borrow::Cow::Borrowed)
 }
 
+/// For `run_into`: as many buffers as outputs.
+pub fn check_output_count(given: usize, outputs: usize) -> Result<(), CpuError> {
+    if given != outputs {
+        return Err(CpuError::Memory(format!("{given} output buffers given for {outputs} outputs")));
+    }
+    Ok(())
+}
+
+/// For `run_into`: output `j`'s bytes into its buffer, which must be exactly their size.
+pub fn copy_output(j: usize, bytes: &[u8], buf: &mut [u8]) -> Result<(), CpuError> {
+    if bytes.len() != buf.len() {
+        return Err(CpuError::Memory(format!("output {j} needs {} bytes, its buffer has {}", bytes.len(), buf.len())));
+    }
+    buf.copy_from_slice(bytes);
+    Ok(())
+}
+
 /// A kept buffer of at least `chunks` chunks from `pool`, or a new one.
 fn take_chunks(pool: &Mutex<Vec<Vec<Chunk>>>, chunks: usize) -> Vec<Chunk> {
     let mut pool = pool.lock().expect("buffer pool");
     match pool.iter().position(|a| a.len() >= chunks) {
         Some(i) => pool.swap_remove(i),
         // None is large enough (a decode step with a few more cached rows than the last): a
-        // kept one grows rather than a new one joining it, so the pool does not collect a
-        // buffer per size.
+        // kept one is replaced rather than joined, so the pool does not collect a buffer per
+        // size.
         None => {
-            let mut a = pool.pop().unwrap_or_default();
-            a.resize(chunks, Chunk([0; 64]));
-            a
+            drop(pool.pop());
+            vec![Chunk([0; 64]); chunks]
         }
     }
 }
