@@ -65,6 +65,11 @@ pub fn i16_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
     (mode != Ukernels::Off).then(|| find(&format!("tessera_i16_tile_{mr}x{np}"))).flatten()
 }
 
+/// The id of the exact AVX512-VNNI tile ([`ukernel::VnniTile`]), as [`f32_tile`].
+pub fn vnni_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| find(&format!("tessera_vnni_tile_{mr}x{np}"))).flatten()
+}
+
 /// The id of the pair-saturating tile ([`ukernel::SatTile`]), as [`f32_tile`].
 pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
     (mode != Ukernels::Off).then(|| find(&format!("tessera_sat_tile_{mr}x{np}"))).flatten()
@@ -81,6 +86,18 @@ pub fn q_gemv(mode: Ukernels) -> Option<usize> {
     (mode != Ukernels::Off).then(|| find("tessera_q_gemv")).flatten()
 }
 
+/// The id of the AVX-512 softmax row ([`crate::rows::SoftmaxRow`]), if this CPU has it and
+/// `mode` allows it.
+pub fn softmax_row(mode: Ukernels) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| find("tessera_softmax_row")).flatten()
+}
+
+/// The id of the AVX-512 dynamic quantization ([`crate::rows::DynamicQuantize`]), as
+/// [`softmax_row`].
+pub fn dynamic_quantize(mode: Ukernels) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| find("tessera_dynamic_quantize")).flatten()
+}
+
 /// What a missing host function needs, for errors: the features of the `std::arch` family it
 /// belongs to, when the name is one of them.
 pub fn needs_of(name: &str) -> Option<&'static str> {
@@ -92,6 +109,10 @@ pub fn needs_of(name: &str) -> Option<&'static str> {
         Some("avx2+fma")
     } else if name.starts_with("tessera_i16_tile") || name.starts_with("tessera_sat_tile") {
         Some("avx2")
+    } else if name.starts_with("tessera_vnni_tile") {
+        Some("avx512f+avx512vnni+avx512vl")
+    } else if name == "tessera_softmax_row" || name == "tessera_dynamic_quantize" {
+        Some("avx512f")
     } else {
         None
     }
@@ -155,6 +176,9 @@ fn build() -> Vec<HostFn> {
             if let Some(f) = ukernel::sat_tile(mode, mr, np) {
                 add(format!("tessera_sat_tile_{mr}x{np}"), f as usize);
             }
+            if let Some(f) = ukernel::vnni_tile(mode, mr, np) {
+                add(format!("tessera_vnni_tile_{mr}x{np}"), f as usize);
+            }
         }
     }
     if let Some(f) = ukernel::q_unpack(mode) {
@@ -162,6 +186,12 @@ fn build() -> Vec<HostFn> {
     }
     if let Some(f) = ukernel::q_gemv(mode) {
         add("tessera_q_gemv".into(), f as usize);
+    }
+    if let Some(f) = crate::rows::softmax_row(mode) {
+        add("tessera_softmax_row".into(), f as usize);
+    }
+    if let Some(f) = crate::rows::dynamic_quantize(mode) {
+        add("tessera_dynamic_quantize".into(), f as usize);
     }
     t
 }

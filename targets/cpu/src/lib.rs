@@ -47,6 +47,7 @@ mod qgemm;
 #[cfg(feature = "jit")]
 mod reduce;
 pub mod replay;
+pub mod rows;
 #[cfg(feature = "jit")]
 pub mod specialize;
 pub mod ukernel;

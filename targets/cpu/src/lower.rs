@@ -125,7 +125,7 @@ pub(crate) fn lower<'g>(g: &'g Graph, n: Node, owned: &mut Build) -> Result<Lowe
         Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => nn::lower_norm(g, n),
         Op::Attention { .. } => nn::lower_attention(g, n, owned.ukernels),
         Op::Reduce { .. } | Op::ArgMax { .. } => reduce::lower_reduce(g, n),
-        Op::DynamicQuantize => nn::lower_dynamic_quantize(g, n),
+        Op::DynamicQuantize => nn::lower_dynamic_quantize(g, n, owned.ukernels),
         Op::FakeQuant { format } => nn::lower_fake_quant(g, n, *format),
         Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger { .. } | Op::QMatMul | Op::Dequantize { .. } => {
             gemm::lower_single(g, n, owned)

@@ -150,9 +150,40 @@ fn time_gemm(g: &Graph, mode: Ukernels, x: Tensor, ops: f64) -> Result<(f64, f64
     }
 }
 
-/// GOP/s (2 per multiply-add) of an integer inner tile (`sat`: onnxruntime's saturating pairs,
-/// else the exact i16 tile) called directly on L1-resident operands, 6 rows x 16 columns x `k`.
-fn int_tile_gops(sat: bool, k: usize) -> Option<(f64, f64)> {
+/// The integer tiles [`int_tile_gops`] times.
+#[derive(Clone, Copy, PartialEq)]
+enum IntTile {
+    /// Exact, on i16-widened activations.
+    I16,
+    /// onnxruntime's saturating pairs.
+    Sat,
+    /// Exact, AVX512-VNNI on the raw bytes.
+    Vnni,
+}
+
+/// GFLOP/s of an f32 `std::arch` tile (`avx512`: the 512-bit one) called directly on
+/// L1-resident operands, 6 rows x 16 columns x `k`.
+fn f32_tile_gflops(avx512: bool, k: usize) -> Option<(f64, f64)> {
+    let f = crate::ukernel::f32_tile_of(avx512, TILE_MR, 2, false)?;
+    let reps = 2000;
+    let a: Vec<f32> = (0..TILE_MR * k).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..2 * 8 * k).map(|i| (i % 5) as f32 * 0.5).collect();
+    let mut tile = vec![0f32; TILE_MR * crate::ukernel::F32_TILE_COLS];
+    let (out, ap, bp) = (tile.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+    let (t, best) = time2(15, || {
+        for _ in 0..reps {
+            // SAFETY: 6 rows of k floats, 2 panels of 8k floats, a 6x16 tile.
+            unsafe { f(k as i64, ap, k as i64, bp, out) };
+        }
+    });
+    std::hint::black_box(&tile);
+    let flops = reps as f64 * (TILE_MR * 16 * k) as f64 * 2.0;
+    Some((flops / t / 1e9, flops / best / 1e9))
+}
+
+/// GOP/s (2 per multiply-add) of an integer inner tile called directly on L1-resident
+/// operands, 6 rows x 16 columns x `k`.
+fn int_tile_gops(which: IntTile, k: usize) -> Option<(f64, f64)> {
     let reps = 2000;
     let a: Vec<u8> = (0..TILE_MR * k).map(|i| (i % 251) as u8).collect();
     let a16: Vec<i16> = a.iter().map(|&x| x as i16).collect();
@@ -161,8 +192,11 @@ fn int_tile_gops(sat: bool, k: usize) -> Option<(f64, f64)> {
     let (out, ap, a16p, bp) = (tile.as_mut_ptr(), a.as_ptr(), a16.as_ptr(), b.as_ptr());
     // One call of the tile; the SAFETY contract of each: 6 rows of k bytes (or k i16), 2 panels
     // of 8k bytes, a 6x16 tile.
-    let call: Box<dyn Fn()> = if sat {
-        let f = crate::ukernel::sat_tile(Ukernels::Auto, TILE_MR, 2)?;
+    let call: Box<dyn Fn()> = if which != IntTile::I16 {
+        let f = match which {
+            IntTile::Sat => crate::ukernel::sat_tile(Ukernels::Auto, TILE_MR, 2)?,
+            _ => crate::ukernel::vnni_tile(Ukernels::Auto, TILE_MR, 2)?,
+        };
         // SAFETY: see above.
         Box::new(move || unsafe { f((k / 4) as i64, ap, k as i64, bp, out) })
     } else {
@@ -232,21 +266,35 @@ pub fn run() -> Result<Vec<Figure>, CpuError> {
         out.push(fig("256-bit FMAs per cycle", f, "/cycle", None));
         out.push(fig("256-bit FMA peak of one core", p, "GFLOP/s", None));
     }
+    let f512 = fma_per_cycle(512, hz);
+    let peak512 = f512.map(|f| f.round().max(1.0) * 32.0 * hz / 1e9);
+    if let (Some(f), Some(p)) = (f512, peak512) {
+        out.push(fig("512-bit FMAs per cycle", f, "/cycle", None));
+        out.push(fig("512-bit FMA peak of one core", p, "GFLOP/s", None));
+    }
     for k in [256, 384] {
         let v = tile_gflops(Ukernels::Off, 1, k)?;
         out.push(pair(format!("cranelift {CL_MR}x8 f32x4 tile, k={k}, L1"), v, peak128, "128-bit peak"));
     }
-    let avx2 = crate::ukernel::f32_tile(Ukernels::Auto, TILE_MR, 2, false).is_some();
-    if let (Some(p), true) = (peak256, avx2) {
-        let v = tile_gflops(Ukernels::Auto, 2, 256)?;
-        out.push(pair(format!("avx2 {TILE_MR}x16 tile (ukernel), k=256, L1"), v, p, "256-bit peak"));
+    for (avx512, what, peak, of) in
+        [(false, "avx2", peak256, "256-bit peak"), (true, "avx512", peak512, "512-bit peak")]
+    {
+        if let (Some(p), Some(v)) = (peak, f32_tile_gflops(avx512, 256)) {
+            out.push(pair(format!("{what} {TILE_MR}x16 tile (ukernel), k=256, L1"), v, p, of));
+        }
     }
+    // Whole products take the widest tile the host has.
+    let (wide_peak, wide_of) = match (peak512, crate::ukernel::f32_tile_of(true, TILE_MR, 2, false)) {
+        (Some(p), Some(_)) => (Some(p), "512-bit peak"),
+        _ => (peak256, "256-bit peak"),
+    };
+    let avx2 = crate::ukernel::f32_tile(Ukernels::Auto, TILE_MR, 2, false).is_some();
     for (m, k, n) in [(128, 384, 384), (128, 384, 1536), (128, 1536, 384)] {
         let v = gemm_gflops(Ukernels::Off, m, k, n)?;
         out.push(pair(format!("gemm {m}x{k}x{n} cranelift, 1 thread"), v, peak128, "128-bit peak"));
-        if let (Some(p), true) = (peak256, avx2) {
+        if let (Some(p), true) = (wide_peak, avx2) {
             let v = gemm_gflops(Ukernels::Auto, m, k, n)?;
-            out.push(pair(format!("gemm {m}x{k}x{n} ukernel, 1 thread"), v, p, "256-bit peak"));
+            out.push(pair(format!("gemm {m}x{k}x{n} ukernel, 1 thread"), v, p, wide_of));
         }
     }
     // Integer products: GOP/s next to the f32 256-bit FMA peak in FLOP/s (the same count of
@@ -258,9 +306,13 @@ pub fn run() -> Result<Vec<Figure>, CpuError> {
         unit: "GOP/s",
         of_peak: peak256.map(|p| (100.0 * v / p, "f32 256-bit FMA peak".to_string())),
     };
-    for (sat, what) in [(false, "exact i16 (vpmaddwd)"), (true, "saturating pairs (vpmaddubsw)")] {
+    for (tile, what) in [
+        (IntTile::I16, "exact i16 (vpmaddwd)"),
+        (IntTile::Sat, "saturating pairs (vpmaddubsw)"),
+        (IntTile::Vnni, "exact avx512-vnni (vpdpbusd)"),
+    ] {
         for k in [384, 1536] {
-            if let Some(v) = int_tile_gops(sat, k) {
+            if let Some(v) = int_tile_gops(tile, k) {
                 let at = if k <= 384 { "L1" } else { "L2" };
                 out.push(ipair(format!("int8 {what} 6x16 tile, k={k}, {at}"), v));
             }
@@ -281,25 +333,29 @@ pub fn run() -> Result<Vec<Figure>, CpuError> {
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
+    use super::imp512::fma_chains_512;
     use std::arch::asm;
 
     pub const ADDS_PER_ITER: u64 = 16;
     pub const FMAS_PER_ITER: u64 = 10;
 
-    /// `n` iterations of 16 dependent adds; returns the result so the work is kept.
+    /// `n` iterations of 16 dependent adds; returns the result so the work is kept. The addend
+    /// is a register: newer cores fold chains of immediate adds at rename (Golden Cove counts
+    /// several per cycle), which would overstate the clock.
     pub fn dependent_adds(n: u64) -> Option<u64> {
         let mut x: u64 = 1;
         // SAFETY: register-only arithmetic on x; the loop counter is an input copy.
         unsafe {
             asm!(
                 "2:",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+                "add {x}, {one}", "add {x}, {one}", "add {x}, {one}", "add {x}, {one}",
+                "add {x}, {one}", "add {x}, {one}", "add {x}, {one}", "add {x}, {one}",
+                "add {x}, {one}", "add {x}, {one}", "add {x}, {one}", "add {x}, {one}",
+                "add {x}, {one}", "add {x}, {one}", "add {x}, {one}", "add {x}, {one}",
                 "dec {n}",
                 "jnz 2b",
                 x = inout(reg) x,
+                one = in(reg) 1u64,
                 n = inout(reg) n.max(1) => _,
                 options(nomem, nostack),
             );
@@ -311,6 +367,14 @@ mod imp {
     pub fn fma_chains(bits: u32, n: u64) -> Option<()> {
         if !is_x86_feature_detected!("fma") || (bits == 256 && !is_x86_feature_detected!("avx")) {
             return None;
+        }
+        if bits == 512 {
+            if !is_x86_feature_detected!("avx512f") {
+                return None;
+            }
+            // SAFETY: the CPU has AVX512F (checked above).
+            unsafe { fma_chains_512(n) };
+            return Some(());
         }
         // SAFETY: the CPU has FMA (checked above); only vector registers are touched.
         unsafe {
@@ -348,6 +412,9 @@ mod imp {
                     "vfmadd231ps ymm8, ymm10, ymm11", "vfmadd231ps ymm9, ymm10, ymm11",
                     "dec {n}",
                     "jnz 2b",
+                    // Clean upper halves: Cranelift's legacy-SSE moves after dirty ones cost
+                    // a merge each on Intel cores (the 128-bit tile ran at 1% of its speed).
+                    "vzeroupper",
                     n = inout(reg) n.max(1) => _,
                     out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
                     out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
@@ -357,6 +424,42 @@ mod imp {
             }
         }
         Some(())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp512 {
+    use std::arch::asm;
+
+    /// `n` iterations of 10 independent 512-bit FMA chains.
+    ///
+    /// # Safety
+    /// The CPU has AVX512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma_chains_512(n: u64) {
+        // SAFETY: only vector registers are touched; the caller checked AVX512F.
+        unsafe {
+            asm!(
+                "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
+                "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
+                "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
+                "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
+                "2:",
+                "vfmadd231ps zmm0, zmm10, zmm11", "vfmadd231ps zmm1, zmm10, zmm11",
+                "vfmadd231ps zmm2, zmm10, zmm11", "vfmadd231ps zmm3, zmm10, zmm11",
+                "vfmadd231ps zmm4, zmm10, zmm11", "vfmadd231ps zmm5, zmm10, zmm11",
+                "vfmadd231ps zmm6, zmm10, zmm11", "vfmadd231ps zmm7, zmm10, zmm11",
+                "vfmadd231ps zmm8, zmm10, zmm11", "vfmadd231ps zmm9, zmm10, zmm11",
+                "dec {n}",
+                "jnz 2b",
+                "vzeroupper",
+                n = inout(reg) n.max(1) => _,
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+                out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+                out("zmm10") _, out("zmm11") _,
+                options(nomem, nostack),
+            );
+        }
     }
 }
 

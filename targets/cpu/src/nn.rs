@@ -391,6 +391,7 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
             let (lo, hi) = (fx.lo, fx.hi);
             let scale_v = fx.fsplat(scale);
             let tiles = TileEmitter::new(fx, ukernels);
+            let softmax_row = crate::host::softmax_row(ukernels);
             // Scratch: K^T packed in panels of 8 keys [kpan][d][8], V packed in panels of 8
             // columns [vpan][sk][8], then TILE_MR score rows of `sk_pad` (16-aligned) floats.
             let kpan = {
@@ -577,7 +578,7 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                             (Some(ms), false, false) => ms[r - 1].is_some(),
                             _ => false,
                         };
-                        if let (true, Some(mp), Some(ms)) = (vector_mask, mp, &m_st) {
+                        if let (true, Some(mp), Some(ms), None) = (vector_mask, mp, &m_st, softmax_row) {
                             let mut a = fx.b.ins().iadd(mp, om);
                             if let Some(st) = ms[r - 2] {
                                 let o = fx.b.ins().imul(i, st);
@@ -621,6 +622,26 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                                 fx.b.ins().store(mem(), s, sa, 0);
                                 Ok(())
                             })?;
+                        }
+                        if let Some(f) = softmax_row {
+                            // Max, exp and sum in one AVX-512 routine (`crate::rows`); an additive
+                            // mask along the keys is added there too.
+                            let mask_arg = match (vector_mask, mp, &m_st) {
+                                (true, Some(mp), Some(ms)) => {
+                                    let mut a = fx.b.ins().iadd(mp, om);
+                                    if let Some(st) = ms[r - 2] {
+                                        let o = fx.b.ins().imul(i, st);
+                                        a = fx.b.ins().iadd(a, o);
+                                    }
+                                    a
+                                }
+                                _ => zero,
+                            };
+                            let inv = fx
+                                .call_host(f, &[types::I64; 3], Some(types::F32), &[row, sk, mask_arg])
+                                .expect("returns");
+                            fx.b.ins().store(mem(), inv, inv_slot, (rr * 4) as i32);
+                            continue;
                         }
                         let m = row_max(fx, row, sk)?;
                         let ninf = fx.fconst(f32::NEG_INFINITY);
@@ -854,13 +875,26 @@ pub(crate) fn lower_fake_quant(g: &Graph, n: Node, format: FakeQuantFormat) -> R
     Ok(lw)
 }
 
-pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node) -> Result<Lowered<'_>, CpuError> {
+pub(crate) fn lower_dynamic_quantize(g: &Graph, n: Node, ukernels: crate::Ukernels) -> Result<Lowered<'_>, CpuError> {
     let nd = g.node(n);
     f32_only(g, &nd.inputs, "dynamic_quantize")?;
     let x = nd.inputs[0];
     let xd = dims(g, x);
     let mut bufs = values(&nd.inputs);
     bufs.extend(values(&nd.outputs));
+    if let Some(f) = crate::host::dynamic_quantize(ukernels) {
+        // The whole op in one AVX-512 routine (`crate::rows`), the same bytes as below.
+        return Ok(Lowered::new(
+            "dynamic_quantize_ukernel",
+            bufs,
+            Box::new(move |fx| {
+                let (xp, yp, sp, zp) = (fx.buf(0), fx.buf(1), fx.buf(2), fx.buf(3));
+                let nn = fx.numel(&xd)?;
+                fx.call_host(f, &[types::I64; 5], None, &[xp, nn, yp, sp, zp]);
+                Ok(())
+            }),
+        ));
+    }
     Ok(Lowered::new(
         "dynamic_quantize",
         bufs,

@@ -232,15 +232,18 @@ pub(crate) fn lower_packed<'g>(
         DType::U8 => raw.iter().map(|&b| (b ^ 0x80) as i8).collect(),
         _ => raw.iter().map(|&b| b as i8).collect(),
     };
-    // The exact product through the saturating tile when few weight pairs could saturate:
-    // those pairs are clamped in the packed weight and their remainders added after the tile.
-    let split = match (pair_saturate, Tiles::new(owned.ukernels, true)) {
+    // The exact product: with AVX512-VNNI on the raw bytes; else through the saturating tile
+    // when few weight pairs could saturate (those pairs are clamped in the packed weight and
+    // their remainders added after the tile).
+    let vnni = if pair_saturate { None } else { Tiles::vnni(owned.ukernels) };
+    let split = match (pair_saturate || vnni.is_some(), Tiles::new(owned.ukernels, true)) {
         (false, Some(t)) => split_outliers(&shifted, k, nn).map(|s| (t, s)),
         _ => None,
     };
-    let (tiles, packed, outliers) = match split {
-        Some((t, (main, outliers))) => (Some(t), pack(&main, k, nn, false), Some(outliers)),
-        None => {
+    let (tiles, packed, outliers) = match (vnni, split) {
+        (Some(t), _) => (Some(t), pack(&shifted, k, nn, false), None),
+        (None, Some((t, (main, outliers)))) => (Some(t), pack(&main, k, nn, false), Some(outliers)),
+        (None, None) => {
             let tiles = Tiles::new(owned.ukernels, pair_saturate);
             (tiles, pack(&shifted, k, nn, matches!(tiles, Some(Tiles::I16(_)))), None)
         }
@@ -344,10 +347,11 @@ pub(crate) fn lower_packed<'g>(
     // Per row: its i16 copy for the exact tile, and its sum when the corrections need it.
     let row_bytes = match tiles {
         Tiles::I16(_) => 2 * k as i64 + 4,
-        Tiles::Sat(_) => 4,
+        Tiles::Sat(_) | Tiles::Vnni(_) => 4,
     };
     let suffix = match tiles {
         Tiles::I16(_) => "i16_ukernel",
+        Tiles::Vnni(_) => "vnni_ukernel",
         Tiles::Sat(_) if pair_saturate => "sat_ukernel",
         Tiles::Sat(_) => "split_ukernel",
     };
@@ -383,12 +387,13 @@ fn pack(flat: &[i8], k: usize, nn: usize, pairs: bool) -> Vec<u8> {
 }
 
 /// The `std::arch` integer tiles a kernel calls (host-function ids, `[rows 6 | 1][panels 2 |
-/// 1]`), when the host has them: exact on i16-widened rows, or onnxruntime's saturating pairs
-/// on the raw bytes.
+/// 1]`), when the host has them: exact on i16-widened rows, onnxruntime's saturating pairs
+/// on the raw bytes, or exact on the raw bytes with AVX512-VNNI.
 #[derive(Clone, Copy)]
 enum Tiles {
     I16([[usize; 2]; 2]),
     Sat([[usize; 2]; 2]),
+    Vnni([[usize; 2]; 2]),
 }
 
 impl Tiles {
@@ -398,6 +403,10 @@ impl Tiles {
         } else {
             ukernel::table(TILE_MR, |mr, np| crate::host::i16_tile(mode, mr, np)).map(Tiles::I16)
         }
+    }
+
+    fn vnni(mode: crate::Ukernels) -> Option<Tiles> {
+        ukernel::table(TILE_MR, |mr, np| crate::host::vnni_tile(mode, mr, np)).map(Tiles::Vnni)
     }
 }
 
@@ -692,7 +701,7 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: Tiles, rows_dims: &[D
     let (r0, r1) = fx.par_rows(rows, TILE_MR);
     let (fs, widen) = match tiles {
         Tiles::I16(f) => (f, true),
-        Tiles::Sat(f) => (f, false),
+        Tiles::Sat(f) | Tiles::Vnni(f) => (f, false),
     };
     let sums_off = fx.imul_imm(rows, if widen { c.k * 2 } else { 0 });
     let sums = fx.b.ins().iadd(scratch, sums_off);

@@ -76,6 +76,21 @@ pub fn sat_tile(mode: Ukernels, mr: usize, np: usize) -> Option<SatTile> {
     imp::sat_tile(mr, np)
 }
 
+/// The exact u8 x i8 product on the raw bytes with AVX512-VNNI (`vpdpbusd` sums four
+/// products into i32 without intermediate saturation): `tile[r][c] = sum_{k < 4 kq} a[r * lda
+/// + k] * w(c, k)`, the weight in [`SatTile`]'s `[N/8][K/4][8][4]` layout. Every sum fits i32 for
+/// `k < 2^16`, so the result is exact. Arguments as [`SatTile`].
+pub type VnniTile = SatTile;
+
+/// The VNNI tile for `mr` rows (1..=6) and `np` panels (1 or 2), if this host has AVX512-VNNI
+/// (with AVX512VL) and `mode` allows it.
+pub fn vnni_tile(mode: Ukernels, mr: usize, np: usize) -> Option<VnniTile> {
+    if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
+        return None;
+    }
+    imp::vnni_tile(mr, np)
+}
+
 /// Unpacks 4- or 8-bit weight panels into f32 panels for [`F32Tile`]: for panel `p < np` (1 or
 /// 2) and `kk < k`, `out[p * k * 8 + kk * 8 + j] = (u - zero) * scale (+ offset)` where `u` is code `j` of row
 /// `kk` of panel `p` and `scale`, `zero`, `offset` are lane `j` of the parameter block of `kk`:
@@ -131,17 +146,37 @@ pub fn table(mr: usize, tile: impl Fn(usize, usize) -> Option<usize>) -> Option<
 
 /// Which tile family this host would use (for reports), or None.
 pub fn describe(mode: Ukernels) -> Option<&'static str> {
-    match (f32_tile(mode, F32_MR, 2, false), i16_tile(mode, F32_MR, 2)) {
-        (Some(_), Some(_)) => Some("avx2+fma 6x16 f32 and avx2 6x16 i16 (vpmaddwd)"),
-        (Some(_), None) => Some("avx2+fma 6x16 f32"),
-        _ => None,
+    f32_tile(mode, F32_MR, 2, false)?;
+    Some(match (imp::has_avx512(), vnni_tile(mode, F32_MR, 2).is_some()) {
+        (true, true) => "avx512f 6x16 f32 and avx512-vnni 6x16 u8 x i8 (vpdpbusd)",
+        (true, false) => "avx512f 6x16 f32 and avx2 6x16 i16 (vpmaddwd)",
+        (false, true) => "avx2+fma 6x16 f32 and avx512-vnni 6x16 u8 x i8 (vpdpbusd)",
+        (false, false) => "avx2+fma 6x16 f32 and avx2 6x16 i16 (vpmaddwd)",
+    })
+}
+
+/// The f32 tile of the given family (`avx512`: the 512-bit tile for two panels; else the AVX2
+/// one), if this host has it: for tests and the micro-benchmark, which compare the families
+/// on one host. [`f32_tile`] picks the widest the host has.
+pub fn f32_tile_of(avx512: bool, mr: usize, np: usize, acc: bool) -> Option<F32Tile> {
+    if !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
+        return None;
     }
+    imp::f32_tile_of(avx512, mr, np, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{F32Tile, I16Tile, QGemv, QUnpack, SatTile};
+    use super::{F32Tile, I16Tile, QGemv, QUnpack, SatTile, VnniTile};
     use std::arch::x86_64::*;
+
+    /// The 512-bit f32 tile's features (with AVX2 and FMA for the one-panel tiles).
+    pub fn has_avx512() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    }
 
     pub fn q_unpack() -> Option<QUnpack> {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
@@ -467,6 +502,21 @@ mod imp {
         };
     }
 
+    /// `f::<MR>` for the rows asked for (1..=6), else `None`.
+    macro_rules! rows {
+        ($f:ident, $mr:expr) => {
+            match $mr {
+                1 => $f::<1>,
+                2 => $f::<2>,
+                3 => $f::<3>,
+                4 => $f::<4>,
+                5 => $f::<5>,
+                6 => $f::<6>,
+                _ => return None,
+            }
+        };
+    }
+
     pub fn sat_tile(mr: usize, np: usize) -> Option<SatTile> {
         if !is_x86_feature_detected!("avx2") {
             return None;
@@ -562,11 +612,177 @@ mod imp {
     }
 
     pub fn f32_tile(mr: usize, np: usize, acc: bool) -> Option<F32Tile> {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        f32_tile_of(has_avx512(), mr, np, acc)
+    }
+
+    pub fn f32_tile_of(avx512: bool, mr: usize, np: usize, acc: bool) -> Option<F32Tile> {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) || (avx512 && !has_avx512()) {
             return None;
         }
-        let f: F32Tile = if acc { shape!(tile_acc, mr, np) } else { shape!(tile_set, mr, np) };
+        // One panel stays 256-bit: a 512-bit register would be half empty.
+        let f: F32Tile = match (avx512 && np == 2, acc) {
+            (true, false) => rows!(ztile_set, mr),
+            (true, true) => rows!(ztile_acc, mr),
+            (false, false) => shape!(tile_set, mr, np),
+            (false, true) => shape!(tile_acc, mr, np),
+        };
         Some(f)
+    }
+
+    /// # Safety
+    /// As [`ztile`].
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe extern "C" fn ztile_set<const MR: usize>(k: i64, a: *const f32, lda: i64, b: *const f32, t: *mut f32) {
+        // SAFETY: the caller's contract is ztile's.
+        unsafe { ztile::<MR, false>(k, a, lda, b, t) }
+    }
+
+    /// # Safety
+    /// As [`ztile`].
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe extern "C" fn ztile_acc<const MR: usize>(k: i64, a: *const f32, lda: i64, b: *const f32, t: *mut f32) {
+        // SAFETY: the caller's contract is ztile's.
+        unsafe { ztile::<MR, true>(k, a, lda, b, t) }
+    }
+
+    /// The two-panel f32 tile in 512-bit registers: each k's two 8-float panel rows are joined
+    /// into one register (`vinsertf32x8`), and even and odd k accumulate into separate registers
+    /// (12 in flight for 6 rows, enough to cover the FMA latency on two ports), added at the end.
+    ///
+    /// # Safety
+    /// `a` holds `mr` rows of `k` floats `lda` apart, `b` holds 2 panels of `k * 8` floats,
+    /// `tile` holds `mr * 16` floats, and the CPU has AVX512F and AVX512DQ (checked by
+    /// [`f32_tile_of`]). With `ACC` the tile's previous contents are added to.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    #[inline]
+    unsafe fn ztile<const MR: usize, const ACC: bool>(k: i64, a: *const f32, lda: i64, b: *const f32, tile: *mut f32) {
+        let (k, lda) = (k.max(0) as usize, lda as usize);
+        let mut even = [_mm512_setzero_ps(); MR];
+        let mut odd = [_mm512_setzero_ps(); MR];
+        // SAFETY (whole body): the caller's contract above bounds every offset.
+        unsafe {
+            if ACC {
+                for (r, e) in even.iter_mut().enumerate() {
+                    *e = _mm512_loadu_ps(tile.add(r * super::F32_TILE_COLS));
+                }
+            }
+            let b1 = b.add(k * 8);
+            let mut kk = 0;
+            while kk + 2 <= k {
+                let b0 = _mm512_insertf32x8::<1>(
+                    _mm512_castps256_ps512(_mm256_loadu_ps(b.add(kk * 8))),
+                    _mm256_loadu_ps(b1.add(kk * 8)),
+                );
+                let b1v = _mm512_insertf32x8::<1>(
+                    _mm512_castps256_ps512(_mm256_loadu_ps(b.add(kk * 8 + 8))),
+                    _mm256_loadu_ps(b1.add(kk * 8 + 8)),
+                );
+                for r in 0..MR {
+                    let ar = a.add(r * lda + kk);
+                    even[r] = _mm512_fmadd_ps(_mm512_set1_ps(*ar), b0, even[r]);
+                    odd[r] = _mm512_fmadd_ps(_mm512_set1_ps(*ar.add(1)), b1v, odd[r]);
+                }
+                kk += 2;
+            }
+            if kk < k {
+                let b0 = _mm512_insertf32x8::<1>(
+                    _mm512_castps256_ps512(_mm256_loadu_ps(b.add(kk * 8))),
+                    _mm256_loadu_ps(b1.add(kk * 8)),
+                );
+                for (r, e) in even.iter_mut().enumerate() {
+                    *e = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * lda + kk)), b0, *e);
+                }
+            }
+            for r in 0..MR {
+                _mm512_storeu_ps(tile.add(r * super::F32_TILE_COLS), _mm512_add_ps(even[r], odd[r]));
+            }
+        }
+    }
+
+    pub fn vnni_tile(mr: usize, np: usize) -> Option<VnniTile> {
+        if !(is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl"))
+        {
+            return None;
+        }
+        let f: VnniTile = shape!(vtile, mr, np);
+        Some(f)
+    }
+
+    /// The exact u8 x i8 tile: `vpdpbusd` on the raw bytes, two panels joined into one 512-bit
+    /// register (one panel: 256-bit), even and odd groups of 4 k in separate accumulators.
+    ///
+    /// # Safety
+    /// `a` holds `mr` rows of `4 * kq` bytes `lda` apart, `b` holds `np` panels of `kq * 32`
+    /// bytes, `tile` holds `mr * 16` i32, and the CPU has AVX512F, AVX512-VNNI and AVX512VL
+    /// (checked by [`vnni_tile`]).
+    #[target_feature(enable = "avx512f,avx512vnni,avx512vl")]
+    unsafe extern "C" fn vtile<const MR: usize, const NP: usize>(
+        kq: i64,
+        a: *const u8,
+        lda: i64,
+        b: *const i8,
+        tile: *mut i32,
+    ) {
+        let (kq, lda) = (kq.max(0) as usize, lda as usize);
+        // SAFETY (whole body): the caller's contract above bounds every offset.
+        unsafe {
+            let quad = |r: usize, j: usize| (a.add(r * lda + 4 * j) as *const i32).read_unaligned();
+            if NP == 2 {
+                let mut even = [_mm512_setzero_si512(); MR];
+                let mut odd = [_mm512_setzero_si512(); MR];
+                let b1 = b.add(kq * 32);
+                let join = |j: usize| {
+                    _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_loadu_si256(b.add(j * 32) as *const __m256i)),
+                        _mm256_loadu_si256(b1.add(j * 32) as *const __m256i),
+                    )
+                };
+                let mut j = 0;
+                while j + 2 <= kq {
+                    let (w0, w1) = (join(j), join(j + 1));
+                    for r in 0..MR {
+                        even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(quad(r, j)), w0);
+                        odd[r] = _mm512_dpbusd_epi32(odd[r], _mm512_set1_epi32(quad(r, j + 1)), w1);
+                    }
+                    j += 2;
+                }
+                if j < kq {
+                    let w0 = join(j);
+                    for (r, e) in even.iter_mut().enumerate() {
+                        *e = _mm512_dpbusd_epi32(*e, _mm512_set1_epi32(quad(r, j)), w0);
+                    }
+                }
+                for r in 0..MR {
+                    let v = _mm512_add_epi32(even[r], odd[r]);
+                    _mm512_storeu_si512(tile.add(r * super::F32_TILE_COLS) as *mut __m512i, v);
+                }
+            } else {
+                let mut even = [_mm256_setzero_si256(); MR];
+                let mut odd = [_mm256_setzero_si256(); MR];
+                let mut j = 0;
+                while j + 2 <= kq {
+                    let w0 = _mm256_loadu_si256(b.add(j * 32) as *const __m256i);
+                    let w1 = _mm256_loadu_si256(b.add(j * 32 + 32) as *const __m256i);
+                    for r in 0..MR {
+                        even[r] = _mm256_dpbusd_epi32(even[r], _mm256_set1_epi32(quad(r, j)), w0);
+                        odd[r] = _mm256_dpbusd_epi32(odd[r], _mm256_set1_epi32(quad(r, j + 1)), w1);
+                    }
+                    j += 2;
+                }
+                if j < kq {
+                    let w0 = _mm256_loadu_si256(b.add(j * 32) as *const __m256i);
+                    for (r, e) in even.iter_mut().enumerate() {
+                        *e = _mm256_dpbusd_epi32(*e, _mm256_set1_epi32(quad(r, j)), w0);
+                    }
+                }
+                for r in 0..MR {
+                    let v = _mm256_add_epi32(even[r], odd[r]);
+                    _mm256_storeu_si256(tile.add(r * super::F32_TILE_COLS) as *mut __m256i, v);
+                }
+            }
+        }
     }
 
     /// # Safety
@@ -642,7 +858,19 @@ mod imp {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    use super::{F32Tile, I16Tile, QGemv, QUnpack, SatTile};
+    use super::{F32Tile, I16Tile, QGemv, QUnpack, SatTile, VnniTile};
+
+    pub fn has_avx512() -> bool {
+        false
+    }
+
+    pub fn f32_tile_of(_avx512: bool, _mr: usize, _np: usize, _acc: bool) -> Option<F32Tile> {
+        None
+    }
+
+    pub fn vnni_tile(_mr: usize, _np: usize) -> Option<VnniTile> {
+        None
+    }
 
     pub fn q_gemv() -> Option<QGemv> {
         None
@@ -669,44 +897,86 @@ mod imp {
 mod tests {
     use super::*;
 
-    /// Every tile shape against a plain loop over the same packed layout.
+    /// Every tile shape of both families (AVX2, AVX-512) against a plain loop over the same
+    /// packed layout; an odd `k` exercises the 512-bit tile's last single step.
     #[test]
     fn tiles_match_a_plain_product() {
         let k = 37;
+        let Some(_) = f32_tile(Ukernels::Auto, 1, 1, false) else {
+            eprintln!("no f32 tile on this host; nothing to check");
+            return;
+        };
+        let mut families = 0;
+        for (avx512, np, mr) in
+            [false, true].into_iter().flat_map(|w| (1..=2).flat_map(move |np| (1..=F32_MR).map(move |mr| (w, np, mr))))
+        {
+            let Some(f) = f32_tile_of(avx512, mr, np, false) else {
+                assert!(avx512, "the AVX2 tile exists where f32_tile found one");
+                continue;
+            };
+            families |= 1 << u8::from(avx512);
+            let lda = k + 3;
+            let a: Vec<f32> = (0..mr * lda).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+            let b: Vec<f32> = (0..np * k * 8).map(|i| ((i * 5) % 11) as f32 * 0.5 - 2.0).collect();
+            let mut tile = vec![f32::NAN; mr * F32_TILE_COLS];
+            // SAFETY: the buffers have the sizes the contract asks for.
+            unsafe { f(k as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
+            for r in 0..mr {
+                for c in 0..8 * np {
+                    let want: f32 = (0..k).map(|kk| a[r * lda + kk] * b[(c / 8) * k * 8 + kk * 8 + c % 8]).sum();
+                    let got = tile[r * F32_TILE_COLS + c];
+                    assert!(
+                        (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                        "mr {mr} np {np} [{r}][{c}]: {got} vs {want}"
+                    );
+                }
+            }
+            assert!(Ukernels::Off != Ukernels::Auto && f32_tile(Ukernels::Off, mr, np, false).is_none());
+            // The adding twin, from the first result: twice the product.
+            let add = f32_tile_of(avx512, mr, np, true).expect("adding tile beside the setting one");
+            let once = tile.clone();
+            // SAFETY: as above.
+            unsafe { add(k as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
+            for r in 0..mr {
+                for c in 0..8 * np {
+                    let (got, want) = (tile[r * F32_TILE_COLS + c], 2.0 * once[r * F32_TILE_COLS + c]);
+                    assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "acc mr {mr} np {np} [{r}][{c}]");
+                }
+            }
+        }
+        eprintln!("f32 tile families checked: avx2 {}, avx512 {}", families & 1 != 0, families & 2 != 0);
+        assert_eq!(families & 2 != 0, imp::has_avx512(), "f32_tile_of(true) exists exactly on AVX-512 hosts");
+    }
+
+    /// Every AVX512-VNNI tile shape against a plain loop, with the extreme products (255 x
+    /// -128 in every place of some groups of 4, which `vpmaddubsw` would saturate): exact.
+    #[test]
+    fn vnni_tiles_are_exact() {
+        let kq = 11;
         for np in 1..=2 {
             for mr in 1..=F32_MR {
-                let Some(f) = f32_tile(Ukernels::Auto, mr, np, false) else {
-                    eprintln!("no f32 tile on this host; nothing to check");
+                let Some(f) = vnni_tile(Ukernels::Auto, mr, np) else {
+                    eprintln!("no AVX512-VNNI tile on this host; nothing to check");
                     return;
                 };
-                let lda = k + 3;
-                let a: Vec<f32> = (0..mr * lda).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
-                let b: Vec<f32> = (0..np * k * 8).map(|i| ((i * 5) % 11) as f32 * 0.5 - 2.0).collect();
-                let mut tile = vec![f32::NAN; mr * F32_TILE_COLS];
+                let lda = 4 * kq + 3;
+                let a: Vec<u8> = (0..mr * lda).map(|i| if i % 8 < 4 { 255 } else { (i * 37 % 256) as u8 }).collect();
+                let b: Vec<i8> =
+                    (0..np * kq * 32).map(|i| if i % 64 < 32 { -128 } else { ((i * 29) % 256) as u8 as i8 }).collect();
+                let mut tile = vec![i32::MIN; mr * F32_TILE_COLS];
                 // SAFETY: the buffers have the sizes the contract asks for.
-                unsafe { f(k as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
+                unsafe { f(kq as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
                 for r in 0..mr {
                     for c in 0..8 * np {
-                        let want: f32 = (0..k).map(|kk| a[r * lda + kk] * b[(c / 8) * k * 8 + kk * 8 + c % 8]).sum();
-                        let got = tile[r * F32_TILE_COLS + c];
-                        assert!(
-                            (got - want).abs() <= 1e-3 * want.abs().max(1.0),
-                            "mr {mr} np {np} [{r}][{c}]: {got} vs {want}"
-                        );
+                        let want: i64 = (0..4 * kq)
+                            .map(|k| {
+                                a[r * lda + k] as i64 * b[(c / 8) * kq * 32 + (k / 4) * 32 + (c % 8) * 4 + k % 4] as i64
+                            })
+                            .sum();
+                        assert_eq!(tile[r * F32_TILE_COLS + c] as i64, want, "mr {mr} np {np} [{r}][{c}]");
                     }
                 }
-                assert!(Ukernels::Off != Ukernels::Auto && f32_tile(Ukernels::Off, mr, np, false).is_none());
-                // The adding twin, from the first result: twice the product.
-                let add = f32_tile(Ukernels::Auto, mr, np, true).expect("adding tile beside the setting one");
-                let once = tile.clone();
-                // SAFETY: as above.
-                unsafe { add(k as i64, a.as_ptr(), lda as i64, b.as_ptr(), tile.as_mut_ptr()) };
-                for r in 0..mr {
-                    for c in 0..8 * np {
-                        let (got, want) = (tile[r * F32_TILE_COLS + c], 2.0 * once[r * F32_TILE_COLS + c]);
-                        assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "acc mr {mr} np {np} [{r}][{c}]");
-                    }
-                }
+                assert!(vnni_tile(Ukernels::Off, mr, np).is_none());
             }
         }
     }

@@ -242,9 +242,12 @@ fn integer_gemm_with_ragged_sizes_is_exact_both_ways() {
         let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
         let za = Tensor::from_i64(DType::U8, &[], vec![131]).unwrap();
         both_ways(&src, vec![a, za], 0.0);
+        // The exact product takes the AVX512-VNNI tile where the host has it, else the i16 one.
+        let vnni = tessera_target_cpu::ukernel::vnni_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
         let auto = tessera_target_cpu::ukernel::i16_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
         let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
-        assert_eq!(names.iter().any(|name| name.contains("i16_ukernel")), auto, "tile kernel used iff available");
+        assert_eq!(names.iter().any(|name| name.contains("vnni_ukernel")), vnni, "VNNI tile used iff available");
+        assert_eq!(names.iter().any(|name| name.contains("i16_ukernel")), auto && !vnni, "i16 tile used iff no VNNI");
     }
 }
 
@@ -355,9 +358,13 @@ fn exact_integer_gemm_with_weight_outliers_uses_the_split_tile() {
     let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
     let za = Tensor::from_i64(DType::U8, &[], vec![9]).unwrap();
     both_ways(&src, vec![a, za], 0.0);
+    // Where the host has AVX512-VNNI the exact product needs no split (`vpdpbusd` does not
+    // saturate); elsewhere the split tile is used wherever the saturating one exists.
+    let vnni = tessera_target_cpu::ukernel::vnni_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
     let sat = tessera_target_cpu::ukernel::sat_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
     let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
-    assert_eq!(names.iter().any(|name| name.contains("split_ukernel")), sat, "split tile used iff available");
+    assert_eq!(names.iter().any(|name| name.contains("split_ukernel")), sat && !vnni, "split tile used iff no VNNI");
+    assert_eq!(names.iter().any(|name| name.contains("vnni_ukernel")), vnni, "VNNI tile used iff available");
 }
 
 /// A graph whose shapes depend on an input's values (a reshape to a run-time shape, a slice
