@@ -48,6 +48,9 @@ pub(crate) struct Epilogue<'g> {
     pub out_dims: Vec<Dim>,
     /// Body casts of an integer product to f32 that the kernel folds (the product enters as f32).
     pub folded_casts: Vec<tessera_ir::Value>,
+    /// The host routine that applies the body's last node (a GELU) to each stored tile, when
+    /// [`Epilogue::defer_tail`] handed it over: [`Epilogue::apply`] then stops before that node.
+    pub tail: Option<usize>,
 }
 
 /// Per-kernel precomputed addressing of the epilogue operands.
@@ -63,6 +66,41 @@ pub(crate) struct EpiAddr {
 }
 
 impl Epilogue<'_> {
+    /// Hands the body's last node to the AVX-512 GELU routine ([`crate::rows::GeluTile`]) when
+    /// it is a GELU whose result is the body's, and the host has the routine. Only for kernels
+    /// that store through [`store_tile`] (or call [`Epilogue::apply_tail`] after their own
+    /// stores): the result is stored before the GELU, which the routine then applies in place
+    /// while the tile is in L1.
+    pub fn defer_tail(&mut self, mode: crate::Ukernels) {
+        let (Some(f), Some(_), Some(&last)) = (crate::host::gelu_tile(mode), self.product, self.nodes.last()) else {
+            return;
+        };
+        let nd = self.body.node(last);
+        let is_result = self.body.outputs().first().is_some_and(|&(_, v)| v == nd.outputs[0]);
+        if matches!(nd.op, Op::Unary(tessera_ir::UnaryOp::Gelu))
+            && is_result
+            && self.body.ty(nd.outputs[0]).dtype == DType::F32
+            && !self.folded_casts.contains(&nd.outputs[0])
+        {
+            self.tail = Some(f);
+        }
+    }
+
+    /// The deferred tail over the stored tile at rows `m0..m0 + rows`, columns `n0..` (at most
+    /// `cols`, and not past `nv`) of `out` (`nv` floats a row). Nothing without a tail.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_tail(&self, fx: &mut Fx, out: Value, m0: Value, rows: usize, n0: Value, cols: usize, nv: Value) {
+        let Some(f) = self.tail else { return };
+        let rn = fx.b.ins().imul(m0, nv);
+        let i = fx.b.ins().iadd(rn, n0);
+        let p = fx.addr(out, i, 4);
+        let left = fx.b.ins().isub(nv, n0);
+        let cap = fx.iconst(cols as i64);
+        let c = fx.b.ins().smin(left, cap);
+        let r = fx.iconst(rows as i64);
+        fx.call_host(f, &[types::I64; 4], None, &[p, r, c, nv]);
+    }
+
     pub fn prepare(&self, fx: &mut Fx) -> Result<EpiAddr, CpuError> {
         let r = self.out_dims.len();
         let lead_dims = &self.out_dims[..r.saturating_sub(1)];
@@ -182,9 +220,10 @@ impl Epilogue<'_> {
                 env[bv.index()] = Some(*val);
             }
         }
+        let deferred = self.tail.and(self.nodes.last().copied());
         for &n in &self.nodes {
             let nd = body.node(n);
-            if self.folded_casts.contains(&nd.outputs[0]) {
+            if self.folded_casts.contains(&nd.outputs[0]) || Some(n) == deferred {
                 continue;
             }
             let args: Vec<Sv> = nd
@@ -197,7 +236,10 @@ impl Epilogue<'_> {
             let r = ew::eval_op(fx, body, &nd.op, &nd.inputs, &args, body.ty(nd.outputs[0]).dtype)?;
             env[nd.outputs[0].index()] = Some(r);
         }
-        let out = body.outputs()[0].1;
+        let out = match deferred {
+            Some(n) => body.node(n).inputs[0],
+            None => body.outputs()[0].1,
+        };
         match env[out.index()] {
             Some(Sv::F(v)) => Ok(v),
             _ => Err(CpuError::Unsupported("a matmul region whose result is not f32".into())),
@@ -334,6 +376,7 @@ fn lower_mm<'g>(
         c: c_idx,
         out_dims: out_dims.clone(),
         folded_casts: Vec::new(),
+        tail: None,
     };
     let a_dims = dims(g, a_v);
     let b_dims = dims(g, b_v);
@@ -344,6 +387,9 @@ fn lower_mm<'g>(
     // Packed path: constant 2-D B, A rows contiguous.
     let b_const = matches!(g.value(b_v).def, ValueDef::Const(_));
     if b_const && b_dims.len() == 2 && !prod.trans_a && a_dims.len() >= 2 {
+        // Both packed paths store through `store_tile`, which applies a deferred tail.
+        let mut epi = epi;
+        epi.defer_tail(owned.ukernels);
         if !prod.trans_b {
             if let Some(pack) = crate::blocked::packed(g, b_v, owned) {
                 let rows_dims = out_dims[..out_dims.len() - 1].to_vec();
@@ -759,6 +805,7 @@ pub(crate) fn store_tile(
             }
         }
     }
+    epi.apply_tail(fx, out, m0, mr, n0, groups * 4, nv);
     Ok(())
 }
 

@@ -98,6 +98,12 @@ pub fn dynamic_quantize(mode: Ukernels) -> Option<usize> {
     (mode != Ukernels::Off).then(|| find("tessera_dynamic_quantize")).flatten()
 }
 
+/// The id of the AVX-512 GELU over a stored tile ([`crate::rows::GeluTile`]), as
+/// [`softmax_row`].
+pub fn gelu_tile(mode: Ukernels) -> Option<usize> {
+    (mode != Ukernels::Off).then(|| find("tessera_gelu_tile")).flatten()
+}
+
 /// What a missing host function needs, for errors: the features of the `std::arch` family it
 /// belongs to, when the name is one of them.
 pub fn needs_of(name: &str) -> Option<&'static str> {
@@ -111,7 +117,7 @@ pub fn needs_of(name: &str) -> Option<&'static str> {
         Some("avx2")
     } else if name.starts_with("tessera_vnni_tile") {
         Some("avx512f+avx512vnni+avx512vl")
-    } else if name == "tessera_softmax_row" || name == "tessera_dynamic_quantize" {
+    } else if ["tessera_softmax_row", "tessera_dynamic_quantize", "tessera_gelu_tile"].contains(&name) {
         Some("avx512f")
     } else {
         None
@@ -192,6 +198,9 @@ fn build() -> Vec<HostFn> {
     }
     if let Some(f) = crate::rows::dynamic_quantize(mode) {
         add("tessera_dynamic_quantize".into(), f as usize);
+    }
+    if let Some(f) = crate::rows::gelu_tile(mode) {
+        add("tessera_gelu_tile".into(), f as usize);
     }
     t
 }

@@ -297,7 +297,7 @@ pub(crate) fn lower_packed<'g>(
         }
     }
     let out_dims = dims(g, out);
-    let epi = Epilogue {
+    let mut epi = Epilogue {
         body,
         product: if region { Some(product) } else { None },
         nodes,
@@ -306,7 +306,10 @@ pub(crate) fn lower_packed<'g>(
         c: None,
         out_dims: out_dims.clone(),
         folded_casts: folded,
+        tail: None,
     };
+    // Both kernels below apply a deferred tail after storing each tile.
+    epi.defer_tail(owned.ukernels);
     let mut bufs: Vec<BufRef> = nd.inputs.iter().map(|v| BufRef::Value(*v)).collect();
     let out_buf = bufs.len();
     bufs.push(BufRef::Value(out));
@@ -610,6 +613,7 @@ fn block(
             finish(fx, epi, addr, c, &offs, side, out, corr, row, rowsum, col, nv, acc)?;
         }
     }
+    epi.apply_tail(fx, out, m0, mr, n0, 8, nv);
     Ok(())
 }
 
@@ -749,6 +753,7 @@ fn emit_tiles(fx: &mut Fx, epi: &Epilogue, c: &Cfg, tiles: Tiles, rows_dims: &[D
                     finish(fx, epi, &addr, c, &offs, side, out, corr, row, rowsum, col, nv, acc)?;
                 }
             }
+            epi.apply_tail(fx, out, m0, mr, n0, npn * 8, nv);
             Ok(())
         })
     })

@@ -1,6 +1,7 @@
 //! Whole-row routines written with `std::arch` (AVX-512, 16 lanes) and called from JIT code,
-//! as the inner tiles of [`crate::ukernel`] are: a softmax row for attention and the whole of
-//! `dynamic_quantize`. Both compute what the Cranelift code beside them computes (the same exp
+//! as the inner tiles of [`crate::ukernel`] are: a softmax row for attention, the whole of
+//! `dynamic_quantize`, and a GELU over each tile a product kernel stored (the epilogue's last
+//! step, which in Cranelift's 4 lanes cost as much as the product itself). Both compute what the Cranelift code beside them computes (the same exp
 //! polynomial, the same division and rounding), sixteen lanes at a time; the softmax sums in a
 //! different order, so its results differ from the Cranelift code's by rounding only, while the
 //! quantized bytes are identical.
@@ -21,6 +22,17 @@ pub type SoftmaxRow = unsafe extern "C" fn(*mut f32, i64, *const f32) -> f32;
 /// zero)` as u8 (NaN quantizes to the zero point).
 pub type DynamicQuantize = unsafe extern "C" fn(*const f32, i64, *mut u8, *mut f32, *mut u8);
 
+/// `gelu_tile(p, rows, cols, ld)`: `p[r * ld + c] = gelu(p[r * ld + c])` for `r < rows`, `c <
+/// cols`, in place: the erf form of `math::gelu` (the same rational erf, clamp and rounding
+/// steps), which a product kernel applies to each tile it stored instead of in its 4-lane
+/// epilogue.
+pub type GeluTile = unsafe extern "C" fn(*mut f32, i64, i64, i64);
+
+/// The GELU tile routine, if this host has it and `mode` allows it.
+pub fn gelu_tile(mode: Ukernels) -> Option<GeluTile> {
+    (mode == Ukernels::Auto).then(imp::gelu_tile).flatten()
+}
+
 /// The softmax row routine, if this host has it and `mode` allows it.
 pub fn softmax_row(mode: Ukernels) -> Option<SoftmaxRow> {
     (mode == Ukernels::Auto).then(imp::softmax_row).flatten()
@@ -33,8 +45,57 @@ pub fn dynamic_quantize(mode: Ukernels) -> Option<DynamicQuantize> {
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{DynamicQuantize, SoftmaxRow};
+    use super::{DynamicQuantize, GeluTile, SoftmaxRow};
     use std::arch::x86_64::*;
+    use tessera_passes::approx::{ERF_CLAMP, ERF_P, ERF_Q};
+
+    pub fn gelu_tile() -> Option<GeluTile> {
+        has().then_some(gelu as GeluTile)
+    }
+
+    /// Horner's rule in `s` over coefficients from the constant term up, as `math::erf`.
+    #[target_feature(enable = "avx512f")]
+    fn horner(c: &[f32], s: __m512) -> __m512 {
+        let mut acc = _mm512_set1_ps(c[c.len() - 1]);
+        for &k in c[..c.len() - 1].iter().rev() {
+            acc = _mm512_fmadd_ps(acc, s, _mm512_set1_ps(k));
+        }
+        acc
+    }
+
+    /// `math::gelu`, lane for lane: `0.5 x (1 + erf(x / sqrt 2))`, erf clamped by compare and
+    /// select (NaN stays NaN).
+    #[target_feature(enable = "avx512f")]
+    fn gelu_lanes(x: __m512) -> __m512 {
+        let xs = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+        let (hi, lo) = (_mm512_set1_ps(ERF_CLAMP), _mm512_set1_ps(-ERF_CLAMP));
+        let xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(xs, hi), xs, hi);
+        let xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(xc, lo), xc, lo);
+        let s = _mm512_mul_ps(xc, xc);
+        let e = _mm512_div_ps(_mm512_mul_ps(xc, horner(&ERF_P, s)), horner(&ERF_Q, s));
+        _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5)), _mm512_add_ps(e, _mm512_set1_ps(1.0)))
+    }
+
+    /// # Safety
+    /// `p` holds `rows` rows of `cols` floats `ld` apart, and the CPU has AVX512F (checked by
+    /// [`gelu_tile`]).
+    #[target_feature(enable = "avx512f")]
+    unsafe extern "C" fn gelu(p: *mut f32, rows: i64, cols: i64, ld: i64) {
+        let (rows, cols, ld) = (rows.max(0) as usize, cols.max(0) as usize, ld as usize);
+        // SAFETY (whole body): every access is to lanes below cols of a row below rows.
+        unsafe {
+            for r in 0..rows {
+                let row = p.add(r * ld);
+                let mut j = 0;
+                while j < cols {
+                    let k = lanes(j, cols);
+                    let x = _mm512_maskz_loadu_ps(k, row.add(j));
+                    _mm512_mask_storeu_ps(row.add(j), k, gelu_lanes(x));
+                    j += 16;
+                }
+            }
+        }
+    }
 
     fn has() -> bool {
         is_x86_feature_detected!("avx512f")
@@ -160,7 +221,11 @@ mod imp {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    use super::{DynamicQuantize, SoftmaxRow};
+    use super::{DynamicQuantize, GeluTile, SoftmaxRow};
+
+    pub fn gelu_tile() -> Option<GeluTile> {
+        None
+    }
 
     pub fn softmax_row() -> Option<SoftmaxRow> {
         None
@@ -217,6 +282,48 @@ mod tests {
         // SAFETY: 20 floats in each.
         let inv = unsafe { f(dead.as_mut_ptr(), 20, all.as_ptr()) };
         assert_eq!(inv, 0.0, "a row with every key masked sums to nothing");
+    }
+
+    /// The GELU over a sub-tile (3 rows of 21 columns in rows of 40, values in [-6, 6)): the
+    /// definition inside, nothing outside; NaN stays NaN.
+    #[test]
+    fn gelu_tiles_match_the_definition_and_stay_inside() {
+        let Some(f) = gelu_tile(Ukernels::Auto) else {
+            eprintln!("no AVX-512 GELU on this host; nothing to check");
+            return;
+        };
+        let (rows, cols, ld) = (3usize, 21usize, 40usize);
+        let x: Vec<f32> = (0..4 * ld).map(|i| if i == 5 { f32::NAN } else { (i as f32 - 60.0) * 0.1 }).collect();
+        let mut y = x.clone();
+        // SAFETY: 3 rows of 21 floats, 40 apart, inside y.
+        unsafe { f(y.as_mut_ptr(), rows as i64, cols as i64, ld as i64) };
+        for (i, (&a, &b)) in x.iter().zip(&y).enumerate() {
+            let (r, c) = (i / ld, i % ld);
+            if r >= rows || c >= cols {
+                assert_eq!(a.to_bits(), b.to_bits(), "[{r}][{c}] outside the tile changed");
+            } else if a.is_nan() {
+                assert!(b.is_nan(), "NaN stays NaN");
+            } else {
+                let t = a as f64;
+                let want = 0.5 * t * (1.0 + erf(t / std::f64::consts::SQRT_2));
+                assert!(
+                    (b as f64 - want).abs() <= 2e-6 * want.abs().max(1.0),
+                    "[{r}][{c}] gelu({a}) = {b}, want {want}"
+                );
+            }
+        }
+    }
+
+    /// The error function by its Taylor series: accurate to about 1e-9 for the |x| < 4.3 of
+    /// the test above (cancellation grows with |x|).
+    fn erf(x: f64) -> f64 {
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 * sum.abs().max(1e-300) && n < 400.0 {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
     /// The routine against the interpreter's `dynamic_quantize`: identical bytes, scale and zero
