@@ -578,7 +578,10 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                             (Some(ms), false, false) => ms[r - 1].is_some(),
                             _ => false,
                         };
-                        if let (true, Some(mp), Some(ms), None) = (vector_mask, mp, &m_st, softmax_row) {
+                        // With the AVX-512 row routine, an additive mask along the keys is added
+                        // there, not here.
+                        let fused_mask = vector_mask && softmax_row.is_some();
+                        if let (true, false, Some(mp), Some(ms)) = (vector_mask, fused_mask, mp, &m_st) {
                             let mut a = fx.b.ins().iadd(mp, om);
                             if let Some(st) = ms[r - 2] {
                                 let o = fx.b.ins().imul(i, st);
@@ -588,7 +591,7 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                                 let m = load_param(fx, a, j, vector, false);
                                 fx.b.ins().fadd(v, m)
                             })?;
-                        } else if mp.is_some() || causal {
+                        } else if (mp.is_some() || causal) && !fused_mask {
                             fx.for_n(sk, |fx, j| {
                                 let sa = fx.addr(row, j, 4);
                                 let mut s = fx.b.ins().load(types::F32, mem(), sa, 0);

@@ -121,6 +121,13 @@ pub fn q_gemv(mode: Ukernels) -> Option<QGemv> {
     imp::q_gemv()
 }
 
+/// The one-row routine of the given family (`avx512`: 8-bit codes in 512-bit registers), if
+/// this host has it: for tests, which check the two give the same bits. [`q_gemv`] picks the
+/// widest the host has.
+pub fn q_gemv_of(avx512: bool) -> Option<QGemv> {
+    imp::q_gemv_of(avx512)
+}
+
 /// `form` bit: the parameter blocks hold zero points.
 pub const ZERO: i64 = 0x100;
 /// `form` bit: the parameter blocks hold offsets.
@@ -189,7 +196,15 @@ mod imp {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
             return None;
         }
-        Some(gemv)
+        Some(if has_avx512() { gemv512 } else { gemv })
+    }
+
+    pub fn q_gemv_of(avx512: bool) -> Option<QGemv> {
+        q_gemv()?;
+        match avx512 {
+            false => Some(gemv),
+            true => has_avx512().then_some(gemv512 as QGemv),
+        }
     }
 
     /// Calls `panels.$method::<FOUR, ZERO, OFFSET, NP>(args)` for a `form` and a panel count
@@ -263,6 +278,30 @@ mod imp {
         let p = Panels::new(k, bs, codes, ldc, par, ldp, form);
         // SAFETY: the caller's contract above.
         unsafe { by_form!(p.gemv(a, acc), form, np) }
+    }
+
+    /// The one-row routine with 8-bit codes in 512-bit registers (two k per register; the
+    /// same sums in the same order as [`gemv`], so the same bits), 4-bit codes as [`gemv`].
+    ///
+    /// # Safety
+    /// As [`gemv`], and the CPU has AVX512F and AVX512DQ (checked by [`q_gemv`]).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq")]
+    unsafe extern "C" fn gemv512(
+        k: i64,
+        bs: i64,
+        np: i64,
+        codes: *const u8,
+        ldc: i64,
+        par: *const u8,
+        ldp: i64,
+        a: *const f32,
+        acc: *mut f32,
+        form: i64,
+    ) {
+        let p = Panels::new(k, bs, codes, ldc, par, ldp, form);
+        // SAFETY: the caller's contract above.
+        unsafe { by_form!(p.gemv512(a, acc), form, np) }
     }
 
     /// Packed panels of [`crate::blocked`]: codes and parameter blocks.
@@ -465,6 +504,91 @@ mod imp {
                     for (q, tq) in t.iter().enumerate() {
                         let prm = self.params::<ZERO, OFFSET>(q, b);
                         let mut tv = _mm256_add_ps(tq[0], tq[1]);
+                        if ZERO {
+                            tv = _mm256_fnmadd_ps(prm[1], asv, tv);
+                        }
+                        sum[q] = _mm256_fmadd_ps(prm[0], tv, sum[q]);
+                        if OFFSET {
+                            sum[q] = _mm256_fmadd_ps(prm[2], asv, sum[q]);
+                        }
+                    }
+                }
+                for (q, s) in sum.iter().enumerate() {
+                    _mm256_storeu_ps(acc.add(q * 8), *s);
+                }
+            }
+        }
+    }
+
+    impl Panels {
+        /// [`Panels::gemv`] for 8-bit codes with two k per 512-bit register: lanes 0-7 hold
+        /// the even k's partial sums and lanes 8-15 the odd k's, exactly [`Panels::gemv`]'s two
+        /// alternating partial sums, folded the same way (an odd last k joins the even sums
+        /// first), so the result has the same bits. Half the vector instructions per weight.
+        ///
+        /// # Safety
+        /// As [`gemv512`].
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq")]
+        unsafe fn gemv512<const FOUR: bool, const ZERO: bool, const OFFSET: bool, const NP: usize>(
+            &self,
+            a: *const f32,
+            acc: *mut f32,
+        ) {
+            // SAFETY (whole body): as above.
+            unsafe {
+                if FOUR {
+                    return self.gemv::<FOUR, ZERO, OFFSET, NP>(a, acc);
+                }
+                let mut sum = [_mm256_setzero_ps(); NP];
+                for b in 0..self.k.div_ceil(self.bs) {
+                    let (k0, k1) = (b * self.bs, ((b + 1) * self.bs).min(self.k));
+                    for q in 0..NP {
+                        let cp = self.codes.wrapping_add(q * self.ldc);
+                        for line in (k0 * 8..k1 * 8).step_by(64) {
+                            Self::prefetch(cp.wrapping_add(line), PREFETCH);
+                        }
+                        let lanes = 1 + ZERO as usize + OFFSET as usize;
+                        let pp = self.par.wrapping_add((q * self.ldp + b * lanes * 8) * self.par_bytes());
+                        Self::prefetch(pp, PREFETCH / 8);
+                    }
+                    let mut t = [_mm512_setzero_ps(); NP];
+                    let mut asum = _mm512_setzero_ps();
+                    let mut kk = k0;
+                    while kk + 1 < k1 {
+                        let av = _mm512_insertf32x8::<1>(
+                            _mm512_set1_ps(a.add(kk).read()),
+                            _mm256_set1_ps(a.add(kk + 1).read()),
+                        );
+                        if ZERO || OFFSET {
+                            asum = _mm512_add_ps(asum, av);
+                        }
+                        for (q, tq) in t.iter_mut().enumerate() {
+                            let cp = self.codes.add(q * self.ldc + kk * 8);
+                            let u = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(cp.cast::<__m128i>())));
+                            *tq = _mm512_fmadd_ps(av, u, *tq);
+                        }
+                        kk += 2;
+                    }
+                    let mut even = [_mm256_setzero_ps(); NP];
+                    let mut odd = [_mm256_setzero_ps(); NP];
+                    for q in 0..NP {
+                        even[q] = _mm512_castps512_ps256(t[q]);
+                        odd[q] = _mm512_extractf32x8_ps::<1>(t[q]);
+                    }
+                    let mut asv = _mm512_castps512_ps256(asum);
+                    if kk < k1 {
+                        let av = _mm256_set1_ps(a.add(kk).read());
+                        if ZERO || OFFSET {
+                            asv = _mm256_add_ps(asv, av);
+                        }
+                        for (q, e) in even.iter_mut().enumerate() {
+                            *e = _mm256_fmadd_ps(av, self.codes_f32::<false>(q, kk), *e);
+                        }
+                    }
+                    let asv = _mm256_add_ps(asv, _mm512_extractf32x8_ps::<1>(asum));
+                    for q in 0..NP {
+                        let prm = self.params::<ZERO, OFFSET>(q, b);
+                        let mut tv = _mm256_add_ps(even[q], odd[q]);
                         if ZERO {
                             tv = _mm256_fnmadd_ps(prm[1], asv, tv);
                         }
@@ -880,6 +1004,10 @@ mod imp {
         None
     }
 
+    pub fn q_gemv_of(_avx512: bool) -> Option<QGemv> {
+        None
+    }
+
     pub fn sat_tile(_mr: usize, _np: usize) -> Option<SatTile> {
         None
     }
@@ -946,6 +1074,61 @@ mod tests {
         }
         eprintln!("f32 tile families checked: avx2 {}, avx512 {}", families & 1 != 0, families & 2 != 0);
         assert_eq!(families & 2 != 0, imp::has_avx512(), "f32_tile_of(true) exists exactly on AVX-512 hosts");
+    }
+
+    /// The 512-bit one-row routine gives the AVX2 one's bits for 8-bit codes, every form (zero
+    /// points, offsets, f16 and f32 parameters), one and two panels, blocks with an odd last
+    /// k, and a partial last block.
+    #[test]
+    fn wide_one_row_products_have_the_same_bits() {
+        let (Some(narrow), Some(wide)) = (q_gemv_of(false), q_gemv_of(true)) else {
+            eprintln!("no 512-bit one-row routine on this host; nothing to check");
+            return;
+        };
+        for (k, bs) in [(64usize, 32usize), (37, 9), (40, 40), (5, 2)] {
+            for form_bits in [0, ZERO, OFFSET, ZERO | OFFSET] {
+                for half in [false, true] {
+                    for np in 1..=2usize {
+                        let lanes = 1 + usize::from(form_bits & ZERO != 0) + usize::from(form_bits & OFFSET != 0);
+                        let blocks = k.div_ceil(bs);
+                        let ldc = k * 8 + 8;
+                        let codes: Vec<u8> = (0..np * ldc).map(|i| (i * 97 % 256) as u8).collect();
+                        let ldp = blocks * lanes * 8 + 3;
+                        let vals: Vec<f32> = (0..np * ldp).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.125).collect();
+                        let par: Vec<u8> = if half {
+                            vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()
+                        } else {
+                            vals.iter().flat_map(|v| v.to_le_bytes()).collect()
+                        };
+                        let a: Vec<f32> = (0..k).map(|i| ((i * 7 % 19) as f32 - 9.0) * 0.37).collect();
+                        let form = 8 | form_bits | if half { HALF } else { 0 };
+                        let run = |f: QGemv| {
+                            let mut acc = vec![f32::NAN; np * 8];
+                            // SAFETY: codes, parameters, a and acc have the sizes the contract asks for.
+                            unsafe {
+                                f(
+                                    k as i64,
+                                    bs as i64,
+                                    np as i64,
+                                    codes.as_ptr(),
+                                    ldc as i64,
+                                    par.as_ptr(),
+                                    ldp as i64,
+                                    a.as_ptr(),
+                                    acc.as_mut_ptr(),
+                                    form,
+                                )
+                            };
+                            acc
+                        };
+                        let (x, y) = (run(narrow), run(wide));
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&x), bits(&y), "k {k} bs {bs} form {form:#x} np {np}: {x:?} vs {y:?}");
+                        assert!(x.iter().all(|v| v.is_finite()), "every column written");
+                    }
+                }
+            }
+        }
     }
 
     /// Every AVX512-VNNI tile shape against a plain loop, with the extreme products (255 x
