@@ -431,12 +431,13 @@ impl Session {
         let t0 = Instant::now();
         let hash = hash_file(path)?;
         let key = format!(
-            "{}|{}|{:?}|{}|{}|{}",
+            "{}|{}|{:?}|{}|{}|{}|{}",
             hash,
             opts.passes,
             opts.ukernels,
             opts.import.onnxruntime_x86_matmul_integer,
             artifact::TESSERA_VERSION,
+            tessera_target_cpu::CODEGEN_REVISION,
             tessera_target_cpu::host_features()?.join(",")
         );
         let entry = dir.join(format!("{}.tsa", &artifact::hash_bytes(key.as_bytes())[..24]));

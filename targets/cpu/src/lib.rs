@@ -52,6 +52,12 @@ pub mod rows;
 pub mod specialize;
 pub mod ukernel;
 
+/// The code generator's revision, raised whenever what kernels compile to changes within one
+/// Tessera version (a new inner tile, another host routine): the runtime's JIT cache keys on it,
+/// so a cache never serves code an earlier build generated. 2: the AVX-512 tiles and row
+/// routines.
+pub const CODEGEN_REVISION: u32 = 2;
+
 #[cfg(feature = "jit")]
 pub use compile::{compile_image, ObjectTarget};
 #[cfg(feature = "jit")]
