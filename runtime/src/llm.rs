@@ -241,6 +241,8 @@ pub struct Llm {
     pub file_bytes: u64,
     /// Bytes of the file's weight matrices: what decoding one token reads from them.
     pub matrix_bytes: u64,
+    /// A decode step's new key and value rows, per layer (k, v), as the program writes them.
+    step_kv: Vec<Vec<u8>>,
 }
 
 impl Llm {
@@ -320,7 +322,7 @@ impl Llm {
         // End of generation: the end-of-sequence token and the chat turn ends the vocabulary has.
         let mut eog: Vec<u32> = tokenizer.eos.into_iter().collect();
         eog.extend(["<end_of_turn>", "<|eot_id|>", "<|im_end|>"].iter().filter_map(|t| tokenizer.id(t)));
-        Ok(Llm { config: cfg, tokenizer, session, cache, eog, startup, file_bytes, matrix_bytes })
+        Ok(Llm { config: cfg, tokenizer, session, cache, eog, startup, file_bytes, matrix_bytes, step_kv: Vec::new() })
     }
 
     /// Tokens in the cache.
@@ -413,6 +415,17 @@ impl Llm {
     /// Runs `tokens` after the cached ones, appends their keys and values to the cache, and
     /// returns the logits of the last one.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, LlmRunError> {
+        let mut logits = Vec::new();
+        self.eval_into(tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Llm::eval`] into the caller's vector (resized to the vocabulary). A decode loop that
+    /// keeps one vector allocates nothing per token: a single token's outputs (the logits, each
+    /// layer's new key and value rows) are written straight from the program's arena into
+    /// `logits` and buffers the model keeps, instead of into fresh tensors (whose megabyte of
+    /// logits, freed each step, stayed resident in the heap).
+    pub fn eval_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), LlmRunError> {
         let (n, past) = (tokens.len(), self.cache.len);
         let (mut inputs, rows) = self.leading_inputs(tokens)?;
         let lead = inputs.len();
@@ -426,7 +439,21 @@ impl Llm {
                 inputs.push(Tensor::from_f32(DType::F32, &[rows, kvh, hd], v).expect("sizes agree"));
             }
         }
-        let result = self.session.run(&inputs);
+        let result = if n == 1 {
+            logits.resize(self.config.vocab, 0.0);
+            self.step_kv.resize(2 * self.config.n_layer, Vec::new());
+            for b in &mut self.step_kv {
+                b.resize(row * 4, 0);
+            }
+            let mut outs: Vec<&mut [u8]> = Vec::with_capacity(1 + self.step_kv.len());
+            // SAFETY: the bytes of the logits' f32 elements, every bit pattern of which is an
+            // f32; the slice borrows `logits` mutably for as long as `outs` lives.
+            outs.push(unsafe { std::slice::from_raw_parts_mut(logits.as_mut_ptr().cast::<u8>(), logits.len() * 4) });
+            outs.extend(self.step_kv.iter_mut().map(|b| b.as_mut_slice()));
+            self.session.run_into(&inputs, &mut outs).map(|()| None)
+        } else {
+            self.session.run(&inputs).map(Some)
+        };
         // The cache's vectors come back whatever the run did.
         for (i, t) in inputs.drain(lead..).enumerate() {
             let (l, j) = (i / 2, i % 2);
@@ -436,20 +463,30 @@ impl Llm {
         let out = result?;
         for l in 0..self.config.n_layer {
             for (j, c) in [&mut self.cache.k[l], &mut self.cache.v[l]].into_iter().enumerate() {
-                let new = out[1 + 2 * l + j].as_float().expect("f32 keys and values");
                 if c.len() < (past + n) * row {
                     c.resize((past + n) * row, 0.0);
                 }
                 let dst = &mut c[past * row..(past + n) * row];
-                match new.as_slice() {
-                    Some(s) => dst.copy_from_slice(s),
-                    None => dst.iter_mut().zip(new.iter()).for_each(|(d, s)| *d = *s),
+                match &out {
+                    None => {
+                        let src = &self.step_kv[2 * l + j];
+                        for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        }
+                    }
+                    Some(out) => {
+                        let new = out[1 + 2 * l + j].as_float().expect("f32 keys and values");
+                        match new.as_slice() {
+                            Some(s) => dst.copy_from_slice(s),
+                            None => dst.iter_mut().zip(new.iter()).for_each(|(d, s)| *d = *s),
+                        }
+                    }
                 }
             }
         }
         self.cache.len = past + n;
-        let logits = out.into_iter().next().expect("logits").into_f32_vec().expect("f32 logits");
-        if n > 1 {
+        if let Some(out) = out {
+            *logits = out.into_iter().next().expect("logits").into_f32_vec().expect("f32 logits");
             // A prompt's activation arena and its keys and values (megabytes, now copied into
             // the cache) go back to the system rather than stay resident through the decode
             // that follows, whose buffers are a fraction of the size.
@@ -458,7 +495,7 @@ impl Llm {
             }
             crate::release_free_memory();
         }
-        Ok(logits)
+        Ok(())
     }
 
     /// Generates up to `n` tokens after `prompt` (tokenized with the model's BOS; the cache is
@@ -494,7 +531,8 @@ impl Llm {
         let mut rng = Rng::new(sampling.seed);
         let mut stats = GenerateStats { prompt_tokens: prompt.len(), ..Default::default() };
         let t0 = Instant::now();
-        let mut logits = self.eval(prompt)?;
+        let mut logits = Vec::new();
+        self.eval_into(prompt, &mut logits)?;
         stats.prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut pending: Vec<u8> = Vec::new();
@@ -519,7 +557,7 @@ impl Llm {
                 }
             }
             if i + 1 < n {
-                logits = self.eval(&[t])?;
+                self.eval_into(&[t], &mut logits)?;
             }
         }
         if !pending.is_empty() {

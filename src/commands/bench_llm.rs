@@ -179,13 +179,15 @@ pub fn run(args: &BenchArgs, vs: Peer) -> anyhow::Result<std::process::ExitCode>
     let tess_round = |llm: &mut Llm| -> anyhow::Result<(f64, f64, u32)> {
         llm.reset();
         let t0 = Instant::now();
-        let logits = llm.eval(&ids).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut logits = Vec::new();
+        llm.eval_into(&ids, &mut logits).map_err(|e| anyhow::anyhow!("{e}"))?;
         let first = argmax(&logits);
         let prefill = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let mut t = first;
         for _ in 0..gen - 1 {
-            t = argmax(&llm.eval(&[t]).map_err(|e| anyhow::anyhow!("{e}"))?);
+            llm.eval_into(&[t], &mut logits).map_err(|e| anyhow::anyhow!("{e}"))?;
+            t = argmax(&logits);
         }
         Ok((prefill, t1.elapsed().as_secs_f64() * 1e3, first))
     };
