@@ -22,6 +22,27 @@ pub const ERF_Q: [f32; 6] = [1.0, 0.497_028_38, 0.113_825_87, 0.015_453_369, 1.3
 /// The clamp of [`ERF_P`]'s fit: `x` is limited to `[-ERF_CLAMP, ERF_CLAMP]` first.
 pub const ERF_CLAMP: f32 = 4.0;
 
+/// `exp(x)` (Cephes' single-precision form): `n = round(x log2 e)` by adding and subtracting
+/// [`EXP_ROUND`], `r = x - n ln 2` with ln 2 split in [`EXP_LN2_HI`] + [`EXP_LN2_LO`], then
+/// `exp(r) = 1 + r + r^2 P(r)` with [`EXP_P`] (highest degree first, Horner's rule), times `2^n`
+/// from the exponent bits. The CPU target's Cranelift code and its AVX-512 routines both use
+/// these, so they agree.
+pub const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+
+/// `1.5 * 2^23`: adding then subtracting it rounds an f32 of magnitude below 2^22 to an integer
+/// (ties to even), and the sum's low mantissa bits hold that integer.
+pub const EXP_ROUND: f32 = 12_582_912.0;
+
+/// The high part of ln 2 (exact in few bits, so `n * EXP_LN2_HI` is exact for the `n` exp sees).
+pub const EXP_LN2_HI: f32 = 0.693_359_4;
+
+/// ln 2 - [`EXP_LN2_HI`].
+pub const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+
+/// The least `x` whose `exp(x)` is a normal f32 (about 1.2e-38); a softmax's `exp(x - max)`
+/// clamps to it.
+pub const EXP_MIN_NORMAL: f32 = -87.336_54;
+
 #[cfg(test)]
 mod tests {
     #[test]

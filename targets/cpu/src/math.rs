@@ -12,18 +12,19 @@ use crate::fx::{Fx, F4};
 /// `n` by adding and removing 1.5 * 2^23 (the sum's low mantissa bits are n, returned as i32
 /// lanes), and `e^(xc - n ln 2)` by Cephes' polynomial; the caller scales by 2^n.
 fn exp_reduced(fx: &mut Fx, xc: Value) -> (Value, Value) {
+    use tessera_passes::approx::{EXP_LN2_HI, EXP_LN2_LO, EXP_P, EXP_ROUND};
     let log2e = fx.fsplat(std::f32::consts::LOG2_E);
     let t = fx.b.ins().fmul(xc, log2e);
-    let magic = fx.fsplat(12_582_912.0);
+    let magic = fx.fsplat(EXP_ROUND);
     let tm = fx.b.ins().fadd(t, magic);
     let n = fx.b.ins().fsub(tm, magic);
-    let c1 = fx.fsplat(0.693_359_4);
-    let c2 = fx.fsplat(-2.121_944_4e-4);
+    let c1 = fx.fsplat(EXP_LN2_HI);
+    let c2 = fx.fsplat(EXP_LN2_LO);
     let nn = fx.b.ins().fneg(n);
     let r = fx.b.ins().fma(nn, c1, xc);
     let r = fx.b.ins().fma(nn, c2, r);
-    let mut p = fx.fsplat(1.987_569_1e-4);
-    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5_f32] {
+    let mut p = fx.fsplat(EXP_P[0]);
+    for &c in &EXP_P[1..] {
         let cv = fx.fsplat(c);
         p = fx.b.ins().fma(p, r, cv);
     }
@@ -39,7 +40,7 @@ fn exp_reduced(fx: &mut Fx, xc: Value) -> (Value, Value) {
 
 /// `exp(x)` lane-wise (Cephes' single-precision polynomial after a range reduction by ln 2).
 pub fn exp(fx: &mut Fx, x: Value) -> Value {
-    let xc = clamp(fx, x, -87.336_54, 88.376_26);
+    let xc = clamp(fx, x, tessera_passes::approx::EXP_MIN_NORMAL, 88.376_26);
     let (y, ni) = exp_reduced(fx, xc);
     // 2^n through the exponent bits, in two halves so n = 128 does not overflow the field.
     let half = fx.b.ins().sshr_imm_s(ni, 1);
@@ -70,7 +71,7 @@ pub fn exp(fx: &mut Fx, x: Value) -> Value {
 /// or 0, which no softmax sum can tell apart. NaN stays NaN. About two thirds of [`exp`]'s
 /// instructions.
 pub fn exp_nonpositive(fx: &mut Fx, x: Value) -> Value {
-    let lo = fx.fsplat(-87.336_54);
+    let lo = fx.fsplat(tessera_passes::approx::EXP_MIN_NORMAL);
     let below = fx.vfcmp(FloatCC::LessThan, x, lo);
     let xc = fx.vselect(below, lo, x);
     let (y, ni) = exp_reduced(fx, xc);

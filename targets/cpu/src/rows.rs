@@ -47,7 +47,7 @@ pub fn dynamic_quantize(mode: Ukernels) -> Option<DynamicQuantize> {
 mod imp {
     use super::{DynamicQuantize, GeluTile, SoftmaxRow};
     use std::arch::x86_64::*;
-    use tessera_passes::approx::{ERF_CLAMP, ERF_P, ERF_Q};
+    use tessera_passes::approx::{ERF_CLAMP, ERF_P, ERF_Q, EXP_LN2_HI, EXP_LN2_LO, EXP_MIN_NORMAL, EXP_P, EXP_ROUND};
 
     pub fn gelu_tile() -> Option<GeluTile> {
         has().then_some(gelu as GeluTile)
@@ -122,15 +122,15 @@ mod imp {
     /// `math::exp_nonpositive`, lane for lane.
     #[target_feature(enable = "avx512f")]
     fn exp_nonpositive(x: __m512) -> __m512 {
-        let lo = _mm512_set1_ps(-87.336_54);
+        let lo = _mm512_set1_ps(EXP_MIN_NORMAL);
         let xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo), x, lo);
-        let magic = _mm512_set1_ps(12_582_912.0);
+        let magic = _mm512_set1_ps(EXP_ROUND);
         let tm = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E)), magic);
         let n = _mm512_sub_ps(tm, magic);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), xc);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5_f32] {
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), xc);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         let y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));

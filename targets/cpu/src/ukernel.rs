@@ -449,6 +449,56 @@ mod imp {
             }
         }
 
+        /// Asks the caches for what parameter block `b` (rows `k0..k1`) of panels `0..np` reads
+        /// [`PREFETCH`] bytes ahead: the lines past its codes, and proportionally past its
+        /// parameters (an eighth as far: a block's parameters are 16 to 96 bytes against its
+        /// codes' 128 to 256).
+        #[target_feature(enable = "avx2")]
+        fn prefetch_block<const FOUR: bool, const ZERO: bool, const OFFSET: bool>(
+            &self,
+            np: usize,
+            b: usize,
+            k0: usize,
+            k1: usize,
+        ) {
+            let word = if FOUR { 4 } else { 8 };
+            for q in 0..np {
+                let cp = self.codes.wrapping_add(q * self.ldc);
+                for line in (k0 * word..k1 * word).step_by(64) {
+                    Self::prefetch(cp.wrapping_add(line), PREFETCH);
+                }
+                let lanes = 1 + ZERO as usize + OFFSET as usize;
+                let pp = self.par.wrapping_add((q * self.ldp + b * lanes * 8) * self.par_bytes());
+                Self::prefetch(pp, PREFETCH / 8);
+            }
+        }
+
+        /// `sum` plus parameter block `b` of panel `q` applied to the block's code sums `t`
+        /// (`sum_kk a[kk] * u`) and the block's `sum_kk a[kk]` in every lane (`asv`):
+        /// `scale * (t - zero * asv) + offset * asv`.
+        ///
+        /// # Safety
+        /// The block lies in `par` (the callers' contracts).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn fold_block<const ZERO: bool, const OFFSET: bool>(
+            &self,
+            q: usize,
+            b: usize,
+            t: __m256,
+            asv: __m256,
+            sum: __m256,
+        ) -> __m256 {
+            // SAFETY: as above.
+            let prm = unsafe { self.params::<ZERO, OFFSET>(q, b) };
+            let tv = if ZERO { _mm256_fnmadd_ps(prm[1], asv, t) } else { t };
+            let s = _mm256_fmadd_ps(prm[0], tv, sum);
+            if OFFSET {
+                _mm256_fmadd_ps(prm[2], asv, s)
+            } else {
+                s
+            }
+        }
+
         /// `acc[q * 8 + j] = sum_kk a[kk] * w(kk, q, j)` for the `NP` panels (see [`QGemv`]),
         /// factored by parameter block: `t = sum a[kk] * u` over the block's rows (codes as
         /// f32, no parameter per weight), then `scale * (t - zero * sum a) + offset * sum a`.
@@ -478,19 +528,7 @@ mod imp {
                         }
                     };
                     let (k0, k1) = (b * self.bs, ((b + 1) * self.bs).min(self.k));
-                    // The lines PREFETCH bytes past the block's codes, and proportionally past
-                    // its parameters (an eighth as far: a block's parameters are 16 to 96
-                    // bytes against its codes' 128 to 256).
-                    let word = if FOUR { 4 } else { 8 };
-                    for q in 0..NP {
-                        let cp = self.codes.wrapping_add(q * self.ldc);
-                        for line in (k0 * word..k1 * word).step_by(64) {
-                            Self::prefetch(cp.wrapping_add(line), PREFETCH);
-                        }
-                        let lanes = 1 + ZERO as usize + OFFSET as usize;
-                        let pp = self.par.wrapping_add((q * self.ldp + b * lanes * 8) * self.par_bytes());
-                        Self::prefetch(pp, PREFETCH / 8);
-                    }
+                    self.prefetch_block::<FOUR, ZERO, OFFSET>(NP, b, k0, k1);
                     let mut kk = k0;
                     while kk + 1 < k1 {
                         step(kk, 0);
@@ -502,15 +540,7 @@ mod imp {
                     }
                     let asv = _mm256_add_ps(asum[0], asum[1]);
                     for (q, tq) in t.iter().enumerate() {
-                        let prm = self.params::<ZERO, OFFSET>(q, b);
-                        let mut tv = _mm256_add_ps(tq[0], tq[1]);
-                        if ZERO {
-                            tv = _mm256_fnmadd_ps(prm[1], asv, tv);
-                        }
-                        sum[q] = _mm256_fmadd_ps(prm[0], tv, sum[q]);
-                        if OFFSET {
-                            sum[q] = _mm256_fmadd_ps(prm[2], asv, sum[q]);
-                        }
+                        sum[q] = self.fold_block::<ZERO, OFFSET>(q, b, _mm256_add_ps(tq[0], tq[1]), asv, sum[q]);
                     }
                 }
                 for (q, s) in sum.iter().enumerate() {
@@ -542,15 +572,7 @@ mod imp {
                 let mut sum = [_mm256_setzero_ps(); NP];
                 for b in 0..self.k.div_ceil(self.bs) {
                     let (k0, k1) = (b * self.bs, ((b + 1) * self.bs).min(self.k));
-                    for q in 0..NP {
-                        let cp = self.codes.wrapping_add(q * self.ldc);
-                        for line in (k0 * 8..k1 * 8).step_by(64) {
-                            Self::prefetch(cp.wrapping_add(line), PREFETCH);
-                        }
-                        let lanes = 1 + ZERO as usize + OFFSET as usize;
-                        let pp = self.par.wrapping_add((q * self.ldp + b * lanes * 8) * self.par_bytes());
-                        Self::prefetch(pp, PREFETCH / 8);
-                    }
+                    self.prefetch_block::<false, ZERO, OFFSET>(NP, b, k0, k1);
                     let mut t = [_mm512_setzero_ps(); NP];
                     let mut asum = _mm512_setzero_ps();
                     let mut kk = k0;
@@ -587,15 +609,7 @@ mod imp {
                     }
                     let asv = _mm256_add_ps(asv, _mm512_extractf32x8_ps::<1>(asum));
                     for q in 0..NP {
-                        let prm = self.params::<ZERO, OFFSET>(q, b);
-                        let mut tv = _mm256_add_ps(even[q], odd[q]);
-                        if ZERO {
-                            tv = _mm256_fnmadd_ps(prm[1], asv, tv);
-                        }
-                        sum[q] = _mm256_fmadd_ps(prm[0], tv, sum[q]);
-                        if OFFSET {
-                            sum[q] = _mm256_fmadd_ps(prm[2], asv, sum[q]);
-                        }
+                        sum[q] = self.fold_block::<ZERO, OFFSET>(q, b, _mm256_add_ps(even[q], odd[q]), asv, sum[q]);
                     }
                 }
                 for (q, s) in sum.iter().enumerate() {
