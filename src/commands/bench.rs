@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// calls the `std::arch` inner tiles where the CPU has them; `false` times the default only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub both_ways: bool,
+    /// The `std::arch` routines Tessera's timed column may call (an .onnx model): `auto` the
+    /// widest this CPU has, `avx2` the 256-bit ones only (what an AVX2 host runs, on an AVX-512
+    /// machine), `off` Cranelift's code only.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub ukernel: super::UkernelArg,
     /// Compute u8 x i8 MatMulInteger as onnxruntime's x86 AVX2 kernel does (adjacent products
     /// summed in saturating int16, `tessera run --match-onnxruntime`) instead of exactly as the
     /// ONNX spec defines it: the same arithmetic as the peer, for an int8 model, on a host
@@ -288,7 +293,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.rounds,
         args.runs
     );
-    let ukernel = tessera_target_cpu::ukernel::describe(tessera_target_cpu::Ukernels::Auto);
+    let mode: tessera_target_cpu::Ukernels = args.ukernel.into();
+    let ukernel = tessera_target_cpu::ukernel::describe(mode);
     let both = args.both_ways && ukernel.is_some();
     match ukernel {
         Some(u) => println!(
@@ -313,7 +319,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut split = String::new();
     let mut profiles = Vec::new();
     for &threads in &args.threads {
-        let opts = SessionOptions { threads, import: import.clone(), ..Default::default() };
+        let opts = SessionOptions { threads, ukernels: mode, import: import.clone(), ..Default::default() };
         let session = Session::from_file(&args.model, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
         let plain = if both {
             let o = SessionOptions {

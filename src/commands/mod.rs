@@ -19,8 +19,12 @@ use tessera_ir::{parse_file, verify, Graph};
 /// `--ukernel`: whether the CPU target may call its `std::arch` inner tiles.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
 pub enum UkernelArg {
-    /// Use the AVX2 f32 GEMM tile when this CPU has AVX2 and FMA (Cranelift emits the rest).
+    /// The widest routines this CPU has: AVX2+FMA tiles, or on AVX-512 the 512-bit f32 tile,
+    /// the AVX512-VNNI integer tile and the row routines (softmax, dynamic quantization, GELU).
+    /// Cranelift emits the rest.
     Auto,
+    /// The 256-bit (AVX2) routines only, even on an AVX-512 CPU: what an AVX2 host runs.
+    Avx2,
     /// Cranelift-emitted code only.
     Off,
 }
@@ -29,6 +33,7 @@ impl From<UkernelArg> for tessera_target_cpu::Ukernels {
     fn from(u: UkernelArg) -> Self {
         match u {
             UkernelArg::Auto => tessera_target_cpu::Ukernels::Auto,
+            UkernelArg::Avx2 => tessera_target_cpu::Ukernels::Avx2,
             UkernelArg::Off => tessera_target_cpu::Ukernels::Off,
         }
     }

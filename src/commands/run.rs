@@ -47,9 +47,11 @@ pub struct RunArgs {
     /// Threads for the CPU target (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Whether the CPU target may call `std::arch` inner tiles: `auto` uses the AVX2+FMA f32 GEMM
-    /// tile when this CPU has it (Cranelift still emits the loops, the thread split and the fused
-    /// epilogue around it); `off` runs Cranelift-emitted code only.
+    /// Whether the CPU target may call `std::arch` routines: `auto` uses the widest this CPU has
+    /// (AVX2+FMA tiles; on AVX-512 the 512-bit f32 tile, the AVX512-VNNI integer tile and the
+    /// softmax, dynamic-quantization and GELU row routines; Cranelift still emits the loops, the
+    /// thread split and the fused epilogue around them); `avx2` the 256-bit ones only; `off`
+    /// runs Cranelift-emitted code only.
     #[arg(long, value_enum, default_value_t = super::UkernelArg::Auto)]
     pub ukernel: super::UkernelArg,
     /// The device profile (snapdragon-8-gen-3, dimensity-9300, snapdragon-8-gen-2, `host`

@@ -57,7 +57,17 @@ pub fn id(name: &str) -> usize {
 /// it and `mode` allows it.
 pub fn f32_tile(mode: Ukernels, mr: usize, np: usize, acc: bool) -> Option<usize> {
     let tag = if acc { "acc" } else { "set" };
-    (mode != Ukernels::Off).then(|| find(&format!("tessera_f32_tile_{mr}x{np}_{tag}"))).flatten()
+    find(&format!("tessera_f32_tile_{mr}x{np}_{tag}{}", family(mode)?))
+}
+
+/// The name suffix of a mode's routines (`_avx2` for [`Ukernels::Avx2`]), None for
+/// [`Ukernels::Off`].
+fn family(mode: Ukernels) -> Option<&'static str> {
+    match mode {
+        Ukernels::Auto => Some(""),
+        Ukernels::Avx2 => Some("_avx2"),
+        Ukernels::Off => None,
+    }
 }
 
 /// The id of the integer tile ([`ukernel::I16Tile`]), as [`f32_tile`].
@@ -67,7 +77,7 @@ pub fn i16_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
 
 /// The id of the exact AVX512-VNNI tile ([`ukernel::VnniTile`]), as [`f32_tile`].
 pub fn vnni_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| find(&format!("tessera_vnni_tile_{mr}x{np}"))).flatten()
+    (mode == Ukernels::Auto).then(|| find(&format!("tessera_vnni_tile_{mr}x{np}"))).flatten()
 }
 
 /// The id of the pair-saturating tile ([`ukernel::SatTile`]), as [`f32_tile`].
@@ -83,31 +93,31 @@ pub fn q_unpack(mode: Ukernels) -> Option<usize> {
 
 /// The id of the one-row routine ([`ukernel::QGemv`]), if this CPU has it and `mode` allows it.
 pub fn q_gemv(mode: Ukernels) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| find("tessera_q_gemv")).flatten()
+    find(&format!("tessera_q_gemv{}", family(mode)?))
 }
 
 /// The id of the AVX-512 softmax row ([`crate::rows::SoftmaxRow`]), if this CPU has it and
 /// `mode` allows it.
 pub fn softmax_row(mode: Ukernels) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| find("tessera_softmax_row")).flatten()
+    (mode == Ukernels::Auto).then(|| find("tessera_softmax_row")).flatten()
 }
 
 /// The id of the AVX-512 dynamic quantization ([`crate::rows::DynamicQuantize`]), as
 /// [`softmax_row`].
 pub fn dynamic_quantize(mode: Ukernels) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| find("tessera_dynamic_quantize")).flatten()
+    (mode == Ukernels::Auto).then(|| find("tessera_dynamic_quantize")).flatten()
 }
 
 /// The id of the AVX-512 GELU over a stored tile ([`crate::rows::GeluTile`]), as
 /// [`softmax_row`].
 pub fn gelu_tile(mode: Ukernels) -> Option<usize> {
-    (mode != Ukernels::Off).then(|| find("tessera_gelu_tile")).flatten()
+    (mode == Ukernels::Auto).then(|| find("tessera_gelu_tile")).flatten()
 }
 
 /// What a missing host function needs, for errors: the features of the `std::arch` family it
 /// belongs to, when the name is one of them.
 pub fn needs_of(name: &str) -> Option<&'static str> {
-    if name == "tessera_q_gemv" {
+    if name.starts_with("tessera_q_gemv") {
         Some("avx2+fma+f16c")
     } else if name == "tessera_q_unpack" {
         Some("avx2+f16c")
@@ -175,6 +185,9 @@ fn build() -> Vec<HostFn> {
                 if let Some(f) = ukernel::f32_tile(mode, mr, np, acc) {
                     add(format!("tessera_f32_tile_{mr}x{np}_{tag}"), f as usize);
                 }
+                if let Some(f) = ukernel::f32_tile(Ukernels::Avx2, mr, np, acc) {
+                    add(format!("tessera_f32_tile_{mr}x{np}_{tag}_avx2"), f as usize);
+                }
             }
             if let Some(f) = ukernel::i16_tile(mode, mr, np) {
                 add(format!("tessera_i16_tile_{mr}x{np}"), f as usize);
@@ -192,6 +205,9 @@ fn build() -> Vec<HostFn> {
     }
     if let Some(f) = ukernel::q_gemv(mode) {
         add("tessera_q_gemv".into(), f as usize);
+    }
+    if let Some(f) = ukernel::q_gemv(Ukernels::Avx2) {
+        add("tessera_q_gemv_avx2".into(), f as usize);
     }
     if let Some(f) = crate::rows::softmax_row(mode) {
         add("tessera_softmax_row".into(), f as usize);

@@ -6,14 +6,19 @@
 //! fused epilogue and the stores.
 //!
 //! A tile is chosen when the kernel is compiled, from the CPU features detected then, and only
-//! when [`Ukernels::Auto`] is asked for; [`Ukernels::Off`] keeps every instruction Cranelift's.
+//! when [`Ukernels::Auto`] (the widest the CPU has) or [`Ukernels::Avx2`] (the 256-bit ones) is
+//! asked for; [`Ukernels::Off`] keeps every instruction Cranelift's.
 
 /// Whether compiled kernels may call the `std::arch` inner tiles.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ukernels {
-    /// Use them when the host has the features they need (AVX2 and FMA on x86-64).
+    /// Use them when the host has the features they need (AVX2 and FMA on x86-64), the widest
+    /// the host has (AVX-512, AVX512-VNNI).
     #[default]
     Auto,
+    /// The 256-bit routines only (AVX2, FMA, F16C), even on a CPU with AVX-512: what an AVX2
+    /// host runs, to compare the two families on one machine and to test both.
+    Avx2,
     /// Cranelift-emitted code only.
     Off,
 }
@@ -36,7 +41,10 @@ pub fn f32_tile(mode: Ukernels, mr: usize, np: usize, acc: bool) -> Option<F32Ti
     if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
         return None;
     }
-    imp::f32_tile(mr, np, acc)
+    match mode {
+        Ukernels::Avx2 => imp::f32_tile_of(false, mr, np, acc),
+        _ => imp::f32_tile(mr, np, acc),
+    }
 }
 
 /// An integer inner tile on 16-bit operands, exact:
@@ -85,7 +93,7 @@ pub type VnniTile = SatTile;
 /// The VNNI tile for `mr` rows (1..=6) and `np` panels (1 or 2), if this host has AVX512-VNNI
 /// (with AVX512VL) and `mode` allows it.
 pub fn vnni_tile(mode: Ukernels, mr: usize, np: usize) -> Option<VnniTile> {
-    if mode == Ukernels::Off || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
+    if mode != Ukernels::Auto || !(1..=F32_MR).contains(&mr) || !(1..=2).contains(&np) {
         return None;
     }
     imp::vnni_tile(mr, np)
@@ -115,10 +123,11 @@ pub type QGemv = unsafe extern "C" fn(i64, i64, i64, *const u8, i64, *const u8, 
 
 /// The one-row routine, if this host has one and `mode` allows it.
 pub fn q_gemv(mode: Ukernels) -> Option<QGemv> {
-    if mode == Ukernels::Off {
-        return None;
+    match mode {
+        Ukernels::Off => None,
+        Ukernels::Avx2 => imp::q_gemv_of(false),
+        Ukernels::Auto => imp::q_gemv(),
     }
-    imp::q_gemv()
 }
 
 /// The one-row routine of the given family (`avx512`: 8-bit codes in 512-bit registers), if
@@ -154,7 +163,7 @@ pub fn table(mr: usize, tile: impl Fn(usize, usize) -> Option<usize>) -> Option<
 /// Which tile family this host would use (for reports), or None.
 pub fn describe(mode: Ukernels) -> Option<&'static str> {
     f32_tile(mode, F32_MR, 2, false)?;
-    Some(match (imp::has_avx512(), vnni_tile(mode, F32_MR, 2).is_some()) {
+    Some(match (imp::has_avx512() && mode == Ukernels::Auto, vnni_tile(mode, F32_MR, 2).is_some()) {
         (true, true) => "avx512f 6x16 f32 and avx512-vnni 6x16 u8 x i8 (vpdpbusd)",
         (true, false) => "avx512f 6x16 f32 and avx2 6x16 i16 (vpmaddwd)",
         (false, true) => "avx2+fma 6x16 f32 and avx512-vnni 6x16 u8 x i8 (vpdpbusd)",

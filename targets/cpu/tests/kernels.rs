@@ -105,13 +105,14 @@ fn kernel_names(src: &str, mode: tessera_target_cpu::Ukernels) -> Vec<String> {
     tessera_target_cpu::listing(&g, &[], mode).unwrap().into_iter().map(|(name, _, _)| name).collect()
 }
 
-/// Runs `src` with and without the `std::arch` tiles; both must match the interpreter.
+/// Runs `src` with the widest `std::arch` routines, with the 256-bit ones only (on an AVX-512
+/// host, the other family) and without any; all must match the interpreter.
 fn both_ways(src: &str, inputs: Vec<Tensor>, tol: f64) {
     use tessera_target_cpu::Ukernels;
     let g = parse(src).unwrap_or_else(|e| panic!("{e}"));
     verify(&g).unwrap_or_else(|e| panic!("{e}"));
     let want = tessera_ir::run(&g, inputs.clone()).unwrap();
-    for ukernels in [Ukernels::Auto, Ukernels::Off] {
+    for ukernels in [Ukernels::Auto, Ukernels::Avx2, Ukernels::Off] {
         for threads in [1, 2] {
             let p = compile(&g, &CpuOptions { threads, ukernels, min_split_bytes: 0, ..Default::default() })
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -243,12 +244,15 @@ fn integer_gemm_with_ragged_sizes_is_exact_both_ways() {
         let a = Tensor::from_i64(DType::U8, &[m, k], a).unwrap();
         let za = Tensor::from_i64(DType::U8, &[], vec![131]).unwrap();
         both_ways(&src, vec![a, za], 0.0);
-        // The exact product takes the AVX512-VNNI tile where the host has it, else the i16 one.
+        // The exact product takes the AVX512-VNNI tile where the host has it, else the i16 one
+        // (always the i16 one with the 256-bit routines only).
         let vnni = tessera_target_cpu::ukernel::vnni_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
         let auto = tessera_target_cpu::ukernel::i16_tile(tessera_target_cpu::Ukernels::Auto, 6, 2).is_some();
         let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
         assert_eq!(names.iter().any(|name| name.contains("vnni_ukernel")), vnni, "VNNI tile used iff available");
         assert_eq!(names.iter().any(|name| name.contains("i16_ukernel")), auto && !vnni, "i16 tile used iff no VNNI");
+        let names = kernel_names(&src, tessera_target_cpu::Ukernels::Avx2);
+        assert_eq!(names.iter().any(|name| name.contains("i16_ukernel")), auto, "--ukernel avx2: the i16 tile");
     }
 }
 
@@ -366,6 +370,10 @@ fn exact_integer_gemm_with_weight_outliers_uses_the_split_tile() {
     let names = kernel_names(&src, tessera_target_cpu::Ukernels::Auto);
     assert_eq!(names.iter().any(|name| name.contains("split_ukernel")), sat && !vnni, "split tile used iff no VNNI");
     assert_eq!(names.iter().any(|name| name.contains("vnni_ukernel")), vnni, "VNNI tile used iff available");
+    // With the 256-bit routines only, the split tile runs on every host that has it (both_ways
+    // above checked its results).
+    let names = kernel_names(&src, tessera_target_cpu::Ukernels::Avx2);
+    assert_eq!(names.iter().any(|name| name.contains("split_ukernel")), sat, "--ukernel avx2: the split tile");
 }
 
 /// A graph whose shapes depend on an input's values (a reshape to a run-time shape, a slice
@@ -774,7 +782,7 @@ fn gathers_from_a_packed_weight_match_the_interpreter() {
         let xs = Tensor::from_f32(DType::F32, &[1, k], (0..k).map(|i| (i as f32 * 0.3).cos()).collect()).unwrap();
         let toks = Tensor::from_i64(DType::I64, &[3], vec![0, 36, -2]).unwrap();
         let want = tessera_ir::run(&g, vec![xs.clone(), toks.clone()]).unwrap();
-        for ukernels in [Ukernels::Auto, Ukernels::Off] {
+        for ukernels in [Ukernels::Auto, Ukernels::Avx2, Ukernels::Off] {
             let names: Vec<String> =
                 tessera_target_cpu::listing(&g, &[], ukernels).unwrap().into_iter().map(|(name, _, _)| name).collect();
             for kind in ["gather_packed_codes", "gather_packed_params"] {
