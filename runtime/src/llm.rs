@@ -241,7 +241,8 @@ pub struct Llm {
     pub file_bytes: u64,
     /// Bytes of the file's weight matrices: what decoding one token reads from them.
     pub matrix_bytes: u64,
-    /// A decode step's new key and value rows, per layer (k, v), as the program writes them.
+    /// A run's new key and value rows, per layer (k, v), as the program writes them (kept
+    /// between decode steps, dropped after a prompt).
     step_kv: Vec<Vec<u8>>,
 }
 
@@ -421,10 +422,10 @@ impl Llm {
     }
 
     /// [`Llm::eval`] into the caller's vector (resized to the vocabulary). A decode loop that
-    /// keeps one vector allocates nothing per token: a single token's outputs (the logits, each
-    /// layer's new key and value rows) are written straight from the program's arena into
-    /// `logits` and buffers the model keeps, instead of into fresh tensors (whose megabyte of
-    /// logits, freed each step, stayed resident in the heap).
+    /// keeps one vector allocates nothing per token: the outputs (the logits, each layer's new
+    /// key and value rows) are written straight from the program's arena into `logits` and
+    /// buffers the model keeps, instead of into fresh tensors (whose megabyte of logits, freed
+    /// each step, stayed resident in the heap).
     pub fn eval_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), LlmRunError> {
         let (n, past) = (tokens.len(), self.cache.len);
         let (mut inputs, rows) = self.leading_inputs(tokens)?;
@@ -439,57 +440,43 @@ impl Llm {
                 inputs.push(Tensor::from_f32(DType::F32, &[rows, kvh, hd], v).expect("sizes agree"));
             }
         }
-        let result = if n == 1 {
-            logits.resize(self.config.vocab, 0.0);
-            self.step_kv.resize(2 * self.config.n_layer, Vec::new());
-            for b in &mut self.step_kv {
-                b.resize(row * 4, 0);
-            }
-            let mut outs: Vec<&mut [u8]> = Vec::with_capacity(1 + self.step_kv.len());
-            // SAFETY: the bytes of the logits' f32 elements, every bit pattern of which is an
-            // f32; the slice borrows `logits` mutably for as long as `outs` lives.
-            outs.push(unsafe { std::slice::from_raw_parts_mut(logits.as_mut_ptr().cast::<u8>(), logits.len() * 4) });
-            outs.extend(self.step_kv.iter_mut().map(|b| b.as_mut_slice()));
-            self.session.run_into(&inputs, &mut outs).map(|()| None)
-        } else {
-            self.session.run(&inputs).map(Some)
-        };
+        // Every output goes straight from the program's arena into `logits` and the model's
+        // key/value buffers (no output tensors).
+        logits.resize(self.config.vocab, 0.0);
+        self.step_kv.resize(2 * self.config.n_layer, Vec::new());
+        for b in &mut self.step_kv {
+            b.resize(n * row * 4, 0);
+        }
+        let mut outs: Vec<&mut [u8]> = Vec::with_capacity(1 + self.step_kv.len());
+        // SAFETY: the bytes of the logits' f32 elements, every bit pattern of which is an f32;
+        // the slice borrows `logits` mutably for as long as `outs` lives.
+        outs.push(unsafe { std::slice::from_raw_parts_mut(logits.as_mut_ptr().cast::<u8>(), logits.len() * 4) });
+        outs.extend(self.step_kv.iter_mut().map(|b| b.as_mut_slice()));
+        let result = self.session.run_into(&inputs, &mut outs);
         // The cache's vectors come back whatever the run did.
         for (i, t) in inputs.drain(lead..).enumerate() {
             let (l, j) = (i / 2, i % 2);
             let c = if j == 0 { &mut self.cache.k[l] } else { &mut self.cache.v[l] };
             *c = t.into_f32_vec().expect("f32 cache");
         }
-        let out = result?;
+        result?;
         for l in 0..self.config.n_layer {
             for (j, c) in [&mut self.cache.k[l], &mut self.cache.v[l]].into_iter().enumerate() {
                 if c.len() < (past + n) * row {
                     c.resize((past + n) * row, 0.0);
                 }
-                let dst = &mut c[past * row..(past + n) * row];
-                match &out {
-                    None => {
-                        let src = &self.step_kv[2 * l + j];
-                        for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                        }
-                    }
-                    Some(out) => {
-                        let new = out[1 + 2 * l + j].as_float().expect("f32 keys and values");
-                        match new.as_slice() {
-                            Some(s) => dst.copy_from_slice(s),
-                            None => dst.iter_mut().zip(new.iter()).for_each(|(d, s)| *d = *s),
-                        }
-                    }
+                let src = &self.step_kv[2 * l + j];
+                for (d, b) in c[past * row..(past + n) * row].iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
         }
         self.cache.len = past + n;
-        if let Some(out) = out {
-            *logits = out.into_iter().next().expect("logits").into_f32_vec().expect("f32 logits");
-            // A prompt's activation arena and its keys and values (megabytes, now copied into
-            // the cache) go back to the system rather than stay resident through the decode
-            // that follows, whose buffers are a fraction of the size.
+        if n > 1 {
+            // A prompt's activation arena, its keys and values (megabytes, now copied into the
+            // cache) go back to the system rather than stay resident through the decode that
+            // follows, whose buffers are a fraction of the size.
+            self.step_kv = Vec::new();
             if let Some(p) = self.session.cpu_program() {
                 p.release_buffers();
             }

@@ -75,9 +75,14 @@ pub fn i16_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
     (mode != Ukernels::Off).then(|| find(&format!("tessera_i16_tile_{mr}x{np}"))).flatten()
 }
 
+/// The id of a routine only the widest family has (AVX-512): with [`Ukernels::Auto`] alone.
+fn widest(mode: Ukernels, name: &str) -> Option<usize> {
+    (mode == Ukernels::Auto).then(|| find(name)).flatten()
+}
+
 /// The id of the exact AVX512-VNNI tile ([`ukernel::VnniTile`]), as [`f32_tile`].
 pub fn vnni_tile(mode: Ukernels, mr: usize, np: usize) -> Option<usize> {
-    (mode == Ukernels::Auto).then(|| find(&format!("tessera_vnni_tile_{mr}x{np}"))).flatten()
+    widest(mode, &format!("tessera_vnni_tile_{mr}x{np}"))
 }
 
 /// The id of the pair-saturating tile ([`ukernel::SatTile`]), as [`f32_tile`].
@@ -99,19 +104,19 @@ pub fn q_gemv(mode: Ukernels) -> Option<usize> {
 /// The id of the AVX-512 softmax row ([`crate::rows::SoftmaxRow`]), if this CPU has it and
 /// `mode` allows it.
 pub fn softmax_row(mode: Ukernels) -> Option<usize> {
-    (mode == Ukernels::Auto).then(|| find("tessera_softmax_row")).flatten()
+    widest(mode, "tessera_softmax_row")
 }
 
 /// The id of the AVX-512 dynamic quantization ([`crate::rows::DynamicQuantize`]), as
 /// [`softmax_row`].
 pub fn dynamic_quantize(mode: Ukernels) -> Option<usize> {
-    (mode == Ukernels::Auto).then(|| find("tessera_dynamic_quantize")).flatten()
+    widest(mode, "tessera_dynamic_quantize")
 }
 
 /// The id of the AVX-512 GELU over a stored tile ([`crate::rows::GeluTile`]), as
 /// [`softmax_row`].
 pub fn gelu_tile(mode: Ukernels) -> Option<usize> {
-    (mode == Ukernels::Auto).then(|| find("tessera_gelu_tile")).flatten()
+    widest(mode, "tessera_gelu_tile")
 }
 
 /// What a missing host function needs, for errors: the features of the `std::arch` family it

@@ -578,29 +578,29 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                             (Some(ms), false, false) => ms[r - 1].is_some(),
                             _ => false,
                         };
-                        // With the AVX-512 row routine, an additive mask along the keys is added
-                        // there, not here.
-                        let fused_mask = vector_mask && softmax_row.is_some();
-                        if let (true, false, Some(mp), Some(ms)) = (vector_mask, fused_mask, mp, &m_st) {
-                            let mut a = fx.b.ins().iadd(mp, om);
-                            if let Some(st) = ms[r - 2] {
-                                let o = fx.b.ins().imul(i, st);
-                                a = fx.b.ins().iadd(a, o);
+                        // The mask's row for query i (its keys follow at the mask's key stride).
+                        let mask_row = match (mp, &m_st) {
+                            (Some(mp), Some(ms)) => {
+                                let mut a = fx.b.ins().iadd(mp, om);
+                                if let Some(st) = ms[r - 2] {
+                                    let o = fx.b.ins().imul(i, st);
+                                    a = fx.b.ins().iadd(a, o);
+                                }
+                                Some(a)
                             }
-                            row_map(fx, row, row, sk, &|fx, v, j, vector| {
+                            _ => None,
+                        };
+                        match (mask_row, vector_mask, softmax_row) {
+                            // The AVX-512 row routine adds an additive mask along the keys itself.
+                            (Some(_), true, Some(_)) => {}
+                            (Some(a), true, None) => row_map(fx, row, row, sk, &|fx, v, j, vector| {
                                 let m = load_param(fx, a, j, vector, false);
                                 fx.b.ins().fadd(v, m)
-                            })?;
-                        } else if (mp.is_some() || causal) && !fused_mask {
-                            fx.for_n(sk, |fx, j| {
+                            })?,
+                            _ if mp.is_some() || causal => fx.for_n(sk, |fx, j| {
                                 let sa = fx.addr(row, j, 4);
                                 let mut s = fx.b.ins().load(types::F32, mem(), sa, 0);
-                                if let (Some(mp), Some(ms)) = (mp, &m_st) {
-                                    let mut a = fx.b.ins().iadd(mp, om);
-                                    if let Some(st) = ms[r - 2] {
-                                        let o = fx.b.ins().imul(i, st);
-                                        a = fx.b.ins().iadd(a, o);
-                                    }
+                                if let (Some(mut a), Some(ms)) = (mask_row, &m_st) {
                                     if let Some(st) = ms[r - 1] {
                                         let o = fx.b.ins().imul(j, st);
                                         a = fx.b.ins().iadd(a, o);
@@ -624,22 +624,13 @@ pub(crate) fn lower_attention(g: &Graph, n: Node, ukernels: crate::Ukernels) -> 
                                 }
                                 fx.b.ins().store(mem(), s, sa, 0);
                                 Ok(())
-                            })?;
+                            })?,
+                            _ => {}
                         }
                         if let Some(f) = softmax_row {
-                            // Max, exp and sum in one AVX-512 routine (`crate::rows`); an additive
-                            // mask along the keys is added there too.
-                            let mask_arg = match (vector_mask, mp, &m_st) {
-                                (true, Some(mp), Some(ms)) => {
-                                    let mut a = fx.b.ins().iadd(mp, om);
-                                    if let Some(st) = ms[r - 2] {
-                                        let o = fx.b.ins().imul(i, st);
-                                        a = fx.b.ins().iadd(a, o);
-                                    }
-                                    a
-                                }
-                                _ => zero,
-                            };
+                            // Max, exp and sum in one AVX-512 routine (`crate::rows`), with the
+                            // additive mask along the keys when there is one.
+                            let mask_arg = mask_row.filter(|_| vector_mask).unwrap_or(zero);
                             let inv = fx
                                 .call_host(f, &[types::I64; 3], Some(types::F32), &[row, sk, mask_arg])
                                 .expect("returns");

@@ -267,51 +267,51 @@ mod imp {
         unsafe { by_form!(p.unpack(out), form, np) }
     }
 
-    /// # Safety
-    /// As [`unpack`] for `codes` and `par`, `a` holds `k` floats, `acc` holds `np * 8` floats,
-    /// and the CPU has AVX2, FMA and F16C (checked by [`q_gemv`]).
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe extern "C" fn gemv(
-        k: i64,
-        bs: i64,
-        np: i64,
-        codes: *const u8,
-        ldc: i64,
-        par: *const u8,
-        ldp: i64,
-        a: *const f32,
-        acc: *mut f32,
-        form: i64,
-    ) {
-        let p = Panels::new(k, bs, codes, ldc, par, ldp, form);
-        // SAFETY: the caller's contract above.
-        unsafe { by_form!(p.gemv(a, acc), form, np) }
+    /// A one-row entry point ([`QGemv`]): `$method` of [`Panels`] for the form, compiled with
+    /// `$features`.
+    macro_rules! one_row {
+        ($(#[$doc:meta])* $name:ident, $method:ident, $features:literal) => {
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $features)]
+            unsafe extern "C" fn $name(
+                k: i64,
+                bs: i64,
+                np: i64,
+                codes: *const u8,
+                ldc: i64,
+                par: *const u8,
+                ldp: i64,
+                a: *const f32,
+                acc: *mut f32,
+                form: i64,
+            ) {
+                let p = Panels::new(k, bs, codes, ldc, par, ldp, form);
+                // SAFETY: the caller's contract above.
+                unsafe { by_form!(p.$method(a, acc), form, np) }
+            }
+        };
     }
 
-    /// The one-row routine with 8-bit codes in 512-bit registers (two k per register; the
-    /// same sums in the same order as [`gemv`], so the same bits), 4-bit codes as [`gemv`].
-    ///
-    /// # Safety
-    /// As [`gemv`], and the CPU has AVX512F and AVX512DQ (checked by [`q_gemv`]).
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq")]
-    unsafe extern "C" fn gemv512(
-        k: i64,
-        bs: i64,
-        np: i64,
-        codes: *const u8,
-        ldc: i64,
-        par: *const u8,
-        ldp: i64,
-        a: *const f32,
-        acc: *mut f32,
-        form: i64,
-    ) {
-        let p = Panels::new(k, bs, codes, ldc, par, ldp, form);
-        // SAFETY: the caller's contract above.
-        unsafe { by_form!(p.gemv512(a, acc), form, np) }
-    }
+    one_row!(
+        /// # Safety
+        /// As [`unpack`] for `codes` and `par`, `a` holds `k` floats, `acc` holds `np * 8`
+        /// floats, and the CPU has AVX2, FMA and F16C (checked by [`q_gemv`]).
+        gemv,
+        gemv,
+        "avx2,fma,f16c"
+    );
+
+    one_row!(
+        /// The one-row routine with 8-bit codes in 512-bit registers (two k per register; the
+        /// same sums in the same order as [`gemv`], so the same bits), 4-bit codes as [`gemv`].
+        ///
+        /// # Safety
+        /// As [`gemv`], and the CPU has AVX512F and AVX512DQ (checked by [`q_gemv`]).
+        gemv512,
+        gemv512,
+        "avx2,fma,f16c,avx512f,avx512dq"
+    );
 
     /// Packed panels of [`crate::blocked`]: codes and parameter blocks.
     struct Panels {
